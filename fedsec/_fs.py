@@ -1,0 +1,76 @@
+"""Filesystem helpers: atomic writes, secret files (0600), safe names.
+
+Every file fedsec writes goes through write_atomic or write_secret, so a crash
+never leaves a half-written file behind and keys are never readable by others.
+Nothing here logs file contents.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from fedsec import limits
+from fedsec.errors import ConfigError
+
+# Site, server and project names: a letter or digit, then letters, digits, '.', '_', '-'.
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# Admin names are e-mail addresses made of the same safe characters.
+_EMAIL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*@[A-Za-z0-9][A-Za-z0-9.-]*")
+
+NAME_CHARS_HELP = "a letter or digit, then letters, digits, '.', '_' or '-'"
+
+
+def _check_shape(kind: str, name: str, pattern: re.Pattern[str], help_text: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{kind} name must be a non-empty string, got {name!r}")
+    if len(name) > limits.MAX_NAME_LENGTH:
+        raise ConfigError(f"{kind} name {name[:20]!r}... is longer than {limits.MAX_NAME_LENGTH} characters")
+    if ".." in name or not pattern.fullmatch(name):
+        raise ConfigError(f"{kind} name {name!r} is not safe: use {help_text}, and no '..'")
+    return name
+
+
+def check_name(kind: str, name: str) -> str:
+    """Return name if it is safe as a file name and a certificate CN; raise ConfigError otherwise."""
+    return _check_shape(kind, name, _NAME_RE, NAME_CHARS_HELP)
+
+
+def check_email(kind: str, name: str) -> str:
+    """Return name if it is a safe e-mail address; raise ConfigError otherwise."""
+    return _check_shape(kind, name, _EMAIL_RE, "an e-mail address of letters, digits, '.', '_', '+', '-'")
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write data to path through a temporary file and a rename, with the given mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_secret(path: Path, data: bytes) -> None:
+    """Write a private key or other secret: mode 0600 from the first byte on."""
+    write_atomic(path, data, mode=0o600)
+
+
+def read_bounded(path: Path, limit: int, what: str) -> bytes:
+    """Read a whole file no larger than limit bytes; raise ConfigError naming it otherwise."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot read: {exc.strerror or exc}") from exc
+    if len(data) > limit:
+        raise ConfigError(f"{what} {path}: larger than the limit of {limit} bytes")
+    return data

@@ -1,0 +1,119 @@
+"""Strict YAML/JSON -> frozen dataclasses.
+
+load_yaml() parses a bounded YAML document with the safe loader; build()
+turns a mapping into a dataclass, checking every field's type and rejecting
+unknown keys with a ConfigError that names the key's path
+("participants[2].rol: unknown key"). It never evaluates anything a file says.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from fedsec import limits
+from fedsec._fs import read_bounded
+from fedsec.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def load_yaml(path: Path, what: str) -> Any:
+    """Read and parse a YAML file of at most limits.MAX_CONFIG_FILE_BYTES."""
+    data = read_bounded(path, limits.MAX_CONFIG_FILE_BYTES, what)
+    return parse_yaml(data, f"{what} {path}")
+
+
+def parse_yaml(data: bytes, where: str) -> Any:
+    """Parse YAML text with the safe loader; ConfigError with the line on failure."""
+    try:
+        return yaml.safe_load(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where}: not UTF-8 text") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{where}: invalid YAML{at}: {problem}") from exc
+
+
+def build(cls: type[T], raw: Any, path: str) -> T:
+    """Build dataclass cls from mapping raw; path names raw in error messages."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path or 'document'}: expected a mapping, got {_kind(raw)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for key in raw:
+        if key not in fields:
+            where = f"{path}.{key}" if path else str(key)
+            raise ConfigError(f"{where}: unknown key (allowed: {', '.join(sorted(fields))})")
+    values: dict[str, Any] = {}
+    for name, field in fields.items():
+        where = f"{path}.{name}" if path else name
+        if name in raw:
+            values[name] = _convert(hints[name], raw[name], where)
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{where}: required key is missing")
+    return cls(**values)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _convert(inner[0], value, where)
+        raise TypeError(f"unsupported union {tp}")
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {_kind(value)}")
+        return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {_kind(value)}")
+        return {_convert(args[0], k, f"{where}.{k}"): _convert(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return build(tp, value, where)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        allowed = [m.value for m in tp]
+        if value not in allowed:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, allowed))}")
+        return tp(value)
+    return _scalar(tp, value, where)
+
+
+# type -> (accepts value, what the message says was expected)
+_SCALARS: dict[Any, tuple[Any, str]] = {
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    float: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    str: (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def _scalar(tp: Any, value: Any, where: str) -> Any:
+    if tp not in _SCALARS:
+        raise TypeError(f"unsupported field type {tp} at {where}")
+    accepts, expected = _SCALARS[tp]
+    if not accepts(value):
+        raise ConfigError(f"{where}: expected {expected}, got {_kind(value)}")
+    return float(value) if tp is float else value

@@ -1,0 +1,102 @@
+"""The `fedsec` command: a thin argparse front end over the library.
+
+Each subcommand imports what it needs when it runs, so `fedsec --help` stays
+fast. Errors print one `fedsec: error: ...` line; exit 2 for bad input, 1 for
+a runtime failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from fedsec import __version__
+from fedsec.errors import EXIT_OK, ConfigError, FedsecError
+
+
+def _cmd_provision(args: argparse.Namespace) -> int:
+    from fedsec import _fs
+    from fedsec.provision import load_project, provision, templates
+
+    if args.init:
+        out = Path(args.output)
+        if out.exists():
+            raise ConfigError(f"{out} already exists; not overwriting it")
+        _fs.write_atomic(out, templates.SAMPLE_PROJECT.encode())
+        print(f"wrote a sample project file to {out}; edit it, then run: fedsec provision -p {out}")
+        return EXIT_OK
+    if not args.project:
+        raise ConfigError("provision needs -p PROJECT_YML (or --init to write a sample)")
+    result = provision(load_project(Path(args.project)), Path(args.workspace))
+    root_note = "made a new root CA" if result.new_root else "kept the existing root CA"
+    print(f"provisioned project {result.project.name} into {result.prod_dir} ({root_note})")
+    for kit in result.kits:
+        print(f"  {kit.name:<28} {kit}")
+    return EXIT_OK
+
+
+def _cmd_verify_kit(args: argparse.Namespace) -> int:
+    from fedsec.kit import load_kit
+
+    kit = load_kit(Path(args.kit))
+    what = f"{kit.kind.value} {kit.name!r} of project {kit.config.project}"
+    print(f"kit {kit.root} is intact: {what}, {len(kit.signed_files)} signed files")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedsec", description="fedsec: secure federated learning (provision, run and administer a federation)."
+    )
+    parser.add_argument("--version", action="version", version=f"fedsec {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "provision",
+        help="make a root CA and signed startup kits from a project file",
+        description="Make (once) the project's root CA and, each run, a new prod_NN folder with one signed startup "
+        "kit per participant. Kits of every prod_NN of a project work together.",
+    )
+    p.add_argument("-p", "--project", metavar="PROJECT_YML", help="the project file")
+    p.add_argument(
+        "-w", "--workspace", metavar="DIR", default="workspace", help="where to write (default: ./workspace)"
+    )
+    p.add_argument("--init", action="store_true", help="write a commented sample project file and exit")
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        default="project.yml",
+        help="with --init: where to write it (default: project.yml)",
+    )
+    p.set_defaults(func=_cmd_provision)
+
+    p = sub.add_parser(
+        "verify-kit",
+        help="check a startup kit's signatures, certificate and key",
+        description="Check every signed file of a startup kit against its root CA, "
+        "and that its certificate and key belong together.",
+    )
+    p.add_argument("kit", metavar="DIR", help="the participant's kit folder (the one holding startup/)")
+    p.set_defaults(func=_cmd_verify_kit)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except FedsecError as exc:
+        print(f"fedsec: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("fedsec: interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

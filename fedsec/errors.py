@@ -1,0 +1,55 @@
+"""The one error tree of fedsec, and the CLI exit codes.
+
+Everything fedsec raises derives from FedsecError. Errors are grouped by what
+a caller does about them::
+
+    FedsecError
+    +-- ConfigError          bad input from a user: a project.yml, meta.yml, a flag  (exit 2)
+    +-- KitError             a startup kit is missing, tampered with or inconsistent (exit 2)
+    +-- AuthError            an identity or a right was refused                      (exit 1)
+    +-- WireError            a message broke the protocol or a limit                 (exit 1)
+    +-- JobError             a job could not be built, stored, run or found          (exit 1)
+    +-- HEError              homomorphic encryption could not be set up or applied   (exit 1)
+
+This module must never import anything beyond the standard library.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_BAD_INPUT = 2
+
+
+class FedsecError(Exception):
+    """Base of every error fedsec raises on purpose."""
+
+    exit_code = EXIT_RUNTIME
+
+
+class ConfigError(FedsecError):
+    """A configuration file, a flag or other user input is invalid."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class KitError(FedsecError):
+    """A startup kit is missing, unreadable, tampered with or inconsistent."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class AuthError(FedsecError):
+    """A peer's identity or right was refused."""
+
+
+class WireError(FedsecError):
+    """A message broke the protocol: malformed, oversized, wrong type or shape."""
+
+
+class JobError(FedsecError):
+    """A job could not be built, stored, run or found."""
+
+
+class HEError(FedsecError):
+    """Homomorphic encryption could not be set up or applied."""

@@ -1,0 +1,187 @@
+"""load_kit(): the one way every process opens its startup kit.
+
+It checks startup/signature.json against the kit's root CA first, then loads
+the participant's fed_*.json, certificate and key and checks that they belong
+together. Server, site and admin start paths all call it, so a tampered kit
+is refused everywhere with the same message naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from fedsec import _schema, limits
+from fedsec.errors import AuthError, ConfigError, KitError
+from fedsec.pki import certs, signing
+
+KIT_FORMAT = "fedsec-kit/1"
+ROOT_CA_FILE = "rootCA.pem"
+CONFIG_FILES = {
+    certs.Kind.SERVER: "fed_server.json",
+    certs.Kind.CLIENT: "fed_client.json",
+    certs.Kind.ADMIN: "fed_admin.json",
+}
+
+
+@dataclass(frozen=True)
+class ServerEndpoint:
+    """Where a client or an admin reaches the server: host and the port for its kind."""
+
+    name: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    format: str
+    project: str
+    name: str
+    org: str
+    host_names: tuple[str, ...]
+    fl_port: int
+    admin_port: int
+    heartbeat_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    format: str
+    project: str
+    name: str
+    org: str
+    server: ServerEndpoint
+    heartbeat_interval: float = 5.0
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    format: str
+    project: str
+    name: str
+    org: str
+    role: str
+    server: ServerEndpoint
+
+
+Config = ServerConfig | ClientConfig | AdminConfig
+_CONFIG_TYPES: dict[certs.Kind, type[ServerConfig] | type[ClientConfig] | type[AdminConfig]] = {
+    certs.Kind.SERVER: ServerConfig,
+    certs.Kind.CLIENT: ClientConfig,
+    certs.Kind.ADMIN: AdminConfig,
+}
+
+
+@dataclass(frozen=True)
+class Kit:
+    """A verified startup kit."""
+
+    root: Path
+    kind: certs.Kind
+    config: Config
+    identity: certs.Identity
+    signed_files: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def startup(self) -> Path:
+        return self.root / "startup"
+
+    @property
+    def ca_path(self) -> Path:
+        return self.startup / ROOT_CA_FILE
+
+    @property
+    def cert_path(self) -> Path:
+        return self.startup / f"{self.config.name}.crt"
+
+    @property
+    def key_path(self) -> Path:
+        return self.startup / f"{self.config.name}.key"
+
+
+def load_kit(root: Path) -> Kit:
+    """Verify and load the startup kit in folder root.
+
+    Raises KitError for a missing, tampered or inconsistent kit.
+    """
+    label = root.name or str(root)
+    if not (root / "startup").is_dir():
+        raise KitError(f"kit {root}: has no startup/ folder (is this a startup kit?)")
+    ca_pem = _read(root / "startup" / ROOT_CA_FILE, label)
+    ca = certs.load_cert(ca_pem, f"kit {label}: startup/{ROOT_CA_FILE}")
+    try:
+        ca_key = ca.public_key()
+        ca.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise KitError(
+            f"kit {label}: startup/{ROOT_CA_FILE} is damaged (not a valid self-signed CA certificate)"
+        ) from exc
+    if not isinstance(ca_key, ec.EllipticCurvePublicKey):
+        raise KitError(f"kit {label}: startup/{ROOT_CA_FILE} does not hold an EC key")
+    signed = signing.verify(root, ca_key, label)
+
+    present = [kind for kind, fname in CONFIG_FILES.items() if (root / "startup" / fname).exists()]
+    if len(present) != 1:
+        raise KitError(f"kit {label}: expected exactly one of {', '.join(CONFIG_FILES.values())} in startup/")
+    kind = present[0]
+    cfg_rel = f"startup/{CONFIG_FILES[kind]}"
+    config = _load_config(root / cfg_rel, _CONFIG_TYPES[kind], f"kit {label}: {cfg_rel}")
+
+    cert = certs.load_cert(
+        _read(root / "startup" / f"{config.name}.crt", label), f"kit {label}: startup/{config.name}.crt"
+    )
+    key = certs.load_key(
+        _read(root / "startup" / f"{config.name}.key", label), f"kit {label}: startup/{config.name}.key"
+    )
+    try:
+        certs.verify_chain(cert, ca, f"kit {label}: startup/{config.name}.crt")
+        identity = certs.identity_of(cert)
+    except AuthError as exc:
+        raise KitError(str(exc)) from exc
+    if not certs.root_matches(key, cert):
+        raise KitError(f"kit {label}: startup/{config.name}.key is not the key of startup/{config.name}.crt")
+    if identity.kind is not kind or identity.name != config.name:
+        raise KitError(
+            f"kit {label}: certificate is for {identity.kind.value} {identity.name!r}, "
+            f"config says {kind.value} {config.name!r}"
+        )
+    return Kit(root=root, kind=kind, config=config, identity=identity, signed_files=tuple(signed))
+
+
+def _read(path: Path, label: str) -> bytes:
+    try:
+        with path.open("rb") as f:
+            data = f.read(limits.MAX_KIT_FILE_BYTES + 1)
+    except OSError as exc:
+        raise KitError(f"kit {label}: {path.parent.name}/{path.name}: cannot read: {exc.strerror or exc}") from exc
+    if len(data) > limits.MAX_KIT_FILE_BYTES:
+        raise KitError(f"kit {label}: {path.parent.name}/{path.name}: larger than {limits.MAX_KIT_FILE_BYTES} bytes")
+    return data
+
+
+def _load_config(path: Path, cls: type[ServerConfig] | type[ClientConfig] | type[AdminConfig], where: str) -> Config:
+    try:
+        raw = json.loads(path.read_bytes())
+        config = _schema.build(cls, raw, "")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise KitError(f"{where}: not valid JSON") from exc
+    except ConfigError as exc:
+        raise KitError(f"{where}: {exc}") from exc
+    if config.format != KIT_FORMAT:
+        raise KitError(f"{where}: format {config.format!r} is not {KIT_FORMAT!r}")
+    return config
+
+
+def read_ca(kit: Kit) -> x509.Certificate:
+    """The kit's root CA certificate (already checked by load_kit)."""
+    return certs.load_cert(kit.ca_path.read_bytes(), f"kit {kit.name}: startup/{ROOT_CA_FILE}")

@@ -1,0 +1,1 @@
+"""The project's PKI: root CA, certificate issuing, identities, kit signatures."""
