@@ -8,6 +8,7 @@ a runtime failure.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,6 +47,24 @@ def _cmd_verify_kit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_server(args: argparse.Namespace) -> int:
+    from fedsec import logs
+    from fedsec.kit import load_kit
+    from fedsec.server.app import run_server
+
+    logs.setup(args.log_level)
+    return run_server(load_kit(Path(args.kit)), listen=args.listen)
+
+
+def _cmd_client(args: argparse.Namespace) -> int:
+    from fedsec import logs
+    from fedsec.kit import load_kit
+    from fedsec.site.agent import run_site
+
+    logs.setup(args.log_level)
+    return run_site(load_kit(Path(args.kit)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedsec", description="fedsec: secure federated learning (provision, run and administer a federation)."
@@ -81,10 +100,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("kit", metavar="DIR", help="the participant's kit folder (the one holding startup/)")
     p.set_defaults(func=_cmd_verify_kit)
+
+    p = sub.add_parser(
+        "server",
+        help="run the federation server from its startup kit",
+        description="Run the server parent process: the clients' port and the admins' port (both mutual TLS). "
+        "Refuses a kit whose signature check fails. Stops on SIGTERM; running jobs resume at the next start.",
+    )
+    p.add_argument("--kit", required=True, metavar="DIR", help="the server's kit folder")
+    p.add_argument(
+        "--listen",
+        metavar="ADDR",
+        help="address to listen on (default: 127.0.0.1 for a loopback-only server, else 0.0.0.0)",
+    )
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.set_defaults(func=_cmd_server)
+
+    p = sub.add_parser(
+        "client",
+        help="run a site (client) from its startup kit",
+        description="Run a site's client parent process: it dials out to the server over mutual TLS, registers, "
+        "heartbeats and runs the jobs assigned to it. Refuses a kit whose signature check fails.",
+    )
+    p.add_argument("--kit", required=True, metavar="DIR", help="the site's kit folder")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.set_defaults(func=_cmd_client)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Job processes are started with fork+exec; gRPC's fork handlers are for children that keep using gRPC.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -21,3 +21,26 @@ MAX_KIT_FILES = 64
 DEFAULT_LEAF_DAYS = 365
 DEFAULT_ROOT_DAYS = 3650
 MAX_VALIDITY_DAYS = 36500
+
+# The wire. No gRPC message is larger than MAX_MESSAGE_BYTES; payloads travel in chunks.
+MAX_MESSAGE_BYTES = 4 << 20
+CHUNK_BYTES = 1 << 20
+MAX_MODEL_BYTES = 2 << 30  # one model or update in the array container
+MAX_JOB_ARCHIVE_BYTES = 64 << 20  # a submitted job folder, zipped
+MAX_JOB_UNPACKED_BYTES = 256 << 20
+MAX_JOB_FILES = 1000
+MAX_META_JSON_BYTES = 64 << 10  # meta_json fields, metrics maps
+MAX_METRICS = 256
+MAX_ERROR_TEXT = 4 << 10  # error text a site reports about a failed script
+
+# The array container.
+MAX_ARRAY_HEADER_BYTES = 4 << 20
+MAX_TENSORS = 10_000
+MAX_TENSOR_NAME = 256
+MAX_TENSOR_DIMS = 8
+
+# Jobs.
+MAX_JOB_NAME = 64
+MAX_ROUNDS = 100_000
+MAX_LIST_JOBS = 10_000
+MAX_RUNNING_JOBS = 16

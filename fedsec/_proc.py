@@ -1,0 +1,109 @@
+"""Child processes: start with a recorded pid, stop by pid (TERM, then KILL).
+
+Children get their own process group and die with their parent (Linux
+PR_SET_PDEATHSIG), so a parent killed with -9 leaves no job process behind.
+Nothing here looks processes up by name.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+try:  # loaded here, not in the child: a forked child of a threaded parent must not dlopen
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except OSError:
+    _LIBC = None
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec: keep it minimal
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    os.setpgrp()
+
+
+def start(
+    argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log_path: Path, die_with_parent: bool = True
+) -> subprocess.Popen[bytes]:
+    """Start argv with stdout and stderr appended to log_path; return the process."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as out:
+        proc = subprocess.Popen(  # noqa: S603 - argv is built by fedsec, never a shell string
+            list(argv),
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent if die_with_parent else os.setpgrp,  # noqa: PLW1509
+            close_fds=True,
+        )
+    log.info("started pid=%d argv0=%s", proc.pid, Path(argv[0]).name)
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes], grace: float = 3.0) -> int:
+    """TERM the process group of proc, KILL it after grace seconds; return the exit status."""
+    if proc.poll() is None:
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+    else:
+        _signal_group(proc.pid, signal.SIGKILL)  # reap stragglers of a finished leader
+    return proc.returncode
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        log.warning("cannot signal process group pid=%d", pid)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (and is not a zombie we own)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    """Wait until pid no longer exists; return whether it is gone."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return True
+        time.sleep(0.05)
+    return not pid_alive(pid)
+
+
+def tail(path: Path, limit: int) -> str:
+    """The last limit bytes of a log file as text (for error reports)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - limit))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""

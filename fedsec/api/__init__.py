@@ -1,0 +1,5 @@
+"""The admin Python API: Session, over the server's admin port with an admin kit."""
+
+from fedsec.api.session import JobInfo, Session
+
+__all__ = ["JobInfo", "Session"]

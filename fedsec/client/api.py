@@ -1,0 +1,214 @@
+"""init / receive / send for a training script, over the site parent's Unix socket.
+
+The parent relays each call to the server's workflow for this job. Calls
+retry with backoff while the server or the link is down (a server restart
+mid-job is survived), up to RETRY_SECONDS. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from fedsec import limits
+from fedsec.errors import FedsecError, JobError, WireError
+from fedsec.jobs.env import ENV_JOB_ID, ENV_SITE, ENV_SOCKET
+from fedsec.transport.local import unix_channel
+from fedsec.wire import arrays, fedsec_pb2, fedsec_pb2_grpc, streams
+
+log = logging.getLogger(__name__)
+
+RETRY_SECONDS = 600.0
+_POLL_SECONDS = 10.0
+_RETRY_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+class ParamsType(enum.Enum):
+    FULL = "full"  # the model's weights
+    DIFF = "diff"  # the change to the received global weights
+
+
+@dataclass
+class FLModel:
+    """What a script receives from and sends to the federation."""
+
+    params: dict[str, np.ndarray] | None = None
+    params_type: ParamsType = ParamsType.FULL
+    metrics: dict[str, float] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    current_round: int = 0
+    total_rounds: int = 0
+    task: str = "train"
+
+
+@dataclass
+class _Link:
+    stub: fedsec_pb2_grpc.FederationStub
+    channel: grpc.Channel
+    job_id: str
+    site: str
+    running: bool = True
+    last: FLModel | None = None
+
+
+_link: _Link | None = None
+
+
+def init() -> None:
+    """Connect to this site's parent; call once at the start of the script.
+
+    Raises JobError when the script was not started by a fedsec site.
+    """
+    global _link  # noqa: PLW0603 - one link per training process, as the API promises
+    if _link is not None:
+        return
+    missing = [k for k in (ENV_SOCKET, ENV_JOB_ID, ENV_SITE) if not os.environ.get(k)]
+    if missing:
+        raise JobError(f"not started by a fedsec site: {', '.join(missing)} not set")
+    channel = unix_channel(Path(os.environ[ENV_SOCKET]))
+    _link = _Link(fedsec_pb2_grpc.FederationStub(channel), channel, os.environ[ENV_JOB_ID], os.environ[ENV_SITE])
+
+
+def _get() -> _Link:
+    if _link is None:
+        raise JobError("call fedsec.client.init() first")
+    return _link
+
+
+def site_name() -> str:
+    return _get().site
+
+
+def job_id() -> str:
+    return _get().job_id
+
+
+def is_running() -> bool:
+    """False once the job has ended for this site."""
+    return _get().running
+
+
+def receive(timeout: float | None = None) -> FLModel | None:
+    """The next task from the server: the global model and the round; None when the job is done.
+
+    Waits until the server has a task for this site (or timeout seconds).
+    Raises WireError for a corrupt payload, FedsecError when the site is unreachable.
+    """
+    link = _get()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while link.running:
+        request = fedsec_pb2.TaskRequest(job_id=link.job_id, wait_seconds=_POLL_SECONDS)
+        model = _retry(lambda: _fetch(link, request), "receive")
+        if model is not None:
+            link.last = model
+            return model
+        if deadline is not None and time.monotonic() > deadline:
+            raise JobError(f"no task within {timeout} s")
+    return None
+
+
+def _fetch(link: _Link, request: fedsec_pb2.TaskRequest) -> FLModel | None:
+    parts = link.stub.GetTask(request, timeout=_POLL_SECONDS + 60)
+    first = next(parts, None)
+    if first is None or first.WhichOneof("part") != "header":
+        raise WireError("task stream did not start with a header")
+    header = first.header
+    if header.status == fedsec_pb2.TASK_STATUS_DONE:
+        link.running = False
+        return None
+    if header.status == fedsec_pb2.TASK_STATUS_WAIT:
+        return None
+    payload = streams.receive_bytes(_data(parts), header.payload, limits.MAX_MODEL_BYTES, "global model")
+    meta = _meta(header.meta_json)
+    return FLModel(
+        params=arrays.decode(payload, "global model"),
+        params_type=ParamsType.FULL,
+        meta=meta,
+        current_round=header.current_round,
+        total_rounds=header.num_rounds,
+        task=header.task,
+    )
+
+
+def _data(parts: Iterator[fedsec_pb2.TaskPart]) -> Iterator[bytes]:
+    for part in parts:
+        if part.WhichOneof("part") != "data":
+            raise WireError("task stream: a second header")
+        yield part.data
+
+
+def _meta(text: str) -> dict[str, Any]:
+    if len(text) > limits.MAX_META_JSON_BYTES:
+        raise WireError("meta_json larger than its limit")
+    if not text:
+        return {}
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise WireError("meta_json is not an object")
+    return value
+
+
+def send(model: FLModel) -> bool:
+    """Send this site's result for the last received task; return whether the server accepted it.
+
+    A result the server refuses (a stale round, a bad update) returns False
+    and is logged; the script goes on with receive().
+    """
+    link = _get()
+    task = link.last
+    if task is None:
+        raise JobError("send() before receive(): there is no task to answer")
+    if len(model.metrics) > limits.MAX_METRICS:
+        raise WireError(f"more than {limits.MAX_METRICS} metrics")
+    metrics = {str(k): float(v) for k, v in model.metrics.items()}
+    meta = json.dumps({**model.meta, "params_type": model.params_type.value})
+    if len(meta) > limits.MAX_META_JSON_BYTES:
+        raise WireError("meta is larger than its limit")
+    payload = arrays.encode(model.params) if model.params is not None else b""
+    digest = hashlib.sha256(payload).digest()
+    header = fedsec_pb2.ResultHeader(
+        job_id=link.job_id,
+        current_round=task.current_round,
+        task=task.task,
+        metrics=metrics,
+        meta_json=meta,
+        payload=fedsec_pb2.PayloadInfo(total_size=len(payload), sha256=digest),
+    )
+
+    def parts() -> Iterator[fedsec_pb2.ResultPart]:
+        yield fedsec_pb2.ResultPart(header=header)
+        for chunk in streams.bytes_chunks(payload):
+            yield fedsec_pb2.ResultPart(data=chunk)
+
+    reply = _retry(lambda: link.stub.SubmitResult(parts(), timeout=600), "send")
+    link.last = None
+    if not reply.accepted:
+        log.warning("result for round %d refused: %s", task.current_round, reply.reason)
+        print(f"fedsec: result for round {task.current_round} refused: {reply.reason}", flush=True)
+    return bool(reply.accepted)
+
+
+def _retry(call: Any, what: str) -> Any:
+    deadline = time.monotonic() + RETRY_SECONDS
+    delay = 0.2
+    while True:
+        try:
+            return call()
+        except grpc.RpcError as exc:
+            code = exc.code() if isinstance(exc, grpc.Call) else None
+            if code not in _RETRY_CODES or time.monotonic() > deadline:
+                detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+                raise FedsecError(f"{what}: {detail}") from exc
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)

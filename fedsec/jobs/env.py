@@ -1,0 +1,5 @@
+"""The environment a site gives a job's training script: how the script finds its site."""
+
+ENV_SOCKET = "FEDSEC_SOCKET"  # the site parent's Unix socket
+ENV_JOB_ID = "FEDSEC_JOB_ID"
+ENV_SITE = "FEDSEC_SITE"

@@ -1,0 +1,243 @@
+"""The job folder format: meta.yml and app/config.yml, loaded into frozen dataclasses.
+
+A job folder is::
+
+    <job>/
+      meta.yml               format, name, sites, min_clients
+      app/config.yml         workflow, script, initial_model
+      app/initial_model.fsa  initial global weights in the fedsec array container
+      app/custom/            the training script and the modules it imports
+
+load_job_folder() validates all of it (unknown keys, bounds, names, that the
+files it names exist inside the folder, that the initial model's header is a
+valid array container) and raises JobError naming the folder, the file and the
+key. This module reads YAML with the safe loader only and never imports or runs
+anything from a job; it never writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+
+from fedsec import _fs, _schema, limits
+from fedsec.errors import ConfigError, JobError, WireError
+from fedsec.wire import arrays
+
+FORMAT = "fedsec-job/1"
+META_FILE = "meta.yml"
+APP_DIR = "app"
+CONFIG_FILE = f"{APP_DIR}/config.yml"
+CUSTOM_DIR = f"{APP_DIR}/custom"
+MAX_TIMEOUT = 7 * 24 * 3600.0  # seconds; a round or a start wait longer than a week is a mistake
+
+
+class WorkflowKind(enum.Enum):
+    """The server-side workflows a job can ask for, by short name."""
+
+    FEDAVG = "fedavg"
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobMeta:
+    """meta.yml: who runs the job. An empty sites tuple means every connected site."""
+
+    format: str
+    name: str
+    sites: tuple[str, ...] = ()
+    min_clients: int
+
+
+@dataclass(frozen=True)
+class WorkflowConfig:
+    """config.yml's workflow section.
+
+    Each round samples max(min_clients, ceil(sample_fraction * live sites)) sites.
+    """
+
+    kind: WorkflowKind
+    num_rounds: int
+    sample_fraction: float = 1.0
+    round_timeout: float = 600.0
+    start_timeout: float = 120.0
+    evaluate_final: bool = True
+
+
+@dataclass(frozen=True)
+class ScriptConfig:
+    """config.yml's script section: path is relative to app/custom/."""
+
+    path: str
+    args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """app/config.yml: initial_model is relative to app/."""
+
+    workflow: WorkflowConfig
+    script: ScriptConfig
+    initial_model: str
+
+
+def load_job_folder(folder: Path) -> tuple[JobMeta, AppConfig]:
+    """Read and validate a job folder.
+
+    Raises JobError("job folder X: meta.yml: min_clients: ...") on the first problem.
+    """
+    if not folder.is_dir():
+        raise JobError(f"job folder {folder}: not a folder")
+    try:
+        meta = parse_meta(_read_yaml(folder, META_FILE))
+        config = parse_app_config(_read_yaml(folder, CONFIG_FILE))
+        _check_inside(folder, f"{CUSTOM_DIR}/{config.script.path}", f"{CONFIG_FILE}: script.path")
+        model = _check_inside(folder, f"{APP_DIR}/{config.initial_model}", f"{CONFIG_FILE}: initial_model")
+        _check_model(model, f"{CONFIG_FILE}: initial_model: {APP_DIR}/{config.initial_model}")
+    except ConfigError as exc:
+        raise JobError(f"job folder {folder}: {exc}") from exc
+    return meta, config
+
+
+def parse_meta(raw: Any) -> JobMeta:
+    """Build and validate a JobMeta from parsed YAML or JSON; raises ConfigError prefixed 'meta.yml: '."""
+    try:
+        meta = _schema.build(JobMeta, raw, "")
+        check_meta(meta)
+    except ConfigError as exc:
+        raise ConfigError(f"{META_FILE}: {exc}") from exc
+    return meta
+
+
+def check_meta(meta: JobMeta) -> None:
+    """Check the bounds and names of meta; raises ConfigError naming the key."""
+    if meta.format != FORMAT:
+        raise ConfigError(f"format: {meta.format!r} is not supported (this fedsec reads {FORMAT})")
+    if len(meta.name) > limits.MAX_JOB_NAME:
+        raise ConfigError(f"name: longer than {limits.MAX_JOB_NAME} characters")
+    _fs.check_name("job", meta.name)
+    if len(meta.sites) > limits.MAX_PARTICIPANTS:
+        raise ConfigError(f"sites: more than {limits.MAX_PARTICIPANTS}")
+    seen: dict[str, int] = {}
+    for i, site in enumerate(meta.sites):
+        _fs.check_name(f"sites[{i}]", site)
+        key = site.lower()  # site names are file names: case-only differences clash too
+        if key in seen:
+            raise ConfigError(f"sites[{i}]: {site!r} is a duplicate of sites[{seen[key]}]")
+        seen[key] = i
+    if meta.min_clients < 1:
+        raise ConfigError(f"min_clients: must be at least 1, got {meta.min_clients}")
+    if meta.min_clients > limits.MAX_PARTICIPANTS:
+        raise ConfigError(f"min_clients: more than {limits.MAX_PARTICIPANTS}")
+    if meta.sites and meta.min_clients > len(meta.sites):
+        raise ConfigError(f"min_clients: {meta.min_clients} is more than the {len(meta.sites)} sites listed")
+    if len(meta_to_json(meta).encode()) > limits.MAX_META_JSON_BYTES:
+        raise ConfigError(f"larger than {limits.MAX_META_JSON_BYTES} bytes as JSON")
+
+
+def parse_app_config(raw: Any) -> AppConfig:
+    """Build and validate an AppConfig (not the files it names); raises ConfigError prefixed 'app/config.yml: '."""
+    try:
+        config = _schema.build(AppConfig, raw, "")
+        check_workflow(config.workflow)
+        check_script(config.script)
+        check_relative_path("initial_model", config.initial_model)
+    except ConfigError as exc:
+        raise ConfigError(f"{CONFIG_FILE}: {exc}") from exc
+    return config
+
+
+def check_workflow(workflow: WorkflowConfig) -> None:
+    """Check the bounds of a workflow section; raises ConfigError naming the key."""
+    if not 1 <= workflow.num_rounds <= limits.MAX_ROUNDS:
+        raise ConfigError(f"workflow.num_rounds: must be between 1 and {limits.MAX_ROUNDS}, got {workflow.num_rounds}")
+    if not 0.0 < workflow.sample_fraction <= 1.0:  # also refuses NaN
+        raise ConfigError(f"workflow.sample_fraction: must be in (0, 1], got {workflow.sample_fraction}")
+    for key in ("round_timeout", "start_timeout"):
+        value = getattr(workflow, key)
+        if not (math.isfinite(value) and 0.0 < value <= MAX_TIMEOUT):
+            raise ConfigError(f"workflow.{key}: must be more than 0 and at most {MAX_TIMEOUT:.0f} seconds, got {value}")
+
+
+def check_script(script: ScriptConfig) -> None:
+    """Check a script section's path shape and arguments; raises ConfigError naming the key."""
+    check_relative_path("script.path", script.path)
+    for i, arg in enumerate(script.args):
+        if "\0" in arg:
+            raise ConfigError(f"script.args[{i}]: contains a NUL character")
+
+
+def check_relative_path(where: str, path: str) -> None:
+    """Refuse an empty, absolute, backslashed or '..'-climbing path; raises ConfigError."""
+    if not path:
+        raise ConfigError(f"{where}: must not be empty")
+    if "\\" in path or "\0" in path:
+        raise ConfigError(f"{where}: {path!r} must use '/' as separator and no NUL")
+    pure = PurePosixPath(path)
+    if pure.is_absolute():
+        raise ConfigError(f"{where}: {path!r} must be relative, not absolute")
+    if any(part == ".." for part in pure.parts):
+        raise ConfigError(f"{where}: {path!r} must not contain '..'")
+
+
+def meta_to_json(meta: JobMeta) -> str:
+    """meta as compact JSON with sorted keys, for the job store and the wire."""
+    return json.dumps(to_plain(meta), sort_keys=True, separators=(",", ":"))
+
+
+def to_yaml(value: JobMeta | AppConfig) -> bytes:
+    """meta.yml or app/config.yml text for a JobMeta or an AppConfig, in field order."""
+    return yaml.safe_dump(to_plain(value), sort_keys=False).encode()
+
+
+def to_plain(value: Any) -> Any:
+    """Dataclasses -> dicts, tuples -> lists, enums -> their values; the inverse of _schema.build."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple | list):
+        return [to_plain(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
+def _read_yaml(folder: Path, rel: str) -> Any:
+    path = _check_inside(folder, rel, rel)
+    try:
+        with path.open("rb") as f:
+            data = f.read(limits.MAX_CONFIG_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{rel}: cannot read: {exc.strerror or exc}") from exc
+    if len(data) > limits.MAX_CONFIG_FILE_BYTES:
+        raise ConfigError(f"{rel}: larger than the limit of {limits.MAX_CONFIG_FILE_BYTES} bytes")
+    return _schema.parse_yaml(data, rel)
+
+
+def _check_inside(folder: Path, rel: str, where: str) -> Path:
+    """folder/rel, which must be a regular file that resolves to inside folder."""
+    path = folder / rel
+    try:
+        inside = path.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise ConfigError(f"{where}: {rel} cannot be resolved: {exc}") from exc
+    if not inside:
+        raise ConfigError(f"{where}: {rel} points outside the job folder")
+    if not path.is_file():
+        raise ConfigError(f"{where}: {rel} is missing or not a regular file")
+    return path
+
+
+def _check_model(path: Path, where: str) -> None:
+    """The initial model's header must be a valid array container (its data is read later)."""
+    try:
+        arrays.read_specs(path, where)
+    except WireError as exc:
+        raise ConfigError(str(exc)) from exc
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from exc

@@ -1,0 +1,199 @@
+"""Recipes: build a job folder from Python, so a job's job.py stays a few lines.
+
+FedAvgRecipe takes a model (anything with state_dict(), or a mapping of
+arrays), a training script and the workflow settings, checks them all at
+construction, and export() writes a job folder that load_job_folder accepts.
+The model is converted by duck typing (.detach().cpu().numpy()), so this module
+never imports torch; it never imports or runs the training script either.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from fedsec import _fs, _schema
+from fedsec.errors import ConfigError, JobError, WireError
+from fedsec.jobs.meta import (
+    APP_DIR,
+    CONFIG_FILE,
+    CUSTOM_DIR,
+    FORMAT,
+    META_FILE,
+    AppConfig,
+    JobMeta,
+    WorkflowKind,
+    check_meta,
+    check_script,
+    check_workflow,
+    load_job_folder,
+    to_yaml,
+)
+from fedsec.wire import arrays
+
+INITIAL_MODEL_FILE = "initial_model.fsa"
+_IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc")
+
+
+class SupportsStateDict(Protocol):
+    """A model that can list its weights: a torch.nn.Module, for one."""
+
+    def state_dict(self) -> Mapping[str, Any]: ...
+
+
+class FedAvgRecipe:
+    """A FedAvg job: a model, a training script run on every sampled site, and the round settings.
+
+    Raises JobError at construction for any bad argument: an unsafe name, bounds
+    (num_rounds, min_clients, sample_fraction, timeouts), a missing script or
+    custom file, clashing file names, or a model that is not a mapping of
+    numeric arrays. The model's weights are copied when the recipe is made.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        model: SupportsStateDict | Mapping[str, Any],
+        train_script: str | Path,
+        num_rounds: int,
+        min_clients: int,
+        *,
+        script_args: Sequence[str] = (),
+        custom_files: Sequence[str | Path] = (),
+        sites: Sequence[str] = (),
+        sample_fraction: float = 1.0,
+        round_timeout: float = 600.0,
+        start_timeout: float = 120.0,
+        evaluate_final: bool = True,
+    ) -> None:
+        self._where = f"FedAvgRecipe {name!r}"
+        for arg, value in (("script_args", script_args), ("custom_files", custom_files), ("sites", sites)):
+            if isinstance(value, str | bytes):
+                raise JobError(f"{self._where}: {arg}: give a list, not a single string")
+        self.train_script = Path(train_script)
+        self.custom_files = tuple(Path(p) for p in custom_files)
+        raw_meta = {"format": FORMAT, "name": name, "min_clients": min_clients, "sites": list(sites)}
+        raw_config = {
+            "workflow": {
+                "kind": WorkflowKind.FEDAVG.value,
+                "num_rounds": num_rounds,
+                "sample_fraction": sample_fraction,
+                "round_timeout": round_timeout,
+                "start_timeout": start_timeout,
+                "evaluate_final": evaluate_final,
+            },
+            "script": {"path": self.train_script.name, "args": list(script_args)},
+            "initial_model": INITIAL_MODEL_FILE,
+        }
+        try:
+            self.meta: JobMeta = _schema.build(JobMeta, raw_meta, "")
+            check_meta(self.meta)
+            self.app_config: AppConfig = _schema.build(AppConfig, raw_config, "")
+            check_workflow(self.app_config.workflow)
+            check_script(self.app_config.script)
+        except ConfigError as exc:
+            raise JobError(f"{self._where}: {exc}") from exc
+        self._check_files()
+        self.initial_model = model_arrays(model, f"{self._where}: model")
+
+    @property
+    def name(self) -> str:
+        return self.meta.name
+
+    def export(self, folder: str | Path) -> Path:
+        """Write the job folder at folder, which must not exist; all or nothing. Returns folder.
+
+        Raises JobError if folder exists, a file cannot be copied or written, or the
+        result does not load (which would be a bug in this recipe).
+        """
+        folder = Path(folder)
+        if os.path.lexists(folder):
+            raise JobError(f"{self._where}: export: {folder} already exists")
+        try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.export-", dir=folder.parent))
+        except OSError as exc:
+            raise JobError(f"{self._where}: export: cannot create {folder}: {exc.strerror or exc}") from exc
+        try:
+            self._write(staging)
+            load_job_folder(staging)
+            if os.path.lexists(folder):
+                raise JobError(f"{self._where}: export: {folder} already exists")
+            staging.rename(folder)
+        except OSError as exc:
+            raise JobError(f"{self._where}: export to {folder}: {exc.strerror or exc}") from exc
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # gone already once renamed
+        return folder
+
+    def _check_files(self) -> None:
+        if not self.train_script.is_file():
+            raise JobError(f"{self._where}: train_script {self.train_script} is missing or not a file")
+        seen = {self.train_script.name: "train_script"}
+        for path in self.custom_files:
+            if not path.exists():
+                raise JobError(f"{self._where}: custom_files: {path} is missing")
+            if not (path.is_file() or path.is_dir()):
+                raise JobError(f"{self._where}: custom_files: {path} is not a file or a folder")
+            if path.name in seen:
+                raise JobError(f"{self._where}: custom_files: {path} has the same name as {seen[path.name]}")
+            seen[path.name] = str(path)
+
+    def _write(self, root: Path) -> None:
+        """Write the job folder's content under root (which exists)."""
+        _fs.write_atomic(root / META_FILE, to_yaml(self.meta))
+        _fs.write_atomic(root / CONFIG_FILE, to_yaml(self.app_config))
+        model_path = root / APP_DIR / INITIAL_MODEL_FILE
+        try:
+            arrays.write_file(model_path, self.initial_model, f"{self._where}: initial model")
+        except WireError as exc:
+            raise JobError(str(exc)) from exc
+        custom = root / CUSTOM_DIR
+        custom.mkdir(parents=True)
+        for path in (self.train_script, *self.custom_files):
+            try:
+                if path.is_dir():
+                    shutil.copytree(path, custom / path.name, ignore=_IGNORED)
+                else:
+                    shutil.copyfile(path, custom / path.name)
+            except OSError as exc:  # shutil.Error is an OSError
+                raise JobError(f"{self._where}: cannot copy {path}: {exc}") from exc
+
+
+def model_arrays(model: SupportsStateDict | Mapping[str, Any], where: str) -> dict[str, NDArray[Any]]:
+    """A copy of model's weights as numpy arrays, checked storable in the array container.
+
+    Tensors are converted by duck typing: value.detach().cpu().numpy() when the value
+    has detach, np.asarray otherwise. Raises JobError naming the tensor.
+    """
+    if isinstance(model, Mapping):
+        state: Mapping[str, Any] = model
+    elif callable(getattr(model, "state_dict", None)):
+        state = model.state_dict()
+    else:
+        raise JobError(
+            f"{where}: expected a model with state_dict() or a mapping of arrays, got {type(model).__name__}"
+        )
+    out: dict[str, NDArray[Any]] = {}
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise JobError(f"{where}: tensor names must be strings, got {key!r}")
+        try:
+            array = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+            out[key] = np.array(array, copy=True)
+        except (TypeError, ValueError, RuntimeError) as exc:  # bfloat16 and other dtypes numpy lacks
+            raise JobError(f"{where}: tensor {key!r} cannot be converted to a numpy array: {exc}") from exc
+    if not out:
+        raise JobError(f"{where}: the model has no tensors")
+    try:
+        arrays.specs_of(out, where)
+    except WireError as exc:
+        raise JobError(str(exc)) from exc
+    return out

@@ -1,0 +1,1 @@
+"""The server parent process: services, site registry, job store, scheduler."""

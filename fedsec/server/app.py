@@ -1,0 +1,87 @@
+"""The server parent process: two mTLS gRPC ports, the site registry, the job manager.
+
+It never imports torch or numpy: it moves bytes and keeps records. SIGTERM
+stops it cleanly; running jobs stay "running" in the store and resume from
+their last completed round at the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from types import FrameType
+
+import grpc
+
+from fedsec.errors import ConfigError, KitError
+from fedsec.kit import Kit, ServerConfig
+from fedsec.pki.certs import Kind
+from fedsec.server.jobs import JobManager
+from fedsec.server.registry import SiteRegistry
+from fedsec.server.services import AdminService, FederationService
+from fedsec.server.store import JobStore
+from fedsec.transport.tls import GRPC_OPTIONS, server_credentials
+from fedsec.wire import fedsec_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+
+
+def listen_host(config: ServerConfig) -> str:
+    """127.0.0.1 when every host name of the server is a loopback name, else all interfaces."""
+    return "127.0.0.1" if set(config.host_names) <= _LOOPBACK else "0.0.0.0"  # noqa: S104
+
+
+def _bind(server: grpc.Server, host: str, port: int, creds: grpc.ServerCredentials) -> None:
+    try:
+        bound = server.add_secure_port(f"{host}:{port}", creds)
+    except RuntimeError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc} (is another server running?)") from exc
+    if bound == 0:
+        raise ConfigError(f"cannot listen on {host}:{port} (is another server running?)")
+
+
+def run_server(kit: Kit, listen: str | None = None) -> int:
+    """Serve until SIGTERM or SIGINT; return the exit status."""
+    if kit.kind is not Kind.SERVER or not isinstance(kit.config, ServerConfig):
+        raise KitError(f"kit {kit.name}: is a {kit.kind.value} kit, not a server kit")
+    config = kit.config
+    host = listen or listen_host(config)
+    store = JobStore(kit.root / "store")
+    holder: list[JobManager] = []
+    registry = SiteRegistry(config.heartbeat_timeout, lambda alive: holder[0].sites_changed(alive) if holder else None)
+    jobs = JobManager(store, kit.root / "run", registry.alive)
+    holder.append(jobs)
+    creds = server_credentials(kit)
+
+    fl = grpc.server(futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="fl"), options=GRPC_OPTIONS)
+    fedsec_pb2_grpc.add_FederationServicer_to_server(FederationService(config, registry, jobs), fl)
+    _bind(fl, host, config.fl_port, creds)
+    admin = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="admin"), options=GRPC_OPTIONS)
+    fedsec_pb2_grpc.add_AdminServicer_to_server(AdminService(store, jobs), admin)
+    _bind(admin, host, config.admin_port, creds)
+
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    fl.start()
+    admin.start()
+    log.info(
+        "server=%s project=%s listening fl=%s:%d admin=%s:%d",
+        config.name, config.project, host, config.fl_port, host, config.admin_port,
+    )  # fmt: skip
+    stop.wait()
+    log.info("server=%s stopping", config.name)
+    fl.stop(grace=1)
+    admin.stop(grace=1)
+    jobs.close()
+    registry.close()
+    store.close()
+    return 0

@@ -1,0 +1,349 @@
+"""Running jobs on the server: one workflow process per job, and the relays to it.
+
+Submitting stores the archive and a record; the scheduler starts a workflow
+process per job (`python -m fedsec.workflow`), which dies with the server
+and is started again, resuming, when the server comes back. A reaper turns
+each workflow's exit into the job's final status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from fedsec import _fs, _proc, limits
+from fedsec.errors import FedsecError, JobError
+from fedsec.jobs import load_job_folder, pack, unpack
+from fedsec.jobs.meta import meta_to_json
+from fedsec.pki.certs import Identity
+from fedsec.server.store import JOB_ARCHIVE, WORKSPACE_DIR, JobRecord, JobStatus, JobStore
+from fedsec.transport.local import socket_path, unix_channel
+from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+_READY_SECONDS = 30.0
+
+
+@dataclass
+class _Workflow:
+    job_id: str
+    sites: frozenset[str]  # empty: every site
+    proc: subprocess.Popen[bytes]
+    channel: grpc.Channel
+    stub: fedsec_pb2_grpc.WorkflowStub
+    ready: bool = False
+
+
+class JobManager:
+    """Job submission, scheduling, relaying and ending on the server."""
+
+    def __init__(self, store: JobStore, run_dir: Path, alive_sites: Any) -> None:
+        self._store = store
+        self._run_dir = run_dir
+        self._alive_sites = alive_sites  # () -> frozenset[str]
+        self._lock = threading.Condition()
+        self._workflows: dict[str, _Workflow] = {}
+        self._version = 1
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._schedule_loop, name="scheduler", daemon=True),
+            threading.Thread(target=self._reap_loop, name="reaper", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    # ------------------------------------------------------------ admin side
+
+    def submit(self, archive: bytes, who: Identity) -> JobRecord:
+        """Check and store a job archive; the scheduler starts it. Raises JobError for a bad job."""
+        staging = Path(tempfile.mkdtemp(prefix=".submit-", dir=self._store.root))
+        try:
+            unpack(archive, staging / "job")
+            meta, app = load_job_folder(staging / "job")
+            record = self._store.add(
+                name=meta.name,
+                submitter=who.name,
+                submitter_org=who.org,
+                submitter_role=who.role.value if who.role else "",
+                meta_json=meta_to_json(meta),
+                num_rounds=app.workflow.num_rounds,
+            )
+            job_dir = self._store.job_dir(record.job_id)
+            _fs.write_atomic(job_dir / JOB_ARCHIVE, archive, mode=0o600)
+            (staging / "job").rename(job_dir / "job")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        log.info("job=%s name=%s submitted by=%s", record.job_id, record.name, who.name)
+        self._wake()
+        return record
+
+    def abort(self, job_id: str, who: Identity) -> JobRecord:
+        record = self._store.get(job_id)
+        if record.status.finished:
+            raise JobError(f"job {job_id}: already {record.status.value}")
+        record = self._end(job_id, JobStatus.ABORTED, f"aborted by {who.name}")
+        log.info("job=%s aborted by=%s", job_id, who.name)
+        return record
+
+    def progress(self, job_id: str) -> str:
+        """The job's per-round metrics as JSON text ('' before the first round)."""
+        path = self._store.job_dir(job_id) / WORKSPACE_DIR / "progress.json"
+        try:
+            return path.read_text()[: limits.MAX_META_JSON_BYTES * 4]
+        except OSError:
+            return ""
+
+    def archive(self, job_id: str) -> bytes:
+        self._store.get(job_id)
+        return (self._store.job_dir(job_id) / JOB_ARCHIVE).read_bytes()
+
+    def result_archive(self, job_id: str) -> bytes:
+        """The job's result folder (final global model, metrics, workflow log) as a zip."""
+        record = self._store.get(job_id)
+        if not record.status.finished:
+            raise JobError(f"job {job_id}: still {record.status.value}; download it when it has finished")
+        job_dir = self._store.job_dir(job_id)
+        result = job_dir / WORKSPACE_DIR / "result"
+        result.mkdir(parents=True, exist_ok=True)
+        for name in ("workflow.log",):
+            if (job_dir / name).exists():
+                shutil.copyfile(job_dir / name, result / name)
+        summary = {k: v for k, v in _record_dict(record).items() if k != "meta_json"}
+        _fs.write_atomic(result / "job.json", json.dumps(summary, indent=2).encode())
+        return pack(result)
+
+    # ------------------------------------------------------------ site side
+
+    def assignments(self, site: str) -> list[tuple[str, str]]:
+        with self._lock:
+            flows = [w for w in self._workflows.values() if not w.sites or site in w.sites]
+        return [(w.job_id, self._store.get(w.job_id).name) for w in flows]
+
+    def may_run(self, job_id: str, site: str) -> bool:
+        with self._lock:
+            flow = self._workflows.get(job_id)
+        if flow is not None:
+            return not flow.sites or site in flow.sites
+        record = self._store.get(job_id)
+        sites = json.loads(record.meta_json).get("sites", [])
+        return not sites or site in sites
+
+    def wait_change(self, known: int, timeout: float) -> int:
+        """Wait until the assignment version differs from known (or timeout); return it."""
+        with self._lock:
+            self._lock.wait_for(lambda: self._version != known or self._stop.is_set(), timeout)
+            return self._version
+
+    def get_task(self, job_id: str, site: str, wait: float) -> Iterator[fedsec_pb2.TaskPart]:
+        flow = self._ready_flow(job_id)
+        if flow is None:
+            yield _status_part(self._status_for_site(job_id, wait))
+            return
+        request = fedsec_pb2.TaskRequest(job_id=job_id, site=site, wait_seconds=wait)
+        try:
+            yield from flow.stub.GetTask(request, timeout=wait + 120)
+        except grpc.RpcError as exc:
+            log.info(
+                "job=%s task relay for site=%s ended: %s",
+                job_id,
+                site,
+                exc.code() if isinstance(exc, grpc.Call) else exc,
+            )
+            yield _status_part(self._status_for_site(job_id, 1.0))
+
+    def submit_result(
+        self, job_id: str, site: str, header: fedsec_pb2.ResultHeader, rest: Iterator[fedsec_pb2.ResultPart]
+    ) -> fedsec_pb2.ResultReply:
+        flow = self._ready_flow(job_id)
+        if flow is None:
+            return fedsec_pb2.ResultReply(accepted=False, reason="the job's workflow is not running")
+        header.site = site  # from the verified certificate, never from the site
+
+        def parts() -> Iterator[fedsec_pb2.ResultPart]:
+            yield fedsec_pb2.ResultPart(header=header)
+            yield from rest
+
+        try:
+            reply: fedsec_pb2.ResultReply = flow.stub.SubmitResult(parts(), timeout=600)
+        except grpc.RpcError as exc:
+            code = exc.code() if isinstance(exc, grpc.Call) else None
+            detail = exc.details() if isinstance(exc, grpc.Call) else ""
+            return fedsec_pb2.ResultReply(accepted=False, reason=f"workflow refused the result: {code} {detail}")
+        return reply
+
+    def report(self, job_id: str, site: str, failed: bool, error: str) -> None:
+        record = self._store.get(job_id)
+        if not failed or record.status.finished:
+            log.info("job=%s site=%s reports its script %s", job_id, site, "failed" if failed else "finished")
+            return
+        text = error.strip()[-limits.MAX_ERROR_TEXT :]
+        log.warning("job=%s site=%s training script failed", job_id, site)
+        self._end(job_id, JobStatus.FAILED, f"{site}: training script failed:\n{text}")
+
+    def sites_changed(self, alive: frozenset[str]) -> None:
+        with self._lock:
+            flows = [w for w in self._workflows.values() if w.ready]
+        for flow in flows:
+            self._push_sites(flow, alive)
+
+    # ------------------------------------------------------------ internals
+
+    def _status_for_site(self, job_id: str, wait: float) -> int:
+        record = self._store.get(job_id)
+        if record.status.finished:
+            return fedsec_pb2.TASK_STATUS_DONE
+        time.sleep(min(wait, 1.0))  # the workflow is starting: let the site ask again shortly
+        return fedsec_pb2.TASK_STATUS_WAIT
+
+    def _ready_flow(self, job_id: str) -> _Workflow | None:
+        with self._lock:
+            flow = self._workflows.get(job_id)
+            return flow if flow is not None and flow.ready else None
+
+    def _push_sites(self, flow: _Workflow, alive: frozenset[str]) -> None:
+        try:
+            flow.stub.UpdateSites(fedsec_pb2.SiteList(sites=sorted(alive)), timeout=5)
+        except grpc.RpcError:
+            log.info("job=%s could not update its workflow's sites (it may be ending)", flow.job_id)
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._lock.notify_all()
+
+    def _bump(self) -> None:
+        with self._lock:
+            self._version += 1
+            self._lock.notify_all()
+
+    def _schedule_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                for record in self._store.unfinished():
+                    with self._lock:
+                        busy = record.job_id in self._workflows or len(self._workflows) >= limits.MAX_RUNNING_JOBS
+                    if not busy:
+                        self._start(record)
+            except FedsecError:
+                log.exception("scheduler error")
+            with self._lock:
+                self._lock.wait(1.0)
+
+    def _start(self, record: JobRecord) -> None:
+        job_dir = self._store.job_dir(record.job_id)
+        resumed = record.status is JobStatus.RUNNING
+        record = self._store.set_running(record.job_id)
+        sock = socket_path(self._run_dir, f"wf-{record.job_id[:8]}.sock")
+        argv = [sys.executable, "-m", "fedsec.workflow", "--job-dir", str(job_dir), "--job-id", record.job_id]
+        proc = _proc.start(
+            [*argv, "--socket", str(sock)], cwd=job_dir, env=_child_env(), log_path=job_dir / "workflow.log"
+        )
+        channel = unix_channel(sock)
+        sites = frozenset(json.loads(record.meta_json).get("sites", []))
+        flow = _Workflow(record.job_id, sites, proc, channel, fedsec_pb2_grpc.WorkflowStub(channel))
+        with self._lock:
+            self._workflows[record.job_id] = flow
+        log.info("job=%s workflow %s pid=%d", record.job_id, "resumed" if resumed else "started", proc.pid)
+        try:
+            grpc.channel_ready_future(channel).result(timeout=_READY_SECONDS)
+        except grpc.FutureTimeoutError:
+            if proc.poll() is None:
+                log.error("job=%s workflow did not open its socket in %.0f s", record.job_id, _READY_SECONDS)
+                _proc.stop(proc)
+            return  # the reaper ends the job
+        self._push_sites(flow, self._alive_sites())
+        with self._lock:
+            flow.ready = True
+        self._bump()
+
+    def _reap_loop(self) -> None:
+        while not self._stop.wait(0.3):
+            with self._lock:
+                ended = [w for w in self._workflows.values() if w.proc.poll() is not None]
+            for flow in ended:
+                self._reaped(flow)
+
+    def _reaped(self, flow: _Workflow) -> None:
+        job_dir = self._store.job_dir(flow.job_id)
+        result = job_dir / WORKSPACE_DIR / "result.json"
+        try:
+            outcome = json.loads(result.read_text())
+            status = JobStatus.COMPLETED if outcome.get("status") == "completed" else JobStatus.FAILED
+            reason = str(outcome.get("reason", ""))
+        except (OSError, json.JSONDecodeError):
+            status = JobStatus.FAILED
+            tail = _proc.tail(job_dir / "workflow.log", 1000)
+            reason = f"the workflow process ended with exit code {flow.proc.returncode}:\n{tail}"
+        self._end(flow.job_id, status, reason)
+
+    def _end(self, job_id: str, status: JobStatus, reason: str) -> JobRecord:
+        with self._lock:
+            flow = self._workflows.pop(job_id, None)
+        if flow is not None:
+            _proc.stop(flow.proc)
+            flow.channel.close()
+        self._sync_round(job_id)
+        record = self._store.finish(job_id, status, reason)  # first final status wins
+        self._bump()
+        if flow is not None:
+            log.info("job=%s ended status=%s", job_id, record.status.value)
+        return record
+
+    def _sync_round(self, job_id: str) -> None:
+        if self._store.get(job_id).status is not JobStatus.RUNNING:
+            return
+        try:
+            self._store.set_progress(job_id, self.current_round(job_id))
+        except JobError as exc:
+            log.warning("job=%s cannot record its progress: %s", job_id, exc)
+
+    def current_round(self, job_id: str) -> int:
+        text = self.progress(job_id)
+        return len(json.loads(text).get("rounds", [])) if text else 0
+
+    def close(self) -> None:
+        """Stop every workflow process; their jobs stay running and resume at the next start."""
+        self._stop.set()
+        self._bump()
+        with self._lock:
+            flows = list(self._workflows.values())
+            self._workflows.clear()
+        for flow in flows:
+            _proc.stop(flow.proc)
+            flow.channel.close()
+
+
+def _status_part(status: int) -> fedsec_pb2.TaskPart:
+    return fedsec_pb2.TaskPart(header=fedsec_pb2.TaskHeader(status=status))
+
+
+def _child_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("FEDSEC_")}
+
+
+def _record_dict(record: JobRecord) -> dict[str, Any]:
+    return {
+        "job_id": record.job_id,
+        "name": record.name,
+        "status": record.status.value,
+        "submitter": record.submitter,
+        "submit_time": record.submit_time,
+        "start_time": record.start_time,
+        "end_time": record.end_time,
+        "reason": record.reason,
+        "num_rounds": record.num_rounds,
+        "meta_json": record.meta_json,
+    }

@@ -1,0 +1,135 @@
+"""The site's connection to the server: register, heartbeat, fetch jobs, report their end.
+
+Clients only dial out. While the server is down the agent retries with
+backoff; after it comes back the agent registers again and carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from types import FrameType
+
+import grpc
+
+from fedsec import __version__, limits
+from fedsec.errors import FedsecError, KitError
+from fedsec.kit import ClientConfig, Kit
+from fedsec.pki.certs import Kind
+from fedsec.site.local import ScriptRelay
+from fedsec.transport.local import serve_unix, socket_path
+from fedsec.site.runner import JobRunner
+from fedsec.transport.tls import channel, error_from_rpc
+from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc, streams
+
+log = logging.getLogger(__name__)
+
+_HOLD_SECONDS = 5.0  # how long the server may hold a heartbeat waiting for a change
+
+
+class SiteAgent:
+    """The client parent of one site."""
+
+    def __init__(self, kit: Kit) -> None:
+        if kit.kind is not Kind.CLIENT or not isinstance(kit.config, ClientConfig):
+            raise KitError(f"kit {kit.name}: is a {kit.kind.value} kit, not a client kit")
+        self._kit = kit
+        self._config: ClientConfig = kit.config
+        server = self._config.server
+        self._channel = channel(kit, server.host, server.port, server.name)
+        self._stub = fedsec_pb2_grpc.FederationStub(self._channel)
+        self._stop = threading.Event()
+        self._socket = socket_path(kit.root / "run", "site.sock")
+        self._runner = JobRunner(kit.root, kit.name, self._socket, self._report)
+        self._local = serve_unix(
+            self._socket,
+            lambda s: fedsec_pb2_grpc.add_FederationServicer_to_server(
+                ScriptRelay(lambda: self._stub, self._runner.running), s
+            ),
+        )
+
+    def run(self) -> None:
+        """Register and heartbeat until stopped (SIGTERM / SIGINT)."""
+        try:
+            while not self._stop.is_set():
+                self._register()
+                self._heartbeats()
+        finally:
+            self._runner.stop_all()
+            self._local.stop(grace=1)
+            self._channel.close()
+            log.info("site=%s stopped", self._kit.name)
+
+    def stop(self, *_: object) -> None:
+        self._stop.set()
+
+    def _register(self) -> None:
+        delay = 0.2
+        while not self._stop.is_set():
+            try:
+                reply = self._stub.Register(fedsec_pb2.RegisterRequest(fedsec_version=__version__), timeout=10)
+            except grpc.RpcError as exc:
+                err = error_from_rpc(exc, "register")
+                log.info("site=%s cannot register yet (%s); retrying in %.1f s", self._kit.name, err, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            log.info("site=%s registered with server=%s project=%s", self._kit.name, reply.server_name, reply.project)
+            return
+
+    def _heartbeats(self) -> None:
+        version = 0
+        while not self._stop.is_set():
+            request = fedsec_pb2.HeartbeatRequest(running_jobs=sorted(self._runner.running()), known_version=version)
+            try:
+                reply = self._stub.Heartbeat(request, timeout=_HOLD_SECONDS + 10)
+            except grpc.RpcError as exc:
+                log.warning("site=%s heartbeat failed: %s", self._kit.name, error_from_rpc(exc, "heartbeat"))
+                self._stop.wait(0.5)
+                return  # register again
+            version = reply.version
+            try:
+                self._runner.sync({j.job_id for j in reply.jobs}, self._fetch)
+            except FedsecError as exc:
+                log.error("site=%s job sync failed: %s", self._kit.name, exc)
+                self._stop.wait(1.0)
+
+    def _fetch(self, job_id: str) -> bytes:
+        try:
+            parts = self._stub.FetchJob(fedsec_pb2.JobRef(job_id=job_id), timeout=120)
+            first = next(parts)
+            if first.WhichOneof("part") != "info":
+                raise FedsecError(f"job {job_id}: archive stream did not start with its size")
+            data = (p.data for p in parts)
+            return streams.receive_bytes(data, first.info, limits.MAX_JOB_ARCHIVE_BYTES, f"job {job_id} archive")
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"fetch job {job_id}") from exc
+
+    def _report(self, job_id: str, failed: bool, error: str) -> None:
+        outcome = fedsec_pb2.JOB_OUTCOME_FAILED if failed else fedsec_pb2.JOB_OUTCOME_FINISHED
+        request = fedsec_pb2.JobReport(job_id=job_id, outcome=outcome, error=error[-limits.MAX_ERROR_TEXT :])
+        for attempt in range(5):
+            try:
+                self._stub.ReportJob(request, timeout=10)
+                return
+            except grpc.RpcError as exc:
+                if attempt == 4:
+                    raise error_from_rpc(exc, f"report job {job_id}") from exc
+                time.sleep(1.0)
+
+
+def run_site(kit: Kit) -> int:
+    """Run the client parent of kit until SIGTERM or SIGINT; return the exit status."""
+    agent = SiteAgent(kit)
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    server = kit.config.server if isinstance(kit.config, ClientConfig) else None
+    log.info("site=%s starting; server=%s", kit.name, f"{server.host}:{server.port}" if server else "?")
+    agent.run()
+    return 0

@@ -1,0 +1,131 @@
+"""Job processes on a site: fetch a job's archive, unpack and check it, start its script, stop it.
+
+Each job runs as `python SCRIPT ARGS` in <kit>/jobs/<job_id>/, with the
+job's custom code on PYTHONPATH and the parent's socket in the environment.
+A job whose script exits is reported to the server (finished, or failed with
+the end of its log).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedsec import _fs, _proc, limits
+from fedsec.errors import FedsecError, JobError
+from fedsec.jobs import load_job_folder, unpack
+from fedsec.jobs.env import ENV_JOB_ID, ENV_SITE, ENV_SOCKET
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[str, bool, str], None]  # (job_id, failed, error text)
+
+
+@dataclass
+class _Job:
+    job_id: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    stopping: bool = False
+
+
+class JobRunner:
+    """Starts, watches and stops the training processes of one site."""
+
+    def __init__(self, kit_root: Path, site: str, socket: Path, report: Report) -> None:
+        self._jobs_dir = kit_root / "jobs"
+        self._site = site
+        self._socket = socket
+        self._report = report
+        self._lock = threading.Lock()
+        self._jobs: dict[str, _Job] = {}
+        self._failed: set[str] = set()  # jobs that could not start: not retried until reassigned
+
+    def running(self) -> set[str]:
+        with self._lock:
+            return set(self._jobs)
+
+    def start(self, job_id: str, archive: bytes) -> None:
+        """Unpack and check a job, then start its script. Raises JobError when the job is unusable."""
+        job_dir = self._jobs_dir / _safe_id(job_id)
+        if job_dir.exists():
+            shutil.rmtree(job_dir)  # a previous run of this job on this site (e.g. before a restart)
+        job_dir.mkdir(parents=True, mode=0o700)
+        unpack(archive, job_dir / "job")
+        _meta, app = load_job_folder(job_dir / "job")
+        custom = job_dir / "job" / "app" / "custom"
+        script = custom / app.script.path
+        work = job_dir / "work"
+        work.mkdir()
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("FEDSEC_")},
+            ENV_SOCKET: str(self._socket),
+            ENV_JOB_ID: job_id,
+            ENV_SITE: self._site,
+            "PYTHONPATH": os.pathsep.join(p for p in (str(custom), os.environ.get("PYTHONPATH", "")) if p),
+            "PYTHONUNBUFFERED": "1",
+        }
+        log_path = job_dir / "log.txt"
+        proc = _proc.start([sys.executable, str(script), *app.script.args], cwd=work, env=env, log_path=log_path)
+        job = _Job(job_id, proc, log_path)
+        with self._lock:
+            self._jobs[job_id] = job
+        threading.Thread(target=self._watch, args=(job,), name=f"job-{job_id[:8]}", daemon=True).start()
+        log.info("job=%s started script=%s pid=%d", job_id, app.script.path, proc.pid)
+
+    def _watch(self, job: _Job) -> None:
+        code = job.proc.wait()
+        _proc.stop(job.proc, grace=0.5)  # reap anything the script left in its group
+        with self._lock:
+            self._jobs.pop(job.job_id, None)
+            stopping = job.stopping
+        if stopping:
+            log.info("job=%s stopped", job.job_id)
+            return
+        failed = code != 0
+        error = _proc.tail(job.log_path, limits.MAX_ERROR_TEXT) if failed else ""
+        log.info("job=%s script exited code=%d", job.job_id, code)
+        try:
+            self._report(job.job_id, failed, error)
+        except FedsecError as exc:
+            log.warning("job=%s could not report its end: %s", job.job_id, exc)
+
+    def stop(self, job_id: str) -> None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return
+            job.stopping = True
+        _proc.stop(job.proc)
+
+    def stop_all(self) -> None:
+        for job_id in self.running():
+            self.stop(job_id)
+
+    def sync(self, assigned: set[str], fetch: Callable[[str], bytes]) -> None:
+        """Start assigned jobs not running, stop running jobs no longer assigned."""
+        for job_id in self.running() - assigned:
+            log.info("job=%s no longer assigned: stopping it", job_id)
+            self.stop(job_id)
+        self._failed &= assigned
+        for job_id in assigned - self.running() - self._failed:
+            try:
+                self.start(job_id, fetch(job_id))
+            except FedsecError as exc:
+                self._failed.add(job_id)
+                log.error("job=%s cannot start: %s", job_id, exc)
+                self._report(job_id, True, f"cannot start on this site: {exc}")
+
+
+def _safe_id(job_id: str) -> str:
+    try:
+        return _fs.check_name("job id", job_id)
+    except FedsecError as exc:
+        raise JobError(str(exc)) from exc

@@ -1,0 +1,51 @@
+"""Local gRPC between a parent and its job processes: Unix sockets in a 0700 folder.
+
+The socket file is mode 0600 in a 0700 folder, so only the same user can
+connect; gRPC's local (UDS) credentials mark the link as local.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+
+from fedsec import limits
+
+_MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux
+_OPTIONS = [
+    ("grpc.max_receive_message_length", limits.MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", limits.MAX_MESSAGE_BYTES),
+]
+
+
+def socket_path(run_dir: Path, name: str) -> Path:
+    """A socket path in run_dir (made 0700), or in a private temporary folder when that path is too long."""
+    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(run_dir, 0o700)
+    path = run_dir / name
+    if len(str(path)) >= _MAX_SOCKET_PATH:
+        path = Path(tempfile.mkdtemp(prefix="fedsec-")) / name
+    path.unlink(missing_ok=True)
+    return path
+
+
+def serve_unix(path: Path, register: Callable[[grpc.Server], None], workers: int = 16) -> grpc.Server:
+    """Start a gRPC server on the Unix socket path and return it."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=_OPTIONS)
+    register(server)
+    server.add_secure_port(f"unix:{path}", grpc.local_server_credentials(grpc.LocalConnectionType.UDS))
+    server.start()
+    os.chmod(path, 0o600)
+    return server
+
+
+def unix_channel(path: Path) -> grpc.Channel:
+    """A channel to a local Unix-socket server."""
+    return grpc.secure_channel(
+        f"unix:{path}", grpc.local_channel_credentials(grpc.LocalConnectionType.UDS), options=_OPTIONS
+    )

@@ -1,0 +1,241 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class TaskStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TASK_STATUS_UNSPECIFIED: _ClassVar[TaskStatus]
+    TASK_STATUS_TASK: _ClassVar[TaskStatus]
+    TASK_STATUS_WAIT: _ClassVar[TaskStatus]
+    TASK_STATUS_DONE: _ClassVar[TaskStatus]
+
+class JobOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_OUTCOME_UNSPECIFIED: _ClassVar[JobOutcome]
+    JOB_OUTCOME_FINISHED: _ClassVar[JobOutcome]
+    JOB_OUTCOME_FAILED: _ClassVar[JobOutcome]
+TASK_STATUS_UNSPECIFIED: TaskStatus
+TASK_STATUS_TASK: TaskStatus
+TASK_STATUS_WAIT: TaskStatus
+TASK_STATUS_DONE: TaskStatus
+JOB_OUTCOME_UNSPECIFIED: JobOutcome
+JOB_OUTCOME_FINISHED: JobOutcome
+JOB_OUTCOME_FAILED: JobOutcome
+
+class Empty(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class JobRef(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class PayloadInfo(_message.Message):
+    __slots__ = ("total_size", "sha256")
+    TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    total_size: int
+    sha256: bytes
+    def __init__(self, total_size: _Optional[int] = ..., sha256: _Optional[bytes] = ...) -> None: ...
+
+class RegisterRequest(_message.Message):
+    __slots__ = ("fedsec_version",)
+    FEDSEC_VERSION_FIELD_NUMBER: _ClassVar[int]
+    fedsec_version: str
+    def __init__(self, fedsec_version: _Optional[str] = ...) -> None: ...
+
+class RegisterReply(_message.Message):
+    __slots__ = ("server_name", "project", "heartbeat_interval")
+    SERVER_NAME_FIELD_NUMBER: _ClassVar[int]
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    server_name: str
+    project: str
+    heartbeat_interval: float
+    def __init__(self, server_name: _Optional[str] = ..., project: _Optional[str] = ..., heartbeat_interval: _Optional[float] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("running_jobs", "known_version")
+    RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    running_jobs: _containers.RepeatedScalarFieldContainer[str]
+    known_version: int
+    def __init__(self, running_jobs: _Optional[_Iterable[str]] = ..., known_version: _Optional[int] = ...) -> None: ...
+
+class JobAssignment(_message.Message):
+    __slots__ = ("job_id", "name")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    name: str
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class HeartbeatReply(_message.Message):
+    __slots__ = ("jobs", "version")
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[JobAssignment]
+    version: int
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobAssignment, _Mapping]]] = ..., version: _Optional[int] = ...) -> None: ...
+
+class ArchivePart(_message.Message):
+    __slots__ = ("info", "data")
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    info: PayloadInfo
+    data: bytes
+    def __init__(self, info: _Optional[_Union[PayloadInfo, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class TaskRequest(_message.Message):
+    __slots__ = ("job_id", "site", "wait_seconds")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    site: str
+    wait_seconds: float
+    def __init__(self, job_id: _Optional[str] = ..., site: _Optional[str] = ..., wait_seconds: _Optional[float] = ...) -> None: ...
+
+class TaskHeader(_message.Message):
+    __slots__ = ("status", "task", "current_round", "num_rounds", "meta_json", "payload")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_ROUND_FIELD_NUMBER: _ClassVar[int]
+    NUM_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    META_JSON_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    status: TaskStatus
+    task: str
+    current_round: int
+    num_rounds: int
+    meta_json: str
+    payload: PayloadInfo
+    def __init__(self, status: _Optional[_Union[TaskStatus, str]] = ..., task: _Optional[str] = ..., current_round: _Optional[int] = ..., num_rounds: _Optional[int] = ..., meta_json: _Optional[str] = ..., payload: _Optional[_Union[PayloadInfo, _Mapping]] = ...) -> None: ...
+
+class TaskPart(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: TaskHeader
+    data: bytes
+    def __init__(self, header: _Optional[_Union[TaskHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ResultHeader(_message.Message):
+    __slots__ = ("job_id", "site", "current_round", "task", "metrics", "meta_json", "payload")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_ROUND_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    META_JSON_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    site: str
+    current_round: int
+    task: str
+    metrics: _containers.ScalarMap[str, float]
+    meta_json: str
+    payload: PayloadInfo
+    def __init__(self, job_id: _Optional[str] = ..., site: _Optional[str] = ..., current_round: _Optional[int] = ..., task: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., meta_json: _Optional[str] = ..., payload: _Optional[_Union[PayloadInfo, _Mapping]] = ...) -> None: ...
+
+class ResultPart(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: ResultHeader
+    data: bytes
+    def __init__(self, header: _Optional[_Union[ResultHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ResultReply(_message.Message):
+    __slots__ = ("accepted", "reason")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    reason: str
+    def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class JobReport(_message.Message):
+    __slots__ = ("job_id", "outcome", "error")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    outcome: JobOutcome
+    error: str
+    def __init__(self, job_id: _Optional[str] = ..., outcome: _Optional[_Union[JobOutcome, str]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class SiteList(_message.Message):
+    __slots__ = ("sites",)
+    SITES_FIELD_NUMBER: _ClassVar[int]
+    sites: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, sites: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class JobInfo(_message.Message):
+    __slots__ = ("job_id", "name", "status", "submitter", "submitter_org", "submitter_role", "submit_time", "start_time", "end_time", "reason", "current_round", "num_rounds", "meta_json", "progress_json")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTER_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTER_ORG_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTER_ROLE_FIELD_NUMBER: _ClassVar[int]
+    SUBMIT_TIME_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_ROUND_FIELD_NUMBER: _ClassVar[int]
+    NUM_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    META_JSON_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_JSON_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    name: str
+    status: str
+    submitter: str
+    submitter_org: str
+    submitter_role: str
+    submit_time: float
+    start_time: float
+    end_time: float
+    reason: str
+    current_round: int
+    num_rounds: int
+    meta_json: str
+    progress_json: str
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[str] = ..., submitter: _Optional[str] = ..., submitter_org: _Optional[str] = ..., submitter_role: _Optional[str] = ..., submit_time: _Optional[float] = ..., start_time: _Optional[float] = ..., end_time: _Optional[float] = ..., reason: _Optional[str] = ..., current_round: _Optional[int] = ..., num_rounds: _Optional[int] = ..., meta_json: _Optional[str] = ..., progress_json: _Optional[str] = ...) -> None: ...
+
+class SubmitPart(_message.Message):
+    __slots__ = ("info", "data")
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    info: PayloadInfo
+    data: bytes
+    def __init__(self, info: _Optional[_Union[PayloadInfo, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ListJobsRequest(_message.Message):
+    __slots__ = ("name_prefix", "id_prefix", "max_results")
+    NAME_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    ID_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    name_prefix: str
+    id_prefix: str
+    max_results: int
+    def __init__(self, name_prefix: _Optional[str] = ..., id_prefix: _Optional[str] = ..., max_results: _Optional[int] = ...) -> None: ...
+
+class JobList(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[JobInfo]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ...) -> None: ...

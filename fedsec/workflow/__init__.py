@@ -1,0 +1,6 @@
+"""The server's job process: FedAvg rounds, streaming aggregation, sampling, checkpoints.
+
+It runs no code from the job: the initial model is data (an array
+container), and aggregation is numpy. It talks only to the server parent,
+over a Unix socket.
+"""

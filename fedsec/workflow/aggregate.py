@@ -1,0 +1,63 @@
+"""Weighted averaging of model updates as they arrive, one tensor in memory at a time.
+
+Memory stays about one model's size whatever the number of sites: each
+accepted update is added into running sums straight from its file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fedsec.errors import WireError
+from fedsec.wire import arrays
+
+_FLOAT = {"float16", "float32", "float64"}
+
+
+def _sum_dtype(dtype: str) -> type[np.floating]:
+    return np.float64 if dtype in ("float64",) or dtype not in _FLOAT else np.float32
+
+
+class Accumulator:
+    """Running weighted sums of updates that all have the global model's specs."""
+
+    def __init__(self, specs: tuple[arrays.TensorSpec, ...]) -> None:
+        self.specs = specs
+        self._sums = {s.name: np.zeros(s.shape, dtype=_sum_dtype(s.dtype)) for s in specs}
+        self.weight = 0.0
+        self.count = 0
+
+    def check(self, path: Path, where: str) -> None:
+        """Raise WireError unless the update at path fits the model and is finite."""
+        arrays.check_compatible(arrays.read_specs(path, where), self.specs, where)
+        for name, tensor in arrays.iter_file(path, where):
+            arrays.check_finite(name, tensor, where)
+
+    def add(self, path: Path, weight: float, where: str) -> None:
+        """Add weight * the (checked) update at path into the sums."""
+        if not weight > 0:
+            raise WireError(f"{where}: weight must be positive")
+        for name, tensor in arrays.iter_file(path, where):
+            out = self._sums[name]
+            np.add(out, np.multiply(tensor, weight, dtype=out.dtype), out=out)
+        self.weight += weight
+        self.count += 1
+
+    def write_average(self, dest: Path, base: Path | None) -> None:
+        """Write the weighted average (added to the model at base, for weight differences) to dest."""
+        if self.count == 0:
+            raise WireError("no update to average")
+        base_tensors = dict(arrays.iter_file(base, "global model")) if base is not None else {}
+        out: dict[str, np.ndarray] = {}
+        for spec in self.specs:
+            total = self._sums[spec.name]
+            total /= self.weight
+            if spec.name in base_tensors:
+                total += base_tensors[spec.name]
+            if spec.dtype in _FLOAT:
+                out[spec.name] = total.astype(spec.dtype, copy=False)
+            else:
+                out[spec.name] = np.rint(total).astype(spec.dtype)
+        arrays.write_file(dest, out)

@@ -1,0 +1,279 @@
+"""FedAvg: rounds of sample -> send the global model -> gather updates -> average.
+
+State lives in the job's workspace so a restarted server resumes from the
+last completed round: checkpoints/round_NNNNN.fsa (the global model after
+that round), state.json (rounds completed), progress.json (per-round metrics).
+Service threads call get_task / submit / update_sites; run() drives rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedsec import _fs, limits
+from fedsec.errors import JobError, WireError
+from fedsec.jobs.meta import AppConfig, JobMeta
+from fedsec.wire import arrays, fedsec_pb2, streams
+from fedsec.workflow.aggregate import Accumulator
+
+log = logging.getLogger(__name__)
+
+TRAIN, EVALUATE = "train", "evaluate"
+_PARAMS_TYPES = ("full", "diff")
+_MAX_WEIGHT = 1e12
+
+
+@dataclass
+class _Round:
+    number: int
+    kind: str
+    model: Path
+    specs: tuple[arrays.TensorSpec, ...]
+    size: int
+    sampled: frozenset[str]
+    pending: set[str]
+    acc: Accumulator
+    params_type: str | None = None
+    metric_sums: dict[str, float] = field(default_factory=dict)
+    metric_weights: dict[str, float] = field(default_factory=dict)
+    contributors: list[str] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, float]:
+        return {k: self.metric_sums[k] / self.metric_weights[k] for k in sorted(self.metric_sums)}
+
+
+@dataclass(frozen=True)
+class Task:
+    """What get_task answers: a status, and for a task the round and the model file to stream."""
+
+    status: int
+    kind: str = ""
+    current_round: int = 0
+    model: Path | None = None
+
+
+class FedAvg:
+    """One FedAvg job on the server."""
+
+    def __init__(self, job_id: str, job_folder: Path, workspace: Path, meta: JobMeta, app: AppConfig) -> None:
+        self.job_id = job_id
+        self.meta = meta
+        self.cfg = app.workflow
+        self._initial = job_folder / "app" / app.initial_model
+        self._ws = workspace
+        for sub in ("checkpoints", "incoming", "result"):
+            (workspace / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._cond = threading.Condition()
+        self._live: set[str] = set()
+        self._round: _Round | None = None
+        self._done = False
+        self._progress: dict[str, Any] = self._load_json("progress.json") or {"rounds": [], "final": None}
+
+    # ------------------------------------------------------------ service side
+
+    def update_sites(self, sites: Iterable[str]) -> None:
+        allowed = set(self.meta.sites)
+        with self._cond:
+            self._live = {s for s in sites if not allowed or s in allowed}
+            self._cond.notify_all()
+
+    def get_task(self, site: str, wait: float) -> Task:
+        deadline = time.monotonic() + max(0.0, min(wait, 30.0))
+        with self._cond:
+            while True:
+                if self._done:
+                    return Task(fedsec_pb2.TASK_STATUS_DONE)
+                rnd = self._round
+                if rnd is not None and site in rnd.pending:
+                    return Task(fedsec_pb2.TASK_STATUS_TASK, rnd.kind, rnd.number, rnd.model)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return Task(fedsec_pb2.TASK_STATUS_WAIT)
+                self._cond.wait(left)
+
+    def submit(self, site: str, header: fedsec_pb2.ResultHeader, chunks: Iterable[bytes]) -> tuple[bool, str]:
+        """Receive, check and aggregate one site's result; (accepted, reason)."""
+        where = f"result of {site} for round {header.current_round}"
+        with self._cond:
+            rnd = self._round
+            problem = self._why_not(rnd, site, header)
+        if problem or rnd is None:
+            log.info("job=%s refused %s: %s", self.job_id, where, problem)
+            return False, problem or "no round is open"
+        tmp = self._ws / "incoming" / f"{site}.fsa"
+        try:
+            weight, params_type = _parse_meta(header.meta_json, where)
+            metrics = _check_metrics(dict(header.metrics), where)
+            if rnd.kind == TRAIN:
+                if header.payload.total_size != rnd.size:
+                    raise WireError(f"{where}: update is {header.payload.total_size} bytes, the model is {rnd.size}")
+                with streams.PayloadWriter(tmp, header.payload, limits.MAX_MODEL_BYTES, where) as writer:
+                    for chunk in chunks:
+                        writer.write(chunk)
+                    writer.finish()
+                rnd.acc.check(tmp, where)
+            elif header.payload.total_size != 0:
+                raise WireError(f"{where}: an evaluation result carries no model")
+            with self._cond:
+                if self._round is not rnd or site not in rnd.pending:
+                    return False, "the round closed before this result was complete"
+                if rnd.kind == TRAIN:
+                    if rnd.params_type not in (None, params_type):
+                        raise WireError(
+                            f"{where}: params_type {params_type} differs from this round's {rnd.params_type}"
+                        )
+                    rnd.acc.add(tmp, weight, where)
+                    rnd.params_type = params_type
+                for key, value in metrics.items():
+                    rnd.metric_sums[key] = rnd.metric_sums.get(key, 0.0) + weight * value
+                    rnd.metric_weights[key] = rnd.metric_weights.get(key, 0.0) + weight
+                rnd.pending.discard(site)
+                rnd.contributors.append(site)
+                self._cond.notify_all()
+        except WireError as exc:
+            log.warning("job=%s rejected %s: %s", self.job_id, where, exc)
+            return False, str(exc)
+        finally:
+            tmp.unlink(missing_ok=True)
+        log.info("job=%s round=%d accepted site=%s weight=%g", self.job_id, rnd.number, site, weight)
+        return True, ""
+
+    def _why_not(self, rnd: _Round | None, site: str, header: fedsec_pb2.ResultHeader) -> str:
+        if self._done:
+            return "the job has ended"
+        if rnd is None:
+            return "no round is open"
+        if header.current_round != rnd.number or header.task != rnd.kind:
+            return f"stale result: round {rnd.number} ({rnd.kind}) is open"
+        if site not in rnd.sampled:
+            return f"{site} is not sampled in round {rnd.number}"
+        if site not in rnd.pending:
+            return f"{site} already answered round {rnd.number}"
+        return ""
+
+    # ------------------------------------------------------------ driver side
+
+    def run(self) -> None:
+        """Run the remaining rounds; raise JobError when the job cannot go on."""
+        state = self._load_json("state.json") or {"completed_rounds": 0}
+        done_rounds = int(state["completed_rounds"])
+        model = self._checkpoint(done_rounds - 1) if done_rounds else self._initial
+        specs = arrays.read_specs(model, "global model")
+        if done_rounds:
+            log.info("job=%s resuming after round %d", self.job_id, done_rounds - 1)
+        self._wait_for_sites(self.cfg.start_timeout, "start")
+        for number in range(done_rounds, self.cfg.num_rounds):
+            rnd = self._run_round(number, TRAIN, model, specs)
+            if rnd.acc.count < self.meta.min_clients:
+                raise JobError(
+                    f"round {number}: only {rnd.acc.count} of min_clients={self.meta.min_clients} results arrived"
+                )
+            new_model = self._checkpoint(number)
+            rnd.acc.write_average(new_model, model if rnd.params_type == "diff" else None)
+            model = new_model
+            self._record(number, rnd)
+        if self.cfg.evaluate_final:
+            rnd = self._run_round(self.cfg.num_rounds, EVALUATE, model, specs)
+            self._progress["final"] = {"metrics": rnd.metrics(), "sites": sorted(rnd.contributors)}
+            _fs.write_atomic(self._ws / "progress.json", json.dumps(self._progress).encode())
+        shutil.copyfile(model, self._ws / "result" / "global_model.fsa")
+        shutil.copyfile(self._ws / "progress.json", self._ws / "result" / "progress.json")
+        self.finish()
+
+    def finish(self) -> None:
+        with self._cond:
+            self._done = True
+            self._round = None
+            self._cond.notify_all()
+
+    def _wait_for_sites(self, timeout: float, what: str) -> set[str]:
+        need = self.meta.min_clients
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self._live) < need:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise JobError(
+                        f"{what}: only {len(self._live)} of min_clients={need} sites connected within {timeout:g} s"
+                    )
+                self._cond.wait(left)
+            return set(self._live)
+
+    def _run_round(self, number: int, kind: str, model: Path, specs: tuple[arrays.TensorSpec, ...]) -> _Round:
+        live = sorted(self._wait_for_sites(self.cfg.round_timeout, f"round {number}"))
+        if kind == TRAIN:
+            k = min(len(live), max(self.meta.min_clients, math.ceil(self.cfg.sample_fraction * len(live))))
+            sampled = frozenset(random.Random(f"{self.job_id}:{number}").sample(live, k))
+        else:
+            sampled = frozenset(live)
+        rnd = _Round(number, kind, model, specs, model.stat().st_size, sampled, set(sampled), Accumulator(specs))
+        log.info("job=%s round=%d %s sampled=%s", self.job_id, number, kind, ",".join(sorted(sampled)))
+        deadline = time.monotonic() + self.cfg.round_timeout
+        with self._cond:
+            self._round = rnd
+            self._cond.notify_all()
+            while rnd.pending & self._live and time.monotonic() < deadline:
+                self._cond.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+            self._round = None
+        missing = sorted(rnd.pending)
+        if missing:
+            log.warning("job=%s round=%d closed without %s", self.job_id, number, ",".join(missing))
+        return rnd
+
+    def _record(self, number: int, rnd: _Round) -> None:
+        entry = {"round": number, "metrics": rnd.metrics(), "sites": sorted(rnd.contributors)}
+        self._progress["rounds"] = [r for r in self._progress["rounds"] if r["round"] != number] + [entry]
+        _fs.write_atomic(self._ws / "progress.json", json.dumps(self._progress).encode())
+        _fs.write_atomic(self._ws / "state.json", json.dumps({"completed_rounds": number + 1}).encode())
+        previous = self._checkpoint(number - 2)
+        previous.unlink(missing_ok=True)  # keep the last two checkpoints
+        log.info("job=%s round=%d done metrics=%s", self.job_id, number, entry["metrics"])
+
+    def _checkpoint(self, number: int) -> Path:
+        return self._ws / "checkpoints" / f"round_{number:05d}.fsa"
+
+    def _load_json(self, name: str) -> dict[str, Any] | None:
+        path = self._ws / name
+        if not path.exists():
+            return None
+        value = json.loads(path.read_text())
+        if not isinstance(value, dict):
+            raise JobError(f"{path}: not a JSON object")
+        return value
+
+
+def _parse_meta(text: str, where: str) -> tuple[float, str]:
+    if len(text) > limits.MAX_META_JSON_BYTES:
+        raise WireError(f"{where}: meta larger than {limits.MAX_META_JSON_BYTES} bytes")
+    try:
+        meta = json.loads(text) if text else {}
+    except json.JSONDecodeError as exc:
+        raise WireError(f"{where}: meta is not JSON") from exc
+    if not isinstance(meta, dict):
+        raise WireError(f"{where}: meta is not a JSON object")
+    weight = meta.get("num_examples", 1)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= _MAX_WEIGHT:
+        raise WireError(f"{where}: num_examples must be a positive number, got {weight!r}")
+    params_type = meta.get("params_type", "full")
+    if params_type not in _PARAMS_TYPES:
+        raise WireError(f"{where}: params_type must be one of {', '.join(_PARAMS_TYPES)}")
+    return float(weight), str(params_type)
+
+
+def _check_metrics(metrics: dict[str, float], where: str) -> dict[str, float]:
+    if len(metrics) > limits.MAX_METRICS:
+        raise WireError(f"{where}: more than {limits.MAX_METRICS} metrics")
+    for key, value in metrics.items():
+        if len(key) > limits.MAX_TENSOR_NAME or not math.isfinite(value):
+            raise WireError(f"{where}: metric {key[:40]!r} is not a finite number with a short name")
+    return metrics

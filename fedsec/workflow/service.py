@@ -1,0 +1,66 @@
+"""The Workflow gRPC service of a server job process, on a Unix socket the server parent relays to."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import grpc
+
+from fedsec.errors import WireError
+from fedsec.transport.tls import rpc_boundary
+from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc, streams
+from fedsec.workflow.fedavg import FedAvg
+
+log = logging.getLogger(__name__)
+
+
+class WorkflowService(fedsec_pb2_grpc.WorkflowServicer):
+    def __init__(self, fedavg: FedAvg, meta_json: str, num_rounds: int) -> None:
+        self._fedavg = fedavg
+        self._meta_json = meta_json
+        self._num_rounds = num_rounds
+
+    @rpc_boundary
+    def GetTask(  # noqa: N802 - gRPC method name
+        self, request: fedsec_pb2.TaskRequest, context: grpc.ServicerContext
+    ) -> Iterator[fedsec_pb2.TaskPart]:
+        task = self._fedavg.get_task(request.site, request.wait_seconds)
+        if task.model is None:
+            yield fedsec_pb2.TaskPart(header=fedsec_pb2.TaskHeader(status=task.status))
+            return
+        header = fedsec_pb2.TaskHeader(
+            status=task.status,
+            task=task.kind,
+            current_round=task.current_round,
+            num_rounds=self._num_rounds,
+            meta_json=self._meta_json,
+            payload=streams.describe_file(task.model),
+        )
+        yield fedsec_pb2.TaskPart(header=header)
+        for chunk in streams.file_chunks(task.model):
+            yield fedsec_pb2.TaskPart(data=chunk)
+
+    @rpc_boundary
+    def SubmitResult(  # noqa: N802 - gRPC method name
+        self, request_iterator: Iterator[fedsec_pb2.ResultPart], context: grpc.ServicerContext
+    ) -> fedsec_pb2.ResultReply:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise WireError("result stream did not start with a header")
+        accepted, reason = self._fedavg.submit(first.header.site, first.header, _data(request_iterator))
+        return fedsec_pb2.ResultReply(accepted=accepted, reason=reason)
+
+    @rpc_boundary
+    def UpdateSites(  # noqa: N802 - gRPC method name
+        self, request: fedsec_pb2.SiteList, context: grpc.ServicerContext
+    ) -> fedsec_pb2.Empty:
+        self._fedavg.update_sites(request.sites)
+        return fedsec_pb2.Empty()
+
+
+def _data(parts: Iterator[fedsec_pb2.ResultPart]) -> Iterator[bytes]:
+    for part in parts:
+        if part.WhichOneof("part") != "data":
+            raise WireError("result stream: a second header")
+        yield part.data

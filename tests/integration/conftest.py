@@ -1,0 +1,34 @@
+"""Fixtures for integration tests: a running federation whose logs are printed when a test fails."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import Federation
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    report = yield
+    if report.when == "call" and report.failed:
+        fed = getattr(item, "_federation", None)
+        if fed is not None:
+            report.sections.append(("fedsec logs", fed.dump_logs()))
+    return report
+
+
+@pytest.fixture
+def federation(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Federation]:
+    """A provisioned, not yet started federation (3 clients, 3 s heartbeat timeout by default)."""
+    marker = request.node.get_closest_marker("federation")
+    kwargs = dict(marker.kwargs) if marker else {}
+    kwargs.setdefault("heartbeat_timeout", 3.0)
+    fed = Federation(tmp_path, **kwargs)
+    request.node._federation = fed
+    try:
+        yield fed
+    finally:
+        fed.stop()

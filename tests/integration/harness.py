@@ -1,0 +1,163 @@
+"""Start real fedsec processes on 127.0.0.1 for a test, and stop every one of them by pid.
+
+Federation provisions a project into tmp_path (ports taken by binding port 0),
+starts the server and clients as `python -m fedsec ...`, waits on conditions
+(never a bare sleep), and on teardown stops each process it started by pid and
+prints the logs when the test failed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedsec.provision import load_project, provision
+
+ADMIN = "admin@acme.org"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+class Federation:
+    """A provisioned project and the processes started from its kits."""
+
+    def __init__(self, root: Path, n_clients: int = 3, heartbeat_timeout: float = 30.0, name: str = "itest") -> None:
+        self.root = root
+        self.n_clients = n_clients
+        participants: list[dict[str, Any]] = [
+            {
+                "name": "server1",
+                "type": "server",
+                "org": "acme",
+                "host_names": ["localhost", "127.0.0.1"],
+                "fl_port": free_port(),
+                "admin_port": free_port(),
+                "heartbeat_timeout": heartbeat_timeout,
+            }
+        ]
+        participants += [{"name": f"site-{i}", "type": "client", "org": "acme"} for i in range(1, n_clients + 1)]
+        participants.append({"name": ADMIN, "type": "admin", "org": "acme", "role": "project_admin"})
+        doc = {"api_version": 1, "name": name, "participants": participants}
+        yml = root / f"{name}.yml"
+        yml.write_text(yaml.safe_dump(doc))
+        self.prod = provision(load_project(yml), root / "ws").prod_dir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.all_pids: list[int] = []
+
+    def kit(self, name: str) -> Path:
+        return self.prod / name
+
+    @property
+    def admin_kit(self) -> Path:
+        return self.kit(ADMIN)
+
+    def log_path(self, name: str) -> Path:
+        return self.root / f"{name}.log"
+
+    def start(self, name: str, *extra: str) -> subprocess.Popen[bytes]:
+        kind = "server" if name == "server1" else "client"
+        with self.log_path(name).open("ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "fedsec", kind, "--kit", str(self.kit(name)), *extra],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.procs[name] = proc
+        self.all_pids.append(proc.pid)
+        return proc
+
+    def start_all(self) -> None:
+        self.start("server1")
+        for i in range(1, self.n_clients + 1):
+            self.start(f"site-{i}")
+        self.wait_registered([f"site-{i}" for i in range(1, self.n_clients + 1)])
+
+    def log(self, name: str) -> str:
+        path = self.log_path(name)
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_registered(self, sites: list[str], timeout: float = 30.0, since: int = 0) -> None:
+        def done() -> bool:
+            text = self.log("server1")[since:]
+            return all(f"site={s} registered" in text for s in sites)
+
+        wait_until(done, timeout, f"{sites} registered")
+
+    def wait_log(self, name: str, needle: str, timeout: float, since: int = 0) -> None:
+        wait_until(lambda: needle in self.log(name)[since:], timeout, f"{needle!r} in the log of {name}")
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs[name]
+        os.kill(proc.pid, sig)
+        proc.wait(10)
+
+    def job_pids(self, site: str) -> list[int]:
+        """Pids of training scripts running under a site's kit (from /proc)."""
+        kit_jobs = str(self.kit(site) / "jobs")
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cwd = os.readlink(entry / "cwd")
+            except OSError:
+                continue
+            if cwd.startswith(kit_jobs):
+                pids.append(int(entry.name))
+        return pids
+
+    def stop(self) -> None:
+        """Stop every process started here: clients first (they stop their jobs), then the server."""
+        order = sorted(self.procs, key=lambda n: n == "server1")
+        for name in order:
+            proc = self.procs[name]
+            if proc.poll() is None:
+                proc.terminate()
+        for name in order:
+            proc = self.procs[name]
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        for pid in self.all_pids:  # process groups of killed-and-restarted participants too
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def dump_logs(self) -> str:
+        parts = []
+        for path in sorted(self.root.glob("*.log")):
+            parts.append(f"===== {path.name}\n{path.read_text(errors='replace')[-6000:]}")
+        for path in sorted(self.prod.glob("*/jobs/*/log.txt")) + sorted(
+            self.prod.glob("server1/store/jobs/*/workflow.log")
+        ):
+            parts.append(f"===== {path.relative_to(self.prod)}\n{path.read_text(errors='replace')[-4000:]}")
+        return "\n".join(parts)
