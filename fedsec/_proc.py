@@ -39,7 +39,7 @@ def start(
     """Start argv with stdout and stderr appended to log_path; return the process."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as out:
-        proc = subprocess.Popen(  # noqa: S603 - argv is built by fedsec, never a shell string
+        proc = subprocess.Popen(
             list(argv),
             cwd=cwd,
             env=dict(env),
@@ -107,3 +107,26 @@ def tail(path: Path, limit: int) -> str:
             return f.read().decode("utf-8", "replace")
     except OSError:
         return ""
+
+
+def lock_kit(run_dir: Path, what: str) -> int:
+    """Hold an exclusive lock so only one process runs from a kit; return the fd (keep it open).
+
+    Raises ConfigError naming the pid that holds it.
+    """
+    import fcntl
+
+    from fedsec.errors import ConfigError
+
+    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = run_dir / "lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise ConfigError(f"{what} is already running from this kit (pid {holder})") from exc
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

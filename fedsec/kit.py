@@ -114,6 +114,7 @@ def load_kit(root: Path) -> Kit:
 
     Raises KitError for a missing, tampered or inconsistent kit.
     """
+    root = root.absolute()  # children run in other folders: every path derived from the kit is absolute
     label = root.name or str(root)
     if not (root / "startup").is_dir():
         raise KitError(f"kit {root}: has no startup/ folder (is this a startup kit?)")

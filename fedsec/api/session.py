@@ -122,9 +122,11 @@ class Session:
         reply = self._call("list_jobs", lambda: self._stub.ListJobs(request, timeout=self._timeout))
         return [_info(j) for j in reply.jobs]
 
-    def get_job_meta(self, job_id: str) -> JobInfo:
+    def get_job_meta(self, job_id: str, *, wait_for_server: bool = False) -> JobInfo:
+        """The job's record and progress; with wait_for_server, wait out a server restart (up to the timeout)."""
         ref = fedsec_pb2.JobRef(job_id=job_id)
-        return _info(self._call("get_job_meta", lambda: self._stub.GetJobMeta(ref, timeout=self._timeout)))
+        call = lambda: self._stub.GetJobMeta(ref, timeout=self._timeout, wait_for_ready=wait_for_server)  # noqa: E731
+        return _info(self._call("get_job_meta", call))
 
     def abort_job(self, job_id: str) -> JobInfo:
         ref = fedsec_pb2.JobRef(job_id=job_id)
@@ -142,7 +144,7 @@ class Session:
         deadline = None if timeout is None else time.monotonic() + timeout
         last: tuple[str, int, str] | None = None
         while True:
-            info = self.get_job_meta(job_id)
+            info = self.get_job_meta(job_id, wait_for_server=True)
             key = (info.status, info.current_round, json.dumps(info.progress, sort_keys=True))
             if key != last and callback is not None:
                 callback(info)

@@ -109,7 +109,7 @@ def receive(timeout: float | None = None) -> FLModel | None:
     deadline = None if timeout is None else time.monotonic() + timeout
     while link.running:
         request = fedsec_pb2.TaskRequest(job_id=link.job_id, wait_seconds=_POLL_SECONDS)
-        model = _retry(lambda: _fetch(link, request), "receive")
+        model: FLModel | None = _retry(lambda req=request: _fetch(link, req), "receive")
         if model is not None:
             link.last = model
             return model
@@ -194,8 +194,7 @@ def send(model: FLModel) -> bool:
     reply = _retry(lambda: link.stub.SubmitResult(parts(), timeout=600), "send")
     link.last = None
     if not reply.accepted:
-        log.warning("result for round %d refused: %s", task.current_round, reply.reason)
-        print(f"fedsec: result for round {task.current_round} refused: {reply.reason}", flush=True)
+        log.warning("fedsec: result for round %d refused: %s", task.current_round, reply.reason)
     return bool(reply.accepted)
 
 

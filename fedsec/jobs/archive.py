@@ -33,6 +33,8 @@ _READ_CHUNK = 1 << 20
 _MAX_ENTRY_NAME = 1024  # characters in an entry's path
 _SKIP_DIRS = frozenset({"__pycache__"})
 _SKIP_SUFFIXES = (".pyc",)
+# Only these: zipfile decompresses bzip2 and lzma without an output bound per read.
+_METHODS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED})
 # What zipfile and zlib raise on a malformed archive.
 _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, NotImplementedError, ValueError)
 
@@ -72,8 +74,11 @@ def unpack(data: bytes, dest: Path) -> None:
         raise JobError(f"unpack job archive: {dest} already exists")
     if len(data) > limits.MAX_JOB_ARCHIVE_BYTES:
         raise JobError(f"job archive: {len(data)} bytes is more than the limit of {limits.MAX_JOB_ARCHIVE_BYTES}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.unpack-", dir=dest.parent))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.unpack-", dir=dest.parent))
+    except OSError as exc:
+        raise JobError(f"unpack job archive: cannot create {dest}: {exc.strerror or exc}") from exc
     try:
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as zf:
@@ -84,6 +89,9 @@ def unpack(data: bytes, dest: Path) -> None:
         if os.path.lexists(dest):
             raise JobError(f"unpack job archive: {dest} already exists")
         staging.rename(dest)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise JobError(f"unpack job archive: cannot move it into {dest}: {exc.strerror or exc}") from exc
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -163,6 +171,8 @@ def _check_entries(infos: list[zipfile.ZipInfo]) -> list[zipfile.ZipInfo]:
             raise JobError(f"job archive: entry {name!r} is not a regular file or folder")
         if info.flag_bits & 0x1:
             raise JobError(f"job archive: entry {name!r} is encrypted")
+        if info.compress_type not in _METHODS:
+            raise JobError(f"job archive: entry {name!r}: compression method {info.compress_type} is not allowed")
         key = name.removesuffix("/")
         if key in names:
             raise JobError(f"job archive: entry {name!r} is a duplicate")
@@ -194,6 +204,8 @@ def _extract(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], root: Path) -> N
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, _FILE_MODE)
             with os.fdopen(fd, "wb") as out, zf.open(info) as src:
                 budget = _copy_bounded(src, out, budget, info.filename)
+        except _ZIP_ERRORS as exc:
+            raise JobError(f"job archive: entry {info.filename!r}: corrupt: {exc}") from exc
         except OSError as exc:
             raise JobError(f"job archive: entry {info.filename!r}: cannot write: {exc.strerror or exc}") from exc
 

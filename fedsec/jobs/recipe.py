@@ -127,10 +127,11 @@ class FedAvgRecipe:
             if os.path.lexists(folder):
                 raise JobError(f"{self._where}: export: {folder} already exists")
             staging.rename(folder)
-        except OSError as exc:
-            raise JobError(f"{self._where}: export to {folder}: {exc.strerror or exc}") from exc
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)  # gone already once renamed
+        except BaseException as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise JobError(f"{self._where}: export to {folder}: {exc.strerror or exc}") from exc
+            raise
         return folder
 
     def _check_files(self) -> None:

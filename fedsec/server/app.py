@@ -15,6 +15,7 @@ from types import FrameType
 
 import grpc
 
+from fedsec import _proc
 from fedsec.errors import ConfigError, KitError
 from fedsec.kit import Kit, ServerConfig
 from fedsec.pki.certs import Kind
@@ -50,6 +51,7 @@ def run_server(kit: Kit, listen: str | None = None) -> int:
         raise KitError(f"kit {kit.name}: is a {kit.kind.value} kit, not a server kit")
     config = kit.config
     host = listen or listen_host(config)
+    _proc.lock_kit(kit.root / "run", f"server {config.name}")
     store = JobStore(kit.root / "store")
     holder: list[JobManager] = []
     registry = SiteRegistry(config.heartbeat_timeout, lambda alive: holder[0].sites_changed(alive) if holder else None)

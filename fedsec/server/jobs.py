@@ -202,7 +202,7 @@ class JobManager:
 
     # ------------------------------------------------------------ internals
 
-    def _status_for_site(self, job_id: str, wait: float) -> int:
+    def _status_for_site(self, job_id: str, wait: float) -> fedsec_pb2.TaskStatus:
         record = self._store.get(job_id)
         if record.status.finished:
             return fedsec_pb2.TASK_STATUS_DONE
@@ -326,7 +326,7 @@ class JobManager:
             flow.channel.close()
 
 
-def _status_part(status: int) -> fedsec_pb2.TaskPart:
+def _status_part(status: fedsec_pb2.TaskStatus) -> fedsec_pb2.TaskPart:
     return fedsec_pb2.TaskPart(header=fedsec_pb2.TaskHeader(status=status))
 
 

@@ -43,15 +43,13 @@ class FederationService(fedsec_pb2_grpc.FederationServicer):
             raise AuthError(f"job {job_id} is not assigned to {site}")
 
     @rpc_boundary
-    def Register(  # noqa: N802 - gRPC method name
-        self, request: fedsec_pb2.RegisterRequest, context: grpc.ServicerContext
-    ) -> fedsec_pb2.RegisterReply:
+    def Register(self, request: fedsec_pb2.RegisterRequest, context: grpc.ServicerContext) -> fedsec_pb2.RegisterReply:
         site = self._site(context)
         log.info("site=%s registered version=%s", site, request.fedsec_version[:32])
         return fedsec_pb2.RegisterReply(server_name=self._config.name, project=self._config.project)
 
     @rpc_boundary
-    def Heartbeat(  # noqa: N802 - gRPC method name
+    def Heartbeat(
         self, request: fedsec_pb2.HeartbeatRequest, context: grpc.ServicerContext
     ) -> fedsec_pb2.HeartbeatReply:
         site = self._site(context)
@@ -61,9 +59,7 @@ class FederationService(fedsec_pb2_grpc.FederationServicer):
         return fedsec_pb2.HeartbeatReply(jobs=jobs, version=version)
 
     @rpc_boundary
-    def FetchJob(  # noqa: N802 - gRPC method name
-        self, request: fedsec_pb2.JobRef, context: grpc.ServicerContext
-    ) -> Iterator[fedsec_pb2.ArchivePart]:
+    def FetchJob(self, request: fedsec_pb2.JobRef, context: grpc.ServicerContext) -> Iterator[fedsec_pb2.ArchivePart]:
         site = self._site(context)
         self._assigned(request.job_id, site)
         data = self._jobs.archive(request.job_id)
@@ -72,16 +68,14 @@ class FederationService(fedsec_pb2_grpc.FederationServicer):
             yield fedsec_pb2.ArchivePart(data=chunk)
 
     @rpc_boundary
-    def GetTask(  # noqa: N802 - gRPC method name
-        self, request: fedsec_pb2.TaskRequest, context: grpc.ServicerContext
-    ) -> Iterator[fedsec_pb2.TaskPart]:
+    def GetTask(self, request: fedsec_pb2.TaskRequest, context: grpc.ServicerContext) -> Iterator[fedsec_pb2.TaskPart]:
         site = self._site(context)
         self._assigned(request.job_id, site)
         wait = min(max(request.wait_seconds, 0.0), 30.0)
         yield from self._jobs.get_task(request.job_id, site, wait)
 
     @rpc_boundary
-    def SubmitResult(  # noqa: N802 - gRPC method name
+    def SubmitResult(
         self, request_iterator: Iterator[fedsec_pb2.ResultPart], context: grpc.ServicerContext
     ) -> fedsec_pb2.ResultReply:
         site = self._site(context)
@@ -92,9 +86,7 @@ class FederationService(fedsec_pb2_grpc.FederationServicer):
         return self._jobs.submit_result(first.header.job_id, site, first.header, request_iterator)
 
     @rpc_boundary
-    def ReportJob(  # noqa: N802 - gRPC method name
-        self, request: fedsec_pb2.JobReport, context: grpc.ServicerContext
-    ) -> fedsec_pb2.Empty:
+    def ReportJob(self, request: fedsec_pb2.JobReport, context: grpc.ServicerContext) -> fedsec_pb2.Empty:
         site = self._site(context)
         self._assigned(request.job_id, site)
         failed = request.outcome == fedsec_pb2.JOB_OUTCOME_FAILED
@@ -127,7 +119,7 @@ class AdminService(fedsec_pb2_grpc.AdminServicer):
         )
 
     @rpc_boundary
-    def SubmitJob(  # noqa: N802 - gRPC method name
+    def SubmitJob(
         self, request_iterator: Iterator[fedsec_pb2.SubmitPart], context: grpc.ServicerContext
     ) -> fedsec_pb2.JobInfo:
         who = require(context, Kind.ADMIN)
@@ -140,31 +132,25 @@ class AdminService(fedsec_pb2_grpc.AdminServicer):
         return self._info(self._jobs.submit(data, who))
 
     @rpc_boundary
-    def ListJobs(  # noqa: N802 - gRPC method name
-        self, request: fedsec_pb2.ListJobsRequest, context: grpc.ServicerContext
-    ) -> fedsec_pb2.JobList:
+    def ListJobs(self, request: fedsec_pb2.ListJobsRequest, context: grpc.ServicerContext) -> fedsec_pb2.JobList:
         require(context, Kind.ADMIN)
         limit = min(request.max_results or limits.MAX_LIST_JOBS, limits.MAX_LIST_JOBS)
         records = self._store.list(name_prefix=request.name_prefix, id_prefix=request.id_prefix, limit=limit)
         return fedsec_pb2.JobList(jobs=[self._info(r) for r in records])
 
     @rpc_boundary
-    def GetJobMeta(  # noqa: N802 - gRPC method name
-        self, request: fedsec_pb2.JobRef, context: grpc.ServicerContext
-    ) -> fedsec_pb2.JobInfo:
+    def GetJobMeta(self, request: fedsec_pb2.JobRef, context: grpc.ServicerContext) -> fedsec_pb2.JobInfo:
         require(context, Kind.ADMIN)
         return self._info(self._store.find(request.job_id))
 
     @rpc_boundary
-    def AbortJob(  # noqa: N802 - gRPC method name
-        self, request: fedsec_pb2.JobRef, context: grpc.ServicerContext
-    ) -> fedsec_pb2.JobInfo:
+    def AbortJob(self, request: fedsec_pb2.JobRef, context: grpc.ServicerContext) -> fedsec_pb2.JobInfo:
         who = require(context, Kind.ADMIN)
         record = self._store.find(request.job_id)
         return self._info(self._jobs.abort(record.job_id, who))
 
     @rpc_boundary
-    def DownloadJob(  # noqa: N802 - gRPC method name
+    def DownloadJob(
         self, request: fedsec_pb2.JobRef, context: grpc.ServicerContext
     ) -> Iterator[fedsec_pb2.ArchivePart]:
         require(context, Kind.ADMIN)

@@ -14,13 +14,13 @@ from types import FrameType
 
 import grpc
 
-from fedsec import __version__, limits
+from fedsec import __version__, _proc, limits
 from fedsec.errors import FedsecError, KitError
 from fedsec.kit import ClientConfig, Kit
 from fedsec.pki.certs import Kind
 from fedsec.site.local import ScriptRelay
-from fedsec.transport.local import serve_unix, socket_path
 from fedsec.site.runner import JobRunner
+from fedsec.transport.local import serve_unix, socket_path
 from fedsec.transport.tls import channel, error_from_rpc
 from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc, streams
 
@@ -35,6 +35,7 @@ class SiteAgent:
     def __init__(self, kit: Kit) -> None:
         if kit.kind is not Kind.CLIENT or not isinstance(kit.config, ClientConfig):
             raise KitError(f"kit {kit.name}: is a {kit.kind.value} kit, not a client kit")
+        _proc.lock_kit(kit.root / "run", f"site {kit.name}")
         self._kit = kit
         self._config: ClientConfig = kit.config
         server = self._config.server

@@ -31,16 +31,14 @@ class ScriptRelay(fedsec_pb2_grpc.FederationServicer):
             raise AuthError(f"job {job_id!r} does not run on this site")
 
     @rpc_boundary
-    def GetTask(  # noqa: N802 - gRPC method name
-        self, request: fedsec_pb2.TaskRequest, context: grpc.ServicerContext
-    ) -> Iterator[fedsec_pb2.TaskPart]:
+    def GetTask(self, request: fedsec_pb2.TaskRequest, context: grpc.ServicerContext) -> Iterator[fedsec_pb2.TaskPart]:
         self._check(request.job_id)
         wait = min(max(request.wait_seconds, 0.0), 30.0)
         upstream = fedsec_pb2.TaskRequest(job_id=request.job_id, wait_seconds=wait)
         return _relay_stream(lambda: self._upstream().GetTask(upstream, timeout=wait + 60), context)
 
     @rpc_boundary
-    def SubmitResult(  # noqa: N802 - gRPC method name
+    def SubmitResult(
         self, request_iterator: Iterator[fedsec_pb2.ResultPart], context: grpc.ServicerContext
     ) -> fedsec_pb2.ResultReply:
         first = next(request_iterator, None)

@@ -31,6 +31,7 @@ GRPC_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
 ]
 CHANNEL_OPTIONS = [
     *GRPC_OPTIONS,

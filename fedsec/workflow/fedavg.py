@@ -47,6 +47,7 @@ class _Round:
     metric_sums: dict[str, float] = field(default_factory=dict)
     metric_weights: dict[str, float] = field(default_factory=dict)
     contributors: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
 
     def metrics(self) -> dict[str, float]:
         return {k: self.metric_sums[k] / self.metric_weights[k] for k in sorted(self.metric_sums)}
@@ -56,7 +57,7 @@ class _Round:
 class Task:
     """What get_task answers: a status, and for a task the round and the model file to stream."""
 
-    status: int
+    status: fedsec_pb2.TaskStatus
     kind: str = ""
     current_round: int = 0
     model: Path | None = None
@@ -142,6 +143,10 @@ class FedAvg:
                 self._cond.notify_all()
         except WireError as exc:
             log.warning("job=%s rejected %s: %s", self.job_id, where, exc)
+            with self._cond:  # a bad result uses up the site's turn: the round goes on without it
+                rnd.pending.discard(site)
+                rnd.rejected.append(site)
+                self._cond.notify_all()
             return False, str(exc)
         finally:
             tmp.unlink(missing_ok=True)
@@ -213,7 +218,8 @@ class FedAvg:
         live = sorted(self._wait_for_sites(self.cfg.round_timeout, f"round {number}"))
         if kind == TRAIN:
             k = min(len(live), max(self.meta.min_clients, math.ceil(self.cfg.sample_fraction * len(live))))
-            sampled = frozenset(random.Random(f"{self.job_id}:{number}").sample(live, k))
+            rng = random.Random(f"{self.job_id}:{number}")  # noqa: S311 - sampling, not secrecy
+            sampled = frozenset(rng.sample(live, k))
         else:
             sampled = frozenset(live)
         rnd = _Round(number, kind, model, specs, model.stat().st_size, sampled, set(sampled), Accumulator(specs))
@@ -231,7 +237,12 @@ class FedAvg:
         return rnd
 
     def _record(self, number: int, rnd: _Round) -> None:
-        entry = {"round": number, "metrics": rnd.metrics(), "sites": sorted(rnd.contributors)}
+        entry = {
+            "round": number,
+            "metrics": rnd.metrics(),
+            "sites": sorted(rnd.contributors),
+            "rejected": sorted(rnd.rejected),
+        }
         self._progress["rounds"] = [r for r in self._progress["rounds"] if r["round"] != number] + [entry]
         _fs.write_atomic(self._ws / "progress.json", json.dumps(self._progress).encode())
         _fs.write_atomic(self._ws / "state.json", json.dumps({"completed_rounds": number + 1}).encode())

@@ -22,9 +22,7 @@ class WorkflowService(fedsec_pb2_grpc.WorkflowServicer):
         self._num_rounds = num_rounds
 
     @rpc_boundary
-    def GetTask(  # noqa: N802 - gRPC method name
-        self, request: fedsec_pb2.TaskRequest, context: grpc.ServicerContext
-    ) -> Iterator[fedsec_pb2.TaskPart]:
+    def GetTask(self, request: fedsec_pb2.TaskRequest, context: grpc.ServicerContext) -> Iterator[fedsec_pb2.TaskPart]:
         task = self._fedavg.get_task(request.site, request.wait_seconds)
         if task.model is None:
             yield fedsec_pb2.TaskPart(header=fedsec_pb2.TaskHeader(status=task.status))
@@ -42,7 +40,7 @@ class WorkflowService(fedsec_pb2_grpc.WorkflowServicer):
             yield fedsec_pb2.TaskPart(data=chunk)
 
     @rpc_boundary
-    def SubmitResult(  # noqa: N802 - gRPC method name
+    def SubmitResult(
         self, request_iterator: Iterator[fedsec_pb2.ResultPart], context: grpc.ServicerContext
     ) -> fedsec_pb2.ResultReply:
         first = next(request_iterator, None)
@@ -52,9 +50,7 @@ class WorkflowService(fedsec_pb2_grpc.WorkflowServicer):
         return fedsec_pb2.ResultReply(accepted=accepted, reason=reason)
 
     @rpc_boundary
-    def UpdateSites(  # noqa: N802 - gRPC method name
-        self, request: fedsec_pb2.SiteList, context: grpc.ServicerContext
-    ) -> fedsec_pb2.Empty:
+    def UpdateSites(self, request: fedsec_pb2.SiteList, context: grpc.ServicerContext) -> fedsec_pb2.Empty:
         self._fedavg.update_sites(request.sites)
         return fedsec_pb2.Empty()
 

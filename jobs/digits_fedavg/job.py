@@ -21,6 +21,7 @@ sys.path.insert(0, str(HERE))  # model.py, wherever this script is run from
 
 from model import DigitsNet  # noqa: E402
 
+from fedsec.errors import FedsecError  # noqa: E402
 from fedsec.jobs import FedAvgRecipe  # noqa: E402
 
 
@@ -100,4 +101,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except FedsecError as exc:
+        sys.exit(f"job.py: error: {exc}")

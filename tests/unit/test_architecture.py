@@ -115,7 +115,7 @@ _FORBIDDEN = [
     (re.compile(r"torch\.load\((?![^)]*weights_only=True)"), "torch.load without weights_only=True"),
     (re.compile(r"allow_pickle\s*=\s*True"), "numpy allow_pickle=True"),
     (re.compile(r"yaml\.(load|unsafe_load)\("), "unsafe YAML load"),
-    (re.compile(r"\b(eval|exec)\("), "eval/exec"),
+    (re.compile(r"(?<![.\w])(eval|exec)\("), "eval/exec"),
 ]
 
 

@@ -1,0 +1,158 @@
+"""The federation runtime with real processes on 127.0.0.1: rounds, faults, abort, failures, bad updates."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedsec.api import JobInfo, Session
+from fedsec.jobs import FedAvgRecipe
+from fedsec.wire import arrays
+from tests.integration.harness import Federation, wait_until
+
+SCRIPT = Path(__file__).parent / "scripts" / "linear_client.py"
+INITIAL = {"w": np.zeros((8, 1), np.float32), "b": np.zeros(1, np.float32)}
+
+
+def linear_job(tmp: Path, *args: str, rounds: int = 3, min_clients: int = 2, start_timeout: float = 120.0) -> Path:
+    recipe = FedAvgRecipe(
+        "linear", INITIAL, SCRIPT, rounds, min_clients, script_args=list(args), start_timeout=start_timeout
+    )
+    return recipe.export(tmp / f"job-{len(list(tmp.glob('job-*')))}")
+
+
+def round_mse(info: JobInfo) -> list[float]:
+    return [r["metrics"]["mse"] for r in info.progress["rounds"]]
+
+
+def test_three_clients_three_rounds(federation: Federation, tmp_path: Path) -> None:
+    federation.start_all()
+    with Session(federation.admin_kit) as s:
+        job_id = s.submit_job(linear_job(tmp_path, rounds=3, min_clients=3))
+        seen: list[int] = []
+        info = s.monitor_job(job_id, lambda i: seen.append(i.current_round), timeout=90, poll=0.2)
+        assert info.status == "finished:completed", info.reason
+        mse = round_mse(info)
+        assert len(mse) == 3 and mse[0] > mse[1] > mse[2]
+        assert info.progress["final"]["metrics"]["mse"] < 0.01
+        assert all(r["sites"] == ["site-1", "site-2", "site-3"] for r in info.progress["rounds"])
+        assert seen == sorted(seen)
+        assert [j.job_id for j in s.list_jobs()] == [job_id]
+        result = s.download_job_result(job_id)
+    assert result == federation.admin_kit / "transfer" / job_id
+    final = arrays.read_file(result / "global_model.fsa")
+    assert np.allclose(final["w"].ravel(), np.arange(1, 9), atol=0.05)
+    # the job's processes are gone on every site
+    wait_until(lambda: not any(federation.job_pids(f"site-{i}") for i in (1, 2, 3)), 10, "job processes to end")
+
+
+def test_parent_processes_never_import_torch(federation: Federation, tmp_path: Path) -> None:
+    federation.start_all()
+    for name in ("server1", "site-1"):
+        maps = Path(f"/proc/{federation.procs[name].pid}/maps").read_text()
+        assert "libtorch" not in maps and "/torch/" not in maps
+
+
+@pytest.mark.federation(n_clients=3, heartbeat_timeout=3.0)
+def test_killed_client_round_completes_and_client_rejoins(federation: Federation, tmp_path: Path) -> None:
+    federation.start_all()
+    with Session(federation.admin_kit) as s:
+        job_id = s.submit_job(linear_job(tmp_path, "--sleep", "2", rounds=4, min_clients=2))
+        wait_until(lambda: federation.job_pids("site-3"), 30, "site-3's training process")
+        federation.kill("site-3")  # mid-round: every site sleeps 2 s before sending
+        wait_until(lambda: not federation.job_pids("site-3"), 10, "site-3's orphaned job to die with its parent")
+        wait_until(lambda: s.get_job_meta(job_id).current_round >= 1, 60, "round 0 to complete without site-3")
+        mark = len(federation.log("server1"))
+        federation.start("site-3")
+        federation.wait_registered(["site-3"], since=mark)
+        info = s.wait_for_job(job_id, timeout=120)
+    assert info.status == "finished:completed", info.reason
+    rounds = info.progress["rounds"]
+    assert "site-3" not in rounds[0]["sites"] and len(rounds[0]["sites"]) == 2
+    assert any("site-3" in r["sites"] for r in rounds[1:]), rounds
+
+
+def test_server_killed_mid_job_resumes(federation: Federation, tmp_path: Path) -> None:
+    federation.start_all()
+    with Session(federation.admin_kit) as s:
+        job_id = s.submit_job(linear_job(tmp_path, "--sleep", "1", rounds=5, min_clients=3))
+        wait_until(lambda: s.get_job_meta(job_id).current_round >= 2, 60, "two rounds")
+    federation.kill("server1")
+    workflows = [p for p in _children_named("fedsec.workflow")]
+    wait_until(lambda: not any(_alive(p) for p in workflows), 10, "the workflow process to die with the server")
+    federation.start("server1")
+    with Session(federation.admin_kit) as s:
+        info = s.wait_for_job(job_id, timeout=120)
+    assert info.status == "finished:completed", info.reason
+    assert [r["round"] for r in info.progress["rounds"]] == [0, 1, 2, 3, 4]
+    assert "resuming after round" in (federation.kit("server1") / "store/jobs" / job_id / "workflow.log").read_text()
+
+
+def test_abort_mid_round_leaves_no_process(federation: Federation, tmp_path: Path) -> None:
+    federation.start_all()
+    with Session(federation.admin_kit) as s:
+        job_id = s.submit_job(linear_job(tmp_path, "--sleep", "30", rounds=3))
+        wait_until(lambda: all(federation.job_pids(f"site-{i}") for i in (1, 2, 3)), 30, "training processes")
+        pids = [p for i in (1, 2, 3) for p in federation.job_pids(f"site-{i}")]
+        info = s.abort_job(job_id)
+        assert info.status == "finished:aborted"
+        wait_until(lambda: not any(_alive(p) for p in pids), 5, "job processes to end within 5 s")
+        assert not _children_named(job_id)
+        assert s.get_job_meta(job_id).status == "finished:aborted"
+
+
+def test_failing_script_fails_the_job_with_its_error(federation: Federation, tmp_path: Path) -> None:
+    federation.start_all()
+    with Session(federation.admin_kit) as s:
+        job_id = s.submit_job(linear_job(tmp_path, "--fail-site", "site-2", "--fail-round", "1"))
+        info = s.wait_for_job(job_id, timeout=60)
+    assert info.status == "finished:failed"
+    assert "site-2" in info.reason and "deliberate failure on site-2 in round 1" in info.reason
+
+
+@pytest.mark.parametrize("bad", ["nan", "shape", "extra", "oversize", "meta"])
+def test_bad_update_is_rejected_round_goes_on(federation: Federation, tmp_path: Path, bad: str) -> None:
+    federation.start_all()
+    with Session(federation.admin_kit) as s:
+        job_id = s.submit_job(linear_job(tmp_path, "--bad-site", "site-1", "--bad", bad, rounds=2, min_clients=2))
+        info = s.wait_for_job(job_id, timeout=90)
+    assert info.status == "finished:completed", info.reason
+    assert all(r["sites"] == ["site-2", "site-3"] for r in info.progress["rounds"])
+    assert all(r["rejected"] == ["site-1"] for r in info.progress["rounds"])
+    assert (
+        "rejected result of site-1" in (federation.kit("server1") / "store/jobs" / job_id / "workflow.log").read_text()
+    )
+
+
+@pytest.mark.federation(n_clients=1)
+def test_min_clients_timeout_fails_with_reason(federation: Federation, tmp_path: Path) -> None:
+    federation.start_all()
+    with Session(federation.admin_kit) as s:
+        job_id = s.submit_job(linear_job(tmp_path, min_clients=2, start_timeout=2.0))
+        info = s.wait_for_job(job_id, timeout=60)
+    assert info.status == "finished:failed"
+    assert "only 1 of min_clients=2 sites connected" in info.reason
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def _children_named(needle: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if needle in cmd and _alive(int(entry.name)):
+                found.append(int(entry.name))
+    return found

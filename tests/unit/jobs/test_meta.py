@@ -1,0 +1,195 @@
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from fedsec import limits
+from fedsec.errors import JobError
+from fedsec.jobs import load_job_folder
+from fedsec.jobs.meta import FORMAT, JobMeta, WorkflowKind, meta_to_json, parse_meta
+from fedsec.wire import arrays
+
+META: dict[str, Any] = {"format": FORMAT, "name": "demo", "sites": [], "min_clients": 2}
+CONFIG: dict[str, Any] = {
+    "workflow": {
+        "kind": "fedavg",
+        "num_rounds": 3,
+        "sample_fraction": 1.0,
+        "round_timeout": 600.0,
+        "start_timeout": 120.0,
+        "evaluate_final": True,
+    },
+    "script": {"path": "client.py", "args": ["--epochs", "2"]},
+    "initial_model": "initial_model.fsa",
+}
+DELETE = object()
+
+
+def changed(doc: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """A copy of doc with the dotted key set to value (or removed, for DELETE)."""
+    out = copy.deepcopy(doc)
+    *parents, last = key.split(".")
+    node = out
+    for part in parents:
+        node = node[part]
+    if value is DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return out
+
+
+def write_job(root: Path, meta: dict[str, Any] = META, config: dict[str, Any] = CONFIG) -> Path:
+    (root / "app/custom").mkdir(parents=True)
+    (root / "meta.yml").write_text(yaml.safe_dump(meta))
+    (root / "app/config.yml").write_text(yaml.safe_dump(config))
+    (root / "app/custom/client.py").write_text("print('train')\n")
+    arrays.write_file(root / "app/initial_model.fsa", {"w": np.zeros((2, 3), np.float32)})
+    return root
+
+
+def test_valid_folder_loads(tmp_path: Path) -> None:
+    meta, app = load_job_folder(write_job(tmp_path / "job"))
+    assert meta == JobMeta(format=FORMAT, name="demo", sites=(), min_clients=2)
+    assert app.workflow.kind is WorkflowKind.FEDAVG
+    assert app.workflow.num_rounds == 3
+    assert app.workflow.evaluate_final is True
+    assert app.script.path == "client.py"
+    assert app.script.args == ("--epochs", "2")
+    assert app.initial_model == "initial_model.fsa"
+
+
+def test_defaults_and_sites(tmp_path: Path) -> None:
+    meta_doc = {"format": FORMAT, "name": "demo", "sites": ["site-1", "site-2"], "min_clients": 2}
+    config_doc = {
+        "workflow": {"kind": "fedavg", "num_rounds": 1},
+        "script": {"path": "client.py"},
+        "initial_model": "initial_model.fsa",
+    }
+    meta, app = load_job_folder(write_job(tmp_path / "job", meta_doc, config_doc))
+    assert meta.sites == ("site-1", "site-2")
+    assert app.workflow.sample_fraction == 1.0
+    assert app.workflow.round_timeout == 600.0
+    assert app.workflow.start_timeout == 120.0
+    assert app.script.args == ()
+
+
+def test_script_in_a_subfolder(tmp_path: Path) -> None:
+    root = write_job(tmp_path / "job", config=changed(CONFIG, "script.path", "pkg/train.py"))
+    (root / "app/custom/pkg").mkdir()
+    (root / "app/custom/pkg/train.py").write_text("")
+    assert load_job_folder(root)[1].script.path == "pkg/train.py"
+
+
+@pytest.mark.parametrize(
+    ("meta", "fragment"),
+    [
+        (changed(META, "colour", "red"), "meta.yml: colour: unknown key"),
+        (changed(META, "format", "fedsec-job/2"), "meta.yml: format: 'fedsec-job/2' is not supported"),
+        (changed(META, "name", DELETE), "meta.yml: name: required key is missing"),
+        (changed(META, "name", "../evil"), "meta.yml: job name '../evil' is not safe"),
+        (changed(META, "name", "a" * (limits.MAX_JOB_NAME + 1)), "meta.yml: name: longer than"),
+        (changed(META, "min_clients", 0), "meta.yml: min_clients: must be at least 1"),
+        (changed(META, "min_clients", "2"), "meta.yml: min_clients: expected an integer"),
+        (changed(META, "sites", ["site-1"]), "meta.yml: min_clients: 2 is more than the 1 sites listed"),
+        (changed(META, "sites", ["site 1", "site-2"]), "meta.yml: sites[0] name 'site 1' is not safe"),
+        (changed(META, "sites", ["../site", "site-2"]), "meta.yml: sites[0] name '../site' is not safe"),
+        (changed(META, "sites", ["site-1", "SITE-1"]), "meta.yml: sites[1]: 'SITE-1' is a duplicate of sites[0]"),
+        (changed(META, "sites", "site-1"), "meta.yml: sites: expected a list"),
+        ([1, 2], "meta.yml: document: expected a mapping"),
+    ],
+)
+def test_bad_meta(tmp_path: Path, meta: Any, fragment: str) -> None:
+    root = write_job(tmp_path / "job", meta=meta)
+    with pytest.raises(JobError) as info:
+        load_job_folder(root)
+    assert str(info.value).startswith(f"job folder {root}: ")
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "fragment"),
+    [
+        ("extra", 1, "app/config.yml: extra: unknown key"),
+        ("workflow.aggregator", "x", "app/config.yml: workflow.aggregator: unknown key"),
+        ("workflow.kind", "fedprox", "app/config.yml: workflow.kind: 'fedprox' is not one of fedavg"),
+        ("workflow.kind", "fedsec.workflow.FedAvg", "workflow.kind: 'fedsec.workflow.FedAvg' is not one of"),
+        ("workflow.num_rounds", 0, "workflow.num_rounds: must be between 1 and"),
+        ("workflow.num_rounds", limits.MAX_ROUNDS + 1, "workflow.num_rounds: must be between 1 and"),
+        ("workflow.num_rounds", 2.5, "workflow.num_rounds: expected an integer"),
+        ("workflow.num_rounds", DELETE, "workflow.num_rounds: required key is missing"),
+        ("workflow.sample_fraction", 0, "workflow.sample_fraction: must be in (0, 1]"),
+        ("workflow.sample_fraction", 1.5, "workflow.sample_fraction: must be in (0, 1]"),
+        ("workflow.sample_fraction", math.nan, "workflow.sample_fraction: must be in (0, 1]"),
+        ("workflow.round_timeout", 0, "workflow.round_timeout: must be more than 0"),
+        ("workflow.start_timeout", math.inf, "workflow.start_timeout: must be more than 0"),
+        ("workflow.evaluate_final", "yes", "workflow.evaluate_final: expected true or false"),
+        ("script.path", "../x.py", "script.path: '../x.py' must not contain '..'"),
+        ("script.path", "sub/../../x.py", "must not contain '..'"),
+        ("script.path", "/etc/passwd", "script.path: '/etc/passwd' must be relative"),
+        ("script.path", "sub\\x.py", "script.path: 'sub\\\\x.py' must use '/'"),
+        ("script.path", "", "script.path: must not be empty"),
+        ("script.path", "missing.py", "script.path: app/custom/missing.py is missing"),
+        ("script.path", ".", "script.path: app/custom/. is missing or not a regular file"),
+        ("script.args", [1], "script.args[0]: expected a string"),
+        ("script.args", ["a\0b"], "script.args[0]: contains a NUL"),
+        ("initial_model", "nope.fsa", "initial_model: app/nope.fsa is missing"),
+        ("initial_model", "../meta.yml", "initial_model: '../meta.yml' must not contain '..'"),
+        ("initial_model", "config.yml", "initial_model: app/config.yml"),  # not an array container
+        ("initial_model", DELETE, "initial_model: required key is missing"),
+    ],
+)
+def test_bad_config(tmp_path: Path, key: str, value: Any, fragment: str) -> None:
+    root = write_job(tmp_path / "job", config=changed(CONFIG, key, value))
+    with pytest.raises(JobError) as info:
+        load_job_folder(root)
+    assert str(info.value).startswith(f"job folder {root}: app/config.yml: ")
+    assert fragment in str(info.value)
+
+
+def test_missing_files(tmp_path: Path) -> None:
+    with pytest.raises(JobError, match="not a folder"):
+        load_job_folder(tmp_path / "nope")
+    root = write_job(tmp_path / "job")
+    (root / "meta.yml").unlink()
+    with pytest.raises(JobError, match="meta.yml: meta.yml is missing"):
+        load_job_folder(root)
+    root = write_job(tmp_path / "job2")
+    (root / "app/config.yml").unlink()
+    with pytest.raises(JobError, match="app/config.yml is missing"):
+        load_job_folder(root)
+
+
+def test_invalid_and_oversized_yaml(tmp_path: Path) -> None:
+    root = write_job(tmp_path / "job")
+    (root / "meta.yml").write_text("name: [unclosed\n")
+    with pytest.raises(JobError, match="meta.yml: invalid YAML at line"):
+        load_job_folder(root)
+    (root / "meta.yml").write_bytes(b"#" * (limits.MAX_CONFIG_FILE_BYTES + 1))
+    with pytest.raises(JobError, match="meta.yml: larger than the limit"):
+        load_job_folder(root)
+
+
+def test_symlink_out_of_the_folder_is_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.py"
+    outside.write_text("print('not in the job')\n")
+    root = write_job(tmp_path / "job")
+    (root / "app/custom/client.py").unlink()
+    (root / "app/custom/client.py").symlink_to(outside)
+    with pytest.raises(JobError, match="script.path: app/custom/client.py points outside the job folder"):
+        load_job_folder(root)
+
+
+def test_meta_to_json_roundtrips() -> None:
+    meta = parse_meta(changed(META, "sites", ["site-2", "site-1"]))
+    text = meta_to_json(meta)
+    assert json.loads(text) == {"format": FORMAT, "name": "demo", "sites": ["site-2", "site-1"], "min_clients": 2}
+    assert parse_meta(json.loads(text)) == meta
+    assert text == meta_to_json(parse_meta(json.loads(text)))
