@@ -130,3 +130,21 @@ def lock_kit(run_dir: Path, what: str) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def host_info() -> dict[str, object]:
+    """What an admin's sys_info shows about this machine and process."""
+    import platform
+    import sys
+
+    from fedsec import __version__
+
+    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return {
+        "fedsec": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "memory_gib": round(pages / 2**30, 1),
+        "pid": os.getpid(),
+    }

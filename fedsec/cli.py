@@ -65,6 +65,14 @@ def _cmd_client(args: argparse.Namespace) -> int:
     return run_site(load_kit(Path(args.kit)))
 
 
+def _cmd_admin(args: argparse.Namespace) -> int:
+    from fedsec import logs
+    from fedsec.admin.shell import run_admin
+
+    logs.setup(args.log_level)
+    return run_admin(Path(args.kit), args.commands or ())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedsec", description="fedsec: secure federated learning (provision, run and administer a federation)."
@@ -125,6 +133,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kit", required=True, metavar="DIR", help="the site's kit folder")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=_cmd_client)
+
+    p = sub.add_parser(
+        "admin",
+        help="the admin shell: submit, follow and manage jobs and sites with an admin kit",
+        description="Log in to the server with an admin kit and run admin commands: at a prompt with history and "
+        "completion, or non-interactively from -c options or piped stdin (plain text; exit 0 when every command "
+        "succeeded, 1 when one failed, 2 for an unknown command or bad usage; stops at the first failure).",
+    )
+    p.add_argument("--kit", required=True, metavar="DIR", help="the admin's kit folder")
+    p.add_argument(
+        "-c",
+        "--command",
+        dest="commands",
+        action="append",
+        metavar="COMMAND",
+        help="run COMMAND and exit (repeatable, run in order); 'help' lists the commands",
+    )
+    p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.set_defaults(func=_cmd_admin)
     return parser
 
 

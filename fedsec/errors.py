@@ -53,3 +53,7 @@ class JobError(FedsecError):
 
 class HEError(FedsecError):
     """Homomorphic encryption could not be set up or applied."""
+
+
+class SessionExpiredError(AuthError):
+    """An admin session expired or is unknown: log in again."""

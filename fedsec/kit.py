@@ -48,6 +48,7 @@ class ServerConfig:
     fl_port: int
     admin_port: int
     heartbeat_timeout: float = 30.0
+    admin_session_timeout: float = 1800.0
 
 
 @dataclass(frozen=True)

@@ -44,3 +44,5 @@ MAX_JOB_NAME = 64
 MAX_ROUNDS = 100_000
 MAX_LIST_JOBS = 10_000
 MAX_RUNNING_JOBS = 16
+MAX_LOG_TEXT = 256 << 10  # a job log returned to an admin, or uploaded by a site at a job's end
+MAX_AUDIT_ENTRIES = 10_000

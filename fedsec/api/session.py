@@ -1,8 +1,10 @@
-"""Session: submit, list, follow, abort and download jobs as an admin.
+"""Session: the admin Python API over the server's admin port.
 
-A Session opens a mutual-TLS channel to the server's admin port with the
-admin kit's certificate; the server knows the admin only from it. Job
-results are downloaded into the kit's transfer/ folder.
+A Session opens a mutual-TLS channel with the admin kit's certificate, logs
+in by signing a fresh server challenge with the kit's key, and sends the
+session token with every call; when the server says the session expired it
+logs in again once and retries. Jobs are signed with the kit's key before
+upload. Results are downloaded into the kit's transfer/ folder.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -20,16 +22,20 @@ from typing import Any
 import grpc
 
 from fedsec import limits
-from fedsec.errors import FedsecError, JobError, KitError
+from fedsec.errors import FedsecError, JobError, KitError, SessionExpiredError
 from fedsec.jobs import load_job_folder, pack, unpack
+from fedsec.jobs.signing import sign_archive
 from fedsec.kit import AdminConfig, load_kit
-from fedsec.pki.certs import Kind
+from fedsec.pki import certs, login
 from fedsec.transport.tls import channel, error_from_rpc
 from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc, streams
 
 log = logging.getLogger(__name__)
 
 FINISHED_PREFIX = "finished:"
+SESSION_HEADER = "fedsec-session"
+ALL_SITES = "*"  # get_job_log target: every site's reported error (no site can be named so)
+Progress = Callable[[int, int], None]  # (bytes done, total)
 
 
 @dataclass(frozen=True)
@@ -78,13 +84,20 @@ class Session:
 
     def __init__(self, kit_dir: str | Path, *, timeout: float = 30.0) -> None:
         kit = load_kit(Path(kit_dir))
-        if kit.kind is not Kind.ADMIN or not isinstance(kit.config, AdminConfig):
+        if kit.kind is not certs.Kind.ADMIN or not isinstance(kit.config, AdminConfig):
             raise KitError(f"kit {kit.name}: is a {kit.kind.value} kit, not an admin kit")
         self.kit = kit
+        self.config: AdminConfig = kit.config
+        self.admin = kit.name
+        self.role = kit.config.role
+        self.on_relogin: Callable[[], None] | None = None
         self._timeout = timeout
+        self._key = certs.load_key(kit.key_path.read_bytes(), f"kit {kit.name}: key")
+        self._cert_pem = kit.cert_path.read_bytes()
         server = kit.config.server
         self._channel = channel(kit, server.host, server.port, server.name)
         self._stub = fedsec_pb2_grpc.AdminStub(self._channel)
+        self._token = ""
 
     def __enter__(self) -> Session:
         return self
@@ -95,42 +108,112 @@ class Session:
     def close(self) -> None:
         self._channel.close()
 
-    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
-        try:
-            return fn()
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, what) from exc
+    # ------------------------------------------------------------ login and calls
 
-    def submit_job(self, folder: str | Path) -> str:
-        """Check and upload a job folder; return the new job's id. Raises JobError for a bad folder."""
+    def login(self, *, wait_for_server: bool = False) -> None:
+        """Log in with a fresh challenge signed by the kit's key. Raises AuthError when refused."""
+        try:
+            challenge = self._stub.GetChallenge(
+                fedsec_pb2.Empty(), timeout=self._timeout, wait_for_ready=wait_for_server
+            )
+            signature = login.sign_login(self._key, challenge.nonce, self.config.server.name, self.admin)
+            reply = self._stub.Login(
+                fedsec_pb2.LoginRequest(nonce=challenge.nonce, signature=signature), timeout=self._timeout
+            )
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, "login") from exc
+        self._token = reply.token
+        log.info("logged in as %s (%s)", reply.admin, reply.role)
+
+    def _call(self, what: str, fn: Callable[[list[tuple[str, str]]], Any], *, wait_for_server: bool = False) -> Any:
+        """Run fn(metadata), logging in first or again when needed."""
+        for attempt in (1, 2):
+            if not self._token:
+                self.login(wait_for_server=wait_for_server)
+            try:
+                return fn([(SESSION_HEADER, self._token)])
+            except grpc.RpcError as exc:
+                err = error_from_rpc(exc, what)
+                if isinstance(err, SessionExpiredError) and attempt == 1:
+                    self._token = ""
+                    self.login(wait_for_server=wait_for_server)
+                    if self.on_relogin is not None:
+                        self.on_relogin()
+                    continue
+                raise err from exc
+        raise FedsecError(f"{what}: could not log in")  # not reached: the second attempt returns or raises
+
+    def _text(self, what: str, rpc: Callable[..., fedsec_pb2.TextReply], request: Any) -> Any:
+        reply = self._call(what, lambda md: rpc(request, timeout=self._timeout, metadata=md))
+        return json.loads(reply.text)
+
+    # ------------------------------------------------------------ jobs
+
+    def submit_job(self, folder: str | Path, progress: Progress | None = None) -> str:
+        """Check, sign and upload a job folder; return the new job's id. Raises JobError for a bad folder."""
         folder = Path(folder)
         load_job_folder(folder)  # clear local errors before anything is sent
         data = pack(folder)
         if len(data) > limits.MAX_JOB_ARCHIVE_BYTES:
             raise JobError(f"job folder {folder}: {len(data)} bytes zipped, over {limits.MAX_JOB_ARCHIVE_BYTES}")
+        sig = sign_archive(data, self._key, self._cert_pem)
+        signature = fedsec_pb2.JobSignature(signature=sig.signature, signer_cert=sig.signer_cert)
 
         def parts() -> Iterator[fedsec_pb2.SubmitPart]:
-            yield fedsec_pb2.SubmitPart(info=streams.describe_bytes(data))
+            yield fedsec_pb2.SubmitPart(info=streams.describe_bytes(data), signature=signature)
+            sent = 0
             for chunk in streams.bytes_chunks(data):
                 yield fedsec_pb2.SubmitPart(data=chunk)
+                sent += len(chunk)
+                if progress is not None:
+                    progress(sent, len(data))
 
-        reply = self._call("submit_job", lambda: self._stub.SubmitJob(parts(), timeout=max(self._timeout, 120)))
+        timeout = max(self._timeout, 120)
+        reply = self._call("submit_job", lambda md: self._stub.SubmitJob(parts(), timeout=timeout, metadata=md))
         return str(reply.job_id)
 
-    def list_jobs(self, name_prefix: str = "", id_prefix: str = "", max_results: int = 0) -> list[JobInfo]:
+    def list_jobs(
+        self,
+        name_prefix: str = "",
+        id_prefix: str = "",
+        max_results: int = 0,
+        *,
+        mine: bool = False,
+        reverse: bool = False,
+    ) -> list[JobInfo]:
+        """Jobs newest first (oldest first with reverse); mine: only those this admin submitted."""
         request = fedsec_pb2.ListJobsRequest(name_prefix=name_prefix, id_prefix=id_prefix, max_results=max_results)
-        reply = self._call("list_jobs", lambda: self._stub.ListJobs(request, timeout=self._timeout))
-        return [_info(j) for j in reply.jobs]
+        reply = self._call("list_jobs", lambda md: self._stub.ListJobs(request, timeout=self._timeout, metadata=md))
+        jobs = [_info(j) for j in reply.jobs]
+        if mine:
+            jobs = [j for j in jobs if j.submitter == self.admin]
+        return jobs[::-1] if reverse else jobs
 
     def get_job_meta(self, job_id: str, *, wait_for_server: bool = False) -> JobInfo:
         """The job's record and progress; with wait_for_server, wait out a server restart (up to the timeout)."""
         ref = fedsec_pb2.JobRef(job_id=job_id)
-        call = lambda: self._stub.GetJobMeta(ref, timeout=self._timeout, wait_for_ready=wait_for_server)  # noqa: E731
-        return _info(self._call("get_job_meta", call))
+
+        def call(md: list[tuple[str, str]]) -> fedsec_pb2.JobInfo:
+            reply: fedsec_pb2.JobInfo = self._stub.GetJobMeta(
+                ref, timeout=self._timeout, metadata=md, wait_for_ready=wait_for_server
+            )
+            return reply
+
+        return _info(self._call("get_job_meta", call, wait_for_server=wait_for_server))
 
     def abort_job(self, job_id: str) -> JobInfo:
         ref = fedsec_pb2.JobRef(job_id=job_id)
-        return _info(self._call("abort_job", lambda: self._stub.AbortJob(ref, timeout=self._timeout)))
+        return _info(self._call("abort_job", lambda md: self._stub.AbortJob(ref, timeout=self._timeout, metadata=md)))
+
+    def clone_job(self, job_id: str) -> str:
+        """Submit a copy of a job (same archive, same signature); return the new job's id."""
+        ref = fedsec_pb2.JobRef(job_id=job_id)
+        reply = self._call("clone_job", lambda md: self._stub.CloneJob(ref, timeout=self._timeout, metadata=md))
+        return str(reply.job_id)
+
+    def delete_job(self, job_id: str) -> None:
+        ref = fedsec_pb2.JobRef(job_id=job_id)
+        self._call("delete_job", lambda md: self._stub.DeleteJob(ref, timeout=self._timeout, metadata=md))
 
     def monitor_job(
         self,
@@ -158,22 +241,90 @@ class Session:
     def wait_for_job(self, job_id: str, timeout: float | None = None, poll: float = 1.0) -> JobInfo:
         return self.monitor_job(job_id, None, timeout=timeout, poll=poll)
 
-    def download_job_result(self, job_id: str, dest: str | Path | None = None) -> Path:
+    def download_job_result(
+        self, job_id: str, dest: str | Path | None = None, progress: Progress | None = None
+    ) -> Path:
         """Download a finished job's result folder into dest (default: the kit's transfer/<job_id>)."""
         info = self.get_job_meta(job_id)
         target = Path(dest) if dest is not None else self.kit.root / "transfer" / info.job_id
         ref = fedsec_pb2.JobRef(job_id=info.job_id)
 
-        def fetch() -> bytes:
-            parts = self._stub.DownloadJob(ref, timeout=max(self._timeout, 300))
+        def fetch(md: list[tuple[str, str]]) -> bytes:
+            parts = self._stub.DownloadJob(ref, timeout=max(self._timeout, 300), metadata=md)
             first = next(parts)
             if first.WhichOneof("part") != "info":
                 raise FedsecError("download did not start with its size")
-            data = (p.data for p in parts)
-            return streams.receive_bytes(data, first.info, limits.MAX_JOB_ARCHIVE_BYTES, "job result")
+            total = first.info.total_size
+
+            def data() -> Iterator[bytes]:
+                got = 0
+                for part in parts:
+                    got += len(part.data)
+                    if progress is not None:
+                        progress(got, total)
+                    yield part.data
+
+            return streams.receive_bytes(data(), first.info, limits.MAX_JOB_ARCHIVE_BYTES, "job result")
 
         archive: bytes = self._call("download_job", fetch)
         if target.exists():
             shutil.rmtree(target)
         unpack(archive, target)
         return target
+
+    def show_stats(self, job_id: str) -> dict[str, Any]:
+        info = self.get_job_meta(job_id)
+        return {
+            **info.progress,
+            "status": info.status,
+            "current_round": info.current_round,
+            "num_rounds": info.num_rounds,
+        }
+
+    def show_errors(self, job_id: str) -> dict[str, Any]:
+        """The job's failure reason and each site's reported error."""
+        info = self.get_job_meta(job_id)
+        request = fedsec_pb2.TargetRequest(job_id=info.job_id, target=ALL_SITES)
+        sites: dict[str, str] = self._text("show_errors", self._stub.GetJobLog, request)["errors"]
+        return {"reason": info.reason, "sites": sites}
+
+    def get_job_log(self, job_id: str, target: str = "server") -> str:
+        request = fedsec_pb2.TargetRequest(job_id=job_id, target=target)
+        return str(self._text("get_job_log", self._stub.GetJobLog, request)["log"])
+
+    # ------------------------------------------------------------ sites and the server
+
+    def check_status(self, target: str, sites: Sequence[str] = ()) -> dict[str, Any]:
+        request = fedsec_pb2.TargetRequest(target=target, sites=list(sites))
+        result: dict[str, Any] = self._text("check_status", self._stub.CheckStatus, request)
+        return result
+
+    def list_clients(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._text("list_clients", self._stub.ListClients, fedsec_pb2.Empty())
+        return result
+
+    def remove_client(self, site: str) -> None:
+        ref = fedsec_pb2.SiteRef(site=site)
+        self._call("remove_client", lambda md: self._stub.RemoveClient(ref, timeout=self._timeout, metadata=md))
+
+    def enable_client(self, site: str) -> None:
+        ref = fedsec_pb2.SiteRef(site=site)
+        self._call("enable_client", lambda md: self._stub.EnableClient(ref, timeout=self._timeout, metadata=md))
+
+    def sys_info(self, target: str = "server") -> dict[str, Any]:
+        result: dict[str, Any] = self._text("sys_info", self._stub.SysInfo, fedsec_pb2.TargetRequest(target=target))
+        return result
+
+    def shutdown(self, target: str, sites: Sequence[str] = ()) -> dict[str, Any]:
+        request = fedsec_pb2.TargetRequest(target=target, sites=list(sites))
+        result: dict[str, Any] = self._text("shutdown", self._stub.Shutdown, request)
+        return result
+
+    def version(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._text("version", self._stub.Version, fedsec_pb2.Empty())
+        return result
+
+    def show_audit(self, max_results: int = 50) -> list[dict[str, Any]]:
+        request = fedsec_pb2.TargetRequest(max_results=max_results)
+        result: list[dict[str, Any]] = self._text("show_audit", self._stub.ShowAudit, request)
+        return result

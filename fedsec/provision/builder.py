@@ -122,6 +122,7 @@ def _build_kit(
             spec.fl_port,
             spec.admin_port,
             spec.heartbeat_timeout,
+            spec.admin_session_timeout,
         )
         scripts = {"start.sh": templates.START_SH, "stop_fl.sh": templates.STOP_SH}
         signed_local.append(_write_text(local / "authorization.yml", templates.AUTHORIZATION_YML))

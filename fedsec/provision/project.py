@@ -49,6 +49,7 @@ class ServerSpec(_Common):
     fl_port: int
     admin_port: int
     heartbeat_timeout: float = 30.0
+    admin_session_timeout: float = 1800.0
 
 
 @dataclass(frozen=True)
@@ -173,3 +174,5 @@ def _check_server(spec: ServerSpec, where: str) -> None:
         raise ConfigError(f"{where}: fl_port and admin_port are both {spec.fl_port}; they must differ")
     if not 1.0 <= spec.heartbeat_timeout <= 3600.0:
         raise ConfigError(f"{where}.heartbeat_timeout: must be between 1 and 3600 seconds")
+    if not 1.0 <= spec.admin_session_timeout <= 7 * 86400.0:
+        raise ConfigError(f"{where}.admin_session_timeout: must be between 1 second and 7 days")

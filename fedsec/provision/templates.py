@@ -92,6 +92,7 @@ participants:
     fl_port: 8002        # clients connect here (mutual TLS)
     admin_port: 8003     # admins connect here (mutual TLS)
     heartbeat_timeout: 30  # seconds without a heartbeat before a site counts as gone
+    admin_session_timeout: 1800  # seconds an idle admin session stays logged in
   # Sites (clients): they dial out to the server and need no open port.
   - name: site-1
     type: client

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from concurrent import futures
 from types import FrameType
 
@@ -17,11 +18,15 @@ import grpc
 
 from fedsec import _proc
 from fedsec.errors import ConfigError, KitError
-from fedsec.kit import Kit, ServerConfig
+from fedsec.kit import Kit, ServerConfig, read_ca
 from fedsec.pki.certs import Kind
+from fedsec.server.admin_service import AdminContext, AdminService
+from fedsec.server.audit import AuditLog
+from fedsec.server.authz import load_policy
 from fedsec.server.jobs import JobManager
 from fedsec.server.registry import SiteRegistry
-from fedsec.server.services import AdminService, FederationService
+from fedsec.server.services import FederationService
+from fedsec.server.sessions import AdminSessions
 from fedsec.server.store import JobStore
 from fedsec.transport.tls import GRPC_OPTIONS, server_credentials
 from fedsec.wire import fedsec_pb2_grpc
@@ -52,21 +57,37 @@ def run_server(kit: Kit, listen: str | None = None) -> int:
     config = kit.config
     host = listen or listen_host(config)
     _proc.lock_kit(kit.root / "run", f"server {config.name}")
+    policy = load_policy(kit.root)
     store = JobStore(kit.root / "store")
     holder: list[JobManager] = []
-    registry = SiteRegistry(config.heartbeat_timeout, lambda alive: holder[0].sites_changed(alive) if holder else None)
-    jobs = JobManager(store, kit.root / "run", registry.alive)
+    registry = SiteRegistry(
+        config.heartbeat_timeout,
+        lambda alive: holder[0].sites_changed(alive) if holder else None,
+        kit.root / "store" / "removed_sites.json",
+    )
+    jobs = JobManager(store, kit.root / "run", registry.alive, read_ca(kit))
     holder.append(jobs)
     creds = server_credentials(kit)
+    stop = threading.Event()
+    audit = AuditLog(kit.root / "audit" / "audit.log")
+    admin_ctx = AdminContext(
+        config=config,
+        store=store,
+        jobs=jobs,
+        registry=registry,
+        sessions=AdminSessions(config.name, config.admin_session_timeout),
+        audit=audit,
+        policy=policy,
+        request_stop=stop.set,
+        started_at=time.time(),
+    )
 
     fl = grpc.server(futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="fl"), options=GRPC_OPTIONS)
     fedsec_pb2_grpc.add_FederationServicer_to_server(FederationService(config, registry, jobs), fl)
     _bind(fl, host, config.fl_port, creds)
     admin = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="admin"), options=GRPC_OPTIONS)
-    fedsec_pb2_grpc.add_AdminServicer_to_server(AdminService(store, jobs), admin)
+    fedsec_pb2_grpc.add_AdminServicer_to_server(AdminService(admin_ctx), admin)
     _bind(admin, host, config.admin_port, creds)
-
-    stop = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
@@ -86,4 +107,5 @@ def run_server(kit: Kit, listen: str | None = None) -> int:
     jobs.close()
     registry.close()
     store.close()
+    audit.close()
     return 0

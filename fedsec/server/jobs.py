@@ -8,6 +8,7 @@ each workflow's exit into the job's final status.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -23,11 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from cryptography import x509
 
 from fedsec import _fs, _proc, limits
-from fedsec.errors import FedsecError, JobError
+from fedsec.errors import AuthError, FedsecError, JobError
 from fedsec.jobs import load_job_folder, pack, unpack
 from fedsec.jobs.meta import meta_to_json
+from fedsec.jobs.signing import JobSignature, verify_archive
 from fedsec.pki.certs import Identity
 from fedsec.server.store import JOB_ARCHIVE, WORKSPACE_DIR, JobRecord, JobStatus, JobStore
 from fedsec.transport.local import socket_path, unix_channel
@@ -36,6 +39,8 @@ from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc
 log = logging.getLogger(__name__)
 
 _READY_SECONDS = 30.0
+_SIGNATURE = "job.sig"  # the submitting admin's signature of job.zip
+_SITES = "sites"  # per-site reports: <site>.json
 
 
 @dataclass
@@ -51,8 +56,9 @@ class _Workflow:
 class JobManager:
     """Job submission, scheduling, relaying and ending on the server."""
 
-    def __init__(self, store: JobStore, run_dir: Path, alive_sites: Any) -> None:
+    def __init__(self, store: JobStore, run_dir: Path, alive_sites: Any, root_ca: x509.Certificate) -> None:
         self._store = store
+        self._root_ca = root_ca
         self._run_dir = run_dir
         self._alive_sites = alive_sites  # () -> frozenset[str]
         self._lock = threading.Condition()
@@ -68,8 +74,28 @@ class JobManager:
 
     # ------------------------------------------------------------ admin side
 
-    def submit(self, archive: bytes, who: Identity) -> JobRecord:
-        """Check and store a job archive; the scheduler starts it. Raises JobError for a bad job."""
+    def submit(self, archive: bytes, signature: JobSignature, who: Identity) -> JobRecord:
+        """Check and store a job archive signed by who; the scheduler starts it.
+
+        Raises AuthError for a bad signature, JobError for a bad job.
+        """
+        signer = verify_archive(archive, signature, self._root_ca, "submitted job")
+        if signer.name != who.name:
+            raise AuthError(f"the job is signed by {signer.name}, not by the submitting admin {who.name}")
+        return self._store_job(archive, signature, who)
+
+    def clone(self, job_id: str, who: Identity) -> JobRecord:
+        """A new job from a stored job's archive and its original signature, submitted by who."""
+        job_dir = self._store.job_dir(job_id)
+        return self._store_job((job_dir / JOB_ARCHIVE).read_bytes(), _read_signature(job_dir), who)
+
+    def delete(self, job_id: str) -> None:
+        with self._lock:
+            if job_id in self._workflows:
+                raise JobError(f"job {job_id}: still running; abort it first")
+        self._store.delete(job_id)
+
+    def _store_job(self, archive: bytes, signature: JobSignature, who: Identity) -> JobRecord:
         staging = Path(tempfile.mkdtemp(prefix=".submit-", dir=self._store.root))
         try:
             unpack(archive, staging / "job")
@@ -84,6 +110,11 @@ class JobManager:
             )
             job_dir = self._store.job_dir(record.job_id)
             _fs.write_atomic(job_dir / JOB_ARCHIVE, archive, mode=0o600)
+            sig = {
+                "signature": base64.b64encode(signature.signature).decode(),
+                "signer_cert": signature.signer_cert.decode(),
+            }
+            _fs.write_atomic(job_dir / _SIGNATURE, json.dumps(sig).encode(), mode=0o600)
             (staging / "job").rename(job_dir / "job")
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -107,9 +138,22 @@ class JobManager:
         except OSError:
             return ""
 
-    def archive(self, job_id: str) -> bytes:
+    def archive(self, job_id: str) -> tuple[bytes, JobSignature]:
         self._store.get(job_id)
-        return (self._store.job_dir(job_id) / JOB_ARCHIVE).read_bytes()
+        job_dir = self._store.job_dir(job_id)
+        return (job_dir / JOB_ARCHIVE).read_bytes(), _read_signature(job_dir)
+
+    def site_records(self, job_id: str) -> dict[str, dict[str, str]]:
+        """What each site reported about the job: {site: {"outcome", "error", "log"}}."""
+        folder = self._store.job_dir(job_id) / _SITES
+        out: dict[str, dict[str, str]] = {}
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            out[path.stem] = json.loads(path.read_text())
+        return out
+
+    def workflow_log(self, job_id: str) -> str:
+        self._store.get(job_id)
+        return _proc.tail(self._store.job_dir(job_id) / "workflow.log", limits.MAX_LOG_TEXT)
 
     def result_archive(self, job_id: str) -> bytes:
         """The job's result folder (final global model, metrics, workflow log) as a zip."""
@@ -185,7 +229,11 @@ class JobManager:
             return fedsec_pb2.ResultReply(accepted=False, reason=f"workflow refused the result: {code} {detail}")
         return reply
 
-    def report(self, job_id: str, site: str, failed: bool, error: str) -> None:
+    def report(self, job_id: str, site: str, failed: bool, error: str, log_tail: str = "") -> None:
+        folder = self._store.job_dir(job_id) / _SITES
+        folder.mkdir(exist_ok=True, mode=0o700)
+        entry = {"outcome": "failed" if failed else "finished", "error": error, "log": log_tail}
+        _fs.write_atomic(folder / f"{site}.json", json.dumps(entry).encode(), mode=0o600)
         record = self._store.get(job_id)
         if not failed or record.status.finished:
             log.info("job=%s site=%s reports its script %s", job_id, site, "failed" if failed else "finished")
@@ -219,6 +267,10 @@ class JobManager:
             flow.stub.UpdateSites(fedsec_pb2.SiteList(sites=sorted(alive)), timeout=5)
         except grpc.RpcError:
             log.info("job=%s could not update its workflow's sites (it may be ending)", flow.job_id)
+
+    def wake_sites(self) -> None:
+        """Answer every held heartbeat now (an admin changed something sites must hear)."""
+        self._bump()
 
     def _wake(self) -> None:
         with self._lock:
@@ -324,6 +376,11 @@ class JobManager:
         for flow in flows:
             _proc.stop(flow.proc)
             flow.channel.close()
+
+
+def _read_signature(job_dir: Path) -> JobSignature:
+    doc = json.loads((job_dir / _SIGNATURE).read_text())
+    return JobSignature(base64.b64decode(doc["signature"]), doc["signer_cert"].encode())
 
 
 def _status_part(status: fedsec_pb2.TaskStatus) -> fedsec_pb2.TaskPart:

@@ -2,16 +2,22 @@
 
 A site is alive while its heartbeats arrive within the heartbeat timeout.
 Listeners hear every change of the alive set (the job manager forwards it to
-running workflows). Heartbeats wait on `changed` for job assignments.
+running workflows). Sites an admin removed are refused by the fingerprint of
+the certificate they had, kept in a file, until re-enabled or re-issued.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from fedsec import _fs
+from fedsec.errors import AuthError
 
 log = logging.getLogger(__name__)
 
@@ -22,28 +28,41 @@ class SiteInfo:
     org: str
     last_seen: float  # time.monotonic()
     registered_at: float  # time.time()
+    version: str = ""
+    sys_info: str = "{}"
+    running_jobs: tuple[str, ...] = field(default_factory=tuple)
+    fingerprint: str = ""  # of the certificate it last connected with
 
 
 class SiteRegistry:
     """Thread-safe table of sites; a background thread expires silent ones."""
 
-    def __init__(self, timeout: float, on_change: Callable[[frozenset[str]], None]) -> None:
+    def __init__(self, timeout: float, on_change: Callable[[frozenset[str]], None], removed_file: Path) -> None:
         self._timeout = timeout
         self._on_change = on_change
         self._lock = threading.Lock()
         self._sites: dict[str, SiteInfo] = {}
+        self._removed_file = removed_file
+        self._removed: dict[str, str] = json.loads(removed_file.read_text()) if removed_file.exists() else {}
+        self._shutdown: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._expire_loop, name="site-expiry", daemon=True)
         self._thread.start()
 
-    def seen(self, name: str, org: str) -> None:
+    def check_allowed(self, name: str, fingerprint: str) -> None:
+        """Raise AuthError when an admin removed this site's certificate."""
+        with self._lock:
+            if self._removed.get(name) == fingerprint:
+                raise AuthError(f"site {name} was removed by an admin; re-enable it or re-issue its certificate")
+
+    def seen(self, name: str, org: str, **changes: object) -> None:
         """Record a call from site name (from its verified certificate)."""
         now = time.monotonic()
         with self._lock:
-            known = name in self._sites
-            registered = self._sites[name].registered_at if known else time.time()
-            self._sites[name] = SiteInfo(name, org, now, registered)
-        if not known:
+            old = self._sites.get(name)
+            base = old or SiteInfo(name, org, now, time.time())
+            self._sites[name] = replace(base, last_seen=now, **changes)  # type: ignore[arg-type]
+        if old is None:
             log.info("site=%s is alive", name)
             self._notify()
 
@@ -54,6 +73,43 @@ class SiteRegistry:
     def sites(self) -> list[SiteInfo]:
         with self._lock:
             return sorted(self._sites.values(), key=lambda s: s.name)
+
+    def get(self, name: str) -> SiteInfo | None:
+        with self._lock:
+            return self._sites.get(name)
+
+    def fingerprint_of(self, name: str) -> str | None:
+        with self._lock:
+            site = self._sites.get(name)
+            return site.fingerprint if site is not None else None
+
+    def removed(self) -> set[str]:
+        with self._lock:
+            return set(self._removed)
+
+    def remove(self, name: str, fingerprint: str) -> None:
+        with self._lock:
+            self._removed[name] = fingerprint
+            self._sites.pop(name, None)
+            _fs.write_atomic(self._removed_file, json.dumps(self._removed).encode(), mode=0o600)
+        self._notify()
+
+    def enable(self, name: str) -> bool:
+        with self._lock:
+            found = self._removed.pop(name, None) is not None
+            _fs.write_atomic(self._removed_file, json.dumps(self._removed).encode(), mode=0o600)
+        return found
+
+    def request_shutdown(self, names: set[str]) -> None:
+        with self._lock:
+            self._shutdown |= names
+
+    def take_shutdown(self, name: str) -> bool:
+        with self._lock:
+            if name in self._shutdown:
+                self._shutdown.discard(name)
+                return True
+            return False
 
     def close(self) -> None:
         self._stop.set()

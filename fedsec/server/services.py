@@ -1,8 +1,8 @@
-"""The server's gRPC services: Federation on the fl port (sites), Admin on the admin port.
+"""The Federation gRPC service on the fl port: what sites call.
 
 Every call is authorised by the verified certificate of its peer: only site
-certificates on the fl port, only admin certificates on the admin port. A
-site acts only as itself and only on jobs assigned to it.
+certificates, not removed by an admin. A site acts only as itself and only
+on jobs assigned to it.
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ import grpc
 from fedsec import limits
 from fedsec.errors import AuthError, WireError
 from fedsec.kit import ServerConfig
-from fedsec.pki.certs import Kind
+from fedsec.pki.certs import Kind, identity_of
 from fedsec.server.jobs import JobManager
 from fedsec.server.registry import SiteRegistry
-from fedsec.server.store import JobRecord, JobStore
-from fedsec.transport.tls import require, rpc_boundary
+from fedsec.transport.tls import fingerprint, peer_cert, rpc_boundary
 from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc, streams
 
 log = logging.getLogger(__name__)
 
 _HOLD_SECONDS = 5.0
+_MAX_SYS_INFO = 4096
 
 
 class FederationService(fedsec_pb2_grpc.FederationServicer):
@@ -33,9 +33,14 @@ class FederationService(fedsec_pb2_grpc.FederationServicer):
         self._registry = registry
         self._jobs = jobs
 
-    def _site(self, context: grpc.ServicerContext) -> str:
-        identity = require(context, Kind.CLIENT)
-        self._registry.seen(identity.name, identity.org)
+    def _site(self, context: grpc.ServicerContext, **changes: object) -> str:
+        cert = peer_cert(context)
+        identity = identity_of(cert)
+        if identity.kind is not Kind.CLIENT:
+            raise AuthError(f"a {identity.kind.value} certificate ({identity.name}) is not accepted here")
+        cert_fp = fingerprint(cert)
+        self._registry.check_allowed(identity.name, cert_fp)
+        self._registry.seen(identity.name, identity.org, fingerprint=cert_fp, **changes)
         return identity.name
 
     def _assigned(self, job_id: str, site: str) -> None:
@@ -44,7 +49,8 @@ class FederationService(fedsec_pb2_grpc.FederationServicer):
 
     @rpc_boundary
     def Register(self, request: fedsec_pb2.RegisterRequest, context: grpc.ServicerContext) -> fedsec_pb2.RegisterReply:
-        site = self._site(context)
+        info = request.sys_info_json if len(request.sys_info_json) <= _MAX_SYS_INFO else "{}"
+        site = self._site(context, version=request.fedsec_version[:32], sys_info=info)
         log.info("site=%s registered version=%s", site, request.fedsec_version[:32])
         return fedsec_pb2.RegisterReply(server_name=self._config.name, project=self._config.project)
 
@@ -52,9 +58,13 @@ class FederationService(fedsec_pb2_grpc.FederationServicer):
     def Heartbeat(
         self, request: fedsec_pb2.HeartbeatRequest, context: grpc.ServicerContext
     ) -> fedsec_pb2.HeartbeatReply:
-        site = self._site(context)
+        running = tuple(request.running_jobs[: limits.MAX_RUNNING_JOBS])
+        site = self._site(context, running_jobs=running)
         version = self._jobs.wait_change(request.known_version, _HOLD_SECONDS)
-        self._registry.seen(site, "")
+        self._site(context)
+        if self._registry.take_shutdown(site):
+            log.info("site=%s asked to shut down", site)
+            return fedsec_pb2.HeartbeatReply(version=version, shutdown=True)
         jobs = [fedsec_pb2.JobAssignment(job_id=j, name=n) for j, n in self._jobs.assignments(site)]
         return fedsec_pb2.HeartbeatReply(jobs=jobs, version=version)
 
@@ -62,8 +72,9 @@ class FederationService(fedsec_pb2_grpc.FederationServicer):
     def FetchJob(self, request: fedsec_pb2.JobRef, context: grpc.ServicerContext) -> Iterator[fedsec_pb2.ArchivePart]:
         site = self._site(context)
         self._assigned(request.job_id, site)
-        data = self._jobs.archive(request.job_id)
-        yield fedsec_pb2.ArchivePart(info=streams.describe_bytes(data))
+        data, sig = self._jobs.archive(request.job_id)
+        signature = fedsec_pb2.JobSignature(signature=sig.signature, signer_cert=sig.signer_cert)
+        yield fedsec_pb2.ArchivePart(info=streams.describe_bytes(data), signature=signature)
         for chunk in streams.bytes_chunks(data):
             yield fedsec_pb2.ArchivePart(data=chunk)
 
@@ -90,72 +101,6 @@ class FederationService(fedsec_pb2_grpc.FederationServicer):
         site = self._site(context)
         self._assigned(request.job_id, site)
         failed = request.outcome == fedsec_pb2.JOB_OUTCOME_FAILED
-        self._jobs.report(request.job_id, site, failed, request.error[: limits.MAX_ERROR_TEXT])
+        error = request.error[: limits.MAX_ERROR_TEXT]
+        self._jobs.report(request.job_id, site, failed, error, request.log_tail[-limits.MAX_LOG_TEXT :])
         return fedsec_pb2.Empty()
-
-
-class AdminService(fedsec_pb2_grpc.AdminServicer):
-    def __init__(self, store: JobStore, jobs: JobManager) -> None:
-        self._store = store
-        self._jobs = jobs
-
-    def _info(self, record: JobRecord) -> fedsec_pb2.JobInfo:
-        running = not record.status.finished
-        return fedsec_pb2.JobInfo(
-            job_id=record.job_id,
-            name=record.name,
-            status=record.status.value,
-            submitter=record.submitter,
-            submitter_org=record.submitter_org,
-            submitter_role=record.submitter_role,
-            submit_time=record.submit_time,
-            start_time=record.start_time or 0.0,
-            end_time=record.end_time or 0.0,
-            reason=record.reason,
-            current_round=self._jobs.current_round(record.job_id) if running else record.current_round,
-            num_rounds=record.num_rounds,
-            meta_json=record.meta_json,
-            progress_json=self._jobs.progress(record.job_id),
-        )
-
-    @rpc_boundary
-    def SubmitJob(
-        self, request_iterator: Iterator[fedsec_pb2.SubmitPart], context: grpc.ServicerContext
-    ) -> fedsec_pb2.JobInfo:
-        who = require(context, Kind.ADMIN)
-        first = next(request_iterator, None)
-        if first is None or first.WhichOneof("part") != "info":
-            raise WireError("job upload did not start with its size")
-        data = streams.receive_bytes(
-            (p.data for p in request_iterator), first.info, limits.MAX_JOB_ARCHIVE_BYTES, "job archive"
-        )
-        return self._info(self._jobs.submit(data, who))
-
-    @rpc_boundary
-    def ListJobs(self, request: fedsec_pb2.ListJobsRequest, context: grpc.ServicerContext) -> fedsec_pb2.JobList:
-        require(context, Kind.ADMIN)
-        limit = min(request.max_results or limits.MAX_LIST_JOBS, limits.MAX_LIST_JOBS)
-        records = self._store.list(name_prefix=request.name_prefix, id_prefix=request.id_prefix, limit=limit)
-        return fedsec_pb2.JobList(jobs=[self._info(r) for r in records])
-
-    @rpc_boundary
-    def GetJobMeta(self, request: fedsec_pb2.JobRef, context: grpc.ServicerContext) -> fedsec_pb2.JobInfo:
-        require(context, Kind.ADMIN)
-        return self._info(self._store.find(request.job_id))
-
-    @rpc_boundary
-    def AbortJob(self, request: fedsec_pb2.JobRef, context: grpc.ServicerContext) -> fedsec_pb2.JobInfo:
-        who = require(context, Kind.ADMIN)
-        record = self._store.find(request.job_id)
-        return self._info(self._jobs.abort(record.job_id, who))
-
-    @rpc_boundary
-    def DownloadJob(
-        self, request: fedsec_pb2.JobRef, context: grpc.ServicerContext
-    ) -> Iterator[fedsec_pb2.ArchivePart]:
-        require(context, Kind.ADMIN)
-        record = self._store.find(request.job_id)
-        data = self._jobs.result_archive(record.job_id)
-        yield fedsec_pb2.ArchivePart(info=streams.describe_bytes(data))
-        for chunk in streams.bytes_chunks(data):
-            yield fedsec_pb2.ArchivePart(data=chunk)

@@ -6,6 +6,7 @@ backoff; after it comes back the agent registers again and carries on.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -16,9 +17,11 @@ import grpc
 
 from fedsec import __version__, _proc, limits
 from fedsec.errors import FedsecError, KitError
-from fedsec.kit import ClientConfig, Kit
+from fedsec.jobs.signing import JobSignature
+from fedsec.kit import ClientConfig, Kit, read_ca
 from fedsec.pki.certs import Kind
 from fedsec.site.local import ScriptRelay
+from fedsec.site.policy import load_site_policy
 from fedsec.site.runner import JobRunner
 from fedsec.transport.local import serve_unix, socket_path
 from fedsec.transport.tls import channel, error_from_rpc
@@ -43,7 +46,8 @@ class SiteAgent:
         self._stub = fedsec_pb2_grpc.FederationStub(self._channel)
         self._stop = threading.Event()
         self._socket = socket_path(kit.root / "run", "site.sock")
-        self._runner = JobRunner(kit.root, kit.name, self._socket, self._report)
+        self._runner = JobRunner(kit.root, kit.name, self._socket, self._report, read_ca(kit))
+        load_site_policy(kit.root)  # a broken policy stops the site at start, not at the first job
         self._local = serve_unix(
             self._socket,
             lambda s: fedsec_pb2_grpc.add_FederationServicer_to_server(
@@ -70,7 +74,10 @@ class SiteAgent:
         delay = 0.2
         while not self._stop.is_set():
             try:
-                reply = self._stub.Register(fedsec_pb2.RegisterRequest(fedsec_version=__version__), timeout=10)
+                request = fedsec_pb2.RegisterRequest(
+                    fedsec_version=__version__, sys_info_json=json.dumps(_proc.host_info())
+                )
+                reply = self._stub.Register(request, timeout=10)
             except grpc.RpcError as exc:
                 err = error_from_rpc(exc, "register")
                 log.info("site=%s cannot register yet (%s); retrying in %.1f s", self._kit.name, err, delay)
@@ -91,26 +98,37 @@ class SiteAgent:
                 self._stop.wait(0.5)
                 return  # register again
             version = reply.version
+            if reply.shutdown:
+                log.info("site=%s: an admin asked this site to shut down", self._kit.name)
+                self._stop.set()
+                return
             try:
                 self._runner.sync({j.job_id for j in reply.jobs}, self._fetch)
             except FedsecError as exc:
                 log.error("site=%s job sync failed: %s", self._kit.name, exc)
                 self._stop.wait(1.0)
 
-    def _fetch(self, job_id: str) -> bytes:
+    def _fetch(self, job_id: str) -> tuple[bytes, JobSignature]:
         try:
             parts = self._stub.FetchJob(fedsec_pb2.JobRef(job_id=job_id), timeout=120)
             first = next(parts)
-            if first.WhichOneof("part") != "info":
-                raise FedsecError(f"job {job_id}: archive stream did not start with its size")
+            if first.WhichOneof("part") != "info" or not first.HasField("signature"):
+                raise FedsecError(f"job {job_id}: archive stream did not start with its size and signature")
+            signature = JobSignature(first.signature.signature, first.signature.signer_cert)
             data = (p.data for p in parts)
-            return streams.receive_bytes(data, first.info, limits.MAX_JOB_ARCHIVE_BYTES, f"job {job_id} archive")
+            archive = streams.receive_bytes(data, first.info, limits.MAX_JOB_ARCHIVE_BYTES, f"job {job_id} archive")
+            return archive, signature
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, f"fetch job {job_id}") from exc
 
-    def _report(self, job_id: str, failed: bool, error: str) -> None:
+    def _report(self, job_id: str, failed: bool, error: str, log_tail: str) -> None:
         outcome = fedsec_pb2.JOB_OUTCOME_FAILED if failed else fedsec_pb2.JOB_OUTCOME_FINISHED
-        request = fedsec_pb2.JobReport(job_id=job_id, outcome=outcome, error=error[-limits.MAX_ERROR_TEXT :])
+        request = fedsec_pb2.JobReport(
+            job_id=job_id,
+            outcome=outcome,
+            error=error[-limits.MAX_ERROR_TEXT :],
+            log_tail=log_tail[-limits.MAX_LOG_TEXT :],
+        )
         for attempt in range(5):
             try:
                 self._stub.ReportJob(request, timeout=10)

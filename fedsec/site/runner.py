@@ -18,14 +18,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
+
 from fedsec import _fs, _proc, limits
-from fedsec.errors import FedsecError, JobError
+from fedsec.errors import AuthError, FedsecError, JobError
 from fedsec.jobs import load_job_folder, unpack
 from fedsec.jobs.env import ENV_JOB_ID, ENV_SITE, ENV_SOCKET
+from fedsec.jobs.signing import JobSignature, verify_archive
+from fedsec.site.policy import load_site_policy
 
 log = logging.getLogger(__name__)
 
-Report = Callable[[str, bool, str], None]  # (job_id, failed, error text)
+Report = Callable[[str, bool, str, str], None]  # (job_id, failed, error text, log tail)
 
 
 @dataclass
@@ -39,8 +43,10 @@ class _Job:
 class JobRunner:
     """Starts, watches and stops the training processes of one site."""
 
-    def __init__(self, kit_root: Path, site: str, socket: Path, report: Report) -> None:
+    def __init__(self, kit_root: Path, site: str, socket: Path, report: Report, root_ca: x509.Certificate) -> None:
         self._jobs_dir = kit_root / "jobs"
+        self._kit_root = kit_root
+        self._root_ca = root_ca
         self._site = site
         self._socket = socket
         self._report = report
@@ -52,8 +58,14 @@ class JobRunner:
         with self._lock:
             return set(self._jobs)
 
-    def start(self, job_id: str, archive: bytes) -> None:
-        """Unpack and check a job, then start its script. Raises JobError when the job is unusable."""
+    def start(self, job_id: str, archive: bytes, signature: JobSignature) -> None:
+        """Check a job's signature and this site's policy, unpack it, start its script.
+
+        Raises AuthError when the job may not run here, JobError when it is unusable.
+        Nothing is unpacked before the signature and the policy have been checked.
+        """
+        signer = verify_archive(archive, signature, self._root_ca, f"job {job_id}")
+        load_site_policy(self._kit_root).check(signer, self._site)
         job_dir = self._jobs_dir / _safe_id(job_id)
         if job_dir.exists():
             shutil.rmtree(job_dir)  # a previous run of this job on this site (e.g. before a restart)
@@ -93,7 +105,7 @@ class JobRunner:
         error = _proc.tail(job.log_path, limits.MAX_ERROR_TEXT) if failed else ""
         log.info("job=%s script exited code=%d", job.job_id, code)
         try:
-            self._report(job.job_id, failed, error)
+            self._report(job.job_id, failed, error, _proc.tail(job.log_path, limits.MAX_LOG_TEXT))
         except FedsecError as exc:
             log.warning("job=%s could not report its end: %s", job.job_id, exc)
 
@@ -109,7 +121,7 @@ class JobRunner:
         for job_id in self.running():
             self.stop(job_id)
 
-    def sync(self, assigned: set[str], fetch: Callable[[str], bytes]) -> None:
+    def sync(self, assigned: set[str], fetch: Callable[[str], tuple[bytes, JobSignature]]) -> None:
         """Start assigned jobs not running, stop running jobs no longer assigned."""
         for job_id in self.running() - assigned:
             log.info("job=%s no longer assigned: stopping it", job_id)
@@ -117,11 +129,15 @@ class JobRunner:
         self._failed &= assigned
         for job_id in assigned - self.running() - self._failed:
             try:
-                self.start(job_id, fetch(job_id))
+                self.start(job_id, *fetch(job_id))
+            except AuthError as exc:
+                self._failed.add(job_id)
+                log.error("job=%s refused: %s", job_id, exc)
+                self._report(job_id, True, f"{self._site} refused the job: {exc}", "")
             except FedsecError as exc:
                 self._failed.add(job_id)
                 log.error("job=%s cannot start: %s", job_id, exc)
-                self._report(job_id, True, f"cannot start on this site: {exc}")
+                self._report(job_id, True, f"cannot start on {self._site}: {exc}", "")
 
 
 def _safe_id(job_id: str) -> str:

@@ -14,9 +14,11 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from fedsec import limits
-from fedsec.errors import AuthError, FedsecError, JobError, WireError
+from fedsec.errors import AuthError, FedsecError, JobError, SessionExpiredError, WireError
 from fedsec.kit import Kit
 from fedsec.pki import certs
 
@@ -64,17 +66,24 @@ def channel(kit: Kit, host: str, port: int, server_name: str) -> grpc.Channel:
     return grpc.secure_channel(target, creds, options=CHANNEL_OPTIONS)
 
 
+def peer_cert(context: grpc.ServicerContext) -> x509.Certificate:
+    """The verified client certificate of this call's peer; AuthError when there is none."""
+    pems = context.auth_context().get("x509_pem_cert")
+    if not pems:
+        raise AuthError("no verified client certificate")
+    return certs.load_cert(pems[0], "peer certificate")
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
 def peer_identity(context: grpc.ServicerContext) -> certs.Identity:
     """The identity in the verified client certificate of this call's peer.
 
     Raises AuthError when the call carries no verified certificate.
     """
-    auth = context.auth_context()
-    pems = auth.get("x509_pem_cert")
-    if not pems:
-        raise AuthError("no verified client certificate")
-    cert = certs.load_cert(pems[0], "peer certificate")
-    return certs.identity_of(cert)
+    return certs.identity_of(peer_cert(context))
 
 
 def require(context: grpc.ServicerContext, kind: certs.Kind) -> certs.Identity:
@@ -86,6 +95,7 @@ def require(context: grpc.ServicerContext, kind: certs.Kind) -> certs.Identity:
 
 
 _CODES: list[tuple[type[FedsecError], grpc.StatusCode]] = [
+    (SessionExpiredError, grpc.StatusCode.UNAUTHENTICATED),
     (AuthError, grpc.StatusCode.PERMISSION_DENIED),
     (WireError, grpc.StatusCode.INVALID_ARGUMENT),
     (JobError, grpc.StatusCode.FAILED_PRECONDITION),
@@ -141,6 +151,8 @@ def error_from_rpc(exc: grpc.RpcError, what: str) -> FedsecError:
     code = exc.code() if isinstance(exc, grpc.Call) else None
     detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)
     message = f"{what}: {detail}"
+    if code is grpc.StatusCode.UNAUTHENTICATED:
+        return SessionExpiredError(message)
     if code is grpc.StatusCode.PERMISSION_DENIED:
         return AuthError(message)
     if code is grpc.StatusCode.INVALID_ARGUMENT:

@@ -45,11 +45,21 @@ class PayloadInfo(_message.Message):
     sha256: bytes
     def __init__(self, total_size: _Optional[int] = ..., sha256: _Optional[bytes] = ...) -> None: ...
 
+class JobSignature(_message.Message):
+    __slots__ = ("signature", "signer_cert")
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    SIGNER_CERT_FIELD_NUMBER: _ClassVar[int]
+    signature: bytes
+    signer_cert: bytes
+    def __init__(self, signature: _Optional[bytes] = ..., signer_cert: _Optional[bytes] = ...) -> None: ...
+
 class RegisterRequest(_message.Message):
-    __slots__ = ("fedsec_version",)
+    __slots__ = ("fedsec_version", "sys_info_json")
     FEDSEC_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SYS_INFO_JSON_FIELD_NUMBER: _ClassVar[int]
     fedsec_version: str
-    def __init__(self, fedsec_version: _Optional[str] = ...) -> None: ...
+    sys_info_json: str
+    def __init__(self, fedsec_version: _Optional[str] = ..., sys_info_json: _Optional[str] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
     __slots__ = ("server_name", "project", "heartbeat_interval")
@@ -78,20 +88,24 @@ class JobAssignment(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
 
 class HeartbeatReply(_message.Message):
-    __slots__ = ("jobs", "version")
+    __slots__ = ("jobs", "version", "shutdown")
     JOBS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHUTDOWN_FIELD_NUMBER: _ClassVar[int]
     jobs: _containers.RepeatedCompositeFieldContainer[JobAssignment]
     version: int
-    def __init__(self, jobs: _Optional[_Iterable[_Union[JobAssignment, _Mapping]]] = ..., version: _Optional[int] = ...) -> None: ...
+    shutdown: bool
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobAssignment, _Mapping]]] = ..., version: _Optional[int] = ..., shutdown: _Optional[bool] = ...) -> None: ...
 
 class ArchivePart(_message.Message):
-    __slots__ = ("info", "data")
+    __slots__ = ("info", "data", "signature")
     INFO_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     info: PayloadInfo
     data: bytes
-    def __init__(self, info: _Optional[_Union[PayloadInfo, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+    signature: JobSignature
+    def __init__(self, info: _Optional[_Union[PayloadInfo, _Mapping]] = ..., data: _Optional[bytes] = ..., signature: _Optional[_Union[JobSignature, _Mapping]] = ...) -> None: ...
 
 class TaskRequest(_message.Message):
     __slots__ = ("job_id", "site", "wait_seconds")
@@ -169,14 +183,16 @@ class ResultReply(_message.Message):
     def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class JobReport(_message.Message):
-    __slots__ = ("job_id", "outcome", "error")
+    __slots__ = ("job_id", "outcome", "error", "log_tail")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    LOG_TAIL_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     outcome: JobOutcome
     error: str
-    def __init__(self, job_id: _Optional[str] = ..., outcome: _Optional[_Union[JobOutcome, str]] = ..., error: _Optional[str] = ...) -> None: ...
+    log_tail: str
+    def __init__(self, job_id: _Optional[str] = ..., outcome: _Optional[_Union[JobOutcome, str]] = ..., error: _Optional[str] = ..., log_tail: _Optional[str] = ...) -> None: ...
 
 class SiteList(_message.Message):
     __slots__ = ("sites",)
@@ -217,12 +233,66 @@ class JobInfo(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[str] = ..., submitter: _Optional[str] = ..., submitter_org: _Optional[str] = ..., submitter_role: _Optional[str] = ..., submit_time: _Optional[float] = ..., start_time: _Optional[float] = ..., end_time: _Optional[float] = ..., reason: _Optional[str] = ..., current_round: _Optional[int] = ..., num_rounds: _Optional[int] = ..., meta_json: _Optional[str] = ..., progress_json: _Optional[str] = ...) -> None: ...
 
 class SubmitPart(_message.Message):
-    __slots__ = ("info", "data")
+    __slots__ = ("info", "data", "signature")
     INFO_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     info: PayloadInfo
     data: bytes
-    def __init__(self, info: _Optional[_Union[PayloadInfo, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+    signature: JobSignature
+    def __init__(self, info: _Optional[_Union[PayloadInfo, _Mapping]] = ..., data: _Optional[bytes] = ..., signature: _Optional[_Union[JobSignature, _Mapping]] = ...) -> None: ...
+
+class ChallengeReply(_message.Message):
+    __slots__ = ("nonce", "expires_in")
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_FIELD_NUMBER: _ClassVar[int]
+    nonce: bytes
+    expires_in: float
+    def __init__(self, nonce: _Optional[bytes] = ..., expires_in: _Optional[float] = ...) -> None: ...
+
+class LoginRequest(_message.Message):
+    __slots__ = ("nonce", "signature")
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    nonce: bytes
+    signature: bytes
+    def __init__(self, nonce: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class LoginReply(_message.Message):
+    __slots__ = ("token", "idle_timeout", "admin", "role")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    IDLE_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    idle_timeout: float
+    admin: str
+    role: str
+    def __init__(self, token: _Optional[str] = ..., idle_timeout: _Optional[float] = ..., admin: _Optional[str] = ..., role: _Optional[str] = ...) -> None: ...
+
+class SiteRef(_message.Message):
+    __slots__ = ("site",)
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    def __init__(self, site: _Optional[str] = ...) -> None: ...
+
+class TargetRequest(_message.Message):
+    __slots__ = ("target", "sites", "job_id", "max_results")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    SITES_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    sites: _containers.RepeatedScalarFieldContainer[str]
+    job_id: str
+    max_results: int
+    def __init__(self, target: _Optional[str] = ..., sites: _Optional[_Iterable[str]] = ..., job_id: _Optional[str] = ..., max_results: _Optional[int] = ...) -> None: ...
+
+class TextReply(_message.Message):
+    __slots__ = ("text",)
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    def __init__(self, text: _Optional[str] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
     __slots__ = ("name_prefix", "id_prefix", "max_results")

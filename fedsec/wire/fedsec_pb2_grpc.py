@@ -479,10 +479,75 @@ class AdminStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.GetChallenge = channel.unary_unary(
+                '/fedsec.v1.Admin/GetChallenge',
+                request_serializer=fedsec_dot_wire_dot_fedsec__pb2.Empty.SerializeToString,
+                response_deserializer=fedsec_dot_wire_dot_fedsec__pb2.ChallengeReply.FromString,
+                _registered_method=True)
+        self.Login = channel.unary_unary(
+                '/fedsec.v1.Admin/Login',
+                request_serializer=fedsec_dot_wire_dot_fedsec__pb2.LoginRequest.SerializeToString,
+                response_deserializer=fedsec_dot_wire_dot_fedsec__pb2.LoginReply.FromString,
+                _registered_method=True)
         self.SubmitJob = channel.stream_unary(
                 '/fedsec.v1.Admin/SubmitJob',
                 request_serializer=fedsec_dot_wire_dot_fedsec__pb2.SubmitPart.SerializeToString,
                 response_deserializer=fedsec_dot_wire_dot_fedsec__pb2.JobInfo.FromString,
+                _registered_method=True)
+        self.CloneJob = channel.unary_unary(
+                '/fedsec.v1.Admin/CloneJob',
+                request_serializer=fedsec_dot_wire_dot_fedsec__pb2.JobRef.SerializeToString,
+                response_deserializer=fedsec_dot_wire_dot_fedsec__pb2.JobInfo.FromString,
+                _registered_method=True)
+        self.DeleteJob = channel.unary_unary(
+                '/fedsec.v1.Admin/DeleteJob',
+                request_serializer=fedsec_dot_wire_dot_fedsec__pb2.JobRef.SerializeToString,
+                response_deserializer=fedsec_dot_wire_dot_fedsec__pb2.Empty.FromString,
+                _registered_method=True)
+        self.ListClients = channel.unary_unary(
+                '/fedsec.v1.Admin/ListClients',
+                request_serializer=fedsec_dot_wire_dot_fedsec__pb2.Empty.SerializeToString,
+                response_deserializer=fedsec_dot_wire_dot_fedsec__pb2.TextReply.FromString,
+                _registered_method=True)
+        self.RemoveClient = channel.unary_unary(
+                '/fedsec.v1.Admin/RemoveClient',
+                request_serializer=fedsec_dot_wire_dot_fedsec__pb2.SiteRef.SerializeToString,
+                response_deserializer=fedsec_dot_wire_dot_fedsec__pb2.Empty.FromString,
+                _registered_method=True)
+        self.EnableClient = channel.unary_unary(
+                '/fedsec.v1.Admin/EnableClient',
+                request_serializer=fedsec_dot_wire_dot_fedsec__pb2.SiteRef.SerializeToString,
+                response_deserializer=fedsec_dot_wire_dot_fedsec__pb2.Empty.FromString,
+                _registered_method=True)
+        self.CheckStatus = channel.unary_unary(
+                '/fedsec.v1.Admin/CheckStatus',
+                request_serializer=fedsec_dot_wire_dot_fedsec__pb2.TargetRequest.SerializeToString,
+                response_deserializer=fedsec_dot_wire_dot_fedsec__pb2.TextReply.FromString,
+                _registered_method=True)
+        self.GetJobLog = channel.unary_unary(
+                '/fedsec.v1.Admin/GetJobLog',
+                request_serializer=fedsec_dot_wire_dot_fedsec__pb2.TargetRequest.SerializeToString,
+                response_deserializer=fedsec_dot_wire_dot_fedsec__pb2.TextReply.FromString,
+                _registered_method=True)
+        self.SysInfo = channel.unary_unary(
+                '/fedsec.v1.Admin/SysInfo',
+                request_serializer=fedsec_dot_wire_dot_fedsec__pb2.TargetRequest.SerializeToString,
+                response_deserializer=fedsec_dot_wire_dot_fedsec__pb2.TextReply.FromString,
+                _registered_method=True)
+        self.Shutdown = channel.unary_unary(
+                '/fedsec.v1.Admin/Shutdown',
+                request_serializer=fedsec_dot_wire_dot_fedsec__pb2.TargetRequest.SerializeToString,
+                response_deserializer=fedsec_dot_wire_dot_fedsec__pb2.TextReply.FromString,
+                _registered_method=True)
+        self.Version = channel.unary_unary(
+                '/fedsec.v1.Admin/Version',
+                request_serializer=fedsec_dot_wire_dot_fedsec__pb2.Empty.SerializeToString,
+                response_deserializer=fedsec_dot_wire_dot_fedsec__pb2.TextReply.FromString,
+                _registered_method=True)
+        self.ShowAudit = channel.unary_unary(
+                '/fedsec.v1.Admin/ShowAudit',
+                request_serializer=fedsec_dot_wire_dot_fedsec__pb2.TargetRequest.SerializeToString,
+                response_deserializer=fedsec_dot_wire_dot_fedsec__pb2.TextReply.FromString,
                 _registered_method=True)
         self.ListJobs = channel.unary_unary(
                 '/fedsec.v1.Admin/ListJobs',
@@ -509,7 +574,85 @@ class AdminStub:
 class AdminServicer:
     """Missing associated documentation comment in .proto file."""
 
+    def GetChallenge(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Login(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SubmitJob(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloneJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListClients(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveClient(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EnableClient(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJobLog(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SysInfo(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Shutdown(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Version(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ShowAudit(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -542,10 +685,75 @@ class AdminServicer:
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'GetChallenge': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetChallenge,
+                    request_deserializer=fedsec_dot_wire_dot_fedsec__pb2.Empty.FromString,
+                    response_serializer=fedsec_dot_wire_dot_fedsec__pb2.ChallengeReply.SerializeToString,
+            ),
+            'Login': grpc.unary_unary_rpc_method_handler(
+                    servicer.Login,
+                    request_deserializer=fedsec_dot_wire_dot_fedsec__pb2.LoginRequest.FromString,
+                    response_serializer=fedsec_dot_wire_dot_fedsec__pb2.LoginReply.SerializeToString,
+            ),
             'SubmitJob': grpc.stream_unary_rpc_method_handler(
                     servicer.SubmitJob,
                     request_deserializer=fedsec_dot_wire_dot_fedsec__pb2.SubmitPart.FromString,
                     response_serializer=fedsec_dot_wire_dot_fedsec__pb2.JobInfo.SerializeToString,
+            ),
+            'CloneJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloneJob,
+                    request_deserializer=fedsec_dot_wire_dot_fedsec__pb2.JobRef.FromString,
+                    response_serializer=fedsec_dot_wire_dot_fedsec__pb2.JobInfo.SerializeToString,
+            ),
+            'DeleteJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteJob,
+                    request_deserializer=fedsec_dot_wire_dot_fedsec__pb2.JobRef.FromString,
+                    response_serializer=fedsec_dot_wire_dot_fedsec__pb2.Empty.SerializeToString,
+            ),
+            'ListClients': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListClients,
+                    request_deserializer=fedsec_dot_wire_dot_fedsec__pb2.Empty.FromString,
+                    response_serializer=fedsec_dot_wire_dot_fedsec__pb2.TextReply.SerializeToString,
+            ),
+            'RemoveClient': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveClient,
+                    request_deserializer=fedsec_dot_wire_dot_fedsec__pb2.SiteRef.FromString,
+                    response_serializer=fedsec_dot_wire_dot_fedsec__pb2.Empty.SerializeToString,
+            ),
+            'EnableClient': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnableClient,
+                    request_deserializer=fedsec_dot_wire_dot_fedsec__pb2.SiteRef.FromString,
+                    response_serializer=fedsec_dot_wire_dot_fedsec__pb2.Empty.SerializeToString,
+            ),
+            'CheckStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckStatus,
+                    request_deserializer=fedsec_dot_wire_dot_fedsec__pb2.TargetRequest.FromString,
+                    response_serializer=fedsec_dot_wire_dot_fedsec__pb2.TextReply.SerializeToString,
+            ),
+            'GetJobLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJobLog,
+                    request_deserializer=fedsec_dot_wire_dot_fedsec__pb2.TargetRequest.FromString,
+                    response_serializer=fedsec_dot_wire_dot_fedsec__pb2.TextReply.SerializeToString,
+            ),
+            'SysInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.SysInfo,
+                    request_deserializer=fedsec_dot_wire_dot_fedsec__pb2.TargetRequest.FromString,
+                    response_serializer=fedsec_dot_wire_dot_fedsec__pb2.TextReply.SerializeToString,
+            ),
+            'Shutdown': grpc.unary_unary_rpc_method_handler(
+                    servicer.Shutdown,
+                    request_deserializer=fedsec_dot_wire_dot_fedsec__pb2.TargetRequest.FromString,
+                    response_serializer=fedsec_dot_wire_dot_fedsec__pb2.TextReply.SerializeToString,
+            ),
+            'Version': grpc.unary_unary_rpc_method_handler(
+                    servicer.Version,
+                    request_deserializer=fedsec_dot_wire_dot_fedsec__pb2.Empty.FromString,
+                    response_serializer=fedsec_dot_wire_dot_fedsec__pb2.TextReply.SerializeToString,
+            ),
+            'ShowAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShowAudit,
+                    request_deserializer=fedsec_dot_wire_dot_fedsec__pb2.TargetRequest.FromString,
+                    response_serializer=fedsec_dot_wire_dot_fedsec__pb2.TextReply.SerializeToString,
             ),
             'ListJobs': grpc.unary_unary_rpc_method_handler(
                     servicer.ListJobs,
@@ -579,6 +787,60 @@ class Admin:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
+    def GetChallenge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsec.v1.Admin/GetChallenge',
+            fedsec_dot_wire_dot_fedsec__pb2.Empty.SerializeToString,
+            fedsec_dot_wire_dot_fedsec__pb2.ChallengeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Login(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsec.v1.Admin/Login',
+            fedsec_dot_wire_dot_fedsec__pb2.LoginRequest.SerializeToString,
+            fedsec_dot_wire_dot_fedsec__pb2.LoginReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def SubmitJob(request_iterator,
             target,
             options=(),
@@ -595,6 +857,303 @@ class Admin:
             '/fedsec.v1.Admin/SubmitJob',
             fedsec_dot_wire_dot_fedsec__pb2.SubmitPart.SerializeToString,
             fedsec_dot_wire_dot_fedsec__pb2.JobInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloneJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsec.v1.Admin/CloneJob',
+            fedsec_dot_wire_dot_fedsec__pb2.JobRef.SerializeToString,
+            fedsec_dot_wire_dot_fedsec__pb2.JobInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsec.v1.Admin/DeleteJob',
+            fedsec_dot_wire_dot_fedsec__pb2.JobRef.SerializeToString,
+            fedsec_dot_wire_dot_fedsec__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListClients(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsec.v1.Admin/ListClients',
+            fedsec_dot_wire_dot_fedsec__pb2.Empty.SerializeToString,
+            fedsec_dot_wire_dot_fedsec__pb2.TextReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveClient(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsec.v1.Admin/RemoveClient',
+            fedsec_dot_wire_dot_fedsec__pb2.SiteRef.SerializeToString,
+            fedsec_dot_wire_dot_fedsec__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnableClient(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsec.v1.Admin/EnableClient',
+            fedsec_dot_wire_dot_fedsec__pb2.SiteRef.SerializeToString,
+            fedsec_dot_wire_dot_fedsec__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsec.v1.Admin/CheckStatus',
+            fedsec_dot_wire_dot_fedsec__pb2.TargetRequest.SerializeToString,
+            fedsec_dot_wire_dot_fedsec__pb2.TextReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJobLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsec.v1.Admin/GetJobLog',
+            fedsec_dot_wire_dot_fedsec__pb2.TargetRequest.SerializeToString,
+            fedsec_dot_wire_dot_fedsec__pb2.TextReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SysInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsec.v1.Admin/SysInfo',
+            fedsec_dot_wire_dot_fedsec__pb2.TargetRequest.SerializeToString,
+            fedsec_dot_wire_dot_fedsec__pb2.TextReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Shutdown(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsec.v1.Admin/Shutdown',
+            fedsec_dot_wire_dot_fedsec__pb2.TargetRequest.SerializeToString,
+            fedsec_dot_wire_dot_fedsec__pb2.TextReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Version(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsec.v1.Admin/Version',
+            fedsec_dot_wire_dot_fedsec__pb2.Empty.SerializeToString,
+            fedsec_dot_wire_dot_fedsec__pb2.TextReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShowAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsec.v1.Admin/ShowAudit',
+            fedsec_dot_wire_dot_fedsec__pb2.TargetRequest.SerializeToString,
+            fedsec_dot_wire_dot_fedsec__pb2.TextReply.FromString,
             options,
             channel_credentials,
             insecure,

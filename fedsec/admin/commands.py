@@ -1,0 +1,396 @@
+"""The admin commands: the table of commands, their argument parsing, the Session calls and exit statuses.
+
+This module owns what each shell command means. `run_command(session, line,
+out, interactive)` parses one line with shlex and the command's own small
+argparse parser, calls the Session and writes plain text (through render) to
+out. It works without a terminal, so tests drive it with a fake session; it
+never imports prompt_toolkit and never prints a traceback: a usage error is
+one `error: usage: ...` line (status 2), a refused or failed call one
+`error: ...` line (status 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NoReturn, TextIO
+
+from fedsec.admin import AdminSession, ArgKind, UsageError, render
+from fedsec.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RUNTIME, FedsecError
+
+Confirm = Callable[[str], bool]
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where a command writes, and whether a person is at a terminal (progress bars, confirmations)."""
+
+    out: TextIO
+    err: TextIO
+    interactive: bool
+    confirm: Confirm | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    """A command's exit status, and whether the shell should end (bye)."""
+
+    code: int
+    leave: bool = False
+
+
+Handler = Callable[[AdminSession, argparse.Namespace, Context], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser that raises UsageError instead of exiting."""
+
+    def __init__(self, prog: str, description: str) -> None:
+        super().__init__(
+            prog=prog,
+            description=description,
+            add_help=False,
+            exit_on_error=False,
+            formatter_class=lambda prog: argparse.HelpFormatter(prog, width=200),
+        )
+
+    def usage_line(self) -> str:
+        return " ".join(self.format_usage().removeprefix("usage:").split())
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"usage: {self.usage_line()} ({message})")
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        raise UsageError(message.strip() if message else f"usage: {self.usage_line()}")
+
+    def parse(self, argv: Sequence[str]) -> argparse.Namespace:
+        try:
+            return self.parse_args(argv)
+        except argparse.ArgumentError as exc:
+            self.error(str(exc))
+
+
+@dataclass(frozen=True)
+class Command:
+    """One shell command: its parser, what it does, and how its positionals complete."""
+
+    name: str
+    summary: str
+    handler: Handler
+    add_args: Callable[[argparse.ArgumentParser], object] = lambda p: None
+    completes: tuple[ArgKind, ...] = ()
+    repeat_last: bool = False  # the last positional takes several values (sites)
+    value_options: frozenset[str] = field(default_factory=frozenset)  # options that take a value
+
+    def parser(self) -> _Parser:
+        p = _Parser(self.name, self.summary)
+        self.add_args(p)
+        return p
+
+
+# ---- handlers ---------------------------------------------------------------------------------------------------
+
+
+def _write(ctx: Context, text: str) -> int:
+    ctx.out.write(text if text.endswith("\n") or not text else text + "\n")
+    return EXIT_OK
+
+
+def _list_jobs(s: AdminSession, a: argparse.Namespace, ctx: Context) -> int:
+    if a.max < 0:
+        raise UsageError("usage: list_jobs: -m MAX must be 0 (no limit) or more")
+    jobs = s.list_jobs(name_prefix=a.name, id_prefix=a.id_prefix, max_results=a.max, mine=a.mine, reverse=a.reverse)
+    if not a.detailed:
+        return _write(ctx, render.jobs_table(jobs))
+    if not jobs:
+        return _write(ctx, "no jobs")
+    return _write(ctx, "\n".join(render.job_block(j) for j in jobs))
+
+
+def _get_job_meta(s: AdminSession, a: argparse.Namespace, ctx: Context) -> int:
+    return _write(ctx, render.job_block(s.get_job_meta(a.id)))
+
+
+def _submit_job(s: AdminSession, a: argparse.Namespace, ctx: Context) -> int:
+    with render.ProgressBar(ctx.out, "uploading") as bar:
+        job_id = s.submit_job(Path(a.folder).expanduser(), progress=bar if ctx.interactive else None)
+    return _write(ctx, f"submitted job {job_id}")
+
+
+def _abort_job(s: AdminSession, a: argparse.Namespace, ctx: Context) -> int:
+    info = s.abort_job(a.id)
+    return _write(ctx, f"job {info.job_id}: {info.status}")
+
+
+def _clone_job(s: AdminSession, a: argparse.Namespace, ctx: Context) -> int:
+    return _write(ctx, f"cloned job {a.id} as job {s.clone_job(a.id)}")
+
+
+def _delete_job(s: AdminSession, a: argparse.Namespace, ctx: Context) -> int:
+    s.delete_job(a.id)
+    return _write(ctx, f"deleted job {a.id}")
+
+
+def _download_job(s: AdminSession, a: argparse.Namespace, ctx: Context) -> int:
+    dest = Path(a.dest).expanduser() if a.dest else None
+    with render.ProgressBar(ctx.out, "downloading") as bar:
+        path = s.download_job_result(a.id, dest=dest, progress=bar if ctx.interactive else None)
+    return _write(ctx, f"downloaded job {a.id} to {path}")
+
+
+def _check_status(s: AdminSession, a: argparse.Namespace, ctx: Context) -> int:
+    if a.target == "server":
+        if a.sites:
+            raise UsageError("usage: check_status server|client [SITES...] (sites go with 'client' only)")
+        return _write(ctx, render.server_status(s.check_status("server", sites=())))
+    return _write(ctx, render.sites_status(s.check_status("client", sites=tuple(a.sites))))
+
+
+def _list_clients(s: AdminSession, a: argparse.Namespace, ctx: Context) -> int:
+    return _write(ctx, render.clients_table(s.list_clients()))
+
+
+def _remove_client(s: AdminSession, a: argparse.Namespace, ctx: Context) -> int:
+    s.remove_client(a.site)
+    return _write(ctx, f"removed site {a.site}: its connections are refused until enable_client {a.site}")
+
+
+def _enable_client(s: AdminSession, a: argparse.Namespace, ctx: Context) -> int:
+    s.enable_client(a.site)
+    return _write(ctx, f"enabled site {a.site}")
+
+
+def _show_stats(s: AdminSession, a: argparse.Namespace, ctx: Context) -> int:
+    return _write(ctx, render.stats(a.id, s.show_stats(a.id)))
+
+
+def _show_errors(s: AdminSession, a: argparse.Namespace, ctx: Context) -> int:
+    return _write(ctx, render.errors(a.id, s.show_errors(a.id)))
+
+
+def _get_job_log(s: AdminSession, a: argparse.Namespace, ctx: Context) -> int:
+    return _write(ctx, s.get_job_log(a.id, target=a.target))
+
+
+def _sys_info(s: AdminSession, a: argparse.Namespace, ctx: Context) -> int:
+    return _write(ctx, render.key_values(render.flatten(s.sys_info(target=a.target))))
+
+
+def _shutdown(s: AdminSession, a: argparse.Namespace, ctx: Context) -> int:
+    if a.sites and a.target != "client":
+        raise UsageError("usage: shutdown server|client [SITES...]|all (sites go with 'client' only)")
+    what = {"server": "the server", "all": "the server and every site"}.get(
+        a.target, ", ".join(a.sites) if a.sites else "every site"
+    )
+    if ctx.interactive and ctx.confirm is not None and not ctx.confirm(f"shut down {what}?"):
+        return _write(ctx, "not shut down")
+    result = s.shutdown(a.target, sites=tuple(a.sites))
+    return _write(ctx, render.key_values(render.flatten(result)) or f"shut down {what}")
+
+
+def _version(s: AdminSession, a: argparse.Namespace, ctx: Context) -> int:
+    return _write(ctx, render.version(s.version()))
+
+
+def _show_audit(s: AdminSession, a: argparse.Namespace, ctx: Context) -> int:
+    if a.max < 1:
+        raise UsageError("usage: show_audit [-m MAX] (MAX must be 1 or more)")
+    return _write(ctx, render.audit_table(s.show_audit(max_results=a.max)))
+
+
+def _help(s: AdminSession, a: argparse.Namespace, ctx: Context) -> int:
+    return _write(ctx, help_text(a.command))
+
+
+def _bye(s: AdminSession, a: argparse.Namespace, ctx: Context) -> int:
+    return EXIT_OK
+
+
+# ---- the table --------------------------------------------------------------------------------------------------
+
+
+def _id(p: argparse.ArgumentParser) -> None:
+    p.add_argument("id", metavar="ID", help="a job id")
+
+
+def _site(p: argparse.ArgumentParser) -> None:
+    p.add_argument("site", metavar="SITE")
+
+
+def _list_jobs_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-n", "--name", metavar="NAME_PREFIX", default="", help="jobs whose name starts with this")
+    p.add_argument("-d", "--detailed", action="store_true", help="every field of each job")
+    p.add_argument("-u", "--mine", action="store_true", help="only the jobs I submitted")
+    p.add_argument("-r", "--reverse", action="store_true", help="oldest first")
+    p.add_argument("-m", "--max", metavar="MAX", type=int, default=0, help="at most MAX jobs")
+    p.add_argument("id_prefix", metavar="ID_PREFIX", nargs="?", default="")
+
+
+def _download_args(p: argparse.ArgumentParser) -> None:
+    _id(p)
+    p.add_argument("dest", metavar="DEST", nargs="?", default=None)
+
+
+def _targets(*choices: str, sites: bool = True) -> Callable[[argparse.ArgumentParser], object]:
+    def add(p: argparse.ArgumentParser) -> None:
+        p.add_argument("target", metavar="|".join(choices), choices=choices)
+        if sites:
+            p.add_argument("sites", metavar="SITES", nargs="*")
+
+    return add
+
+
+def _job_log_args(p: argparse.ArgumentParser) -> None:
+    _id(p)
+    p.add_argument("target", metavar="server|SITE", nargs="?", default="server")
+
+
+_J = (ArgKind.JOB,)
+COMMANDS: dict[str, Command] = {
+    c.name: c
+    for c in [
+        Command(
+            "list_jobs",
+            "list jobs, newest first (-n name prefix, -d detailed, -u mine, -r reverse, -m max)",
+            _list_jobs,
+            _list_jobs_args,
+            _J,
+            value_options=frozenset({"-n", "--name", "-m", "--max"}),
+        ),
+        Command("get_job_meta", "show every field of a job (an id or a unique id prefix)", _get_job_meta, _id, _J),
+        Command(
+            "submit_job",
+            "submit a job folder; prints the new job's id",
+            _submit_job,
+            lambda p: p.add_argument("folder", metavar="FOLDER"),
+            (ArgKind.FOLDER,),
+        ),
+        Command("abort_job", "abort a submitted or running job", _abort_job, _id, _J),
+        Command("clone_job", "submit a copy of a job; prints the new job's id", _clone_job, _id, _J),
+        Command("delete_job", "delete a finished job and its results", _delete_job, _id, _J),
+        Command(
+            "download_job",
+            "download a finished job's results (default: the kit's transfer/ID)",
+            _download_job,
+            _download_args,
+            (ArgKind.JOB, ArgKind.PATH),
+        ),
+        Command(
+            "check_status",
+            "status of the server, or of the sites (all or those named)",
+            _check_status,
+            _targets("server", "client"),
+            (ArgKind.SERVER_CLIENT, ArgKind.SITE),
+            repeat_last=True,
+        ),
+        Command("list_clients", "list the sites the server knows", _list_clients),
+        Command(
+            "remove_client", "refuse a site's connections until it is enabled", _remove_client, _site, (ArgKind.SITE,)
+        ),
+        Command("enable_client", "accept a removed site again", _enable_client, _site, (ArgKind.SITE,)),
+        Command("show_stats", "a job's rounds and their metrics", _show_stats, _id, _J),
+        Command("show_errors", "a job's failure reason and the sites' errors", _show_errors, _id, _J),
+        Command(
+            "get_job_log",
+            "a job's log from the server (default) or a site",
+            _get_job_log,
+            _job_log_args,
+            (ArgKind.JOB, ArgKind.SERVER_OR_SITE),
+        ),
+        Command(
+            "sys_info",
+            "system information of the server or a site",
+            _sys_info,
+            lambda p: p.add_argument("target", metavar="server|SITE"),
+            (ArgKind.SERVER_OR_SITE,),
+        ),
+        Command(
+            "shutdown",
+            "stop the server, sites (all or those named) or everything; asks first",
+            _shutdown,
+            _targets("server", "client", "all"),
+            (ArgKind.SERVER_CLIENT_ALL, ArgKind.SITE),
+            repeat_last=True,
+        ),
+        Command("version", "fedsec versions of the server and the sites", _version),
+        Command(
+            "show_audit",
+            "the latest audit records (-m max, default 50)",
+            _show_audit,
+            lambda p: p.add_argument("-m", "--max", metavar="MAX", type=int, default=50),
+            value_options=frozenset({"-m", "--max"}),
+        ),
+        Command(
+            "help",
+            "list the commands, or show one command's usage",
+            _help,
+            lambda p: p.add_argument("command", metavar="CMD", nargs="?", default=None),
+            (ArgKind.COMMAND,),
+        ),
+        Command("bye", "leave the shell (Ctrl-D too)", _bye),
+    ]
+}
+
+
+def help_text(name: str | None = None) -> str:
+    """The command table, or one command's usage and description. Raises UsageError for an unknown name."""
+    if name is None:
+        rows = [[c.name, c.summary] for c in COMMANDS.values()]
+        return render.table(("COMMAND", "DESCRIPTION"), rows) + "'help CMD' shows a command's usage.\n"
+    command = _lookup(name)
+    return f"usage: {command.parser().usage_line()}\n{command.summary}\n"
+
+
+def _lookup(name: str) -> Command:
+    command = COMMANDS.get(name)
+    if command is None:
+        raise UsageError(f"unknown command {name!r} (try 'help')")
+    return command
+
+
+def split_line(line: str) -> list[str]:
+    """The words of a command line, shell-quoted. Raises UsageError for unbalanced quotes."""
+    try:
+        return shlex.split(line, comments=True)
+    except ValueError as exc:
+        raise UsageError(f"cannot read the line: {exc}") from exc
+
+
+def execute(session: AdminSession, line: str, ctx: Context) -> Result:
+    """Run one command line; write its output or one `error: ...` line. Never raises a FedsecError or OSError."""
+    try:
+        words = split_line(line)
+        if not words:
+            return Result(EXIT_OK)
+        command = _lookup(words[0])
+        args = command.parser().parse(words[1:])
+        code = command.handler(session, args, ctx)
+        return Result(code, leave=command.name == "bye")
+    except UsageError as exc:
+        ctx.err.write(f"error: {exc}\n")
+        return Result(EXIT_BAD_INPUT)
+    except FedsecError as exc:
+        ctx.err.write(f"error: {exc}\n")
+        return Result(exc.exit_code)
+    except OSError as exc:  # a local file: the job folder, the download destination
+        where = f"{exc.filename}: " if exc.filename else ""
+        ctx.err.write(f"error: {where}{exc.strerror or exc}\n")
+        return Result(EXIT_RUNTIME)
+    finally:
+        ctx.out.flush()
+
+
+def run_command(
+    session: AdminSession,
+    line: str,
+    out: TextIO,
+    interactive: bool,
+    *,
+    err: TextIO | None = None,
+    confirm: Confirm | None = None,
+) -> int:
+    """Run one command line against session, writing to out (errors to err, default out); return its status."""
+    return execute(session, line, Context(out, err or out, interactive, confirm)).code

@@ -1,0 +1,335 @@
+"""The Admin gRPC service on the admin port: login, then authorised and audited commands.
+
+Every call but GetChallenge and Login needs a live session token bound to the
+caller's verified admin certificate. Each command is checked against the
+server's authorization policy for the caller's role and recorded in the
+audit log, allowed or refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+
+from fedsec import __version__, _proc, limits
+from fedsec.errors import AuthError, FedsecError, JobError, WireError
+from fedsec.jobs.signing import JobSignature
+from fedsec.kit import ServerConfig
+from fedsec.pki.certs import Identity, Kind, Role
+from fedsec.server.audit import AuditLog
+from fedsec.server.authz import JobOwner, Policy, Right, Scope
+from fedsec.server.jobs import JobManager
+from fedsec.server.registry import SiteRegistry
+from fedsec.server.sessions import AdminSessions
+from fedsec.server.store import JobRecord, JobStore
+from fedsec.transport.tls import peer_cert, require, rpc_boundary
+from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc, streams
+
+log = logging.getLogger(__name__)
+
+SESSION_HEADER = "fedsec-session"
+ALL_SITES = "*"  # get_job_log target: every site's reported error
+T = TypeVar("T")
+
+
+@dataclass
+class AdminContext:
+    """What the admin service works with."""
+
+    config: ServerConfig
+    store: JobStore
+    jobs: JobManager
+    registry: SiteRegistry
+    sessions: AdminSessions
+    audit: AuditLog
+    policy: Policy
+    request_stop: Callable[[], None]
+    started_at: float
+
+
+def job_info(record: JobRecord, jobs: JobManager) -> fedsec_pb2.JobInfo:
+    running = not record.status.finished
+    return fedsec_pb2.JobInfo(
+        job_id=record.job_id,
+        name=record.name,
+        status=record.status.value,
+        submitter=record.submitter,
+        submitter_org=record.submitter_org,
+        submitter_role=record.submitter_role,
+        submit_time=record.submit_time,
+        start_time=record.start_time or 0.0,
+        end_time=record.end_time or 0.0,
+        reason=record.reason,
+        current_round=jobs.current_round(record.job_id) if running else record.current_round,
+        num_rounds=record.num_rounds,
+        meta_json=record.meta_json,
+        progress_json=jobs.progress(record.job_id),
+    )
+
+
+def _text(value: Any) -> fedsec_pb2.TextReply:
+    return fedsec_pb2.TextReply(text=json.dumps(value))
+
+
+class AdminService(fedsec_pb2_grpc.AdminServicer):
+    def __init__(self, ctx: AdminContext) -> None:
+        self._c = ctx
+
+    # ------------------------------------------------------------ the gate
+
+    def _run(
+        self,
+        context: grpc.ServicerContext,
+        command: str,
+        args: dict[str, Any],
+        right: Right | None,
+        job_id: str,
+        action: Callable[[Identity, JobRecord | None], T],
+    ) -> T:
+        """Check session and right, run action, audit the outcome. right None: project_admin only."""
+        who = require(context, Kind.ADMIN)
+        try:
+            token = dict(context.invocation_metadata()).get(SESSION_HEADER, "")
+            self._c.sessions.check(who, str(token))
+            record = self._c.store.find(job_id) if job_id else None
+            if right is None:
+                if who.role is not Role.PROJECT_ADMIN:
+                    raise AuthError(f"{command} is for project admins only")
+            else:
+                owner = JobOwner(record.submitter, record.submitter_org) if record else None
+                self._c.policy.authorize(who, right, owner)
+        except AuthError as exc:
+            self._c.audit.record(who, command, args, "refused", str(exc))
+            raise
+        except JobError as exc:
+            self._c.audit.record(who, command, args, "failed", str(exc))
+            raise
+        try:
+            result = action(who, record)
+        except FedsecError as exc:
+            self._c.audit.record(who, command, args, "failed", str(exc))
+            raise
+        self._c.audit.record(who, command, args, "allowed")
+        return result
+
+    # ------------------------------------------------------------ login
+
+    @rpc_boundary
+    def GetChallenge(self, request: fedsec_pb2.Empty, context: grpc.ServicerContext) -> fedsec_pb2.ChallengeReply:
+        who = require(context, Kind.ADMIN)
+        return fedsec_pb2.ChallengeReply(nonce=self._c.sessions.challenge(who), expires_in=60.0)
+
+    @rpc_boundary
+    def Login(self, request: fedsec_pb2.LoginRequest, context: grpc.ServicerContext) -> fedsec_pb2.LoginReply:
+        who = require(context, Kind.ADMIN)
+        try:
+            token = self._c.sessions.login(who, peer_cert(context), request.nonce, request.signature)
+        except AuthError as exc:
+            self._c.audit.record(who, "login", {}, "refused", str(exc))
+            raise
+        self._c.audit.record(who, "login", {}, "allowed")
+        role = who.role.value if who.role else ""
+        return fedsec_pb2.LoginReply(token=token, idle_timeout=self._c.sessions.idle_timeout, admin=who.name, role=role)
+
+    # ------------------------------------------------------------ jobs
+
+    @rpc_boundary
+    def SubmitJob(
+        self, request_iterator: Iterator[fedsec_pb2.SubmitPart], context: grpc.ServicerContext
+    ) -> fedsec_pb2.JobInfo:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("part") != "info" or not first.HasField("signature"):
+            raise WireError("job upload did not start with its size and signature")
+        signature = JobSignature(first.signature.signature, first.signature.signer_cert)
+
+        def action(who: Identity, _: JobRecord | None) -> fedsec_pb2.JobInfo:
+            chunks = (p.data for p in request_iterator)
+            data = streams.receive_bytes(chunks, first.info, limits.MAX_JOB_ARCHIVE_BYTES, "job archive")
+            return job_info(self._c.jobs.submit(data, signature, who), self._c.jobs)
+
+        return self._run(context, "submit_job", {"bytes": first.info.total_size}, Right.SUBMIT_JOB, "", action)
+
+    @rpc_boundary
+    def CloneJob(self, request: fedsec_pb2.JobRef, context: grpc.ServicerContext) -> fedsec_pb2.JobInfo:
+        def action(who: Identity, record: JobRecord | None) -> fedsec_pb2.JobInfo:
+            assert record is not None
+            return job_info(self._c.jobs.clone(record.job_id, who), self._c.jobs)
+
+        return self._run(context, "clone_job", {"job": request.job_id}, Right.CLONE_JOB, request.job_id, action)
+
+    @rpc_boundary
+    def ListJobs(self, request: fedsec_pb2.ListJobsRequest, context: grpc.ServicerContext) -> fedsec_pb2.JobList:
+        def action(who: Identity, _: JobRecord | None) -> fedsec_pb2.JobList:
+            limit = min(request.max_results or limits.MAX_LIST_JOBS, limits.MAX_LIST_JOBS)
+            records = self._c.store.list(name_prefix=request.name_prefix, id_prefix=request.id_prefix, limit=limit)
+            scope = self._c.policy.scope(who.role, Right.VIEW) if who.role else Scope.NONE
+            if scope is Scope.OWN_ORG:
+                records = [r for r in records if r.submitter_org == who.org]
+            elif scope is Scope.OWN_JOBS:
+                records = [r for r in records if r.submitter == who.name]
+            return fedsec_pb2.JobList(jobs=[job_info(r, self._c.jobs) for r in records])
+
+        args = {"name_prefix": request.name_prefix, "id_prefix": request.id_prefix}
+        return self._run(context, "list_jobs", args, Right.VIEW, "", action)
+
+    @rpc_boundary
+    def GetJobMeta(self, request: fedsec_pb2.JobRef, context: grpc.ServicerContext) -> fedsec_pb2.JobInfo:
+        return self._run(
+            context, "get_job_meta", {"job": request.job_id}, Right.VIEW, request.job_id,
+            lambda who, record: job_info(record, self._c.jobs),  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    @rpc_boundary
+    def AbortJob(self, request: fedsec_pb2.JobRef, context: grpc.ServicerContext) -> fedsec_pb2.JobInfo:
+        def action(who: Identity, record: JobRecord | None) -> fedsec_pb2.JobInfo:
+            assert record is not None
+            return job_info(self._c.jobs.abort(record.job_id, who), self._c.jobs)
+
+        return self._run(context, "abort_job", {"job": request.job_id}, Right.MANAGE_JOB, request.job_id, action)
+
+    @rpc_boundary
+    def DeleteJob(self, request: fedsec_pb2.JobRef, context: grpc.ServicerContext) -> fedsec_pb2.Empty:
+        def action(who: Identity, record: JobRecord | None) -> fedsec_pb2.Empty:
+            assert record is not None
+            self._c.jobs.delete(record.job_id)
+            return fedsec_pb2.Empty()
+
+        return self._run(context, "delete_job", {"job": request.job_id}, Right.MANAGE_JOB, request.job_id, action)
+
+    @rpc_boundary
+    def DownloadJob(
+        self, request: fedsec_pb2.JobRef, context: grpc.ServicerContext
+    ) -> Iterator[fedsec_pb2.ArchivePart]:
+        data = self._run(
+            context, "download_job", {"job": request.job_id}, Right.DOWNLOAD_JOB, request.job_id,
+            lambda who, record: self._c.jobs.result_archive(record.job_id),  # type: ignore[union-attr]
+        )  # fmt: skip
+        yield fedsec_pb2.ArchivePart(info=streams.describe_bytes(data))
+        for chunk in streams.bytes_chunks(data):
+            yield fedsec_pb2.ArchivePart(data=chunk)
+
+    @rpc_boundary
+    def GetJobLog(self, request: fedsec_pb2.TargetRequest, context: grpc.ServicerContext) -> fedsec_pb2.TextReply:
+        def action(who: Identity, record: JobRecord | None) -> fedsec_pb2.TextReply:
+            assert record is not None
+            target = request.target or "server"
+            if target == "server":
+                return _text({"log": self._c.jobs.workflow_log(record.job_id)})
+            sites = self._c.jobs.site_records(record.job_id)
+            if target == ALL_SITES:
+                return _text({"errors": {s: r["error"] for s, r in sites.items() if r.get("error")}})
+            if target not in sites:
+                raise JobError(f"job {record.job_id}: no log from {target} yet (a site sends it when its part ends)")
+            return _text({"log": sites[target].get("log", "")})
+
+        args = {"job": request.job_id, "target": request.target}
+        return self._run(context, "get_job_log", args, Right.DOWNLOAD_JOB, request.job_id, action)
+
+    # ------------------------------------------------------------ sites and the server
+
+    def _clients(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        alive = [
+            {
+                "name": s.name, "org": s.org, "alive": True, "last_seen": round(now - s.last_seen, 1),
+                "registered_at": s.registered_at, "running_jobs": list(s.running_jobs), "version": s.version,
+                "removed": False,
+            }
+            for s in self._c.registry.sites()
+        ]  # fmt: skip
+        removed = [{"name": n, "org": "", "alive": False, "removed": True} for n in sorted(self._c.registry.removed())]
+        return alive + removed
+
+    @rpc_boundary
+    def ListClients(self, request: fedsec_pb2.Empty, context: grpc.ServicerContext) -> fedsec_pb2.TextReply:
+        return self._run(context, "list_clients", {}, Right.VIEW, "", lambda who, _: _text(self._clients()))
+
+    @rpc_boundary
+    def RemoveClient(self, request: fedsec_pb2.SiteRef, context: grpc.ServicerContext) -> fedsec_pb2.Empty:
+        def action(who: Identity, _: JobRecord | None) -> fedsec_pb2.Empty:
+            cert_fp = self._c.registry.fingerprint_of(request.site)
+            if cert_fp is None:
+                raise JobError(f"site {request.site!r} is not connected; only a connected site can be removed")
+            self._c.registry.remove(request.site, cert_fp)
+            self._c.jobs.wake_sites()
+            return fedsec_pb2.Empty()
+
+        return self._run(context, "remove_client", {"site": request.site}, Right.OPERATE, "", action)
+
+    @rpc_boundary
+    def EnableClient(self, request: fedsec_pb2.SiteRef, context: grpc.ServicerContext) -> fedsec_pb2.Empty:
+        def action(who: Identity, _: JobRecord | None) -> fedsec_pb2.Empty:
+            if not self._c.registry.enable(request.site):
+                raise JobError(f"site {request.site!r} was not removed")
+            return fedsec_pb2.Empty()
+
+        return self._run(context, "enable_client", {"site": request.site}, Right.OPERATE, "", action)
+
+    @rpc_boundary
+    def CheckStatus(self, request: fedsec_pb2.TargetRequest, context: grpc.ServicerContext) -> fedsec_pb2.TextReply:
+        def action(who: Identity, _: JobRecord | None) -> fedsec_pb2.TextReply:
+            if request.target == "client":
+                wanted = set(request.sites)
+                return _text({"sites": [c for c in self._clients() if not wanted or c["name"] in wanted]})
+            running = [r.job_id for r in self._c.store.unfinished()]
+            return _text({
+                "server": self._c.config.name, "project": self._c.config.project, "status": "running",
+                "uptime": round(time.time() - self._c.started_at, 1), "running_jobs": running,
+                "sites_alive": len(self._c.registry.alive()),
+            })  # fmt: skip
+
+        args = {"target": request.target, "sites": ",".join(request.sites)}
+        return self._run(context, "check_status", args, Right.VIEW, "", action)
+
+    @rpc_boundary
+    def SysInfo(self, request: fedsec_pb2.TargetRequest, context: grpc.ServicerContext) -> fedsec_pb2.TextReply:
+        def action(who: Identity, _: JobRecord | None) -> fedsec_pb2.TextReply:
+            target = request.target or "server"
+            if target == "server":
+                return _text(_proc.host_info())
+            site = self._c.registry.get(target)
+            if site is None:
+                raise JobError(f"site {target!r} is not connected")
+            return _text(json.loads(site.sys_info or "{}"))
+
+        return self._run(context, "sys_info", {"target": request.target}, Right.VIEW, "", action)
+
+    @rpc_boundary
+    def Version(self, request: fedsec_pb2.Empty, context: grpc.ServicerContext) -> fedsec_pb2.TextReply:
+        def action(who: Identity, _: JobRecord | None) -> fedsec_pb2.TextReply:
+            return _text({"server": __version__, "sites": {s.name: s.version for s in self._c.registry.sites()}})
+
+        return self._run(context, "version", {}, Right.VIEW, "", action)
+
+    @rpc_boundary
+    def Shutdown(self, request: fedsec_pb2.TargetRequest, context: grpc.ServicerContext) -> fedsec_pb2.TextReply:
+        def action(who: Identity, _: JobRecord | None) -> fedsec_pb2.TextReply:
+            target = request.target
+            if target not in ("server", "client", "all"):
+                raise JobError(f"shutdown: target must be server, client or all, not {target!r}")
+            sites: set[str] = set()
+            if target in ("client", "all"):
+                sites = set(request.sites) or set(self._c.registry.alive())
+                self._c.registry.request_shutdown(sites)
+                self._c.jobs.wake_sites()
+            if target in ("server", "all"):
+                delay = 3.0 if target == "all" else 0.5  # let the sites hear theirs first
+                threading.Timer(delay, self._c.request_stop).start()
+            return _text({"server": target in ("server", "all"), "sites": sorted(sites)})
+
+        args = {"target": request.target, "sites": ",".join(request.sites)}
+        return self._run(context, "shutdown", args, Right.OPERATE, "", action)
+
+    @rpc_boundary
+    def ShowAudit(self, request: fedsec_pb2.TargetRequest, context: grpc.ServicerContext) -> fedsec_pb2.TextReply:
+        count = min(request.max_results or 50, limits.MAX_AUDIT_ENTRIES)
+        return self._run(
+            context, "show_audit", {"max": count}, None, "", lambda who, _: _text(self._c.audit.tail(count))
+        )

@@ -1,0 +1,602 @@
+"""The admin shell's command layer without a terminal: parsing, Session calls, exit statuses, rendering, completion."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import stat
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prompt_toolkit.completion import CompleteEvent
+from prompt_toolkit.document import Document
+
+from fedsec.admin import ArgKind, commands, render
+from fedsec.admin.commands import COMMANDS, run_command
+from fedsec.admin.shell import AdminCompleter, arg_kind, open_history, run_lines
+from fedsec.api import JobInfo
+from fedsec.errors import AuthError, JobError
+
+ProgressFn = Callable[[int, int], None]
+T0 = time.mktime((2024, 5, 6, 7, 8, 9, 0, 0, -1))  # a local time, so that the rendered text is known
+JOB_A = "3f2a9c0e-1111-4a4a-9b9b-000000000001"
+JOB_B = "3f2b0000-2222-4b4b-8c8c-000000000002"
+
+
+def job(job_id: str = JOB_A, **changes: Any) -> JobInfo:
+    fields: dict[str, Any] = {
+        "job_id": job_id,
+        "name": "linear",
+        "status": "running",
+        "submitter": "admin@acme.org",
+        "submitter_org": "acme",
+        "submit_time": T0,
+        "start_time": T0 + 5,
+        "end_time": None,
+        "reason": "",
+        "current_round": 3,
+        "num_rounds": 5,
+        "meta": {"min_clients": 2, "sites": ["site-1", "site-2"]},
+        "progress": {"rounds": [{"round": 0, "metrics": {"mse": 0.5}, "sites": ["site-1"], "rejected": []}]},
+    }
+    fields.update(changes)
+    return JobInfo(**fields)
+
+
+class FakeSession:
+    """Records every call; returns canned values; raises `fail` from the method named in `fail_on`."""
+
+    def __init__(self) -> None:
+        self.admin = "admin@acme.org"
+        self.role = "project_admin"
+        self.on_relogin: Callable[[], None] | None = None
+        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+        self.jobs = [job(JOB_A), job(JOB_B, name="mnist", status="finished:completed", end_time=T0 + 65)]
+        self.fail_on = ""
+        self.fail: Exception = AuthError("refused")
+
+    def _rec(self, name: str, *args: Any, **kwargs: Any) -> None:
+        self.calls.append((name, args, kwargs))
+        if name == self.fail_on:
+            raise self.fail
+
+    def login(self) -> None:
+        self._rec("login")
+
+    def list_jobs(
+        self,
+        name_prefix: str = "",
+        id_prefix: str = "",
+        max_results: int = 0,
+        mine: bool = False,
+        reverse: bool = False,
+    ) -> list[JobInfo]:
+        self._rec(
+            "list_jobs",
+            name_prefix=name_prefix,
+            id_prefix=id_prefix,
+            max_results=max_results,
+            mine=mine,
+            reverse=reverse,
+        )
+        return list(self.jobs)
+
+    def get_job_meta(self, job_id: str) -> JobInfo:
+        self._rec("get_job_meta", job_id)
+        return self.jobs[0]
+
+    def submit_job(self, folder: str | Path, progress: ProgressFn | None = None) -> str:
+        self._rec("submit_job", folder, progress=progress)
+        if progress is not None:
+            for done in (0, 512, 1024):
+                progress(done, 1024)
+        return JOB_A
+
+    def abort_job(self, job_id: str) -> JobInfo:
+        self._rec("abort_job", job_id)
+        return job(job_id, status="finished:aborted")
+
+    def clone_job(self, job_id: str) -> str:
+        self._rec("clone_job", job_id)
+        return JOB_B
+
+    def delete_job(self, job_id: str) -> None:
+        self._rec("delete_job", job_id)
+
+    def download_job_result(
+        self, job_id: str, dest: str | Path | None = None, progress: ProgressFn | None = None
+    ) -> Path:
+        self._rec("download_job_result", job_id, dest=dest, progress=progress)
+        if progress is not None:
+            progress(2048, 2048)
+        return Path(dest) if dest else Path("/kit/transfer") / job_id
+
+    def check_status(self, target: str, sites: Sequence[str] = ()) -> dict[str, Any]:
+        self._rec("check_status", target, sites=tuple(sites))
+        if target == "server":
+            return {
+                "server": "server1",
+                "status": "running",
+                "uptime": 3725.0,
+                "running_jobs": [JOB_A],
+                "sites_alive": 3,
+            }
+        return {"sites": [{"name": "site-1", "org": "acme", "alive": True, "last_seen": 2.0, "running_jobs": [JOB_A]}]}
+
+    def list_clients(self) -> list[dict[str, Any]]:
+        self._rec("list_clients")
+        return [
+            {"name": "site-1", "org": "acme", "last_seen": 1.0, "registered_at": T0, "removed": False},
+            {"name": "site-2", "org": "beta", "last_seen": 400.0, "registered_at": T0, "removed": True},
+        ]
+
+    def remove_client(self, site: str) -> None:
+        self._rec("remove_client", site)
+
+    def enable_client(self, site: str) -> None:
+        self._rec("enable_client", site)
+
+    def show_stats(self, job_id: str) -> dict[str, Any]:
+        self._rec("show_stats", job_id)
+        rounds = [
+            {"round": 0, "metrics": {"mse": 0.5}, "sites": ["site-1", "site-2"], "rejected": []},
+            {"round": 1, "metrics": {"mse": 0.125, "acc": 0.9}, "sites": ["site-2"], "rejected": ["site-1"]},
+        ]
+        return {
+            "rounds": rounds,
+            "final": {"metrics": {"mse": 0.01}},
+            "status": "running",
+            "current_round": 2,
+            "num_rounds": 5,
+        }
+
+    def show_errors(self, job_id: str) -> dict[str, Any]:
+        self._rec("show_errors", job_id)
+        return {"reason": "site-2 failed", "sites": {"site-2": "Traceback\n  RuntimeError: boom"}}
+
+    def get_job_log(self, job_id: str, target: str = "server") -> str:
+        self._rec("get_job_log", job_id, target=target)
+        return "line 1\nline 2"
+
+    def sys_info(self, target: str = "server") -> dict[str, Any]:
+        self._rec("sys_info", target=target)
+        return {"name": target, "python": "3.11.7", "cpu": {"count": 16}}
+
+    def shutdown(self, target: str, sites: Sequence[str] = ()) -> dict[str, Any]:
+        self._rec("shutdown", target, sites=tuple(sites))
+        return {"stopping": [target, *sites]}
+
+    def version(self) -> dict[str, Any]:
+        self._rec("version")
+        return {"server": "0.1.0", "sites": {"site-1": "0.1.0", "site-2": "0.1.0"}}
+
+    def show_audit(self, max_results: int = 50) -> list[dict[str, Any]]:
+        self._rec("show_audit", max_results=max_results)
+        return [
+            {
+                "time": T0,
+                "admin": "admin@acme.org",
+                "role": "project_admin",
+                "command": "abort_job",
+                "args": [JOB_A],
+                "outcome": "ok",
+                "detail": "",
+            }
+        ]
+
+
+def run(
+    line: str, session: FakeSession | None = None, interactive: bool = False, confirm: bool | None = None
+) -> tuple[int, str, FakeSession]:
+    s = session or FakeSession()
+    out = io.StringIO()
+    ask = None if confirm is None else (lambda question: bool(confirm))
+    code = run_command(s, line, out, interactive, confirm=ask)
+    return code, out.getvalue(), s
+
+
+# ---- parsing: each command calls its Session method with the right arguments --------------------------------------
+
+CALLS: list[tuple[str, tuple[str, tuple[Any, ...], dict[str, Any]]]] = [
+    (
+        "list_jobs",
+        ("list_jobs", (), {"name_prefix": "", "id_prefix": "", "max_results": 0, "mine": False, "reverse": False}),
+    ),
+    (
+        "list_jobs -n lin -u -r -m 5 3f2",
+        ("list_jobs", (), {"name_prefix": "lin", "id_prefix": "3f2", "max_results": 5, "mine": True, "reverse": True}),
+    ),
+    (
+        "list_jobs --name=mn --mine --reverse --max 2",
+        ("list_jobs", (), {"name_prefix": "mn", "id_prefix": "", "max_results": 2, "mine": True, "reverse": True}),
+    ),
+    ("get_job_meta 3f2a", ("get_job_meta", ("3f2a",), {})),
+    ("abort_job " + JOB_A, ("abort_job", (JOB_A,), {})),
+    ("clone_job " + JOB_A, ("clone_job", (JOB_A,), {})),
+    ("delete_job " + JOB_A, ("delete_job", (JOB_A,), {})),
+    ("download_job " + JOB_A, ("download_job_result", (JOB_A,), {"dest": None, "progress": None})),
+    (
+        "download_job " + JOB_A + " /tmp/out",
+        ("download_job_result", (JOB_A,), {"dest": Path("/tmp/out"), "progress": None}),
+    ),
+    ("check_status server", ("check_status", ("server",), {"sites": ()})),
+    ("check_status client", ("check_status", ("client",), {"sites": ()})),
+    ("check_status client site-1 site-2", ("check_status", ("client",), {"sites": ("site-1", "site-2")})),
+    ("list_clients", ("list_clients", (), {})),
+    ("remove_client site-2", ("remove_client", ("site-2",), {})),
+    ("enable_client site-2", ("enable_client", ("site-2",), {})),
+    ("show_stats " + JOB_A, ("show_stats", (JOB_A,), {})),
+    ("show_errors " + JOB_A, ("show_errors", (JOB_A,), {})),
+    ("get_job_log " + JOB_A, ("get_job_log", (JOB_A,), {"target": "server"})),
+    ("get_job_log " + JOB_A + " site-1", ("get_job_log", (JOB_A,), {"target": "site-1"})),
+    ("sys_info server", ("sys_info", (), {"target": "server"})),
+    ("sys_info site-3", ("sys_info", (), {"target": "site-3"})),
+    ("shutdown server", ("shutdown", ("server",), {"sites": ()})),
+    ("shutdown client site-1", ("shutdown", ("client",), {"sites": ("site-1",)})),
+    ("shutdown all", ("shutdown", ("all",), {"sites": ()})),
+    ("version", ("version", (), {})),
+    ("show_audit", ("show_audit", (), {"max_results": 50})),
+    ("show_audit -m 7", ("show_audit", (), {"max_results": 7})),
+    ("  'get_job_meta'   \"3f2a\"  # a comment", ("get_job_meta", ("3f2a",), {})),
+]
+
+
+@pytest.mark.parametrize(("line", "call"), CALLS, ids=[c[0] for c in CALLS])
+def test_command_calls_session(line: str, call: tuple[str, tuple[Any, ...], dict[str, Any]]) -> None:
+    code, out, s = run(line)
+    assert code == 0, out
+    assert s.calls == [call]
+    assert out.endswith("\n") and "error" not in out
+
+
+def test_submit_job_expands_the_folder() -> None:
+    code, out, s = run("submit_job ~/jobs/linear")
+    assert code == 0
+    assert s.calls == [("submit_job", (Path.home() / "jobs/linear",), {"progress": None})]
+    assert out == f"submitted job {JOB_A}\n"
+
+
+def test_every_command_is_covered_by_the_call_table() -> None:
+    covered = {line.split()[0].strip("'") for line, _ in CALLS} | {"submit_job", "help", "bye"}
+    assert covered == set(COMMANDS)
+
+
+# ---- usage errors, unknown commands and failures -----------------------------------------------------------------
+
+USAGE_ERRORS = [
+    ("get_job_meta", "usage: get_job_meta ID (the following arguments are required: ID)"),
+    ("get_job_meta a b", "usage: get_job_meta ID (unrecognized arguments: b)"),
+    ("list_jobs -m lots", "invalid int value: 'lots'"),
+    ("list_jobs -m -1", "MAX must be 0"),
+    ("list_jobs --bogus", "unrecognized arguments: --bogus"),
+    ("list_jobs -n", "expected one argument"),
+    ("check_status", "the following arguments are required: server|client"),
+    ("check_status sever", "invalid choice: 'sever'"),
+    ("check_status server site-1", "sites go with 'client' only"),
+    ("shutdown everything", "invalid choice: 'everything'"),
+    ("shutdown all site-1", "sites go with 'client' only"),
+    ("submit_job", "the following arguments are required: FOLDER"),
+    ("sys_info", "the following arguments are required: server|SITE"),
+    ("remove_client", "the following arguments are required: SITE"),
+    ("show_audit -m 0", "MAX must be 1 or more"),
+    ("version now", "unrecognized arguments: now"),
+    ("list_jobs 'unclosed", "cannot read the line: No closing quotation"),
+    ("help nothing", "unknown command 'nothing' (try 'help')"),
+]
+
+
+@pytest.mark.parametrize(("line", "message"), USAGE_ERRORS, ids=[u[0] for u in USAGE_ERRORS])
+def test_usage_error_is_one_line_and_status_2(line: str, message: str) -> None:
+    code, out, s = run(line)
+    assert code == 2
+    assert out.startswith("error: ") and out.count("\n") == 1, out
+    assert message in out
+    assert not [c for c in s.calls if c[0] != "login"]
+
+
+def test_usage_error_shows_the_usage() -> None:
+    _, out, _ = run("list_jobs -m x")
+    assert out.startswith("error: usage: list_jobs [-n NAME_PREFIX] [-d] [-u] [-r] [-m MAX] [ID_PREFIX] (")
+
+
+def test_unknown_command_is_status_2() -> None:
+    code, out, s = run("lst_jobs -d")
+    assert (code, out) == (2, "error: unknown command 'lst_jobs' (try 'help')\n")
+    assert s.calls == []
+
+
+@pytest.mark.parametrize(
+    ("error", "line"),
+    [
+        (
+            AuthError("abort_job: admin@acme.org (lead) may not abort_job"),
+            "error: abort_job: admin@acme.org (lead) may not abort_job",
+        ),
+        (JobError("abort_job: no job 3f2a"), "error: abort_job: no job 3f2a"),
+        (FileNotFoundError(2, "No such file or directory", "/no/such"), "error: /no/such: No such file or directory"),
+    ],
+)
+def test_runtime_failure_is_one_error_line_and_status_1(error: Exception, line: str) -> None:
+    s = FakeSession()
+    s.fail_on, s.fail = "abort_job", error
+    code, out, _ = run("abort_job 3f2a", s)
+    assert (code, out) == (1, line + "\n")
+
+
+def test_errors_go_to_err_when_given() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    assert run_command(FakeSession(), "nope", out, False, err=err) == 2
+    assert out.getvalue() == "" and err.getvalue().startswith("error: unknown command")
+
+
+def test_blank_line_does_nothing() -> None:
+    assert run("   ")[:2] == (0, "")
+
+
+def test_bye_leaves() -> None:
+    result = commands.execute(FakeSession(), "bye", commands.Context(io.StringIO(), io.StringIO(), True))
+    assert result == commands.Result(0, leave=True)
+    assert not commands.execute(FakeSession(), "version", commands.Context(io.StringIO(), io.StringIO(), True)).leave
+
+
+# ---- help ----------------------------------------------------------------------------------------------------------
+
+
+def test_help_lists_every_command() -> None:
+    code, out, _ = run("help")
+    assert code == 0
+    listed = [line.split()[0] for line in out.splitlines()[1:] if line and not line.startswith("'")]
+    assert listed == list(COMMANDS)
+    assert out.splitlines()[0].split() == ["COMMAND", "DESCRIPTION"]
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_help_command_shows_usage_and_description(name: str) -> None:
+    code, out, _ = run(f"help {name}")
+    assert code == 0
+    usage, summary = out.splitlines()
+    assert usage.startswith(f"usage: {name}")
+    assert summary == COMMANDS[name].summary
+
+
+def test_help_usage_of_list_jobs() -> None:
+    assert (
+        run("help list_jobs")[1].splitlines()[0]
+        == "usage: list_jobs [-n NAME_PREFIX] [-d] [-u] [-r] [-m MAX] [ID_PREFIX]"
+    )
+
+
+# ---- interactive behaviour: confirmation and progress -------------------------------------------------------------
+
+
+def test_shutdown_asks_when_interactive() -> None:
+    code, out, s = run("shutdown all", interactive=True, confirm=False)
+    assert (code, out, s.calls) == (0, "not shut down\n", [])
+    code, out, s = run("shutdown all", interactive=True, confirm=True)
+    assert code == 0 and s.calls == [("shutdown", ("all",), {"sites": ()})]
+    assert out == "stopping:  all\n"
+
+
+def test_shutdown_does_not_ask_when_not_interactive() -> None:
+    code, _, s = run("shutdown server", interactive=False, confirm=False)
+    assert code == 0 and [c[0] for c in s.calls] == ["shutdown"]
+
+
+def test_submit_shows_progress_when_interactive() -> None:
+    code, out, s = run("submit_job /jobs/linear", interactive=True)
+    assert code == 0 and s.calls[0][2]["progress"] is not None
+    assert "\ruploading [" in out and "100% 1.0 KiB/1.0 KiB\n" in out
+    assert out.endswith(f"submitted job {JOB_A}\n")
+
+
+def test_download_shows_progress_when_interactive() -> None:
+    code, out, _ = run(f"download_job {JOB_A}", interactive=True)
+    assert code == 0
+    assert out == f"\rdownloading [{'#' * 30}] 100% 2.0 KiB/2.0 KiB\ndownloaded job {JOB_A} to /kit/transfer/{JOB_A}\n"
+
+
+def test_no_progress_when_not_interactive() -> None:
+    _, out, _ = run(f"download_job {JOB_A} /tmp/x")
+    assert out == f"downloaded job {JOB_A} to /tmp/x\n"
+
+
+# ---- rendering -----------------------------------------------------------------------------------------------------
+
+
+def test_list_jobs_table() -> None:
+    code, out, _ = run("list_jobs")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("JOB ID" + " " * (len(JOB_A) - 6 + 2) + "NAME")
+    for header in render.JOB_HEADERS:
+        assert header in lines[0]
+    assert len(lines) == 3
+    # columns are aligned: every field starts where its header does
+    start = lines[0].index("STATUS")
+    assert lines[1][start:].startswith("running") and lines[2][start:].startswith("finished:completed")
+    assert lines[1].startswith(JOB_A) and "3/5" in lines[1] and "2024-05-06 07:08:09" in lines[1]
+    assert lines[2].endswith("1m 00s")  # started at +5 s, ended at +65 s
+    assert all(line == line.rstrip() for line in lines)
+
+
+def test_list_jobs_empty_prints_the_header() -> None:
+    s = FakeSession()
+    s.jobs = []
+    assert run("list_jobs", s)[1] == "  ".join(render.JOB_HEADERS) + "\n"
+
+
+def test_list_jobs_detailed() -> None:
+    code, out, _ = run("list_jobs -d")
+    assert code == 0
+    blocks = out.split("\n\n")
+    assert len(blocks) == 2
+    first = dict(line.split(":", 1) for line in blocks[0].splitlines())
+    assert first["job id"].strip() == JOB_A
+    assert first["submitter"].strip() == "admin@acme.org (acme)"
+    assert first["submitted"].strip() == "2024-05-06 07:08:09"
+    assert first["round"].strip() == "3/5"
+    assert first["meta.min_clients"].strip() == "2"
+    assert first["meta.sites"].strip() == "site-1, site-2"
+    assert first["round 0"].strip() == "mse=0.5"
+    assert {"name", "status", "reason", "started", "ended", "duration"} <= set(first)
+
+
+def test_duration_of_running_job_counts_to_now() -> None:
+    assert render.job_duration(job(), now=T0 + 5 + 3725) == "1h 02m"
+    assert render.job_duration(job(start_time=None)) == "-"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0, "0s"), (59.4, "59s"), (60, "1m 00s"), (3599, "59m 59s"), (7260, "2h 01m"), (90000, "1d 01h")],
+)
+def test_fmt_duration(seconds: float, text: str) -> None:
+    assert render.fmt_duration(seconds) == text
+
+
+def test_show_stats_table() -> None:
+    _, out, _ = run("show_stats " + JOB_A)
+    lines = out.splitlines()
+    assert lines[0] == f"job {JOB_A}: running, round 2/5"
+    assert lines[1].split() == ["ROUND", "SITES", "REJECTED", "mse", "acc"]
+    assert lines[2].split() == ["0", "site-1,site-2", "-", "0.5", "-"]
+    assert lines[3].split() == ["1", "site-2", "site-1", "0.125", "0.9"]
+    assert lines[4] == "final: mse=0.01"
+
+
+def test_show_errors_blocks() -> None:
+    _, out, _ = run("show_errors " + JOB_A)
+    assert out == f"job {JOB_A}: site-2 failed\nsite-2:\n    Traceback\n      RuntimeError: boom\n"
+
+
+def test_check_status_server_and_sites() -> None:
+    _, out, _ = run("check_status server")
+    assert out.splitlines() == [
+        "server:        server1",
+        "status:        running",
+        "uptime:        1h 02m",
+        f"running jobs:  {JOB_A}",
+        "sites alive:   3",
+    ]
+    _, out, _ = run("check_status client")
+    assert out.splitlines()[0].split("  ")[0] == "SITE"
+    assert out.splitlines()[1].split() == ["site-1", "acme", "yes", "2s", "ago", JOB_A]
+
+
+def test_list_clients_table() -> None:
+    _, out, _ = run("list_clients")
+    lines = out.splitlines()
+    assert [h.strip() for h in re.split(r"\s{2,}", lines[0])] == ["SITE", "ORG", "LAST SEEN", "REGISTERED", "STATE"]
+    assert lines[1].split() == ["site-1", "acme", "1s", "ago", "2024-05-06", "07:08:09", "enabled"]
+    assert lines[2].split() == ["site-2", "beta", "6m", "40s", "ago", "2024-05-06", "07:08:09", "removed"]
+
+
+def test_sys_info_version_audit_log() -> None:
+    assert run("sys_info site-1")[1] == "name:       site-1\npython:     3.11.7\ncpu.count:  16\n"
+    assert run("version")[1] == "server: 0.1.0\nSITE    VERSION\nsite-1  0.1.0\nsite-2  0.1.0\n"
+    audit = run("show_audit")[1].splitlines()
+    assert audit[0].split() == ["TIME", "ADMIN", "ROLE", "COMMAND", "ARGS", "OUTCOME", "DETAIL"]
+    assert audit[1].split() == ["2024-05-06", "07:08:09", "admin@acme.org", "project_admin", "abort_job", JOB_A, "ok"]
+    assert run(f"get_job_log {JOB_A}")[1] == "line 1\nline 2\n"
+
+
+def test_table_cuts_long_cells_and_keeps_one_line_per_row() -> None:
+    text = render.table(("A", "B"), [["x" * 100, "two\nlines"]])
+    row = text.splitlines()[1]
+    assert len(text.splitlines()) == 2 and row.endswith("two lines") and "..." in row
+    assert len(row.split("  ")[0]) == render.MAX_CELL
+
+
+def test_fmt_ago_accepts_epoch_times() -> None:
+    assert render.fmt_ago(T0 - 30, now=T0) == "30s ago"
+    assert render.fmt_ago(None) == "never"
+
+
+# ---- completion and the non-interactive loop ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("words", "kind"),
+    [
+        (["abort_job"], ArgKind.JOB),
+        (["abort_job", JOB_A], None),
+        (["list_jobs", "-d"], ArgKind.JOB),
+        (["list_jobs", "-n"], None),
+        (["list_jobs", "-n", "lin"], ArgKind.JOB),
+        (["check_status"], ArgKind.SERVER_CLIENT),
+        (["check_status", "client", "site-1"], ArgKind.SITE),
+        (["shutdown"], ArgKind.SERVER_CLIENT_ALL),
+        (["get_job_log", JOB_A], ArgKind.SERVER_OR_SITE),
+        (["submit_job"], ArgKind.FOLDER),
+        (["download_job", JOB_A], ArgKind.PATH),
+        (["help"], ArgKind.COMMAND),
+        (["version"], None),
+        (["nope"], None),
+    ],
+)
+def test_arg_kind(words: list[str], kind: ArgKind | None) -> None:
+    assert arg_kind(words[0], words[1:]) is kind
+
+
+def complete(completer: AdminCompleter, text: str) -> list[str]:
+    return [c.text for c in completer.get_completions(Document(text), CompleteEvent(completion_requested=True))]
+
+
+def test_completer_commands_jobs_sites_targets() -> None:
+    s = FakeSession()
+    now = [100.0]
+    completer = AdminCompleter(s, clock=lambda: now[0])
+    assert complete(completer, "li") == ["list_jobs", "list_clients"]
+    assert complete(completer, "abort_job 3f2a") == [JOB_A]
+    assert complete(completer, "abort_job 3f2") == [JOB_A, JOB_B]
+    assert complete(completer, "check_status ") == ["server", "client"]
+    assert complete(completer, "check_status client site-") == ["site-1", "site-2"]
+    assert complete(completer, "get_job_log x s") == ["server", "site-1", "site-2"]
+    assert complete(completer, "shutdown a") == ["all"]
+    assert complete(completer, "help show_") == ["show_stats", "show_errors", "show_audit"]
+    assert complete(completer, "version ") == []
+    # job ids come from one cached list_jobs(max_results=100), refreshed at most every 5 s
+    list_calls = [c for c in s.calls if c[0] == "list_jobs"]
+    assert len(list_calls) == 1 and list_calls[0][2]["max_results"] == 100
+    complete(completer, "abort_job ")
+    now[0] += 5.0
+    complete(completer, "abort_job ")
+    assert len([c for c in s.calls if c[0] == "list_jobs"]) == 2
+
+
+def test_completer_survives_a_failing_server() -> None:
+    s = FakeSession()
+    s.fail_on = "list_jobs"
+    assert complete(AdminCompleter(s), "abort_job ") == []
+
+
+def test_completer_paths(tmp_path: Path) -> None:
+    (tmp_path / "job-linear").mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    completer = AdminCompleter(FakeSession())
+    assert complete(completer, f"submit_job {tmp_path}/") == ["job-linear"]
+    assert sorted(complete(completer, f"download_job {JOB_A} {tmp_path}/")) == ["job-linear", "notes.txt"]
+
+
+def test_run_lines_stops_at_first_failure() -> None:
+    s = FakeSession()
+    out, err = io.StringIO(), io.StringIO()
+    code = run_lines(s, ["# setup", "", "version", "lst_jobs", "list_clients"], out, err)
+    assert code == 2 and [c[0] for c in s.calls] == ["version"]
+    assert err.getvalue() == "error: unknown command 'lst_jobs' (try 'help')\n"
+    s.fail_on = "version"
+    assert run_lines(s, ["list_clients", "version", "list_clients"], out, err) == 1
+    assert run_lines(FakeSession(), ["version", "bye", "nope"], out, err) == 0
+
+
+def test_history_file_is_private(tmp_path: Path) -> None:
+    path = tmp_path / ".fedsec_admin_history"
+    open_history(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    os.chmod(path, 0o644)
+    open_history(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600

@@ -1,0 +1,424 @@
+"""FedAvg driven in-process: run() in a thread, sites calling get_task / submit as the service would (no gRPC)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from fedsec.errors import JobError
+from fedsec.jobs import FedAvgRecipe, load_job_folder
+from fedsec.wire import arrays, fedsec_pb2, streams
+from fedsec.workflow.fedavg import FedAvg
+
+JOB_ID = "0123456789abcdef"
+INITIAL: dict[str, NDArray[Any]] = {"w": np.zeros((2, 3), np.float32), "n": np.zeros(2, np.int64)}
+TASK, WAIT, DONE = fedsec_pb2.TASK_STATUS_TASK, fedsec_pb2.TASK_STATUS_WAIT, fedsec_pb2.TASK_STATUS_DONE
+SITES = ["site-1", "site-2"]
+
+
+def update(w: float, n: int = 0) -> dict[str, NDArray[Any]]:
+    return {"w": np.full((2, 3), w, np.float32), "n": np.full(2, n, np.int64)}
+
+
+class Job:
+    """A job folder from FedAvgRecipe and the FedAvg objects made from it on one workspace."""
+
+    def __init__(self, tmp: Path, num_rounds: int, min_clients: int, **settings: Any) -> None:
+        tmp.mkdir()
+        script = tmp / "train.py"
+        script.write_text("raise SystemExit('never run by the workflow')\n")
+        settings.setdefault("round_timeout", 10.0)
+        settings.setdefault("start_timeout", 10.0)
+        recipe = FedAvgRecipe("unit", INITIAL, script, num_rounds, min_clients, **settings)
+        self.folder = recipe.export(tmp / "job")
+        self.workspace = tmp / "workspace"
+        self.fedavgs: list[FedAvg] = []
+        self.runs: list[Running] = []
+
+    def fedavg(self) -> FedAvg:
+        meta, app = load_job_folder(self.folder)
+        fedavg = FedAvg(JOB_ID, self.folder, self.workspace, meta, app)
+        self.fedavgs.append(fedavg)
+        return fedavg
+
+    def start(self, fedavg: FedAvg) -> Running:
+        run = Running(fedavg)
+        self.runs.append(run)
+        return run
+
+    def progress(self) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads((self.workspace / "progress.json").read_text())
+        return value
+
+    def result(self) -> dict[str, NDArray[Any]]:
+        return arrays.read_file(self.workspace / "result" / "global_model.fsa")
+
+    def close(self) -> None:
+        """End every run still going: no site left, so an open round closes at once."""
+        for fedavg in self.fedavgs:
+            fedavg.update_sites([])
+            fedavg.finish()
+        for run in self.runs:
+            run.thread.join(2)
+
+
+class Running:
+    """FedAvg.run() in a thread; what it raised is kept for the test."""
+
+    def __init__(self, fedavg: FedAvg) -> None:
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._main, args=(fedavg,), name="fedavg-run", daemon=True)
+        self.thread.start()
+
+    def _main(self, fedavg: FedAvg) -> None:
+        try:
+            fedavg.run()
+        except BaseException as exc:  # handed to the test by join()
+            self.error = exc
+
+    def join(self, timeout: float = 10.0) -> BaseException | None:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"run() did not return within {timeout} s"
+        return self.error
+
+
+@pytest.fixture
+def make_job(tmp_path: Path) -> Iterator[Callable[..., Job]]:
+    jobs: list[Job] = []
+
+    def make(num_rounds: int = 1, min_clients: int = 1, **settings: Any) -> Job:
+        job = Job(tmp_path / str(len(jobs)), num_rounds, min_clients, **settings)
+        jobs.append(job)
+        return job
+
+    yield make
+    for job in jobs:
+        job.close()
+
+
+def task(fedavg: FedAvg, site: str, number: int, kind: str = "train") -> Path:
+    """Wait for site's task and check it is round number of kind; the model file it names."""
+    got = fedavg.get_task(site, 10)
+    assert got.status == TASK, f"{site} got status {got.status}, expected a task for round {number}"
+    assert (got.kind, got.current_round) == (kind, number)
+    assert got.model is not None
+    return got.model
+
+
+def submit(
+    fedavg: FedAvg,
+    site: str,
+    number: int,
+    params: dict[str, NDArray[Any]] | None,
+    *,
+    kind: str = "train",
+    num_examples: object = 1,
+    params_type: str = "diff",
+    metrics: dict[str, float] | None = None,
+    meta_json: str | None = None,
+    corrupt: Callable[[bytes], bytes] | None = None,
+) -> tuple[bool, str]:
+    """Send site's result as the service does: a ResultHeader, then the encoded update in chunks."""
+    payload = arrays.encode(params) if params is not None else b""
+    if meta_json is None:
+        meta_json = json.dumps({"num_examples": num_examples, "params_type": params_type})
+    header = fedsec_pb2.ResultHeader(
+        job_id=JOB_ID,
+        site=site,
+        current_round=number,
+        task=kind,
+        metrics=metrics or {},
+        meta_json=meta_json,
+        payload=streams.describe_bytes(payload),
+    )
+    sent = corrupt(payload) if corrupt else payload
+    return fedavg.submit(site, header, streams.bytes_chunks(sent, 4096))
+
+
+def assert_model(got: dict[str, NDArray[Any]], w: float, n: int) -> None:
+    assert list(got) == ["w", "n"]
+    assert got["w"].dtype == np.float32 and got["n"].dtype == np.int64
+    assert np.array_equal(got["w"], np.full((2, 3), w, np.float32)), got["w"]
+    assert np.array_equal(got["n"], np.full(2, n, np.int64)), got["n"]
+
+
+# ---------------------------------------------------------------- a whole job
+
+
+def test_two_sites_give_the_exact_weighted_average(make_job: Callable[..., Job]) -> None:
+    job = make_job(num_rounds=2, min_clients=2)
+    fedavg = job.fedavg()
+    fedavg.update_sites(["site-1"])
+    run = job.start(fedavg)
+    assert fedavg.get_task("site-1", 0.2).status == WAIT  # waiting for min_clients=2 sites
+    fedavg.update_sites(SITES)
+
+    # round 0: weight differences, weighted by num_examples 1 and 3
+    for site in SITES:
+        assert_model(arrays.read_file(task(fedavg, site, 0)), 0, 0)
+    assert submit(fedavg, "site-1", 0, update(1, 1), num_examples=1, metrics={"loss": 1.0}) == (True, "")
+    assert fedavg.get_task("site-1", 0).status == WAIT  # answered: nothing until the next round
+    assert submit(fedavg, "site-2", 0, update(5, 2), num_examples=3, metrics={"loss": 3.0}) == (True, "")
+
+    # round 1 starts from 0 + (1*1 + 3*5)/4 = 4 and n = rint((1*1 + 3*2)/4 = 1.75) = 2; full weights this time
+    for site in SITES:
+        assert_model(arrays.read_file(task(fedavg, site, 1)), 4, 2)
+    assert submit(fedavg, "site-1", 1, update(8, 10), params_type="full", metrics={"loss": 2.0}) == (True, "")
+    assert submit(fedavg, "site-2", 1, update(0, 2), params_type="full", num_examples=3, metrics={"loss": 1.0}) == (
+        True,
+        "",
+    )
+
+    # the final evaluation of (1*8 + 3*0)/4 = 2 and n = (10 + 6)/4 = 4
+    for site in SITES:
+        assert_model(arrays.read_file(task(fedavg, site, 2, "evaluate")), 2, 4)
+    assert submit(fedavg, "site-1", 2, None, kind="evaluate", metrics={"accuracy": 0.5}) == (True, "")
+    assert submit(fedavg, "site-2", 2, None, kind="evaluate", num_examples=3, metrics={"accuracy": 0.9}) == (True, "")
+
+    assert run.join() is None
+    assert all(fedavg.get_task(site, 5).status == DONE for site in SITES)
+    assert_model(job.result(), 2, 4)
+    assert_model(arrays.read_file(job.workspace / "checkpoints" / "round_00000.fsa"), 4, 2)
+    progress = job.progress()
+    assert progress["rounds"] == [
+        {"round": 0, "metrics": {"loss": 2.5}, "sites": SITES, "rejected": []},
+        {"round": 1, "metrics": {"loss": 1.25}, "sites": SITES, "rejected": []},
+    ]
+    assert progress["final"]["sites"] == SITES
+    assert progress["final"]["metrics"]["accuracy"] == pytest.approx(0.8)
+    assert json.loads((job.workspace / "result" / "progress.json").read_text()) == progress
+    assert json.loads((job.workspace / "state.json").read_text()) == {"completed_rounds": 2}
+    assert submit(fedavg, "site-1", 2, None, kind="evaluate") == (False, "the job has ended")
+
+
+def test_sites_in_threads_over_many_rounds(make_job: Callable[..., Job]) -> None:
+    sites = [f"site-{i}" for i in range(1, 5)]
+    job = make_job(num_rounds=5, min_clients=4, evaluate_final=False)
+    fedavg = job.fedavg()
+    fedavg.update_sites(sites)
+    errors: list[str] = []
+
+    def site_main(site: str) -> None:
+        # Every round site-i sends the difference i with weight i: the average moves by (1+4+9+16)/10 = 3.
+        i = int(site.rsplit("-", 1)[1])
+        number = 0
+        while True:
+            got = fedavg.get_task(site, 10)
+            if got.status == DONE:
+                break
+            if got.status != TASK or got.model is None or got.current_round != number:
+                errors.append(f"{site}: unexpected {got} in round {number}")
+                return
+            w = arrays.read_file(got.model)["w"]
+            if not np.all(w == 3 * number):
+                errors.append(f"{site}: round {number} model {w.ravel()[0]}, expected {3 * number}")
+            accepted, reason = submit(fedavg, site, number, update(i), num_examples=i)
+            if not accepted:
+                errors.append(f"{site}: round {number} refused: {reason}")
+            number += 1
+        if number != 5:
+            errors.append(f"{site}: done after {number} rounds")
+
+    threads = [threading.Thread(target=site_main, args=(s,), name=s, daemon=True) for s in sites]
+    run = job.start(fedavg)
+    for thread in threads:
+        thread.start()
+    assert run.join(30) is None
+    for thread in threads:
+        thread.join(10)
+    assert errors == []
+    assert_model(job.result(), 15, 0)
+    assert [r["sites"] for r in job.progress()["rounds"]] == [sites] * 5
+
+
+# ---------------------------------------------------------------- refusals
+
+
+def test_stale_unsampled_and_second_answers_are_refused(make_job: Callable[..., Job]) -> None:
+    job = make_job(num_rounds=2, min_clients=1, sites=SITES, evaluate_final=False)
+    fedavg = job.fedavg()
+    assert submit(fedavg, "site-1", 0, update(1)) == (False, "no round is open")
+    fedavg.update_sites([*SITES, "site-3"])  # site-3 is connected but not one of the job's sites
+    run = job.start(fedavg)
+    task(fedavg, "site-1", 0)
+    assert fedavg.get_task("site-3", 0.1).status == WAIT
+
+    assert submit(fedavg, "site-1", 1, update(1)) == (False, "stale result: round 0 (train) is open")
+    assert submit(fedavg, "site-1", 0, None, kind="evaluate") == (False, "stale result: round 0 (train) is open")
+    assert submit(fedavg, "site-3", 0, update(1)) == (False, "site-3 is not sampled in round 0")
+    assert submit(fedavg, "site-1", 0, update(1)) == (True, "")
+    assert submit(fedavg, "site-1", 0, update(100)) == (False, "site-1 already answered round 0")
+    assert submit(fedavg, "site-2", 0, update(3)) == (True, "")
+
+    task(fedavg, "site-2", 1)
+    assert submit(fedavg, "site-2", 0, update(1)) == (False, "stale result: round 1 (train) is open")
+    assert submit(fedavg, "site-1", 1, update(1)) == (True, "")
+    assert submit(fedavg, "site-2", 1, update(1)) == (True, "")
+    assert run.join() is None
+    assert_model(job.result(), 3, 0)  # (1 + 3)/2 + (1 + 1)/2: the refused updates counted nowhere
+    assert [r["rejected"] for r in job.progress()["rounds"]] == [[], []]
+
+
+def _flip_last_byte(data: bytes) -> bytes:
+    return data[:-1] + bytes([data[-1] ^ 1])
+
+
+def _nan() -> dict[str, NDArray[Any]]:
+    bad = update(1)
+    bad["w"][1, 2] = np.nan
+    return bad
+
+
+BAD_RESULTS: list[tuple[str, dict[str, Any], str]] = [
+    ("nan", {"params": _nan()}, "tensor 'w' has 1 NaN and 0 infinite values"),
+    ("shape", {"params": {"w": np.zeros((3, 2), np.float32), "n": np.zeros(2, np.int64)}}, r"has shape \(3, 2\)"),
+    ("extra tensor", {"params": {**update(1), "x": np.zeros(1, np.float32)}}, r"update is \d+ bytes, the model is \d+"),
+    ("zero examples", {"num_examples": 0}, "num_examples must be a positive number, got 0"),
+    ("bool examples", {"num_examples": True}, "num_examples must be a positive number, got True"),
+    ("huge examples", {"num_examples": 1e13}, "num_examples must be a positive number"),
+    ("params_type", {"params_type": "delta"}, "params_type must be one of full, diff"),
+    ("mixed params_type", {"params_type": "full"}, "params_type full differs from this round's diff"),
+    ("meta not JSON", {"meta_json": "{"}, "meta is not JSON"),
+    ("meta a list", {"meta_json": "[1]"}, "meta is not a JSON object"),
+    ("metric NaN", {"metrics": {"loss": float("nan")}}, "metric 'loss' is not a finite number"),
+    ("digest", {"corrupt": _flip_last_byte}, "does not match its SHA-256 digest"),
+    ("truncated", {"corrupt": lambda data: data[:-8]}, r"payload ended after \d+ of \d+ bytes"),
+]
+
+
+@pytest.mark.parametrize(("bad", "reason"), [(b, r) for _, b, r in BAD_RESULTS], ids=[i for i, _, _ in BAD_RESULTS])
+def test_a_bad_result_is_refused_and_the_round_goes_on(
+    make_job: Callable[..., Job], bad: dict[str, Any], reason: str
+) -> None:
+    job = make_job(num_rounds=1, min_clients=1, evaluate_final=False)
+    fedavg = job.fedavg()
+    fedavg.update_sites([*SITES, "site-3"])
+    run = job.start(fedavg)
+    task(fedavg, "site-2", 0)
+    assert submit(fedavg, "site-1", 0, update(2, 4)) == (True, "")
+    kwargs = {"params": update(100, 100), **bad}
+    accepted, why = submit(fedavg, "site-2", 0, **kwargs)
+    assert not accepted
+    assert why.startswith("result of site-2 for round 0: ")
+    assert re.search(reason, why), why
+    # the bad result used up site-2's turn: the round goes on without it
+    assert submit(fedavg, "site-2", 0, update(100, 100)) == (False, "site-2 already answered round 0")
+    assert submit(fedavg, "site-3", 0, update(2, 4)) == (True, "")
+    assert run.join() is None
+    assert_model(job.result(), 2, 4)
+    rounds = job.progress()["rounds"]
+    assert rounds == [{"round": 0, "metrics": {}, "sites": ["site-1", "site-3"], "rejected": ["site-2"]}]
+    assert not list((job.workspace / "incoming").iterdir())
+
+
+# ---------------------------------------------------------------- sites coming and going
+
+
+def test_a_dropped_site_lets_the_round_close_with_the_others(make_job: Callable[..., Job]) -> None:
+    job = make_job(num_rounds=2, min_clients=1, evaluate_final=False)
+    fedavg = job.fedavg()
+    fedavg.update_sites(SITES)
+    run = job.start(fedavg)
+    task(fedavg, "site-2", 0)
+    assert submit(fedavg, "site-1", 0, update(2)) == (True, "")
+    fedavg.update_sites(["site-1"])  # site-2's heartbeats stopped mid-round
+    task(fedavg, "site-1", 1)
+    assert fedavg.get_task("site-2", 0).status == WAIT  # not sampled: it was not live when round 1 began
+    assert submit(fedavg, "site-2", 0, update(50)) == (False, "stale result: round 1 (train) is open")
+    assert submit(fedavg, "site-2", 1, update(50)) == (False, "site-2 is not sampled in round 1")
+    assert submit(fedavg, "site-1", 1, update(2)) == (True, "")
+    assert run.join() is None
+    assert_model(job.result(), 4, 0)
+    assert [r["sites"] for r in job.progress()["rounds"]] == [["site-1"], ["site-1"]]
+
+
+def test_fewer_results_than_min_clients_fail_the_job(make_job: Callable[..., Job]) -> None:
+    job = make_job(num_rounds=3, min_clients=2)
+    fedavg = job.fedavg()
+    fedavg.update_sites(SITES)
+    run = job.start(fedavg)
+    for number in (0, 1):
+        for site in SITES:
+            task(fedavg, site, number)
+            assert submit(fedavg, site, number, update(1)) == (True, "")
+    task(fedavg, "site-1", 2)
+    assert submit(fedavg, "site-1", 2, update(1)) == (True, "")
+    fedavg.update_sites(["site-1"])
+    error = run.join()
+    assert isinstance(error, JobError)
+    assert str(error) == "round 2: only 1 of min_clients=2 results arrived"
+    assert json.loads((job.workspace / "state.json").read_text()) == {"completed_rounds": 2}
+    assert not (job.workspace / "result" / "global_model.fsa").exists()
+
+
+def test_a_silent_site_is_left_behind_at_the_round_timeout(make_job: Callable[..., Job]) -> None:
+    job = make_job(num_rounds=1, min_clients=1, round_timeout=0.5, evaluate_final=False)
+    fedavg = job.fedavg()
+    fedavg.update_sites(SITES)
+    run = job.start(fedavg)
+    task(fedavg, "site-2", 0)
+    started = time.monotonic()
+    assert submit(fedavg, "site-1", 0, update(7)) == (True, "")
+    assert run.join() is None
+    assert time.monotonic() - started < 5
+    assert job.progress()["rounds"][0]["sites"] == ["site-1"]
+    assert_model(job.result(), 7, 0)
+
+
+def test_too_few_sites_at_the_start_fail_the_job(make_job: Callable[..., Job]) -> None:
+    job = make_job(num_rounds=1, min_clients=2, start_timeout=0.3)
+    fedavg = job.fedavg()
+    fedavg.update_sites(["site-1"])
+    error = job.start(fedavg).join()
+    assert isinstance(error, JobError)
+    assert str(error) == "start: only 1 of min_clients=2 sites connected within 0.3 s"
+
+
+# ---------------------------------------------------------------- resuming
+
+
+def test_a_new_fedavg_resumes_after_the_last_completed_round(
+    make_job: Callable[..., Job], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="fedsec.workflow")
+    job = make_job(num_rounds=3, min_clients=2)
+    first = job.fedavg()
+    first.update_sites(SITES)
+    run = job.start(first)
+    for number in (0, 1):
+        for site in SITES:
+            task(first, site, number)
+            assert submit(first, site, number, update(number + 1, 1), metrics={"round": number}) == (True, "")
+    task(first, "site-1", 2)
+    first.update_sites([])  # every site lost in round 2: the process gives up, as a crash would
+    assert isinstance(run.join(), JobError)
+    assert json.loads((job.workspace / "state.json").read_text()) == {"completed_rounds": 2}
+
+    second = job.fedavg()
+    second.update_sites(SITES)
+    run = job.start(second)
+    for site in SITES:  # round 2 starts from the model after round 1: 0 + 1 + 2
+        assert_model(arrays.read_file(task(second, site, 2)), 3, 2)
+    for site in SITES:
+        assert submit(second, site, 2, update(3, 1), metrics={"round": 2}) == (True, "")
+    for site in SITES:
+        task(second, site, 3, "evaluate")
+        assert submit(second, site, 3, None, kind="evaluate", metrics={"accuracy": 1.0}) == (True, "")
+    assert run.join() is None
+    assert_model(job.result(), 6, 3)
+    progress = job.progress()
+    assert [(r["round"], r["metrics"]) for r in progress["rounds"]] == [(i, {"round": float(i)}) for i in range(3)]
+    assert progress["final"] == {"metrics": {"accuracy": 1.0}, "sites": SITES}
+    checkpoints = sorted(p.name for p in (job.workspace / "checkpoints").iterdir())
+    assert checkpoints == ["round_00001.fsa", "round_00002.fsa"]  # the last two are kept
+    assert f"job={JOB_ID} resuming after round 1" in caplog.text
