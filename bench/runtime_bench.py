@@ -106,7 +106,7 @@ def spread(values: list[float], unit: str, fmt: str = ".3f") -> str:
 def measure_starts(fed: Federation, starts: int, idle_seconds: float) -> None:
     """Parts a and b; leaves the federation of the last start running."""
     sites = [f"site-{i}" for i in range(1, N_SITES + 1)]
-    to_listen, to_all, server_rss, client_rss = [], [], [], []
+    to_listen, to_all, gap, server_rss, client_rss = [], [], [], [], []
     for i in range(starts):
         if i:
             fed.stop()
@@ -116,12 +116,14 @@ def measure_starts(fed: Federation, starts: int, idle_seconds: float) -> None:
         listening = next(timed_lines(fed.server_log, " listening fl=", offset))[0]
         to_listen.append(listening - began)
         to_all.append(max(registered.values()) - began)
+        gap.append(max(registered.values()) - listening)
         time.sleep(idle_seconds)  # the idle state being measured, not a wait for a condition
         server_rss.append(memory_mib(fed.pid(SERVER))[0])
         client_rss.extend(memory_mib(fed.pid(s))[0] for s in sites)
     print(f"a. start_fl.sh {N_SITES} -> all {N_SITES} sites registered ({starts} fresh starts):")
     print(f"     server listening:    {spread(to_listen, 's')}")
     print(f"     all sites registered: {spread(to_all, 's')}")
+    print(f"     (last registration after the server listened: {spread(gap, 's')})")
     print(f"b. idle VmRSS {idle_seconds:g} s after all registered, no job:")
     print(f"     server parent:  {spread(server_rss, 'MiB', '.1f')}  ({starts} starts)")
     print(f"     client parent:  {spread(client_rss, 'MiB', '.1f')}  ({len(client_rss)} = {starts} x {N_SITES})")

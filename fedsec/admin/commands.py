@@ -339,7 +339,7 @@ def help_text(name: str | None = None) -> str:
     """The command table, or one command's usage and description. Raises UsageError for an unknown name."""
     if name is None:
         rows = [[c.name, c.summary] for c in COMMANDS.values()]
-        return render.table(("COMMAND", "DESCRIPTION"), rows) + "'help CMD' shows a command's usage.\n"
+        return render.table(("COMMAND", "DESCRIPTION"), rows, cut=False) + "'help CMD' shows a command's usage.\n"
     command = _lookup(name)
     return f"usage: {command.parser().usage_line()}\n{command.summary}\n"
 

@@ -75,14 +75,17 @@ def fmt_value(value: Any) -> str:
     return str(value)
 
 
-def _cell(text: str) -> str:
+def _cell(text: str, cut: bool) -> str:
     text = " ".join(text.split())  # a cell is one line
-    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 3] + "..."
+    return text if len(text) <= MAX_CELL or not cut else text[: MAX_CELL - 3] + "..."
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    """An aligned table: a header line, then one line per row; columns two spaces apart, no trailing blanks."""
-    body = [[_cell(c) for c in row] for row in rows]
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, cut: bool = True) -> str:
+    """An aligned table: a header line, then one line per row; columns two spaces apart, no trailing blanks.
+
+    Cells are made one line; with cut, those longer than MAX_CELL end in '...'.
+    """
+    body = [[_cell(c, cut) for c in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in body:
         for i, c in enumerate(row):

@@ -45,7 +45,15 @@ def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: flo
 class Federation:
     """A provisioned project and the processes started from its kits."""
 
-    def __init__(self, root: Path, n_clients: int = 3, heartbeat_timeout: float = 30.0, name: str = "itest") -> None:
+    def __init__(
+        self,
+        root: Path,
+        n_clients: int = 3,
+        heartbeat_timeout: float = 30.0,
+        name: str = "itest",
+        extra_admins: tuple[tuple[str, str, str], ...] = (),
+        admin_session_timeout: float = 1800.0,
+    ) -> None:
         self.root = root
         self.n_clients = n_clients
         participants: list[dict[str, Any]] = [
@@ -57,10 +65,12 @@ class Federation:
                 "fl_port": free_port(),
                 "admin_port": free_port(),
                 "heartbeat_timeout": heartbeat_timeout,
+                "admin_session_timeout": admin_session_timeout,
             }
         ]
         participants += [{"name": f"site-{i}", "type": "client", "org": "acme"} for i in range(1, n_clients + 1)]
         participants.append({"name": ADMIN, "type": "admin", "org": "acme", "role": "project_admin"})
+        participants += [{"name": n, "type": "admin", "org": o, "role": r} for n, o, r in extra_admins]
         doc = {"api_version": 1, "name": name, "participants": participants}
         yml = root / f"{name}.yml"
         yml.write_text(yaml.safe_dump(doc))
@@ -80,6 +90,7 @@ class Federation:
 
     def start(self, name: str, *extra: str) -> subprocess.Popen[bytes]:
         kind = "server" if name == "server1" else "client"
+        mark = len(self.log(name))
         with self.log_path(name).open("ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "fedsec", kind, "--kit", str(self.kit(name)), *extra],
@@ -90,6 +101,8 @@ class Federation:
             )
         self.procs[name] = proc
         self.all_pids.append(proc.pid)
+        if kind == "server":  # until it listens (or exits: a refused kit)
+            wait_until(lambda: " listening " in self.log(name)[mark:] or proc.poll() is not None, 30, "the server")
         return proc
 
     def start_all(self) -> None:

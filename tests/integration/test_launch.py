@@ -1,0 +1,188 @@
+"""workspaces/start_fl.sh and stop_fl.sh on a freshly provisioned secure_project: 8 sites up, then down by pid.
+
+The project is provision/secure_project.yml with free ports, provisioned with the
+`fedsec provision` command; the scripts are copied next to the test's files so
+that their record of started kits (.started_kits) stays there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.integration.harness import free_port, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+SITES = [f"site-{i}" for i in range(1, 9)]
+SERVER = "server1"
+ADMIN = "admin@fedsec.local"
+FEDSEC = Path(sys.executable).parent / "fedsec"
+
+
+@pytest.fixture(scope="module")
+def prod(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """secure_project provisioned once for the module, on free ports."""
+    root = tmp_path_factory.mktemp("secure_project")
+    doc: dict[str, Any] = yaml.safe_load((REPO / "provision" / "secure_project.yml").read_text())
+    (server,) = [p for p in doc["participants"] if p["type"] == "server"]
+    server["fl_port"], server["admin_port"] = free_port(), free_port()
+    project = root / "secure_project.yml"
+    project.write_text(yaml.safe_dump(doc, sort_keys=False))
+    done = subprocess.run(
+        [sys.executable, "-m", "fedsec", "provision", "-p", str(project), "-w", str(root / "ws")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    prod_dir = root / "ws" / "secure_project" / "prod_00"
+    assert f"into {prod_dir}" in done.stdout, done.stdout
+    assert sorted(p.name for p in prod_dir.iterdir() if p.is_dir()) == sorted([ADMIN, SERVER, *SITES])
+    return prod_dir
+
+
+class Launch:
+    """Copies of start_fl.sh / stop_fl.sh in a folder of their own, and what they started."""
+
+    def __init__(self, root: Path, prod: Path) -> None:
+        self.prod = prod
+        self.here = root / "workspaces"
+        self.here.mkdir()
+        for name in ("start_fl.sh", "stop_fl.sh"):
+            shutil.copy2(REPO / "workspaces" / name, self.here / name)  # keeps the executable bit
+        self.record = self.here / ".started_kits"
+        self.pids: dict[str, int] = {}
+
+    def run(self, script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "FEDSEC": str(FEDSEC)}
+        return subprocess.run(
+            [str(self.here / script), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            start_new_session=True,  # the daemons it leaves behind are not in pytest's process group
+        )
+
+    def read_pids(self) -> dict[str, int]:
+        """The pid each kit recorded in daemon.pid (also kept here, for the clean-up)."""
+        found = {}
+        for kit in sorted(self.prod.iterdir()):
+            pid_file = kit / "daemon.pid"
+            if pid_file.is_file():
+                found[kit.name] = int(pid_file.read_text().strip())
+        self.pids.update(found)
+        return found
+
+    def server_log(self) -> str:
+        path = self.prod / SERVER / "log.txt"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def dump_logs(self) -> str:
+        """For the failure report of conftest.py."""
+        parts = [f"===== pids {self.pids}"]
+        for path in sorted(self.prod.glob("*/log.txt")):
+            parts.append(f"===== {path.relative_to(self.prod)}\n{path.read_text(errors='replace')[-3000:]}")
+        return "\n".join(parts)
+
+    def kill_all(self) -> None:
+        """SIGKILL every process a kit recorded that still runs from this prod folder."""
+        self.read_pids()
+        for pid in self.pids.values():
+            if _alive(pid) and str(self.prod) in _cmdline(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def launch(request: pytest.FixtureRequest, tmp_path: Path, prod: Path) -> Iterator[Launch]:
+    launched = Launch(tmp_path, prod)
+    request.node._federation = launched  # conftest.py prints its logs when the test fails
+    try:
+        yield launched
+    finally:
+        launched.kill_all()
+        launched.record.unlink(missing_ok=True)
+        for pid_file in prod.glob("*/daemon.pid"):  # the next test of the module starts clean
+            pid_file.unlink()
+
+
+def test_start_eight_sites_then_stop_exactly_them(launch: Launch) -> None:
+    assert launch.run("stop_fl.sh").stdout.startswith("nothing to stop")
+    started = launch.run("start_fl.sh", "8", str(launch.prod))
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert f"started the server and 8 clients of {launch.prod}" in started.stdout
+
+    pids = launch.read_pids()
+    assert sorted(pids) == sorted([SERVER, *SITES])  # not the admin kit
+    assert len(set(pids.values())) == 9
+    assert launch.record.read_text().split() == [str(launch.prod / name) for name in [SERVER, *SITES]]
+    wait_until(
+        lambda: all(f"site={site} registered " in launch.server_log() for site in SITES),
+        60,
+        "all 8 sites registered with the server",
+        interval=0.5,
+    )
+    for name, pid in pids.items():
+        kind = "server" if name == SERVER else "client"
+        assert _alive(pid), f"{name} (pid {pid}) is not running"
+        assert f"{kind} --kit {launch.prod / name}" in _cmdline(pid), _cmdline(pid)
+
+    again = launch.run("start_fl.sh", "8", str(launch.prod))
+    assert again.returncode == 1
+    assert "run ./stop_fl.sh first" in again.stderr
+    assert launch.read_pids() == pids  # nothing new was started
+
+    stopped = launch.run("stop_fl.sh")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    for name in [SERVER, *SITES]:
+        assert f"stopped {name} (pid {pids[name]})" in stopped.stdout, stopped.stdout + stopped.stderr
+    # stop_fl.sh waits for each pid it stops: all are gone when it returns
+    assert [name for name, pid in pids.items() if _alive(pid)] == []
+    assert not launch.record.exists()
+    assert launch.read_pids() == {}
+    assert stopped.stdout.index("stopped site-8") < stopped.stdout.index(f"stopped {SERVER}")  # clients first
+
+
+def test_more_clients_than_the_project_has_starts_nothing(launch: Launch) -> None:
+    done = launch.run("start_fl.sh", "9", str(launch.prod))
+    assert done.returncode == 2
+    assert f"asked for 9 clients, {launch.prod} has 8" in done.stderr
+    assert launch.read_pids() == {}
+    assert not launch.record.exists()
+    assert not list(launch.prod.glob("*/log.txt"))
+
+
+@pytest.mark.parametrize("args", [[], ["eight"], ["-1"]], ids=["no args", "not a number", "negative"])
+def test_bad_arguments_print_usage(launch: Launch, args: list[str]) -> None:
+    done = launch.run("start_fl.sh", *args)
+    assert done.returncode == 2
+    assert "usage: " in done.stderr and "start_fl.sh N [PROD_DIR]" in done.stderr
+    assert launch.read_pids() == {}
+    assert not launch.record.exists()
+
+
+def _alive(pid: int) -> bool:
+    """Whether pid runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
