@@ -84,7 +84,7 @@ def _tamper_before_sites_fetch(federation: Federation, tmp_path: Path, change: s
     with Session(federation.admin_kit) as admin:
         job_id = admin.submit_job(linear_job(tmp_path, rounds=1, min_clients=2))
         store = federation.kit("server1") / "store" / "jobs" / job_id
-        wait_until(lambda: (store / "job.sig").exists(), 10, "the stored job")
+        wait_until((store / "job.sig").exists, 10, "the stored job")
         if change == "archive":
             data = bytearray((store / "job.zip").read_bytes())
             data[len(data) // 2] ^= 0xFF
