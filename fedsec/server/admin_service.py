@@ -54,7 +54,8 @@ class AdminContext:
     started_at: float
 
 
-def job_info(record: JobRecord, jobs: JobManager) -> fedsec_pb2.JobInfo:
+def job_info(record: JobRecord, jobs: JobManager, *, progress: bool = True) -> fedsec_pb2.JobInfo:
+    """A job for the wire; progress=False leaves out the per-round metrics (list_jobs)."""
     running = not record.status.finished
     return fedsec_pb2.JobInfo(
         job_id=record.job_id,
@@ -70,7 +71,7 @@ def job_info(record: JobRecord, jobs: JobManager) -> fedsec_pb2.JobInfo:
         current_round=jobs.current_round(record.job_id) if running else record.current_round,
         num_rounds=record.num_rounds,
         meta_json=record.meta_json,
-        progress_json=jobs.progress(record.job_id),
+        progress_json=jobs.progress(record.job_id) if progress else "",
     )
 
 
@@ -174,7 +175,7 @@ class AdminService(fedsec_pb2_grpc.AdminServicer):
                 records = [r for r in records if r.submitter_org == who.org]
             elif scope is Scope.OWN_JOBS:
                 records = [r for r in records if r.submitter == who.name]
-            return fedsec_pb2.JobList(jobs=[job_info(r, self._c.jobs) for r in records])
+            return fedsec_pb2.JobList(jobs=[job_info(r, self._c.jobs, progress=False) for r in records])
 
         args = {"name_prefix": request.name_prefix, "id_prefix": request.id_prefix}
         return self._run(context, "list_jobs", args, Right.VIEW, "", action)

@@ -132,7 +132,7 @@ class JobManager:
 
     def progress(self, job_id: str) -> str:
         """The job's per-round metrics as JSON text ('' before the first round)."""
-        path = self._store.job_dir(job_id) / WORKSPACE_DIR / "progress.json"
+        path = self._store.job_path(job_id) / WORKSPACE_DIR / "progress.json"
         try:
             return path.read_text()[: limits.MAX_META_JSON_BYTES * 4]
         except OSError:

@@ -376,6 +376,10 @@ class JobStore:
                 raise JobError(f"job {job_id}: cannot make its folder: {exc.strerror or exc}") from exc
         return path
 
+    def job_path(self, job_id: str) -> Path:
+        """Where a job's folder is (it may not exist): for reads on hot paths; no database query."""
+        return self._jobs / check_job_id(job_id)
+
     def delete(self, job_id: str) -> None:
         """Remove a finished job's record and folder.
 
