@@ -54,13 +54,11 @@ def main() -> None:
             fed.stop()
     ms = sorted(t * 1000 for t in times)
     print("workload: Session.list_jobs x50 with 100 jobs in the store; Session open + login x10")
-    print(
-        f"list_jobs: median {statistics.median(ms):.2f} ms, p90 {ms[44]:.2f} ms, min {ms[0]:.2f} ms, max {ms[-1]:.2f} ms"
-    )
+    spread = f"p90 {ms[44]:.2f} ms, min {ms[0]:.2f} ms, max {ms[-1]:.2f} ms"
+    print(f"list_jobs: median {statistics.median(ms):.2f} ms, {spread}")
     lg = sorted(t * 1000 for t in logins)
-    print(
-        f"admin login (load kit, mTLS connect, challenge, sign, login): median {statistics.median(lg):.1f} ms, max {lg[-1]:.1f} ms"
-    )
+    what = "admin login (load kit, mTLS connect, challenge, sign, login)"
+    print(f"{what}: median {statistics.median(lg):.1f} ms, max {lg[-1]:.1f} ms")
 
 
 if __name__ == "__main__":
