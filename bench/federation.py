@@ -84,6 +84,14 @@ def memory_mib(pid: int) -> tuple[float, float]:
     return values["VmRSS:"], values["VmHWM:"]
 
 
+def reset_peak(pid: int) -> None:
+    """Reset the kernel's VmHWM of pid to its current VmRSS (Linux clear_refs 5), so the peak is this run's."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def children(parents: list[int], needle: str) -> list[int]:
     """Pids whose parent is in parents and whose command line contains needle."""
     found = []
@@ -111,7 +119,8 @@ class Sampler:
 
     roles: dict[str, Callable[[], list[int]]]
     interval: float = 0.2
-    ticks: list[dict[str, float]] = field(default_factory=list)
+    phase: str = ""  # a label stored with each tick: set it to split peaks by step
+    ticks: list[tuple[str, dict[str, float]]] = field(default_factory=list)
     hwm: dict[str, float] = field(default_factory=dict)
     seen: set[int] = field(default_factory=set)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -137,11 +146,12 @@ class Sampler:
                     rss, hwm = memory_mib(pid)
                     tick[role] += rss
                     self.hwm[role] = max(self.hwm.get(role, 0.0), hwm)
-            self.ticks.append(tick)
+            self.ticks.append((self.phase, tick))
 
-    def peak(self, *roles: str) -> float:
-        """The highest summed VmRSS of roles at one tick, MiB."""
-        return max((sum(t.get(r, 0.0) for r in roles) for t in self.ticks), default=0.0)
+    def peak(self, *roles: str, phase: str | None = None) -> float:
+        """The highest summed VmRSS of roles at one tick (of one phase, if given), MiB."""
+        ticks = [t for p, t in self.ticks if phase is None or p == phase]
+        return max((sum(t.get(r, 0.0) for r in roles) for t in ticks), default=0.0)
 
 
 class Federation:
@@ -160,7 +170,7 @@ class Federation:
             check=True,
             stdout=subprocess.DEVNULL,
         )
-        self.prod = tmp / "ws" / doc["name"] / "prod_00"
+        self.prod = tmp / "ws" / str(doc["name"]) / "prod_00"
         self.scripts = tmp / "scripts"
         self.scripts.mkdir()
         for name in ("start_fl.sh", "stop_fl.sh"):
@@ -219,7 +229,7 @@ class Federation:
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         try:
-            if et is not None and et is not KeyboardInterrupt:
+            if et is not None and not issubclass(et, (KeyboardInterrupt, SystemExit)):
                 print(self.logs(), file=sys.stderr)
         finally:
             self.stop()

@@ -21,6 +21,7 @@ Run: .venv/bin/python -m bench.runtime_bench
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import re
 import statistics
@@ -48,11 +49,11 @@ def cnn_params(seed: int = 0) -> dict[str, NDArray[np.float32]]:
     rng = np.random.default_rng(seed)
     out: dict[str, NDArray[np.float32]] = {}
     convs = [3, 32, 64, 128, 128, 256, 256]
-    for i, (c_in, c_out) in enumerate(zip(convs, convs[1:], strict=False)):
+    for i, (c_in, c_out) in enumerate(itertools.pairwise(convs)):
         out[f"conv{i}.weight"] = rng.normal(0.0, 0.05, (c_out, c_in, 3, 3)).astype(np.float32)
         out[f"conv{i}.bias"] = np.zeros(c_out, dtype=np.float32)
     fcs = [4096, 512, 512, 10]
-    for i, (n_in, n_out) in enumerate(zip(fcs, fcs[1:], strict=False)):
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(fcs)):
         out[f"fc{i}.weight"] = rng.normal(0.0, 0.02, (n_out, n_in)).astype(np.float32)
         out[f"fc{i}.bias"] = np.zeros(n_out, dtype=np.float32)
     return out
@@ -106,7 +107,11 @@ def spread(values: list[float], unit: str, fmt: str = ".3f") -> str:
 def measure_starts(fed: Federation, starts: int, idle_seconds: float) -> None:
     """Parts a and b; leaves the federation of the last start running."""
     sites = [f"site-{i}" for i in range(1, N_SITES + 1)]
-    to_listen, to_all, gap, server_rss, client_rss = [], [], [], [], []
+    to_listen: list[float] = []
+    to_all: list[float] = []
+    gap: list[float] = []
+    server_rss: list[float] = []
+    client_rss: list[float] = []
     for i in range(starts):
         if i:
             fed.stop()

@@ -6,7 +6,8 @@ argparse parser, calls the Session and writes plain text (through render) to
 out. It works without a terminal, so tests drive it with a fake session; it
 never imports prompt_toolkit and never prints a traceback: a usage error is
 one `error: usage: ...` line (status 2), a refused or failed call one
-`error: ...` line (status 1).
+`error: ...` line (status 1, or 2 when the server or the job folder calls
+the input bad: the FedsecError's exit code).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import NoReturn, TextIO
 
 from fedsec.admin import AdminSession, ArgKind, UsageError, render
-from fedsec.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RUNTIME, FedsecError
+from fedsec.errors import EXIT_OK, EXIT_RUNTIME, FedsecError
 
 Confirm = Callable[[str], bool]
 
@@ -172,7 +173,8 @@ def _show_errors(s: AdminSession, a: argparse.Namespace, ctx: Context) -> int:
 
 
 def _get_job_log(s: AdminSession, a: argparse.Namespace, ctx: Context) -> int:
-    return _write(ctx, s.get_job_log(a.id, target=a.target))
+    text = s.get_job_log(a.id, target=a.target)
+    return _write(ctx, text or (f"(the log of job {a.id} from {a.target} is empty)" if ctx.interactive else ""))
 
 
 def _sys_info(s: AdminSession, a: argparse.Namespace, ctx: Context) -> int:
@@ -369,10 +371,7 @@ def execute(session: AdminSession, line: str, ctx: Context) -> Result:
         args = command.parser().parse(words[1:])
         code = command.handler(session, args, ctx)
         return Result(code, leave=command.name == "bye")
-    except UsageError as exc:
-        ctx.err.write(f"error: {exc}\n")
-        return Result(EXIT_BAD_INPUT)
-    except FedsecError as exc:
+    except FedsecError as exc:  # UsageError and other bad input: 2; a refused or failed call: 1
         ctx.err.write(f"error: {exc}\n")
         return Result(exc.exit_code)
     except OSError as exc:  # a local file: the job folder, the download destination

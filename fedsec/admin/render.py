@@ -98,12 +98,17 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, cut: bool = 
 
 
 def key_values(pairs: Iterable[tuple[str, str]]) -> str:
-    """'key:  value' lines with the values aligned."""
+    """'key:  value' lines with the values aligned; a value's further lines are indented to its column."""
     items = list(pairs)
     if not items:
         return ""
     width = max(len(k) for k, _ in items) + 1
-    return "".join(f"{(k + ':').ljust(width)}  {v}".rstrip() + "\n" for k, v in items)
+    out = []
+    for key, value in items:
+        first, *rest = value.rstrip().splitlines() or [""]
+        out.append(f"{(key + ':').ljust(width)}  {first}".rstrip())
+        out += [(" " * (width + 2) + line).rstrip() for line in rest]
+    return "\n".join(out) + "\n"
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
@@ -204,16 +209,20 @@ def stats(job_id: str, data: Mapping[str, Any]) -> str:
     return text
 
 
+def _indented(text: str) -> str:
+    """Text whose lines after the first are indented by four spaces."""
+    return "\n    ".join(text.rstrip().splitlines())
+
+
 def errors(job_id: str, data: Mapping[str, Any]) -> str:
     """show_errors: the job's reason and each site's error text, indented."""
     reason = str(data.get("reason") or "")
     sites: Mapping[str, Any] = data.get("sites") or {}
     if not reason and not sites:
         return f"job {job_id}: no errors reported\n"
-    text = f"job {job_id}: {reason or 'no reason recorded'}\n"
+    text = f"job {job_id}: {_indented(reason) or 'no reason recorded'}\n"
     for site, error in sites.items():
-        body = "\n".join("    " + line for line in str(error).rstrip().splitlines())
-        text += f"{site}:\n{body}\n"
+        text += f"{site}:\n    {_indented(str(error))}\n"
     return text
 
 

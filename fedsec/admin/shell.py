@@ -25,8 +25,8 @@ from prompt_toolkit.document import Document
 from prompt_toolkit.history import FileHistory
 
 from fedsec.admin import AdminSession, ArgKind, commands
-from fedsec.admin.commands import COMMANDS, Context
-from fedsec.errors import EXIT_OK, FedsecError
+from fedsec.admin.commands import COMMANDS, Context, Result
+from fedsec.errors import EXIT_OK, EXIT_RUNTIME, FedsecError
 from fedsec.kit import AdminConfig
 
 log = logging.getLogger(__name__)
@@ -140,12 +140,22 @@ def open_history(path: Path) -> FileHistory:
     return FileHistory(str(path))
 
 
+def _guarded(session: AdminSession, line: str, ctx: Context) -> Result:
+    """commands.execute, with a bug in a command turned into one error line too (this is the process's top level)."""
+    try:
+        return commands.execute(session, line, ctx)
+    except Exception as exc:  # never a traceback on the terminal; the detail is in the log at DEBUG
+        log.debug("command %r failed", line, exc_info=True)
+        ctx.err.write(f"error: internal error: {type(exc).__name__}: {exc}\n")
+        return Result(EXIT_RUNTIME)
+
+
 def run_lines(session: AdminSession, lines: Iterable[str], out: TextIO, err: TextIO) -> int:
     """Run commands without a terminal: plain text, no prompt; stop at the first that fails and return its status."""
     for line in lines:
         if not line.strip():
             continue
-        result = commands.execute(session, line, Context(out, err, interactive=False))
+        result = _guarded(session, line, Context(out, err, interactive=False))
         if result.code != EXIT_OK or result.leave:
             return result.code
     return EXIT_OK
@@ -175,13 +185,9 @@ def run_interactive(session: AdminSession, history: Path, out: TextIO) -> int:
             out.write("bye\n")
             return EXIT_OK
         try:
-            result = commands.execute(session, line, ctx)
+            result = _guarded(session, line, ctx)
         except KeyboardInterrupt:
             out.write("\ninterrupted\n")
-            continue
-        except Exception as exc:  # the shell's top level: one line, never a traceback
-            log.debug("command %r failed", line, exc_info=True)
-            out.write(f"error: internal error: {type(exc).__name__}: {exc}\n")
             continue
         if result.leave:
             return EXIT_OK

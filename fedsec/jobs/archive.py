@@ -37,6 +37,7 @@ _SKIP_SUFFIXES = (".pyc",)
 _METHODS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED})
 # What zipfile and zlib raise on a malformed archive.
 _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, NotImplementedError, ValueError)
+_STORED_SUFFIXES = (".fsa",)  # array containers: written uncompressed
 
 
 def pack(folder: Path) -> bytes:
@@ -57,8 +58,10 @@ def pack(folder: Path) -> bytes:
             info = zipfile.ZipInfo(name, date_time=_DATE_TIME)
             info.create_system = 3  # unix, whatever the platform, so the bytes do not depend on it
             info.external_attr = (stat.S_IFREG | _FILE_MODE) << 16
-            info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, data, compresslevel=6)
+            # model weights barely compress and deflating them is slow: store them as they are
+            stored = name.endswith(_STORED_SUFFIXES)
+            info.compress_type = zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED
+            zf.writestr(info, data, compresslevel=None if stored else 6)
     out = buffer.getvalue()
     if len(out) > limits.MAX_JOB_ARCHIVE_BYTES:
         raise JobError(f"job folder {folder}: archive is larger than {limits.MAX_JOB_ARCHIVE_BYTES} bytes")

@@ -60,7 +60,9 @@ class FederationService(fedsec_pb2_grpc.FederationServicer):
     ) -> fedsec_pb2.HeartbeatReply:
         running = tuple(request.running_jobs[: limits.MAX_RUNNING_JOBS])
         site = self._site(context, running_jobs=running)
-        version = self._jobs.wait_change(request.known_version, _HOLD_SECONDS)
+        # hold well inside the heartbeat timeout, so a held site never looks gone
+        hold = min(_HOLD_SECONDS, self._config.heartbeat_timeout / 3)
+        version = self._jobs.wait_change(request.known_version, hold)
         self._site(context)
         if self._registry.take_shutdown(site):
             log.info("site=%s asked to shut down", site)

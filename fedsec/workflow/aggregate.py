@@ -58,6 +58,7 @@ class Accumulator:
                 total += base_tensors[spec.name]
             if spec.dtype in _FLOAT:
                 out[spec.name] = total.astype(spec.dtype, copy=False)
-            else:
-                out[spec.name] = np.rint(total).astype(spec.dtype)
+            else:  # in place, so a 0-d tensor stays an array (np.rint of a 0-d array returns a scalar)
+                np.rint(total, out=total)
+                out[spec.name] = total.astype(spec.dtype)
         arrays.write_file(dest, out)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterable
@@ -111,7 +113,9 @@ class FedAvg:
         if problem or rnd is None:
             log.info("job=%s refused %s: %s", self.job_id, where, problem)
             return False, problem or "no round is open"
-        tmp = self._ws / "incoming" / f"{site}.fsa"
+        fd, name = tempfile.mkstemp(prefix=f"{site}-", suffix=".fsa", dir=self._ws / "incoming")
+        os.close(fd)
+        tmp = Path(name)  # one file per submission: two streams from one site never share it
         try:
             weight, params_type = _parse_meta(header.meta_json, where)
             metrics = _check_metrics(dict(header.metrics), where)

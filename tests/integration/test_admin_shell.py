@@ -20,7 +20,7 @@ from tests.integration.harness import ADMIN, Federation
 
 SCRIPT = Path(__file__).parent / "scripts" / "linear_client.py"
 REPO = Path(__file__).resolve().parents[2]
-PROMPT = f"{ADMIN}> "
+PROMPT = f"{ADMIN}>"  # the terminal shows the trailing space as a cursor move
 TIMEOUT = 30
 
 
@@ -66,6 +66,8 @@ def new_job_id(child: pexpect.spawn) -> str:
     return job_id
 
 
+# a generous heartbeat timeout: these tests are about the shell, not about sites coming and going
+@pytest.mark.federation(heartbeat_timeout=30.0)
 def test_interactive_shell(shell: pexpect.spawn, federation: Federation, tmp_path: Path) -> None:
     kit = federation.admin_kit
     shell.expect(rf"logged in as {re.escape(ADMIN)} \(project_admin\) to project itest at [\w.-]+:\d+")
@@ -80,7 +82,7 @@ def test_interactive_shell(shell: pexpect.spawn, federation: Federation, tmp_pat
     shell.expect_exact(f"job {slow}: finished:aborted")
     shell.expect_exact(PROMPT)
     shell.sendline("list_jobs")
-    shell.expect(rf"JOB ID\s+NAME\s+STATUS\s+ROUND\s+SUBMITTER\s+SUBMITTED\s+DURATION")
+    shell.expect(r"JOB ID\s+NAME\s+STATUS\s+ROUND\s+SUBMITTER\s+SUBMITTED\s+DURATION")
     shell.expect(rf"{slow}\s+linear\s+finished:aborted\s")
     shell.expect_exact(PROMPT)
 
@@ -107,20 +109,37 @@ def test_interactive_shell(shell: pexpect.spawn, federation: Federation, tmp_pat
     assert "Traceback" not in (shell.before or "")
     shell.expect_exact(PROMPT)
 
+    # shutdown asks first; anything but y keeps everything running
+    shell.sendline("shutdown client site-3")
+    shell.expect_exact("shut down site-3? [y/N]")
+    shell.sendline("n")
+    shell.expect_exact("not shut down")
+    shell.expect_exact(PROMPT)
+
     shell.sendline("bye")
     shell.expect(pexpect.EOF)
     shell.close()
     assert shell.exitstatus == 0
+    assert federation.procs["site-3"].poll() is None
 
     history = kit / ".fedsec_admin_history"
     assert stat.S_IMODE(history.stat().st_mode) == 0o600
     assert f"\n+abort_job {slow}\n" in history.read_text()  # what ran was the completed id
 
 
+def test_ctrl_d_leaves(shell: pexpect.spawn) -> None:
+    shell.expect_exact(PROMPT)
+    shell.sendeof()
+    shell.expect(pexpect.EOF)
+    shell.close()
+    assert shell.exitstatus == 0
+
+
 def admin(federation: Federation, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "fedsec", "admin", "--kit", str(federation.admin_kit), *args],
         input=stdin,
+        check=False,
         capture_output=True,
         text=True,
         cwd=str(REPO),
@@ -129,6 +148,7 @@ def admin(federation: Federation, *args: str, stdin: str = "") -> subprocess.Com
     )
 
 
+@pytest.mark.federation(heartbeat_timeout=30.0)
 def test_non_interactive(federation: Federation) -> None:
     federation.start_all()
 
@@ -154,4 +174,4 @@ def test_non_interactive(federation: Federation) -> None:
     assert lines[0].split()[:2] == ["SITE", "ORG"]
     assert [line.split()[0] for line in lines[1:4]] == ["site-1", "site-2", "site-3"]
     assert lines[4].split()[:3] == ["SITE", "ORG", "ALIVE"] and lines[5].split()[:3] == ["site-1", "acme", "yes"]
-    assert "\x1b" not in done.stdout + done.stderr and PROMPT not in done.stdout
+    assert "\x1b" not in done.stdout + done.stderr and PROMPT not in done.stdout + done.stderr

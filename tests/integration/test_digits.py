@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import re
 import subprocess
 import sys
@@ -46,7 +47,7 @@ def test_digits_fedavg_job_reaches_95_percent(federation: Federation, tmp_path: 
     assert [r["sites"] for r in rounds] == [["site-1", "site-2", "site-3"]] * 3
     # a round's accuracy is that of the global model it started from: it must rise every round
     accuracy = [r["metrics"]["accuracy"] for r in rounds] + [info.progress["final"]["metrics"]["accuracy"]]
-    assert all(a < b for a, b in zip(accuracy, accuracy[1:], strict=False)), accuracy
+    assert all(a < b for a, b in itertools.pairwise(accuracy)), accuracy
     assert accuracy[0] < 0.5 and accuracy[-1] >= 0.95, accuracy
     assert [float(value) for _, value in printed] == pytest.approx(accuracy, abs=5e-5)
 

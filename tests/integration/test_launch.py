@@ -113,8 +113,8 @@ def launch(request: pytest.FixtureRequest, tmp_path: Path, prod: Path) -> Iterat
     finally:
         launched.kill_all()
         launched.record.unlink(missing_ok=True)
-        for pid_file in prod.glob("*/daemon.pid"):  # the next test of the module starts clean
-            pid_file.unlink()
+        for leftover in [*prod.glob("*/daemon.pid"), *prod.glob("*/log.txt")]:  # the next test starts clean
+            leftover.unlink()
 
 
 def test_start_eight_sites_then_stop_exactly_them(launch: Launch) -> None:

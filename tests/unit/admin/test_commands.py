@@ -445,6 +445,22 @@ def test_list_jobs_detailed() -> None:
     assert {"name", "status", "reason", "started", "ended", "duration"} <= set(first)
 
 
+def test_multi_line_reason_stays_in_its_column() -> None:
+    s = FakeSession()
+    s.jobs = [job(status="finished:failed", reason="site-2: failed:\nTraceback\n\n  RuntimeError: boom\n")]
+    lines = run("get_job_meta 3f2a", s)[1].splitlines()
+    at = lines.index("reason:            site-2: failed:")
+    assert lines[at + 1 : at + 4] == [" " * 19 + "Traceback", "", " " * 21 + "RuntimeError: boom"]
+    assert lines[at + 4].startswith("round:")
+
+
+def test_empty_job_log() -> None:
+    s = FakeSession()
+    s.get_job_log = lambda job_id, target="server": ""  # type: ignore[method-assign]
+    assert run("get_job_log 3f2a site-1", s)[1] == ""
+    assert run("get_job_log 3f2a site-1", s, interactive=True)[1] == "(the log of job 3f2a from site-1 is empty)\n"
+
+
 def test_duration_of_running_job_counts_to_now() -> None:
     assert render.job_duration(job(), now=T0 + 5 + 3725) == "1h 02m"
     assert render.job_duration(job(start_time=None)) == "-"
@@ -591,6 +607,14 @@ def test_run_lines_stops_at_first_failure() -> None:
     s.fail_on = "version"
     assert run_lines(s, ["list_clients", "version", "list_clients"], out, err) == 1
     assert run_lines(FakeSession(), ["version", "bye", "nope"], out, err) == 0
+
+
+def test_run_lines_turns_a_bug_into_one_line() -> None:
+    s = FakeSession()
+    s.fail_on, s.fail = "version", KeyError("server")
+    out, err = io.StringIO(), io.StringIO()
+    assert run_lines(s, ["version"], out, err) == 1
+    assert err.getvalue() == "error: internal error: KeyError: 'server'\n"
 
 
 def test_history_file_is_private(tmp_path: Path) -> None:

@@ -107,15 +107,9 @@ def test_int_tensors_are_rounded_not_truncated(tmp_path: Path) -> None:
     assert out.tolist() == [1, 2, -2]  # 0.75, 1.75, -1.75: rounded, where truncation gives 0, 1, -1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=WireError,
-    reason="fedsec bug: write_average turns a 0-d int tensor into a numpy scalar (np.rint of a 0-d array), "
-    "which write_file refuses; torch's BatchNorm num_batches_tracked is one",
-)
 @pytest.mark.parametrize("base", [False, True], ids=["full", "diff"])
 def test_scalar_int_tensor_is_averaged(tmp_path: Path, base: bool) -> None:
-    model = {"num_batches_tracked": np.array(0, np.int64), "w": np.zeros(2, np.float32)}
+    model: Arrays = {"num_batches_tracked": np.array(0, np.int64), "w": np.zeros(2, np.float32)}
     acc = Accumulator(arrays.specs_of(model))
     acc.add(_write(tmp_path, "a", {"num_batches_tracked": np.array(3, np.int64), "w": np.ones(2, np.float32)}), 1, "a")
     acc.add(_write(tmp_path, "b", {"num_batches_tracked": np.array(6, np.int64), "w": np.ones(2, np.float32)}), 2, "b")
