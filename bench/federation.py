@@ -29,6 +29,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = ROOT / "provision/secure_project.yml"
 SERVER, ADMIN = "server1", "admin@fedsec.local"
+_TICKS = os.sysconf("SC_CLK_TCK")
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S,%f"  # logging's asctime, as fedsec.logs writes it
 
 
@@ -84,6 +85,21 @@ def memory_mib(pid: int) -> tuple[float, float]:
     return values["VmRSS:"], values["VmHWM:"]
 
 
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state first); [] once it has gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return []
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of pid so far, from /proc; None once it has gone."""
+    fields = _stat(pid)
+    return (int(fields[11]) + int(fields[12])) / _TICKS if fields else None
+
+
 def reset_peak(pid: int) -> None:
     """Reset the kernel's VmHWM of pid to its current VmRSS (Linux clear_refs 5), so the peak is this run's."""
     try:
@@ -98,12 +114,14 @@ def children(parents: list[int], needle: str) -> list[int]:
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
+        fields = _stat(int(entry.name))
+        if not fields or int(fields[1]) not in parents:
+            continue
         try:
-            stat = Path(entry.path, "stat").read_text()
             cmdline = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if int(stat[stat.rindex(")") + 2 :].split()[1]) in parents and needle in cmdline:
+        if needle in cmdline:
             found.append(int(entry.name))
     return found
 
@@ -122,7 +140,8 @@ class Sampler:
     phase: str = ""  # a label stored with each tick: set it to split peaks by step
     ticks: list[tuple[str, dict[str, float]]] = field(default_factory=list)
     hwm: dict[str, float] = field(default_factory=dict)
-    seen: set[int] = field(default_factory=set)
+    seen: dict[int, str] = field(default_factory=dict)  # pid: its start time, to stop exactly it later
+    _cpu: dict[int, tuple[str, float, float]] = field(default_factory=dict)  # pid: role, first, last
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -142,11 +161,19 @@ class Sampler:
             for role, pids in self.roles.items():
                 tick[role] = 0.0
                 for pid in pids():
-                    self.seen.add(pid)
+                    self.seen.setdefault(pid, started(pid))
+                    used = cpu_seconds(pid)
+                    if used is not None:
+                        first = self._cpu[pid][1] if pid in self._cpu else used
+                        self._cpu[pid] = (role, first, used)
                     rss, hwm = memory_mib(pid)
                     tick[role] += rss
                     self.hwm[role] = max(self.hwm.get(role, 0.0), hwm)
             self.ticks.append((self.phase, tick))
+
+    def cpu(self, role: str) -> float:
+        """CPU seconds (user + system) the role's processes used while sampled."""
+        return sum(last - first for r, first, last in self._cpu.values() if r == role)
 
     def peak(self, *roles: str, phase: str | None = None) -> float:
         """The highest summed VmRSS of roles at one tick (of one phase, if given), MiB."""
@@ -176,8 +203,8 @@ class Federation:
         for name in ("start_fl.sh", "stop_fl.sh"):
             shutil.copy2(ROOT / "workspaces" / name, self.scripts / name)
         self.env = {**os.environ, "FEDSEC": str(Path(sys.executable).parent / "fedsec")}
-        self.pids: set[int] = set()  # every parent started, stopped by pid at the end
-        self.extra: set[int] = set()  # children seen (workflow, scripts), killed if left over
+        self.pids: dict[int, str] = {}  # pid: start time of every parent started, stopped at the end
+        self.extra: dict[int, str] = {}  # the same for children seen (workflow, scripts), if left over
 
     def kit(self, name: str) -> Path:
         return self.prod / name
@@ -191,16 +218,19 @@ class Federation:
 
     def start(self, n_clients: int) -> float:
         """Run start_fl.sh n_clients; return the epoch time just before it ran."""
-        started = time.time()
-        subprocess.run(
-            [str(self.scripts / "start_fl.sh"), str(n_clients), str(self.prod)],
-            check=True,
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-        )
-        self.pids.add(self.pid(SERVER))
-        self.pids.update(self.pid(f"site-{i}") for i in range(1, n_clients + 1))
-        return started
+        began = time.time()
+        try:
+            subprocess.run(
+                [str(self.scripts / "start_fl.sh"), str(n_clients), str(self.prod)],
+                check=True,
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+            )
+        finally:  # start_fl.sh removes each kit's daemon.pid before it starts it: these are this run's
+            for name in [SERVER, *(f"site-{i}" for i in range(1, n_clients + 1))]:
+                if (self.kit(name) / "daemon.pid").exists():
+                    self.pids[self.pid(name)] = started(self.pid(name))
+        return began
 
     def wait_registered(self, sites: list[str], start: int, timeout: float = 120.0) -> dict[str, float]:
         """Wait until the server log (from byte start) says every site registered; their first times."""
@@ -219,8 +249,8 @@ class Federation:
     def stop(self) -> None:
         """stop_fl.sh, then TERM/KILL by pid anything started here that is still alive."""
         subprocess.run([str(self.scripts / "stop_fl.sh")], env=self.env, stdout=subprocess.DEVNULL, check=False)
-        for pid in sorted(self.pids | self.extra):
-            _stop_pid(pid)
+        for pid, start in sorted((self.pids | self.extra).items()):
+            _stop_pid(pid, start)
         self.pids.clear()
         self.extra.clear()
 
@@ -241,22 +271,26 @@ class Federation:
         return "\n".join(f"----- {p.relative_to(self.prod)}\n{tail(p, n)}" for p in paths if p.exists())
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return state[state.rindex(")") + 2] != "Z"
+def started(pid: int) -> str:
+    """pid's start time (clock ticks after boot), which tells it from a later process given the same pid."""
+    fields = _stat(pid)
+    return fields[19] if fields else ""
 
 
-def _stop_pid(pid: int) -> None:
+def _alive(pid: int, start: str) -> bool:
+    fields = _stat(pid)
+    return bool(fields) and fields[0] != "Z" and fields[19] == start
+
+
+def _stop_pid(pid: int, start: str) -> None:
+    """TERM, then KILL after 5 s, the process pid if it is still the one that started at start."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        if not _alive(pid):
+        if not start or not _alive(pid, start):
             return
         try:
             os.kill(pid, sig)
         except ProcessLookupError:
             return
         deadline = time.monotonic() + 5
-        while _alive(pid) and time.monotonic() < deadline:
+        while _alive(pid, start) and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from bench.federation import ADMIN, SERVER, Federation, Sampler, children, memory_mib, tail, timed_lines
+from bench.federation import ADMIN, SERVER, Federation, Sampler, children, memory_mib, reset_peak, tail, timed_lines
 from fedsec.api import Session
 from fedsec.jobs import FedAvgRecipe
 from fedsec.wire import arrays
@@ -158,12 +158,13 @@ def measure_job(fed: Federation, tmp: Path, rounds: int, train_seconds: float) -
         "clients": lambda: clients,
         "scripts": lambda: children(clients, SCRIPT.name),
     }
-    with Session(fed.kit(ADMIN)) as session, Sampler(roles) as sampler:
+    for pid in (server, *clients):
+        reset_peak(pid)  # VmHWM from here on: this job's peak
+    with Session(fed.kit(ADMIN)) as session, Sampler(roles, seen=fed.extra) as sampler:
         started = time.perf_counter()
         job_id = session.submit_job(job)
         info = session.wait_for_job(job_id, timeout=60 + rounds * (train_seconds + 60), poll=0.2)
         elapsed = time.perf_counter() - started
-    fed.extra |= sampler.seen
     workflow_log = fed.kit(SERVER) / "store" / "jobs" / job_id / "workflow.log"
     if info.status != "finished:completed":
         print(f"c. job {job_id} ended {info.status}: {info.reason}")
@@ -189,9 +190,9 @@ def measure_job(fed: Federation, tmp: Path, rounds: int, train_seconds: float) -
     print("d. peak VmRSS during the job (0.2 s samples; VmHWM = the kernel's peak for one process):")
     print(f"     server parent + workflow (summed per sample): {sampler.peak('server', 'workflow'):.1f} MiB")
     for role in roles:
-        print(
-            f"     {role:<9} sampled peak {sampler.peak(role):7.1f} MiB   max VmHWM {sampler.hwm.get(role, 0):7.1f} MiB"
-        )
+        peak, hwm, cpu = sampler.peak(role), sampler.hwm.get(role, 0.0), sampler.cpu(role)
+        print(f"     {role:<9} sampled peak {peak:7.1f} MiB   max VmHWM {hwm:7.1f} MiB   CPU {cpu:6.2f} s")
+    print("     (clients, scripts: the 8 processes summed; VmHWM: the largest one; CPU: used during the job)")
 
 
 def main() -> None:

@@ -104,20 +104,22 @@ def report_memory(fed: Federation, sampler: Sampler, size: int, idle: dict[str, 
     print(f"peak resident memory (MiB; the model container is {size / MIB:.0f} MiB):")
     phases = ("submit", "run", "download")
     head = "".join(f"{p:>9}" for p in phases)
-    print(f"  {'process':<9} {'idle':>6} {head} {'VmHWM':>8} {'peak-idle':>10} {'x model':>8}")
+    print(f"  {'process':<9} {'idle':>6} {head} {'VmHWM':>8} {'peak-idle':>10} {'x model':>8} {'CPU s':>7}")
     for role in sampler.roles:
         peaks = "".join(f"{sampler.peak(role, phase=p):9.1f}" for p in phases)
         peak, hwm = sampler.peak(role), sampler.hwm.get(role, 0.0)
         base = idle.get(role, 0.0)
         extra = max(peak, hwm) - base
-        print(f"  {role:<9} {base:6.1f} {peaks} {hwm:8.1f} {extra:10.1f} {extra * MIB / size:8.2f}")
+        ratio, cpu = extra * MIB / size, sampler.cpu(role)
+        print(f"  {role:<9} {base:6.1f} {peaks} {hwm:8.1f} {extra:10.1f} {ratio:8.2f} {cpu:7.2f}")
     logs = sorted(fed.kit(SITE).glob("jobs/*/log.txt"))
     for path in logs:
         for line in path.read_text(errors="replace").splitlines():
             if "vmhwm_kib=" in line:
                 print(f"  script's own VmHWM at exit: {int(line.rsplit('=', 1)[1]) / 1024:.1f} MiB")
     print("  (idle: before the job; submit/run/download: sampled VmRSS peak during submit_job, submit to")
-    print("   finished, download_job_result; VmHWM: the kernel's peak since submit; x model: (peak - idle) / model)")
+    print("   finished, download_job_result; VmHWM: the kernel's peak since submit; x model: (peak - idle) / model;")
+    print("   CPU s: CPU seconds used while sampled)")
 
 
 def main() -> None:
@@ -147,9 +149,8 @@ def main() -> None:
             idle = {name: memory_mib(pid)[0] for name, pid in (("server", server), ("client", client), ("admin", me))}
             for pid in (server, client, me):
                 reset_peak(pid)  # VmHWM from here on: this job's peak, not the model's construction
-            with Sampler(roles) as sampler:
+            with Sampler(roles, seen=fed.extra) as sampler:  # children seen get stopped too
                 failure = run_job(fed, tmp, job, sampler)
-            fed.extra |= sampler.seen
             report_memory(fed, sampler, size, idle)
             if failure is not None:
                 print(f"FAILED: {failure}")

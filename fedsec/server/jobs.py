@@ -63,6 +63,7 @@ class JobManager:
         self._alive_sites = alive_sites  # () -> frozenset[str]
         self._lock = threading.Condition()
         self._workflows: dict[str, _Workflow] = {}
+        self._ending: set[str] = set()
         self._version = 1
         self._stop = threading.Event()
         self._threads = [
@@ -286,7 +287,11 @@ class JobManager:
             try:
                 for record in self._store.unfinished():
                     with self._lock:
-                        busy = record.job_id in self._workflows or len(self._workflows) >= limits.MAX_RUNNING_JOBS
+                        busy = (
+                            record.job_id in self._workflows
+                            or record.job_id in self._ending
+                            or len(self._workflows) >= limits.MAX_RUNNING_JOBS
+                        )
                     if not busy:
                         self._start(record)
             except FedsecError:
@@ -297,7 +302,10 @@ class JobManager:
     def _start(self, record: JobRecord) -> None:
         job_dir = self._store.job_dir(record.job_id)
         resumed = record.status is JobStatus.RUNNING
-        record = self._store.set_running(record.job_id)
+        try:
+            record = self._store.set_running(record.job_id)
+        except JobError:  # it finished since the scheduler listed it
+            return
         sock = socket_path(self._run_dir, f"wf-{record.job_id[:8]}.sock")
         argv = [sys.executable, "-m", "fedsec.workflow", "--job-dir", str(job_dir), "--job-id", record.job_id]
         proc = _proc.start(
@@ -344,11 +352,16 @@ class JobManager:
     def _end(self, job_id: str, status: JobStatus, reason: str) -> JobRecord:
         with self._lock:
             flow = self._workflows.pop(job_id, None)
-        if flow is not None:
-            _proc.stop(flow.proc)
-            flow.channel.close()
-        self._sync_round(job_id)
-        record = self._store.finish(job_id, status, reason)  # first final status wins
+            self._ending.add(job_id)  # keeps the scheduler from starting it again meanwhile
+        try:
+            if flow is not None:
+                _proc.stop(flow.proc)
+                flow.channel.close()
+            self._sync_round(job_id)
+            record = self._store.finish(job_id, status, reason)  # first final status wins
+        finally:
+            with self._lock:
+                self._ending.discard(job_id)
         self._bump()
         if flow is not None:
             log.info("job=%s ended status=%s", job_id, record.status.value)
