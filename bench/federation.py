@@ -250,7 +250,8 @@ class Federation:
         """stop_fl.sh, then TERM/KILL by pid anything started here that is still alive."""
         subprocess.run([str(self.scripts / "stop_fl.sh")], env=self.env, stdout=subprocess.DEVNULL, check=False)
         for pid, start in sorted((self.pids | self.extra).items()):
-            _stop_pid(pid, start)
+            if pid != os.getpid():  # a Sampler may have watched this process too
+                _stop_pid(pid, start)
         self.pids.clear()
         self.extra.clear()
 

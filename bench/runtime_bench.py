@@ -15,7 +15,7 @@ workspaces/start_fl.sh, every process a separate `fedsec` process on this machin
      minus the slowest site's own time from receive() returning to just before send().
   d. peak VmRSS of server parent + workflow process during that job (/proc every 0.2 s).
 Prints the figures; asserts nothing about time.
-Run: .venv/bin/python -m bench.runtime_bench
+Run: .venv/bin/python bench/runtime_bench.py
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import itertools
 import os
 import re
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -34,10 +35,23 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from bench.federation import ADMIN, SERVER, Federation, Sampler, children, memory_mib, reset_peak, tail, timed_lines
-from fedsec.api import Session
-from fedsec.jobs import FedAvgRecipe
-from fedsec.wire import arrays
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # so that `python bench/NAME.py` finds the bench package
+
+from bench.federation import (  # noqa: E402
+    ADMIN,
+    SERVER,
+    Federation,
+    Sampler,
+    children,
+    memory_mib,
+    reset_peak,
+    tail,
+    timed_lines,
+)
+from fedsec.api import Session  # noqa: E402
+from fedsec.jobs import FedAvgRecipe  # noqa: E402
+from fedsec.wire import arrays  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parent / "scripts" / "sleep_client.py"
 N_SITES = 8

@@ -11,13 +11,14 @@ Prints the wall time of each step and the peak resident memory of the server par
 the workflow process, the client parent, the training script and this process (the
 admin), sampled from /proc every 0.2 s, with each process's VmHWM. A step that fails
 is reported with its error and the logs; nothing is worked around. Asserts nothing
-about time. Run: .venv/bin/python -m bench.stream_bench
+about time. Run: .venv/bin/python bench/stream_bench.py
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,10 +26,23 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from bench.federation import ADMIN, SERVER, Federation, Sampler, children, memory_mib, reset_peak, tail, timed_lines
-from fedsec.api import Session
-from fedsec.errors import FedsecError
-from fedsec.jobs import FedAvgRecipe
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # so that `python bench/NAME.py` finds the bench package
+
+from bench.federation import (  # noqa: E402
+    ADMIN,
+    SERVER,
+    Federation,
+    Sampler,
+    children,
+    memory_mib,
+    reset_peak,
+    tail,
+    timed_lines,
+)
+from fedsec.api import Session  # noqa: E402
+from fedsec.errors import FedsecError  # noqa: E402
+from fedsec.jobs import FedAvgRecipe  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parent / "scripts" / "sleep_client.py"
 SITE = "site-1"

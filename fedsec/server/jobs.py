@@ -39,6 +39,7 @@ from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc
 log = logging.getLogger(__name__)
 
 _READY_SECONDS = 30.0
+_INCOMPLETE_SECONDS = 60.0  # a record whose files are still missing after this was cut off mid-submission
 _SIGNATURE = "job.sig"  # the submitting admin's signature of job.zip
 _SITES = "sites"  # per-site reports: <site>.json
 
@@ -286,6 +287,8 @@ class JobManager:
         while not self._stop.is_set():
             try:
                 for record in self._store.unfinished():
+                    if not self._submitted_whole(record):
+                        continue
                     with self._lock:
                         busy = (
                             record.job_id in self._workflows
@@ -298,6 +301,14 @@ class JobManager:
                 log.exception("scheduler error")
             with self._lock:
                 self._lock.wait(1.0)
+
+    def _submitted_whole(self, record: JobRecord) -> bool:
+        """Whether a job's files are in place (its folder is renamed in last, after the record is made)."""
+        if (self._store.job_path(record.job_id) / "job").is_dir():
+            return True
+        if time.time() - record.submit_time > _INCOMPLETE_SECONDS:
+            self._store.finish(record.job_id, JobStatus.FAILED, "the submission never completed (server stopped?)")
+        return False
 
     def _start(self, record: JobRecord) -> None:
         job_dir = self._store.job_dir(record.job_id)
