@@ -148,3 +148,19 @@ def host_info() -> dict[str, object]:
         "memory_gib": round(pages / 2**30, 1),
         "pid": os.getpid(),
     }
+
+
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+
+
+def tune_malloc() -> None:
+    """Make glibc return memory to the system: few arenas, large blocks mmap'd.
+
+    Long-lived fedsec processes move many short-lived multi-MiB buffers between
+    threads; with glibc's defaults they pile up in per-thread arenas and the
+    resident size only grows. Call once at the start of a process, before threads.
+    """
+    if _LIBC is not None and hasattr(_LIBC, "mallopt"):
+        _LIBC.mallopt(_M_ARENA_MAX, 2)
+        _LIBC.mallopt(_M_MMAP_THRESHOLD, 256 << 10)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fedsec import __version__
+from fedsec import __version__, _proc
 from fedsec.errors import EXIT_OK, ConfigError, FedsecError
 
 
@@ -52,6 +52,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
     from fedsec.kit import load_kit
     from fedsec.server.app import run_server
 
+    _proc.tune_malloc()
     logs.setup(args.log_level)
     return run_server(load_kit(Path(args.kit)), listen=args.listen)
 
@@ -61,6 +62,7 @@ def _cmd_client(args: argparse.Namespace) -> int:
     from fedsec.kit import load_kit
     from fedsec.site.agent import run_site
 
+    _proc.tune_malloc()
     logs.setup(args.log_level)
     return run_site(load_kit(Path(args.kit)))
 

@@ -40,6 +40,18 @@ start_kit() {
   "$1/startup/start.sh"
   echo "$1" >>"$HERE/.started_kits"
 }
+# The server first, until it listens: sites started meanwhile would only compete for the CPU and back off.
+log="$server/log.txt"
+offset=$(( $(stat -c %s "$log" 2>/dev/null || echo 0) + 1 ))
 start_kit "$server"
+for _ in $(seq 300); do
+  tail -c +"$offset" "$log" 2>/dev/null | grep -q " listening " && break
+  if ! kill -0 "$(cat "$server/daemon.pid")" 2>/dev/null; then
+    echo "$0: the server exited; see $log" >&2
+    tail -n 5 "$log" >&2
+    exit 1
+  fi
+  sleep 0.02
+done
 for ((i = 0; i < N; i++)); do start_kit "${clients[$i]}"; done
 echo "started the server and $N clients of $PROD; stop them with $HERE/stop_fl.sh"

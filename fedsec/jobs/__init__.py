@@ -8,6 +8,20 @@ imports or runs a job's code.
 
 from fedsec.jobs.archive import pack, unpack
 from fedsec.jobs.meta import AppConfig, JobMeta, load_job_folder
-from fedsec.jobs.recipe import FedAvgRecipe
+
+# FedAvgRecipe needs numpy: it is imported on first use, so the server and site
+# parent processes (which use only the folder format and archives) stay light.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from fedsec.jobs.recipe import FedAvgRecipe
+
+
+def __getattr__(name: str) -> object:
+    if name == "FedAvgRecipe":
+        from fedsec.jobs.recipe import FedAvgRecipe
+
+        return FedAvgRecipe
+    raise AttributeError(f"module 'fedsec.jobs' has no attribute {name!r}")
+
 
 __all__ = ["AppConfig", "FedAvgRecipe", "JobMeta", "load_job_folder", "pack", "unpack"]

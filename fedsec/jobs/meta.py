@@ -29,7 +29,6 @@ import yaml
 
 from fedsec import _fs, _schema, limits
 from fedsec.errors import ConfigError, JobError, WireError
-from fedsec.wire import arrays
 
 FORMAT = "fedsec-job/1"
 META_FILE = "meta.yml"
@@ -236,6 +235,8 @@ def _check_inside(folder: Path, rel: str, where: str) -> Path:
 def _check_model(path: Path, where: str) -> None:
     """The initial model's header must be a valid array container (its data is read later)."""
     try:
+        from fedsec.wire import arrays  # numpy: only when a job is checked, not at import
+
         arrays.read_specs(path, where)
     except WireError as exc:
         raise ConfigError(str(exc)) from exc

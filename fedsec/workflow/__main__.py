@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from fedsec import _fs, logs
+from fedsec import _fs, _proc, logs
 from fedsec.errors import FedsecError
 from fedsec.jobs import load_job_folder
 from fedsec.jobs.meta import meta_to_json
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job-id", required=True)
     parser.add_argument("--socket", required=True, type=Path)
     args = parser.parse_args(argv)
+    _proc.tune_malloc()
     logs.setup()
     workspace = args.job_dir / "workspace"
     workspace.mkdir(exist_ok=True, mode=0o700)
