@@ -75,6 +75,27 @@ def _cmd_admin(args: argparse.Namespace) -> int:
     return run_admin(Path(args.kit), args.commands or ())
 
 
+def _cmd_he_decrypt(args: argparse.Namespace) -> int:
+    from fedsec import _fs, limits
+    from fedsec.he.codec import decrypt_model
+    from fedsec.he.context import load_client_context
+    from fedsec.wire import arrays
+
+    context = load_client_context(
+        _fs.read_bounded(Path(args.context), limits.MAX_KIT_FILE_BYTES, "HE context"), args.context
+    )
+    source = Path(args.result)
+    if source.is_dir():
+        source = source / "global_model.fsh"
+    params, weight = decrypt_model(
+        context, _fs.read_bounded(source, limits.MAX_MODEL_BYTES, "encrypted model"), str(source)
+    )
+    out = Path(args.output) if args.output else source.with_suffix(".fsa")
+    arrays.write_file(out, params)
+    print(f"decrypted {source} ({len(params)} tensors, total weight {weight:g}) into {out}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedsec", description="fedsec: secure federated learning (provision, run and administer a federation)."
@@ -154,6 +175,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=_cmd_admin)
+
+    p = sub.add_parser("he", help="homomorphic encryption tools", description="Homomorphic encryption tools.")
+    he_sub = p.add_subparsers(dest="he_command", metavar="HE_COMMAND", required=True)
+    p = he_sub.add_parser(
+        "decrypt",
+        help="decrypt a downloaded encrypted global model with a site's HE context",
+        description="Decrypt an HE job's global model (global_model.fsh, or a downloaded result folder holding it) "
+        "with a site's client_context.tenseal, into plain weights (an .fsa array container).",
+    )
+    p.add_argument(
+        "--context", required=True, metavar="CLIENT_CONTEXT", help="a site kit's startup/client_context.tenseal"
+    )
+    p.add_argument("result", metavar="RESULT", help="global_model.fsh or the downloaded result folder")
+    p.add_argument("-o", "--output", metavar="FILE", help="where to write (default: next to the input, .fsa)")
+    p.set_defaults(func=_cmd_he_decrypt)
     return parser
 
 

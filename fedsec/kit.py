@@ -22,6 +22,8 @@ from fedsec.pki import certs, signing
 
 KIT_FORMAT = "fedsec-kit/1"
 ROOT_CA_FILE = "rootCA.pem"
+HE_CLIENT_CONTEXT = "client_context.tenseal"  # sites: the HE context with the shared secret key
+HE_SERVER_CONTEXT = "server_context.tenseal"  # the server: an HE context with no key
 CONFIG_FILES = {
     certs.Kind.SERVER: "fed_server.json",
     certs.Kind.CLIENT: "fed_client.json",

@@ -23,7 +23,7 @@ import numpy as np
 
 from fedsec import limits
 from fedsec.errors import FedsecError, JobError, WireError
-from fedsec.jobs.env import ENV_JOB_ID, ENV_SITE, ENV_SOCKET
+from fedsec.jobs.env import ENV_HE_CONTEXT, ENV_JOB_ID, ENV_SITE, ENV_SOCKET
 from fedsec.transport.local import unix_channel
 from fedsec.wire import arrays, fedsec_pb2, fedsec_pb2_grpc, streams
 
@@ -60,6 +60,19 @@ class _Link:
     site: str
     running: bool = True
     last: FLModel | None = None
+    he_context: Any = None  # loaded on the first encrypted task
+
+
+def _he_context(link: _Link) -> Any:
+    """This site's HE context (with the secret key), from the path the site put in the environment."""
+    if link.he_context is None:
+        from fedsec.he.context import load_client_context
+
+        path = os.environ.get(ENV_HE_CONTEXT)
+        if not path:
+            raise JobError("this job uses homomorphic encryption but the site has no HE context (provision with HE)")
+        link.he_context = load_client_context(Path(path).read_bytes(), f"HE context {path}")
+    return link.he_context
 
 
 _link: _Link | None = None
@@ -131,8 +144,16 @@ def _fetch(link: _Link, request: fedsec_pb2.TaskRequest) -> FLModel | None:
         return None
     payload = streams.receive_bytes(_data(parts), header.payload, limits.MAX_MODEL_BYTES, "global model")
     meta = _meta(header.meta_json)
+    if meta.get("encrypted"):
+        from fedsec.he.codec import decrypt_model
+
+        params, _ = decrypt_model(_he_context(link), payload, "global model")
+        if header.task == "evaluate":  # the final model: this site keeps it, decrypted, in its job folder
+            arrays.write_file(Path("global_model.fsa"), params)
+    else:
+        params = arrays.decode(payload, "global model")
     return FLModel(
-        params=arrays.decode(payload, "global model"),
+        params=params,
         params_type=ParamsType.FULL,
         meta=meta,
         current_round=header.current_round,
@@ -172,10 +193,14 @@ def send(model: FLModel) -> bool:
     if len(model.metrics) > limits.MAX_METRICS:
         raise WireError(f"more than {limits.MAX_METRICS} metrics")
     metrics = {str(k): float(v) for k, v in model.metrics.items()}
-    meta = json.dumps({**model.meta, "params_type": model.params_type.value})
+    he = task.meta.get("he")
+    if he:
+        meta, payload = _encrypted_result(link, task, model, he)
+    else:
+        meta = json.dumps({**model.meta, "params_type": model.params_type.value})
+        payload = arrays.encode(model.params) if model.params is not None else b""
     if len(meta) > limits.MAX_META_JSON_BYTES:
         raise WireError("meta is larger than its limit")
-    payload = arrays.encode(model.params) if model.params is not None else b""
     digest = hashlib.sha256(payload).digest()
     header = fedsec_pb2.ResultHeader(
         job_id=link.job_id,
@@ -196,6 +221,30 @@ def send(model: FLModel) -> bool:
     if not reply.accepted:
         log.warning("fedsec: result for round %d refused: %s", task.current_round, reply.reason)
     return bool(reply.accepted)
+
+
+def _encrypted_result(link: _Link, task: FLModel, model: FLModel, he: dict[str, Any]) -> tuple[str, bytes]:
+    """(meta, payload) of a result in an HE job: the full weights, weighted and encrypted.
+
+    The server sees neither the weights nor num_examples: the weight rides inside
+    the ciphertexts, so the meta carries nothing but the params type.
+    """
+    if model.params is None:
+        return json.dumps({"encrypted": True}), b""
+    from fedsec.he.codec import encrypt_model
+
+    params = model.params
+    if model.params_type is ParamsType.DIFF:
+        if task.params is None:
+            raise JobError("a weight difference needs the received global model")
+        params = {k: (task.params[k] + v).astype(task.params[k].dtype) for k, v in params.items()}
+    max_examples = int(he.get("max_examples", 1))
+    examples = model.meta.get("num_examples", max_examples)
+    if isinstance(examples, bool) or not isinstance(examples, int | float) or examples <= 0:
+        raise JobError(f"num_examples must be a positive number, got {examples!r}")
+    weight = min(float(examples), max_examples) / max_examples
+    payload = encrypt_model(_he_context(link), params, weight, float(he.get("clip", 4.0)))
+    return json.dumps({"params_type": "full", "encrypted": True}), payload
 
 
 def _retry(call: Any, what: str) -> Any:

@@ -21,7 +21,7 @@ import dataclasses
 import enum
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -78,12 +78,26 @@ class ScriptConfig:
 
 
 @dataclass(frozen=True)
+class HEConfig:
+    """config.yml's he section: homomorphic encryption of the updates (the project must provision it).
+
+    Each site's weight is min(num_examples, max_examples) / max_examples; values are
+    clipped to [-clip, clip] before they are quantised (fedsec.he.params).
+    """
+
+    enabled: bool = False
+    clip: float = 4.0
+    max_examples: int = 1
+
+
+@dataclass(frozen=True)
 class AppConfig:
     """app/config.yml: initial_model is relative to app/."""
 
     workflow: WorkflowConfig
     script: ScriptConfig
     initial_model: str
+    he: HEConfig = field(default_factory=HEConfig)
 
 
 def load_job_folder(folder: Path) -> tuple[JobMeta, AppConfig]:
@@ -147,6 +161,9 @@ def parse_app_config(raw: Any) -> AppConfig:
         check_workflow(config.workflow)
         check_script(config.script)
         check_relative_path("initial_model", config.initial_model)
+        check_he(config.he)
+        if config.he.enabled and not config.workflow.evaluate_final:
+            raise ConfigError("he.enabled: needs workflow.evaluate_final (that task brings the sites the final model)")
     except ConfigError as exc:
         raise ConfigError(f"{CONFIG_FILE}: {exc}") from exc
     return config
@@ -162,6 +179,14 @@ def check_workflow(workflow: WorkflowConfig) -> None:
         value = getattr(workflow, key)
         if not (math.isfinite(value) and 0.0 < value <= MAX_TIMEOUT):
             raise ConfigError(f"workflow.{key}: must be more than 0 and at most {MAX_TIMEOUT:.0f} seconds, got {value}")
+
+
+def check_he(he: HEConfig) -> None:
+    """Check the bounds of an he section; raises ConfigError naming the key."""
+    if not (math.isfinite(he.clip) and 0.0 < he.clip <= 1e6):
+        raise ConfigError(f"he.clip: must be more than 0 and at most 1e6, got {he.clip}")
+    if not 1 <= he.max_examples <= 10**12:
+        raise ConfigError(f"he.max_examples: must be between 1 and 10**12, got {he.max_examples}")
 
 
 def check_script(script: ScriptConfig) -> None:

@@ -30,6 +30,7 @@ from fedsec.jobs.meta import (
     AppConfig,
     JobMeta,
     WorkflowKind,
+    check_he,
     check_meta,
     check_script,
     check_workflow,
@@ -72,6 +73,9 @@ class FedAvgRecipe:
         round_timeout: float = 600.0,
         start_timeout: float = 120.0,
         evaluate_final: bool = True,
+        he: bool = False,
+        he_clip: float = 4.0,
+        he_max_examples: int = 1,
     ) -> None:
         self._where = f"FedAvgRecipe {name!r}"
         for arg, value in (("script_args", script_args), ("custom_files", custom_files), ("sites", sites)):
@@ -91,6 +95,7 @@ class FedAvgRecipe:
             },
             "script": {"path": self.train_script.name, "args": list(script_args)},
             "initial_model": INITIAL_MODEL_FILE,
+            "he": {"enabled": he, "clip": he_clip, "max_examples": he_max_examples},
         }
         try:
             self.meta: JobMeta = _schema.build(JobMeta, raw_meta, "")
@@ -98,6 +103,7 @@ class FedAvgRecipe:
             self.app_config: AppConfig = _schema.build(AppConfig, raw_config, "")
             check_workflow(self.app_config.workflow)
             check_script(self.app_config.script)
+            check_he(self.app_config.he)
         except ConfigError as exc:
             raise JobError(f"{self._where}: {exc}") from exc
         self._check_files()

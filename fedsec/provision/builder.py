@@ -19,7 +19,17 @@ from cryptography import x509
 
 from fedsec import _fs
 from fedsec.errors import ConfigError, KitError
-from fedsec.kit import CONFIG_FILES, KIT_FORMAT, ROOT_CA_FILE, AdminConfig, ClientConfig, ServerConfig, ServerEndpoint
+from fedsec.kit import (
+    CONFIG_FILES,
+    HE_CLIENT_CONTEXT,
+    HE_SERVER_CONTEXT,
+    KIT_FORMAT,
+    ROOT_CA_FILE,
+    AdminConfig,
+    ClientConfig,
+    ServerConfig,
+    ServerEndpoint,
+)
 from fedsec.pki import certs, signing
 from fedsec.provision import templates
 from fedsec.provision.project import AdminSpec, ClientSpec, Project, ServerSpec
@@ -27,6 +37,8 @@ from fedsec.provision.project import AdminSpec, ClientSpec, Project, ServerSpec
 STATE_DIR = "state"
 _ROOT_KEY = "rootCA.key"
 _PROD_RE = re.compile(r"prod_(\d{2,})")
+_HE_CLIENT = "he_client_context.tenseal"
+_HE_SERVER = "he_server_context.tenseal"
 
 
 @dataclass(frozen=True)
@@ -57,10 +69,14 @@ def provision(project: Project, workspace: Path) -> ProvisionResult:
             _fs.write_atomic(staging / STATE_DIR / ROOT_CA_FILE, certs.cert_pem(ca_cert))
         else:
             ca_key, ca_cert = existing
+        he = _he_contexts(state, staging / STATE_DIR) if project.features.he.enabled else None
         prod = staging / prod_name
-        kits = tuple(_build_kit(prod, project, spec, ca_key, ca_cert) for spec in project.participants)
+        kits = tuple(_build_kit(prod, project, spec, ca_key, ca_cert, he) for spec in project.participants)
         if existing is None:
             (staging / STATE_DIR).rename(state)
+        elif he is not None and not (state / _HE_CLIENT).exists():  # HE turned on for an existing project
+            for name in (_HE_CLIENT, _HE_SERVER):
+                (staging / STATE_DIR / name).rename(state / name)
         prod.rename(project_dir / prod_name)
     except BaseException:
         if created_project_dir:
@@ -88,6 +104,19 @@ def _load_root(state: Path) -> tuple[certs.PrivateKey, x509.Certificate] | None:
     return key, cert
 
 
+def _he_contexts(state: Path, staging_state: Path) -> tuple[bytes, bytes]:
+    """The project's HE contexts (client, server): made once, kept in state/ so every prod_NN shares them."""
+    if (state / _HE_CLIENT).exists():
+        return (state / _HE_CLIENT).read_bytes(), (state / _HE_SERVER).read_bytes()
+    from fedsec.he.context import make_contexts  # tenseal: only when a project enables HE
+
+    client, server = make_contexts()
+    staging_state.mkdir(mode=0o700, exist_ok=True)
+    _fs.write_secret(staging_state / _HE_CLIENT, client)
+    _fs.write_atomic(staging_state / _HE_SERVER, server)
+    return client, server
+
+
 def _next_prod(project_dir: Path) -> int:
     numbers = [
         int(m.group(1))
@@ -103,6 +132,7 @@ def _build_kit(
     spec: ServerSpec | ClientSpec | AdminSpec,
     ca_key: certs.PrivateKey,
     ca_cert: x509.Certificate,
+    he: tuple[bytes, bytes] | None,
 ) -> Path:
     kit = prod / spec.name
     startup, local = kit / "startup", kit / "local"
@@ -142,6 +172,10 @@ def _build_kit(
     _fs.write_secret(startup / f"{spec.name}.key", certs.key_pem(key))
     _fs.write_atomic(startup / f"{spec.name}.crt", certs.cert_pem(cert))
     _fs.write_atomic(startup / ROOT_CA_FILE, certs.cert_pem(ca_cert))
+    if he is not None and identity.kind is certs.Kind.CLIENT:
+        _fs.write_secret(startup / HE_CLIENT_CONTEXT, he[0])  # holds the secret key shared by the sites
+    elif he is not None and identity.kind is certs.Kind.SERVER:
+        _fs.write_atomic(startup / HE_SERVER_CONTEXT, he[1])  # no key at all: the server only adds
     body = json.dumps(dataclasses.asdict(config), indent=2) + "\n"
     _fs.write_atomic(startup / CONFIG_FILES[identity.kind], body.encode())
     for fname, text in scripts.items():

@@ -26,7 +26,7 @@ class Validity:
 
 @dataclass(frozen=True)
 class HEFeature:
-    """Homomorphic encryption of model updates (filled in by the HE work)."""
+    """Homomorphic encryption of model updates: BFV contexts for the sites and the server (fedsec.he.params)."""
 
     enabled: bool = False
 
@@ -115,8 +115,6 @@ def parse_project(raw: Any) -> Project:
             raise ConfigError(f"validity.{key}: must be between 1 and {limits.MAX_VALIDITY_DAYS} days")
     if v.leaf_days > v.root_days:
         raise ConfigError("validity.leaf_days: longer than validity.root_days")
-    if doc.features.he.enabled:
-        raise ConfigError("features.he.enabled: homomorphic encryption is not available in this version of fedsec")
     if not doc.participants:
         raise ConfigError("participants: the list is empty")
     if len(doc.participants) > limits.MAX_PARTICIPANTS:

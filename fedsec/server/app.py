@@ -18,7 +18,7 @@ import grpc
 
 from fedsec import _proc
 from fedsec.errors import ConfigError, KitError
-from fedsec.kit import Kit, ServerConfig, read_ca
+from fedsec.kit import HE_SERVER_CONTEXT, Kit, ServerConfig, read_ca
 from fedsec.pki.certs import Kind
 from fedsec.server.admin_service import AdminContext, AdminService
 from fedsec.server.audit import AuditLog
@@ -65,7 +65,10 @@ def run_server(kit: Kit, listen: str | None = None) -> int:
         lambda alive: holder[0].sites_changed(alive) if holder else None,
         kit.root / "store" / "removed_sites.json",
     )
-    jobs = JobManager(store, kit.root / "run", registry.alive, read_ca(kit))
+    he_context = kit.startup / HE_SERVER_CONTEXT
+    jobs = JobManager(
+        store, kit.root / "run", registry.alive, read_ca(kit), he_context if he_context.exists() else None
+    )
     holder.append(jobs)
     creds = server_credentials(kit)
     stop = threading.Event()

@@ -57,8 +57,11 @@ class _Workflow:
 class JobManager:
     """Job submission, scheduling, relaying and ending on the server."""
 
-    def __init__(self, store: JobStore, run_dir: Path, alive_sites: Any, root_ca: x509.Certificate) -> None:
+    def __init__(
+        self, store: JobStore, run_dir: Path, alive_sites: Any, root_ca: x509.Certificate, he_context: Path | None
+    ) -> None:
         self._store = store
+        self._he_context = he_context
         self._root_ca = root_ca
         self._run_dir = run_dir
         self._alive_sites = alive_sites  # () -> frozenset[str]
@@ -319,9 +322,10 @@ class JobManager:
             return
         sock = socket_path(self._run_dir, f"wf-{record.job_id[:8]}.sock")
         argv = [sys.executable, "-m", "fedsec.workflow", "--job-dir", str(job_dir), "--job-id", record.job_id]
-        proc = _proc.start(
-            [*argv, "--socket", str(sock)], cwd=job_dir, env=_child_env(), log_path=job_dir / "workflow.log"
-        )
+        argv += ["--socket", str(sock)]
+        if self._he_context is not None:
+            argv += ["--he-context", str(self._he_context)]
+        proc = _proc.start(argv, cwd=job_dir, env=_child_env(), log_path=job_dir / "workflow.log")
         channel = unix_channel(sock)
         sites = frozenset(json.loads(record.meta_json).get("sites", []))
         flow = _Workflow(record.job_id, sites, proc, channel, fedsec_pb2_grpc.WorkflowStub(channel))

@@ -23,8 +23,9 @@ from cryptography import x509
 from fedsec import _fs, _proc, limits
 from fedsec.errors import AuthError, FedsecError, JobError
 from fedsec.jobs import load_job_folder, unpack
-from fedsec.jobs.env import ENV_JOB_ID, ENV_SITE, ENV_SOCKET
+from fedsec.jobs.env import ENV_HE_CONTEXT, ENV_JOB_ID, ENV_SITE, ENV_SOCKET
 from fedsec.jobs.signing import JobSignature, verify_archive
+from fedsec.kit import HE_CLIENT_CONTEXT
 from fedsec.site.policy import load_site_policy
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,9 @@ class JobRunner:
             "PYTHONPATH": os.pathsep.join(p for p in (str(custom), os.environ.get("PYTHONPATH", "")) if p),
             "PYTHONUNBUFFERED": "1",
         }
+        he_context = self._kit_root / "startup" / HE_CLIENT_CONTEXT
+        if he_context.exists():
+            env[ENV_HE_CONTEXT] = str(he_context)
         log_path = job_dir / "log.txt"
         proc = _proc.start([sys.executable, str(script), *app.script.args], cwd=work, env=env, log_path=log_path)
         job = _Job(job_id, proc, log_path)

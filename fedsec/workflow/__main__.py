@@ -18,7 +18,6 @@ from types import FrameType
 from fedsec import _fs, _proc, logs
 from fedsec.errors import FedsecError
 from fedsec.jobs import load_job_folder
-from fedsec.jobs.meta import meta_to_json
 from fedsec.transport.local import serve_unix
 from fedsec.wire import fedsec_pb2_grpc
 from fedsec.workflow.fedavg import FedAvg
@@ -32,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job-dir", required=True, type=Path)
     parser.add_argument("--job-id", required=True)
     parser.add_argument("--socket", required=True, type=Path)
+    parser.add_argument("--he-context", type=Path, help="the server's HE context (no secret key)")
     args = parser.parse_args(argv)
     _proc.tune_malloc()
     logs.setup()
@@ -44,8 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_term)
     try:
         meta, app = load_job_folder(args.job_dir / "job")
-        fedavg = FedAvg(args.job_id, args.job_dir / "job", workspace, meta, app)
-        service = WorkflowService(fedavg, meta_to_json(meta), app.workflow.num_rounds)
+        he_context = None
+        if app.he.enabled and args.he_context is not None:
+            from fedsec.he.context import load_server_context  # tenseal: only in HE jobs
+
+            he_context = load_server_context(args.he_context.read_bytes(), f"server HE context {args.he_context}")
+        fedavg = FedAvg(args.job_id, args.job_dir / "job", workspace, meta, app, he_context)
+        service = WorkflowService(fedavg, app.workflow.num_rounds)
         server = serve_unix(args.socket, lambda s: fedsec_pb2_grpc.add_WorkflowServicer_to_server(service, s), 32)
     except FedsecError as exc:
         return _end(workspace, "failed", f"cannot start the workflow: {exc}")

@@ -7,6 +7,7 @@ accepted update is added into running sums straight from its file.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -62,3 +63,33 @@ class Accumulator:
                 np.rint(total, out=total)
                 out[spec.name] = total.astype(spec.dtype)
         arrays.write_file(dest, out)
+
+
+class EncryptedAccumulator:
+    """The HE aggregator: sums encrypted uploads, never decrypts (fedsec.he.codec.EncryptedSum).
+
+    Uploads carry their weight inside the ciphertexts, so the weight given to
+    add() is ignored, and the written model is the encrypted weighted sum that
+    only the sites can turn into the average.
+    """
+
+    def __init__(self, server_context: Any, specs: tuple[arrays.TensorSpec, ...], clip: float) -> None:
+        from fedsec.he.codec import EncryptedSum  # tenseal: only in HE jobs
+
+        self.specs = specs
+        self._sum = EncryptedSum(server_context, specs, clip)
+
+    @property
+    def count(self) -> int:
+        return self._sum.count
+
+    def check(self, path: Path, where: str) -> None:
+        """Nothing to do here: add() checks everything before it adds anything."""
+
+    def add(self, path: Path, weight: float, where: str) -> None:
+        self._sum.add_file(path, where)
+
+    def write_average(self, dest: Path, base: Path | None) -> None:
+        if self._sum.count == 0:
+            raise WireError("no update to average")
+        self._sum.write(dest)

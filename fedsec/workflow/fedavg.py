@@ -26,11 +26,12 @@ from fedsec import _fs, limits
 from fedsec.errors import JobError, WireError
 from fedsec.jobs.meta import AppConfig, JobMeta
 from fedsec.wire import arrays, fedsec_pb2, streams
-from fedsec.workflow.aggregate import Accumulator
+from fedsec.workflow.aggregate import Accumulator, EncryptedAccumulator
 
 log = logging.getLogger(__name__)
 
 TRAIN, EVALUATE = "train", "evaluate"
+ENCRYPTED_SUFFIX = ".fsh"  # an encrypted model (fedsec.he.codec); ".fsa" is a plain one
 _PARAMS_TYPES = ("full", "diff")
 _MAX_WEIGHT = 1e12
 
@@ -44,7 +45,7 @@ class _Round:
     size: int
     sampled: frozenset[str]
     pending: set[str]
-    acc: Accumulator
+    acc: Accumulator | EncryptedAccumulator
     params_type: str | None = None
     metric_sums: dict[str, float] = field(default_factory=dict)
     metric_weights: dict[str, float] = field(default_factory=dict)
@@ -64,14 +65,25 @@ class Task:
     current_round: int = 0
     model: Path | None = None
 
+    @property
+    def encrypted(self) -> bool:
+        return self.model is not None and self.model.suffix == ENCRYPTED_SUFFIX
+
 
 class FedAvg:
     """One FedAvg job on the server."""
 
-    def __init__(self, job_id: str, job_folder: Path, workspace: Path, meta: JobMeta, app: AppConfig) -> None:
+    def __init__(
+        self, job_id: str, job_folder: Path, workspace: Path, meta: JobMeta, app: AppConfig, he_context: Any = None
+    ) -> None:
+        """he_context: the server's HE context (no key), required when the job enables HE."""
         self.job_id = job_id
         self.meta = meta
         self.cfg = app.workflow
+        self.he = app.he
+        if self.he.enabled and he_context is None:
+            raise JobError("the job uses homomorphic encryption, but the server kit has no HE context")
+        self._he_context = he_context
         self._initial = job_folder / "app" / app.initial_model
         self._ws = workspace
         for sub in ("checkpoints", "incoming", "result"):
@@ -120,7 +132,7 @@ class FedAvg:
             weight, params_type = _parse_meta(header.meta_json, where)
             metrics = _check_metrics(dict(header.metrics), where)
             if rnd.kind == TRAIN:
-                if header.payload.total_size != rnd.size:
+                if not self.he.enabled and header.payload.total_size != rnd.size:
                     raise WireError(f"{where}: update is {header.payload.total_size} bytes, the model is {rnd.size}")
                 with streams.PayloadWriter(tmp, header.payload, limits.MAX_MODEL_BYTES, where) as writer:
                     for chunk in chunks:
@@ -177,7 +189,7 @@ class FedAvg:
         state = self._load_json("state.json") or {"completed_rounds": 0}
         done_rounds = int(state["completed_rounds"])
         model = self._checkpoint(done_rounds - 1) if done_rounds else self._initial
-        specs = arrays.read_specs(model, "global model")
+        specs = arrays.read_specs(self._initial, "initial model")
         if done_rounds:
             log.info("job=%s resuming after round %d", self.job_id, done_rounds - 1)
         self._wait_for_sites(self.cfg.start_timeout, "start")
@@ -195,7 +207,7 @@ class FedAvg:
             rnd = self._run_round(self.cfg.num_rounds, EVALUATE, model, specs)
             self._progress["final"] = {"metrics": rnd.metrics(), "sites": sorted(rnd.contributors)}
             _fs.write_atomic(self._ws / "progress.json", json.dumps(self._progress).encode())
-        shutil.copyfile(model, self._ws / "result" / "global_model.fsa")
+        shutil.copyfile(model, self._ws / "result" / f"global_model{model.suffix}")
         shutil.copyfile(self._ws / "progress.json", self._ws / "result" / "progress.json")
         self.finish()
 
@@ -226,7 +238,12 @@ class FedAvg:
             sampled = frozenset(rng.sample(live, k))
         else:
             sampled = frozenset(live)
-        rnd = _Round(number, kind, model, specs, model.stat().st_size, sampled, set(sampled), Accumulator(specs))
+        acc: Accumulator | EncryptedAccumulator
+        if self.he.enabled:
+            acc = EncryptedAccumulator(self._he_context, specs, self.he.clip)
+        else:
+            acc = Accumulator(specs)
+        rnd = _Round(number, kind, model, specs, model.stat().st_size, sampled, set(sampled), acc)
         log.info("job=%s round=%d %s sampled=%s", self.job_id, number, kind, ",".join(sorted(sampled)))
         deadline = time.monotonic() + self.cfg.round_timeout
         with self._cond:
@@ -255,7 +272,8 @@ class FedAvg:
         log.info("job=%s round=%d done metrics=%s", self.job_id, number, entry["metrics"])
 
     def _checkpoint(self, number: int) -> Path:
-        return self._ws / "checkpoints" / f"round_{number:05d}.fsa"
+        suffix = ENCRYPTED_SUFFIX if self.he.enabled else ".fsa"
+        return self._ws / "checkpoints" / f"round_{number:05d}{suffix}"
 
     def _load_json(self, name: str) -> dict[str, Any] | None:
         path = self._ws / name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 
@@ -16,10 +17,11 @@ log = logging.getLogger(__name__)
 
 
 class WorkflowService(fedsec_pb2_grpc.WorkflowServicer):
-    def __init__(self, fedavg: FedAvg, meta_json: str, num_rounds: int) -> None:
+    def __init__(self, fedavg: FedAvg, num_rounds: int) -> None:
         self._fedavg = fedavg
-        self._meta_json = meta_json
         self._num_rounds = num_rounds
+        he = fedavg.he
+        self._he = {"clip": he.clip, "max_examples": he.max_examples} if he.enabled else None
 
     @rpc_boundary
     def GetTask(self, request: fedsec_pb2.TaskRequest, context: grpc.ServicerContext) -> Iterator[fedsec_pb2.TaskPart]:
@@ -32,7 +34,7 @@ class WorkflowService(fedsec_pb2_grpc.WorkflowServicer):
             task=task.kind,
             current_round=task.current_round,
             num_rounds=self._num_rounds,
-            meta_json=self._meta_json,
+            meta_json=json.dumps({"job": self._fedavg.meta.name, "he": self._he, "encrypted": task.encrypted}),
             payload=streams.describe_file(task.model),
         )
         yield fedsec_pb2.TaskPart(header=header)

@@ -38,6 +38,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--alpha", type=float, default=None, help="Dirichlet concentration for non-iid data")
     parser.add_argument("--min_clients", type=int, default=None, help="default: n_clients")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--he", action="store_true", help="encrypt the updates (the project must be provisioned with HE)"
+    )
     return parser.parse_args()
 
 
@@ -55,6 +58,8 @@ def make_recipe(args: argparse.Namespace) -> FedAvgRecipe:
         min_clients=args.min_clients or args.n_clients,
         script_args=script_args,
         custom_files=[HERE / "model.py", HERE / "data.py"],
+        he=args.he,
+        he_max_examples=2000,  # more than any site holds: weights stay proportional to the sites' sizes
     )
 
 

@@ -53,6 +53,7 @@ class Federation:
         name: str = "itest",
         extra_admins: tuple[tuple[str, str, str], ...] = (),
         admin_session_timeout: float = 1800.0,
+        he: bool = False,
     ) -> None:
         self.root = root
         self.n_clients = n_clients
@@ -71,7 +72,7 @@ class Federation:
         participants += [{"name": f"site-{i}", "type": "client", "org": "acme"} for i in range(1, n_clients + 1)]
         participants.append({"name": ADMIN, "type": "admin", "org": "acme", "role": "project_admin"})
         participants += [{"name": n, "type": "admin", "org": o, "role": r} for n, o, r in extra_admins]
-        doc = {"api_version": 1, "name": name, "participants": participants}
+        doc = {"api_version": 1, "name": name, "participants": participants, "features": {"he": {"enabled": he}}}
         yml = root / f"{name}.yml"
         yml.write_text(yaml.safe_dump(doc))
         self.prod = provision(load_project(yml), root / "ws").prod_dir

@@ -84,9 +84,9 @@ BAD_DOCS: list[tuple[str, Any, str]] = [
     ("not a mapping", ["a", "b"], "expected a mapping"),
     ("leaf outlives root", project_doc(validity={"root_days": 10, "leaf_days": 20}), "leaf_days: longer than"),
     (
-        "HE not yet available",
-        project_doc(features={"he": {"enabled": True}}),
-        "homomorphic encryption is not available",
+        "unknown HE key",
+        project_doc(features={"he": {"enabled": True, "scheme": "ckks"}}),
+        "features.he.scheme: unknown key",
     ),
 ]
 

@@ -1,0 +1,103 @@
+"""Homomorphic encryption end to end: the server aggregates what it cannot read."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedsec.api import Session
+from fedsec.errors import HEError
+from fedsec.wire import arrays
+from tests.integration.harness import Federation
+
+JOB_PY = Path(__file__).resolve().parents[2] / "jobs" / "digits_fedavg" / "job.py"
+
+pytestmark = pytest.mark.skipif(
+    not all(importlib.util.find_spec(m) for m in ("torch", "sklearn", "tenseal")),
+    reason="needs the ml extra and tenseal",
+)
+
+
+def _run_digits(fed: Federation, cwd: Path, *extra: str) -> tuple[str, float]:
+    argv = [sys.executable, str(JOB_PY), "--startup_kit", str(fed.admin_kit), "--n_clients", "3", "--num_rounds", "3"]
+    done = subprocess.run([*argv, *extra], cwd=cwd, capture_output=True, text=True, timeout=300, check=False)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    found = re.search(r"^submitted job (\S+)$", done.stdout, re.M)
+    accuracy = re.search(r"^final global model: accuracy ([0-9.]+)", done.stdout, re.M)
+    assert found and accuracy, out
+    return found.group(1), float(accuracy.group(1))
+
+
+@pytest.mark.federation(n_clients=3, heartbeat_timeout=30.0, he=True)
+def test_he_job_matches_plain_job_and_server_cannot_decrypt(federation: Federation, tmp_path: Path) -> None:
+    from fedsec.he.codec import decrypt_model
+    from fedsec.he.context import has_secret_key, load_client_context, load_server_context
+
+    server_ctx_file = federation.kit("server1") / "startup" / "server_context.tenseal"
+    client_ctx_file = federation.kit("site-1") / "startup" / "client_context.tenseal"
+    assert client_ctx_file.stat().st_mode & 0o777 == 0o600
+    assert not (federation.kit("server1") / "startup" / "client_context.tenseal").exists()
+    server_ctx = load_server_context(server_ctx_file.read_bytes(), "server context")
+    assert not has_secret_key(server_ctx)
+    with pytest.raises(HEError):
+        load_client_context(server_ctx_file.read_bytes(), "server context")
+
+    federation.start_all()
+    plain_id, plain_accuracy = _run_digits(federation, tmp_path)
+    he_id, he_accuracy = _run_digits(federation, tmp_path, "--he")
+    assert abs(he_accuracy - plain_accuracy) <= 0.005, (plain_accuracy, he_accuracy)
+    assert he_accuracy >= 0.95
+
+    # the server's job store and the downloaded result hold only the encrypted model
+    store = federation.kit("server1") / "store" / "jobs" / he_id / "workspace"
+    assert list(store.glob("checkpoints/*.fsa")) == []
+    assert list(store.glob("checkpoints/*.fsh"))
+    result = federation.admin_kit / "transfer" / he_id
+    assert not (result / "global_model.fsa").exists()
+    encrypted = (result / "global_model.fsh").read_bytes()
+    with pytest.raises(HEError):  # what the server holds cannot decrypt it
+        decrypt_model(server_ctx, encrypted, "result")
+
+    # a site's key holder decrypts the downloaded result; it equals what each site kept
+    out = tmp_path / "final.fsa"
+    cmd = [
+        sys.executable,
+        "-m",
+        "fedsec",
+        "he",
+        "decrypt",
+        "--context",
+        str(client_ctx_file),
+        str(result),
+        "-o",
+        str(out),
+    ]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    decrypted = arrays.read_file(out)
+    for site in ("site-1", "site-2", "site-3"):
+        kept = arrays.read_file(federation.kit(site) / "jobs" / he_id / "work" / "global_model.fsa")
+        assert set(kept) == set(decrypted)
+        assert all(np.array_equal(kept[k], decrypted[k]) for k in kept)
+
+    # the plain job's result is plain, with the same tensors
+    with Session(federation.admin_kit) as s:
+        assert s.get_job_meta(he_id).status == "finished:completed"
+    plain = arrays.read_file(federation.admin_kit / "transfer" / plain_id / "global_model.fsa")
+    assert {k: v.shape for k, v in plain.items()} == {k: v.shape for k, v in decrypted.items()}
+
+
+def test_he_job_on_a_project_without_he_fails_clearly(federation: Federation, tmp_path: Path) -> None:
+    federation.start_all()
+    argv = [sys.executable, str(JOB_PY), "--startup_kit", str(federation.admin_kit), "--n_clients", "3"]
+    done = subprocess.run(
+        [*argv, "--num_rounds", "1", "--he"], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode != 0
+    assert "the server kit has no HE context" in done.stdout + done.stderr
