@@ -46,3 +46,9 @@ MAX_LIST_JOBS = 10_000
 MAX_RUNNING_JOBS = 16
 MAX_LOG_TEXT = 256 << 10  # a job log returned to an admin, or uploaded by a site at a job's end
 MAX_AUDIT_ENTRIES = 10_000
+
+# Homomorphic encryption (fedsec.he).
+MAX_HE_CONTEXT_BYTES = 1 << 20  # a serialized TenSEAL context (a client's, with its secret key, is ~62 KB)
+MAX_HE_HEADER_BYTES = 4 << 20  # the JSON header of an encrypted model
+MAX_HE_CIPHERTEXT_BYTES = 256 << 10  # one serialized ciphertext record (~62 KB at N=4096)
+MAX_HE_VALUES = 1 << 28  # values in one encrypted model (~2 GiB of ciphertexts)

@@ -1,0 +1,511 @@
+"""The encrypted model container "FSH1": encrypt on a client, sum on the server, decrypt on a client.
+
+Layout, integers little-endian::
+
+    b"FSH1" | uint32 header length | UTF-8 JSON header
+    | n_ciphertexts records of (uint32 length | serialized TenSEAL BFV vector)
+
+The header is ``{"tensors": [{"name", "dtype", "shape"}, ...], "clip": float, "scale_bits": int,
+"n_values": int, "n_ciphertexts": int, "contributions": int}``; nothing else is allowed.
+
+The plain values are the model's tensors flattened in order, each multiplied by the client's
+weight w, clipped to [-clip, clip], scaled by 2**f (f = scale_bits(clip)) and stochastically
+rounded; then round(w * 2**f) is appended (n_values = model values + 1). Values are packed two
+per slot (value 2k as lo, value 2k+1 as hi: lo + (hi << FIELD_BITS)) and the slots encrypted
+4096 per ciphertext, the last one padded with zeros. Summing ciphertexts sums the weighted
+values and the weights, so decryption yields the weighted average and the total weight.
+
+Every size from a file is checked against fedsec.limits before memory is taken. The server
+side (EncryptedSum) never decrypts and needs no key; decryption checks that every value lies in
+the range a sum can have, which catches a wrong secret key or corrupted data.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import struct
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+import tenseal as ts  # type: ignore[import-untyped]
+from numpy.typing import NDArray
+
+from fedsec import limits
+from fedsec.errors import HEError, WireError
+from fedsec.he import params as he_params
+from fedsec.he.context import TENSEAL_ERRORS, first_parms_id, has_secret_key
+from fedsec.wire import arrays
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"FSH1"
+FILE_MODE = 0o600  # a sum of updates is the federation's private data
+DTYPES = tuple(d for d in arrays.DTYPES if d != "bool")  # what an encrypted model may hold
+
+_PREFIX = struct.Struct("<4sI")  # magic, header length
+_LENGTH = struct.Struct("<I")  # before each ciphertext record
+_HEADER_KEYS = ("tensors", "clip", "scale_bits", "n_values", "n_ciphertexts", "contributions")
+_TENSOR_KEYS = ("name", "dtype", "shape")
+_SLOTS = he_params.POLY_MODULUS_DEGREE
+_CIPHERTEXT_POLYS = 2  # a fresh or summed ciphertext; never multiplied
+
+
+@dataclass(frozen=True)
+class EncryptedHeader:
+    """The header of an encrypted model."""
+
+    specs: tuple[arrays.TensorSpec, ...]  # the plain model's tensors (no bool)
+    clip: float
+    scale_bits: int
+    n_values: int  # model values + 1 (the weight, last)
+    n_ciphertexts: int  # ceil(ceil(n_values / 2) / 4096)
+    contributions: int  # clients summed in it (1 for an upload)
+
+
+def ciphertexts_for(n_values: int) -> int:
+    """How many ciphertexts hold n_values values."""
+    slots = -(-n_values // he_params.VALUES_PER_SLOT)
+    return -(-slots // _SLOTS)
+
+
+# ---------------------------------------------------------------- encrypt (client)
+
+
+def encrypt_model(
+    ctx: Any,
+    params: Mapping[str, NDArray[Any]],
+    weight: float,
+    clip: float,
+    rng: np.random.Generator | None = None,
+) -> bytes:
+    """The FSH1 container of params, weighted by weight and clipped to [-clip, clip].
+
+    ctx is the client context (encryption is symmetric: it needs the secret key). The weight
+    is quantised to round(weight * 2**f) / 2**f before use so the average stays exact.
+    Values clipped are counted and logged. Raises HEError if ctx holds no secret key, weight
+    is not in (0, 1] (or rounds to 0), clip is invalid, a tensor is bool or not finite, or
+    TenSEAL fails; WireError if params could not be stored (see arrays.specs_of).
+    """
+    if not has_secret_key(ctx):
+        raise HEError("encrypt: the HE context holds no secret key (only a client context can encrypt)")
+    bits = he_params.scale_bits(clip)
+    weight_int = _weight_int(weight, bits)
+    specs = arrays.specs_of(params, "model to encrypt")
+    _check_model_specs(specs, "model to encrypt", HEError)
+    values = _quantise(params, specs, weight_int, clip, bits, rng or np.random.default_rng())
+    header = EncryptedHeader(specs, float(clip), bits, len(values), ciphertexts_for(len(values)), 1)
+    parts = [_header_bytes(header)]
+    try:
+        for chunk in _packed_chunks(values):
+            record = ts.bfv_vector(ctx, chunk).serialize()
+            parts += [_LENGTH.pack(len(record)), record]
+    except TENSEAL_ERRORS as exc:
+        raise HEError(f"encrypt: TenSEAL failed: {exc}") from exc
+    return b"".join(parts)
+
+
+def _weight_int(weight: float, bits: int) -> int:
+    ok = not isinstance(weight, bool) and isinstance(weight, int | float | np.floating) and 0 < weight <= 1
+    if not ok:
+        raise HEError(f"encrypt: the weight must be in (0, 1], got {weight!r}")
+    weight_int = round(float(weight) * (1 << bits))
+    if weight_int < 1:
+        raise HEError(f"encrypt: the weight {weight} is below the resolution 2**-{bits} of clip's scale")
+    return weight_int
+
+
+def _quantise(
+    model: Mapping[str, NDArray[Any]],
+    specs: Sequence[arrays.TensorSpec],
+    weight_int: int,
+    clip: float,
+    bits: int,
+    rng: np.random.Generator,
+) -> NDArray[np.int64]:
+    """The model's integers (weight appended), one flat int64 array."""
+    n = sum(math.prod(s.shape) for s in specs)
+    x = np.empty(n, dtype=np.float64)
+    pos = 0
+    for spec in specs:
+        size = math.prod(spec.shape)
+        part = x[pos : pos + size]
+        part[:] = np.asarray(model[spec.name]).reshape(-1)
+        if size and not np.isfinite(part).all():
+            raise HEError(f"encrypt: tensor {spec.name!r} holds NaN or infinite values")
+        pos += size
+    x *= weight_int / 2**bits
+    clipped = int(np.count_nonzero(np.abs(x) > clip))
+    if clipped:
+        log.warning("he encrypt clipped=%d of=%d clip=%s", clipped, n, clip)
+    np.clip(x, -clip, clip, out=x)
+    x *= 2.0**bits
+    x += rng.random(n)  # floor(x + U[0, 1)) is unbiased
+    np.floor(x, out=x)
+    bound = he_params.per_client_bound()
+    np.clip(x, -bound, bound, out=x)  # a no-op unless x + U rounded up past the bound
+    out = np.empty(n + 1, dtype=np.int64)
+    out[:n] = x
+    out[n] = weight_int
+    return out
+
+
+def _packed_chunks(values: NDArray[np.int64]) -> Iterator[NDArray[np.int64]]:
+    """Slots of two values each (lo + (hi << FIELD_BITS)), SLOTS per chunk, the last zero-padded."""
+    even = np.zeros(len(values) + len(values) % 2, dtype=np.int64)
+    even[: len(values)] = values
+    pairs = even.reshape(-1, 2)
+    slots = pairs[:, 0] + (pairs[:, 1] << he_params.FIELD_BITS)
+    for start in range(0, len(slots), _SLOTS):
+        chunk = slots[start : start + _SLOTS]
+        if len(chunk) < _SLOTS:
+            chunk = np.concatenate([chunk, np.zeros(_SLOTS - len(chunk), dtype=np.int64)])
+        yield np.ascontiguousarray(chunk)
+
+
+# ---------------------------------------------------------------- sum (server)
+
+
+class EncryptedSum:
+    """Server side: adds uploads into running sums, one ciphertext at a time; never decrypts."""
+
+    def __init__(self, server_ctx: Any, expected: tuple[arrays.TensorSpec, ...], clip: float) -> None:
+        """Raises HEError if server_ctx holds a secret key, clip is invalid or expected has a bool tensor."""
+        if has_secret_key(server_ctx):
+            raise HEError("encrypted sum: the HE context holds a secret key; the server must never have one")
+        self._ctx = server_ctx
+        self._parms_id = first_parms_id(server_ctx)
+        self._expected = tuple(expected)
+        self._clip = float(clip)
+        self._bits = he_params.scale_bits(clip)
+        _check_model_specs(self._expected, "encrypted sum: expected model", HEError)
+        self._n_values = sum(math.prod(s.shape) for s in self._expected) + 1
+        self._sums: list[Any] = []
+        self._count = 0
+
+    @property
+    def count(self) -> int:
+        """How many uploads have been added."""
+        return self._count
+
+    def add_file(self, path: Path, where: str) -> None:
+        """Add the upload at path into the sums, all or nothing.
+
+        Raises WireError if the file is malformed, not an upload (contributions != 1), does
+        not match the expected specs or clip, or a record is not a valid ciphertext; HEError
+        if the sum would exceed MAX_CLIENTS contributions; OSError if it cannot be read. On
+        any error the sums are unchanged.
+        """
+        with path.open("rb") as f:
+            header, _ = _read_header(f.read, os.fstat(f.fileno()).st_size, where)
+            self._check_upload(header, where)
+            records = enumerate(_records(f.read, header, where))
+            loaded = [_load_vector(self._ctx, self._parms_id, i, record, where) for i, record in records]
+            if f.read(1):
+                raise WireError(f"{where}: trailing data after the last ciphertext (the file grew while read)")
+        if not self._sums:
+            self._sums = loaded
+        else:
+            for total, vector in zip(self._sums, loaded, strict=True):
+                total.add_(vector)  # cannot fail: both were checked to be fresh ciphertexts of this context
+        self._count += 1
+
+    def write(self, dest: Path) -> None:
+        """Write the sums to dest as FSH1 with contributions = count: atomic, mode 0600.
+
+        Raises HEError if nothing was added; OSError if the file cannot be written.
+        """
+        if not self._count:
+            raise HEError(f"encrypted sum {dest}: nothing was added")
+        header = EncryptedHeader(
+            self._expected, self._clip, self._bits, self._n_values, ciphertexts_for(self._n_values), self._count
+        )
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), FILE_MODE)
+                f.write(_header_bytes(header))
+                for total in self._sums:
+                    record = total.serialize()
+                    f.write(_LENGTH.pack(len(record)))
+                    f.write(record)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _check_upload(self, header: EncryptedHeader, where: str) -> None:
+        arrays.check_compatible(header.specs, self._expected, where)
+        if header.clip != self._clip or header.scale_bits != self._bits:
+            raise WireError(
+                f"{where}: encrypted with clip {header.clip} (2**-{header.scale_bits}), "
+                f"expected clip {self._clip} (2**-{self._bits})"
+            )
+        if header.contributions != 1:
+            raise WireError(f"{where}: holds {header.contributions} contributions, an upload holds 1")
+        if self._count + 1 > he_params.MAX_CLIENTS:
+            raise HEError(
+                f"{where}: would be contribution {self._count + 1}; an encrypted sum holds at most "
+                f"{he_params.MAX_CLIENTS} exactly"
+            )
+
+
+# ---------------------------------------------------------------- decrypt (client)
+
+
+def decrypt_model(ctx: Any, data: bytes, where: str) -> tuple[dict[str, NDArray[Any]], float]:
+    """The weighted average in the FSH1 container data, and its total weight.
+
+    ctx is the client context. Each value is sum / sum of weights, reshaped to its spec and
+    cast to the spec's dtype (integers rounded and clipped to the dtype's range). Raises
+    HEError if ctx holds no secret key or the data does not decrypt to values a sum can hold
+    (a wrong key, or corrupted data); WireError if data is malformed.
+    """
+    if not has_secret_key(ctx):
+        raise HEError(f"{where}: the HE context holds no secret key; only a client can decrypt")
+    stream = io.BytesIO(data)
+    header, _ = _read_header(stream.read, len(data), where)
+    parms_id = first_parms_id(ctx)
+    slots = np.empty(header.n_ciphertexts * _SLOTS, dtype=np.int64)
+    for i, record in enumerate(_records(stream.read, header, where)):
+        vector = _load_vector(ctx, parms_id, i, record, where)
+        try:
+            slots[i * _SLOTS : (i + 1) * _SLOTS] = vector.decrypt()
+        except TENSEAL_ERRORS as exc:
+            raise HEError(f"{where}: ciphertext record {i} cannot be decrypted: {exc}") from exc
+    if stream.tell() != len(data):
+        raise WireError(f"{where}: {len(data) - stream.tell()} bytes of trailing data after the last ciphertext")
+    values = _unpack(slots, header, where)
+    return _split(values, header), int(values[-1]) / 2**header.scale_bits
+
+
+def _unpack(slots: NDArray[np.int64], header: EncryptedHeader, where: str) -> NDArray[np.int64]:
+    """The summed values (weight last), checked against the range a sum can have."""
+    half = 1 << (he_params.FIELD_BITS - 1)
+    lo = ((slots + half) & ((1 << he_params.FIELD_BITS) - 1)) - half
+    hi = (slots - lo) >> he_params.FIELD_BITS
+    values = np.empty(2 * len(slots), dtype=np.int64)
+    values[0::2] = lo
+    values[1::2] = hi
+    bound = header.contributions * he_params.per_client_bound()
+    padding = values[header.n_values :]
+    values = values[: header.n_values]
+    weight = int(values[-1])
+    in_range = (
+        not padding.any()
+        and int(np.abs(values).max()) <= bound
+        and header.contributions <= weight <= header.contributions * 2**header.scale_bits
+    )
+    if not in_range:
+        raise HEError(
+            f"{where}: does not decrypt to the sum of {header.contributions} contributions "
+            "(a different federation's key, or corrupted data)"
+        )
+    return values
+
+
+def _split(values: NDArray[np.int64], header: EncryptedHeader) -> dict[str, NDArray[Any]]:
+    weight = float(values[-1])
+    out: dict[str, NDArray[Any]] = {}
+    pos = 0
+    for spec in header.specs:
+        size = math.prod(spec.shape)
+        plain = (values[pos : pos + size] / weight).reshape(spec.shape)
+        pos += size
+        dtype = np.dtype(spec.dtype)
+        if dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            plain = np.clip(np.rint(plain), info.min, info.max)
+        out[spec.name] = plain.astype(dtype)
+    return out
+
+
+# ---------------------------------------------------------------- the container
+
+
+def read_header(data_or_path: bytes | Path, where: str) -> EncryptedHeader:
+    """The header of the FSH1 container in data_or_path (bytes, or a file read up to its header).
+
+    Raises WireError if the header is malformed, over the limits, inconsistent with itself or
+    with the total size; OSError if the file cannot be read. Ciphertexts are not checked.
+    """
+    if isinstance(data_or_path, Path):
+        with data_or_path.open("rb") as f:
+            return _read_header(f.read, os.fstat(f.fileno()).st_size, where)[0]
+    return _read_header(io.BytesIO(data_or_path).read, len(data_or_path), where)[0]
+
+
+def _read_header(read: Callable[[int], bytes], total: int, where: str) -> tuple[EncryptedHeader, int]:
+    """Read prefix and header; check the total size is possible; return the header and its end."""
+    prefix = read(_PREFIX.size)
+    if len(prefix) < _PREFIX.size:
+        raise WireError(f"{where}: truncated: {len(prefix)} bytes, too short for an encrypted model")
+    magic, header_len = _PREFIX.unpack(prefix)
+    if magic != MAGIC:
+        raise WireError(f"{where}: bad magic {magic!r}, not an encrypted model")
+    if header_len > limits.MAX_HE_HEADER_BYTES:
+        raise WireError(f"{where}: header of {header_len} bytes is over the limit of {limits.MAX_HE_HEADER_BYTES}")
+    raw = read(header_len)
+    if len(raw) < header_len:
+        raise WireError(f"{where}: truncated header: {len(raw)} of {header_len} bytes")
+    header = _parse_header(raw, where)
+    end = _PREFIX.size + header_len
+    least = end + header.n_ciphertexts * _LENGTH.size
+    most = end + header.n_ciphertexts * (_LENGTH.size + limits.MAX_HE_CIPHERTEXT_BYTES)
+    if total < least:
+        raise WireError(f"{where}: truncated: {total} bytes, {header.n_ciphertexts} ciphertexts need over {least}")
+    if total > most:
+        raise WireError(f"{where}: {total} bytes, more than {header.n_ciphertexts} ciphertexts can take")
+    return header, end
+
+
+def _records(read: Callable[[int], bytes], header: EncryptedHeader, where: str) -> Iterator[bytes]:
+    """The ciphertext records, each bounded; the caller checks nothing follows them."""
+    for i in range(header.n_ciphertexts):
+        prefix = read(_LENGTH.size)
+        if len(prefix) < _LENGTH.size:
+            raise WireError(f"{where}: truncated before ciphertext record {i}")
+        (size,) = _LENGTH.unpack(prefix)
+        if not 0 < size <= limits.MAX_HE_CIPHERTEXT_BYTES:
+            raise WireError(
+                f"{where}: ciphertext record {i} claims {size} bytes, not within 1..{limits.MAX_HE_CIPHERTEXT_BYTES}"
+            )
+        record = read(size)
+        if len(record) < size:
+            raise WireError(f"{where}: truncated in ciphertext record {i}: {len(record)} of {size} bytes")
+        yield record
+
+
+def _load_vector(ctx: Any, parms_id: list[int], index: int, record: bytes, where: str) -> Any:
+    """One record as a BFV vector under ctx: 4096 slots in one fresh-level, two-polynomial ciphertext."""
+    try:
+        vector = ts.bfv_vector_from(ctx, record)
+        cts = vector.ciphertext()
+        ok = (
+            vector.size() == _SLOTS
+            and len(cts) == 1
+            and cts[0].size() == _CIPHERTEXT_POLYS
+            and not cts[0].is_ntt_form()
+            and cts[0].parms_id() == parms_id
+        )
+    except TENSEAL_ERRORS as exc:
+        raise WireError(
+            f"{where}: ciphertext record {index} is not a valid ciphertext for fedsec's HE context: {exc}"
+        ) from exc
+    if not ok:
+        raise WireError(f"{where}: ciphertext record {index} is not one {_SLOTS}-slot ciphertext at the fresh level")
+    return vector
+
+
+def _header_bytes(header: EncryptedHeader) -> bytes:
+    doc = {
+        "tensors": [{"name": s.name, "dtype": s.dtype, "shape": list(s.shape)} for s in header.specs],
+        "clip": header.clip,
+        "scale_bits": header.scale_bits,
+        "n_values": header.n_values,
+        "n_ciphertexts": header.n_ciphertexts,
+        "contributions": header.contributions,
+    }
+    raw = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    if len(raw) > limits.MAX_HE_HEADER_BYTES:
+        raise HEError(f"encrypted model header of {len(raw)} bytes is over the limit of {limits.MAX_HE_HEADER_BYTES}")
+    return _PREFIX.pack(MAGIC, len(raw)) + raw
+
+
+def _parse_header(raw: bytes, where: str) -> EncryptedHeader:
+    try:
+        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except UnicodeDecodeError as exc:
+        raise WireError(f"{where}: header is not UTF-8") from exc
+    except (ValueError, RecursionError) as exc:
+        raise WireError(f"{where}: header is not valid JSON: {exc}") from exc
+    fields = _fields(doc, _HEADER_KEYS, "header", where)
+    entries = fields["tensors"]
+    if not isinstance(entries, list) or len(entries) > limits.MAX_TENSORS:
+        raise WireError(f"{where}: header: 'tensors' must be a list of at most {limits.MAX_TENSORS} tensors")
+    specs = tuple(_parse_spec(entry, f"header tensors[{i}]", where) for i, entry in enumerate(entries))
+    _check_model_specs(specs, where, WireError)
+    clip = fields["clip"]
+    if isinstance(clip, bool) or not isinstance(clip, int | float):
+        raise WireError(f"{where}: header: clip must be a number")
+    try:
+        bits = he_params.scale_bits(clip)
+    except HEError as exc:
+        raise WireError(f"{where}: header: {exc}") from exc
+    counts = {key: fields[key] for key in _HEADER_KEYS[2:]}
+    for key, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise WireError(f"{where}: header: {key} must be an integer")
+    n_values = sum(math.prod(s.shape) for s in specs) + 1
+    wanted = {"scale_bits": bits, "n_values": n_values, "n_ciphertexts": ciphertexts_for(n_values)}
+    for key, value in wanted.items():
+        if counts[key] != value:
+            raise WireError(f"{where}: header: {key} is {counts[key]}, the tensors and clip imply {value}")
+    if not 1 <= counts["contributions"] <= he_params.MAX_CLIENTS:
+        raise WireError(f"{where}: header: contributions must be in 1..{he_params.MAX_CLIENTS}")
+    return EncryptedHeader(specs, float(clip), bits, n_values, wanted["n_ciphertexts"], counts["contributions"])
+
+
+def _parse_spec(entry: Any, at: str, where: str) -> arrays.TensorSpec:
+    fields = _fields(entry, _TENSOR_KEYS, at, where)
+    name, dtype, shape = fields["name"], fields["dtype"], fields["shape"]
+    if not isinstance(name, str) or not isinstance(dtype, str):
+        raise WireError(f"{where}: {at}: name and dtype must be strings")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise WireError(f"{where}: {at}: shape must be a list of integers")
+    return arrays.TensorSpec(name, dtype, tuple(shape))
+
+
+def _check_model_specs(specs: Sequence[arrays.TensorSpec], where: str, error: type[Exception]) -> None:
+    """What an encrypted model may hold: named, non-bool tensors within the limits."""
+    seen: set[str] = set()
+    total = 0
+    if len(specs) > limits.MAX_TENSORS:
+        raise error(f"{where}: {len(specs)} tensors, over the limit of {limits.MAX_TENSORS}")
+    for spec in specs:
+        name = spec.name
+        if not name or len(name) > limits.MAX_TENSOR_NAME or not name.isprintable() or name in seen:
+            raise error(f"{where}: bad or duplicate tensor name {name[:40]!r}")
+        seen.add(name)
+        if spec.dtype not in DTYPES:
+            raise error(f"{where}: tensor {name!r} has dtype {spec.dtype!r}; encrypted models hold {', '.join(DTYPES)}")
+        if len(spec.shape) > limits.MAX_TENSOR_DIMS or any(d < 0 or d > limits.MAX_HE_VALUES for d in spec.shape):
+            raise error(f"{where}: tensor {name!r} has a bad shape {spec.shape}")
+        total += math.prod(spec.shape)
+        if total >= limits.MAX_HE_VALUES:
+            raise error(f"{where}: tensor {name!r} takes the model over {limits.MAX_HE_VALUES - 1} values")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _fields(doc: Any, keys: tuple[str, ...], at: str, where: str) -> dict[str, Any]:
+    if not isinstance(doc, dict):
+        raise WireError(f"{where}: {at}: expected a JSON object")
+    for key in doc:
+        if key not in keys:
+            raise WireError(f"{where}: {at}: unknown key {key!r} (allowed: {', '.join(keys)})")
+    for key in keys:
+        if key not in doc:
+            raise WireError(f"{where}: {at}: missing key {key!r}")
+    return doc

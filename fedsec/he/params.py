@@ -1,0 +1,58 @@
+"""The HE parameters of fedsec: the one BFV parameter set and the fixed-point quantisation.
+
+Every federation uses the same numbers; they are pinned here so a client and the server can
+never disagree. Quantisation: a value x (already multiplied by the client's weight and
+clipped to [-clip, clip]) becomes the integer floor(x * 2**f + U[0, 1)), f = scale_bits(clip).
+Two integers share a plaintext slot as lo + (hi << FIELD_BITS); a sum of MAX_CLIENTS
+contributions, each at most per_client_bound() in magnitude, stays inside a signed
+FIELD_BITS-bit field and so unpacks exactly.
+
+This module never imports tenseal (fedsec.he.context turns these numbers into a context), so
+configuration code can import it without the HE library.
+"""
+
+from __future__ import annotations
+
+import math
+
+from fedsec.errors import HEError
+
+POLY_MODULUS_DEGREE = 4096  # N: slots per ciphertext
+COEFF_MOD_BIT_SIZES = (56, 53)  # 109 bits: the 128-bit-security limit for N = 4096
+PLAIN_MODULUS_BITS = 43  # a batching prime of this many bits
+FIELD_BITS = 21  # W: the width of each of the two values packed in one slot
+MAX_CLIENTS = 16  # the most contributions one encrypted sum may hold
+DEFAULT_CLIP = 4.0
+VALUES_PER_SLOT = 2
+
+_MIN_SCALE_BITS = 4
+_MAX_SCALE_BITS = FIELD_BITS  # never reached: a bound >= 1 caps f below FIELD_BITS - 4
+
+
+def per_client_bound() -> int:
+    """The largest magnitude of one contribution's integer so that MAX_CLIENTS of them sum exactly."""
+    return ((1 << (FIELD_BITS - 1)) - 1) // MAX_CLIENTS
+
+
+def scale_bits(clip: float) -> int:
+    """The number of fraction bits f used for values clipped to [-clip, clip].
+
+    The largest f such that ceil(max(clip, 1) * 2**f) * MAX_CLIENTS <= 2**(FIELD_BITS-1) - 1.
+    The bound is taken at least 1 because the weight (at most 1) is encoded with the same f;
+    ceil rather than round because stochastic rounding may round up. For clip >= 1 whose
+    scaled value is an integer (the default 4.0 gives f = 13) this is the same as
+    round(clip * 2**f) * MAX_CLIENTS <= 2**(FIELD_BITS-1) - 1.
+
+    Raises HEError if clip is not a finite number > 0, or so large that f < 4.
+    """
+    if isinstance(clip, bool) or not isinstance(clip, int | float) or not math.isfinite(clip) or clip <= 0:
+        raise HEError(f"HE clip must be a finite number > 0, got {clip!r}")
+    bound = max(float(clip), 1.0)
+    limit = per_client_bound()
+    for bits in range(_MAX_SCALE_BITS, _MIN_SCALE_BITS - 1, -1):
+        if math.ceil(bound * 2.0**bits) <= limit:
+            return bits
+    raise HEError(
+        f"HE clip {clip} is too large: values up to it leave fewer than {_MIN_SCALE_BITS} fraction bits "
+        f"(at most {limit / 2**_MIN_SCALE_BITS} is allowed)"
+    )
