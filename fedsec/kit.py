@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -189,3 +190,20 @@ def _load_config(path: Path, cls: type[ServerConfig] | type[ClientConfig] | type
 def read_ca(kit: Kit) -> x509.Certificate:
     """The kit's root CA certificate (already checked by load_kit)."""
     return certs.load_cert(kit.ca_path.read_bytes(), f"kit {kit.name}: startup/{ROOT_CA_FILE}")
+
+
+def read_kit_yaml(path: Path, where: str) -> Any:
+    """A bounded, safely parsed YAML file of a kit (its local/ policies); KitError naming the problem."""
+    if path.is_symlink() or not path.is_file():
+        raise KitError(f"{where}: missing or not a regular file")
+    try:
+        with path.open("rb") as f:
+            data = f.read(limits.MAX_CONFIG_FILE_BYTES + 1)
+    except OSError as exc:
+        raise KitError(f"{where}: cannot read: {exc.strerror or exc}") from exc
+    if len(data) > limits.MAX_CONFIG_FILE_BYTES:
+        raise KitError(f"{where}: larger than the limit of {limits.MAX_CONFIG_FILE_BYTES} bytes")
+    try:
+        return _schema.parse_yaml(data, where)
+    except ConfigError as exc:
+        raise KitError(str(exc)) from exc

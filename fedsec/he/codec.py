@@ -32,7 +32,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import tenseal as ts  # type: ignore[import-untyped]
@@ -424,12 +424,12 @@ def _header_bytes(header: EncryptedHeader) -> bytes:
 
 def _parse_header(raw: bytes, where: str) -> EncryptedHeader:
     try:
-        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+        doc = arrays.strict_json(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise WireError(f"{where}: header is not UTF-8") from exc
     except (ValueError, RecursionError) as exc:
         raise WireError(f"{where}: header is not valid JSON: {exc}") from exc
-    fields = _fields(doc, _HEADER_KEYS, "header", where)
+    fields = arrays.json_fields(doc, _HEADER_KEYS, "header", where)
     entries = fields["tensors"]
     if not isinstance(entries, list) or len(entries) > limits.MAX_TENSORS:
         raise WireError(f"{where}: header: 'tensors' must be a list of at most {limits.MAX_TENSORS} tensors")
@@ -457,7 +457,7 @@ def _parse_header(raw: bytes, where: str) -> EncryptedHeader:
 
 
 def _parse_spec(entry: Any, at: str, where: str) -> arrays.TensorSpec:
-    fields = _fields(entry, _TENSOR_KEYS, at, where)
+    fields = arrays.json_fields(entry, _TENSOR_KEYS, at, where)
     name, dtype, shape = fields["name"], fields["dtype"], fields["shape"]
     if not isinstance(name, str) or not isinstance(dtype, str):
         raise WireError(f"{where}: {at}: name and dtype must be strings")
@@ -484,28 +484,3 @@ def _check_model_specs(specs: Sequence[arrays.TensorSpec], where: str, error: ty
         total += math.prod(spec.shape)
         if total >= limits.MAX_HE_VALUES:
             raise error(f"{where}: tensor {name!r} takes the model over {limits.MAX_HE_VALUES - 1} values")
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-def _no_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not allowed")
-
-
-def _fields(doc: Any, keys: tuple[str, ...], at: str, where: str) -> dict[str, Any]:
-    if not isinstance(doc, dict):
-        raise WireError(f"{where}: {at}: expected a JSON object")
-    for key in doc:
-        if key not in keys:
-            raise WireError(f"{where}: {at}: unknown key {key!r} (allowed: {', '.join(keys)})")
-    for key in keys:
-        if key not in doc:
-            raise WireError(f"{where}: {at}: missing key {key!r}")
-    return doc

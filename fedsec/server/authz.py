@@ -28,10 +28,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
 
-from fedsec import _schema, limits
+from fedsec import _schema
 from fedsec.errors import AuthError, ConfigError, KitError
+from fedsec.kit import read_kit_yaml
 from fedsec.pki import certs
 
 FORMAT = "fedsec-authorization/1"
@@ -137,7 +137,7 @@ def load_policy(kit_root: Path) -> Policy:
     not YAML, or breaks the format (an unknown or missing role, right or scope).
     """
     where = f"kit {kit_root.name or kit_root}: {POLICY_FILE}"
-    raw = _read_yaml(kit_root / POLICY_FILE, where)
+    raw = read_kit_yaml(kit_root / POLICY_FILE, where)
     try:
         doc = _schema.build(_PolicyFile, raw, "")
     except ConfigError as exc:
@@ -150,19 +150,3 @@ def load_policy(kit_root: Path) -> Policy:
     return Policy(
         {(role, right): getattr(rights, right.value) for role, rights in doc.roles.items() for right in Right}
     )
-
-
-def _read_yaml(path: Path, where: str) -> Any:
-    if path.is_symlink() or not path.is_file():
-        raise KitError(f"{where}: missing or not a regular file")
-    try:
-        with path.open("rb") as f:
-            data = f.read(limits.MAX_CONFIG_FILE_BYTES + 1)
-    except OSError as exc:
-        raise KitError(f"{where}: cannot read: {exc.strerror or exc}") from exc
-    if len(data) > limits.MAX_CONFIG_FILE_BYTES:
-        raise KitError(f"{where}: larger than the limit of {limits.MAX_CONFIG_FILE_BYTES} bytes")
-    try:
-        return _schema.parse_yaml(data, where)
-    except ConfigError as exc:
-        raise KitError(str(exc)) from exc

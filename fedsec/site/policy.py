@@ -25,6 +25,7 @@ from typing import Any
 
 from fedsec import _fs, _schema, limits
 from fedsec.errors import AuthError, ConfigError, KitError
+from fedsec.kit import read_kit_yaml
 from fedsec.pki import certs
 
 FORMAT = "fedsec-site-policy/1"
@@ -68,7 +69,7 @@ def load_site_policy(kit_root: Path) -> SitePolicy:
     not YAML, or breaks the format.
     """
     where = f"kit {kit_root.name or kit_root}: {POLICY_FILE}"
-    raw = _read_yaml(kit_root / POLICY_FILE, where)
+    raw = read_kit_yaml(kit_root / POLICY_FILE, where)
     try:
         doc = _schema.build(_PolicyFile, raw, "")
     except ConfigError as exc:
@@ -76,22 +77,6 @@ def load_site_policy(kit_root: Path) -> SitePolicy:
     if doc.format != FORMAT:
         raise KitError(f"{where}: format: {doc.format!r} is not {FORMAT!r}")
     return SitePolicy(roles=frozenset(doc.custom_code.roles), orgs=_orgs(doc.custom_code.orgs, where))
-
-
-def _read_yaml(path: Path, where: str) -> Any:
-    if path.is_symlink() or not path.is_file():
-        raise KitError(f"{where}: missing or not a regular file")
-    try:
-        with path.open("rb") as f:
-            data = f.read(limits.MAX_CONFIG_FILE_BYTES + 1)
-    except OSError as exc:
-        raise KitError(f"{where}: cannot read: {exc.strerror or exc}") from exc
-    if len(data) > limits.MAX_CONFIG_FILE_BYTES:
-        raise KitError(f"{where}: larger than the limit of {limits.MAX_CONFIG_FILE_BYTES} bytes")
-    try:
-        return _schema.parse_yaml(data, where)
-    except ConfigError as exc:
-        raise KitError(str(exc)) from exc
 
 
 def _orgs(value: Any, where: str) -> frozenset[str] | None:

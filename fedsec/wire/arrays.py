@@ -271,10 +271,10 @@ def _parse_header(header: bytes, where: str) -> tuple[TensorSpec, ...]:
     except UnicodeDecodeError as exc:
         raise WireError(f"{where}: header is not UTF-8") from exc
     try:
-        doc = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+        doc = strict_json(text)
     except (ValueError, RecursionError) as exc:
         raise WireError(f"{where}: header is not valid JSON: {exc}") from exc
-    entries = _fields(doc, _HEADER_KEYS, "header", where)["tensors"]
+    entries = json_fields(doc, _HEADER_KEYS, "header", where)["tensors"]
     if not isinstance(entries, list):
         raise WireError(f"{where}: header: 'tensors' must be a list")
     if len(entries) > limits.MAX_TENSORS:
@@ -282,7 +282,7 @@ def _parse_header(header: bytes, where: str) -> tuple[TensorSpec, ...]:
     specs = []
     for i, entry in enumerate(entries):
         at = f"header tensors[{i}]"
-        fields = _fields(entry, _TENSOR_KEYS, at, where)
+        fields = json_fields(entry, _TENSOR_KEYS, at, where)
         name, dtype, shape = fields["name"], fields["dtype"], fields["shape"]
         if not isinstance(name, str):
             raise WireError(f"{where}: {at}: name must be a string")
@@ -293,6 +293,11 @@ def _parse_header(header: bytes, where: str) -> tuple[TensorSpec, ...]:
         specs.append(TensorSpec(name, dtype, tuple(shape)))
     _check_specs(specs, where)
     return tuple(specs)
+
+
+def strict_json(text: str) -> Any:
+    """json.loads that refuses duplicate keys and NaN/Infinity (ValueError), for headers from outside."""
+    return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -308,7 +313,8 @@ def _no_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not allowed")
 
 
-def _fields(doc: Any, keys: tuple[str, ...], at: str, where: str) -> dict[str, Any]:
+def json_fields(doc: Any, keys: tuple[str, ...], at: str, where: str) -> dict[str, Any]:
+    """doc, which must be a JSON object with exactly these keys; WireError naming the first problem."""
     if not isinstance(doc, dict):
         raise WireError(f"{where}: {at}: expected a JSON object")
     for key in doc:
