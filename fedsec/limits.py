@@ -52,3 +52,10 @@ MAX_HE_CONTEXT_BYTES = 1 << 20  # a serialized TenSEAL context (a client's, with
 MAX_HE_HEADER_BYTES = 4 << 20  # the JSON header of an encrypted model
 MAX_HE_CIPHERTEXT_BYTES = 256 << 10  # one serialized ciphertext record (~62 KB at N=4096)
 MAX_HE_VALUES = 1 << 28  # values in one encrypted model (~2 GiB of ciphertexts)
+
+# Tracking events.
+MAX_EVENTS_PER_BATCH = 1000
+MAX_EVENT_TAG = 256
+MAX_EVENT_TEXT = 64 << 10
+MAX_EVENT_QUEUE = 100_000  # events a SummaryWriter holds before it drops (and says so)
+MAX_SPOOL_BYTES = 256 << 20  # a site's unsent events of one job

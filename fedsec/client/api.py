@@ -24,6 +24,7 @@ import numpy as np
 from fedsec import limits
 from fedsec.errors import FedsecError, JobError, WireError
 from fedsec.jobs.env import ENV_HE_CONTEXT, ENV_JOB_ID, ENV_SITE, ENV_SOCKET
+from fedsec.tracking.events import Event, to_proto
 from fedsec.transport.local import unix_channel
 from fedsec.wire import arrays, fedsec_pb2, fedsec_pb2_grpc, streams
 
@@ -245,6 +246,23 @@ def _encrypted_result(link: _Link, task: FLModel, model: FLModel, he: dict[str, 
     weight = min(float(examples), max_examples) / max_examples
     payload = encrypt_model(_he_context(link), params, weight, float(he.get("clip", 4.0)))
     return json.dumps({"params_type": "full", "encrypted": True}), payload
+
+
+def send_events(events: list[Event]) -> None:
+    """Hand a batch of tracking events to this site (SummaryWriter's transport); raises FedsecError on failure.
+
+    The site stores them durably before it answers; it forwards them to the server.
+    """
+    init()
+    link = _get()
+    batch = fedsec_pb2.EventBatch(job_id=link.job_id, events=[to_proto(e) for e in events])
+    link.stub.SendEvents(batch, timeout=30)
+
+
+def current_round() -> int:
+    """The round of the last task received (0 before the first)."""
+    last = _get().last
+    return last.current_round if last is not None else 0
 
 
 def _retry(call: Any, what: str) -> Any:

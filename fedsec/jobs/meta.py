@@ -91,6 +91,17 @@ class HEConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """config.yml's tracking section: where the server writes the sites' SummaryWriter events.
+
+    mlflow_uri "" is the server's embedded MLflow store (in its kit's tracking/ folder).
+    """
+
+    mlflow_uri: str = ""
+    tensorboard: bool = False
+
+
+@dataclass(frozen=True)
 class AppConfig:
     """app/config.yml: initial_model is relative to app/."""
 
@@ -98,6 +109,7 @@ class AppConfig:
     script: ScriptConfig
     initial_model: str
     he: HEConfig = field(default_factory=HEConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 def load_job_folder(folder: Path) -> tuple[JobMeta, AppConfig]:
@@ -162,6 +174,9 @@ def parse_app_config(raw: Any) -> AppConfig:
         check_script(config.script)
         check_relative_path("initial_model", config.initial_model)
         check_he(config.he)
+        uri = config.tracking.mlflow_uri
+        if uri and not uri.startswith(("http://", "https://", "sqlite:///", "file:///")):
+            raise ConfigError(f"tracking.mlflow_uri: {uri[:80]!r} is not an http(s)://, sqlite:/// or file:/// URI")
         if config.he.enabled and not config.workflow.evaluate_final:
             raise ConfigError("he.enabled: needs workflow.evaluate_final (that task brings the sites the final model)")
     except ConfigError as exc:

@@ -30,11 +30,9 @@ from fedsec.jobs.meta import (
     AppConfig,
     JobMeta,
     WorkflowKind,
-    check_he,
     check_meta,
-    check_script,
-    check_workflow,
     load_job_folder,
+    parse_app_config,
     to_yaml,
 )
 from fedsec.wire import arrays
@@ -76,6 +74,8 @@ class FedAvgRecipe:
         he: bool = False,
         he_clip: float = 4.0,
         he_max_examples: int = 1,
+        tracking_uri: str = "",
+        tensorboard: bool = False,
     ) -> None:
         self._where = f"FedAvgRecipe {name!r}"
         for arg, value in (("script_args", script_args), ("custom_files", custom_files), ("sites", sites)):
@@ -96,14 +96,12 @@ class FedAvgRecipe:
             "script": {"path": self.train_script.name, "args": list(script_args)},
             "initial_model": INITIAL_MODEL_FILE,
             "he": {"enabled": he, "clip": he_clip, "max_examples": he_max_examples},
+            "tracking": {"mlflow_uri": tracking_uri, "tensorboard": tensorboard},
         }
         try:
             self.meta: JobMeta = _schema.build(JobMeta, raw_meta, "")
             check_meta(self.meta)
-            self.app_config: AppConfig = _schema.build(AppConfig, raw_config, "")
-            check_workflow(self.app_config.workflow)
-            check_script(self.app_config.script)
-            check_he(self.app_config.he)
+            self.app_config: AppConfig = parse_app_config(raw_config)
         except ConfigError as exc:
             raise JobError(f"{self._where}: {exc}") from exc
         self._check_files()

@@ -27,7 +27,7 @@ import grpc
 from cryptography import x509
 
 from fedsec import _fs, _proc, limits
-from fedsec.errors import AuthError, FedsecError, JobError
+from fedsec.errors import AuthError, FedsecError, JobError, WireError
 from fedsec.jobs import load_job_folder, pack, unpack
 from fedsec.jobs.meta import meta_to_json
 from fedsec.jobs.signing import JobSignature, verify_archive
@@ -62,6 +62,7 @@ class JobManager:
     ) -> None:
         self._store = store
         self._he_context = he_context
+        self._tracking_dir = run_dir.parent / "tracking"  # <server kit>/tracking: the embedded MLflow store
         self._root_ca = root_ca
         self._run_dir = run_dir
         self._alive_sites = alive_sites  # () -> frozenset[str]
@@ -234,6 +235,22 @@ class JobManager:
             return fedsec_pb2.ResultReply(accepted=False, reason=f"workflow refused the result: {code} {detail}")
         return reply
 
+    def send_events(self, batch: fedsec_pb2.EventBatch) -> fedsec_pb2.EventAck:
+        """Relay a site's tracking events to the job's workflow, which stores them. JobError when it is not running."""
+        flow = self._ready_flow(batch.job_id)
+        if flow is None:
+            if self._store.get(batch.job_id).status.finished:
+                raise JobError(f"job {batch.job_id} has ended: its events can no longer be stored")
+            raise FedsecError(f"job {batch.job_id}: the workflow is starting; send the events again")
+        try:
+            ack: fedsec_pb2.EventAck = flow.stub.SendEvents(batch, timeout=60)
+        except grpc.RpcError as exc:
+            code = exc.code() if isinstance(exc, grpc.Call) else None
+            if code is grpc.StatusCode.INVALID_ARGUMENT:
+                raise WireError(exc.details() or "bad events") from exc
+            raise FedsecError(f"job {batch.job_id}: the workflow did not store the events") from exc
+        return ack
+
     def report(self, job_id: str, site: str, failed: bool, error: str, log_tail: str = "") -> None:
         folder = self._store.job_dir(job_id) / _SITES
         folder.mkdir(exist_ok=True, mode=0o700)
@@ -325,6 +342,7 @@ class JobManager:
         argv += ["--socket", str(sock)]
         if self._he_context is not None:
             argv += ["--he-context", str(self._he_context)]
+        argv += ["--tracking-dir", str(self._tracking_dir)]
         proc = _proc.start(argv, cwd=job_dir, env=_child_env(), log_path=job_dir / "workflow.log")
         channel = unix_channel(sock)
         sites = frozenset(json.loads(record.meta_json).get("sites", []))

@@ -99,6 +99,15 @@ class FederationService(fedsec_pb2_grpc.FederationServicer):
         return self._jobs.submit_result(first.header.job_id, site, first.header, request_iterator)
 
     @rpc_boundary
+    def SendEvents(self, request: fedsec_pb2.EventBatch, context: grpc.ServicerContext) -> fedsec_pb2.EventAck:
+        site = self._site(context)
+        self._assigned(request.job_id, site)
+        if len(request.events) > limits.MAX_EVENTS_PER_BATCH:
+            raise WireError(f"more than {limits.MAX_EVENTS_PER_BATCH} events in one batch")
+        request.site = site  # from the verified certificate, never from the site
+        return self._jobs.send_events(request)
+
+    @rpc_boundary
     def ReportJob(self, request: fedsec_pb2.JobReport, context: grpc.ServicerContext) -> fedsec_pb2.Empty:
         site = self._site(context)
         self._assigned(request.job_id, site)

@@ -23,6 +23,8 @@ from fedsec.pki.certs import Kind
 from fedsec.site.local import ScriptRelay
 from fedsec.site.policy import load_site_policy
 from fedsec.site.runner import JobRunner
+from fedsec.site.spool import EventSpool
+from fedsec.tracking.events import Event, to_proto
 from fedsec.transport.local import serve_unix, socket_path
 from fedsec.transport.tls import channel, error_from_rpc
 from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc, streams
@@ -48,15 +50,15 @@ class SiteAgent:
         self._socket = socket_path(kit.root / "run", "site.sock")
         self._runner = JobRunner(kit.root, kit.name, self._socket, self._report, read_ca(kit))
         load_site_policy(kit.root)  # a broken policy stops the site at start, not at the first job
-        self._local = serve_unix(
-            self._socket,
-            lambda s: fedsec_pb2_grpc.add_FederationServicer_to_server(
-                ScriptRelay(lambda: self._stub, self._runner.running), s
-            ),
-        )
+        self._spool = EventSpool(kit.root / "tracking")
+        self._events_due = threading.Event()
+        relay = ScriptRelay(lambda: self._stub, self._runner.running, self._spool, self._events_due.set)
+        self._local = serve_unix(self._socket, lambda s: fedsec_pb2_grpc.add_FederationServicer_to_server(relay, s))
+        self._forwarder = threading.Thread(target=self._forward_loop, name="events", daemon=True)
 
     def run(self) -> None:
         """Register and heartbeat until stopped (SIGTERM / SIGINT)."""
+        self._forwarder.start()
         try:
             while not self._stop.is_set():
                 self._register()
@@ -122,7 +124,47 @@ class SiteAgent:
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, f"fetch job {job_id}") from exc
 
+    def _forward_loop(self) -> None:
+        """Send spooled tracking events to the server as they come, and again after a restart."""
+        delay = 0.5
+        while not self._stop.is_set():
+            self._events_due.wait(delay)
+            self._events_due.clear()
+            try:
+                for job_id in self._spool.jobs():
+                    if self._spool.pending(job_id):
+                        self._spool.forward(job_id, self._send_events)
+                delay = 0.5
+            except FedsecError as exc:
+                log.info("site=%s events not forwarded yet: %s", self._kit.name, exc)
+                delay = min(delay * 2, 5.0)
+
+    def _send_events(self, job_id: str, events: list[Event]) -> None:
+        batch = fedsec_pb2.EventBatch(job_id=job_id, events=[to_proto(e) for e in events])
+        try:
+            self._stub.SendEvents(batch, timeout=30)
+        except grpc.RpcError as exc:
+            err = error_from_rpc(exc, f"events of job {job_id}")
+            if isinstance(exc, grpc.Call) and exc.code() is grpc.StatusCode.FAILED_PRECONDITION:
+                log.warning(
+                    "site=%s job=%s: server no longer takes its events (%s); dropping them", self._kit.name, job_id, err
+                )
+                self._spool.discard(job_id)
+                return
+            raise err from exc
+
+    def _drain_events(self, job_id: str, timeout: float = 30.0) -> None:
+        """Forward every spooled event of a job before reporting its end (the server waits for that report)."""
+        deadline = time.monotonic() + timeout
+        while self._spool.pending(job_id) and time.monotonic() < deadline:
+            try:
+                self._spool.forward(job_id, self._send_events)
+            except FedsecError as exc:
+                log.info("site=%s job=%s events not drained yet: %s", self._kit.name, job_id, exc)
+                time.sleep(0.5)
+
     def _report(self, job_id: str, failed: bool, error: str, log_tail: str) -> None:
+        self._drain_events(job_id)
         outcome = fedsec_pb2.JOB_OUTCOME_FAILED if failed else fedsec_pb2.JOB_OUTCOME_FINISHED
         request = fedsec_pb2.JobReport(
             job_id=job_id,
@@ -133,6 +175,8 @@ class SiteAgent:
         for attempt in range(5):
             try:
                 self._stub.ReportJob(request, timeout=10)
+                if not self._spool.pending(job_id):
+                    self._spool.discard(job_id)
                 return
             except grpc.RpcError as exc:
                 if attempt == 4:

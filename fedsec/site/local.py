@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 import grpc
 
 from fedsec.errors import AuthError
+from fedsec.site.spool import EventSpool
+from fedsec.tracking.events import check_batch
 from fedsec.transport.tls import rpc_boundary
 from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc
 
@@ -20,11 +22,19 @@ log = logging.getLogger(__name__)
 
 
 class ScriptRelay(fedsec_pb2_grpc.FederationServicer):
-    """Relays the training scripts' task calls to the server."""
+    """Relays the training scripts' task calls to the server, and spools their tracking events."""
 
-    def __init__(self, upstream: Callable[[], fedsec_pb2_grpc.FederationStub], jobs: Callable[[], set[str]]) -> None:
+    def __init__(
+        self,
+        upstream: Callable[[], fedsec_pb2_grpc.FederationStub],
+        jobs: Callable[[], set[str]],
+        spool: EventSpool,
+        wake: Callable[[], None],
+    ) -> None:
         self._upstream = upstream
         self._jobs = jobs
+        self._spool = spool
+        self._wake = wake
 
     def _check(self, job_id: str) -> None:
         if job_id not in self._jobs():
@@ -36,6 +46,15 @@ class ScriptRelay(fedsec_pb2_grpc.FederationServicer):
         wait = min(max(request.wait_seconds, 0.0), 30.0)
         upstream = fedsec_pb2.TaskRequest(job_id=request.job_id, wait_seconds=wait)
         return _relay_stream(lambda: self._upstream().GetTask(upstream, timeout=wait + 60), context)
+
+    @rpc_boundary
+    def SendEvents(self, request: fedsec_pb2.EventBatch, context: grpc.ServicerContext) -> fedsec_pb2.EventAck:
+        """Store the events durably, then answer: the forwarder sends them on to the server."""
+        self._check(request.job_id)
+        events = check_batch(request, f"events of job {request.job_id}")
+        self._spool.append(request.job_id, events)
+        self._wake()
+        return fedsec_pb2.EventAck(stored=len(events))
 
     @rpc_boundary
     def SubmitResult(

@@ -194,6 +194,44 @@ class JobReport(_message.Message):
     log_tail: str
     def __init__(self, job_id: _Optional[str] = ..., outcome: _Optional[_Union[JobOutcome, str]] = ..., error: _Optional[str] = ..., log_tail: _Optional[str] = ...) -> None: ...
 
+class TrackingEvent(_message.Message):
+    __slots__ = ("writer", "seq", "kind", "tag", "step", "wall_time", "value", "text")
+    WRITER_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    WALL_TIME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    writer: str
+    seq: int
+    kind: str
+    tag: str
+    step: int
+    wall_time: float
+    value: float
+    text: str
+    def __init__(self, writer: _Optional[str] = ..., seq: _Optional[int] = ..., kind: _Optional[str] = ..., tag: _Optional[str] = ..., step: _Optional[int] = ..., wall_time: _Optional[float] = ..., value: _Optional[float] = ..., text: _Optional[str] = ...) -> None: ...
+
+class EventBatch(_message.Message):
+    __slots__ = ("job_id", "site", "events")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    site: str
+    events: _containers.RepeatedCompositeFieldContainer[TrackingEvent]
+    def __init__(self, job_id: _Optional[str] = ..., site: _Optional[str] = ..., events: _Optional[_Iterable[_Union[TrackingEvent, _Mapping]]] = ...) -> None: ...
+
+class EventAck(_message.Message):
+    __slots__ = ("stored", "duplicates")
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    stored: int
+    duplicates: int
+    def __init__(self, stored: _Optional[int] = ..., duplicates: _Optional[int] = ...) -> None: ...
+
 class SiteList(_message.Message):
     __slots__ = ("sites",)
     SITES_FIELD_NUMBER: _ClassVar[int]

@@ -64,6 +64,11 @@ class FederationStub:
                 request_serializer=fedsec_dot_wire_dot_fedsec__pb2.JobReport.SerializeToString,
                 response_deserializer=fedsec_dot_wire_dot_fedsec__pb2.Empty.FromString,
                 _registered_method=True)
+        self.SendEvents = channel.unary_unary(
+                '/fedsec.v1.Federation/SendEvents',
+                request_serializer=fedsec_dot_wire_dot_fedsec__pb2.EventBatch.SerializeToString,
+                response_deserializer=fedsec_dot_wire_dot_fedsec__pb2.EventAck.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -105,6 +110,12 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendEvents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +148,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.ReportJob,
                     request_deserializer=fedsec_dot_wire_dot_fedsec__pb2.JobReport.FromString,
                     response_serializer=fedsec_dot_wire_dot_fedsec__pb2.Empty.SerializeToString,
+            ),
+            'SendEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendEvents,
+                    request_deserializer=fedsec_dot_wire_dot_fedsec__pb2.EventBatch.FromString,
+                    response_serializer=fedsec_dot_wire_dot_fedsec__pb2.EventAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -311,6 +327,33 @@ class Federation:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def SendEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsec.v1.Federation/SendEvents',
+            fedsec_dot_wire_dot_fedsec__pb2.EventBatch.SerializeToString,
+            fedsec_dot_wire_dot_fedsec__pb2.EventAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class WorkflowStub:
     """Missing associated documentation comment in .proto file."""
@@ -336,6 +379,11 @@ class WorkflowStub:
                 request_serializer=fedsec_dot_wire_dot_fedsec__pb2.SiteList.SerializeToString,
                 response_deserializer=fedsec_dot_wire_dot_fedsec__pb2.Empty.FromString,
                 _registered_method=True)
+        self.SendEvents = channel.unary_unary(
+                '/fedsec.v1.Workflow/SendEvents',
+                request_serializer=fedsec_dot_wire_dot_fedsec__pb2.EventBatch.SerializeToString,
+                response_deserializer=fedsec_dot_wire_dot_fedsec__pb2.EventAck.FromString,
+                _registered_method=True)
 
 
 class WorkflowServicer:
@@ -359,6 +407,12 @@ class WorkflowServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendEvents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkflowServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -376,6 +430,11 @@ def add_WorkflowServicer_to_server(servicer, server):
                     servicer.UpdateSites,
                     request_deserializer=fedsec_dot_wire_dot_fedsec__pb2.SiteList.FromString,
                     response_serializer=fedsec_dot_wire_dot_fedsec__pb2.Empty.SerializeToString,
+            ),
+            'SendEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendEvents,
+                    request_deserializer=fedsec_dot_wire_dot_fedsec__pb2.EventBatch.FromString,
+                    response_serializer=fedsec_dot_wire_dot_fedsec__pb2.EventAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -459,6 +518,33 @@ class Workflow:
             '/fedsec.v1.Workflow/UpdateSites',
             fedsec_dot_wire_dot_fedsec__pb2.SiteList.SerializeToString,
             fedsec_dot_wire_dot_fedsec__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsec.v1.Workflow/SendEvents',
+            fedsec_dot_wire_dot_fedsec__pb2.EventBatch.SerializeToString,
+            fedsec_dot_wire_dot_fedsec__pb2.EventAck.FromString,
             options,
             channel_credentials,
             insecure,

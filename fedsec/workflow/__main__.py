@@ -12,18 +12,23 @@ import json
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 from types import FrameType
 
 from fedsec import _fs, _proc, logs
 from fedsec.errors import FedsecError
 from fedsec.jobs import load_job_folder
+from fedsec.jobs.meta import TrackingConfig
 from fedsec.transport.local import serve_unix
 from fedsec.wire import fedsec_pb2_grpc
 from fedsec.workflow.fedavg import FedAvg
 from fedsec.workflow.service import WorkflowService
+from fedsec.workflow.tracking import Tracker
 
 log = logging.getLogger("fedsec.workflow")
+
+DRAIN_SECONDS = 30.0  # how long the job waits, after its rounds, for the sites' last events
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job-id", required=True)
     parser.add_argument("--socket", required=True, type=Path)
     parser.add_argument("--he-context", type=Path, help="the server's HE context (no secret key)")
+    parser.add_argument("--tracking-dir", type=Path, help="the server's tracking folder (the embedded MLflow store)")
     args = parser.parse_args(argv)
     _proc.tune_malloc()
     logs.setup()
@@ -49,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             from fedsec.he.context import load_server_context  # tenseal: only in HE jobs
 
             he_context = load_server_context(args.he_context.read_bytes(), f"server HE context {args.he_context}")
-        fedavg = FedAvg(args.job_id, args.job_dir / "job", workspace, meta, app, he_context)
+        tracker = _open_tracker(args, meta.name, app.tracking, workspace)
+        fedavg = FedAvg(args.job_id, args.job_dir / "job", workspace, meta, app, he_context, tracker)
         service = WorkflowService(fedavg, app.workflow.num_rounds)
         server = serve_unix(args.socket, lambda s: fedsec_pb2_grpc.add_WorkflowServicer_to_server(service, s), 32)
     except FedsecError as exc:
@@ -60,8 +67,31 @@ def main(argv: list[str] | None = None) -> int:
     except FedsecError as exc:
         status, reason = "failed", str(exc)
         fedavg.finish()
+    _await_sites(args.job_dir, fedavg.participants)
     server.stop(grace=2).wait()
+    if fedavg.tracker is not None:
+        fedavg.tracker.close()
     return _end(workspace, status, reason)
+
+
+def _open_tracker(args: argparse.Namespace, name: str, config: TrackingConfig, workspace: Path) -> Tracker | None:
+    if args.tracking_dir is None:
+        return None
+    from fedsec.tracking.receivers import open_receivers  # mlflow: only in the job process
+
+    receivers = open_receivers(args.job_id, name, args.tracking_dir, config.mlflow_uri, config.tensorboard)
+    return Tracker(workspace / "tracking.db", receivers)
+
+
+def _await_sites(job_dir: Path, sites: set[str], timeout: float = DRAIN_SECONDS) -> None:
+    """Wait until every site that took part reported its end (it sends its last events before that)."""
+    deadline = time.monotonic() + timeout
+    missing = set(sites)
+    while missing and time.monotonic() < deadline:
+        missing = {s for s in missing if not (job_dir / "sites" / f"{s}.json").exists()}
+        time.sleep(0.1)
+    if missing:
+        log.warning("sites %s did not report the end of the job within %.0f s", ",".join(sorted(missing)), timeout)
 
 
 def _end(workspace: Path, status: str, reason: str) -> int:

@@ -27,6 +27,7 @@ from fedsec.errors import JobError, WireError
 from fedsec.jobs.meta import AppConfig, JobMeta
 from fedsec.wire import arrays, fedsec_pb2, streams
 from fedsec.workflow.aggregate import Accumulator, EncryptedAccumulator
+from fedsec.workflow.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,14 @@ class FedAvg:
     """One FedAvg job on the server."""
 
     def __init__(
-        self, job_id: str, job_folder: Path, workspace: Path, meta: JobMeta, app: AppConfig, he_context: Any = None
+        self,
+        job_id: str,
+        job_folder: Path,
+        workspace: Path,
+        meta: JobMeta,
+        app: AppConfig,
+        he_context: Any = None,
+        tracker: Tracker | None = None,
     ) -> None:
         """he_context: the server's HE context (no key), required when the job enables HE."""
         self.job_id = job_id
@@ -84,6 +92,8 @@ class FedAvg:
         if self.he.enabled and he_context is None:
             raise JobError("the job uses homomorphic encryption, but the server kit has no HE context")
         self._he_context = he_context
+        self.tracker = tracker
+        self.participants: set[str] = set()  # every site that answered a round: the sites whose end is awaited
         self._initial = job_folder / "app" / app.initial_model
         self._ws = workspace
         for sub in ("checkpoints", "incoming", "result"):
@@ -156,6 +166,7 @@ class FedAvg:
                     rnd.metric_weights[key] = rnd.metric_weights.get(key, 0.0) + weight
                 rnd.pending.discard(site)
                 rnd.contributors.append(site)
+                self.participants.add(site)
                 self._cond.notify_all()
         except WireError as exc:
             log.warning("job=%s rejected %s: %s", self.job_id, where, exc)
@@ -208,6 +219,8 @@ class FedAvg:
             self._progress["final"] = {"metrics": rnd.metrics(), "sites": sorted(rnd.contributors)}
             _fs.write_atomic(self._ws / "progress.json", json.dumps(self._progress).encode())
         shutil.copyfile(model, self._ws / "result" / f"global_model{model.suffix}")
+        if self.tracker is not None:
+            self.tracker.final_model(self._ws / "result" / f"global_model{model.suffix}")
         shutil.copyfile(self._ws / "progress.json", self._ws / "result" / "progress.json")
         self.finish()
 
@@ -270,6 +283,8 @@ class FedAvg:
         previous = self._checkpoint(number - 2)
         previous.unlink(missing_ok=True)  # keep the last two checkpoints
         log.info("job=%s round=%d done metrics=%s", self.job_id, number, entry["metrics"])
+        if self.tracker is not None:
+            self.tracker.global_metrics(number, rnd.metrics())
 
     def _checkpoint(self, number: int) -> Path:
         suffix = ENCRYPTED_SUFFIX if self.he.enabled else ".fsa"

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import grpc
 
 from fedsec.errors import WireError
+from fedsec.tracking.events import check_batch
 from fedsec.transport.tls import rpc_boundary
 from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc, streams
 from fedsec.workflow.fedavg import FedAvg
@@ -50,6 +51,15 @@ class WorkflowService(fedsec_pb2_grpc.WorkflowServicer):
             raise WireError("result stream did not start with a header")
         accepted, reason = self._fedavg.submit(first.header.site, first.header, _data(request_iterator))
         return fedsec_pb2.ResultReply(accepted=accepted, reason=reason)
+
+    @rpc_boundary
+    def SendEvents(self, request: fedsec_pb2.EventBatch, context: grpc.ServicerContext) -> fedsec_pb2.EventAck:
+        events = check_batch(request, f"events of {request.site}")
+        tracker = self._fedavg.tracker
+        if tracker is None:
+            return fedsec_pb2.EventAck(duplicates=len(events))  # tracking is off: taken and dropped
+        stored, duplicates = tracker.site_events(request.site, events)
+        return fedsec_pb2.EventAck(stored=stored, duplicates=duplicates)
 
     @rpc_boundary
     def UpdateSites(self, request: fedsec_pb2.SiteList, context: grpc.ServicerContext) -> fedsec_pb2.Empty:

@@ -18,6 +18,7 @@ from torch import nn
 from fedsec import client as fl
 from fedsec.client import FLModel, ParamsType
 from fedsec.client.torch_io import load_into, to_numpy
+from fedsec.client.tracking import SummaryWriter
 
 
 def parse_args() -> argparse.Namespace:
@@ -74,6 +75,8 @@ def main() -> None:
     train_x, train_y, test_x, test_y = load_split(site_index(site), args.n_clients, alpha=args.alpha, seed=args.seed)
     print(f"{site}: {len(train_y)} training and {len(test_y)} test samples", flush=True)
     net = DigitsNet()
+    writer = SummaryWriter()  # events go through the server to MLflow (and TensorBoard)
+    writer.log_params({"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "site": site})
 
     while fl.is_running():
         model = fl.receive()
@@ -83,6 +86,7 @@ def main() -> None:
         accuracy = evaluate(net, test_x, test_y)
         label = "final model" if model.task == "evaluate" else f"round {model.current_round + 1}/{model.total_rounds}"
         print(f"{site} {label}: global model accuracy {accuracy:.4f}", flush=True)
+        writer.add_scalar("global_val_accuracy", accuracy, model.current_round)
         if model.task == "evaluate":  # the final round: report, do not train
             fl.send(FLModel(metrics={"accuracy": accuracy}, meta={"num_examples": len(test_y)}))
             continue
@@ -90,6 +94,8 @@ def main() -> None:
         global_params = to_numpy(net.state_dict())
         loss = train(net, train_x, train_y, args)
         diff = {name: value - global_params[name] for name, value in to_numpy(net.state_dict()).items()}
+        update_norm = float(sum(float((d.astype("float64") ** 2).sum()) for d in diff.values()) ** 0.5)
+        writer.add_scalars("train", {"loss": loss, "lr": args.lr, "update_norm": update_norm}, model.current_round)
         fl.send(
             FLModel(
                 params=diff,
@@ -98,6 +104,7 @@ def main() -> None:
                 meta={"num_examples": len(train_y)},
             )
         )
+    writer.close()
 
 
 if __name__ == "__main__":

@@ -41,6 +41,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--he", action="store_true", help="encrypt the updates (the project must be provisioned with HE)"
     )
+    parser.add_argument(
+        "--tracking_uri", default="", help="MLflow tracking URI for the server (default: its embedded store)"
+    )
+    parser.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files on the server")
     return parser.parse_args()
 
 
@@ -59,6 +63,8 @@ def make_recipe(args: argparse.Namespace) -> FedAvgRecipe:
         script_args=script_args,
         custom_files=[HERE / "model.py", HERE / "data.py"],
         he=args.he,
+        tracking_uri=args.tracking_uri,
+        tensorboard=args.tensorboard,
         he_max_examples=2000,  # more than any site holds: weights stay proportional to the sites' sizes
     )
 

@@ -1,0 +1,156 @@
+"""SummaryWriter events stream from the sites through the server into MLflow: nothing lost, nothing twice."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedsec.api import Session
+from fedsec.jobs import FedAvgRecipe
+from tests.integration.harness import Federation, wait_until
+
+JOB_PY = Path(__file__).resolve().parents[2] / "jobs" / "digits_fedavg" / "job.py"
+EVENTS_SCRIPT = Path(__file__).parent / "scripts" / "events_client.py"
+
+pytestmark = pytest.mark.skipif(
+    not all(importlib.util.find_spec(m) for m in ("torch", "sklearn", "mlflow")), reason="needs the ml extra and mlflow"
+)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
+    """A real MLflow tracking server with a SQLite backend on 127.0.0.1, stopped by its process group."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = tmp_path / "mlflow-server"
+    store.mkdir()
+    argv = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--backend-store-uri", f"sqlite:///{store}/m.db", "--default-artifact-root", str(store / "art")]
+    argv += ["--workers", "1"]
+    with (tmp_path / "mlflow-server.log").open("wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _healthy(uri) or proc.poll() is not None, 120, "the MLflow server")
+        assert proc.poll() is None, (tmp_path / "mlflow-server.log").read_text()[-3000:]
+        yield uri
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def _healthy(uri: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=2) as reply:  # noqa: S310 - a local test server
+            return bool(reply.status == 200)
+    except OSError:
+        return False
+
+
+def _check_digits_runs(uri: str, job_id: str, rounds: int) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("digits_fedavg")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`fedsec.job_id` = '{job_id}'")
+    parents = [r for r in runs if "fedsec.site" not in r.data.tags]
+    children = {r.data.tags["fedsec.site"]: r for r in runs if "fedsec.site" in r.data.tags}
+    assert len(parents) == 1 and sorted(children) == ["site-1", "site-2", "site-3"]
+    history = client.get_metric_history(parents[0].info.run_id, "accuracy")
+    assert sorted(m.step for m in history) == list(range(rounds))  # one value per round
+    for site, run in children.items():
+        assert run.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id
+        val = client.get_metric_history(run.info.run_id, "global_val_accuracy")
+        assert sorted(m.step for m in val) == list(range(rounds + 1)), site  # every round and the final model
+        for key in ("train/loss", "train/lr", "train/update_norm"):
+            assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == list(range(rounds))
+        assert run.data.params["epochs"] == "3"
+
+
+def _run_digits(fed: Federation, cwd: Path, *extra: str) -> str:
+    argv = [sys.executable, str(JOB_PY), "--startup_kit", str(fed.admin_kit), "--n_clients", "3", "--num_rounds", "2"]
+    done = subprocess.run([*argv, *extra], cwd=cwd, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    found = re.search(r"^submitted job (\S+)$", done.stdout, re.M)
+    assert found
+    return found.group(1)
+
+
+@pytest.mark.federation(n_clients=3, heartbeat_timeout=30.0)
+def test_digits_events_reach_the_embedded_store_and_a_real_mlflow_server(
+    federation: Federation, tmp_path: Path, mlflow_server: str
+) -> None:
+    federation.start_all()
+    job_id = _run_digits(federation, tmp_path)
+    embedded = f"sqlite:///{federation.kit('server1') / 'tracking' / 'mlflow' / 'mlflow.db'}"
+    _check_digits_runs(embedded, job_id, rounds=2)
+    job_id = _run_digits(federation, tmp_path, "--tracking_uri", mlflow_server)
+    _check_digits_runs(mlflow_server, job_id, rounds=2)
+
+
+@pytest.mark.federation(n_clients=2, heartbeat_timeout=30.0)
+def test_events_of_a_killed_site_arrive_once(federation: Federation, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    federation.start_all()
+    initial = {"w": np.zeros(4, np.float32)}
+    recipe = FedAvgRecipe("events", initial, EVENTS_SCRIPT, 2, 2, script_args=["--events", "50"], round_timeout=120)
+    with Session(federation.admin_kit) as s:
+        job_id = s.submit_job(recipe.export(tmp_path / "job"))
+        work = [federation.kit(f"site-{i}") / "jobs" / job_id / "work" for i in (1, 2)]
+        wait_until(lambda: all(w.is_dir() for w in work), 60, "both sites' scripts")
+        workflow = _pid_of(f"fedsec.workflow --job-dir {federation.kit('server1')}")
+        assert workflow is not None
+        os.kill(workflow, signal.SIGSTOP)  # the server can take no event: none is acknowledged
+        try:
+            for w in work:
+                (w / "go").touch()
+            marker = work[0] / "logged"
+            wait_until(marker.exists, 60, "site-1's script to log its events")
+            killed_tag = marker.read_text()
+            time.sleep(0.5)  # let the site's forwarder try (and hang) on the stopped workflow
+            federation.kill("site-1")
+        finally:
+            os.kill(workflow, signal.SIGCONT)
+        federation.start("site-1")
+        wait_until(lambda: work[0].is_dir() and not marker.exists(), 60, "site-1's restarted script")
+        (work[0] / "go").touch()
+        info = s.wait_for_job(job_id, timeout=180)
+    assert info.status == "finished:completed", info.reason
+    client = MlflowClient(tracking_uri=f"sqlite:///{federation.kit('server1') / 'tracking' / 'mlflow' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("events")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`fedsec.site` = 'site-1'")
+    assert len(runs) == 1
+    history = client.get_metric_history(runs[0].info.run_id, killed_tag)
+    assert sorted(m.step for m in history) == list(range(50))  # every event of the killed writer, once
+
+
+def _pid_of(needle: str) -> int | None:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if needle in cmd:
+                return int(entry.name)
+    return None
