@@ -140,7 +140,16 @@ class FakeTensor:
 def test_add_scalar_takes_numbers_and_things_with_item(open_writer: Callable[..., SummaryWriter]) -> None:
     site = Site()
     writer = open_writer(site)
-    values: list[Any] = [3, 0.5, np.float32(0.25), np.int64(7), np.float64(-2.5), np.array(1.5), FakeTensor(2.5), 10**20]
+    values: list[Any] = [
+        3,
+        0.5,
+        np.float32(0.25),
+        np.int64(7),
+        np.float64(-2.5),
+        np.array(1.5),
+        FakeTensor(2.5),
+        10**20,
+    ]
     for value in values:
         writer.add_scalar("v", value, np.int64(1))
     writer.flush()
@@ -191,7 +200,10 @@ BAD_CALLS: list[tuple[str, Callable[[SummaryWriter], None], type[Exception], str
 
 @pytest.mark.parametrize(("call", "error", "message"), [c[1:] for c in BAD_CALLS], ids=[c[0] for c in BAD_CALLS])
 def test_bad_calls_raise_at_the_call_site_and_send_nothing(
-    open_writer: Callable[..., SummaryWriter], call: Callable[[SummaryWriter], None], error: type[Exception], message: str
+    open_writer: Callable[..., SummaryWriter],
+    call: Callable[[SummaryWriter], None],
+    error: type[Exception],
+    message: str,
 ) -> None:
     site = Site()
     writer = open_writer(site)
