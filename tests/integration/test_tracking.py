@@ -58,7 +58,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
 
 def _healthy(uri: str) -> bool:
     try:
-        with urllib.request.urlopen(f"{uri}/health", timeout=2) as reply:  # noqa: S310 - a local test server
+        with urllib.request.urlopen(f"{uri}/health", timeout=2) as reply:
             return bool(reply.status == 200)
     except OSError:
         return False
