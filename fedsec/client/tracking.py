@@ -27,7 +27,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, SupportsIndex
 
 from fedsec import limits
 from fedsec.errors import FedsecError
@@ -115,7 +115,7 @@ class SummaryWriter:
         self,
         tag: str,
         scalar_value: Any,
-        global_step: int | None = None,
+        global_step: SupportsIndex | None = None,
         walltime: float | None = None,
     ) -> None:
         """Queue one value: an int, a float, a numpy number, or anything whose .item() is one (a 0-d tensor).
@@ -133,13 +133,12 @@ class SummaryWriter:
             "",
         )
         self._sender.put([item])
-        self._sender.flush(None)
 
     def add_scalars(
         self,
         main_tag: str,
         tag_scalar_dict: Mapping[str, Any],
-        global_step: int | None = None,
+        global_step: SupportsIndex | None = None,
         walltime: float | None = None,
     ) -> None:
         """Queue one scalar per key, tagged f"{main_tag}/{key}"; all of them or none (same errors as add_scalar)."""
@@ -162,7 +161,7 @@ class SummaryWriter:
         self,
         tag: str,
         text_string: str,
-        global_step: int | None = None,
+        global_step: SupportsIndex | None = None,
         walltime: float | None = None,
     ) -> None:
         """Queue a text of at most MAX_EVENT_TEXT bytes of UTF-8. TypeError for a non-str; ValueError as add_scalar."""
