@@ -17,3 +17,5 @@ from fedsec.client.api import (
 )
 
 __all__ = ["FLModel", "ParamsType", "init", "is_running", "job_id", "receive", "send", "site_name"]
+
+# fedsec.client.tracking.SummaryWriter is imported from its module, so `import fedsec.client` stays light.

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fedsec import _fs, limits
 from fedsec.errors import WireError
-from fedsec.tracking.events import Event, from_json_line, to_json_line
+from fedsec.tracking.events import MAX_BATCH_BYTES, MAX_JSON_LINE_BYTES, Event, from_json_line, to_json_line
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,16 @@ class EventSpool:
         sent = 0
         while path.exists():
             offset = self._cursor(folder)
-            with path.open("rb") as f:
+            lines: list[bytes] = []
+            size = 0
+            with path.open("rb") as f:  # a batch bounded by count and by bytes (a message's size cap)
                 f.seek(offset)
-                lines = [line for line in (f.readline() for _ in range(batch)) if line.endswith(b"\n")]
+                while len(lines) < batch and size < MAX_BATCH_BYTES // 2:
+                    line = f.readline(MAX_JSON_LINE_BYTES + 1)
+                    if not line.endswith(b"\n"):
+                        break  # the end, or a line being written right now
+                    lines.append(line)
+                    size += len(line)
             if not lines:
                 return sent
             events = [from_json_line(line, f"spool of job {job_id}") for line in lines]
