@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -78,6 +79,10 @@ def _open_tracker(args: argparse.Namespace, name: str, config: TrackingConfig, w
     if args.tracking_dir is None:
         return None
     from fedsec.tracking.receivers import open_receivers  # mlflow: only in the job process
+
+    # a down MLflow server must fail a batch in seconds (the site sends it again), not hold the job for minutes
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
     receivers = open_receivers(args.job_id, name, args.tracking_dir, config.mlflow_uri, config.tensorboard)
     return Tracker(workspace / "tracking.db", receivers)
