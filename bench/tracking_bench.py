@@ -44,7 +44,14 @@ def add_scalar_cost() -> float:
 
 
 def main() -> None:
+    global BURST  # noqa: PLW0603 - a module constant the command line may change
+    import argparse
+
     from mlflow.tracking import MlflowClient
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--burst", type=int, default=BURST, help="0: measure the delay with no backlog")
+    BURST = parser.parse_args().burst
 
     per_call = add_scalar_cost()
     with tempfile.TemporaryDirectory(prefix="fedsec-tracking-bench-") as tmp:
@@ -67,15 +74,16 @@ def main() -> None:
                         exp = client.get_experiment_by_name("tracking-bench")
                         runs = client.search_runs([exp.experiment_id], "tags.`fedsec.site` = 'site-1'") if exp else []
                         run_id = runs[0].info.run_id if runs else ""
-                    if run_id and not burst_done and len(client.get_metric_history(run_id, "burst")) >= BURST:
-                        burst_done = time.time()
-                    if run_id:
+                    if run_id and not burst_done:
+                        if not BURST or len(client.get_metric_history(run_id, "burst")) >= BURST:
+                            burst_done = time.time()
+                    elif run_id:  # the paced events come after the burst
                         now = time.time()
                         for m in client.get_metric_history(run_id, "paced"):
                             seen.setdefault(m.step, now - m.value)
                     time.sleep(0.05)
                 s.wait_for_job(job_id, timeout=120)
-            log = next(fed.prod.glob("site-1/jobs/*/log.txt")).read_text()
+            log = "\n".join(p.read_text() for p in fed.prod.glob("site-1/jobs/*/log.txt"))
         finally:
             fed.stop()
     burst_line = next((line for line in log.splitlines() if line.startswith("burst:")), "burst: (no line)")
