@@ -244,7 +244,12 @@ def _encrypted_result(link: _Link, task: FLModel, model: FLModel, he: dict[str, 
     if isinstance(examples, bool) or not isinstance(examples, int | float) or examples <= 0:
         raise JobError(f"num_examples must be a positive number, got {examples!r}")
     weight = min(float(examples), max_examples) / max_examples
-    payload = encrypt_model(_he_context(link), params, weight, float(he.get("clip", 4.0)))
+    # stochastic rounding needs no secret randomness: seeding it by job, round and site makes runs repeatable
+    seed = int.from_bytes(
+        hashlib.sha256(f"{link.job_id}:{task.current_round}:{link.site}".encode()).digest()[:8], "big"
+    )
+    clip, max_clients = float(he.get("clip", 4.0)), int(he.get("max_clients", 16))
+    payload = encrypt_model(_he_context(link), params, weight, clip, np.random.default_rng(seed), max_clients)
     return json.dumps({"params_type": "full", "encrypted": True}), payload
 
 

@@ -85,6 +85,7 @@ def encrypt_model(
     weight: float,
     clip: float,
     rng: np.random.Generator | None = None,
+    max_clients: int = he_params.MAX_CLIENTS,
 ) -> bytes:
     """The FSH1 container of params, weighted by weight and clipped to [-clip, clip].
 
@@ -96,7 +97,7 @@ def encrypt_model(
     """
     if not has_secret_key(ctx):
         raise HEError("encrypt: the HE context holds no secret key (only a client context can encrypt)")
-    bits = he_params.scale_bits(clip)
+    bits = he_params.scale_bits(clip, max_clients)
     weight_int = _weight_int(weight, bits)
     specs = arrays.specs_of(params, "model to encrypt")
     _check_model_specs(specs, "model to encrypt", HEError)
@@ -149,7 +150,7 @@ def _quantise(
     x *= 2.0**bits
     x += rng.random(n)  # floor(x + U[0, 1)) is unbiased
     np.floor(x, out=x)
-    bound = he_params.per_client_bound()
+    bound = math.ceil(max(clip, 1.0) * 2.0**bits)  # within per_client_bound(max_clients), by scale_bits
     np.clip(x, -bound, bound, out=x)  # a no-op unless x + U rounded up past the bound
     out = np.empty(n + 1, dtype=np.int64)
     out[:n] = x
@@ -176,15 +177,22 @@ def _packed_chunks(values: NDArray[np.int64]) -> Iterator[NDArray[np.int64]]:
 class EncryptedSum:
     """Server side: adds uploads into running sums, one ciphertext at a time; never decrypts."""
 
-    def __init__(self, server_ctx: Any, expected: tuple[arrays.TensorSpec, ...], clip: float) -> None:
-        """Raises HEError if server_ctx holds a secret key, clip is invalid or expected has a bool tensor."""
+    def __init__(
+        self,
+        server_ctx: Any,
+        expected: tuple[arrays.TensorSpec, ...],
+        clip: float,
+        max_clients: int = he_params.MAX_CLIENTS,
+    ) -> None:
+        """Raises HEError if server_ctx holds a secret key, clip or max_clients is invalid, or a tensor is bool."""
         if has_secret_key(server_ctx):
             raise HEError("encrypted sum: the HE context holds a secret key; the server must never have one")
         self._ctx = server_ctx
         self._parms_id = first_parms_id(server_ctx)
         self._expected = tuple(expected)
         self._clip = float(clip)
-        self._bits = he_params.scale_bits(clip)
+        self._max_clients = max_clients
+        self._bits = he_params.scale_bits(clip, max_clients)
         _check_model_specs(self._expected, "encrypted sum: expected model", HEError)
         self._n_values = sum(math.prod(s.shape) for s in self._expected) + 1
         self._sums: list[Any] = []
@@ -253,10 +261,10 @@ class EncryptedSum:
             )
         if header.contributions != 1:
             raise WireError(f"{where}: holds {header.contributions} contributions, an upload holds 1")
-        if self._count + 1 > he_params.MAX_CLIENTS:
+        if self._count + 1 > self._max_clients:
             raise HEError(
-                f"{where}: would be contribution {self._count + 1}; an encrypted sum holds at most "
-                f"{he_params.MAX_CLIENTS} exactly"
+                f"{where}: would be contribution {self._count + 1}; this job's encrypted sum holds at most "
+                f"{self._max_clients} exactly"
             )
 
 
@@ -297,7 +305,7 @@ def _unpack(slots: NDArray[np.int64], header: EncryptedHeader, where: str) -> ND
     values = np.empty(2 * len(slots), dtype=np.int64)
     values[0::2] = lo
     values[1::2] = hi
-    bound = header.contributions * he_params.per_client_bound()
+    bound = header.contributions * math.ceil(max(header.clip, 1.0) * 2**header.scale_bits)
     padding = values[header.n_values :]
     values = values[: header.n_values]
     weight = int(values[-1])
@@ -438,10 +446,11 @@ def _parse_header(raw: bytes, where: str) -> EncryptedHeader:
     clip = fields["clip"]
     if isinstance(clip, bool) or not isinstance(clip, int | float):
         raise WireError(f"{where}: header: clip must be a number")
-    try:
-        bits = he_params.scale_bits(clip)
+    try:  # the scale that some max_clients in 1..MAX_CLIENTS gives this clip
+        allowed = {he_params.scale_bits(clip, m) for m in range(1, he_params.MAX_CLIENTS + 1)}
     except HEError as exc:
         raise WireError(f"{where}: header: {exc}") from exc
+    bits = fields["scale_bits"] if fields["scale_bits"] in allowed else min(allowed)
     counts = {key: fields[key] for key in _HEADER_KEYS[2:]}
     for key, value in counts.items():
         if isinstance(value, bool) or not isinstance(value, int):

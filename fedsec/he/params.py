@@ -29,15 +29,21 @@ _MIN_SCALE_BITS = 4
 _MAX_SCALE_BITS = FIELD_BITS  # never reached: a bound >= 1 caps f below FIELD_BITS - 4
 
 
-def per_client_bound() -> int:
-    """The largest magnitude of one contribution's integer so that MAX_CLIENTS of them sum exactly."""
-    return ((1 << (FIELD_BITS - 1)) - 1) // MAX_CLIENTS
+def per_client_bound(max_clients: int = MAX_CLIENTS) -> int:
+    """The largest magnitude of one contribution's integer so that max_clients of them sum exactly.
+
+    Raises HEError unless 1 <= max_clients <= MAX_CLIENTS.
+    """
+    if isinstance(max_clients, bool) or not isinstance(max_clients, int) or not 1 <= max_clients <= MAX_CLIENTS:
+        raise HEError(f"HE max_clients must be between 1 and {MAX_CLIENTS}, got {max_clients!r}")
+    return ((1 << (FIELD_BITS - 1)) - 1) // max_clients
 
 
-def scale_bits(clip: float) -> int:
+def scale_bits(clip: float, max_clients: int = MAX_CLIENTS) -> int:
     """The number of fraction bits f used for values clipped to [-clip, clip].
 
-    The largest f such that ceil(max(clip, 1) * 2**f) * MAX_CLIENTS <= 2**(FIELD_BITS-1) - 1.
+    The largest f such that ceil(max(clip, 1) * 2**f) * max_clients <= 2**(FIELD_BITS-1) - 1:
+    a job that sums fewer sites gets a finer fixed point.
     The bound is taken at least 1 because the weight (at most 1) is encoded with the same f;
     ceil rather than round because stochastic rounding may round up. For clip >= 1 whose
     scaled value is an integer (the default 4.0 gives f = 13) this is the same as
@@ -48,7 +54,7 @@ def scale_bits(clip: float) -> int:
     if isinstance(clip, bool) or not isinstance(clip, int | float) or not math.isfinite(clip) or clip <= 0:
         raise HEError(f"HE clip must be a finite number > 0, got {clip!r}")
     bound = max(float(clip), 1.0)
-    limit = per_client_bound()
+    limit = per_client_bound(max_clients)
     for bits in range(_MAX_SCALE_BITS, _MIN_SCALE_BITS - 1, -1):
         if math.ceil(bound * 2.0**bits) <= limit:
             return bits

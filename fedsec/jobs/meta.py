@@ -88,6 +88,7 @@ class HEConfig:
     enabled: bool = False
     clip: float = 4.0
     max_examples: int = 1
+    max_clients: int = 16  # the most sites one round sums: fewer give a finer fixed point
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,8 @@ def check_he(he: HEConfig) -> None:
     """Check the bounds of an he section; raises ConfigError naming the key."""
     if not (math.isfinite(he.clip) and 0.0 < he.clip <= 1e6):
         raise ConfigError(f"he.clip: must be more than 0 and at most 1e6, got {he.clip}")
+    if not 1 <= he.max_clients <= 16:
+        raise ConfigError(f"he.max_clients: must be between 1 and 16, got {he.max_clients}")
     if not 1 <= he.max_examples <= 10**12:
         raise ConfigError(f"he.max_examples: must be between 1 and 10**12, got {he.max_examples}")
 

@@ -74,6 +74,7 @@ class FedAvgRecipe:
         he: bool = False,
         he_clip: float = 4.0,
         he_max_examples: int = 1,
+        he_max_clients: int = 16,
         tracking_uri: str = "",
         tensorboard: bool = False,
     ) -> None:
@@ -95,7 +96,7 @@ class FedAvgRecipe:
             },
             "script": {"path": self.train_script.name, "args": list(script_args)},
             "initial_model": INITIAL_MODEL_FILE,
-            "he": {"enabled": he, "clip": he_clip, "max_examples": he_max_examples},
+            "he": {"enabled": he, "clip": he_clip, "max_examples": he_max_examples, "max_clients": he_max_clients},
             "tracking": {"mlflow_uri": tracking_uri, "tensorboard": tensorboard},
         }
         try:

@@ -18,7 +18,8 @@ _FLOAT = {"float16", "float32", "float64"}
 
 
 def _sum_dtype(dtype: str) -> type[np.floating]:
-    return np.float64 if dtype in ("float64",) or dtype not in _FLOAT else np.float32
+    # float64 sums whatever the model's dtype: the result then does not depend on the order updates arrive in
+    return np.float64
 
 
 class Accumulator:
@@ -73,11 +74,13 @@ class EncryptedAccumulator:
     only the sites can turn into the average.
     """
 
-    def __init__(self, server_context: Any, specs: tuple[arrays.TensorSpec, ...], clip: float) -> None:
+    def __init__(
+        self, server_context: Any, specs: tuple[arrays.TensorSpec, ...], clip: float, max_clients: int
+    ) -> None:
         from fedsec.he.codec import EncryptedSum  # tenseal: only in HE jobs
 
         self.specs = specs
-        self._sum = EncryptedSum(server_context, specs, clip)
+        self._sum = EncryptedSum(server_context, specs, clip, max_clients)
 
     @property
     def count(self) -> int:

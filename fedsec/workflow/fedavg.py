@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsec import _fs, limits
-from fedsec.errors import JobError, WireError
+from fedsec.errors import HEError, JobError, WireError
 from fedsec.jobs.meta import AppConfig, JobMeta
 from fedsec.wire import arrays, fedsec_pb2, streams
 from fedsec.workflow.aggregate import Accumulator, EncryptedAccumulator
@@ -168,7 +168,7 @@ class FedAvg:
                 rnd.contributors.append(site)
                 self.participants.add(site)
                 self._cond.notify_all()
-        except WireError as exc:
+        except (WireError, HEError) as exc:
             log.warning("job=%s rejected %s: %s", self.job_id, where, exc)
             with self._cond:  # a bad result uses up the site's turn: the round goes on without it
                 rnd.pending.discard(site)
@@ -247,13 +247,15 @@ class FedAvg:
         live = sorted(self._wait_for_sites(self.cfg.round_timeout, f"round {number}"))
         if kind == TRAIN:
             k = min(len(live), max(self.meta.min_clients, math.ceil(self.cfg.sample_fraction * len(live))))
+            if self.he.enabled:
+                k = min(k, self.he.max_clients)  # an encrypted sum holds at most max_clients contributions
             rng = random.Random(f"{self.job_id}:{number}")  # noqa: S311 - sampling, not secrecy
             sampled = frozenset(rng.sample(live, k))
         else:
             sampled = frozenset(live)
         acc: Accumulator | EncryptedAccumulator
         if self.he.enabled:
-            acc = EncryptedAccumulator(self._he_context, specs, self.he.clip)
+            acc = EncryptedAccumulator(self._he_context, specs, self.he.clip, self.he.max_clients)
         else:
             acc = Accumulator(specs)
         rnd = _Round(number, kind, model, specs, model.stat().st_size, sampled, set(sampled), acc)

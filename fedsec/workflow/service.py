@@ -22,7 +22,9 @@ class WorkflowService(fedsec_pb2_grpc.WorkflowServicer):
         self._fedavg = fedavg
         self._num_rounds = num_rounds
         he = fedavg.he
-        self._he = {"clip": he.clip, "max_examples": he.max_examples} if he.enabled else None
+        self._he = (
+            {"clip": he.clip, "max_examples": he.max_examples, "max_clients": he.max_clients} if he.enabled else None
+        )
 
     @rpc_boundary
     def GetTask(self, request: fedsec_pb2.TaskRequest, context: grpc.ServicerContext) -> Iterator[fedsec_pb2.TaskPart]:

@@ -19,6 +19,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # model.py, wherever this script is run from
 
+from data import load_split  # noqa: E402
 from model import DigitsNet  # noqa: E402
 
 from fedsec.errors import FedsecError  # noqa: E402
@@ -54,6 +55,7 @@ def make_recipe(args: argparse.Namespace) -> FedAvgRecipe:
     if args.alpha is not None:
         script_args += ["--alpha", str(args.alpha)]
     torch.manual_seed(args.seed)  # the same initial model for the same seed
+    n = args.n_clients
     return FedAvgRecipe(
         "digits_fedavg",
         DigitsNet(),
@@ -63,9 +65,13 @@ def make_recipe(args: argparse.Namespace) -> FedAvgRecipe:
         script_args=script_args,
         custom_files=[HERE / "model.py", HERE / "data.py"],
         he=args.he,
+        # HE quantises weight * value in fixed point: a weight near 1 and a tight clip keep the precision.
+        # The model's weights stay well inside +-2; the weight is n / (the largest site's share).
+        he_clip=2.0,
+        he_max_clients=n,
+        he_max_examples=max(len(load_split(i, args.n_clients, alpha=args.alpha, seed=args.seed)[1]) for i in range(n)),
         tracking_uri=args.tracking_uri,
         tensorboard=args.tensorboard,
-        he_max_examples=2000,  # more than any site holds: weights stay proportional to the sites' sizes
     )
 
 

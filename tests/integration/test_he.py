@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def _run_digits(fed: Federation, cwd: Path, *extra: str) -> tuple[str, float]:
-    argv = [sys.executable, str(JOB_PY), "--startup_kit", str(fed.admin_kit), "--n_clients", "3", "--num_rounds", "3"]
+    argv = [sys.executable, str(JOB_PY), "--startup_kit", str(fed.admin_kit), "--n_clients", "3", "--num_rounds", "5"]
     done = subprocess.run([*argv, *extra], cwd=cwd, capture_output=True, text=True, timeout=300, check=False)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
