@@ -128,12 +128,15 @@ def split_path(split_dir: Path, n_sites: int, alpha: float, seed: int) -> Path:
 def load_split(labels: np.ndarray, n_sites: int, alpha: float, seed: int, split_dir: Path) -> list[np.ndarray]:
     """The split of split_dir/split_{n}_{alpha}_{seed}.json, made (and written atomically) if missing.
 
-    A stored split for another number of samples is refused: ValueError.
+    A stored split that is unreadable or for another number of samples is refused: ValueError.
     """
     path = split_path(split_dir, n_sites, alpha, seed)
     if path.exists():
-        doc = json.loads(path.read_text())
-        sites = [np.array(s, dtype=np.int64) for s in doc["sites"]]
+        try:
+            doc = json.loads(path.read_text())
+            sites = [np.array(s, dtype=np.int64) for s in doc["sites"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"split file {path} is not a split ({exc}); delete it to make a new one") from exc
         if doc.get("n_samples") != len(labels) or len(sites) != n_sites:
             raise ValueError(f"split file {path} was made for other data; delete it to make a new one")
         return sites

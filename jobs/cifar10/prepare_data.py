@@ -56,7 +56,7 @@ def download(url: str, dest_dir: Path) -> Path:
     """Stream url into a new temporary file in dest_dir; returns its path. Raises PrepareError."""
     fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=".cifar-10-download.", suffix=".tar.gz")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
             size = 0
             while chunk := response.read(CHUNK):
                 size += len(chunk)
