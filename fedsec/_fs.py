@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from fedsec import limits
-from fedsec.errors import ConfigError
+from fedsec.errors import ConfigError, FedsecError
 
 # Site, server and project names: a letter or digit, then letters, digits, '.', '_', '-'.
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -64,13 +64,13 @@ def write_secret(path: Path, data: bytes) -> None:
     write_atomic(path, data, mode=0o600)
 
 
-def read_bounded(path: Path, limit: int, what: str) -> bytes:
-    """Read a whole file no larger than limit bytes; raise ConfigError naming it otherwise."""
+def read_bounded(path: Path, limit: int, where: str, error: type[FedsecError] = ConfigError) -> bytes:
+    """Read a whole file of at most limit bytes; raise error("{where}: ...") otherwise."""
     try:
         with path.open("rb") as f:
             data = f.read(limit + 1)
     except OSError as exc:
-        raise ConfigError(f"{what} {path}: cannot read: {exc.strerror or exc}") from exc
+        raise error(f"{where}: cannot read: {exc.strerror or exc}") from exc
     if len(data) > limit:
-        raise ConfigError(f"{what} {path}: larger than the limit of {limit} bytes")
+        raise error(f"{where}: larger than the limit of {limit} bytes")
     return data

@@ -26,7 +26,7 @@ T = TypeVar("T")
 
 def load_yaml(path: Path, what: str) -> Any:
     """Read and parse a YAML file of at most limits.MAX_CONFIG_FILE_BYTES."""
-    data = read_bounded(path, limits.MAX_CONFIG_FILE_BYTES, what)
+    data = read_bounded(path, limits.MAX_CONFIG_FILE_BYTES, f"{what} {path}")
     return parse_yaml(data, f"{what} {path}")
 
 

@@ -82,13 +82,13 @@ def _cmd_he_decrypt(args: argparse.Namespace) -> int:
     from fedsec.wire import arrays
 
     context = load_client_context(
-        _fs.read_bounded(Path(args.context), limits.MAX_KIT_FILE_BYTES, "HE context"), args.context
+        _fs.read_bounded(Path(args.context), limits.MAX_KIT_FILE_BYTES, f"HE context {args.context}"), args.context
     )
     source = Path(args.result)
     if source.is_dir():
         source = source / "global_model.fsh"
     params, weight = decrypt_model(
-        context, _fs.read_bounded(source, limits.MAX_MODEL_BYTES, "encrypted model"), str(source)
+        context, _fs.read_bounded(source, limits.MAX_MODEL_BYTES, f"encrypted model {source}"), str(source)
     )
     out = Path(args.output) if args.output else source.with_suffix(".fsa")
     arrays.write_file(out, params)

@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fedsec import _schema, limits
+from fedsec import _fs, _schema, limits
 from fedsec.errors import AuthError, ConfigError, KitError
 from fedsec.pki import certs, signing
 
@@ -164,14 +164,8 @@ def load_kit(root: Path) -> Kit:
 
 
 def _read(path: Path, label: str) -> bytes:
-    try:
-        with path.open("rb") as f:
-            data = f.read(limits.MAX_KIT_FILE_BYTES + 1)
-    except OSError as exc:
-        raise KitError(f"kit {label}: {path.parent.name}/{path.name}: cannot read: {exc.strerror or exc}") from exc
-    if len(data) > limits.MAX_KIT_FILE_BYTES:
-        raise KitError(f"kit {label}: {path.parent.name}/{path.name}: larger than {limits.MAX_KIT_FILE_BYTES} bytes")
-    return data
+    where = f"kit {label}: {path.parent.name}/{path.name}"
+    return _fs.read_bounded(path, limits.MAX_KIT_FILE_BYTES, where, KitError)
 
 
 def _load_config(path: Path, cls: type[ServerConfig] | type[ClientConfig] | type[AdminConfig], where: str) -> Config:
@@ -196,13 +190,7 @@ def read_kit_yaml(path: Path, where: str) -> Any:
     """A bounded, safely parsed YAML file of a kit (its local/ policies); KitError naming the problem."""
     if path.is_symlink() or not path.is_file():
         raise KitError(f"{where}: missing or not a regular file")
-    try:
-        with path.open("rb") as f:
-            data = f.read(limits.MAX_CONFIG_FILE_BYTES + 1)
-    except OSError as exc:
-        raise KitError(f"{where}: cannot read: {exc.strerror or exc}") from exc
-    if len(data) > limits.MAX_CONFIG_FILE_BYTES:
-        raise KitError(f"{where}: larger than the limit of {limits.MAX_CONFIG_FILE_BYTES} bytes")
+    data = _fs.read_bounded(path, limits.MAX_CONFIG_FILE_BYTES, where, KitError)
     try:
         return _schema.parse_yaml(data, where)
     except ConfigError as exc:

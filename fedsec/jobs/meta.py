@@ -251,14 +251,7 @@ def to_plain(value: Any) -> Any:
 
 def _read_yaml(folder: Path, rel: str) -> Any:
     path = _check_inside(folder, rel, rel)
-    try:
-        with path.open("rb") as f:
-            data = f.read(limits.MAX_CONFIG_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"{rel}: cannot read: {exc.strerror or exc}") from exc
-    if len(data) > limits.MAX_CONFIG_FILE_BYTES:
-        raise ConfigError(f"{rel}: larger than the limit of {limits.MAX_CONFIG_FILE_BYTES} bytes")
-    return _schema.parse_yaml(data, rel)
+    return _schema.parse_yaml(_fs.read_bounded(path, limits.MAX_CONFIG_FILE_BYTES, rel), rel)
 
 
 def _check_inside(folder: Path, rel: str, where: str) -> Path:

@@ -15,7 +15,6 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -91,29 +90,6 @@ def make_recipe(args: argparse.Namespace, name: str = "cifar10_fedavg") -> FedAv
     )
 
 
-class ProgressPrinter:
-    """monitor_job's callback: a line per completed round, and one for the final evaluation.
-
-    A round's accuracy is that of the global model the round started from, as the
-    sites measured it on the test set before training.
-    """
-
-    def __init__(self) -> None:
-        self.printed: set[Any] = set()
-
-    def __call__(self, info: Any) -> None:
-        for entry in info.progress.get("rounds", []):
-            self._line(entry["round"], f"round {entry['round'] + 1}/{info.num_rounds}", entry.get("metrics", {}))
-        final = info.progress.get("final")
-        if final:
-            self._line("final", "final global model", final.get("metrics", {}))
-
-    def _line(self, key: Any, label: str, metrics: dict[str, float]) -> None:
-        if key not in self.printed:
-            self.printed.add(key)
-            print(f"{label}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())), flush=True)
-
-
 def run(args: argparse.Namespace, name: str) -> int:
     """Export the job, or submit it, print its rounds, download its result; 0 if it finished completed."""
     try:
@@ -124,12 +100,12 @@ def run(args: argparse.Namespace, name: str) -> int:
         print(f"job folder written to {recipe.export(args.export_only)}")
         return 0
 
-    from fedsec.api import Session
+    from fedsec.api import RoundPrinter, Session
 
     with tempfile.TemporaryDirectory() as tmp, Session(args.startup_kit) as session:
         job_id = session.submit_job(recipe.export(Path(tmp) / name))
         print(f"submitted job {job_id}", flush=True)
-        info = session.monitor_job(job_id, callback=ProgressPrinter())
+        info = session.monitor_job(job_id, callback=RoundPrinter())
         print(f"job {job_id}: {info.status} {info.reason}".rstrip())
         result = session.download_job_result(job_id)
         print(f"result downloaded to {result}")
