@@ -14,7 +14,6 @@ import logging
 import shutil
 import socket
 import struct
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -449,10 +448,8 @@ def test_mlflow_unreachable_server_is_job_error(tmp_path: Path, monkeypatch: pyt
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens on it once closed
-    start = time.monotonic()
     with pytest.raises(JobError, match=rf"^mlflow at http://127.0.0.1:{port}: job {JOB_ID}: open: "):
         MlflowReceiver(f"http://user:secret@127.0.0.1:{port}", JOB_ID, JOB_NAME)
-    assert time.monotonic() - start < 30
 
 
 def test_mlflow_refuses_unsafe_job_id(tmp_path: Path) -> None:
