@@ -224,7 +224,12 @@ def test_add_scalar_does_not_wait_for_the_site(open_writer: Callable[..., Summar
     gate = threading.Event()
     site = Site(gate=gate, gate_seconds=120.0)  # the first send blocks until the gate opens
     writer = open_writer(site)
-    calls = threading.Thread(target=lambda: [writer.add_scalar("loss", float(i), i) for i in range(10_000)])
+
+    def add_all() -> None:
+        for i in range(10_000):
+            writer.add_scalar("loss", float(i), i)
+
+    calls = threading.Thread(target=add_all)
     try:
         calls.start()
         calls.join(timeout=120)  # a bound for a broken writer, not a speed: the gate stays shut all along
