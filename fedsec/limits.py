@@ -47,6 +47,12 @@ MAX_RUNNING_JOBS = 16
 MAX_LOG_TEXT = 256 << 10  # a job log returned to an admin, or uploaded by a site at a job's end
 MAX_AUDIT_ENTRIES = 10_000
 
+# Admin logins: bounded per identity (from the verified certificate), never globally, so one admin
+# (whatever its role) asking for challenges or opening sessions crowds out only itself.
+MAX_CHALLENGES_PER_ADMIN = 16  # login challenges outstanding; a new one evicts that admin's oldest
+MAX_SESSIONS_PER_ADMIN = 32  # live sessions; a new one ends that admin's least recently used
+MAX_SITES_PER_REQUEST = 1000  # sites an admin names in one command
+
 # Homomorphic encryption (fedsec.he).
 MAX_HE_CONTEXT_BYTES = 1 << 20  # a serialized TenSEAL context (a client's, with its secret key, is ~62 KB)
 MAX_HE_HEADER_BYTES = 4 << 20  # the JSON header of an encrypted model

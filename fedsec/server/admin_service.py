@@ -12,7 +12,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -93,8 +93,14 @@ class AdminService(fedsec_pb2_grpc.AdminServicer):
         right: Right | None,
         job_id: str,
         action: Callable[[Identity, JobRecord | None], T],
+        *,
+        sites: Callable[[], Mapping[str, str] | None] | None = None,
     ) -> T:
-        """Check session and right, run action, audit the outcome. right None: project_admin only."""
+        """Check session and right, run action, audit the outcome. right None: project_admin only.
+
+        sites, for commands that act on sites: the targets' orgs by name, or None for the server
+        itself or every site (see Policy.authorize_sites).
+        """
         who = require(context, Kind.ADMIN)
         try:
             token = dict(context.invocation_metadata()).get(SESSION_HEADER, "")
@@ -103,6 +109,8 @@ class AdminService(fedsec_pb2_grpc.AdminServicer):
             if right is None:
                 if who.role is not Role.PROJECT_ADMIN:
                     raise AuthError(f"{command} is for project admins only")
+            elif sites is not None:
+                self._c.policy.authorize_sites(who, right, sites())
             else:
                 owner = JobOwner(record.submitter, record.submitter_org) if record else None
                 self._c.policy.authorize(who, right, owner)
@@ -248,6 +256,14 @@ class AdminService(fedsec_pb2_grpc.AdminServicer):
         removed = [{"name": n, "org": "", "alive": False, "removed": True} for n in sorted(self._c.registry.removed())]
         return alive + removed
 
+    def _site_orgs(self, names: list[str] | None) -> Callable[[], Mapping[str, str] | None]:
+        """The orgs of the named sites, for Policy.authorize_sites; None: the server or every site."""
+        if names is None:
+            return lambda: None
+        if len(names) > limits.MAX_SITES_PER_REQUEST:
+            raise WireError(f"more than {limits.MAX_SITES_PER_REQUEST} sites named in one request")
+        return lambda: {name: self._c.registry.org_of(name) for name in names}
+
     @rpc_boundary
     def ListClients(self, request: fedsec_pb2.Empty, context: grpc.ServicerContext) -> fedsec_pb2.TextReply:
         return self._run(context, "list_clients", {}, Right.VIEW, "", lambda who, _: _text(self._clients()))
@@ -262,7 +278,8 @@ class AdminService(fedsec_pb2_grpc.AdminServicer):
             self._c.jobs.wake_sites()
             return fedsec_pb2.Empty()
 
-        return self._run(context, "remove_client", {"site": request.site}, Right.OPERATE, "", action)
+        target = self._site_orgs([request.site])
+        return self._run(context, "remove_client", {"site": request.site}, Right.OPERATE, "", action, sites=target)
 
     @rpc_boundary
     def EnableClient(self, request: fedsec_pb2.SiteRef, context: grpc.ServicerContext) -> fedsec_pb2.Empty:
@@ -271,7 +288,8 @@ class AdminService(fedsec_pb2_grpc.AdminServicer):
                 raise JobError(f"site {request.site!r} was not removed")
             return fedsec_pb2.Empty()
 
-        return self._run(context, "enable_client", {"site": request.site}, Right.OPERATE, "", action)
+        target = self._site_orgs([request.site])
+        return self._run(context, "enable_client", {"site": request.site}, Right.OPERATE, "", action, sites=target)
 
     @rpc_boundary
     def CheckStatus(self, request: fedsec_pb2.TargetRequest, context: grpc.ServicerContext) -> fedsec_pb2.TextReply:
@@ -300,7 +318,8 @@ class AdminService(fedsec_pb2_grpc.AdminServicer):
                 raise JobError(f"site {target!r} is not connected")
             return _text(json.loads(site.sys_info or "{}"))
 
-        return self._run(context, "sys_info", {"target": request.target}, Right.VIEW, "", action)
+        target = self._site_orgs([request.target] if request.target not in ("", "server") else None)
+        return self._run(context, "sys_info", {"target": request.target}, Right.OPERATE, "", action, sites=target)
 
     @rpc_boundary
     def Version(self, request: fedsec_pb2.Empty, context: grpc.ServicerContext) -> fedsec_pb2.TextReply:
@@ -326,7 +345,8 @@ class AdminService(fedsec_pb2_grpc.AdminServicer):
             return _text({"server": target in ("server", "all"), "sites": sorted(sites)})
 
         args = {"target": request.target, "sites": ",".join(request.sites)}
-        return self._run(context, "shutdown", args, Right.OPERATE, "", action)
+        named = list(request.sites) if request.target == "client" and request.sites else None
+        return self._run(context, "shutdown", args, Right.OPERATE, "", action, sites=self._site_orgs(named))
 
     @rpc_boundary
     def ShowAudit(self, request: fedsec_pb2.TargetRequest, context: grpc.ServicerContext) -> fedsec_pb2.TextReply:

@@ -11,8 +11,11 @@ each admin role a scope for each right::
 
 Scopes: any (every job), own_org (jobs submitted from the admin's organisation),
 own_jobs (jobs the admin submitted), none. A right not about one job (submitting,
-operating the server) is allowed under own_org and own_jobs. Every role must
-define every right, so nothing is allowed by a default nobody wrote down.
+listing) is allowed under own_org and own_jobs. Acting on sites (operate: remove,
+enable, shut down, read their system info) is judged by the target sites'
+organisations: own_org reaches only sites of the admin's org, own_jobs no site;
+acting on the server itself, or on every site at once, needs scope any. Every
+role must define every right, so nothing is allowed by a default nobody wrote down.
 
 load_policy() rejects unknown keys, roles, rights and scopes with a KitError
 naming the file and the key. Policy.authorize() judges the identity read from
@@ -108,25 +111,52 @@ class Policy:
         """The scope role has for right."""
         return self._scopes[(role, right)]
 
-    def authorize(self, who: certs.Identity, right: Right, job: JobOwner | None = None) -> None:
-        """Raise AuthError unless who may exercise right (on job, when the right is about one).
-
-        who must come from a verified certificate and be an admin with a role.
-        """
+    def _admin_scope(self, who: certs.Identity, right: Right) -> tuple[certs.Role, Scope]:
         if who.kind is not certs.Kind.ADMIN or who.role is None:
             raise AuthError(f"{who.kind.value} {who.name!r} is not an admin and may not {right.value}")
         scope = self.scope(who.role, right)
         if scope is Scope.NONE:
             raise AuthError(f"role {who.role.value} may not {right.value}")
+        return who.role, scope
+
+    def authorize_sites(self, who: certs.Identity, right: Right, site_orgs: Mapping[str, str] | None) -> None:
+        """Raise AuthError unless who may exercise right on the sites named in site_orgs (name -> org).
+
+        site_orgs None stands for the server itself or every site at once, which
+        needs scope any. An org of "" (not known) matches no admin's org.
+        """
+        role, scope = self._admin_scope(who, right)
+        if scope is Scope.ANY:
+            return
+        if site_orgs is None:
+            raise AuthError(
+                f"role {role.value} may not {right.value} the server or every site:"
+                f" that needs {right.value} any, the role has {right.value} {scope.value}"
+            )
+        foreign = sorted((name, org) for name, org in site_orgs.items() if scope is Scope.OWN_JOBS or org != who.org)
+        if foreign:
+            name, org = foreign[0]
+            raise AuthError(
+                f"admin {who.name} ({role.value}) may not {right.value} site {name}"
+                f" (org {org or 'unknown'}): role {role.value} has {right.value} {scope.value} only"
+            )
+
+    def authorize(self, who: certs.Identity, right: Right, job: JobOwner | None = None) -> None:
+        """Raise AuthError unless who may exercise right (on job, when the right is about one).
+
+        who must come from a verified certificate and be an admin with a role.
+        """
+        _, scope = self._admin_scope(who, right)
         if scope is Scope.ANY or job is None:
             return
         if scope is Scope.OWN_ORG and job.submitter_org == who.org:
             return
         if scope is Scope.OWN_JOBS and job.submitter == who.name:
             return
+        role = who.role.value if who.role else "?"
         raise AuthError(
-            f"admin {who.name} ({who.role.value}) may not {right.value} job of {job.submitter}"
-            f" (org {job.submitter_org}): role {who.role.value} has {right.value} {scope.value} only"
+            f"admin {who.name} ({role}) may not {right.value} job of {job.submitter}"
+            f" (org {job.submitter_org}): role {role} has {right.value} {scope.value} only"
         )
 
 

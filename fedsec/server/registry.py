@@ -34,6 +34,23 @@ class SiteInfo:
     fingerprint: str = ""  # of the certificate it last connected with
 
 
+@dataclass(frozen=True)
+class _Removed:
+    fingerprint: str  # of the certificate an admin removed
+    org: str  # the site's org from that certificate ("" in files written before orgs were kept)
+
+
+def _load_removed(path: Path) -> dict[str, _Removed]:
+    """The removed sites file: {name: {fingerprint, org}}, or the older {name: fingerprint}."""
+    if not path.exists():
+        return {}
+    doc = json.loads(path.read_text())
+    return {
+        name: _Removed(value, "") if isinstance(value, str) else _Removed(value["fingerprint"], value["org"])
+        for name, value in doc.items()
+    }
+
+
 class SiteRegistry:
     """Thread-safe table of sites; a background thread expires silent ones."""
 
@@ -43,7 +60,7 @@ class SiteRegistry:
         self._lock = threading.Lock()
         self._sites: dict[str, SiteInfo] = {}
         self._removed_file = removed_file
-        self._removed: dict[str, str] = json.loads(removed_file.read_text()) if removed_file.exists() else {}
+        self._removed = _load_removed(removed_file)
         self._shutdown: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._expire_loop, name="site-expiry", daemon=True)
@@ -52,7 +69,7 @@ class SiteRegistry:
     def check_allowed(self, name: str, fingerprint: str) -> None:
         """Raise AuthError when an admin removed this site's certificate."""
         with self._lock:
-            if self._removed.get(name) == fingerprint:
+            if name in self._removed and self._removed[name].fingerprint == fingerprint:
                 raise AuthError(f"site {name} was removed by an admin; re-enable it or re-issue its certificate")
 
     def seen(self, name: str, org: str, **changes: object) -> None:
@@ -87,18 +104,31 @@ class SiteRegistry:
         with self._lock:
             return set(self._removed)
 
+    def org_of(self, name: str) -> str:
+        """The org of a connected or removed site (from its certificate); "" when not known."""
+        with self._lock:
+            site = self._sites.get(name)
+            if site is not None:
+                return site.org
+            gone = self._removed.get(name)
+            return gone.org if gone is not None else ""
+
     def remove(self, name: str, fingerprint: str) -> None:
         with self._lock:
-            self._removed[name] = fingerprint
-            self._sites.pop(name, None)
-            _fs.write_atomic(self._removed_file, json.dumps(self._removed).encode(), mode=0o600)
+            site = self._sites.pop(name, None)
+            self._removed[name] = _Removed(fingerprint, site.org if site else "")
+            self._save_removed()
         self._notify()
 
     def enable(self, name: str) -> bool:
         with self._lock:
             found = self._removed.pop(name, None) is not None
-            _fs.write_atomic(self._removed_file, json.dumps(self._removed).encode(), mode=0o600)
+            self._save_removed()
         return found
+
+    def _save_removed(self) -> None:
+        doc = {n: {"fingerprint": r.fingerprint, "org": r.org} for n, r in self._removed.items()}
+        _fs.write_atomic(self._removed_file, json.dumps(doc).encode(), mode=0o600)
 
     def request_shutdown(self, names: set[str]) -> None:
         with self._lock:

@@ -3,6 +3,12 @@
 A token is bound to the certificate identity that logged in: the same token
 from another certificate is refused. Everything is in memory, so a server
 restart logs every admin out (the shell then logs in again by itself).
+
+Bounds are per identity, never global: an admin that asks for a thousand
+challenges or logs in a thousand times evicts only its own oldest challenges
+and sessions, so no admin (of the lowest role or any other) can lock another
+out. Identities come from certificates the project CA issued, so the whole
+table stays bounded too.
 """
 
 from __future__ import annotations
@@ -14,13 +20,12 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
+from fedsec import limits
 from fedsec.errors import AuthError, SessionExpiredError
 from fedsec.pki import login
 from fedsec.pki.certs import Identity
 
 CHALLENGE_SECONDS = 60.0
-MAX_CHALLENGES = 1000
-MAX_SESSIONS = 1000
 
 
 @dataclass
@@ -38,12 +43,14 @@ class AdminSessions:
         self._sessions: dict[str, _Session] = {}
 
     def challenge(self, who: Identity) -> bytes:
+        """A fresh single-use challenge for who; who's oldest is dropped past MAX_CHALLENGES_PER_ADMIN."""
         nonce = secrets.token_bytes(login.NONCE_BYTES)
         now = time.monotonic()
         with self._lock:
             self._challenges = {n: c for n, c in self._challenges.items() if c[1] > now}
-            if len(self._challenges) >= MAX_CHALLENGES:
-                raise AuthError("too many logins in progress; try again shortly")
+            own = [n for n, c in self._challenges.items() if c[0] == who]  # oldest first: dicts keep order
+            for old in own[: max(0, len(own) - limits.MAX_CHALLENGES_PER_ADMIN + 1)]:
+                del self._challenges[old]
             self._challenges[nonce] = (who, now + CHALLENGE_SECONDS)
         return nonce
 
@@ -58,8 +65,9 @@ class AdminSessions:
         now = time.monotonic()
         with self._lock:
             self._sessions = {t: s for t, s in self._sessions.items() if now - s.last_used < self.idle_timeout}
-            if len(self._sessions) >= MAX_SESSIONS:
-                raise AuthError("too many admin sessions")
+            own = sorted((s.last_used, t) for t, s in self._sessions.items() if s.identity == who)
+            for _, old in own[: max(0, len(own) - limits.MAX_SESSIONS_PER_ADMIN + 1)]:
+                del self._sessions[old]  # who's least recently used session ends; nobody else's
             self._sessions[token] = _Session(who, now)
         return token
 

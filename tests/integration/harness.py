@@ -54,7 +54,9 @@ class Federation:
         extra_admins: tuple[tuple[str, str, str], ...] = (),
         admin_session_timeout: float = 1800.0,
         he: bool = False,
+        site_orgs: tuple[str, ...] = (),
     ) -> None:
+        """site_orgs: the org of site-1, site-2, ... in turn (default acme for every site)."""
         self.root = root
         self.n_clients = n_clients
         participants: list[dict[str, Any]] = [
@@ -69,7 +71,8 @@ class Federation:
                 "admin_session_timeout": admin_session_timeout,
             }
         ]
-        participants += [{"name": f"site-{i}", "type": "client", "org": "acme"} for i in range(1, n_clients + 1)]
+        orgs = list(site_orgs) + ["acme"] * n_clients
+        participants += [{"name": f"site-{i}", "type": "client", "org": orgs[i - 1]} for i in range(1, n_clients + 1)]
         participants.append({"name": ADMIN, "type": "admin", "org": "acme", "role": "project_admin"})
         participants += [{"name": n, "type": "admin", "org": o, "role": r} for n, o, r in extra_admins]
         doc = {"api_version": 1, "name": name, "participants": participants, "features": {"he": {"enabled": he}}}

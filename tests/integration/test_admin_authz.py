@@ -166,3 +166,37 @@ def test_login_cannot_be_replayed(federation: Federation) -> None:
         with pytest.raises(grpc.RpcError) as err:
             stub.ListJobs(fedsec_pb2.ListJobsRequest(), timeout=10)
         assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.federation(n_clients=2, site_orgs=("acme", "beta"), extra_admins=ADMINS)
+def test_operate_reaches_only_the_admins_own_orgs_sites(federation: Federation) -> None:
+    federation.start_all()
+    with session(federation, "orgadmin@beta.org") as beta_admin:
+        for act in (
+            lambda: beta_admin.remove_client("site-1"),
+            lambda: beta_admin.sys_info("site-1"),
+            lambda: beta_admin.shutdown("client", ["site-1"]),
+            lambda: beta_admin.shutdown("client", ["site-2", "site-1"]),
+        ):
+            with pytest.raises(AuthError, match=r"may not operate site site-1 \(org acme\)"):
+                act()
+        for act in (
+            lambda: beta_admin.shutdown("server"),
+            lambda: beta_admin.shutdown("all"),
+            lambda: beta_admin.shutdown("client"),  # every site
+            lambda: beta_admin.sys_info("server"),
+        ):
+            with pytest.raises(AuthError, match="may not operate the server or every site"):
+                act()
+        assert beta_admin.sys_info("site-2")  # its own org's site
+        beta_admin.remove_client("site-2")
+        beta_admin.enable_client("site-2")  # the removed site's org is remembered
+    with session(federation, "lead1@acme.org") as lead, pytest.raises(AuthError, match="role lead may not operate"):
+        lead.sys_info("site-1")
+    assert federation.procs["server1"].poll() is None  # the server and site-1 are still up
+    assert federation.procs["site-1"].poll() is None
+    with Session(federation.admin_kit) as admin:
+        clients = {c["name"]: c for c in admin.list_clients()}
+        assert clients["site-1"]["alive"] and not clients["site-1"]["removed"]
+        refused = [(e["admin"], e["command"]) for e in admin.show_audit(200) if e["outcome"] == "refused"]
+    assert refused.count(("orgadmin@beta.org", "shutdown")) == 5

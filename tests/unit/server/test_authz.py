@@ -231,3 +231,46 @@ def test_oversized_file(tmp_path: Path) -> None:
     big = templates.AUTHORIZATION_YML + "#" * limits.MAX_CONFIG_FILE_BYTES
     with pytest.raises(KitError, match="larger than the limit"):
         load_policy(_kit_with(tmp_path, big))
+
+
+# Acting on sites: each row is (role, sites named -> their orgs, or None for the server / every site), outcome.
+SITE_CASES = [
+    (Role.PROJECT_ADMIN, None, "Y"),
+    (Role.PROJECT_ADMIN, {"site-c": "c"}, "Y"),
+    (Role.ORG_ADMIN, {"site-b": "b"}, "Y"),
+    (Role.ORG_ADMIN, {"site-b": "b", "site-b2": "b"}, "Y"),
+    (Role.ORG_ADMIN, {}, "Y"),
+    (Role.ORG_ADMIN, {"site-c": "c"}, "N"),
+    (Role.ORG_ADMIN, {"site-b": "b", "site-c": "c"}, "N"),
+    (Role.ORG_ADMIN, {"site-x": ""}, "N"),  # an org nobody knows is nobody's own
+    (Role.ORG_ADMIN, None, "N"),  # the server, or every site at once
+    (Role.LEAD, {"site-b": "b"}, "N"),
+    (Role.MEMBER, {"site-b": "b"}, "N"),
+]
+
+
+@pytest.mark.parametrize(("role", "sites", "outcome"), SITE_CASES)
+def test_operate_is_scoped_by_the_target_sites_org(
+    shipped: Policy, role: Role, sites: dict[str, str] | None, outcome: str
+) -> None:
+    if outcome == "Y":
+        shipped.authorize_sites(_me(role), Right.OPERATE, sites)
+    else:
+        with pytest.raises(AuthError, match="may not operate"):
+            shipped.authorize_sites(_me(role), Right.OPERATE, sites)
+
+
+def test_own_jobs_reaches_no_site() -> None:
+    scopes = {(role, right): ANY for role in Role for right in Right}
+    scopes[(Role.LEAD, Right.OPERATE)] = OWN
+    policy = Policy(scopes)
+    with pytest.raises(AuthError, match=r"may not operate site site-b \(org b\): role lead has operate own_jobs"):
+        policy.authorize_sites(_me(Role.LEAD), Right.OPERATE, {"site-b": "b"})
+    with pytest.raises(AuthError, match="the server or every site: that needs operate any"):
+        policy.authorize_sites(_me(Role.LEAD), Right.OPERATE, None)
+
+
+def test_a_site_cannot_operate(shipped: Policy) -> None:
+    site = certs.Identity("site-b", "b", certs.Kind.CLIENT)
+    with pytest.raises(AuthError, match="is not an admin"):
+        shipped.authorize_sites(site, Right.OPERATE, {"site-b": "b"})
