@@ -53,6 +53,19 @@ MAX_CHALLENGES_PER_ADMIN = 16  # login challenges outstanding; a new one evicts 
 MAX_SESSIONS_PER_ADMIN = 32  # live sessions; a new one ends that admin's least recently used
 MAX_SITES_PER_REQUEST = 1000  # sites an admin names in one command
 
+# The gate in front of each server port (fedsec.transport.gate): lanes with their own workers, calls one
+# certificate may hold open in each, and how long a peer may take to send its first message or stall.
+GATE_FIRST_MESSAGE_SECONDS = 10.0
+GATE_IDLE_SECONDS = 60.0
+SITE_LIVENESS_WORKERS = 128  # register, heartbeat (held up to 5 s each), job reports
+SITE_LIVENESS_PER_PEER = 4
+SITE_TRANSFER_WORKERS = 256  # job fetch, task long polls and downloads, uploads, events
+SITE_TRANSFER_PER_PEER = 2 * MAX_RUNNING_JOBS + 4  # a task poll and an upload per job, events, a fetch
+ADMIN_SESSION_WORKERS = 32  # logins and commands
+ADMIN_SESSION_PER_PEER = 8
+ADMIN_TRANSFER_WORKERS = 16  # job uploads and result downloads
+ADMIN_TRANSFER_PER_PEER = 2
+
 # Homomorphic encryption (fedsec.he).
 MAX_HE_CONTEXT_BYTES = 1 << 20  # a serialized TenSEAL context (a client's, with its secret key, is ~62 KB)
 MAX_HE_HEADER_BYTES = 4 << 20  # the JSON header of an encrypted model

@@ -16,7 +16,7 @@ from types import FrameType
 
 import grpc
 
-from fedsec import _proc
+from fedsec import _proc, limits
 from fedsec.errors import ConfigError, KitError
 from fedsec.kit import HE_SERVER_CONTEXT, Kit, ServerConfig, read_ca
 from fedsec.pki.certs import Kind
@@ -28,6 +28,7 @@ from fedsec.server.registry import SiteRegistry
 from fedsec.server.services import FederationService
 from fedsec.server.sessions import AdminSessions
 from fedsec.server.store import JobStore
+from fedsec.transport.gate import Gate, GateConfig, Lane
 from fedsec.transport.tls import GRPC_OPTIONS, server_credentials
 from fedsec.wire import fedsec_pb2_grpc
 
@@ -48,6 +49,34 @@ def _bind(server: grpc.Server, host: str, port: int, creds: grpc.ServerCredentia
         raise ConfigError(f"cannot listen on {host}:{port}: {exc} (is another server running?)") from exc
     if bound == 0:
         raise ConfigError(f"cannot listen on {host}:{port} (is another server running?)")
+
+
+SITE_PORT = GateConfig(
+    kind=Kind.CLIENT,
+    lanes=(
+        Lane("liveness", limits.SITE_LIVENESS_WORKERS, limits.SITE_LIVENESS_PER_PEER),
+        Lane("transfer", limits.SITE_TRANSFER_WORKERS, limits.SITE_TRANSFER_PER_PEER),
+    ),
+    methods={m: "transfer" for m in ("FetchJob", "GetTask", "SubmitResult", "SendEvents")},
+    first_message_seconds=limits.GATE_FIRST_MESSAGE_SECONDS,
+    idle_seconds=limits.GATE_IDLE_SECONDS,
+)
+ADMIN_PORT = GateConfig(
+    kind=Kind.ADMIN,
+    lanes=(
+        Lane("session", limits.ADMIN_SESSION_WORKERS, limits.ADMIN_SESSION_PER_PEER),
+        Lane("transfer", limits.ADMIN_TRANSFER_WORKERS, limits.ADMIN_TRANSFER_PER_PEER),
+    ),
+    methods={"SubmitJob": "transfer", "DownloadJob": "transfer"},
+    first_message_seconds=limits.GATE_FIRST_MESSAGE_SECONDS,
+    idle_seconds=limits.GATE_IDLE_SECONDS,
+)
+
+
+def _grpc_server(name: str, gate: Gate) -> grpc.Server:
+    """A gRPC server whose calls all pass the gate (which gives each lane its own workers)."""
+    pool = futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix=name)  # for nothing the gate routes
+    return grpc.server(pool, interceptors=[gate], options=GRPC_OPTIONS)
 
 
 def run_server(kit: Kit, listen: str | None = None) -> int:
@@ -85,10 +114,11 @@ def run_server(kit: Kit, listen: str | None = None) -> int:
         started_at=time.time(),
     )
 
-    fl = grpc.server(futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="fl"), options=GRPC_OPTIONS)
+    fl_gate, admin_gate = Gate(SITE_PORT), Gate(ADMIN_PORT)
+    fl = _grpc_server("fl", fl_gate)
     fedsec_pb2_grpc.add_FederationServicer_to_server(FederationService(config, registry, jobs), fl)
     _bind(fl, host, config.fl_port, creds)
-    admin = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="admin"), options=GRPC_OPTIONS)
+    admin = _grpc_server("admin", admin_gate)
     fedsec_pb2_grpc.add_AdminServicer_to_server(AdminService(admin_ctx), admin)
     _bind(admin, host, config.admin_port, creds)
 
@@ -107,6 +137,8 @@ def run_server(kit: Kit, listen: str | None = None) -> int:
     log.info("server=%s stopping", config.name)
     fl.stop(grace=1)
     admin.stop(grace=1)
+    fl_gate.close()
+    admin_gate.close()
     jobs.close()
     registry.close()
     store.close()

@@ -81,7 +81,7 @@ def test_server_killed_mid_job_resumes(federation: Federation, tmp_path: Path) -
         job_id = s.submit_job(linear_job(tmp_path, "--sleep", "1", rounds=5, min_clients=3))
         wait_until(lambda: s.get_job_meta(job_id).current_round >= 2, 60, "two rounds")
     federation.kill("server1")
-    workflows = [p for p in _children_named("fedsec.workflow")]
+    workflows = _children_named("fedsec.workflow", str(federation.root))  # this test's, not another run's
     wait_until(lambda: not any(_alive(p) for p in workflows), 10, "the workflow process to die with the server")
     federation.start("server1")
     with Session(federation.admin_kit) as s:
@@ -145,7 +145,7 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
-def _children_named(needle: str) -> list[int]:
+def _children_named(needle: str, also: str = "") -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -153,6 +153,6 @@ def _children_named(needle: str) -> list[int]:
                 cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if needle in cmd and _alive(int(entry.name)):
+            if needle in cmd and also in cmd and _alive(int(entry.name)):
                 found.append(int(entry.name))
     return found
