@@ -36,22 +36,42 @@ mapfile -t clients < <(printf '%s\n' "${clients[@]}" | sort -V)
 
 : >"$HERE/.started_kits"
 start_kit() {
-  rm -f "$1/daemon.pid"
-  "$1/startup/start.sh"
-  echo "$1" >>"$HERE/.started_kits"
+  echo "$1" >>"$HERE/.started_kits"  # recorded first: stop_fl.sh then stops it whatever happens next
+  "$1/startup/start.sh" "${@:2}"
 }
+# Ctrl-C (or TERM) while starting stops whatever was started.
+trap 'echo "$0: interrupted; stopping what was started" >&2; "$HERE/stop_fl.sh" >&2 || true; exit 130' INT TERM
+
+# The server's job store (its records, results, tracking and audit) lives in its kit. After a re-provisioning
+# (a new prod_NN), carry it over from the newest older prod_NN that has one, and say so.
+name="$(basename "$server")"
+if [ ! -e "$server/store" ]; then
+  for old in $(ls -d "$(dirname "$PROD")"/prod_* 2>/dev/null | sort -V -r); do
+    [ "$old" != "$PROD" ] && [ -d "$old/$name/store" ] || continue
+    for part in store tracking audit; do
+      if [ -d "$old/$name/$part" ]; then cp -a "$old/$name/$part" "$server/$part"; fi
+    done
+    echo "carried the job store of $name over from $old (records, results, tracking, audit); the copy there is kept"
+    break
+  done
+fi
+
 # The server first, until it listens: sites started meanwhile would only compete for the CPU and back off.
-log="$server/log.txt"
-offset=$(( $(stat -c %s "$log" 2>/dev/null || echo 0) + 1 ))
-start_kit "$server"
-for _ in $(seq 300); do
-  tail -c +"$offset" "$log" 2>/dev/null | grep -q " listening " && break
-  if ! kill -0 "$(cat "$server/daemon.pid")" 2>/dev/null; then
-    echo "$0: the server exited; see $log" >&2
-    tail -n 5 "$log" >&2
-    exit 1
-  fi
-  sleep 0.02
+start_kit "$server" || { echo "$0: the server did not start" >&2; "$HERE/stop_fl.sh" >/dev/null || true; exit 1; }
+failed=0
+for ((i = 0; i < N; i++)); do start_kit "${clients[$i]}" --wait 0 >/dev/null || failed=1; done
+# Then until each site registered (or exited: that one is reported).
+for kit in "${clients[@]:0:N}"; do
+  site="$(basename "$kit")"
+  for _ in $(seq 600); do
+    grep -q "site=$site registered " "$server/log.txt" 2>/dev/null && break
+    pid="$(cat "$kit/daemon.pid" 2>/dev/null || true)"
+    if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then failed=1; echo "$0: $site exited; see $kit/log.txt" >&2; break; fi
+    sleep 0.1
+  done
 done
-for ((i = 0; i < N; i++)); do start_kit "${clients[$i]}"; done
+if [ "$failed" -ne 0 ]; then
+  echo "$0: not everything started; the rest keeps running: stop it with $HERE/stop_fl.sh" >&2
+  exit 1
+fi
 echo "started the server and $N clients of $PROD; stop them with $HERE/stop_fl.sh"

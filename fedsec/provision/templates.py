@@ -7,42 +7,87 @@ from __future__ import annotations
 
 START_SH = """#!/usr/bin/env bash
 # Start {kind} {name} of fedsec project {project} from this kit.
-#   start.sh               run in the background: log in ../log.txt, pid in ../daemon.pid
-#   start.sh --foreground  run in this terminal
-# The fedsec command is taken from $FEDSEC, else from PATH.
+#   start.sh                  run in the background (log in ../log.txt, pid in ../daemon.pid) and say
+#                             "started" only once it is up: the server listening, a site registered
+#   start.sh --wait SECONDS   how long to wait for that (default 60; 0: only check that it did not exit at once)
+#   start.sh --foreground     run in this terminal
+# A second process from this kit is refused, naming the pid that runs. The fedsec command is $FEDSEC, else PATH.
 set -euo pipefail
 KIT="$(cd "$(dirname "${{BASH_SOURCE[0]}}")/.." && pwd)"
 FEDSEC="${{FEDSEC:-fedsec}}"
-if [ "${{1:-}}" = "--foreground" ]; then
-  exec "$FEDSEC" {kind} --kit "$KIT"
-fi
-if [ -f "$KIT/daemon.pid" ] && kill -0 "$(cat "$KIT/daemon.pid")" 2>/dev/null; then
-  echo "{name} is already running (pid $(cat "$KIT/daemon.pid"))" >&2
+WAIT=60
+case "${{1:-}}" in
+  --foreground) exec "$FEDSEC" {kind} --kit "$KIT" ;;
+  --wait) [[ "${{2:-}}" =~ ^[0-9]+$ ]] || {{ echo "usage: $0 [--foreground | --wait SECONDS]" >&2; exit 2; }}; WAIT="$2" ;;
+  "") ;;
+  *) echo "usage: $0 [--foreground | --wait SECONDS]" >&2; exit 2 ;;
+esac
+# The running process holds an exclusive lock on run/lock and wrote its pid there.
+holder() {{
+  [ -f "$KIT/run/lock" ] || return 1
+  if flock -n "$KIT/run/lock" true 2>/dev/null; then return 1; fi
+  head -c 32 "$KIT/run/lock" | tr -dc 0-9
+}}
+alive() {{ local state; state="$(awk '{{print $3}}' "/proc/$1/stat" 2>/dev/null)" && [ "$state" != Z ]; }}
+if pid="$(holder)"; then
+  echo "{name} is already running from this kit (pid $pid); stop it with $KIT/startup/stop_fl.sh" >&2
   exit 1
 fi
-nohup "$FEDSEC" {kind} --kit "$KIT" >>"$KIT/log.txt" 2>&1 </dev/null &
-echo $! >"$KIT/daemon.pid"
-echo "started {name} (pid $!), log: $KIT/log.txt"
+LOG="$KIT/log.txt"
+offset=$(( $(stat -c %s "$LOG" 2>/dev/null || echo 0) + 1 ))
+nohup "$FEDSEC" {kind} --kit "$KIT" >>"$LOG" 2>&1 </dev/null &
+pid=$!
+echo "$pid" >"$KIT/daemon.pid"
+case "{kind}" in server) ready=" listening " ;; *) ready=" registered with server" ;; esac
+for ((i = 0; ; i++)); do
+  if ! alive "$pid"; then
+    rm -f "$KIT/daemon.pid"
+    echo "{name} did not start: it exited at once. The end of $LOG:" >&2
+    tail -c +"$offset" "$LOG" | tail -n 5 >&2
+    exit 1
+  fi
+  if tail -c +"$offset" "$LOG" | grep -q -- "$ready"; then
+    echo "started {name} (pid $pid), log: $LOG"
+    exit 0
+  fi
+  if [ "$i" -ge $(( WAIT * 10 )) ]; then break; fi
+  sleep 0.1
+done
+if [ "{kind}" = server ]; then
+  [ "$WAIT" -eq 0 ] && {{ echo "started {name} (pid $pid), not listening yet; log: $LOG"; exit 0; }}
+  echo "{name} (pid $pid) runs but is not listening after $WAIT s; see $LOG" >&2
+  exit 1
+fi
+echo "started {name} (pid $pid), not registered yet (it keeps trying to reach the server); log: $LOG"
 """
 
 STOP_SH = """#!/usr/bin/env bash
-# Stop {kind} {name} started by start.sh: TERM its recorded pid, KILL after 10 s.
+# Stop {kind} {name}: the process that actually runs from this kit (it holds run/lock), else the pid in
+# ../daemon.pid if that process runs this kit. TERM, then KILL after 10 s.
 set -euo pipefail
 KIT="$(cd "$(dirname "${{BASH_SOURCE[0]}}")/.." && pwd)"
 PIDFILE="$KIT/daemon.pid"
-if [ ! -f "$PIDFILE" ]; then
-  echo "{name} is not running (no $PIDFILE)" >&2
+alive() {{ local state; state="$(awk '{{print $3}}' "/proc/$1/stat" 2>/dev/null)" && [ "$state" != Z ]; }}
+PID=""
+if [ -f "$KIT/run/lock" ] && ! flock -n "$KIT/run/lock" true 2>/dev/null; then
+  PID="$(head -c 32 "$KIT/run/lock" | tr -dc 0-9)"
+elif [ -f "$PIDFILE" ]; then
+  candidate="$(tr -dc 0-9 <"$PIDFILE")"
+  if [ -n "$candidate" ] && alive "$candidate" && tr '\\0' ' ' <"/proc/$candidate/cmdline" | grep -q -- "--kit $KIT"; then
+    PID="$candidate"
+  fi
+fi
+if [ -z "$PID" ]; then
+  rm -f "$PIDFILE"
+  echo "{name} is not running"
   exit 0
 fi
-PID="$(cat "$PIDFILE")"
-if kill -TERM "$PID" 2>/dev/null; then
-  for _ in $(seq 100); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
-  kill -0 "$PID" 2>/dev/null && kill -KILL "$PID" 2>/dev/null || true
-  echo "stopped {name} (pid $PID)"
-else
-  echo "{name} was not running (stale pid $PID)" >&2
-fi
+kill -TERM "$PID" 2>/dev/null || true
+for _ in $(seq 100); do alive "$PID" || break; sleep 0.1; done
+if alive "$PID"; then kill -KILL "$PID" 2>/dev/null || true; fi
+for _ in $(seq 50); do alive "$PID" || break; sleep 0.1; done
 rm -f "$PIDFILE"
+echo "stopped {name} (pid $PID)"
 """
 
 FL_ADMIN_SH = """#!/usr/bin/env bash

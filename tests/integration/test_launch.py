@@ -186,3 +186,76 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def _kit_script(launch: Launch, kit: str, script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FEDSEC": str(FEDSEC)}
+    return subprocess.run(
+        [str(launch.prod / kit / "startup" / script), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        start_new_session=True,
+    )
+
+
+def test_start_sh_tells_the_truth_and_stop_fl_sh_stops_the_real_process(launch: Launch) -> None:
+    first = _kit_script(launch, SERVER, "start.sh")
+    assert first.returncode == 0, first.stdout + first.stderr
+    pid = launch.read_pids()[SERVER]
+    assert f"started {SERVER} (pid {pid})" in first.stdout and " listening " in launch.server_log()
+
+    second = _kit_script(launch, SERVER, "start.sh")
+    assert second.returncode == 1
+    assert f"{SERVER} is already running from this kit (pid {pid})" in second.stderr
+    assert launch.read_pids()[SERVER] == pid and _alive(pid)
+
+    (launch.prod / SERVER / "daemon.pid").write_text("1\n")  # a wrong record does not mislead stop_fl.sh
+    stopped = _kit_script(launch, SERVER, "stop_fl.sh")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert f"stopped {SERVER} (pid {pid})" in stopped.stdout
+    assert not _alive(pid)
+    assert _kit_script(launch, SERVER, "stop_fl.sh").stdout.strip() == f"{SERVER} is not running"
+
+
+def test_start_sh_of_a_server_whose_port_is_taken_fails(launch: Launch) -> None:
+    import json
+    import socket
+
+    port = json.loads((launch.prod / SERVER / "startup" / "fed_server.json").read_text())["fl_port"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        done = _kit_script(launch, SERVER, "start.sh")
+    assert done.returncode == 1
+    assert f"{SERVER} did not start: it exited at once" in done.stderr
+    assert "cannot listen on" in done.stderr
+    assert not (launch.prod / SERVER / "daemon.pid").exists()
+
+
+def test_ctrl_c_on_start_fl_sh_stops_what_it_started(launch: Launch, tmp_path: Path) -> None:
+    slow = tmp_path / "slow-fedsec"  # sites that take long to come up, so the interrupt lands mid-start
+    slow.write_text(f'#!/usr/bin/env bash\n[ "$1" = client ] && sleep 60\nexec "{FEDSEC}" "$@"\n')
+    slow.chmod(0o755)
+    proc = subprocess.Popen(
+        [str(launch.here / "start_fl.sh"), "2", str(launch.prod)],
+        env={**os.environ, "FEDSEC": str(slow)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        wait_until(lambda: len(launch.read_pids()) == 3, 120, "the server and two sites started")
+        pids = launch.read_pids()
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out + err
+    assert "interrupted; stopping what was started" in err
+    assert [name for name, pid in pids.items() if _alive(pid) and str(launch.prod) in _cmdline(pid)] == []
+    assert not launch.record.exists()
