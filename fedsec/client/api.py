@@ -23,7 +23,7 @@ import numpy as np
 
 from fedsec import limits
 from fedsec.errors import FedsecError, JobError, WireError
-from fedsec.jobs.env import ENV_HE_CONTEXT, ENV_JOB_ID, ENV_SITE, ENV_SOCKET
+from fedsec.jobs.env import ENV_DATASETS, ENV_HE_CONTEXT, ENV_JOB_ID, ENV_SITE, ENV_SOCKET
 from fedsec.tracking.events import Event, to_proto
 from fedsec.transport.local import unix_channel
 from fedsec.wire import arrays, fedsec_pb2, fedsec_pb2_grpc, streams
@@ -262,6 +262,24 @@ def send_events(events: list[Event]) -> None:
     link = _get()
     batch = fedsec_pb2.EventBatch(job_id=link.job_id, events=[to_proto(e) for e in events])
     link.stub.SendEvents(batch, timeout=30)
+
+
+def dataset_path(name: str) -> Path:
+    """The path of a data set the site operator listed under name (local/site_settings.yml: datasets).
+
+    It is mounted read-only at that path in the job's sandbox. Raises JobError
+    when this site lists no data set of that name.
+    """
+    text = os.environ.get(ENV_DATASETS, "")
+    try:
+        datasets = json.loads(text) if text else {}
+    except json.JSONDecodeError as exc:
+        raise JobError(f"{ENV_DATASETS} is not JSON") from exc
+    path = datasets.get(name) if isinstance(datasets, dict) else None
+    if not isinstance(path, str):
+        listed = ", ".join(sorted(datasets)) if isinstance(datasets, dict) and datasets else "none"
+        raise JobError(f"site {os.environ.get(ENV_SITE, '?')} has no data set {name!r} (it lists: {listed})")
+    return Path(path)
 
 
 def current_round() -> int:

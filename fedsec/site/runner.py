@@ -1,15 +1,16 @@
 """Job processes on a site: fetch a job's archive, unpack and check it, start its script, stop it.
 
-Each job runs as `python SCRIPT ARGS` in <kit>/jobs/<job_id>/, with the
-job's custom code on PYTHONPATH and the parent's socket in the environment.
-A job whose script exits is reported to the server (finished, or failed with
-the end of its log).
+Each job runs as `python SCRIPT ARGS` in <kit>/jobs/<job_id>/work, with the
+job's custom code on PYTHONPATH and its own local socket in the environment,
+inside a bubblewrap sandbox (fedsec.site.sandbox) that sees nothing of the kit
+unless the site operator opted out. A job whose script exits is reported to the
+server (finished, or failed with the end of its log).
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -23,10 +24,11 @@ from cryptography import x509
 from fedsec import _fs, _proc, limits
 from fedsec.errors import AuthError, FedsecError, JobError
 from fedsec.jobs import load_job_folder, unpack
-from fedsec.jobs.env import ENV_HE_CONTEXT, ENV_JOB_ID, ENV_SITE, ENV_SOCKET
+from fedsec.jobs.env import ENV_DATASETS, ENV_JOB_ID, ENV_SITE, ENV_SOCKET
 from fedsec.jobs.signing import JobSignature, verify_archive
-from fedsec.kit import HE_CLIENT_CONTEXT
+from fedsec.site import sandbox
 from fedsec.site.policy import load_site_policy
+from fedsec.site.settings import load_site_settings
 
 log = logging.getLogger(__name__)
 
@@ -73,28 +75,32 @@ class JobRunner:
         job_dir.mkdir(parents=True, mode=0o700)
         unpack(archive, job_dir / "job")
         _meta, app = load_job_folder(job_dir / "job")
-        custom = job_dir / "job" / "app" / "custom"
+        settings = load_site_settings(self._kit_root)
+        isolated = sandbox.use_sandbox(settings.isolation, job_id)
+        code = job_dir / "job"
+        custom = code / "app" / "custom"
         script = custom / app.script.path
         work = job_dir / "work"
         work.mkdir()
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("FEDSEC_")},
+        base = {
             ENV_SOCKET: str(self._socket),
             ENV_JOB_ID: job_id,
             ENV_SITE: self._site,
-            "PYTHONPATH": os.pathsep.join(p for p in (str(custom), os.environ.get("PYTHONPATH", "")) if p),
-            "PYTHONUNBUFFERED": "1",
+            ENV_DATASETS: json.dumps(settings.datasets),
         }
-        he_context = self._kit_root / "startup" / HE_CLIENT_CONTEXT
-        if he_context.exists():
-            env[ENV_HE_CONTEXT] = str(he_context)
+        env = sandbox.script_env(base, work, [custom, sandbox.fedsec_package_dir().parent])
+        command = [sys.executable, str(script), *app.script.args]
+        if isolated:
+            datasets = tuple(Path(p) for p in settings.datasets.values())
+            mounts = sandbox.JobMounts(code, work, self._socket, self._kit_root, datasets)
+            command = sandbox.bwrap_argv(command, mounts, env)
         log_path = job_dir / "log.txt"
-        proc = _proc.start([sys.executable, str(script), *app.script.args], cwd=work, env=env, log_path=log_path)
+        proc = _proc.start(command, cwd=work, env=env, log_path=log_path)
         job = _Job(job_id, proc, log_path)
         with self._lock:
             self._jobs[job_id] = job
         threading.Thread(target=self._watch, args=(job,), name=f"job-{job_id[:8]}", daemon=True).start()
-        log.info("job=%s started script=%s pid=%d", job_id, app.script.path, proc.pid)
+        log.info("job=%s started script=%s pid=%d isolated=%s", job_id, app.script.path, proc.pid, isolated)
 
     def _watch(self, job: _Job) -> None:
         code = job.proc.wait()
