@@ -24,9 +24,11 @@ from cryptography import x509
 from fedsec import _fs, _proc, limits
 from fedsec.errors import AuthError, FedsecError, JobError
 from fedsec.jobs import load_job_folder, unpack
-from fedsec.jobs.env import ENV_DATASETS, ENV_JOB_ID, ENV_SITE, ENV_SOCKET
+from fedsec.jobs.env import ENV_DATASETS, ENV_JOB_ID, ENV_JOB_TOKEN, ENV_SITE, ENV_SOCKET
 from fedsec.jobs.signing import JobSignature, verify_archive
 from fedsec.site import sandbox
+from fedsec.site.hekey import HEKey
+from fedsec.site.local import LocalEndpoints
 from fedsec.site.policy import load_site_policy
 from fedsec.site.settings import load_site_settings
 
@@ -46,12 +48,21 @@ class _Job:
 class JobRunner:
     """Starts, watches and stops the training processes of one site."""
 
-    def __init__(self, kit_root: Path, site: str, socket: Path, report: Report, root_ca: x509.Certificate) -> None:
+    def __init__(
+        self,
+        kit_root: Path,
+        site: str,
+        endpoints: LocalEndpoints,
+        he_key: HEKey,
+        report: Report,
+        root_ca: x509.Certificate,
+    ) -> None:
         self._jobs_dir = kit_root / "jobs"
         self._kit_root = kit_root
         self._root_ca = root_ca
         self._site = site
-        self._socket = socket
+        self._endpoints = endpoints
+        self._he_key = he_key
         self._report = report
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
@@ -75,6 +86,8 @@ class JobRunner:
         job_dir.mkdir(parents=True, mode=0o700)
         unpack(archive, job_dir / "job")
         _meta, app = load_job_folder(job_dir / "job")
+        if app.he.enabled and not self._he_key.present():
+            raise JobError("the signed job uses homomorphic encryption, but this site's kit has no HE context")
         settings = load_site_settings(self._kit_root)
         isolated = sandbox.use_sandbox(settings.isolation, job_id)
         code = job_dir / "job"
@@ -82,20 +95,26 @@ class JobRunner:
         script = custom / app.script.path
         work = job_dir / "work"
         work.mkdir()
-        base = {
-            ENV_SOCKET: str(self._socket),
-            ENV_JOB_ID: job_id,
-            ENV_SITE: self._site,
-            ENV_DATASETS: json.dumps(settings.datasets),
-        }
-        env = sandbox.script_env(base, work, [custom, sandbox.fedsec_package_dir().parent])
-        command = [sys.executable, str(script), *app.script.args]
-        if isolated:
-            datasets = tuple(Path(p) for p in settings.datasets.values())
-            mounts = sandbox.JobMounts(code, work, self._socket, self._kit_root, datasets)
-            command = sandbox.bwrap_argv(command, mounts, env)
-        log_path = job_dir / "log.txt"
-        proc = _proc.start(command, cwd=work, env=env, log_path=log_path)
+        endpoint = self._endpoints.open(job_id, app.he, work)
+        try:
+            base = {
+                ENV_SOCKET: str(endpoint.socket),
+                ENV_JOB_TOKEN: endpoint.token,
+                ENV_JOB_ID: job_id,
+                ENV_SITE: self._site,
+                ENV_DATASETS: json.dumps(settings.datasets),
+            }
+            env = sandbox.script_env(base, work, [custom, sandbox.fedsec_package_dir().parent])
+            command = [sys.executable, str(script), *app.script.args]
+            if isolated:
+                datasets = tuple(Path(p) for p in settings.datasets.values())
+                mounts = sandbox.JobMounts(code, work, endpoint.socket, self._kit_root, datasets)
+                command = sandbox.bwrap_argv(command, mounts, env)
+            log_path = job_dir / "log.txt"
+            proc = _proc.start(command, cwd=work, env=env, log_path=log_path)
+        except BaseException:
+            self._endpoints.close(job_id)
+            raise
         job = _Job(job_id, proc, log_path)
         with self._lock:
             self._jobs[job_id] = job
@@ -105,6 +124,7 @@ class JobRunner:
     def _watch(self, job: _Job) -> None:
         code = job.proc.wait()
         _proc.stop(job.proc, grace=0.5)  # reap anything the script left in its group
+        self._endpoints.close(job.job_id)
         with self._lock:
             self._jobs.pop(job.job_id, None)
             stopping = job.stopping
