@@ -119,7 +119,14 @@ class JobRunner:
         with self._lock:
             self._jobs[job_id] = job
         threading.Thread(target=self._watch, args=(job,), name=f"job-{job_id[:8]}", daemon=True).start()
-        log.info("job=%s started script=%s pid=%d isolated=%s", job_id, app.script.path, proc.pid, isolated)
+        log.info(
+            "job=%s started script=%s pid=%d isolated=%s socket=%s",
+            job_id,
+            app.script.path,
+            proc.pid,
+            isolated,
+            endpoint.socket,
+        )
 
     def _watch(self, job: _Job) -> None:
         code = job.proc.wait()

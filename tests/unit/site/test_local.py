@@ -6,7 +6,7 @@ import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import numpy as np
@@ -73,7 +73,12 @@ class FakeServer:
 def endpoints(tmp_path: Path) -> Iterator[tuple[LocalEndpoints, dict[str, FakeServer]]]:
     server: dict[str, FakeServer] = {"stub": FakeServer({"job": "x", "he": None, "encrypted": False})}
     eps = LocalEndpoints(
-        tmp_path / "sockets", "site-1", lambda: server["stub"], EventSpool(tmp_path / "spool"), lambda: None, _no_key
+        tmp_path / "sockets",
+        "site-1",
+        lambda: cast(fedsec_pb2_grpc.FederationStub, server["stub"]),
+        EventSpool(tmp_path / "spool"),
+        lambda: None,
+        _no_key,
     )
     (tmp_path / "sockets").mkdir(mode=0o700)
     yield eps, server
