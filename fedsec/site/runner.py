@@ -67,6 +67,7 @@ class JobRunner:
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
         self._failed: set[str] = set()  # jobs that could not start: not retried until reassigned
+        self._ended: set[str] = set()  # jobs whose script exited: not started again (and their folder kept)
 
     def running(self) -> set[str]:
         with self._lock:
@@ -134,6 +135,7 @@ class JobRunner:
         self._endpoints.close(job.job_id)
         with self._lock:
             self._jobs.pop(job.job_id, None)
+            self._ended.add(job.job_id)
             stopping = job.stopping
         if stopping:
             log.info("job=%s stopped", job.job_id)
@@ -164,7 +166,10 @@ class JobRunner:
             log.info("job=%s no longer assigned: stopping it", job_id)
             self.stop(job_id)
         self._failed &= assigned
-        for job_id in assigned - self.running() - self._failed:
+        with self._lock:
+            self._ended &= assigned
+            ended = set(self._ended)
+        for job_id in assigned - self.running() - self._failed - ended:
             try:
                 self.start(job_id, *fetch(job_id))
             except AuthError as exc:
