@@ -78,3 +78,8 @@ MAX_EVENT_TAG = 256
 MAX_EVENT_TEXT = 64 << 10
 MAX_EVENT_QUEUE = 100_000  # events a SummaryWriter holds before it drops (and says so)
 MAX_SPOOL_BYTES = 256 << 20  # a site's unsent events of one job
+
+# A site's own settings (fedsec.site.settings) and its job processes.
+MAX_SITE_DATASETS = 64
+MAX_DATASET_PATH = 1024
+JOB_TOKEN_BYTES = 32  # the random credential a site gives each job process for its local socket

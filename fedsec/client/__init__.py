@@ -8,6 +8,7 @@ environment. Models travel as numpy arrays (see torch_io for PyTorch).
 from fedsec.client.api import (
     FLModel,
     ParamsType,
+    dataset_path,
     init,
     is_running,
     job_id,
@@ -16,6 +17,6 @@ from fedsec.client.api import (
     site_name,
 )
 
-__all__ = ["FLModel", "ParamsType", "init", "is_running", "job_id", "receive", "send", "site_name"]
+__all__ = ["FLModel", "ParamsType", "dataset_path", "init", "is_running", "job_id", "receive", "send", "site_name"]
 
 # fedsec.client.tracking.SummaryWriter is imported from its module, so `import fedsec.client` stays light.

@@ -1,8 +1,12 @@
 """init / receive / send for a training script, over the site parent's Unix socket.
 
-The parent relays each call to the server's workflow for this job. Calls
-retry with backoff while the server or the link is down (a server restart
-mid-job is survived), up to RETRY_SECONDS. Nothing here imports torch.
+The parent relays each call to the server's workflow for this job; every
+call carries the job's own credential (the token the site put in the
+environment). The script never holds a key: in a job with homomorphic
+encryption the site parent decrypts the global model before it arrives here
+and encrypts the plain update sent from here. Calls retry with backoff while
+the server or the link is down (a server restart mid-job is survived), up to
+RETRY_SECONDS. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ import numpy as np
 
 from fedsec import limits
 from fedsec.errors import FedsecError, JobError, WireError
-from fedsec.jobs.env import ENV_HE_CONTEXT, ENV_JOB_ID, ENV_SITE, ENV_SOCKET
+from fedsec.jobs.env import ENV_DATASETS, ENV_JOB_ID, ENV_JOB_TOKEN, ENV_SITE, ENV_SOCKET
 from fedsec.tracking.events import Event, to_proto
-from fedsec.transport.local import unix_channel
+from fedsec.transport.local import TOKEN_METADATA, unix_channel
 from fedsec.wire import arrays, fedsec_pb2, fedsec_pb2_grpc, streams
 
 log = logging.getLogger(__name__)
@@ -59,21 +63,13 @@ class _Link:
     channel: grpc.Channel
     job_id: str
     site: str
+    token: str = field(repr=False)
     running: bool = True
     last: FLModel | None = None
-    he_context: Any = None  # loaded on the first encrypted task
 
-
-def _he_context(link: _Link) -> Any:
-    """This site's HE context (with the secret key), from the path the site put in the environment."""
-    if link.he_context is None:
-        from fedsec.he.context import load_client_context
-
-        path = os.environ.get(ENV_HE_CONTEXT)
-        if not path:
-            raise JobError("this job uses homomorphic encryption but the site has no HE context (provision with HE)")
-        link.he_context = load_client_context(Path(path).read_bytes(), f"HE context {path}")
-    return link.he_context
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((TOKEN_METADATA, self.token),)
 
 
 _link: _Link | None = None
@@ -87,11 +83,12 @@ def init() -> None:
     global _link  # noqa: PLW0603 - one link per training process, as the API promises
     if _link is not None:
         return
-    missing = [k for k in (ENV_SOCKET, ENV_JOB_ID, ENV_SITE) if not os.environ.get(k)]
+    missing = [k for k in (ENV_SOCKET, ENV_JOB_ID, ENV_SITE, ENV_JOB_TOKEN) if not os.environ.get(k)]
     if missing:
         raise JobError(f"not started by a fedsec site: {', '.join(missing)} not set")
     channel = unix_channel(Path(os.environ[ENV_SOCKET]))
-    _link = _Link(fedsec_pb2_grpc.FederationStub(channel), channel, os.environ[ENV_JOB_ID], os.environ[ENV_SITE])
+    stub = fedsec_pb2_grpc.FederationStub(channel)
+    _link = _Link(stub, channel, os.environ[ENV_JOB_ID], os.environ[ENV_SITE], os.environ[ENV_JOB_TOKEN])
 
 
 def _get() -> _Link:
@@ -133,7 +130,7 @@ def receive(timeout: float | None = None) -> FLModel | None:
 
 
 def _fetch(link: _Link, request: fedsec_pb2.TaskRequest) -> FLModel | None:
-    parts = link.stub.GetTask(request, timeout=_POLL_SECONDS + 60)
+    parts = link.stub.GetTask(request, timeout=_POLL_SECONDS + 60, metadata=link.metadata)
     first = next(parts, None)
     if first is None or first.WhichOneof("part") != "header":
         raise WireError("task stream did not start with a header")
@@ -145,14 +142,7 @@ def _fetch(link: _Link, request: fedsec_pb2.TaskRequest) -> FLModel | None:
         return None
     payload = streams.receive_bytes(_data(parts), header.payload, limits.MAX_MODEL_BYTES, "global model")
     meta = _meta(header.meta_json)
-    if meta.get("encrypted"):
-        from fedsec.he.codec import decrypt_model
-
-        params, _ = decrypt_model(_he_context(link), payload, "global model")
-        if header.task == "evaluate":  # the final model: this site keeps it, decrypted, in its job folder
-            arrays.write_file(Path("global_model.fsa"), params)
-    else:
-        params = arrays.decode(payload, "global model")
+    params = arrays.decode(payload, "global model")  # always plain: the site decrypts an encrypted one
     return FLModel(
         params=params,
         params_type=ParamsType.FULL,
@@ -194,12 +184,8 @@ def send(model: FLModel) -> bool:
     if len(model.metrics) > limits.MAX_METRICS:
         raise WireError(f"more than {limits.MAX_METRICS} metrics")
     metrics = {str(k): float(v) for k, v in model.metrics.items()}
-    he = task.meta.get("he")
-    if he:
-        meta, payload = _encrypted_result(link, task, model, he)
-    else:
-        meta = json.dumps({**model.meta, "params_type": model.params_type.value})
-        payload = arrays.encode(model.params) if model.params is not None else b""
+    meta = json.dumps({**model.meta, "params_type": model.params_type.value})
+    payload = arrays.encode(model.params) if model.params is not None else b""  # the site encrypts it in HE jobs
     if len(meta) > limits.MAX_META_JSON_BYTES:
         raise WireError("meta is larger than its limit")
     digest = hashlib.sha256(payload).digest()
@@ -217,40 +203,11 @@ def send(model: FLModel) -> bool:
         for chunk in streams.bytes_chunks(payload):
             yield fedsec_pb2.ResultPart(data=chunk)
 
-    reply = _retry(lambda: link.stub.SubmitResult(parts(), timeout=600), "send")
+    reply = _retry(lambda: link.stub.SubmitResult(parts(), timeout=600, metadata=link.metadata), "send")
     link.last = None
     if not reply.accepted:
         log.warning("fedsec: result for round %d refused: %s", task.current_round, reply.reason)
     return bool(reply.accepted)
-
-
-def _encrypted_result(link: _Link, task: FLModel, model: FLModel, he: dict[str, Any]) -> tuple[str, bytes]:
-    """(meta, payload) of a result in an HE job: the full weights, weighted and encrypted.
-
-    The server sees neither the weights nor num_examples: the weight rides inside
-    the ciphertexts, so the meta carries nothing but the params type.
-    """
-    if model.params is None:
-        return json.dumps({"encrypted": True}), b""
-    from fedsec.he.codec import encrypt_model
-
-    params = model.params
-    if model.params_type is ParamsType.DIFF:
-        if task.params is None:
-            raise JobError("a weight difference needs the received global model")
-        params = {k: (task.params[k] + v).astype(task.params[k].dtype) for k, v in params.items()}
-    max_examples = int(he.get("max_examples", 1))
-    examples = model.meta.get("num_examples", max_examples)
-    if isinstance(examples, bool) or not isinstance(examples, int | float) or examples <= 0:
-        raise JobError(f"num_examples must be a positive number, got {examples!r}")
-    weight = min(float(examples), max_examples) / max_examples
-    # stochastic rounding needs no secret randomness: seeding it by job, round and site makes runs repeatable
-    seed = int.from_bytes(
-        hashlib.sha256(f"{link.job_id}:{task.current_round}:{link.site}".encode()).digest()[:8], "big"
-    )
-    clip, max_clients = float(he.get("clip", 4.0)), int(he.get("max_clients", 16))
-    payload = encrypt_model(_he_context(link), params, weight, clip, np.random.default_rng(seed), max_clients)
-    return json.dumps({"params_type": "full", "encrypted": True}), payload
 
 
 def send_events(events: list[Event]) -> None:
@@ -261,7 +218,25 @@ def send_events(events: list[Event]) -> None:
     init()
     link = _get()
     batch = fedsec_pb2.EventBatch(job_id=link.job_id, events=[to_proto(e) for e in events])
-    link.stub.SendEvents(batch, timeout=30)
+    link.stub.SendEvents(batch, timeout=30, metadata=link.metadata)
+
+
+def dataset_path(name: str) -> Path:
+    """The path of a data set the site operator listed under name (local/site_settings.yml: datasets).
+
+    It is mounted read-only at that path in the job's sandbox. Raises JobError
+    when this site lists no data set of that name.
+    """
+    text = os.environ.get(ENV_DATASETS, "")
+    try:
+        datasets = json.loads(text) if text else {}
+    except json.JSONDecodeError as exc:
+        raise JobError(f"{ENV_DATASETS} is not JSON") from exc
+    path = datasets.get(name) if isinstance(datasets, dict) else None
+    if not isinstance(path, str):
+        listed = ", ".join(sorted(datasets)) if isinstance(datasets, dict) and datasets else "none"
+        raise JobError(f"site {os.environ.get(ENV_SITE, '?')} has no data set {name!r} (it lists: {listed})")
+    return Path(path)
 
 
 def current_round() -> int:

@@ -18,14 +18,16 @@ import grpc
 from fedsec import __version__, _proc, limits
 from fedsec.errors import FedsecError, KitError
 from fedsec.jobs.signing import JobSignature
-from fedsec.kit import ClientConfig, Kit, read_ca
+from fedsec.kit import HE_CLIENT_CONTEXT, ClientConfig, Kit, read_ca
 from fedsec.pki.certs import Kind
-from fedsec.site.local import ScriptRelay
+from fedsec.site.hekey import HEKey
+from fedsec.site.local import LocalEndpoints
 from fedsec.site.policy import load_site_policy
 from fedsec.site.runner import JobRunner
+from fedsec.site.settings import load_site_settings
 from fedsec.site.spool import EventSpool
 from fedsec.tracking.events import Event, to_proto
-from fedsec.transport.local import serve_unix, socket_path
+from fedsec.transport.local import socket_dir
 from fedsec.transport.tls import channel, error_from_rpc
 from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc, streams
 
@@ -47,13 +49,20 @@ class SiteAgent:
         self._channel = channel(kit, server.host, server.port, server.name)
         self._stub = fedsec_pb2_grpc.FederationStub(self._channel)
         self._stop = threading.Event()
-        self._socket = socket_path(kit.root / "run", "site.sock")
-        self._runner = JobRunner(kit.root, kit.name, self._socket, self._report, read_ca(kit))
         load_site_policy(kit.root)  # a broken policy stops the site at start, not at the first job
+        load_site_settings(kit.root)  # so do the operator's settings
         self._spool = EventSpool(kit.root / "tracking")
         self._events_due = threading.Event()
-        relay = ScriptRelay(lambda: self._stub, self._runner.running, self._spool, self._events_due.set)
-        self._local = serve_unix(self._socket, lambda s: fedsec_pb2_grpc.add_FederationServicer_to_server(relay, s))
+        self._he = HEKey(kit.root / "startup" / HE_CLIENT_CONTEXT)
+        self._endpoints = LocalEndpoints(
+            socket_dir(kit.root / "run", "jobs"),
+            kit.name,
+            lambda: self._stub,
+            self._spool,
+            self._events_due.set,
+            self._he.context,
+        )
+        self._runner = JobRunner(kit.root, kit.name, self._endpoints, self._he, self._report, read_ca(kit))
         self._forwarder = threading.Thread(target=self._forward_loop, name="events", daemon=True)
 
     def run(self) -> None:
@@ -65,7 +74,7 @@ class SiteAgent:
                 self._heartbeats()
         finally:
             self._runner.stop_all()
-            self._local.stop(grace=1)
+            self._endpoints.close_all()
             self._channel.close()
             log.info("site=%s stopped", self._kit.name)
 

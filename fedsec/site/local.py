@@ -1,58 +1,244 @@
-"""The site's local endpoint for its training scripts: a Unix-socket gRPC server.
+"""The site's local endpoints for its training scripts: one Unix-socket gRPC server per job.
 
-It serves the Federation service's GetTask and SubmitResult to the scripts
-of the jobs this site runs and relays each call to the server, streaming
-chunks through without holding a whole model twice.
+Each started job gets its own socket (the only one bound into its sandbox)
+and a fresh random token; every call must carry that token, and acts only on
+that token's job: the job id comes from the endpoint, never from the request.
+The relay passes GetTask, SubmitResult and SendEvents on to the server.
+
+The site's HE secret key stays here, in trusted code: in a job whose signed
+config enables HE, the relay decrypts the global model before the script
+sees it (keeping the final one in the job's work folder), and encrypts the
+script's plain update with the signed job's HE parameters before it leaves
+the site. The signed job, not the server's task message, decides HE: a task
+whose meta disagrees with it is never handed to the script.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import logging
+import secrets
+import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import grpc
+import numpy as np
 
-from fedsec.errors import AuthError
+from fedsec import limits
+from fedsec.errors import AuthError, WireError
+from fedsec.jobs.meta import HEConfig
 from fedsec.site.spool import EventSpool
 from fedsec.tracking.events import check_batch
+from fedsec.transport.local import TOKEN_METADATA, serve_unix
 from fedsec.transport.tls import rpc_boundary
-from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc
+from fedsec.wire import arrays, fedsec_pb2, fedsec_pb2_grpc, streams
 
 log = logging.getLogger(__name__)
 
+FINAL_MODEL = "global_model.fsa"  # the decrypted final model of an HE job, in the job's work folder
+_MAX_WAIT = 30.0
 
-class ScriptRelay(fedsec_pb2_grpc.FederationServicer):
-    """Relays the training scripts' task calls to the server, and spools their tracking events."""
+Upstream = Callable[[], fedsec_pb2_grpc.FederationStub]
+
+
+def he_meta(he: HEConfig) -> dict[str, Any] | None:
+    """The he entry a task for a job with this signed HE config must carry (None: HE off)."""
+    if not he.enabled:
+        return None
+    return {"clip": he.clip, "max_examples": he.max_examples, "max_clients": he.max_clients}
+
+
+def task_disagreement(meta: dict[str, Any], he: HEConfig) -> str:
+    """Why a task's meta disagrees with the signed job's HE settings; "" when it agrees."""
+    expected = he_meta(he)
+    got = meta.get("he")
+    if got != expected:
+        return f"he {json.dumps(got, sort_keys=True)} but the signed job says {json.dumps(expected, sort_keys=True)}"
+    encrypted = meta.get("encrypted", False)
+    if not isinstance(encrypted, bool) or (encrypted and not he.enabled):
+        return f"encrypted={encrypted!r} but the signed job does not use HE"
+    return ""
+
+
+@dataclass
+class JobEndpoint:
+    """One job's local endpoint: its socket, its token and what the relay keeps for it."""
+
+    job_id: str
+    socket: Path
+    token: str = field(repr=False)
+    he: HEConfig
+    work: Path
+    server: grpc.Server | None = None
+    global_params: dict[str, np.ndarray] | None = field(default=None, repr=False)  # HE jobs: the last global model
+    refused_round: int = -1  # the last round whose task was refused (logged once)
+
+
+class LocalEndpoints:
+    """Opens and closes the per-job endpoints of one site."""
 
     def __init__(
         self,
-        upstream: Callable[[], fedsec_pb2_grpc.FederationStub],
-        jobs: Callable[[], set[str]],
+        socket_dir: Path,
+        site: str,
+        upstream: Upstream,
         spool: EventSpool,
         wake: Callable[[], None],
+        he_context: Callable[[], Any],
     ) -> None:
+        self._dir = socket_dir
+        self._site = site
         self._upstream = upstream
-        self._jobs = jobs
         self._spool = spool
         self._wake = wake
+        self._he_context = he_context
+        self._lock = threading.Lock()
+        self._open: dict[str, JobEndpoint] = {}
+        self._seq = 0
 
-    def _check(self, job_id: str) -> None:
-        if job_id not in self._jobs():
-            raise AuthError(f"job {job_id!r} does not run on this site")
+    def open(self, job_id: str, he: HEConfig, work: Path) -> JobEndpoint:
+        """Start job_id's endpoint on a fresh socket with a fresh token; the socket exists on return."""
+        self.close(job_id)
+        with self._lock:
+            self._seq += 1
+            socket = self._dir / f"{self._seq}.sock"
+        socket.unlink(missing_ok=True)
+        endpoint = JobEndpoint(job_id, socket, secrets.token_urlsafe(limits.JOB_TOKEN_BYTES), he, work)
+        relay = JobRelay(endpoint, self._site, self._upstream, self._spool, self._wake, self._he_context)
+        endpoint.server = serve_unix(socket, lambda s: fedsec_pb2_grpc.add_FederationServicer_to_server(relay, s), 4)
+        with self._lock:
+            self._open[job_id] = endpoint
+        return endpoint
+
+    def close(self, job_id: str) -> None:
+        with self._lock:
+            endpoint = self._open.pop(job_id, None)
+        if endpoint is not None and endpoint.server is not None:
+            endpoint.server.stop(grace=0.5)
+            endpoint.socket.unlink(missing_ok=True)
+
+    def close_all(self) -> None:
+        with self._lock:
+            jobs = list(self._open)
+        for job_id in jobs:
+            self.close(job_id)
+
+
+class JobRelay(fedsec_pb2_grpc.FederationServicer):
+    """Serves one job's script: checks its token, relays to the server, does the HE work for it."""
+
+    def __init__(
+        self,
+        endpoint: JobEndpoint,
+        site: str,
+        upstream: Upstream,
+        spool: EventSpool,
+        wake: Callable[[], None],
+        he_context: Callable[[], Any],
+    ) -> None:
+        self._job = endpoint
+        self._site = site
+        self._upstream = upstream
+        self._spool = spool
+        self._wake = wake
+        self._he_context = he_context
+
+    def _check(self, named_job: str, context: grpc.ServicerContext) -> str:
+        """The endpoint's job id, once the caller's token matches it and it names no other job."""
+        tokens = [v for k, v in context.invocation_metadata() if k == TOKEN_METADATA]
+        token = tokens[0] if len(tokens) == 1 and isinstance(tokens[0], str) else ""
+        if not hmac.compare_digest(token.encode(), self._job.token.encode()):
+            raise AuthError(f"a local call for job {self._job.job_id} without its credential")
+        if named_job and named_job != self._job.job_id:
+            raise AuthError(f"the credential of job {self._job.job_id} does not cover job {named_job[:64]!r}")
+        return self._job.job_id
 
     @rpc_boundary
     def GetTask(self, request: fedsec_pb2.TaskRequest, context: grpc.ServicerContext) -> Iterator[fedsec_pb2.TaskPart]:
-        self._check(request.job_id)
-        wait = min(max(request.wait_seconds, 0.0), 30.0)
-        upstream = fedsec_pb2.TaskRequest(job_id=request.job_id, wait_seconds=wait)
-        return _relay_stream(lambda: self._upstream().GetTask(upstream, timeout=wait + 60), context)
+        job_id = self._check(request.job_id, context)
+        wait = min(max(request.wait_seconds, 0.0), _MAX_WAIT)
+        upstream = fedsec_pb2.TaskRequest(job_id=job_id, wait_seconds=wait)
+        return self._task(upstream, wait, context)
+
+    def _task(
+        self, request: fedsec_pb2.TaskRequest, wait: float, context: grpc.ServicerContext
+    ) -> Iterator[fedsec_pb2.TaskPart]:
+        try:
+            parts = self._upstream().GetTask(request, timeout=wait + 60)
+            first = next(parts, None)
+            if first is None or first.WhichOneof("part") != "header":
+                raise WireError(f"job {self._job.job_id}: the server's task did not start with a header")
+            header = first.header
+            if header.status != fedsec_pb2.TASK_STATUS_TASK:
+                yield first
+                return
+            meta = _meta(header.meta_json, f"task of job {self._job.job_id}")
+            problem = task_disagreement(meta, self._job.he)
+            if problem:
+                parts.cancel()
+                yield from self._refuse(header.current_round, problem, wait, context)
+            elif self._job.he.enabled:
+                yield from self._he_task(header, meta, _data(parts, "task"))
+            else:
+                yield first
+                yield from parts
+        except grpc.RpcError as exc:
+            _forward_error(exc, context)
+
+    def _refuse(
+        self, current_round: int, problem: str, wait: float, context: grpc.ServicerContext
+    ) -> Iterator[fedsec_pb2.TaskPart]:
+        if self._job.refused_round != current_round:
+            self._job.refused_round = current_round
+            log.error(
+                "job=%s refused a task that disagrees with the signed job: round %d: %s",
+                self._job.job_id,
+                current_round,
+                problem,
+            )
+        done = threading.Event()
+        context.add_callback(done.set)
+        done.wait(wait)  # the script asked to wait this long: it asks again, and the round goes on without us
+        yield fedsec_pb2.TaskPart(header=fedsec_pb2.TaskHeader(status=fedsec_pb2.TASK_STATUS_WAIT))
+
+    def _he_task(
+        self, header: fedsec_pb2.TaskHeader, meta: dict[str, Any], data: Iterator[bytes]
+    ) -> Iterator[fedsec_pb2.TaskPart]:
+        """Decrypt (or decode) the global model, keep it for DIFF updates, hand the script plain arrays."""
+        where = f"global model of job {self._job.job_id} round {header.current_round}"
+        payload = streams.receive_bytes(data, header.payload, limits.MAX_MODEL_BYTES, where)
+        if meta.get("encrypted"):
+            from fedsec.he.codec import decrypt_model  # tenseal: only in HE jobs
+
+            params, _ = decrypt_model(self._he_context(), payload, where)
+            if header.task == "evaluate":  # the final model: this site keeps it, decrypted, in the job's folder
+                try:
+                    arrays.write_file(self._job.work / FINAL_MODEL, params)
+                except OSError as exc:
+                    log.warning("job=%s cannot keep the final model: %s", self._job.job_id, exc)
+        else:
+            params = arrays.decode(payload, where)
+        self._job.global_params = params
+        plain = arrays.encode(params, where)
+        out = fedsec_pb2.TaskHeader()
+        out.CopyFrom(header)
+        out.meta_json = json.dumps({**meta, "encrypted": False})
+        out.payload.CopyFrom(streams.describe_bytes(plain))
+        yield fedsec_pb2.TaskPart(header=out)
+        for chunk in streams.bytes_chunks(plain):
+            yield fedsec_pb2.TaskPart(data=chunk)
 
     @rpc_boundary
     def SendEvents(self, request: fedsec_pb2.EventBatch, context: grpc.ServicerContext) -> fedsec_pb2.EventAck:
         """Store the events durably, then answer: the forwarder sends them on to the server."""
-        self._check(request.job_id)
-        events = check_batch(request, f"events of job {request.job_id}")
-        self._spool.append(request.job_id, events)
+        job_id = self._check(request.job_id, context)
+        events = check_batch(request, f"events of job {job_id}")
+        self._spool.append(job_id, events)
         self._wake()
         return fedsec_pb2.EventAck(stored=len(events))
 
@@ -62,28 +248,101 @@ class ScriptRelay(fedsec_pb2_grpc.FederationServicer):
     ) -> fedsec_pb2.ResultReply:
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("part") != "header":
-            raise AuthError("result stream did not start with a header")
-        self._check(first.header.job_id)
-
-        def parts() -> Iterator[fedsec_pb2.ResultPart]:
-            yield first
-            yield from request_iterator
-
+            raise WireError("result stream did not start with a header")
+        header = fedsec_pb2.ResultHeader()
+        header.CopyFrom(first.header)
+        header.job_id = self._check(header.job_id, context)
+        if self._job.he.enabled:
+            try:
+                header, payload = self._encrypt(header, _data(request_iterator, "result"))
+            except (WireError, ValueError) as exc:
+                log.warning("job=%s result not sent: %s", self._job.job_id, exc)
+                return fedsec_pb2.ResultReply(accepted=False, reason=str(exc))
+            parts = _result_parts(header, streams.bytes_chunks(payload))
+        else:
+            parts = _result_parts(header, _data(request_iterator, "result"))
         try:
-            reply: fedsec_pb2.ResultReply = self._upstream().SubmitResult(parts(), timeout=600)
+            reply: fedsec_pb2.ResultReply = self._upstream().SubmitResult(parts, timeout=600)
         except grpc.RpcError as exc:
             _forward_error(exc, context)
             return fedsec_pb2.ResultReply(accepted=False, reason="server unreachable")
         return reply
 
+    def _encrypt(self, header: fedsec_pb2.ResultHeader, data: Iterator[bytes]) -> tuple[fedsec_pb2.ResultHeader, bytes]:
+        """The script's plain update -> the full weights, weighted and encrypted with the signed HE parameters.
 
-def _relay_stream(
-    call: Callable[[], Iterator[fedsec_pb2.TaskPart]], context: grpc.ServicerContext
-) -> Iterator[fedsec_pb2.TaskPart]:
+        The server sees neither the weights nor num_examples: the weight rides inside
+        the ciphertexts, so the meta carries nothing but the params type.
+        """
+        where = f"result of job {self._job.job_id} round {header.current_round}"
+        payload = streams.receive_bytes(data, header.payload, limits.MAX_MODEL_BYTES, where)
+        meta = _meta(header.meta_json, where)
+        if not payload:
+            out_meta: dict[str, Any] = {"encrypted": True}
+            encrypted = b""
+        else:
+            params = _full_params(arrays.decode(payload, where), meta, self._job.global_params, where)
+            he = self._job.he
+            weight = _weight(meta, he.max_examples, where)
+            # stochastic rounding needs no secret randomness: seeding it by job, round and site makes runs repeatable
+            seed_text = f"{self._job.job_id}:{header.current_round}:{self._site}".encode()
+            seed = int.from_bytes(hashlib.sha256(seed_text).digest()[:8], "big")
+            from fedsec.he.codec import encrypt_model  # tenseal: only in HE jobs
+
+            rng = np.random.default_rng(seed)
+            encrypted = encrypt_model(self._he_context(), params, weight, he.clip, rng, he.max_clients)
+            out_meta = {"params_type": "full", "encrypted": True}
+        header.meta_json = json.dumps(out_meta)
+        header.payload.CopyFrom(streams.describe_bytes(encrypted))
+        return header, encrypted
+
+
+def _full_params(
+    params: dict[str, np.ndarray], meta: dict[str, Any], base: dict[str, np.ndarray] | None, where: str
+) -> dict[str, np.ndarray]:
+    """params as full weights: a weight difference is added to the global model the script received."""
+    params_type = meta.get("params_type", "full")
+    if params_type == "full":
+        return params
+    if params_type != "diff":
+        raise WireError(f"{where}: params_type must be full or diff, got {str(params_type)[:20]!r}")
+    if base is None:
+        raise WireError(f"{where}: a weight difference, but no global model was received")
+    if set(params) != set(base) or any(params[k].shape != base[k].shape for k in base):
+        raise WireError(f"{where}: the weight difference does not match the global model's tensors")
+    return {k: (base[k] + params[k]).astype(base[k].dtype) for k in base}
+
+
+def _weight(meta: dict[str, Any], max_examples: int, where: str) -> float:
+    examples = meta.get("num_examples", max_examples)
+    if isinstance(examples, bool) or not isinstance(examples, int | float) or not examples > 0:
+        raise WireError(f"{where}: num_examples must be a positive number, got {str(examples)[:20]!r}")
+    return min(float(examples), max_examples) / max_examples
+
+
+def _meta(text: str, where: str) -> dict[str, Any]:
+    if len(text) > limits.MAX_META_JSON_BYTES:
+        raise WireError(f"{where}: meta larger than {limits.MAX_META_JSON_BYTES} bytes")
     try:
-        yield from call()
-    except grpc.RpcError as exc:
-        _forward_error(exc, context)
+        value = arrays.strict_json(text) if text else {}
+    except (ValueError, RecursionError) as exc:
+        raise WireError(f"{where}: meta is not JSON") from exc
+    if not isinstance(value, dict):
+        raise WireError(f"{where}: meta is not a JSON object")
+    return value
+
+
+def _data(parts: Iterator[Any], what: str) -> Iterator[bytes]:
+    for part in parts:
+        if part.WhichOneof("part") != "data":
+            raise WireError(f"{what} stream: a second header")
+        yield part.data
+
+
+def _result_parts(header: fedsec_pb2.ResultHeader, chunks: Iterator[bytes]) -> Iterator[fedsec_pb2.ResultPart]:
+    yield fedsec_pb2.ResultPart(header=header)
+    for chunk in chunks:
+        yield fedsec_pb2.ResultPart(data=chunk)
 
 
 def _forward_error(exc: grpc.RpcError, context: grpc.ServicerContext) -> None:

@@ -1,15 +1,16 @@
 """Job processes on a site: fetch a job's archive, unpack and check it, start its script, stop it.
 
-Each job runs as `python SCRIPT ARGS` in <kit>/jobs/<job_id>/, with the
-job's custom code on PYTHONPATH and the parent's socket in the environment.
-A job whose script exits is reported to the server (finished, or failed with
-the end of its log).
+Each job runs as `python SCRIPT ARGS` in <kit>/jobs/<job_id>/work, with the
+job's custom code on PYTHONPATH and its own local socket in the environment,
+inside a bubblewrap sandbox (fedsec.site.sandbox) that sees nothing of the kit
+unless the site operator opted out. A job whose script exits is reported to the
+server (finished, or failed with the end of its log).
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -23,10 +24,13 @@ from cryptography import x509
 from fedsec import _fs, _proc, limits
 from fedsec.errors import AuthError, FedsecError, JobError
 from fedsec.jobs import load_job_folder, unpack
-from fedsec.jobs.env import ENV_HE_CONTEXT, ENV_JOB_ID, ENV_SITE, ENV_SOCKET
+from fedsec.jobs.env import ENV_DATASETS, ENV_JOB_ID, ENV_JOB_TOKEN, ENV_SITE, ENV_SOCKET
 from fedsec.jobs.signing import JobSignature, verify_archive
-from fedsec.kit import HE_CLIENT_CONTEXT
+from fedsec.site import sandbox
+from fedsec.site.hekey import HEKey
+from fedsec.site.local import LocalEndpoints
 from fedsec.site.policy import load_site_policy
+from fedsec.site.settings import load_site_settings
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +48,26 @@ class _Job:
 class JobRunner:
     """Starts, watches and stops the training processes of one site."""
 
-    def __init__(self, kit_root: Path, site: str, socket: Path, report: Report, root_ca: x509.Certificate) -> None:
+    def __init__(
+        self,
+        kit_root: Path,
+        site: str,
+        endpoints: LocalEndpoints,
+        he_key: HEKey,
+        report: Report,
+        root_ca: x509.Certificate,
+    ) -> None:
         self._jobs_dir = kit_root / "jobs"
         self._kit_root = kit_root
         self._root_ca = root_ca
         self._site = site
-        self._socket = socket
+        self._endpoints = endpoints
+        self._he_key = he_key
         self._report = report
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
         self._failed: set[str] = set()  # jobs that could not start: not retried until reassigned
+        self._ended: set[str] = set()  # jobs whose script exited: not started again (and their folder kept)
 
     def running(self) -> set[str]:
         with self._lock:
@@ -73,34 +87,55 @@ class JobRunner:
         job_dir.mkdir(parents=True, mode=0o700)
         unpack(archive, job_dir / "job")
         _meta, app = load_job_folder(job_dir / "job")
-        custom = job_dir / "job" / "app" / "custom"
+        if app.he.enabled and not self._he_key.present():
+            raise JobError("the signed job uses homomorphic encryption, but this site's kit has no HE context")
+        settings = load_site_settings(self._kit_root)
+        isolated = sandbox.use_sandbox(settings.isolation, job_id)
+        code = job_dir / "job"
+        custom = code / "app" / "custom"
         script = custom / app.script.path
         work = job_dir / "work"
         work.mkdir()
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("FEDSEC_")},
-            ENV_SOCKET: str(self._socket),
-            ENV_JOB_ID: job_id,
-            ENV_SITE: self._site,
-            "PYTHONPATH": os.pathsep.join(p for p in (str(custom), os.environ.get("PYTHONPATH", "")) if p),
-            "PYTHONUNBUFFERED": "1",
-        }
-        he_context = self._kit_root / "startup" / HE_CLIENT_CONTEXT
-        if he_context.exists():
-            env[ENV_HE_CONTEXT] = str(he_context)
-        log_path = job_dir / "log.txt"
-        proc = _proc.start([sys.executable, str(script), *app.script.args], cwd=work, env=env, log_path=log_path)
+        endpoint = self._endpoints.open(job_id, app.he, work)
+        try:
+            base = {
+                ENV_SOCKET: str(endpoint.socket),
+                ENV_JOB_TOKEN: endpoint.token,
+                ENV_JOB_ID: job_id,
+                ENV_SITE: self._site,
+                ENV_DATASETS: json.dumps(settings.datasets),
+            }
+            env = sandbox.script_env(base, work, [custom, sandbox.fedsec_package_dir().parent])
+            command = [sys.executable, str(script), *app.script.args]
+            if isolated:
+                datasets = tuple(Path(p) for p in settings.datasets.values())
+                mounts = sandbox.JobMounts(code, work, endpoint.socket, self._kit_root, datasets)
+                command = sandbox.bwrap_argv(command, mounts, env)
+            log_path = job_dir / "log.txt"
+            proc = _proc.start(command, cwd=work, env=env, log_path=log_path)
+        except BaseException:
+            self._endpoints.close(job_id)
+            raise
         job = _Job(job_id, proc, log_path)
         with self._lock:
             self._jobs[job_id] = job
         threading.Thread(target=self._watch, args=(job,), name=f"job-{job_id[:8]}", daemon=True).start()
-        log.info("job=%s started script=%s pid=%d", job_id, app.script.path, proc.pid)
+        log.info(
+            "job=%s started script=%s pid=%d isolated=%s socket=%s",
+            job_id,
+            app.script.path,
+            proc.pid,
+            isolated,
+            endpoint.socket,
+        )
 
     def _watch(self, job: _Job) -> None:
         code = job.proc.wait()
         _proc.stop(job.proc, grace=0.5)  # reap anything the script left in its group
+        self._endpoints.close(job.job_id)
         with self._lock:
             self._jobs.pop(job.job_id, None)
+            self._ended.add(job.job_id)
             stopping = job.stopping
         if stopping:
             log.info("job=%s stopped", job.job_id)
@@ -131,7 +166,10 @@ class JobRunner:
             log.info("job=%s no longer assigned: stopping it", job_id)
             self.stop(job_id)
         self._failed &= assigned
-        for job_id in assigned - self.running() - self._failed:
+        with self._lock:
+            self._ended &= assigned
+            ended = set(self._ended)
+        for job_id in assigned - self.running() - self._failed - ended:
             try:
                 self.start(job_id, *fetch(job_id))
             except AuthError as exc:

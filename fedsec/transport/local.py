@@ -1,7 +1,8 @@
 """Local gRPC between a parent and its job processes: Unix sockets in a 0700 folder.
 
 The socket file is mode 0600 in a 0700 folder, so only the same user can
-connect; gRPC's local (UDS) credentials mark the link as local.
+connect; gRPC's local (UDS) credentials mark the link as local. A site gives
+each job its own socket and token (TOKEN_METADATA on every call).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import grpc
 
 from fedsec import limits
 
+TOKEN_METADATA = "fedsec-job-token"  # noqa: S105 - a name, not a secret; the gRPC metadata key a job's calls carry its credential in
 _MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux
 _OPTIONS = [
     ("grpc.max_receive_message_length", limits.MAX_MESSAGE_BYTES),
@@ -31,6 +33,17 @@ def socket_path(run_dir: Path, name: str) -> Path:
     if len(str(path)) >= _MAX_SOCKET_PATH:
         path = Path(tempfile.mkdtemp(prefix="fedsec-")) / name
     path.unlink(missing_ok=True)
+    return path
+
+
+def socket_dir(run_dir: Path, name: str) -> Path:
+    """A 0700 folder for short-named sockets: run_dir/name, or a private temporary folder when that is too long."""
+    path = run_dir / name
+    if len(str(path)) >= _MAX_SOCKET_PATH - 16:
+        return Path(tempfile.mkdtemp(prefix="fedsec-"))
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    os.chmod(run_dir, 0o700)
     return path
 
 

@@ -1,0 +1,87 @@
+"""The sandbox argv: what a job's bubblewrap binds, and that the kit is never one of them."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from fedsec.errors import JobError
+from fedsec.site import sandbox
+from fedsec.site.settings import Isolation
+
+
+def _binds(argv: list[str]) -> dict[str, str]:
+    """dest -> kind ('ro', 'rw', 'tmpfs') for every mount in argv."""
+    out: dict[str, str] = {}
+    for i, arg in enumerate(argv):
+        if arg in ("--ro-bind", "--ro-bind-try"):
+            out[argv[i + 2]] = "ro"
+        elif arg == "--bind":
+            out[argv[i + 2]] = "rw"
+        elif arg == "--tmpfs":
+            out[argv[i + 1]] = "tmpfs"
+    return out
+
+
+def _mounts(tmp_path: Path) -> sandbox.JobMounts:
+    kit = tmp_path / "site-1"
+    job = kit / "jobs" / "j1"
+    return sandbox.JobMounts(job / "job", job / "work", kit / "run" / "j1.sock", kit, (tmp_path / "data",))
+
+
+def test_binds_only_the_whitelist(tmp_path: Path) -> None:
+    m = _mounts(tmp_path)
+    python = (Path("/opt/py"), Path("/opt/venv"))
+    argv = sandbox.bwrap_argv(["python", "x.py"], m, {"HOME": str(m.work)}, python=python)
+    binds = _binds(argv)
+    assert "/" not in binds
+    assert binds["/usr"] == "ro" and binds["/opt/py"] == "ro" and binds["/opt/venv"] == "ro"
+    assert binds[str(m.code)] == "ro" and binds[str(tmp_path / "data")] == "ro"
+    assert binds[str(m.work)] == "rw" and binds[str(m.socket)] == "rw"
+    assert binds["/tmp"] == "tmpfs"
+    kit = str(m.kit_root)
+    assert not any(
+        dest == kit or dest.startswith(kit + "/startup") or dest.startswith(kit + "/tracking") for dest in binds
+    )
+    for flag in ("--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--clearenv"):
+        assert flag in argv
+    assert argv[argv.index("--uid") + 1] != "0"
+    assert argv[-3:] == ["--", "python", "x.py"]
+
+
+def test_kit_under_a_bound_folder_is_covered_before_the_job_is_bound(tmp_path: Path) -> None:
+    m = _mounts(tmp_path)
+    argv = sandbox.bwrap_argv(["python"], m, {}, python=(tmp_path,))  # e.g. a venv folder that holds the kits
+    covered = argv.index("--tmpfs", argv.index("--tmpfs") + 1)  # the second tmpfs, after /tmp
+    assert argv[covered + 1] == str(m.kit_root)
+    assert argv.index(str(m.code)) > covered and argv.index(str(m.work)) > covered
+
+
+def test_python_mounts_hold_the_package_not_its_repository() -> None:
+    mounts = sandbox.python_mounts()
+    package = sandbox.fedsec_package_dir()
+    assert package in mounts and package.parent not in mounts
+    assert all(p.is_dir() for p in mounts)
+
+
+def test_env_has_nothing_of_the_parent(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FEDSEC_HE_CONTEXT", "/kit/startup/client_context.tenseal")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+    env = sandbox.script_env({"FEDSEC_SITE": "site-1"}, tmp_path, [tmp_path / "custom"])
+    assert env["HOME"] == str(tmp_path) and env["FEDSEC_SITE"] == "site-1"
+    assert "FEDSEC_HE_CONTEXT" not in env and "AWS_SECRET_ACCESS_KEY" not in env
+
+
+def test_isolation_modes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    missing = tmp_path / "no-bwrap"
+    with caplog.at_level(logging.WARNING):
+        assert sandbox.use_sandbox(Isolation.AUTO, "j1", missing) is False
+    assert "install bubblewrap" in caplog.text
+    with pytest.raises(JobError, match="requires isolation with bubblewrap"):
+        sandbox.use_sandbox(Isolation.BWRAP, "j1", missing)
+    assert sandbox.use_sandbox(Isolation.NONE, "j1") is False
+    if sandbox.BWRAP.exists():
+        assert sandbox.use_sandbox(Isolation.AUTO, "j1") is True
+        assert sandbox.use_sandbox(Isolation.BWRAP, "j1") is True

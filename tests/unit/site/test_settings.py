@@ -1,0 +1,76 @@
+"""local/site_settings.yml: the defaults, a good file, and a table of bad ones."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from fedsec.errors import ConfigError
+from fedsec.site.settings import Isolation, SiteSettings, load_site_settings
+
+
+def _write(kit: Path, text: str, mode: int = 0o600) -> Path:
+    path = kit / "local" / "site_settings.yml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    os.chmod(path, mode)
+    return path
+
+
+def test_missing_file_is_the_defaults(tmp_path: Path) -> None:
+    assert load_site_settings(tmp_path) == SiteSettings()
+
+
+def test_good_file(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    kit = tmp_path / "kit"
+    _write(kit, f"datasets:\n  digits: {data}\nisolation: bwrap\n", 0o644)
+    settings = load_site_settings(kit)
+    assert settings.datasets == {"digits": str(data.resolve())}
+    assert settings.isolation is Isolation.BWRAP
+
+
+@pytest.mark.parametrize(
+    ("text", "mode", "message"),
+    [
+        ("isolation: auto\n", 0o666, "mode 0666"),
+        ("isolation: auto\n", 0o640, "mode 0640"),
+        ("isolaton: auto\n", 0o600, "isolaton: unknown key"),
+        ("isolation: docker\n", 0o600, "'docker' is not one of"),
+        ("datasets: [a]\n", 0o600, "datasets: expected a mapping"),
+        ("datasets:\n  a: relative/path\n", 0o600, "must be an absolute path"),
+        ("datasets:\n  a: /no/such/folder/x\n", 0o600, "does not exist"),
+        ("datasets:\n  ../a: /usr\n", 0o600, "is not safe"),
+        ("datasets:\n  a: 3\n", 0o600, "expected a string"),
+        ("datasets:\n  a: {kit}/startup\n", 0o600, "overlaps the site's kit"),
+        ("datasets:\n  a: {root}\n", 0o600, "overlaps the site's kit"),
+        ("[unclosed\n", 0o600, "invalid YAML"),
+    ],
+)
+def test_bad_files(tmp_path: Path, text: str, mode: int, message: str) -> None:
+    kit = tmp_path / "kit"
+    (kit / "startup").mkdir(parents=True)
+    _write(kit, text.format(kit=kit, root=tmp_path), mode)
+    with pytest.raises(ConfigError, match=message) as err:
+        load_site_settings(kit)
+    assert "site_settings.yml" in str(err.value)
+
+
+def test_a_link_is_refused(tmp_path: Path) -> None:
+    target = _write(tmp_path / "elsewhere", "isolation: none\n")
+    (tmp_path / "kit" / "local").mkdir(parents=True)
+    (tmp_path / "kit" / "local" / "site_settings.yml").symlink_to(target)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_site_settings(tmp_path / "kit")
+
+
+def test_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    path = _write(tmp_path, "isolation: none\n")
+    if os.getuid() != 0:
+        pytest.skip("changing a file's owner needs root")
+    os.chown(path, 1000, 1000)
+    with pytest.raises(ConfigError, match="not by the site's user"):
+        load_site_settings(tmp_path)
