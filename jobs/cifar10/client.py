@@ -28,7 +28,12 @@ EVAL_BATCH = 500
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data_dir", type=Path, required=True, help="holds cifar-10-batches-bin/ (prepare_data.sh)")
+    parser.add_argument(
+        "--data_dir",
+        type=Path,
+        default=None,
+        help="holds cifar-10-batches-bin/ (default: the site's data set 'cifar10', local/site_settings.yml)",
+    )
     parser.add_argument("--n_clients", type=int, required=True, help="how many sites share the data")
     parser.add_argument("--aggregation_epochs", type=int, default=4, help="local epochs per round")
     parser.add_argument("--alpha", type=float, default=1.0, help="Dirichlet concentration: smaller, more skew")
@@ -94,13 +99,14 @@ def main() -> None:
     fl.init()
     site = fl.site_name()
     index = site_index(site)
+    data_dir = args.data_dir or fl.dataset_path("cifar10")  # the site operator says where its copy is
     data = load_site(
-        args.data_dir,
+        data_dir,
         index,
         args.n_clients,
         args.alpha,
         args.seed,
-        args.data_dir / "splits",
+        Path("splits"),  # in the job's work folder: the data set is read-only
         max_train=args.max_train,
         max_test=args.max_test,
     )

@@ -4,8 +4,9 @@
     python jobs/cifar10_fedavg/job.py --startup_kit workspaces/.../admin@org.com
     python jobs/cifar10_fedavg/job.py --export_only /tmp/cifar10_job   # just write the job folder
 
---data_dir is where the sites hold CIFAR-10 (the same path on each); job.py reads
-the labels there too, to size the sites' shares. Exits 0 when the job finished
+Each site reads CIFAR-10 from the data set its operator lists as `cifar10` in the
+site's local/site_settings.yml. --data_dir is this machine's copy: job.py reads the
+labels there, to size the sites' shares in an HE job. Exits 0 when the job finished
 completed, 1 otherwise.
 """
 
@@ -58,7 +59,7 @@ def parse_args(argv: list[str] | None = None, *, he: bool = False) -> argparse.N
 def make_recipe(args: argparse.Namespace, name: str = "cifar10_fedavg") -> FedAvgRecipe:
     """The job; with args.he the updates are encrypted (the project must be provisioned with HE)."""
     data_dir = args.data_dir.expanduser().resolve()
-    script_args = ["--data_dir", str(data_dir), "--n_clients", str(args.n_clients)]
+    script_args = ["--n_clients", str(args.n_clients)]  # each site finds its data set by name
     script_args += ["--aggregation_epochs", str(args.aggregation_epochs), "--alpha", str(args.alpha)]
     script_args += ["--lr", str(args.lr), "--batch_size", str(args.batch_size), "--seed", str(args.seed)]
     for option in ("max_train", "max_test"):

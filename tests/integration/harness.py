@@ -82,6 +82,14 @@ class Federation:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.all_pids: list[int] = []
 
+    def set_datasets(self, **paths: Path) -> None:
+        """Each site's operator lists these data sets (name=path) in its local/site_settings.yml (0600)."""
+        text = yaml.safe_dump({"datasets": {name: str(path) for name, path in paths.items()}})
+        for i in range(1, self.n_clients + 1):
+            settings = self.kit(f"site-{i}") / "local" / "site_settings.yml"
+            settings.write_text(text)
+            settings.chmod(0o600)
+
     def kit(self, name: str) -> Path:
         return self.prod / name
 

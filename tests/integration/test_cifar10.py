@@ -61,6 +61,7 @@ def _run_job(fed: Federation, job: str, data_dir: Path, cwd: Path) -> str:
 @pytest.mark.federation(n_clients=N_SITES, heartbeat_timeout=30.0, he=True)
 def test_cifar10_plain_and_he_jobs_complete_on_8_sites(federation: Federation, tmp_path: Path) -> None:
     data_dir = write_dataset(tmp_path / "cifar10", n_train=N_SITES * 20, n_test=40)
+    federation.set_datasets(cifar10=data_dir)  # each site's operator says where its copy is
     federation.start_all()
 
     plain_id = _run_job(federation, "cifar10_fedavg", data_dir, tmp_path)
