@@ -5,6 +5,9 @@ handler runs, so a peer that opens streams and never sends could hold every
 worker of a port. The gate is a server interceptor that runs before anything
 is read:
 
+- the connection must be TLS 1.3 (the gRPC release in use cannot set a
+  minimum version on a listener, so a TLS 1.2 handshake completes, but no
+  call on it is ever served);
 - the peer's verified certificate must be of the port's kind (sites on the
   fl port, admins on the admin port), checked before a byte of the request;
 - each method belongs to a lane (liveness: heartbeats, logins; transfers:
@@ -39,6 +42,8 @@ from fedsec.pki import certs
 from fedsec.transport.tls import fingerprint, peer_cert
 
 log = logging.getLogger(__name__)
+
+TLS_VERSION = "TLSv1.3"  # the only protocol version served
 
 
 @dataclass(frozen=True)
@@ -210,7 +215,11 @@ class Gate(grpc.ServerInterceptor):  # type: ignore[misc]
     # ------------------------------------------------------------ admission
 
     def _enter(self, context: grpc.ServicerContext, lane: Lane, method: str) -> str:
-        """Check the peer's certificate and its share of the lane, before anything is read; return its key."""
+        """Check TLS 1.3, the peer's certificate and its share of the lane, before anything is read; return its key."""
+        version = b"".join(context.auth_context().get("ssl_tls_version", [])).decode(errors="replace")
+        if version != TLS_VERSION:
+            log.info("gate: refused %s over %s", method, version or "no TLS")
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{version or 'no TLS'} is not accepted: TLS 1.3 only")
         try:
             cert = peer_cert(context)
             identity = certs.identity_of(cert)
