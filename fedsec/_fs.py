@@ -43,12 +43,28 @@ def check_email(kind: str, name: str) -> str:
     return _check_shape(kind, name, _EMAIL_RE, "an e-mail address of letters, digits, '.', '_', '+', '-'")
 
 
+def _umask() -> int:
+    """This process's umask, read without changing it (os.umask would, for a moment, for every thread)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o077  # not knowing it, take the strictest that still lets the owner in
+
+
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write data to path through a temporary file and a rename, with the given mode."""
+    """Write data to path through a temporary file and a rename, with mode less the process's umask.
+
+    The server and site parents run with umask 077 (fedsec._proc.private_files), so what they
+    write is 0600 whatever mode a caller asks for.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, mode)
+        os.fchmod(fd, mode & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -109,6 +109,15 @@ def tail(path: Path, limit: int) -> str:
         return ""
 
 
+def private_files() -> None:
+    """Make every file this process (and its children) creates 0600 and every folder 0700.
+
+    The server and site parents call it first: job records, results, MLflow's store and
+    artifacts, spools and logs are for the kit's owner only, whichever library writes them.
+    """
+    os.umask(0o077)
+
+
 def lock_kit(run_dir: Path, what: str) -> int:
     """Hold an exclusive lock so only one process runs from a kit; return the fd (keep it open).
 

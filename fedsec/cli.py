@@ -53,6 +53,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
     from fedsec.server.app import run_server
 
     _proc.tune_malloc()
+    _proc.private_files()
     logs.setup(args.log_level)
     return run_server(load_kit(Path(args.kit)), listen=args.listen)
 
@@ -63,6 +64,7 @@ def _cmd_client(args: argparse.Namespace) -> int:
     from fedsec.site.agent import run_site
 
     _proc.tune_malloc()
+    _proc.private_files()
     logs.setup(args.log_level)
     return run_site(load_kit(Path(args.kit)))
 
