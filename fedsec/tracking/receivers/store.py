@@ -95,7 +95,18 @@ def prepare_embedded_store(tracking_dir: Path, lock_seconds: float = LOCK_SECOND
                 state = "missing"
         if state == "missing":
             _create(db)
+        if state != "ready":
+            _forget_engines(embedded_uri(tracking_dir))
     return EmbeddedStore(embedded_uri(tracking_dir), (root / ARTIFACTS_DIR).as_uri())
+
+
+def _forget_engines(uri: str) -> None:
+    """Drop MLflow's cached engine of uri in this process: it would still point at the file that was replaced."""
+    module = sys.modules.get("mlflow.store.tracking.sqlalchemy_store")
+    engines: dict[str, Any] = getattr(getattr(module, "SqlAlchemyStore", None), "_engine_map", {})
+    engine = engines.pop(uri, None)
+    if engine is not None:
+        engine.dispose()
 
 
 @contextlib.contextmanager
