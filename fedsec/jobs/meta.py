@@ -29,6 +29,7 @@ import yaml
 
 from fedsec import _fs, _schema, limits
 from fedsec.errors import ConfigError, JobError, WireError
+from fedsec.tracking.backends import LOCAL, check_backend_name
 
 FORMAT = "fedsec-job/1"
 META_FILE = "meta.yml"
@@ -93,12 +94,13 @@ class HEConfig:
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    """config.yml's tracking section: where the server writes the sites' SummaryWriter events.
+    """config.yml's tracking section: which of the server's tracking backends gets the sites' events.
 
-    mlflow_uri "" is the server's embedded MLflow store (in its kit's tracking/ folder).
+    backend is a name the server's operator gives (fedsec.tracking.backends); "local", the default, is the
+    server's embedded MLflow store. A job never names a path, a database or a host.
     """
 
-    mlflow_uri: str = ""
+    backend: str = LOCAL
     tensorboard: bool = False
 
 
@@ -170,14 +172,13 @@ def check_meta(meta: JobMeta) -> None:
 def parse_app_config(raw: Any) -> AppConfig:
     """Build and validate an AppConfig (not the files it names); raises ConfigError prefixed 'app/config.yml: '."""
     try:
+        _refuse_mlflow_uri(raw)
         config = _schema.build(AppConfig, raw, "")
         check_workflow(config.workflow)
         check_script(config.script)
         check_relative_path("initial_model", config.initial_model)
         check_he(config.he)
-        uri = config.tracking.mlflow_uri
-        if uri and not uri.startswith(("http://", "https://", "sqlite:///", "file:///")):
-            raise ConfigError(f"tracking.mlflow_uri: {uri[:80]!r} is not an http(s)://, sqlite:/// or file:/// URI")
+        check_tracking(config.tracking)
         if config.he.enabled and not config.workflow.evaluate_final:
             raise ConfigError("he.enabled: needs workflow.evaluate_final (that task brings the sites the final model)")
     except ConfigError as exc:
@@ -195,6 +196,25 @@ def check_workflow(workflow: WorkflowConfig) -> None:
         value = getattr(workflow, key)
         if not (math.isfinite(value) and 0.0 < value <= MAX_TIMEOUT):
             raise ConfigError(f"workflow.{key}: must be more than 0 and at most {MAX_TIMEOUT:.0f} seconds, got {value}")
+
+
+def _refuse_mlflow_uri(raw: Any) -> None:
+    """The tracking.mlflow_uri of older jobs, refused with what to write instead."""
+    tracking = raw.get("tracking") if isinstance(raw, dict) else None
+    if isinstance(tracking, dict) and "mlflow_uri" in tracking:
+        raise ConfigError(
+            "tracking.mlflow_uri: a job no longer says where its tracking data goes; name one of the server's "
+            f"tracking backends instead (tracking: {{backend: {LOCAL}}} for its embedded store, or a name its "
+            "operator lists)"
+        )
+
+
+def check_tracking(tracking: TrackingConfig) -> None:
+    """Check the shape of a tracking section's backend name; raises ConfigError naming the key."""
+    try:
+        check_backend_name(tracking.backend)
+    except ConfigError as exc:
+        raise ConfigError(f"tracking.backend: {exc}") from exc
 
 
 def check_he(he: HEConfig) -> None:

@@ -75,7 +75,7 @@ class FedAvgRecipe:
         he_clip: float = 4.0,
         he_max_examples: int = 1,
         he_max_clients: int = 16,
-        tracking_uri: str = "",
+        tracking_backend: str = "local",
         tensorboard: bool = False,
     ) -> None:
         self._where = f"FedAvgRecipe {name!r}"
@@ -97,7 +97,7 @@ class FedAvgRecipe:
             "script": {"path": self.train_script.name, "args": list(script_args)},
             "initial_model": INITIAL_MODEL_FILE,
             "he": {"enabled": he, "clip": he_clip, "max_examples": he_max_examples, "max_clients": he_max_clients},
-            "tracking": {"mlflow_uri": tracking_uri, "tensorboard": tensorboard},
+            "tracking": {"backend": tracking_backend, "tensorboard": tensorboard},
         }
         try:
             self.meta: JobMeta = _schema.build(JobMeta, raw_meta, "")

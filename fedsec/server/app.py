@@ -8,10 +8,13 @@ their last completed round at the next start.
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import threading
 import time
 from concurrent import futures
+from pathlib import Path
 from types import FrameType
 
 import grpc
@@ -29,6 +32,7 @@ from fedsec.server.services import FederationService
 from fedsec.server.sessions import AdminSessions
 from fedsec.server.store import JobStore
 from fedsec.transport.gate import Gate, GateConfig, Lane
+from fedsec.tracking.backends import load_backends
 from fedsec.transport.tls import GRPC_OPTIONS, server_credentials
 from fedsec.wire import fedsec_pb2_grpc
 
@@ -79,6 +83,38 @@ def _grpc_server(name: str, gate: Gate) -> grpc.Server:
     return grpc.server(pool, interceptors=[gate], options=GRPC_OPTIONS)
 
 
+def _set_up_tracking_store(kit_root: Path) -> None:
+    """Set up the embedded MLflow store once, in a child (the parent never imports mlflow), in the background.
+
+    Job processes that start meanwhile wait on the store's lock; its outcome goes to this server's log.
+    """
+    tracking_dir = kit_root / "tracking"
+    log_path = tracking_dir / "store_setup.log"
+    argv = [sys.executable, "-m", "fedsec.tracking.receivers.store", "--tracking-dir", str(tracking_dir)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDSEC_")}
+    mark = log_path.stat().st_size if log_path.exists() else 0
+    proc = _proc.start(argv, cwd=kit_root, env=env, log_path=log_path)
+
+    def wait() -> None:
+        code = proc.wait()
+        with log_path.open("rb") as f:
+            f.seek(mark)
+            text = f.read(64 * 1024).decode("utf-8", "replace").splitlines()
+        said = [line for line in text if " WARNING " in line or " ERROR " in line][-5:]
+        for line in said:
+            log.warning("tracking store setup: %s", line.split(": ", 1)[-1])
+        if code == 0:
+            log.info("tracking: the embedded MLflow store is ready")
+        else:
+            log.error(
+                "tracking: the embedded MLflow store could not be set up (exit %d); see tracking/store_setup.log; "
+                "jobs on backend local retry it",
+                code,
+            )
+
+    threading.Thread(target=wait, name="tracking-setup", daemon=True).start()
+
+
 def run_server(kit: Kit, listen: str | None = None) -> int:
     """Serve until SIGTERM or SIGINT; return the exit status."""
     if kit.kind is not Kind.SERVER or not isinstance(kit.config, ServerConfig):
@@ -95,8 +131,10 @@ def run_server(kit: Kit, listen: str | None = None) -> int:
         kit.root / "store" / "removed_sites.json",
     )
     he_context = kit.startup / HE_SERVER_CONTEXT
+    tracking = load_backends(kit.root)  # the operator's; a bad file stops the server here, naming the problem
+    _set_up_tracking_store(kit.root)
     jobs = JobManager(
-        store, kit.root / "run", registry.alive, read_ca(kit), he_context if he_context.exists() else None
+        store, kit.root / "run", registry.alive, read_ca(kit), he_context if he_context.exists() else None, tracking
     )
     holder.append(jobs)
     creds = server_credentials(kit)

@@ -33,6 +33,7 @@ from fedsec.jobs.meta import meta_to_json
 from fedsec.jobs.signing import JobSignature, verify_archive
 from fedsec.pki.certs import Identity
 from fedsec.server.store import JOB_ARCHIVE, WORKSPACE_DIR, JobRecord, JobStatus, JobStore
+from fedsec.tracking.backends import ONLY_LOCAL, Backends
 from fedsec.transport.local import socket_path, unix_channel
 from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc
 
@@ -58,11 +59,20 @@ class JobManager:
     """Job submission, scheduling, relaying and ending on the server."""
 
     def __init__(
-        self, store: JobStore, run_dir: Path, alive_sites: Any, root_ca: x509.Certificate, he_context: Path | None
+        self,
+        store: JobStore,
+        run_dir: Path,
+        alive_sites: Any,
+        root_ca: x509.Certificate,
+        he_context: Path | None,
+        tracking: Backends = ONLY_LOCAL,
     ) -> None:
         self._store = store
         self._he_context = he_context
         self._tracking_dir = run_dir.parent / "tracking"  # <server kit>/tracking: the embedded MLflow store
+        self._tracking = tracking  # the operator's named backends; a job picks one by name
+        kit = run_dir.parent  # no reason, log or error an admin sees names it
+        self._kit_paths = sorted({str(kit.resolve()), str(kit.absolute())}, key=len, reverse=True)
         self._root_ca = root_ca
         self._run_dir = run_dir
         self._alive_sites = alive_sites  # () -> frozenset[str]
@@ -105,7 +115,11 @@ class JobManager:
         staging = Path(tempfile.mkdtemp(prefix=".submit-", dir=self._store.root))
         try:
             unpack(archive, staging / "job")
-            meta, app = load_job_folder(staging / "job")
+            try:
+                meta, app = load_job_folder(staging / "job")
+            except JobError as exc:
+                raise JobError(self._public(str(exc).replace(f"job folder {staging / 'job'}", "the job"))) from exc
+            self._tracking.get(app.tracking.backend)  # before any record, file or request
             record = self._store.add(
                 name=meta.name,
                 submitter=who.name,
@@ -159,7 +173,7 @@ class JobManager:
 
     def workflow_log(self, job_id: str) -> str:
         self._store.get(job_id)
-        return _proc.tail(self._store.job_dir(job_id) / "workflow.log", limits.MAX_LOG_TEXT)
+        return self._public(_proc.tail(self._store.job_dir(job_id) / "workflow.log", limits.MAX_LOG_TEXT))
 
     def result_archive(self, job_id: str) -> bytes:
         """The job's result folder (final global model, metrics, workflow log) as a zip."""
@@ -171,7 +185,8 @@ class JobManager:
         result.mkdir(parents=True, exist_ok=True)
         for name in ("workflow.log",):
             if (job_dir / name).exists():
-                shutil.copyfile(job_dir / name, result / name)
+                text = self._public((job_dir / name).read_text(errors="replace"))
+                _fs.write_atomic(result / name, text.encode())
         summary = {k: v for k, v in _record_dict(record).items() if k != "meta_json"}
         _fs.write_atomic(result / "job.json", json.dumps(summary, indent=2).encode())
         return pack(result)
@@ -343,7 +358,8 @@ class JobManager:
         if self._he_context is not None:
             argv += ["--he-context", str(self._he_context)]
         argv += ["--tracking-dir", str(self._tracking_dir)]
-        proc = _proc.start(argv, cwd=job_dir, env=_child_env(), log_path=job_dir / "workflow.log")
+        env = _child_env() | self._tracking_env(job_dir)
+        proc = _proc.start(argv, cwd=job_dir, env=env, log_path=job_dir / "workflow.log")
         channel = unix_channel(sock)
         sites = frozenset(json.loads(record.meta_json).get("sites", []))
         flow = _Workflow(record.job_id, sites, proc, channel, fedsec_pb2_grpc.WorkflowStub(channel))
@@ -361,6 +377,21 @@ class JobManager:
         with self._lock:
             flow.ready = True
         self._bump()
+
+    def _tracking_env(self, job_dir: Path) -> dict[str, str]:
+        """The tracking backend the job names, handed to its workflow ({}: none, the workflow warns)."""
+        try:
+            _, app = load_job_folder(job_dir / "job")
+            return self._tracking.get(app.tracking.backend).env()
+        except JobError as exc:
+            log.warning("job=%s tracking is off: %s", job_dir.name, self._public(str(exc)))
+            return {}
+
+    def _public(self, text: str) -> str:
+        """text with the server kit's absolute path cut out: what an admin may see."""
+        for path in self._kit_paths:
+            text = text.replace(path, "<server kit>")
+        return text
 
     def _reap_loop(self) -> None:
         while not self._stop.wait(0.3):
@@ -391,7 +422,7 @@ class JobManager:
                 _proc.stop(flow.proc)
                 flow.channel.close()
             self._sync_round(job_id)
-            record = self._store.finish(job_id, status, reason)  # first final status wins
+            record = self._store.finish(job_id, status, self._public(reason))  # first final status wins
         finally:
             with self._lock:
                 self._ending.discard(job_id)

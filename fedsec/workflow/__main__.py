@@ -21,6 +21,8 @@ from fedsec import _fs, _proc, logs
 from fedsec.errors import FedsecError
 from fedsec.jobs import load_job_folder
 from fedsec.jobs.meta import TrackingConfig
+from fedsec.tracking.backends import ENV_TRACKING_BACKEND, ENV_TRACKING_MLFLOW_URI, Backend
+from fedsec.tracking.receivers import Receiver, RunEnd, open_receivers
 from fedsec.transport.local import serve_unix
 from fedsec.wire import fedsec_pb2_grpc
 from fedsec.workflow.fedavg import FedAvg
@@ -49,43 +51,74 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(143)
 
     signal.signal(signal.SIGTERM, _on_term)
+    tracker: Tracker | None = None
+    end = RunEnd.KILLED  # what the runs become if the server stops this process
     try:
-        meta, app = load_job_folder(args.job_dir / "job")
-        he_context = None
-        if app.he.enabled and args.he_context is not None:
-            from fedsec.he.context import load_server_context  # tenseal: only in HE jobs
+        try:
+            meta, app = load_job_folder(args.job_dir / "job")
+            he_context = None
+            if app.he.enabled and args.he_context is not None:
+                from fedsec.he.context import load_server_context  # tenseal: only in HE jobs
 
-            he_context = load_server_context(args.he_context.read_bytes(), f"server HE context {args.he_context}")
-        tracker = _open_tracker(args, meta.name, app.tracking, workspace)
-        fedavg = FedAvg(args.job_id, args.job_dir / "job", workspace, meta, app, he_context, tracker)
-        service = WorkflowService(fedavg, app.workflow.num_rounds)
-        server = serve_unix(args.socket, lambda s: fedsec_pb2_grpc.add_WorkflowServicer_to_server(service, s), 32)
-    except FedsecError as exc:
-        return _end(workspace, "failed", f"cannot start the workflow: {exc}")
-    try:
-        fedavg.run()
-        status, reason = "completed", ""
-    except FedsecError as exc:
-        status, reason = "failed", str(exc)
-        fedavg.finish()
-    _await_sites(args.job_dir, fedavg.participants)
-    server.stop(grace=2).wait()
-    if fedavg.tracker is not None:
-        fedavg.tracker.close()
-    return _end(workspace, status, reason)
+                he_context = load_server_context(args.he_context.read_bytes(), "the server's HE context")
+            tracker = _open_tracker(args, meta.name, app.tracking, workspace)
+            fedavg = FedAvg(args.job_id, args.job_dir / "job", workspace, meta, app, he_context, tracker)
+            service = WorkflowService(fedavg, app.workflow.num_rounds)
+            server = serve_unix(args.socket, lambda s: fedsec_pb2_grpc.add_WorkflowServicer_to_server(service, s), 32)
+        except FedsecError as exc:
+            end = RunEnd.FAILED
+            return _end(workspace, "failed", _public(f"cannot start the workflow: {exc}", args))
+        try:
+            fedavg.run()
+            status, reason, end = "completed", "", RunEnd.FINISHED
+        except FedsecError as exc:
+            status, reason, end = "failed", _public(str(exc), args), RunEnd.FAILED
+            fedavg.finish()
+        _await_sites(args.job_dir, fedavg.participants)
+        server.stop(grace=2).wait()
+        return _end(workspace, status, reason)
+    finally:
+        if tracker is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the runs end; the server KILLs after its grace
+            tracker.close(end)
 
 
 def _open_tracker(args: argparse.Namespace, name: str, config: TrackingConfig, workspace: Path) -> Tracker | None:
+    """The job's tracker, writing to the backend the server named for it (never one the job names).
+
+    The server parent passes the backend it checked at submission in the environment (a URI may hold
+    credentials: never in argv). None (tracking off, a warning) when the server named none.
+    """
     if args.tracking_dir is None:
         return None
-    from fedsec.tracking.receivers import open_receivers  # mlflow: only in the job process
-
+    tracking_dir: Path = args.tracking_dir
+    backend_name = os.environ.get(ENV_TRACKING_BACKEND, "")
+    if backend_name != config.backend:
+        log.warning(
+            "tracking: backend %r of this job is not one of the server's tracking backends (any more); "
+            "tracking is off for this job",
+            config.backend,
+        )
+        return None
+    backend = Backend(backend_name, os.environ.get(ENV_TRACKING_MLFLOW_URI, ""))
     # a down MLflow server must fail a batch in seconds (the site sends it again), not hold the job for minutes
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
-    receivers = open_receivers(args.job_id, name, args.tracking_dir, config.mlflow_uri, config.tensorboard)
-    return Tracker(workspace / "tracking.db", receivers)
+    def opener() -> list[Receiver]:
+        return open_receivers(args.job_id, name, tracking_dir, backend, config.tensorboard)
+
+    return Tracker(workspace / "tracking.db", opener, backend.name)
+
+
+def _public(text: str, args: argparse.Namespace) -> str:
+    """text without the server kit's absolute path (reasons go to admins)."""
+    if args.tracking_dir is None:
+        return text
+    kit = Path(args.tracking_dir).parent
+    for root in sorted({str(kit.resolve()), str(kit.absolute())}, key=len, reverse=True):
+        text = text.replace(root, "<server kit>")
+    return text
 
 
 def _await_sites(job_dir: Path, sites: set[str], timeout: float = DRAIN_SECONDS) -> None:

@@ -4,6 +4,14 @@ Sites may send an event again after a restart; (site, writer, seq) identifies
 it, and tracking.db in the job's workspace remembers what was written. An
 event is marked written only after every receiver took it, in one
 transaction, so a failed write is retried by the site and nothing is lost.
+
+Tracking never takes a job down. The receivers are opened by a thread of
+their own, retried with growing pauses until they open, so a slow or absent
+backend never holds up the job's start. Until then a site's events are refused
+(the site keeps them and sends them again), and the server's round metrics and
+final model wait here. Every backend failure is a WARNING in the job's log
+(at most one a minute, with a count of those left out), never a failed job.
+close() ends the runs as the job ended: FINISHED, FAILED or KILLED.
 """
 
 from __future__ import annotations
@@ -11,31 +19,63 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from fedsec.errors import JobError
 from fedsec.tracking.events import Event
+from fedsec.tracking.receivers import Receiver, RunEnd
 
 log = logging.getLogger(__name__)
 
+RETRY_SECONDS = (2.0, 5.0, 10.0, 30.0, 60.0)  # pauses between tries to open the receivers; the last repeats
+WARN_EVERY = 60.0  # seconds between two warnings about the same backend
+_CLOSE_WAIT = 1.0  # seconds close() gives an opening in progress
+
+Opener = Callable[[], Sequence[Receiver]]
+
 
 class Tracker:
-    def __init__(self, db_path: Path, receivers: Sequence[Any]) -> None:
-        self._receivers = list(receivers)
+    """Deduplicates site events and writes them, and the server's metrics, to receivers opened in the background."""
+
+    def __init__(
+        self, db_path: Path, opener: Opener, backend: str, *, retry_seconds: Sequence[float] = RETRY_SECONDS
+    ) -> None:
+        """Open the dedupe database and start opening the receivers. JobError when the database cannot be opened."""
+        self._opener = opener
+        self._backend = backend
+        self._retry = tuple(retry_seconds) or RETRY_SECONDS
         self._lock = threading.Lock()
+        self._receivers: list[Receiver] | None = None
+        self._metrics: dict[int, Mapping[str, float]] = {}  # rounds not written yet
+        self._model: list[Path | None] = []  # the final model, while not written yet
+        self._closed = False
+        self._end = RunEnd.KILLED
+        self._stop = threading.Event()
+        self._warned_at = 0.0
+        self._unwarned = 0
         try:
             self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS seen (site TEXT, writer TEXT, seq INTEGER, PRIMARY KEY (site, writer, seq))"
             )
         except sqlite3.Error as exc:
-            raise JobError(f"tracking database {db_path}: {exc}") from exc
+            raise JobError(f"tracking database workspace/{db_path.name}: {exc}") from exc
+        self._thread = threading.Thread(target=self._connect, name="tracking-open", daemon=True)
+        self._thread.start()
+
+    @property
+    def ready(self) -> bool:
+        """Whether the receivers are open."""
+        with self._lock:
+            return self._receivers is not None
 
     def site_events(self, site: str, events: Sequence[Event]) -> tuple[int, int]:
-        """Write the events not seen before; (stored, duplicates). JobError when a receiver fails."""
+        """Write the events not seen before; (stored, duplicates). JobError (the site sends them again) otherwise."""
         with self._lock:
+            if self._receivers is None:
+                raise JobError(f"tracking backend {self._backend} is not open yet; send the events again later")
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 fresh = []
@@ -49,26 +89,97 @@ class Tracker:
                     for receiver in self._receivers:
                         receiver.site_events(site, fresh)
                 self._db.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 self._db.execute("ROLLBACK")
+                if isinstance(exc, JobError):
+                    self._warn(f"events of {site} not written (the site sends them again): {exc}")
                 raise
         return len(fresh), len(events) - len(fresh)
 
     def global_metrics(self, current_round: int, metrics: Mapping[str, float]) -> None:
-        for receiver in self._receivers:
-            try:
-                receiver.global_metrics(current_round, metrics)
-            except JobError as exc:  # the round's result stands; the metrics are also in progress.json
-                log.warning("tracking: global metrics of round %d not written: %s", current_round, exc)
+        """Write a round's metrics now, or when the receivers open. Never raises."""
+        with self._lock:
+            self._metrics[current_round] = dict(metrics)
+            self._flush()
 
     def final_model(self, path: Path | None) -> None:
-        for receiver in self._receivers:
-            try:
-                receiver.final_model(path)
-            except JobError as exc:
-                log.warning("tracking: final model not logged: %s", exc)
+        """Keep the final model now, or when the receivers open. Never raises."""
+        with self._lock:
+            self._model = [path]
+            self._flush()
 
-    def close(self) -> None:
-        for receiver in self._receivers:
-            receiver.close()
-        self._db.close()
+    def close(self, end: RunEnd = RunEnd.FINISHED) -> None:
+        """End the runs as end, after a last try to write what waits. Never raises."""
+        self._stop.set()
+        self._thread.join(_CLOSE_WAIT)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed, self._end = True, end
+            if self._receivers is None:
+                log.warning("tracking: backend %s never opened; this job's runs were not written there", self._backend)
+            else:
+                self._flush()
+                if self._metrics or self._model:
+                    log.warning(
+                        "tracking: backend %s: some round metrics or the final model were not written", self._backend
+                    )
+                for receiver in self._receivers:
+                    receiver.close(end)
+            self._db.close()
+
+    # -- internals --
+
+    def _connect(self) -> None:
+        tries = 0
+        while not self._stop.is_set():
+            tries += 1
+            try:
+                receivers = list(self._opener())
+            except JobError as exc:
+                pause = self._retry[min(tries - 1, len(self._retry) - 1)]
+                with self._lock:
+                    self._warn(f"cannot open it (try {tries}; the next in {pause:g} s; the job goes on): {exc}")
+                self._stop.wait(pause)
+                continue
+            with self._lock:
+                if self._closed:  # the job ended while the receivers opened
+                    for receiver in receivers:
+                        receiver.close(self._end)
+                    return
+                self._receivers = receivers
+                if tries > 1:
+                    log.warning("tracking: backend %s is open after %d tries", self._backend, tries)
+                self._flush()
+            return
+
+    def _flush(self) -> None:
+        """Write the waiting round metrics and final model (called with the lock held)."""
+        if self._receivers is None:
+            return
+        for current_round in sorted(self._metrics):
+            try:
+                for receiver in self._receivers:
+                    receiver.global_metrics(current_round, self._metrics[current_round])
+            except JobError as exc:  # the round's result stands; the metrics are also in progress.json
+                self._warn(f"metrics of round {current_round} not written yet: {exc}")
+                return
+            del self._metrics[current_round]
+        if self._model:
+            try:
+                for receiver in self._receivers:
+                    receiver.final_model(self._model[0])
+            except JobError as exc:
+                self._warn(f"final model not logged yet: {exc}")
+                return
+            self._model = []
+
+    def _warn(self, text: str) -> None:
+        """A warning about the backend, at most one per WARN_EVERY seconds (called with the lock held)."""
+        now = time.monotonic()
+        if self._warned_at and now - self._warned_at < WARN_EVERY:
+            self._unwarned += 1
+            return
+        more = f" ({self._unwarned} more since the last warning)" if self._unwarned else ""
+        log.warning("tracking: backend %s: %s%s", self._backend, text, more)
+        self._warned_at, self._unwarned = now, 0

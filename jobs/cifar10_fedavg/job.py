@@ -48,7 +48,9 @@ def parse_args(argv: list[str] | None = None, *, he: bool = False) -> argparse.N
     parser.add_argument("--max_train", type=int, default=None, help="cap on each site's training samples (tests)")
     parser.add_argument("--max_test", type=int, default=None, help="cap on the test samples (tests)")
     parser.add_argument(
-        "--tracking_uri", default="", help="MLflow tracking URI for the server (default: its embedded store)"
+        "--tracking_backend",
+        default="local",
+        help="a tracking backend the server's operator named (default: local, its embedded MLflow store)",
     )
     parser.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files on the server")
     args = parser.parse_args(argv)
@@ -86,7 +88,7 @@ def make_recipe(args: argparse.Namespace, name: str = "cifar10_fedavg") -> FedAv
         he_clip=2.0,
         he_max_clients=args.n_clients,
         he_max_examples=he_max_examples,
-        tracking_uri=args.tracking_uri,
+        tracking_backend=args.tracking_backend,
         tensorboard=args.tensorboard,
     )
 

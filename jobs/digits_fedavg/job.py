@@ -42,7 +42,9 @@ def parse_args() -> argparse.Namespace:
         "--he", action="store_true", help="encrypt the updates (the project must be provisioned with HE)"
     )
     parser.add_argument(
-        "--tracking_uri", default="", help="MLflow tracking URI for the server (default: its embedded store)"
+        "--tracking_backend",
+        default="local",
+        help="a tracking backend the server's operator named (default: local, its embedded MLflow store)",
     )
     parser.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files on the server")
     return parser.parse_args()
@@ -69,7 +71,7 @@ def make_recipe(args: argparse.Namespace) -> FedAvgRecipe:
         he_clip=2.0,
         he_max_clients=n,
         he_max_examples=max(len(load_split(i, args.n_clients, alpha=args.alpha, seed=args.seed)[1]) for i in range(n)),
-        tracking_uri=args.tracking_uri,
+        tracking_backend=args.tracking_backend,
         tensorboard=args.tensorboard,
     )
 

@@ -26,6 +26,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from fedsec import _proc
+from fedsec.tracking.backends import Backend
 from fedsec.tracking.events import Event, EventKind
 from fedsec.tracking.receivers import open_receivers
 from fedsec.tracking.receivers.mlflow_receiver import MlflowReceiver
@@ -89,7 +90,7 @@ def site_events(index: int) -> list[Event]:
 
 
 def write_job(url: str, workspace: Path, model: Path, rounds: range) -> MlflowReceiver:
-    receivers = open_receivers(JOB_ID, JOB_NAME, workspace, url, tensorboard=False)
+    receivers = open_receivers(JOB_ID, JOB_NAME, workspace, Backend("team", url), tensorboard=False)
     assert len(receivers) == 1
     receiver = receivers[0]
     assert isinstance(receiver, MlflowReceiver)

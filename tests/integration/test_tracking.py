@@ -98,11 +98,14 @@ def _run_digits(fed: Federation, cwd: Path, *extra: str) -> str:
 def test_digits_events_reach_the_embedded_store_and_a_real_mlflow_server(
     federation: Federation, tmp_path: Path, mlflow_server: str
 ) -> None:
+    backends = federation.kit("server1") / "local" / "tracking.yml"  # the server's operator names the MLflow server
+    backends.write_text(f"backends:\n  team: {{mlflow_uri: '{mlflow_server}'}}\n")
+    backends.chmod(0o600)
     federation.start_all()
     job_id = _run_digits(federation, tmp_path)
     embedded = f"sqlite:///{federation.kit('server1') / 'tracking' / 'mlflow' / 'mlflow.db'}"
     _check_digits_runs(embedded, job_id, rounds=2)
-    job_id = _run_digits(federation, tmp_path, "--tracking_uri", mlflow_server)
+    job_id = _run_digits(federation, tmp_path, "--tracking_backend", "team")
     _check_digits_runs(mlflow_server, job_id, rounds=2)
 
 

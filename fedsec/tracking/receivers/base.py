@@ -11,20 +11,27 @@ import time: the job process pays for them only when it opens the receivers.
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from fedsec.errors import JobError
+from fedsec.tracking.backends import Backend
 from fedsec.tracking.events import Event
+from fedsec.tracking.receivers.store import SHOWN, embedded_uri, prepare_embedded_store
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_DIR = "mlflow"  # workspace / EMBEDDED_DIR: the embedded MLflow store
-EMBEDDED_DB = "mlflow.db"
-EMBEDDED_ARTIFACTS = "artifacts"
-TENSORBOARD_DIR = "tensorboard"  # workspace / TENSORBOARD_DIR / <site> and / "server"
+TENSORBOARD_DIR = "tensorboard"  # tracking_dir / TENSORBOARD_DIR / <site> and / "server"
+
+
+class RunEnd(enum.Enum):
+    """How a job's runs end: its workflow completed, failed, or was stopped (aborted, or the server stopped)."""
+
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+    KILLED = "KILLED"
 
 
 class Receiver(Protocol):
@@ -42,44 +49,43 @@ class Receiver(Protocol):
         """Keep the final global model file (encrypted for HE jobs), or note there is none. Raises JobError."""
         ...
 
-    def close(self) -> None:
-        """End the runs and release the writers. Never raises: a failure here is logged as a warning."""
+    def close(self, end: RunEnd = RunEnd.FINISHED) -> None:
+        """End the runs as end and release the writers. Never raises: a failure here is logged as a warning."""
         ...
 
 
-def embedded_mlflow_uri(workspace: Path) -> str:
-    """The tracking URI of the embedded store of a workspace: sqlite:////abs/workspace/mlflow/mlflow.db."""
-    return f"sqlite:///{(workspace / EMBEDDED_DIR / EMBEDDED_DB).resolve()}"
+def embedded_mlflow_uri(tracking_dir: Path) -> str:
+    """The tracking URI of the embedded store of a tracking folder: sqlite:////abs/<tracking_dir>/mlflow/mlflow.db."""
+    return embedded_uri(tracking_dir)
 
 
-def open_receivers(job_id: str, job_name: str, workspace: Path, mlflow_uri: str, tensorboard: bool) -> list[Receiver]:
-    """The receivers of a job: MLflow always, TensorBoard event files when asked.
+def open_receivers(
+    job_id: str, job_name: str, tracking_dir: Path, backend: Backend, tensorboard: bool
+) -> list[Receiver]:
+    """The receivers of a job: MLflow always (at backend), TensorBoard event files under tracking_dir when asked.
 
-    mlflow_uri "" means the embedded store in `workspace / "mlflow"` (SQLite, artifacts beside it). Opening
-    for a job id that was opened before reuses its runs. Logs one line saying how to look at the results.
-    Raises JobError when a backend cannot be reached or set up (a receiver already opened is closed first).
+    The embedded backend is the store in tracking_dir / "mlflow", set up first (prepare_embedded_store). Opening
+    for a job id that was opened before reuses its runs. Logs one line saying how to look at the results, naming
+    no server path. Raises JobError when a backend cannot be reached or set up (one already opened is closed).
     """
     from fedsec.tracking.receivers.mlflow_receiver import MlflowReceiver
 
-    if mlflow_uri:
-        uri, artifact_location = mlflow_uri, None
+    if backend.embedded:
+        store = prepare_embedded_store(tracking_dir)
+        mlflow = MlflowReceiver(
+            store.uri, job_id, job_name, artifact_location=store.artifact_location, label=f"mlflow ({SHOWN})"
+        )
     else:
-        root = (workspace / EMBEDDED_DIR).resolve()
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise JobError(f"mlflow: cannot make the embedded store {root}: {exc}") from exc
-        uri, artifact_location = embedded_mlflow_uri(workspace), (root / EMBEDDED_ARTIFACTS).as_uri()
-    mlflow = MlflowReceiver(uri, job_id, job_name, artifact_location=artifact_location)
+        mlflow = MlflowReceiver(backend.mlflow_uri, job_id, job_name)
     receivers: list[Receiver] = [mlflow]
-    hints = [mlflow.how_to_open()]
+    hints = [f"backend {backend.name}: {mlflow.how_to_open()}"]
     if tensorboard:
         from fedsec.tracking.receivers.tensorboard import TensorBoardReceiver
 
         try:
-            board = TensorBoardReceiver(workspace / TENSORBOARD_DIR)
+            board = TensorBoardReceiver(tracking_dir / TENSORBOARD_DIR, label=f"tracking/{TENSORBOARD_DIR}")
         except BaseException:
-            mlflow.close()
+            mlflow.close(RunEnd.FAILED)
             raise
         receivers.append(board)
         hints.append(board.how_to_open())

@@ -25,7 +25,8 @@ What a site's events become in its child run:
 Keys (metric, param and tag names, text artifact folders) are made valid for
 MLflow: characters it refuses become "_", empty and "."/".." path parts are
 dropped or replaced, and keys are cut at 250 characters. Every exception MLflow
-raises becomes a JobError naming the tracking URI (without credentials);
+raises becomes a JobError naming the tracking URI (without credentials), or
+for the embedded store its label, never the server's path;
 writes are idempotent (MLflow drops a metric it already has, params keep their
 value, tags and texts are overwritten), so the caller may resend a batch that
 failed half-way. This module must never touch MLflow's global state (the active
@@ -51,6 +52,8 @@ from mlflow.tracking import MlflowClient
 
 from fedsec.errors import JobError
 from fedsec.tracking.events import Event, EventKind
+from fedsec.tracking.receivers.base import RunEnd
+from fedsec.tracking.receivers.store import SHOWN
 
 log = logging.getLogger(__name__)
 
@@ -100,16 +103,28 @@ def display_uri(uri: str) -> str:
 class MlflowReceiver:
     """Writes a job's tracking data to MLflow through an MlflowClient of its own (see the module docstring)."""
 
-    def __init__(self, tracking_uri: str, job_id: str, job_name: str, *, artifact_location: str | None = None) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        job_id: str,
+        job_name: str,
+        *,
+        artifact_location: str | None = None,
+        label: str | None = None,
+    ) -> None:
         """Find or create the experiment and the job's parent run.
 
         artifact_location is where a new experiment keeps its artifacts (None: the tracking server decides).
+        label names the backend in logs and errors instead of the URI (the embedded store: no server path); the
+        folder of a sqlite:/// store is then cut out of MLflow's error texts too.
         Raises JobError when MLflow cannot be reached, the experiment is deleted, or the job id is unusable.
         """
         if not _JOB_ID.fullmatch(job_id):
             raise JobError(f"mlflow: job id {job_id[:40]!r} is not letters, digits, '.', '_' or '-'")
         self.tracking_uri = tracking_uri
-        self._shown = display_uri(tracking_uri)
+        self._label = label
+        self._shown = label or f"mlflow at {display_uri(tracking_uri)}"
+        self._private = str(Path(tracking_uri.removeprefix("sqlite:///")).parent) if label else ""
         self._job_id = job_id
         self._job_name = job_name
         self._lock = threading.Lock()
@@ -133,12 +148,14 @@ class MlflowReceiver:
     def how_to_open(self) -> str:
         """One line telling a user where to see the runs."""
         where = f"experiment {self._job_name!r} (id {self.experiment_id}), run {self.run_name} ({self.run_id})"
+        if self._label is not None:
+            return f"MLflow: {self._label}: mlflow ui --backend-store-uri sqlite:///<server kit>/{SHOWN}  # {where}"
         if self.tracking_uri.startswith("sqlite:"):
-            return f"MLflow: mlflow ui --backend-store-uri {self._shown}  # {where}"
+            return f"MLflow: mlflow ui --backend-store-uri {display_uri(self.tracking_uri)}  # {where}"
         if self.tracking_uri.startswith(("http:", "https:")):
-            base = self._shown.rstrip("/")
+            base = display_uri(self.tracking_uri).rstrip("/")
             return f"MLflow: {base}/#/experiments/{self.experiment_id}/runs/{self.run_id}  # {where}"
-        return f"MLflow: tracking URI {self._shown}  # {where}"
+        return f"MLflow: tracking URI {display_uri(self.tracking_uri)}  # {where}"
 
     def site_events(self, site: str, events: Sequence[Event]) -> None:
         """Write a site's events into its child run (created on its first event). Raises JobError."""
@@ -174,22 +191,24 @@ class MlflowReceiver:
             log.info("mlflow: job_id=%s has no final model to log", self._job_id)
             return
         if not path.is_file():
-            raise JobError(f"mlflow: final model {path} is not a file")
+            raise JobError(f"mlflow: final model {path.name} is not a file")
         with self._lock, self._backend(f"final model {path.name}"):
             self._check_open()
             self._client.log_artifact(self.run_id, str(path), artifact_path=MODEL_ARTIFACTS)
 
-    def close(self) -> None:
-        """Mark the runs this receiver wrote to FINISHED. Never raises; a failure is logged as a warning."""
+    def close(self, end: RunEnd = RunEnd.FINISHED) -> None:
+        """Mark the runs this receiver wrote to as ended (FINISHED, FAILED or KILLED). Never raises: logs a warning."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             try:
                 for run_id in sorted(self._active):
-                    self._client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+                    self._client.set_terminated(run_id, end.value)
             except (MlflowException, OSError) as exc:
-                log.warning("mlflow at %s: runs of job_id=%s not marked finished: %s", self._shown, self._job_id, exc)
+                log.warning(
+                    "%s: runs of job_id=%s not marked %s: %s", self._shown, self._job_id, end.value, self._text(exc)
+                )
 
     def __enter__(self) -> MlflowReceiver:
         return self
@@ -204,9 +223,14 @@ class MlflowReceiver:
         try:
             yield
         except (MlflowException, OSError) as exc:
-            text = str(exc)
-            text = text if len(text) <= _MESSAGE_CHARS else text[:_MESSAGE_CHARS] + "..."
-            raise JobError(f"mlflow at {self._shown}: job {self._job_id}: {what}: {text}") from exc
+            raise JobError(f"{self._shown}: job {self._job_id}: {what}: {self._text(exc)}") from exc
+
+    def _text(self, exc: BaseException) -> str:
+        """exc's text, cut to _MESSAGE_CHARS, without the embedded store's folder."""
+        text = str(exc)
+        if self._private:
+            text = text.replace(self._private, SHOWN.rsplit("/", 1)[0])
+        return text if len(text) <= _MESSAGE_CHARS else text[:_MESSAGE_CHARS] + "..."
 
     def _check_open(self) -> None:
         if self._closed:
@@ -224,7 +248,7 @@ class MlflowReceiver:
                     raise
         if experiment.lifecycle_stage != "active":
             raise JobError(
-                f"mlflow at {self._shown}: experiment {name!r} (id {experiment.experiment_id}) is deleted: "
+                f"{self._shown}: experiment {name!r} (id {experiment.experiment_id}) is deleted: "
                 "restore it, or delete it for good (mlflow gc) so that a new one can be made"
             )
         return str(experiment.experiment_id)

@@ -39,6 +39,7 @@ from tensorboardX.summary import scalar, text  # type: ignore[import-untyped]
 from fedsec import _fs
 from fedsec.errors import ConfigError, JobError
 from fedsec.tracking.events import Event, EventKind
+from fedsec.tracking.receivers.base import RunEnd
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +70,10 @@ class _RunWriter:
 class TensorBoardReceiver:
     """Writes a job's tracking data as TensorBoard event files under logdir (see the module docstring)."""
 
-    def __init__(self, logdir: Path) -> None:
-        """Make logdir. Raises JobError when it cannot be made."""
+    def __init__(self, logdir: Path, *, label: str | None = None) -> None:
+        """Make logdir. label names it in logs and errors (None: its path). Raises JobError when it cannot be made."""
         self.logdir = logdir.resolve()
+        self._shown = label or str(self.logdir)
         self._suffix = f".{os.getpid()}.{secrets.token_hex(4)}"
         self._lock = threading.Lock()
         self._writers: dict[str, _RunWriter] = {}
@@ -82,7 +84,7 @@ class TensorBoardReceiver:
 
     def how_to_open(self) -> str:
         """One line telling a user where to see the event files."""
-        return f"TensorBoard: tensorboard --logdir {self.logdir}"
+        return f"TensorBoard: tensorboard --logdir {self._shown}"
 
     def site_events(self, site: str, events: Sequence[Event]) -> None:
         """Append a site's events to its event file. Raises JobError."""
@@ -113,8 +115,8 @@ class TensorBoardReceiver:
             writer.add(text(FINAL_MODEL_TAG, note), self._last_round, time.time())
             writer.flush()
 
-    def close(self) -> None:
-        """Flush and close every event file. Never raises; a failure is logged as a warning."""
+    def close(self, end: RunEnd = RunEnd.FINISHED) -> None:
+        """Flush and close every event file (how the job ended changes nothing here). Never raises: logs a warning."""
         with self._lock:
             if self._closed:
                 return
@@ -123,7 +125,7 @@ class TensorBoardReceiver:
                 try:
                     writer.close()
                 except OSError as exc:
-                    log.warning("tensorboard at %s: %s not closed: %s", self.logdir, name, exc)
+                    log.warning("tensorboard at %s: %s not closed: %s", self._shown, name, self._text(exc))
             self._writers.clear()
 
     def __enter__(self) -> TensorBoardReceiver:
@@ -135,11 +137,14 @@ class TensorBoardReceiver:
     @contextmanager
     def _backend(self, what: str) -> Iterator[None]:
         if self._closed:
-            raise JobError(f"tensorboard at {self.logdir}: {what}: the receiver is closed")
+            raise JobError(f"tensorboard at {self._shown}: {what}: the receiver is closed")
         try:
             yield
         except OSError as exc:
-            raise JobError(f"tensorboard at {self.logdir}: {what}: {exc}") from exc
+            raise JobError(f"tensorboard at {self._shown}: {what}: {self._text(exc)}") from exc
+
+    def _text(self, exc: OSError) -> str:
+        return str(exc).replace(str(self.logdir), self._shown)
 
     def _writer(self, folder: str) -> _RunWriter:
         writer = self._writers.get(folder)

@@ -26,13 +26,15 @@ from tensorboardX.proto.event_pb2 import Event as RecordEvent  # type: ignore[im
 from tensorboardX.record_writer import masked_crc32c  # type: ignore[import-untyped]
 
 from fedsec.errors import JobError
+from fedsec.tracking.backends import Backend as TrackingBackend
 from fedsec.tracking.events import Event, EventKind, check_event
-from fedsec.tracking.receivers import Receiver, embedded_mlflow_uri, open_receivers
+from fedsec.tracking.receivers import Receiver, RunEnd, embedded_mlflow_uri, open_receivers
 from fedsec.tracking.receivers.mlflow_receiver import MlflowReceiver, display_uri, mlflow_key
 from fedsec.tracking.receivers.tensorboard import TensorBoardReceiver
 
 JOB_ID = "5f3c2a1b9d8e4f70a1b2c3d4e5f60718"
 JOB_NAME = "cifar-fedavg"
+LOCAL_BACKEND = TrackingBackend("local")
 SITES = ("site-1", "site-2")
 T0 = 1_700_000_000.0
 Scalars = dict[str, list[tuple[int, float]]]
@@ -215,14 +217,14 @@ class Backend:
 
 
 def open_mlflow(workspace: Path) -> Receiver:
-    receivers = open_receivers(JOB_ID, JOB_NAME, workspace, "", tensorboard=False)
+    receivers = open_receivers(JOB_ID, JOB_NAME, workspace, LOCAL_BACKEND, tensorboard=False)
     assert len(receivers) == 1
     assert isinstance(receivers[0], MlflowReceiver)
     return receivers[0]
 
 
 def open_tensorboard(workspace: Path) -> Receiver:
-    return TensorBoardReceiver(workspace / "tensorboard")
+    return TensorBoardReceiver(workspace / "tensorboard", label="tracking/tensorboard")
 
 
 BACKENDS = {
@@ -319,8 +321,9 @@ def test_backend_failure_is_job_error(backend: Backend, tmp_path: Path) -> None:
         if blocker.is_dir():
             shutil.rmtree(blocker)
         blocker.write_text("not a folder")
-        with pytest.raises(JobError, match=rf"^{backend.name} at .*: site site-1: "):
+        with pytest.raises(JobError, match=rf"^{backend.name}.*: site site-1: ") as caught:
             receiver.site_events("site-1", [Script().text("notes", 0, "hello")])
+        assert str(tmp_path) not in str(caught.value)  # errors reach admins: no server path
     finally:
         receiver.close()
 
@@ -335,18 +338,20 @@ def test_no_events_is_no_op(backend: Backend, tmp_path: Path) -> None:
 # -- open_receivers --
 
 
-def test_open_receivers_logs_how_to_open(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="fedsec.tracking.receivers.base")
-    receivers = open_receivers(JOB_ID, JOB_NAME, tmp_path, "", tensorboard=True)
+def test_open_receivers_logs_how_to_open_without_a_server_path(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="fedsec.tracking.receivers")
+    receivers = open_receivers(JOB_ID, JOB_NAME, tmp_path, LOCAL_BACKEND, tensorboard=True)
     for receiver in receivers:
         receiver.close()
     assert [type(r) for r in receivers] == [MlflowReceiver, TensorBoardReceiver]
     lines = [r.getMessage() for r in caplog.records if r.name == "fedsec.tracking.receivers.base"]
     assert len(lines) == 1
-    db = (tmp_path / "mlflow" / "mlflow.db").resolve()
-    assert f"mlflow ui --backend-store-uri sqlite:///{db}" in lines[0]
-    assert f"tensorboard --logdir {(tmp_path / 'tensorboard').resolve()}" in lines[0]
-    assert db.is_file()
+    assert "mlflow ui --backend-store-uri sqlite:///<server kit>/tracking/mlflow/mlflow.db" in lines[0]
+    assert "tensorboard --logdir tracking/tensorboard" in lines[0]
+    assert (tmp_path / "mlflow" / "mlflow.db").is_file()
+    assert not any(str(tmp_path) in r.getMessage() for r in caplog.records)
 
 
 def test_embedded_uri_is_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -432,6 +437,17 @@ def test_mlflow_runs_end_finished_and_run_again_when_reopened(tmp_path: Path) ->
     assert client.get_run(receiver.run_id).info.status == RunStatus.to_string(RunStatus.RUNNING)
     again.close()
     assert client.get_run(receiver.run_id).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("end", [RunEnd.FAILED, RunEnd.KILLED])
+def test_mlflow_runs_of_a_failed_or_stopped_job_end_so(tmp_path: Path, end: RunEnd) -> None:
+    receiver = open_mlflow(tmp_path)
+    receiver.site_events("site-1", [Script().scalar("loss", 0, 1.0)])
+    receiver.close(end)
+    assert isinstance(receiver, MlflowReceiver)
+    runs = MlflowClient(tracking_uri=embedded_mlflow_uri(tmp_path)).search_runs([receiver.experiment_id])
+    assert len(runs) == 2
+    assert {r.info.status for r in runs} == {end.value}
 
 
 def test_mlflow_deleted_experiment_is_job_error(tmp_path: Path) -> None:
