@@ -26,6 +26,7 @@ from fedsec.jobs import load_job_folder, unpack
 from fedsec.jobs.env import ENV_HE_CONTEXT, ENV_JOB_ID, ENV_SITE, ENV_SOCKET
 from fedsec.jobs.signing import JobSignature, verify_archive
 from fedsec.kit import HE_CLIENT_CONTEXT
+from fedsec.site import replay
 from fedsec.site.policy import load_site_policy
 
 log = logging.getLogger(__name__)
@@ -65,8 +66,10 @@ class JobRunner:
         Raises AuthError when the job may not run here, JobError when it is unusable.
         Nothing is unpacked before the signature and the policy have been checked.
         """
-        signer = verify_archive(archive, signature, self._root_ca, f"job {job_id}")
-        load_site_policy(self._kit_root).check(signer, self._site)
+        signer = verify_archive(archive, signature, self._root_ca, f"job {job_id}", job_id=job_id)
+        policy = load_site_policy(self._kit_root)
+        policy.check(signer, self._site)
+        replay.check_start(self._kit_root, job_id, signature.submit_time, policy.max_job_age)
         job_dir = self._jobs_dir / _safe_id(job_id)
         if job_dir.exists():
             shutil.rmtree(job_dir)  # a previous run of this job on this site (e.g. before a restart)
@@ -108,6 +111,7 @@ class JobRunner:
         failed = code != 0
         error = _proc.tail(job.log_path, limits.MAX_ERROR_TEXT) if failed else ""
         log.info("job=%s script exited code=%d", job.job_id, code)
+        replay.record_end(self._kit_root, job.job_id)
         try:
             self._report(job.job_id, failed, error, _proc.tail(job.log_path, limits.MAX_LOG_TEXT))
         except FedsecError as exc:
