@@ -105,6 +105,8 @@ class JobRunner:
         with self._lock:
             self._jobs.pop(job.job_id, None)
             stopping = job.stopping
+            if not stopping:  # it ran to its end: not started again while still assigned (site.replay)
+                self._failed.add(job.job_id)
         if stopping:
             log.info("job=%s stopped", job.job_id)
             return
