@@ -12,8 +12,10 @@ import grpc
 import pytest
 
 from fedsec.api import Session
+from fedsec.jobs.signing import JobSignature, verify_archive
+from fedsec.kit import load_kit, read_ca
 from fedsec.wire import fedsec_pb2, streams
-from tests.integration.harness import Federation, wait_until
+from tests.integration.harness import ADMIN, Federation, wait_until
 from tests.integration.test_runtime import linear_job
 
 SITES = ["site-1", "site-2"]
@@ -73,6 +75,19 @@ def test_an_already_run_signed_job_is_refused(federation: Federation, tmp_path: 
             federation.kill(site, signal.SIGTERM)
         fresh = admin.submit_job(linear_job(tmp_path, rounds=1, min_clients=2))
         wait_until((store / fresh / "job").is_dir, 30, "the new job stored")
+        # (a clone is a new signed run of the stored archive, by the cloning admin, under its own id)
+        cloned = admin.clone_job(ran)
+        clone_doc = json.loads((store / cloned / "job.sig").read_text())
+        assert clone_doc["job_id"] == cloned != ran
+        clone_sig = JobSignature(
+            base64.b64decode(clone_doc["signature"]),
+            clone_doc["signer_cert"].encode(),
+            cloned,
+            clone_doc["submit_time"],
+        )
+        root = read_ca(load_kit(federation.admin_kit))
+        assert verify_archive(data, clone_sig, root, "clone", job_id=cloned).name == ADMIN
+        admin.abort_job(cloned)
         (store / fresh / "job.zip").write_bytes(data)
         (store / fresh / "job.sig").write_text(json.dumps(doc))
         _restart_sites(federation)
