@@ -65,6 +65,12 @@ ADMIN_SESSION_WORKERS = 32  # logins and commands
 ADMIN_SESSION_PER_PEER = 8
 ADMIN_TRANSFER_WORKERS = 16  # job uploads and result downloads
 ADMIN_TRANSFER_PER_PEER = 2
+# Signed jobs: one signature is for one run (fedsec.jobs.signing, fedsec.site.replay).
+JOB_CLOCK_SKEW_SECONDS = 300  # a signed submit time may be this far in the future (server and sites)
+MAX_SUBMIT_DELAY_SECONDS = 3600  # the server refuses a submission signed longer ago than this
+DEFAULT_JOB_MAX_AGE_DAYS = 7  # a site refuses to start a job signed longer ago (site policy: max_job_age_days)
+MAX_JOB_MAX_AGE_DAYS = 365  # the largest window a site policy may set; the site keeps its record this long
+MAX_SEEN_JOBS = 100_000  # jobs a site remembers having started; when full of recent ones it refuses new jobs
 
 # Homomorphic encryption (fedsec.he).
 MAX_HE_CONTEXT_BYTES = 1 << 20  # a serialized TenSEAL context (a client's, with its secret key, is ~62 KB)

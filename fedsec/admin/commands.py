@@ -275,7 +275,7 @@ COMMANDS: dict[str, Command] = {
         Command("delete_job", "delete a finished job and its results", _delete_job, _id, _J),
         Command(
             "download_job",
-            "download a finished job's results (default: the kit's transfer/ID)",
+            "download a finished job's results into DEST/ID (default DEST: the kit's transfer/)",
             _download_job,
             _download_args,
             (ArgKind.JOB, ArgKind.PATH),

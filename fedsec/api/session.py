@@ -4,14 +4,19 @@ A Session opens a mutual-TLS channel with the admin kit's certificate, logs
 in by signing a fresh server challenge with the kit's key, and sends the
 session token with every call; when the server says the session expired it
 logs in again once and retries. Jobs are signed with the kit's key before
-upload. Results are downloaded into the kit's transfer/ folder.
+upload, each for one run: the session picks the new job's id and submit time
+and signs them with the archive (fedsec.jobs.signing); cloning a job signs the
+stored archive's digest again, after checking the stored job's own signature.
+Results are downloaded into DEST/<job id> (DEST: the kit's transfer/ folder by
+default) through a staging folder in DEST; every id and file name the server
+returns is checked before it names a path, and nothing the session did not
+create is ever deleted or replaced.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,10 +27,17 @@ from typing import Any
 import grpc
 
 from fedsec import limits
-from fedsec.errors import FedsecError, JobError, KitError, SessionExpiredError
+from fedsec.errors import FedsecError, JobError, KitError, SessionExpiredError, WireError
 from fedsec.jobs import load_job_folder, pack, unpack
-from fedsec.jobs.signing import sign_archive
-from fedsec.kit import AdminConfig, load_kit
+from fedsec.jobs.signing import (
+    JobSignature,
+    check_job_id,
+    new_job_id,
+    sign_archive,
+    sign_digest,
+    verify_digest,
+)
+from fedsec.kit import AdminConfig, load_kit, read_ca
 from fedsec.pki import certs, login
 from fedsec.transport.tls import channel, error_from_rpc
 from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc, streams
@@ -94,6 +106,7 @@ class Session:
         self._timeout = timeout
         self._key = certs.load_key(kit.key_path.read_bytes(), f"kit {kit.name}: key")
         self._cert_pem = kit.cert_path.read_bytes()
+        self._root_ca = read_ca(kit)
         server = kit.config.server
         self._channel = channel(kit, server.host, server.port, server.name)
         self._stub = fedsec_pb2_grpc.AdminStub(self._channel)
@@ -150,14 +163,18 @@ class Session:
     # ------------------------------------------------------------ jobs
 
     def submit_job(self, folder: str | Path, progress: Progress | None = None) -> str:
-        """Check, sign and upload a job folder; return the new job's id. Raises JobError for a bad folder."""
+        """Check, sign and upload a job folder; return the new job's id (chosen and signed here).
+
+        Raises JobError for a bad folder, WireError when the server files the job under another id.
+        """
         folder = Path(folder)
         load_job_folder(folder)  # clear local errors before anything is sent
         data = pack(folder)
         if len(data) > limits.MAX_JOB_ARCHIVE_BYTES:
             raise JobError(f"job folder {folder}: {len(data)} bytes zipped, over {limits.MAX_JOB_ARCHIVE_BYTES}")
-        sig = sign_archive(data, self._key, self._cert_pem)
-        signature = fedsec_pb2.JobSignature(signature=sig.signature, signer_cert=sig.signer_cert)
+        job_id = new_job_id()
+        sig = sign_archive(data, self._key, self._cert_pem, job_id=job_id, submit_time=int(time.time()))
+        signature = _signature_proto(sig)
 
         def parts() -> Iterator[fedsec_pb2.SubmitPart]:
             yield fedsec_pb2.SubmitPart(info=streams.describe_bytes(data), signature=signature)
@@ -170,7 +187,7 @@ class Session:
 
         timeout = max(self._timeout, 120)
         reply = self._call("submit_job", lambda md: self._stub.SubmitJob(parts(), timeout=timeout, metadata=md))
-        return str(reply.job_id)
+        return _same_job(reply.job_id, job_id)
 
     def list_jobs(
         self,
@@ -206,10 +223,23 @@ class Session:
         return _info(self._call("abort_job", lambda md: self._stub.AbortJob(ref, timeout=self._timeout, metadata=md)))
 
     def clone_job(self, job_id: str) -> str:
-        """Submit a copy of a job (same archive, same signature); return the new job's id."""
+        """Submit a copy of a stored job, signed by this admin as a new job; return the new job's id.
+
+        The stored job's own signature is checked first, so this admin signs only an
+        archive that an admin of the project signed. Raises AuthError when it does not
+        verify (or is of the old format: submit the folder again), WireError when the
+        server answers with another job.
+        """
         ref = fedsec_pb2.JobRef(job_id=job_id)
-        reply = self._call("clone_job", lambda md: self._stub.CloneJob(ref, timeout=self._timeout, metadata=md))
-        return str(reply.job_id)
+        info = self._call("clone_job", lambda md: self._stub.GetJobArchiveInfo(ref, timeout=self._timeout, metadata=md))
+        old_id = _server_job_id(info.job_id, job_id)
+        original = _signature(info.signature)
+        verify_digest(info.archive_sha256, original, self._root_ca, f"job {old_id}", job_id=old_id)
+        new_id = new_job_id()
+        sig = sign_digest(info.archive_sha256, self._key, self._cert_pem, job_id=new_id, submit_time=int(time.time()))
+        request = fedsec_pb2.CloneRequest(job_id=old_id, signature=_signature_proto(sig))
+        reply = self._call("clone_job", lambda md: self._stub.CloneJob(request, timeout=self._timeout, metadata=md))
+        return _same_job(reply.job_id, new_id)
 
     def delete_job(self, job_id: str) -> None:
         ref = fedsec_pb2.JobRef(job_id=job_id)
@@ -244,10 +274,21 @@ class Session:
     def download_job_result(
         self, job_id: str, dest: str | Path | None = None, progress: Progress | None = None
     ) -> Path:
-        """Download a finished job's result folder into dest (default: the kit's transfer/<job_id>)."""
+        """Download a finished job's result folder into dest/<job id>; return that folder.
+
+        dest defaults to the kit's transfer/ folder and is created if missing. The
+        result is unpacked in a staging folder inside dest and renamed into place.
+        Raises JobError when dest/<job id> exists already (nothing is replaced: move
+        or delete it first) or the result's file names are unsafe, WireError when the
+        server answers with something that is not the job asked for.
+        """
         info = self.get_job_meta(job_id)
-        target = Path(dest) if dest is not None else self.kit.root / "transfer" / info.job_id
-        ref = fedsec_pb2.JobRef(job_id=info.job_id)
+        found = _server_job_id(info.job_id, job_id)
+        folder = Path(dest) if dest is not None else self.kit.root / "transfer"
+        target = folder / found
+        if target.exists() or target.is_symlink():
+            raise JobError(f"download job {found}: {target} exists already; move or delete it first")
+        ref = fedsec_pb2.JobRef(job_id=found)
 
         def fetch(md: list[tuple[str, str]]) -> bytes:
             parts = self._stub.DownloadJob(ref, timeout=max(self._timeout, 300), metadata=md)
@@ -267,9 +308,7 @@ class Session:
             return streams.receive_bytes(data(), first.info, limits.MAX_JOB_ARCHIVE_BYTES, "job result")
 
         archive: bytes = self._call("download_job", fetch)
-        if target.exists():
-            shutil.rmtree(target)
-        unpack(archive, target)
+        unpack(archive, target)  # checks every name; stages in folder, renames; never replaces target
         return target
 
     def show_stats(self, job_id: str) -> dict[str, Any]:
@@ -328,3 +367,30 @@ class Session:
         request = fedsec_pb2.TargetRequest(max_results=max_results)
         result: list[dict[str, Any]] = self._text("show_audit", self._stub.ShowAudit, request)
         return result
+
+
+def _server_job_id(returned: str, asked: str) -> str:
+    """The job id the server returned, if it is a job id and the job asked for (asked may be a prefix)."""
+    try:
+        found = check_job_id(returned, "the server's job id")
+    except JobError as exc:
+        raise WireError(f"job {asked[:40]!r}: {exc}") from exc
+    if not found.startswith(asked.lower()):
+        raise WireError(f"job {asked[:40]!r}: the server answered with another job, {found}")
+    return found
+
+
+def _same_job(returned: str, signed: str) -> str:
+    if returned != signed:
+        raise WireError(f"the server filed job {signed} as {returned[:40]!r}, not under its signed job id")
+    return signed
+
+
+def _signature(msg: fedsec_pb2.JobSignature) -> JobSignature:
+    return JobSignature(msg.signature, msg.signer_cert, msg.job_id, msg.submit_time)
+
+
+def _signature_proto(sig: JobSignature) -> fedsec_pb2.JobSignature:
+    return fedsec_pb2.JobSignature(
+        signature=sig.signature, signer_cert=sig.signer_cert, job_id=sig.job_id, submit_time=sig.submit_time
+    )

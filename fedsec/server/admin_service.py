@@ -156,7 +156,7 @@ class AdminService(fedsec_pb2_grpc.AdminServicer):
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("part") != "info" or not first.HasField("signature"):
             raise WireError("job upload did not start with its size and signature")
-        signature = JobSignature(first.signature.signature, first.signature.signer_cert)
+        signature = _signature(first.signature)
 
         def action(who: Identity, _: JobRecord | None) -> fedsec_pb2.JobInfo:
             chunks = (p.data for p in request_iterator)
@@ -166,12 +166,28 @@ class AdminService(fedsec_pb2_grpc.AdminServicer):
         return self._run(context, "submit_job", {"bytes": first.info.total_size}, Right.SUBMIT_JOB, "", action)
 
     @rpc_boundary
-    def CloneJob(self, request: fedsec_pb2.JobRef, context: grpc.ServicerContext) -> fedsec_pb2.JobInfo:
-        def action(who: Identity, record: JobRecord | None) -> fedsec_pb2.JobInfo:
+    def GetJobArchiveInfo(self, request: fedsec_pb2.JobRef, context: grpc.ServicerContext) -> fedsec_pb2.JobArchiveInfo:
+        def action(who: Identity, record: JobRecord | None) -> fedsec_pb2.JobArchiveInfo:
             assert record is not None
-            return job_info(self._c.jobs.clone(record.job_id, who), self._c.jobs)
+            digest, sig = self._c.jobs.archive_digest(record.job_id)
+            return fedsec_pb2.JobArchiveInfo(
+                job_id=record.job_id, archive_sha256=digest, signature=_signature_proto(sig)
+            )
 
         return self._run(context, "clone_job", {"job": request.job_id}, Right.CLONE_JOB, request.job_id, action)
+
+    @rpc_boundary
+    def CloneJob(self, request: fedsec_pb2.CloneRequest, context: grpc.ServicerContext) -> fedsec_pb2.JobInfo:
+        if not request.HasField("signature"):
+            raise WireError("clone_job: the request carries no signature of the new job")
+        signature = _signature(request.signature)
+
+        def action(who: Identity, record: JobRecord | None) -> fedsec_pb2.JobInfo:
+            assert record is not None
+            return job_info(self._c.jobs.clone(record.job_id, signature, who), self._c.jobs)
+
+        args = {"job": request.job_id, "new_job": signature.job_id[:40]}
+        return self._run(context, "clone_job", args, Right.CLONE_JOB, request.job_id, action)
 
     @rpc_boundary
     def ListJobs(self, request: fedsec_pb2.ListJobsRequest, context: grpc.ServicerContext) -> fedsec_pb2.JobList:
@@ -354,3 +370,13 @@ class AdminService(fedsec_pb2_grpc.AdminServicer):
         return self._run(
             context, "show_audit", {"max": count}, None, "", lambda who, _: _text(self._c.audit.tail(count))
         )
+
+
+def _signature(msg: fedsec_pb2.JobSignature) -> JobSignature:
+    return JobSignature(msg.signature, msg.signer_cert, msg.job_id, msg.submit_time)
+
+
+def _signature_proto(sig: JobSignature) -> fedsec_pb2.JobSignature:
+    return fedsec_pb2.JobSignature(
+        signature=sig.signature, signer_cert=sig.signer_cert, job_id=sig.job_id, submit_time=sig.submit_time
+    )

@@ -31,8 +31,8 @@ from fedsec.server.registry import SiteRegistry
 from fedsec.server.services import FederationService
 from fedsec.server.sessions import AdminSessions
 from fedsec.server.store import JobStore
-from fedsec.transport.gate import Gate, GateConfig, Lane
 from fedsec.tracking.backends import load_backends
+from fedsec.transport.gate import Gate, GateConfig, Lane
 from fedsec.transport.tls import GRPC_OPTIONS, server_credentials
 from fedsec.wire import fedsec_pb2_grpc
 

@@ -9,6 +9,7 @@ each workflow's exit into the job's final status.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ from fedsec import _fs, _proc, limits
 from fedsec.errors import AuthError, FedsecError, JobError, WireError
 from fedsec.jobs import load_job_folder, pack, unpack
 from fedsec.jobs.meta import meta_to_json
-from fedsec.jobs.signing import JobSignature, verify_archive
+from fedsec.jobs.signing import JobSignature, check_job_id, verify_archive
 from fedsec.pki.certs import Identity
 from fedsec.server.store import JOB_ARCHIVE, WORKSPACE_DIR, JobRecord, JobStatus, JobStore
 from fedsec.tracking.backends import ONLY_LOCAL, Backends
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 _READY_SECONDS = 30.0
 _INCOMPLETE_SECONDS = 60.0  # a record whose files are still missing after this was cut off mid-submission
-_SIGNATURE = "job.sig"  # the submitting admin's signature of job.zip
+_SIGNATURE = "job.sig"  # the submitting admin's signature of this run of job.zip, with its job id and time
 _SITES = "sites"  # per-site reports: <site>.json
 
 
@@ -95,15 +96,38 @@ class JobManager:
 
         Raises AuthError for a bad signature, JobError for a bad job.
         """
-        signer = verify_archive(archive, signature, self._root_ca, "submitted job")
-        if signer.name != who.name:
-            raise AuthError(f"the job is signed by {signer.name}, not by the submitting admin {who.name}")
+        self._check_signed(archive, signature, who, "submitted job")
         return self._store_job(archive, signature, who)
 
-    def clone(self, job_id: str, who: Identity) -> JobRecord:
-        """A new job from a stored job's archive and its original signature, submitted by who."""
-        job_dir = self._store.job_dir(job_id)
-        return self._store_job((job_dir / JOB_ARCHIVE).read_bytes(), _read_signature(job_dir), who)
+    def clone(self, job_id: str, signature: JobSignature, who: Identity) -> JobRecord:
+        """A new job from a stored job's archive, signed by who as a new job id (signature.job_id).
+
+        Raises AuthError and JobError as submit() does.
+        """
+        archive = (self._store.job_dir(job_id) / JOB_ARCHIVE).read_bytes()
+        self._check_signed(archive, signature, who, f"clone of job {job_id}")
+        return self._store_job(archive, signature, who)
+
+    def archive_digest(self, job_id: str) -> tuple[bytes, JobSignature]:
+        """sha256 of a stored job's archive, and the job's signature: what an admin signs to clone it."""
+        archive, signature = self.archive(job_id)
+        return hashlib.sha256(archive).digest(), signature
+
+    def _check_signed(self, archive: bytes, signature: JobSignature, who: Identity, where: str) -> None:
+        """Raise unless who signed archive for a new, fresh job id (one signature, one run)."""
+        try:
+            check_job_id(signature.job_id, f"{where}: signed job id")
+        except JobError as exc:
+            raise WireError(str(exc)) from exc
+        signer = verify_archive(archive, signature, self._root_ca, where, job_id=signature.job_id)
+        if signer.name != who.name:
+            raise AuthError(f"the job is signed by {signer.name}, not by the submitting admin {who.name}")
+        age = time.time() - signature.submit_time
+        if age < -limits.JOB_CLOCK_SKEW_SECONDS or age > limits.MAX_SUBMIT_DELAY_SECONDS:
+            raise AuthError(
+                f"{where}: signed submit time is {age:+.0f} s from the server's clock (allowed:"
+                f" {-limits.JOB_CLOCK_SKEW_SECONDS}..{limits.MAX_SUBMIT_DELAY_SECONDS} s); check the admin's clock"
+            )
 
     def delete(self, job_id: str) -> None:
         with self._lock:
@@ -121,6 +145,7 @@ class JobManager:
                 raise JobError(self._public(str(exc).replace(f"job folder {staging / 'job'}", "the job"))) from exc
             self._tracking.get(app.tracking.backend)  # before any record, file or request
             record = self._store.add(
+                job_id=signature.job_id,
                 name=meta.name,
                 submitter=who.name,
                 submitter_org=who.org,
@@ -133,6 +158,8 @@ class JobManager:
             sig = {
                 "signature": base64.b64encode(signature.signature).decode(),
                 "signer_cert": signature.signer_cert.decode(),
+                "job_id": signature.job_id,
+                "submit_time": signature.submit_time,
             }
             _fs.write_atomic(job_dir / _SIGNATURE, json.dumps(sig).encode(), mode=0o600)
             (staging / "job").rename(job_dir / "job")
@@ -457,7 +484,9 @@ class JobManager:
 
 def _read_signature(job_dir: Path) -> JobSignature:
     doc = json.loads((job_dir / _SIGNATURE).read_text())
-    return JobSignature(base64.b64decode(doc["signature"]), doc["signer_cert"].encode())
+    # A job stored before signatures named their job id has none: sites refuse it (sign it again).
+    job_id, submit_time = str(doc.get("job_id", "")), int(doc.get("submit_time", 0))
+    return JobSignature(base64.b64decode(doc["signature"]), doc["signer_cert"].encode(), job_id, submit_time)
 
 
 def _status_part(status: fedsec_pb2.TaskStatus) -> fedsec_pb2.TaskPart:

@@ -75,7 +75,9 @@ class FederationService(fedsec_pb2_grpc.FederationServicer):
         site = self._site(context)
         self._assigned(request.job_id, site)
         data, sig = self._jobs.archive(request.job_id)
-        signature = fedsec_pb2.JobSignature(signature=sig.signature, signer_cert=sig.signer_cert)
+        signature = fedsec_pb2.JobSignature(
+            signature=sig.signature, signer_cert=sig.signer_cert, job_id=sig.job_id, submit_time=sig.submit_time
+        )
         yield fedsec_pb2.ArchivePart(info=streams.describe_bytes(data), signature=signature)
         for chunk in streams.bytes_chunks(data):
             yield fedsec_pb2.ArchivePart(data=chunk)

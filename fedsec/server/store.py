@@ -217,6 +217,7 @@ class JobStore:
     def add(
         self,
         *,
+        job_id: str | None = None,
         name: str,
         submitter: str,
         submitter_org: str,
@@ -224,11 +225,13 @@ class JobStore:
         meta_json: str,
         num_rounds: int,
     ) -> JobRecord:
-        """Record a new job with a fresh id, SUBMITTED now.
+        """Record a new job, SUBMITTED now, under job_id (the id its submitter signed) or a fresh id.
 
-        Raises JobError if a field is empty or over its limit, meta_json is not a JSON
-        object, num_rounds is outside 1..MAX_ROUNDS, or the database fails.
+        Raises JobError if job_id is not a job id or is already taken, a field is empty
+        or over its limit, meta_json is not a JSON object, num_rounds is outside
+        1..MAX_ROUNDS, or the database fails.
         """
+        job_id = str(uuid.uuid4()) if job_id is None else check_job_id(job_id)
         _check_text("name", name, limits.MAX_JOB_NAME)
         _check_text("submitter", submitter, limits.MAX_NAME_LENGTH)
         _check_text("submitter_org", submitter_org, limits.MAX_NAME_LENGTH)
@@ -243,12 +246,14 @@ class JobStore:
         if isinstance(num_rounds, bool) or not isinstance(num_rounds, int) or not 1 <= num_rounds <= limits.MAX_ROUNDS:
             raise JobError(f"job {name}: num_rounds must be an integer in 1..{limits.MAX_ROUNDS}, got {num_rounds!r}")
         record = JobRecord(
-            job_id=str(uuid.uuid4()), name=name, status=JobStatus.SUBMITTED, submitter=submitter,
+            job_id=job_id, name=name, status=JobStatus.SUBMITTED, submitter=submitter,
             submitter_org=submitter_org, submitter_role=submitter_role, submit_time=self._clock(),
             start_time=None, end_time=None, reason="", meta_json=meta_json, num_rounds=num_rounds,
             current_round=0, resume_count=0,
         )  # fmt: skip
         with self._write(f"cannot add job {name}") as conn:
+            if conn.execute("SELECT 1 FROM jobs WHERE job_id = ?", (job_id,)).fetchone() is not None:
+                raise JobError(f"job {job_id}: a job with this id exists already; a signed job runs once")
             values = {**dataclasses.asdict(record), "status": record.status.value}
             conn.execute(f"INSERT INTO jobs ({_COLUMNS}) VALUES (:{_COLUMNS.replace(', ', ', :')})", values)  # noqa: S608
         return record

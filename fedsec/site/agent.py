@@ -126,7 +126,8 @@ class SiteAgent:
             first = next(parts)
             if first.WhichOneof("part") != "info" or not first.HasField("signature"):
                 raise FedsecError(f"job {job_id}: archive stream did not start with its size and signature")
-            signature = JobSignature(first.signature.signature, first.signature.signer_cert)
+            sig = first.signature
+            signature = JobSignature(sig.signature, sig.signer_cert, sig.job_id, sig.submit_time)
             data = (p.data for p in parts)
             archive = streams.receive_bytes(data, first.info, limits.MAX_JOB_ARCHIVE_BYTES, f"job {job_id} archive")
             return archive, signature

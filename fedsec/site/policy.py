@@ -8,6 +8,7 @@ custom code on this site::
     custom_code:
       roles: [project_admin, org_admin, lead]
       orgs: any            # or a list of organisation names
+    max_job_age_days: 7    # optional: refuse to start a job signed longer ago (1..365; default 7)
 
 Every fedsec job carries custom code (its training script), so the rule applies
 to every job. load_site_policy() rejects unknown keys, unknown roles and unsafe
@@ -43,6 +44,7 @@ class _CustomCodeRule:
 class _PolicyFile:
     format: str
     custom_code: _CustomCodeRule
+    max_job_age_days: int = limits.DEFAULT_JOB_MAX_AGE_DAYS
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class SitePolicy:
 
     roles: frozenset[certs.Role]  # roles whose jobs may run here
     orgs: frozenset[str] | None  # organisations whose jobs may run here; None: any
+    max_job_age: float = limits.DEFAULT_JOB_MAX_AGE_DAYS * 86400.0  # seconds: older signed jobs do not start
 
     def check(self, signer: certs.Identity, site: str) -> None:
         """Raise AuthError unless a job signed by signer may run on site."""
@@ -76,7 +79,13 @@ def load_site_policy(kit_root: Path) -> SitePolicy:
         raise KitError(f"{where}: {exc}") from exc
     if doc.format != FORMAT:
         raise KitError(f"{where}: format: {doc.format!r} is not {FORMAT!r}")
-    return SitePolicy(roles=frozenset(doc.custom_code.roles), orgs=_orgs(doc.custom_code.orgs, where))
+    days = doc.max_job_age_days
+    if isinstance(days, bool) or not 1 <= days <= limits.MAX_JOB_MAX_AGE_DAYS:
+        raise KitError(
+            f"{where}: max_job_age_days: {days!r} is not a whole number of days in 1..{limits.MAX_JOB_MAX_AGE_DAYS}"
+        )
+    orgs = _orgs(doc.custom_code.orgs, where)
+    return SitePolicy(roles=frozenset(doc.custom_code.roles), orgs=orgs, max_job_age=days * 86400.0)
 
 
 def _orgs(value: Any, where: str) -> frozenset[str] | None:

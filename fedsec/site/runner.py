@@ -26,7 +26,7 @@ from fedsec.errors import AuthError, FedsecError, JobError
 from fedsec.jobs import load_job_folder, unpack
 from fedsec.jobs.env import ENV_DATASETS, ENV_JOB_ID, ENV_JOB_TOKEN, ENV_SITE, ENV_SOCKET
 from fedsec.jobs.signing import JobSignature, verify_archive
-from fedsec.site import sandbox
+from fedsec.site import replay, sandbox
 from fedsec.site.hekey import HEKey
 from fedsec.site.local import LocalEndpoints
 from fedsec.site.policy import load_site_policy
@@ -79,8 +79,10 @@ class JobRunner:
         Raises AuthError when the job may not run here, JobError when it is unusable.
         Nothing is unpacked before the signature and the policy have been checked.
         """
-        signer = verify_archive(archive, signature, self._root_ca, f"job {job_id}")
-        load_site_policy(self._kit_root).check(signer, self._site)
+        signer = verify_archive(archive, signature, self._root_ca, f"job {job_id}", job_id=job_id)
+        policy = load_site_policy(self._kit_root)
+        policy.check(signer, self._site)
+        replay.check_start(self._kit_root, job_id, signature.submit_time, policy.max_job_age)
         job_dir = self._jobs_dir / _safe_id(job_id)
         if job_dir.exists():
             shutil.rmtree(job_dir)  # a previous run of this job on this site (e.g. before a restart)
@@ -137,12 +139,15 @@ class JobRunner:
             self._jobs.pop(job.job_id, None)
             self._ended.add(job.job_id)
             stopping = job.stopping
+            if not stopping:  # it ran to its end: not started again while still assigned (site.replay)
+                self._failed.add(job.job_id)
         if stopping:
             log.info("job=%s stopped", job.job_id)
             return
         failed = code != 0
         error = _proc.tail(job.log_path, limits.MAX_ERROR_TEXT) if failed else ""
         log.info("job=%s script exited code=%d", job.job_id, code)
+        replay.record_end(self._kit_root, job.job_id)
         try:
             self._report(job.job_id, failed, error, _proc.tail(job.log_path, limits.MAX_LOG_TEXT))
         except FedsecError as exc:

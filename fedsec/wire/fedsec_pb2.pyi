@@ -46,12 +46,16 @@ class PayloadInfo(_message.Message):
     def __init__(self, total_size: _Optional[int] = ..., sha256: _Optional[bytes] = ...) -> None: ...
 
 class JobSignature(_message.Message):
-    __slots__ = ("signature", "signer_cert")
+    __slots__ = ("signature", "signer_cert", "job_id", "submit_time")
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     SIGNER_CERT_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBMIT_TIME_FIELD_NUMBER: _ClassVar[int]
     signature: bytes
     signer_cert: bytes
-    def __init__(self, signature: _Optional[bytes] = ..., signer_cert: _Optional[bytes] = ...) -> None: ...
+    job_id: str
+    submit_time: int
+    def __init__(self, signature: _Optional[bytes] = ..., signer_cert: _Optional[bytes] = ..., job_id: _Optional[str] = ..., submit_time: _Optional[int] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
     __slots__ = ("fedsec_version", "sys_info_json")
@@ -269,6 +273,24 @@ class JobInfo(_message.Message):
     meta_json: str
     progress_json: str
     def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[str] = ..., submitter: _Optional[str] = ..., submitter_org: _Optional[str] = ..., submitter_role: _Optional[str] = ..., submit_time: _Optional[float] = ..., start_time: _Optional[float] = ..., end_time: _Optional[float] = ..., reason: _Optional[str] = ..., current_round: _Optional[int] = ..., num_rounds: _Optional[int] = ..., meta_json: _Optional[str] = ..., progress_json: _Optional[str] = ...) -> None: ...
+
+class CloneRequest(_message.Message):
+    __slots__ = ("job_id", "signature")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    signature: JobSignature
+    def __init__(self, job_id: _Optional[str] = ..., signature: _Optional[_Union[JobSignature, _Mapping]] = ...) -> None: ...
+
+class JobArchiveInfo(_message.Message):
+    __slots__ = ("job_id", "archive_sha256", "signature")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    archive_sha256: bytes
+    signature: JobSignature
+    def __init__(self, job_id: _Optional[str] = ..., archive_sha256: _Optional[bytes] = ..., signature: _Optional[_Union[JobSignature, _Mapping]] = ...) -> None: ...
 
 class SubmitPart(_message.Message):
     __slots__ = ("info", "data", "signature")

@@ -580,9 +580,14 @@ class AdminStub:
                 request_serializer=fedsec_dot_wire_dot_fedsec__pb2.SubmitPart.SerializeToString,
                 response_deserializer=fedsec_dot_wire_dot_fedsec__pb2.JobInfo.FromString,
                 _registered_method=True)
+        self.GetJobArchiveInfo = channel.unary_unary(
+                '/fedsec.v1.Admin/GetJobArchiveInfo',
+                request_serializer=fedsec_dot_wire_dot_fedsec__pb2.JobRef.SerializeToString,
+                response_deserializer=fedsec_dot_wire_dot_fedsec__pb2.JobArchiveInfo.FromString,
+                _registered_method=True)
         self.CloneJob = channel.unary_unary(
                 '/fedsec.v1.Admin/CloneJob',
-                request_serializer=fedsec_dot_wire_dot_fedsec__pb2.JobRef.SerializeToString,
+                request_serializer=fedsec_dot_wire_dot_fedsec__pb2.CloneRequest.SerializeToString,
                 response_deserializer=fedsec_dot_wire_dot_fedsec__pb2.JobInfo.FromString,
                 _registered_method=True)
         self.DeleteJob = channel.unary_unary(
@@ -673,6 +678,12 @@ class AdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SubmitJob(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJobArchiveInfo(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -786,9 +797,14 @@ def add_AdminServicer_to_server(servicer, server):
                     request_deserializer=fedsec_dot_wire_dot_fedsec__pb2.SubmitPart.FromString,
                     response_serializer=fedsec_dot_wire_dot_fedsec__pb2.JobInfo.SerializeToString,
             ),
+            'GetJobArchiveInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJobArchiveInfo,
+                    request_deserializer=fedsec_dot_wire_dot_fedsec__pb2.JobRef.FromString,
+                    response_serializer=fedsec_dot_wire_dot_fedsec__pb2.JobArchiveInfo.SerializeToString,
+            ),
             'CloneJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CloneJob,
-                    request_deserializer=fedsec_dot_wire_dot_fedsec__pb2.JobRef.FromString,
+                    request_deserializer=fedsec_dot_wire_dot_fedsec__pb2.CloneRequest.FromString,
                     response_serializer=fedsec_dot_wire_dot_fedsec__pb2.JobInfo.SerializeToString,
             ),
             'DeleteJob': grpc.unary_unary_rpc_method_handler(
@@ -954,6 +970,33 @@ class Admin:
             _registered_method=True)
 
     @staticmethod
+    def GetJobArchiveInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsec.v1.Admin/GetJobArchiveInfo',
+            fedsec_dot_wire_dot_fedsec__pb2.JobRef.SerializeToString,
+            fedsec_dot_wire_dot_fedsec__pb2.JobArchiveInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def CloneJob(request,
             target,
             options=(),
@@ -968,7 +1011,7 @@ class Admin:
             request,
             target,
             '/fedsec.v1.Admin/CloneJob',
-            fedsec_dot_wire_dot_fedsec__pb2.JobRef.SerializeToString,
+            fedsec_dot_wire_dot_fedsec__pb2.CloneRequest.SerializeToString,
             fedsec_dot_wire_dot_fedsec__pb2.JobInfo.FromString,
             options,
             channel_credentials,

@@ -13,7 +13,7 @@ import pytest
 from fedsec.api import Session
 from fedsec.errors import AuthError
 from fedsec.jobs import pack
-from fedsec.jobs.signing import sign_archive
+from fedsec.jobs.signing import new_job_id, sign_archive
 from fedsec.pki import certs, login
 from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc, streams
 from tests.integration.harness import ADMIN, Federation, wait_until
@@ -92,8 +92,10 @@ def _tamper_before_sites_fetch(federation: Federation, tmp_path: Path, change: s
         else:  # re-signed with a site's key, as a compromised server might
             site = federation.kit("site-1") / "startup"
             key = certs.load_key((site / "site-1.key").read_bytes(), "site key")
-            sig = sign_archive((store / "job.zip").read_bytes(), key, (site / "site-1.crt").read_bytes())
-            doc = {"signature": base64.b64encode(sig.signature).decode(), "signer_cert": sig.signer_cert.decode()}
+            doc = json.loads((store / "job.sig").read_text())
+            run = {"job_id": doc["job_id"], "submit_time": doc["submit_time"]}
+            sig = sign_archive((store / "job.zip").read_bytes(), key, (site / "site-1.crt").read_bytes(), **run)
+            doc |= {"signature": base64.b64encode(sig.signature).decode(), "signer_cert": sig.signer_cert.decode()}
             (store / "job.sig").write_text(json.dumps(doc))
         for i in (1, 2, 3):
             federation.start(f"site-{i}")
@@ -119,14 +121,15 @@ def test_server_refuses_a_job_not_signed_by_its_submitter(federation: Federation
     folder = linear_job(tmp_path)
     data = pack(folder)
     site = federation.kit("site-1") / "startup"
-    sig = sign_archive(
-        data, certs.load_key((site / "site-1.key").read_bytes(), "k"), (site / "site-1.crt").read_bytes()
-    )
+    key = certs.load_key((site / "site-1.key").read_bytes(), "k")
+    sig = sign_archive(data, key, (site / "site-1.crt").read_bytes(), job_id=new_job_id(), submit_time=int(time.time()))
     with Session(federation.admin_kit) as admin:
         admin.login()
         first = fedsec_pb2.SubmitPart(
             info=streams.describe_bytes(data),
-            signature=fedsec_pb2.JobSignature(signature=sig.signature, signer_cert=sig.signer_cert),
+            signature=fedsec_pb2.JobSignature(
+                signature=sig.signature, signer_cert=sig.signer_cert, job_id=sig.job_id, submit_time=sig.submit_time
+            ),
         )
         parts = [first, *(fedsec_pb2.SubmitPart(data=c) for c in streams.bytes_chunks(data))]
         with pytest.raises(grpc.RpcError) as err:

@@ -7,7 +7,7 @@ import pytest
 
 from fedsec import limits
 from fedsec.errors import AuthError, KitError
-from fedsec.jobs.signing import sign_archive, verify_archive
+from fedsec.jobs.signing import new_job_id, sign_archive, verify_archive
 from fedsec.kit import load_kit, read_ca
 from fedsec.pki import certs
 from fedsec.provision import load_project, provision, templates
@@ -122,8 +122,11 @@ def test_signed_job_end_to_end(tmp_path: Path) -> None:
     for name in ["admin@acme.org", *(a["name"] for a in admins)]:
         startup = prod / name / "startup"
         key = certs.load_key((startup / f"{name}.key").read_bytes(), name)
-        sig = sign_archive(archive, key, (startup / f"{name}.crt").read_bytes())
-        signer = verify_archive(archive, sig, read_ca(site), "job 1")
+        job_id = new_job_id()
+        sig = sign_archive(
+            archive, key, (startup / f"{name}.crt").read_bytes(), job_id=job_id, submit_time=1_700_000_000
+        )
+        signer = verify_archive(archive, sig, read_ca(site), "job 1", job_id=job_id)
         try:
             policy.check(signer, site.name)
             ran[name] = True
@@ -161,7 +164,19 @@ MALFORMED = [
     ("unsafe org", _FMT + "custom_code: {roles: [], orgs: [acme, ../x]}\n", r"custom_code.orgs\[1\] name '../x'"),
     ("org not text", _FMT + "custom_code: {roles: [], orgs: [acme, 7]}\n", r"custom_code.orgs\[1\] name must be"),
     ("org empty", _FMT + "custom_code: {roles: [], orgs: ['']}\n", r"custom_code.orgs\[0\] name must be"),
+    ("age zero", _FMT + "custom_code: {roles: [], orgs: any}\nmax_job_age_days: 0\n", "max_job_age_days: 0 is not"),
+    ("age negative", _FMT + "custom_code: {roles: [], orgs: any}\nmax_job_age_days: -3\n", "max_job_age_days: -3"),
+    ("age over", _FMT + "custom_code: {roles: [], orgs: any}\nmax_job_age_days: 366\n", "in 1..365"),
+    ("age text", _FMT + "custom_code: {roles: [], orgs: any}\nmax_job_age_days: week\n", "expected an integer"),
+    ("age bool", _FMT + "custom_code: {roles: [], orgs: any}\nmax_job_age_days: true\n", "max_job_age_days"),
 ]
+
+
+@pytest.mark.parametrize(("days", "seconds"), [(None, 7 * 86400.0), (1, 86400.0), (365, 365 * 86400.0)])
+def test_max_job_age(tmp_path: Path, days: int | None, seconds: float) -> None:
+    extra = "" if days is None else f"max_job_age_days: {days}\n"
+    policy = load_site_policy(_kit_with(tmp_path, _FMT + "custom_code: {roles: [lead], orgs: any}\n" + extra))
+    assert policy.max_job_age == seconds
 
 
 @pytest.mark.parametrize(("text", "message"), [m[1:] for m in MALFORMED], ids=[m[0] for m in MALFORMED])
