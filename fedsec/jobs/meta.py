@@ -59,6 +59,16 @@ class WorkflowConfig:
     """config.yml's workflow section.
 
     Each round samples max(min_clients, ceil(sample_fraction * live sites)) sites.
+
+    round_timeout: how long each sampled site has to answer a round, counted for
+    each site from when it received its task (a site that never asks for it has
+    round_timeout from the round's opening); the round closes once every sampled
+    site answered, left, or is past its own deadline.
+    start_timeout: how long the workflow process may take to become ready (from
+    its start), and then how long it waits for min_clients sites to connect.
+    max_site_restarts: how many times a site whose training script died may
+    start it again (it rejoins at the next round); one more failure and the site
+    leaves the job. The job fails only when fewer than min_clients sites remain.
     """
 
     kind: WorkflowKind
@@ -67,6 +77,7 @@ class WorkflowConfig:
     round_timeout: float = 600.0
     start_timeout: float = 120.0
     evaluate_final: bool = True
+    max_site_restarts: int = 1
 
 
 @dataclass(frozen=True)
@@ -195,6 +206,11 @@ def check_workflow(workflow: WorkflowConfig) -> None:
         value = getattr(workflow, key)
         if not (math.isfinite(value) and 0.0 < value <= MAX_TIMEOUT):
             raise ConfigError(f"workflow.{key}: must be more than 0 and at most {MAX_TIMEOUT:.0f} seconds, got {value}")
+    if not 0 <= workflow.max_site_restarts <= limits.MAX_SITE_RESTARTS:
+        raise ConfigError(
+            f"workflow.max_site_restarts: must be between 0 and {limits.MAX_SITE_RESTARTS}, "
+            f"got {workflow.max_site_restarts}"
+        )
 
 
 def check_he(he: HEConfig) -> None:
