@@ -96,11 +96,14 @@ class Participation:
     """What the server parent decided about the sites of a job: failures reported, and the sites that left.
 
     failures: site -> how many times its script failed (each new one takes the
-    site out of the open round); left: site -> the error text it left with.
+    site out of the open round); left: site -> the error text it left with;
+    fetched: the sites that fetched the job (for a job open to every site, the
+    sites that remain are those that fetched it or connected, less those that left).
     """
 
     failures: Mapping[str, int] = field(default_factory=dict)
     left: Mapping[str, str] = field(default_factory=dict)
+    fetched: frozenset[str] = frozenset()
 
 
 def load_participation(path: Path) -> Participation:
@@ -115,14 +118,18 @@ def load_participation(path: Path) -> Participation:
         raise JobError("participation file: not JSON") from exc
     if not isinstance(doc, dict):
         raise JobError("participation file: not a JSON object")
-    failures, left = doc.get("failures", {}), doc.get("left", {})
-    if not isinstance(failures, dict) or not isinstance(left, dict):
-        raise JobError("participation file: failures and left must be objects")
+    failures, left, fetched = doc.get("failures", {}), doc.get("left", {}), doc.get("fetched", [])
+    if not isinstance(failures, dict) or not isinstance(left, dict) or not isinstance(fetched, list):
+        raise JobError("participation file: failures and left must be objects, fetched a list")
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in failures.values()):
         raise JobError("participation file: failures must count in integers")
     if not all(isinstance(v, str) for v in left.values()):
         raise JobError("participation file: left must map sites to text")
-    return Participation({str(k): v for k, v in failures.items()}, {str(k): v for k, v in left.items()})
+    return Participation(
+        {str(k): v for k, v in failures.items()},
+        {str(k): v for k, v in left.items()},
+        frozenset(str(site) for site in fetched),
+    )
 
 
 class FedAvg:
@@ -162,7 +169,7 @@ class FedAvg:
         self._clock = clock
         self._cond = threading.Condition()
         self._live: set[str] = set()
-        self._known: set[str] = set()  # every site live at some point: the pool of a job open to every site
+        self._known: set[str] = set()  # every site live or that fetched the job: the pool of a job open to every site
         self._left: dict[str, str] = {}  # site -> the error text it left the job with
         self._failures: dict[str, int] = {}  # site -> failures of its script applied so far
         self._round: _Round | None = None
@@ -181,6 +188,8 @@ class FedAvg:
 
     def apply_participation(self, participation: Participation) -> None:
         """Take in the server parent's decisions: new failures leave the open round, sites that left go for good."""
+        with self._cond:
+            self._known |= participation.fetched
         for site in sorted(set(participation.failures) | set(participation.left)):
             count = participation.failures.get(site, 0)
             gone = site in participation.left
@@ -356,7 +365,12 @@ class FedAvg:
         """Raise JobError when the sites that left leave fewer than min_clients (call with the lock held)."""
         if not self._left:
             return
-        pool = set(self.meta.sites) if self.meta.sites else self._known | self._live
+        if self.meta.sites:
+            pool = set(self.meta.sites)
+        else:  # a job open to every site: judged once it had min_clients sites (before, the waits for sites decide)
+            pool = self._known | self._live
+            if len(pool) < self.meta.min_clients:
+                return
         remaining = pool - set(self._left)
         if len(remaining) < self.meta.min_clients:
             raise JobError(
