@@ -3,7 +3,7 @@
 Submitting stores the archive and a record; the scheduler starts a workflow
 process per job (`python -m fedsec.workflow`), which dies with the server
 and is started again, resuming, when the server comes back. A workflow
-process has its job's workflow.start_timeout, from its start, to open its
+process has its job's workflow.ready_timeout, from its start, to open its
 socket; a reaper turns each workflow's exit into the job's final status, with
 the process's own message or its last lines of output (server paths cut out).
 A site's failure is that site's (fedsec.server.job_sites): it restarts or
@@ -59,7 +59,7 @@ class _Workflow:
     proc: subprocess.Popen[bytes]
     channel: grpc.Channel
     stub: fedsec_pb2_grpc.WorkflowStub
-    start_timeout: float  # seconds from started until it must be ready (workflow.start_timeout)
+    ready_timeout: float  # seconds from started until it must serve (workflow.ready_timeout)
     max_restarts: int  # workflow.max_site_restarts
     started: float  # time.monotonic() at its start
     left: set[str]  # sites that left the job: no longer assigned
@@ -414,7 +414,7 @@ class JobManager:
         stub = fedsec_pb2_grpc.WorkflowStub(channel)
         cfg = app.workflow
         flow = _Workflow(
-            record.job_id, sites, proc, channel, stub, cfg.start_timeout, cfg.max_site_restarts, time.monotonic(), left
+            record.job_id, sites, proc, channel, stub, cfg.ready_timeout, cfg.max_site_restarts, time.monotonic(), left
         )
         with self._lock:
             self._workflows[record.job_id] = flow
@@ -424,7 +424,7 @@ class JobManager:
     def _await_ready(self, flow: _Workflow) -> None:
         """Wait until flow's process opens its socket; stop it at its start deadline (the reaper ends the job)."""
         ready = grpc.channel_ready_future(flow.channel)
-        deadline = flow.started + flow.start_timeout
+        deadline = flow.started + flow.ready_timeout
         try:
             while True:
                 try:
@@ -438,8 +438,8 @@ class JobManager:
                     return  # ended or aborted meanwhile: the reaper (or the abort) says why
                 if time.monotonic() >= deadline:
                     flow.failure = (
-                        f"the workflow process was not ready within {flow.start_timeout:g} s "
-                        "(workflow.start_timeout) and was stopped"
+                        f"the workflow process was not ready within {flow.ready_timeout:g} s "
+                        "(workflow.ready_timeout) and was stopped"
                     )
                     log.error("job=%s %s", flow.job_id, flow.failure)
                     _proc.stop(flow.proc)

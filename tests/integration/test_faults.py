@@ -87,11 +87,11 @@ def test_a_workflow_that_misses_its_start_deadline_says_so(federation: Federatio
     federation.start_all()
     with Session(federation.admin_kit) as s:
         # no process opens its socket within a millisecond of its start
-        job_id = s.submit_job(linear_job(tmp_path, start_timeout=0.001))
+        job_id = s.submit_job(set_workflow(linear_job(tmp_path), ready_timeout=0.001))
         info = s.wait_for_job(job_id, timeout=60)
     assert info.status == "finished:failed"
     assert info.reason.startswith(
-        "the workflow process was not ready within 0.001 s (workflow.start_timeout) and was stopped"
+        "the workflow process was not ready within 0.001 s (workflow.ready_timeout) and was stopped"
     ), info.reason
     assert str(federation.root) not in info.reason
 

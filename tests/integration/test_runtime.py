@@ -81,7 +81,7 @@ def test_server_killed_mid_job_resumes(federation: Federation, tmp_path: Path) -
         job_id = s.submit_job(linear_job(tmp_path, "--sleep", "1", rounds=5, min_clients=3))
         wait_until(lambda: s.get_job_meta(job_id).current_round >= 2, 60, "two rounds")
     federation.kill("server1")
-    workflows = [p for p in _children_named("fedsec.workflow")]
+    workflows = _children_named(f"fedsec.workflow --job-dir {federation.kit('server1')}")  # this federation's only
     wait_until(lambda: not any(_alive(p) for p in workflows), 10, "the workflow process to die with the server")
     federation.start("server1")
     with Session(federation.admin_kit) as s:
