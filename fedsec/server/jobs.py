@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -45,7 +46,7 @@ from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-_READY_POLL_SECONDS = 0.5  # how often a starting workflow is checked for an early death
+_READY_POLL_SECONDS = 0.1  # how often a starting workflow is checked: its socket, an early death
 _OUTPUT_LINES = 12  # lines of a dead workflow's output shown in the job's reason
 _INCOMPLETE_SECONDS = 60.0  # a record whose files are still missing after this was cut off mid-submission
 _SIGNATURE = "job.sig"  # the submitting admin's signature of job.zip
@@ -404,6 +405,7 @@ class JobManager:
             return
         sock = socket_path(self._run_dir, f"wf-{record.job_id[:8]}.sock")
         argv = [sys.executable, "-m", "fedsec.workflow", "--job-dir", str(job_dir), "--job-id", record.job_id]
+        sock.unlink(missing_ok=True)  # a dead predecessor's: the new process's socket shows it is serving
         argv += ["--socket", str(sock)]
         if self._he_context is not None:
             argv += ["--he-context", str(self._he_context)]
@@ -419,17 +421,24 @@ class JobManager:
         with self._lock:
             self._workflows[record.job_id] = flow
         log.info("job=%s workflow %s pid=%d", record.job_id, "resumed" if resumed else "started", proc.pid)
-        threading.Thread(target=self._await_ready, args=(flow,), name=f"ready-{record.job_id[:8]}", daemon=True).start()
+        waiter = threading.Thread(target=self._await_ready, args=(flow, sock), name=f"ready-{record.job_id[:8]}")
+        waiter.daemon = True
+        waiter.start()
 
-    def _await_ready(self, flow: _Workflow) -> None:
-        """Wait until flow's process opens its socket; stop it at its start deadline (the reaper ends the job)."""
-        ready = grpc.channel_ready_future(flow.channel)
+    def _await_ready(self, flow: _Workflow, sock: Path) -> None:
+        """Wait until flow's process serves on sock; stop it at its start deadline (the reaper ends the job)."""
+        ready: grpc.Future | None = None  # connecting only once the socket exists: no reconnect backoff to sit out
         deadline = flow.started + flow.ready_timeout
         try:
             while True:
+                if ready is None and _listening(sock):
+                    ready = grpc.channel_ready_future(flow.channel)
+                wait = max(0.0, min(_READY_POLL_SECONDS, deadline - time.monotonic()))
                 try:
-                    ready.result(timeout=max(0.0, min(_READY_POLL_SECONDS, deadline - time.monotonic())))
-                    break
+                    if ready is not None:
+                        ready.result(timeout=wait)
+                        break
+                    time.sleep(wait)
                 except (grpc.FutureTimeoutError, grpc.FutureCancelledError):
                     pass
                 with self._lock:
@@ -445,7 +454,8 @@ class JobManager:
                     _proc.stop(flow.proc)
                     return
         finally:
-            ready.cancel()
+            if ready is not None:
+                ready.cancel()
         self._push_sites(flow, self._alive_sites())
         with self._lock:
             flow.ready = True
@@ -538,6 +548,16 @@ def last_lines(text: str, count: int) -> str:
     """The last count non-empty lines of text (a log's tail, whose first line may be cut)."""
     lines = [line.rstrip() for line in text.splitlines() if line.strip()]
     return "\n".join(lines[-count:])
+
+
+def _listening(sock: Path) -> bool:
+    """Whether a server listens on the Unix socket sock (a connection is made and dropped at once)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(sock))
+        except OSError:
+            return False
+    return True
 
 
 def _read_signature(job_dir: Path) -> JobSignature:
