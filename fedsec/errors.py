@@ -8,6 +8,7 @@ a caller does about them::
     +-- KitError             a startup kit is missing, tampered with or inconsistent (exit 2)
     +-- AuthError            an identity or a right was refused                      (exit 1)
     +-- WireError            a message broke the protocol or a limit                 (exit 1)
+    |   +-- TransferInterruptedError  a payload stream ended early: send it again
     +-- JobError             a job could not be built, stored, run or found          (exit 1)
     +-- HEError              homomorphic encryption could not be set up or applied   (exit 1)
 
@@ -45,6 +46,14 @@ class AuthError(FedsecError):
 
 class WireError(FedsecError):
     """A message broke the protocol: malformed, oversized, wrong type or shape."""
+
+
+class TransferInterruptedError(WireError):
+    """A payload stream ended (or was cut) before all its announced bytes arrived: the sender may send it again.
+
+    Unlike its parent, it says nothing against the payload itself: nothing was
+    checked, so the receiver must not count it as a bad payload.
+    """
 
 
 class JobError(FedsecError):

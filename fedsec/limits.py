@@ -44,6 +44,7 @@ MAX_JOB_NAME = 64
 MAX_ROUNDS = 100_000
 MAX_LIST_JOBS = 10_000
 MAX_RUNNING_JOBS = 16
+MAX_SITE_RESTARTS = 100  # times one site may restart a job's script (workflow.max_site_restarts)
 MAX_LOG_TEXT = 256 << 10  # a job log returned to an admin, or uploaded by a site at a job's end
 MAX_AUDIT_ENTRIES = 10_000
 

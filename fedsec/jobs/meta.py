@@ -60,6 +60,18 @@ class WorkflowConfig:
     """config.yml's workflow section.
 
     Each round samples max(min_clients, ceil(sample_fraction * live sites)) sites.
+
+    round_timeout: how long each sampled site has to answer a round, counted for
+    each site from when it received its task (a site that never asks for it has
+    round_timeout from the round's opening); the round closes once every sampled
+    site answered, left, or is past its own deadline.
+    start_timeout: how long the workflow waits for min_clients sites to connect.
+    ready_timeout: how long the server's workflow process may take, from its
+    start, to serve (open its socket); past it the server stops it and fails
+    the job with that cause and the process's last output.
+    max_site_restarts: how many times a site whose training script died may
+    start it again (it rejoins at the next round); one more failure and the site
+    leaves the job. The job fails only when fewer than min_clients sites remain.
     """
 
     kind: WorkflowKind
@@ -68,6 +80,8 @@ class WorkflowConfig:
     round_timeout: float = 600.0
     start_timeout: float = 120.0
     evaluate_final: bool = True
+    ready_timeout: float = 120.0
+    max_site_restarts: int = 1
 
 
 @dataclass(frozen=True)
@@ -192,10 +206,15 @@ def check_workflow(workflow: WorkflowConfig) -> None:
         raise ConfigError(f"workflow.num_rounds: must be between 1 and {limits.MAX_ROUNDS}, got {workflow.num_rounds}")
     if not 0.0 < workflow.sample_fraction <= 1.0:  # also refuses NaN
         raise ConfigError(f"workflow.sample_fraction: must be in (0, 1], got {workflow.sample_fraction}")
-    for key in ("round_timeout", "start_timeout"):
+    for key in ("round_timeout", "start_timeout", "ready_timeout"):
         value = getattr(workflow, key)
         if not (math.isfinite(value) and 0.0 < value <= MAX_TIMEOUT):
             raise ConfigError(f"workflow.{key}: must be more than 0 and at most {MAX_TIMEOUT:.0f} seconds, got {value}")
+    if not 0 <= workflow.max_site_restarts <= limits.MAX_SITE_RESTARTS:
+        raise ConfigError(
+            f"workflow.max_site_restarts: must be between 0 and {limits.MAX_SITE_RESTARTS}, "
+            f"got {workflow.max_site_restarts}"
+        )
 
 
 def _refuse_mlflow_uri(raw: Any) -> None:

@@ -2,8 +2,12 @@
 
 Submitting stores the archive and a record; the scheduler starts a workflow
 process per job (`python -m fedsec.workflow`), which dies with the server
-and is started again, resuming, when the server comes back. A reaper turns
-each workflow's exit into the job's final status.
+and is started again, resuming, when the server comes back. A workflow
+process has its job's workflow.ready_timeout, from its start, to open its
+socket; a reaper turns each workflow's exit into the job's final status, with
+the process's own message or its last lines of output (server paths cut out).
+A site's failure is that site's (fedsec.server.job_sites): it restarts or
+leaves the job, and the workflow ends the job only below min_clients.
 """
 
 from __future__ import annotations
@@ -13,7 +17,10 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +40,7 @@ from fedsec.jobs import load_job_folder, pack, unpack
 from fedsec.jobs.meta import meta_to_json
 from fedsec.jobs.signing import JobSignature, check_job_id, verify_archive
 from fedsec.pki.certs import Identity
+from fedsec.server.job_sites import JobSites
 from fedsec.server.store import JOB_ARCHIVE, WORKSPACE_DIR, JobRecord, JobStatus, JobStore
 from fedsec.tracking.backends import ONLY_LOCAL, Backends
 from fedsec.transport.local import socket_path, unix_channel
@@ -40,7 +48,8 @@ from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-_READY_SECONDS = 30.0
+_READY_POLL_SECONDS = 0.1  # how often a starting workflow is checked: its socket, an early death
+_OUTPUT_LINES = 12  # lines of a dead workflow's output shown in the job's reason
 _INCOMPLETE_SECONDS = 60.0  # a record whose files are still missing after this was cut off mid-submission
 _SIGNATURE = "job.sig"  # the submitting admin's signature of this run of job.zip, with its job id and time
 _SITES = "sites"  # per-site reports: <site>.json
@@ -53,7 +62,12 @@ class _Workflow:
     proc: subprocess.Popen[bytes]
     channel: grpc.Channel
     stub: fedsec_pb2_grpc.WorkflowStub
+    ready_timeout: float  # seconds from started until it must serve (workflow.ready_timeout)
+    max_restarts: int  # workflow.max_site_restarts
+    started: float  # time.monotonic() at its start
+    left: set[str]  # sites that left the job: no longer assigned
     ready: bool = False
+    failure: str = ""  # why the server stopped it, when it did
 
 
 class JobManager:
@@ -80,6 +94,8 @@ class JobManager:
         self._lock = threading.Condition()
         self._workflows: dict[str, _Workflow] = {}
         self._ending: set[str] = set()
+        self._running_seen: dict[str, set[str]] = {}  # job -> sites that had its script running since a failure
+        self._refused_reports: set[tuple[str, str]] = set()  # logged once each
         self._version = 1
         self._stop = threading.Event()
         self._threads = [
@@ -222,17 +238,35 @@ class JobManager:
 
     def assignments(self, site: str) -> list[tuple[str, str]]:
         with self._lock:
-            flows = [w for w in self._workflows.values() if not w.sites or site in w.sites]
+            flows = [w for w in self._workflows.values() if (not w.sites or site in w.sites) and site not in w.left]
         return [(w.job_id, self._store.get(w.job_id).name) for w in flows]
 
     def may_run(self, job_id: str, site: str) -> bool:
         with self._lock:
             flow = self._workflows.get(job_id)
         if flow is not None:
-            return not flow.sites or site in flow.sites
+            return (not flow.sites or site in flow.sites) and site not in flow.left
         record = self._store.get(job_id)
         sites = json.loads(record.meta_json).get("sites", [])
-        return not sites or site in sites
+        if sites and site not in sites:
+            return False
+        return site not in JobSites.load(self._store.job_path(job_id)).left
+
+    def fetched(self, job_id: str, site: str) -> None:
+        """Record that site received the whole archive of job_id: from now on it may report on the job."""
+        job_dir = self._store.job_dir(job_id)
+        with self._lock:
+            sites = JobSites.load(job_dir)
+            if site not in sites.fetched:
+                sites.fetched.add(site)
+                sites.save()
+
+    def note_running(self, site: str, job_ids: tuple[str, ...]) -> None:
+        """A heartbeat of site listed job_ids as running there."""
+        with self._lock:
+            for job_id in job_ids:
+                if job_id in self._workflows:
+                    self._running_seen.setdefault(job_id, set()).add(site)
 
     def wait_change(self, known: int, timeout: float) -> int:
         """Wait until the assignment version differs from known (or timeout); return it."""
@@ -294,7 +328,18 @@ class JobManager:
         return ack
 
     def report(self, job_id: str, site: str, failed: bool, error: str, log_tail: str = "") -> None:
-        folder = self._store.job_dir(job_id) / _SITES
+        """Take site's report of its script's end; a failure makes the site restart or leave the job.
+
+        Raises JobError when site never fetched the job (it cannot have run it).
+        """
+        job_dir = self._store.job_dir(job_id)
+        with self._lock:
+            if site not in JobSites.load(job_dir).fetched:
+                if (job_id, site) not in self._refused_reports:
+                    self._refused_reports.add((job_id, site))
+                    log.warning("job=%s site=%s reported on a job it never fetched: refused", job_id, site)
+                raise JobError(f"job {job_id}: {site} never fetched this job, so it cannot report on it")
+        folder = job_dir / _SITES
         folder.mkdir(exist_ok=True, mode=0o700)
         entry = {"outcome": "failed" if failed else "finished", "error": error, "log": log_tail}
         _fs.write_atomic(folder / f"{site}.json", json.dumps(entry).encode(), mode=0o600)
@@ -302,9 +347,24 @@ class JobManager:
         if not failed or record.status.finished:
             log.info("job=%s site=%s reports its script %s", job_id, site, "failed" if failed else "finished")
             return
-        text = error.strip()[-limits.MAX_ERROR_TEXT :]
-        log.warning("job=%s site=%s training script failed", job_id, site)
-        self._end(job_id, JobStatus.FAILED, f"{site}: training script failed:\n{text}")
+        with self._lock:
+            flow = self._workflows.get(job_id)
+            sites = JobSites.load(job_dir)
+            if site in sites.left:
+                return
+            seen = self._running_seen.get(job_id, set())
+            was_running = site in seen
+            seen.discard(site)  # a restart counts as one only once the site has the script running again
+            leaves = sites.fail(site, error, was_running=was_running, max_restarts=flow.max_restarts if flow else 0)
+            sites.save()
+            if leaves and flow is not None:
+                flow.left.add(site)
+        log.warning(
+            "job=%s site=%s training script failed: the site %s", job_id, site, "leaves" if leaves else "restarts"
+        )
+        if flow is not None and flow.ready:
+            self._push_sites(flow, self._alive_sites())  # the workflow reads the participation record now
+        self._bump()  # heartbeats tell the site whether it still runs the job
 
     def sites_changed(self, alive: frozenset[str]) -> None:
         with self._lock:
@@ -376,11 +436,18 @@ class JobManager:
         job_dir = self._store.job_dir(record.job_id)
         resumed = record.status is JobStatus.RUNNING
         try:
+            _meta, app = load_job_folder(job_dir / "job")
+            left = set(JobSites.load(job_dir).left)
+        except JobError as exc:
+            self._store.finish(record.job_id, JobStatus.FAILED, public_text(f"the stored job is unusable: {exc}"))
+            return
+        try:
             record = self._store.set_running(record.job_id)
         except JobError:  # it finished since the scheduler listed it
             return
         sock = socket_path(self._run_dir, f"wf-{record.job_id[:8]}.sock")
         argv = [sys.executable, "-m", "fedsec.workflow", "--job-dir", str(job_dir), "--job-id", record.job_id]
+        sock.unlink(missing_ok=True)  # a dead predecessor's: the new process's socket shows it is serving
         argv += ["--socket", str(sock)]
         if self._he_context is not None:
             argv += ["--he-context", str(self._he_context)]
@@ -389,17 +456,49 @@ class JobManager:
         proc = _proc.start(argv, cwd=job_dir, env=env, log_path=job_dir / "workflow.log")
         channel = unix_channel(sock)
         sites = frozenset(json.loads(record.meta_json).get("sites", []))
-        flow = _Workflow(record.job_id, sites, proc, channel, fedsec_pb2_grpc.WorkflowStub(channel))
+        stub = fedsec_pb2_grpc.WorkflowStub(channel)
+        cfg = app.workflow
+        flow = _Workflow(
+            record.job_id, sites, proc, channel, stub, cfg.ready_timeout, cfg.max_site_restarts, time.monotonic(), left
+        )
         with self._lock:
             self._workflows[record.job_id] = flow
         log.info("job=%s workflow %s pid=%d", record.job_id, "resumed" if resumed else "started", proc.pid)
+        waiter = threading.Thread(target=self._await_ready, args=(flow, sock), name=f"ready-{record.job_id[:8]}")
+        waiter.daemon = True
+        waiter.start()
+
+    def _await_ready(self, flow: _Workflow, sock: Path) -> None:
+        """Wait until flow's process serves on sock; stop it at its start deadline (the reaper ends the job)."""
+        ready: grpc.Future | None = None  # connecting only once the socket exists: no reconnect backoff to sit out
+        deadline = flow.started + flow.ready_timeout
         try:
-            grpc.channel_ready_future(channel).result(timeout=_READY_SECONDS)
-        except grpc.FutureTimeoutError:
-            if proc.poll() is None:
-                log.error("job=%s workflow did not open its socket in %.0f s", record.job_id, _READY_SECONDS)
-                _proc.stop(proc)
-            return  # the reaper ends the job
+            while True:
+                if ready is None and _listening(sock):
+                    ready = grpc.channel_ready_future(flow.channel)
+                wait = max(0.0, min(_READY_POLL_SECONDS, deadline - time.monotonic()))
+                try:
+                    if ready is not None:
+                        ready.result(timeout=wait)
+                        break
+                    time.sleep(wait)
+                except (grpc.FutureTimeoutError, grpc.FutureCancelledError):
+                    pass
+                with self._lock:
+                    current = self._workflows.get(flow.job_id) is flow
+                if not current or flow.proc.poll() is not None:
+                    return  # ended or aborted meanwhile: the reaper (or the abort) says why
+                if time.monotonic() >= deadline:
+                    flow.failure = (
+                        f"the workflow process was not ready within {flow.ready_timeout:g} s "
+                        "(workflow.ready_timeout) and was stopped"
+                    )
+                    log.error("job=%s %s", flow.job_id, flow.failure)
+                    _proc.stop(flow.proc)
+                    return
+        finally:
+            if ready is not None:
+                ready.cancel()
         self._push_sites(flow, self._alive_sites())
         with self._lock:
             flow.ready = True
@@ -436,13 +535,15 @@ class JobManager:
             reason = str(outcome.get("reason", ""))
         except (OSError, json.JSONDecodeError):
             status = JobStatus.FAILED
-            tail = _proc.tail(job_dir / "workflow.log", 1000)
-            reason = f"the workflow process ended with exit code {flow.proc.returncode}:\n{tail}"
-        self._end(flow.job_id, status, reason)
+            reason = flow.failure or exit_text(flow.proc.returncode)
+            output = last_lines(_proc.tail(job_dir / "workflow.log", 8 << 10), _OUTPUT_LINES)
+            reason += f"; its last output:\n{output}" if output else "; it wrote no output"
+        self._end(flow.job_id, status, public_text(reason))
 
     def _end(self, job_id: str, status: JobStatus, reason: str) -> JobRecord:
         with self._lock:
             flow = self._workflows.pop(job_id, None)
+            self._running_seen.pop(job_id, None)
             self._ending.add(job_id)  # keeps the scheduler from starting it again meanwhile
         try:
             if flow is not None:
@@ -480,6 +581,41 @@ class JobManager:
         for flow in flows:
             _proc.stop(flow.proc)
             flow.channel.close()
+
+
+_ABSOLUTE_PATH = re.compile(r"/(?:[^\s/'\"]+/)+([^\s/'\"]*)")
+
+
+def public_text(text: str) -> str:
+    """text with every absolute path cut to its last part ('.../name'): no server path reaches an admin."""
+    return _ABSOLUTE_PATH.sub(lambda m: f".../{m.group(1)}", text)
+
+
+def exit_text(returncode: int) -> str:
+    """Why a workflow process that wrote no result ended, from its exit status."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"the workflow process was killed by {name} before it wrote its result"
+    return f"the workflow process exited with status {returncode} before it wrote its result"
+
+
+def last_lines(text: str, count: int) -> str:
+    """The last count non-empty lines of text (a log's tail, whose first line may be cut)."""
+    lines = [line.rstrip() for line in text.splitlines() if line.strip()]
+    return "\n".join(lines[-count:])
+
+
+def _listening(sock: Path) -> bool:
+    """Whether a server listens on the Unix socket sock (a connection is made and dropped at once)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(sock))
+        except OSError:
+            return False
+    return True
 
 
 def _read_signature(job_dir: Path) -> JobSignature:

@@ -2,7 +2,8 @@
 
 Every call is authorised by the verified certificate of its peer: only site
 certificates, not removed by an admin. A site acts only as itself and only
-on jobs assigned to it.
+on jobs assigned to it, and reports the end of a job's script only for a job
+it fetched.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class FederationService(fedsec_pb2_grpc.FederationServicer):
     ) -> fedsec_pb2.HeartbeatReply:
         running = tuple(request.running_jobs[: limits.MAX_RUNNING_JOBS])
         site = self._site(context, running_jobs=running)
+        self._jobs.note_running(site, running)
         # hold well inside the heartbeat timeout, so a held site never looks gone
         hold = min(_HOLD_SECONDS, self._config.heartbeat_timeout / 3)
         version = self._jobs.wait_change(request.known_version, hold)
@@ -81,6 +83,7 @@ class FederationService(fedsec_pb2_grpc.FederationServicer):
         yield fedsec_pb2.ArchivePart(info=streams.describe_bytes(data), signature=signature)
         for chunk in streams.bytes_chunks(data):
             yield fedsec_pb2.ArchivePart(data=chunk)
+        self._jobs.fetched(request.job_id, site)  # the whole archive went out: the site may now report on the job
 
     @rpc_boundary
     def GetTask(self, request: fedsec_pb2.TaskRequest, context: grpc.ServicerContext) -> Iterator[fedsec_pb2.TaskPart]:

@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import IO
 
 from fedsec import limits
-from fedsec.errors import WireError
+from fedsec.errors import TransferInterruptedError, WireError
 from fedsec.wire.fedsec_pb2 import PayloadInfo
 
 FILE_MODE = 0o600
@@ -99,7 +99,7 @@ class _Receipt:
 
     def check_complete(self) -> None:
         if self.received != self.total:
-            raise WireError(f"{self.where}: payload ended after {self.received} of {self.total} bytes")
+            raise TransferInterruptedError(f"{self.where}: payload ended after {self.received} of {self.total} bytes")
         if not hmac.compare_digest(self._digest.digest(), self.expected_digest):
             raise WireError(f"{self.where}: payload does not match its SHA-256 digest")
 
@@ -169,8 +169,9 @@ class PayloadWriter:
     def finish(self) -> Path:
         """Check size and digest, then move the payload into place at dest and return dest.
 
-        Raises WireError if fewer bytes than announced arrived or the digest does not match,
-        OSError if the file cannot be written or renamed; either leaves dest as it was.
+        Raises TransferInterruptedError (a WireError) if fewer bytes than announced arrived,
+        WireError if the digest does not match, OSError if the file cannot be written or renamed;
+        either leaves dest as it was.
         """
         f, tmp = self._open_file()
         try:

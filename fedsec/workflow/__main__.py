@@ -25,7 +25,7 @@ from fedsec.tracking.backends import ENV_TRACKING_BACKEND, ENV_TRACKING_MLFLOW_U
 from fedsec.tracking.receivers import Receiver, RunEnd, open_receivers
 from fedsec.transport.local import serve_unix
 from fedsec.wire import fedsec_pb2_grpc
-from fedsec.workflow.fedavg import FedAvg
+from fedsec.workflow.fedavg import PARTICIPATION_FILE, FedAvg, load_participation
 from fedsec.workflow.service import WorkflowService
 from fedsec.workflow.tracking import Tracker
 
@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
                 he_context = load_server_context(args.he_context.read_bytes(), "the server's HE context")
             tracker = _open_tracker(args, meta.name, app.tracking, workspace)
             fedavg = FedAvg(args.job_id, args.job_dir / "job", workspace, meta, app, he_context, tracker)
-            service = WorkflowService(fedavg, app.workflow.num_rounds)
+            participation = args.job_dir / PARTICIPATION_FILE
+            fedavg.apply_participation(load_participation(participation))  # on resume: the sites that left stay out
+            service = WorkflowService(fedavg, app.workflow.num_rounds, participation)
             server = serve_unix(args.socket, lambda s: fedsec_pb2_grpc.add_WorkflowServicer_to_server(service, s), 32)
         except FedsecError as exc:
             end = RunEnd.FAILED

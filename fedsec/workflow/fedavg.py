@@ -2,8 +2,19 @@
 
 State lives in the job's workspace so a restarted server resumes from the
 last completed round: checkpoints/round_NNNNN.fsa (the global model after
-that round), state.json (rounds completed), progress.json (per-round metrics).
-Service threads call get_task / submit / update_sites; run() drives rounds.
+that round), state.json (rounds completed), progress.json (per-round metrics,
+the sites that left the job and why). Service threads call get_task / submit /
+update_sites / apply_participation; run() drives rounds.
+
+Round rules: each sampled site has workflow.round_timeout from when it received
+its task (from the round's opening if it never asked); the round closes when
+every sampled site answered, failed, went away or is past its own deadline. An
+upload cut short leaves the site pending (it may send again); only a complete
+upload that fails its checks uses up the site's turn. A site whose script died
+leaves the open round; one that left the job (the server parent decides, from
+workflow.max_site_restarts) is never sampled again, and the job fails only when
+fewer than min_clients sites remain. This module never decides who may report
+a failure: the server parent checks that and hands over the result.
 """
 
 from __future__ import annotations
@@ -17,13 +28,13 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fedsec import _fs, limits
-from fedsec.errors import HEError, JobError, WireError
+from fedsec.errors import HEError, JobError, TransferInterruptedError, WireError
 from fedsec.jobs.meta import AppConfig, JobMeta
 from fedsec.wire import arrays, fedsec_pb2, streams
 from fedsec.workflow.aggregate import Accumulator, EncryptedAccumulator
@@ -35,6 +46,8 @@ TRAIN, EVALUATE = "train", "evaluate"
 ENCRYPTED_SUFFIX = ".fsh"  # an encrypted model (fedsec.he.codec); ".fsa" is a plain one
 _PARAMS_TYPES = ("full", "diff")
 _MAX_WEIGHT = 1e12
+_POLL_SECONDS = 0.5  # how often a waiting driver looks at the clock again (it is also woken on every change)
+PARTICIPATION_FILE = "participation.json"  # in the job folder, written by the server parent (see load_participation)
 
 
 @dataclass
@@ -52,6 +65,13 @@ class _Round:
     metric_weights: dict[str, float] = field(default_factory=dict)
     contributors: list[str] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # sampled sites whose script died during the round
+    opened: float = 0.0  # the driver's clock when the round opened
+    received: dict[str, float] = field(default_factory=dict)  # site -> when it received its task
+
+    def deadline(self, site: str, timeout: float) -> float:
+        """When site's time to answer ends: timeout after it received its task (or after the opening)."""
+        return self.received.get(site, self.opened) + timeout
 
     def metrics(self) -> dict[str, float]:
         return {k: self.metric_sums[k] / self.metric_weights[k] for k in sorted(self.metric_sums)}
@@ -71,6 +91,47 @@ class Task:
         return self.model is not None and self.model.suffix == ENCRYPTED_SUFFIX
 
 
+@dataclass(frozen=True)
+class Participation:
+    """What the server parent decided about the sites of a job: failures reported, and the sites that left.
+
+    failures: site -> how many times its script failed (each new one takes the
+    site out of the open round); left: site -> the error text it left with;
+    fetched: the sites that fetched the job (for a job open to every site, the
+    sites that remain are those that fetched it or connected, less those that left).
+    """
+
+    failures: Mapping[str, int] = field(default_factory=dict)
+    left: Mapping[str, str] = field(default_factory=dict)
+    fetched: frozenset[str] = frozenset()
+
+
+def load_participation(path: Path) -> Participation:
+    """Read the server parent's participation file (absent: nothing happened yet); JobError if it is malformed."""
+    if not path.exists():
+        return Participation()
+    limit = limits.MAX_PARTICIPANTS * (limits.MAX_ERROR_TEXT + 256) + (64 << 10)
+    raw = _fs.read_bounded(path, limit, "participation file", JobError)
+    try:
+        doc = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise JobError("participation file: not JSON") from exc
+    if not isinstance(doc, dict):
+        raise JobError("participation file: not a JSON object")
+    failures, left, fetched = doc.get("failures", {}), doc.get("left", {}), doc.get("fetched", [])
+    if not isinstance(failures, dict) or not isinstance(left, dict) or not isinstance(fetched, list):
+        raise JobError("participation file: failures and left must be objects, fetched a list")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in failures.values()):
+        raise JobError("participation file: failures must count in integers")
+    if not all(isinstance(v, str) for v in left.values()):
+        raise JobError("participation file: left must map sites to text")
+    return Participation(
+        {str(k): v for k, v in failures.items()},
+        {str(k): v for k, v in left.items()},
+        frozenset(str(site) for site in fetched),
+    )
+
+
 class FedAvg:
     """One FedAvg job on the server."""
 
@@ -83,8 +144,14 @@ class FedAvg:
         app: AppConfig,
         he_context: Any = None,
         tracker: Tracker | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """he_context: the server's HE context (no key), required when the job enables HE."""
+        """he_context: the server's HE context (no key), required when the job enables HE.
+
+        clock: the driver's time source for deadlines (seconds, monotonic).
+        Leftovers of an earlier process on this workspace (temporary checkpoint
+        files, half-received uploads) are removed here.
+        """
         self.job_id = job_id
         self.meta = meta
         self.cfg = app.workflow
@@ -98,10 +165,16 @@ class FedAvg:
         self._ws = workspace
         for sub in ("checkpoints", "incoming", "result"):
             (workspace / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+        _remove_leftovers(workspace)
+        self._clock = clock
         self._cond = threading.Condition()
         self._live: set[str] = set()
+        self._known: set[str] = set()  # every site live or that fetched the job: the pool of a job open to every site
+        self._left: dict[str, str] = {}  # site -> the error text it left the job with
+        self._failures: dict[str, int] = {}  # site -> failures of its script applied so far
         self._round: _Round | None = None
         self._done = False
+        self._progress_lock = threading.Lock()
         self._progress: dict[str, Any] = self._load_json("progress.json") or {"rounds": [], "final": None}
 
     # ------------------------------------------------------------ service side
@@ -109,8 +182,42 @@ class FedAvg:
     def update_sites(self, sites: Iterable[str]) -> None:
         allowed = set(self.meta.sites)
         with self._cond:
-            self._live = {s for s in sites if not allowed or s in allowed}
+            self._live = {s for s in sites if (not allowed or s in allowed) and s not in self._left}
+            self._known |= self._live
             self._cond.notify_all()
+
+    def apply_participation(self, participation: Participation) -> None:
+        """Take in the server parent's decisions: new failures leave the open round, sites that left go for good."""
+        with self._cond:
+            self._known |= participation.fetched
+        for site in sorted(set(participation.failures) | set(participation.left)):
+            count = participation.failures.get(site, 0)
+            gone = site in participation.left
+            with self._cond:
+                new_failure = count > self._failures.get(site, 0)
+                if new_failure:
+                    self._failures[site] = count
+                new_left = gone and site not in self._left
+            if new_failure or new_left:
+                self.site_failed(site, participation.left.get(site, ""), left=gone)
+
+    def site_failed(self, site: str, reason: str, *, left: bool) -> None:
+        """site's script died: it leaves the open round; left: it leaves the job for good, with reason (its text)."""
+        with self._cond:
+            rnd = self._round
+            if rnd is not None and site in rnd.pending:
+                rnd.pending.discard(site)
+                rnd.failed.append(site)
+                log.warning("job=%s round=%d site=%s left the round: its script failed", self.job_id, rnd.number, site)
+            newly_left = left and site not in self._left
+            if newly_left:
+                self._left[site] = reason
+                self._live.discard(site)
+                self.participants.discard(site)  # its end is not awaited
+            self._cond.notify_all()
+        if newly_left:
+            log.warning("job=%s site=%s left the job", self.job_id, site)
+        self._write_progress()
 
     def get_task(self, site: str, wait: float) -> Task:
         deadline = time.monotonic() + max(0.0, min(wait, 30.0))
@@ -120,6 +227,7 @@ class FedAvg:
                     return Task(fedsec_pb2.TASK_STATUS_DONE)
                 rnd = self._round
                 if rnd is not None and site in rnd.pending:
+                    rnd.received.setdefault(site, self._clock())  # its deadline counts from its first receipt
                     return Task(fedsec_pb2.TASK_STATUS_TASK, rnd.kind, rnd.number, rnd.model)
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -168,6 +276,10 @@ class FedAvg:
                 rnd.contributors.append(site)
                 self.participants.add(site)
                 self._cond.notify_all()
+        except TransferInterruptedError as exc:
+            # nothing was checked, so nothing is held against the site: it stays pending and may send again
+            log.info("job=%s interrupted %s: %s", self.job_id, where, exc)
+            return False, f"{exc}; the upload was interrupted: send it again"
         except (WireError, HEError) as exc:
             log.warning("job=%s rejected %s: %s", self.job_id, where, exc)
             with self._cond:  # a bad result uses up the site's turn: the round goes on without it
@@ -189,6 +301,8 @@ class FedAvg:
             return f"stale result: round {rnd.number} ({rnd.kind}) is open"
         if site not in rnd.sampled:
             return f"{site} is not sampled in round {rnd.number}"
+        if site in rnd.failed:
+            return f"{site} left round {rnd.number}: its script failed"
         if site not in rnd.pending:
             return f"{site} already answered round {rnd.number}"
         return ""
@@ -209,6 +323,7 @@ class FedAvg:
             if rnd.acc.count < self.meta.min_clients:
                 raise JobError(
                     f"round {number}: only {rnd.acc.count} of min_clients={self.meta.min_clients} results arrived"
+                    + self._left_text("; ")
                 )
             new_model = self._checkpoint(number)
             rnd.acc.write_average(new_model, model if rnd.params_type == "diff" else None)
@@ -216,8 +331,9 @@ class FedAvg:
             self._record(number, rnd)
         if self.cfg.evaluate_final:
             rnd = self._run_round(self.cfg.num_rounds, EVALUATE, model, specs)
-            self._progress["final"] = {"metrics": rnd.metrics(), "sites": sorted(rnd.contributors)}
-            _fs.write_atomic(self._ws / "progress.json", json.dumps(self._progress).encode())
+            with self._progress_lock:
+                self._progress["final"] = {"metrics": rnd.metrics(), "sites": sorted(rnd.contributors)}
+            self._write_progress()
         shutil.copyfile(model, self._ws / "result" / f"global_model{model.suffix}")
         if self.tracker is not None:
             self.tracker.final_model(self._ws / "result" / f"global_model{model.suffix}")
@@ -232,16 +348,39 @@ class FedAvg:
 
     def _wait_for_sites(self, timeout: float, what: str) -> set[str]:
         need = self.meta.min_clients
-        deadline = time.monotonic() + timeout
+        deadline = self._clock() + timeout
         with self._cond:
             while len(self._live) < need:
-                left = deadline - time.monotonic()
+                self._check_remaining()
+                left = deadline - self._clock()
                 if left <= 0:
                     raise JobError(
                         f"{what}: only {len(self._live)} of min_clients={need} sites connected within {timeout:g} s"
+                        + self._left_text("; ")
                     )
-                self._cond.wait(left)
+                self._cond.wait(min(left, _POLL_SECONDS))
             return set(self._live)
+
+    def _check_remaining(self) -> None:
+        """Raise JobError when the sites that left leave fewer than min_clients (call with the lock held)."""
+        if not self._left:
+            return
+        if self.meta.sites:
+            pool = set(self.meta.sites)
+        else:  # a job open to every site: judged once it had min_clients sites (before, the waits for sites decide)
+            pool = self._known | self._live
+            if len(pool) < self.meta.min_clients:
+                return
+        remaining = pool - set(self._left)
+        if len(remaining) < self.meta.min_clients:
+            raise JobError(
+                f"only {len(remaining)} of min_clients={self.meta.min_clients} sites remain" + self._left_text(": ")
+            )
+
+    def _left_text(self, lead: str) -> str:
+        if not self._left:
+            return ""
+        return lead + "; ".join(f"{site} left: {_one_line(reason)}" for site, reason in self._left.items())
 
     def _run_round(self, number: int, kind: str, model: Path, specs: tuple[arrays.TensorSpec, ...]) -> _Round:
         live = sorted(self._wait_for_sites(self.cfg.round_timeout, f"round {number}"))
@@ -260,13 +399,22 @@ class FedAvg:
             acc = Accumulator(specs)
         rnd = _Round(number, kind, model, specs, model.stat().st_size, sampled, set(sampled), acc)
         log.info("job=%s round=%d %s sampled=%s", self.job_id, number, kind, ",".join(sorted(sampled)))
-        deadline = time.monotonic() + self.cfg.round_timeout
+        timeout = self.cfg.round_timeout
         with self._cond:
+            rnd.opened = self._clock()
             self._round = rnd
             self._cond.notify_all()
-            while rnd.pending & self._live and time.monotonic() < deadline:
-                self._cond.wait(min(1.0, max(0.0, deadline - time.monotonic())))
-            self._round = None
+            try:
+                while True:
+                    self._check_remaining()
+                    now = self._clock()
+                    ends = [rnd.deadline(s, timeout) for s in rnd.pending & self._live]
+                    waiting = [end for end in ends if end > now]
+                    if not waiting:
+                        break
+                    self._cond.wait(min(_POLL_SECONDS, min(waiting) - now))
+            finally:
+                self._round = None
         missing = sorted(rnd.pending)
         if missing:
             log.warning("job=%s round=%d closed without %s", self.job_id, number, ",".join(missing))
@@ -279,14 +427,31 @@ class FedAvg:
             "sites": sorted(rnd.contributors),
             "rejected": sorted(rnd.rejected),
         }
-        self._progress["rounds"] = [r for r in self._progress["rounds"] if r["round"] != number] + [entry]
-        _fs.write_atomic(self._ws / "progress.json", json.dumps(self._progress).encode())
+        if rnd.failed:
+            entry["failed"] = sorted(rnd.failed)
+        with self._progress_lock:
+            self._progress["rounds"] = [r for r in self._progress["rounds"] if r["round"] != number] + [entry]
+        self._write_progress()
         _fs.write_atomic(self._ws / "state.json", json.dumps({"completed_rounds": number + 1}).encode())
         previous = self._checkpoint(number - 2)
         previous.unlink(missing_ok=True)  # keep the last two checkpoints
         log.info("job=%s round=%d done metrics=%s", self.job_id, number, entry["metrics"])
         if self.tracker is not None:
             self.tracker.global_metrics(number, rnd.metrics())
+
+    def _write_progress(self) -> None:
+        """progress.json: the rounds, the final evaluation, and the sites that left or restarted."""
+        with self._cond:
+            left = [{"site": s, "reason": r} for s, r in self._left.items()]
+            restarts = {s: n - (s in self._left) for s, n in sorted(self._failures.items()) if n - (s in self._left)}
+        with self._progress_lock:
+            self._progress.pop("sites_left", None)
+            self._progress.pop("site_restarts", None)
+            if left:
+                self._progress["sites_left"] = left
+            if restarts:
+                self._progress["site_restarts"] = restarts
+            _fs.write_atomic(self._ws / "progress.json", json.dumps(self._progress).encode())
 
     def _checkpoint(self, number: int) -> Path:
         suffix = ENCRYPTED_SUFFIX if self.he.enabled else ".fsa"
@@ -300,6 +465,24 @@ class FedAvg:
         if not isinstance(value, dict):
             raise JobError(f"{path}: not a JSON object")
         return value
+
+
+def _remove_leftovers(workspace: Path) -> None:
+    """Remove what a killed process left: temporary checkpoint files and half-received uploads."""
+    leftovers = [*(workspace / "checkpoints").glob(".round_*.tmp"), *(workspace / "incoming").iterdir()]
+    for path in leftovers:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    if leftovers:
+        log.info("removed %d leftover temporary files from an earlier run", len(leftovers))
+
+
+def _one_line(text: str, limit: int = 1000) -> str:
+    """A site's error text for a job's reason: stripped, its last limit characters."""
+    text = text.strip() or "it reported a failure with no error text"
+    return text if len(text) <= limit else "..." + text[-limit:]
 
 
 def _parse_meta(text: str, where: str) -> tuple[float, str]:

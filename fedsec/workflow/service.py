@@ -1,25 +1,32 @@
-"""The Workflow gRPC service of a server job process, on a Unix socket the server parent relays to."""
+"""The Workflow gRPC service of a server job process, on a Unix socket the server parent relays to.
+
+UpdateSites is also how the server parent says its participation file changed
+(a site's script failed, a site left the job): the service reads it then.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 
-from fedsec.errors import WireError
+from fedsec.errors import TransferInterruptedError, WireError
 from fedsec.tracking.events import check_batch
 from fedsec.transport.tls import rpc_boundary
 from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc, streams
-from fedsec.workflow.fedavg import FedAvg
+from fedsec.workflow.fedavg import FedAvg, load_participation
 
 log = logging.getLogger(__name__)
 
 
 class WorkflowService(fedsec_pb2_grpc.WorkflowServicer):
-    def __init__(self, fedavg: FedAvg, num_rounds: int) -> None:
+    def __init__(self, fedavg: FedAvg, num_rounds: int, participation: Path | None = None) -> None:
+        """participation: the server parent's participation file of this job (read at each UpdateSites)."""
         self._fedavg = fedavg
+        self._participation = participation
         self._num_rounds = num_rounds
         he = fedavg.he
         self._he = (
@@ -65,12 +72,21 @@ class WorkflowService(fedsec_pb2_grpc.WorkflowServicer):
 
     @rpc_boundary
     def UpdateSites(self, request: fedsec_pb2.SiteList, context: grpc.ServicerContext) -> fedsec_pb2.Empty:
+        if self._participation is not None:
+            self._fedavg.apply_participation(load_participation(self._participation))
         self._fedavg.update_sites(request.sites)
         return fedsec_pb2.Empty()
 
 
 def _data(parts: Iterator[fedsec_pb2.ResultPart]) -> Iterator[bytes]:
-    for part in parts:
+    """The data chunks of a result stream; TransferInterruptedError when the stream is cancelled or reset."""
+    while True:
+        try:
+            part = next(parts, None)
+        except grpc.RpcError as exc:  # the sender (or the relay before it) went away mid-stream
+            raise TransferInterruptedError("result stream: cancelled before its end") from exc
+        if part is None:
+            return
         if part.WhichOneof("part") != "data":
             raise WireError("result stream: a second header")
         yield part.data

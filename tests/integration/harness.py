@@ -31,6 +31,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def set_workflow(job_folder: Path, **settings: Any) -> Path:
+    """Change workflow settings in an exported job's app/config.yml (those a recipe does not take)."""
+    config = job_folder / "app" / "config.yml"
+    doc = yaml.safe_load(config.read_text())
+    doc["workflow"].update(settings)
+    config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return job_folder
+
+
 def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
     deadline = time.monotonic() + timeout
     while True:

@@ -11,7 +11,7 @@ import pytest
 from fedsec.api import JobInfo, Session
 from fedsec.jobs import FedAvgRecipe
 from fedsec.wire import arrays
-from tests.integration.harness import Federation, wait_until
+from tests.integration.harness import Federation, set_workflow, wait_until
 
 SCRIPT = Path(__file__).parent / "scripts" / "linear_client.py"
 INITIAL = {"w": np.zeros((8, 1), np.float32), "b": np.zeros(1, np.float32)}
@@ -104,13 +104,17 @@ def test_abort_mid_round_leaves_no_process(federation: Federation, tmp_path: Pat
         assert s.get_job_meta(job_id).status == "finished:aborted"
 
 
-def test_failing_script_fails_the_job_with_its_error(federation: Federation, tmp_path: Path) -> None:
+def test_a_failing_script_fails_the_job_only_below_min_clients(federation: Federation, tmp_path: Path) -> None:
     federation.start_all()
+    job = linear_job(tmp_path, "--fail-site", "site-2", "--fail-round", "1", min_clients=3)
     with Session(federation.admin_kit) as s:
-        job_id = s.submit_job(linear_job(tmp_path, "--fail-site", "site-2", "--fail-round", "1"))
+        job_id = s.submit_job(set_workflow(job, max_site_restarts=0))
         info = s.wait_for_job(job_id, timeout=60)
     assert info.status == "finished:failed"
-    assert "site-2" in info.reason and "deliberate failure on site-2 in round 1" in info.reason
+    # the site's text is attributed to it, never presented as the job's own error
+    assert info.reason.startswith("only 2 of min_clients=3 sites remain: site-2 left: "), info.reason
+    assert "deliberate failure on site-2 in round 1" in info.reason
+    assert [e["site"] for e in info.progress["sites_left"]] == ["site-2"]
 
 
 @pytest.mark.parametrize("bad", ["nan", "shape", "extra", "oversize", "meta"])

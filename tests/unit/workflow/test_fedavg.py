@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,10 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from fedsec.errors import JobError
+from fedsec.errors import JobError, TransferInterruptedError
 from fedsec.jobs import FedAvgRecipe, load_job_folder
 from fedsec.wire import arrays, fedsec_pb2, streams
-from fedsec.workflow.fedavg import FedAvg
+from fedsec.workflow.fedavg import FedAvg, Participation
 
 JOB_ID = "0123456789abcdef"
 INITIAL: dict[str, NDArray[Any]] = {"w": np.zeros((2, 3), np.float32), "n": np.zeros(2, np.int64)}
@@ -44,9 +45,9 @@ class Job:
         self.fedavgs: list[FedAvg] = []
         self.runs: list[Running] = []
 
-    def fedavg(self) -> FedAvg:
+    def fedavg(self, clock: Callable[[], float] = time.monotonic) -> FedAvg:
         meta, app = load_job_folder(self.folder)
-        fedavg = FedAvg(JOB_ID, self.folder, self.workspace, meta, app)
+        fedavg = FedAvg(JOB_ID, self.folder, self.workspace, meta, app, clock=clock)
         self.fedavgs.append(fedavg)
         return fedavg
 
@@ -126,8 +127,12 @@ def submit(
     metrics: dict[str, float] | None = None,
     meta_json: str | None = None,
     corrupt: Callable[[bytes], bytes] | None = None,
+    cut_after: int | None = None,
 ) -> tuple[bool, str]:
-    """Send site's result as the service does: a ResultHeader, then the encoded update in chunks."""
+    """Send site's result as the service does: a ResultHeader, then the encoded update in chunks.
+
+    cut_after: the stream breaks (as the service reports a cancelled stream) after that many chunks.
+    """
     payload = arrays.encode(params) if params is not None else b""
     if meta_json is None:
         meta_json = json.dumps({"num_examples": num_examples, "params_type": params_type})
@@ -141,7 +146,17 @@ def submit(
         payload=streams.describe_bytes(payload),
     )
     sent = corrupt(payload) if corrupt else payload
-    return fedavg.submit(site, header, streams.bytes_chunks(sent, 4096))
+    chunks = streams.bytes_chunks(sent, 64)
+    if cut_after is not None:
+        chunks = _cut(chunks, cut_after)
+    return fedavg.submit(site, header, chunks)
+
+
+def _cut(chunks: Iterator[bytes], after: int) -> Iterator[bytes]:
+    for i, chunk in enumerate(chunks):
+        if i == after:
+            raise TransferInterruptedError("result stream: cancelled before its end")
+        yield chunk
 
 
 def assert_model(got: dict[str, NDArray[Any]], w: float, n: int) -> None:
@@ -291,7 +306,6 @@ BAD_RESULTS: list[tuple[str, dict[str, Any], str]] = [
     ("meta a list", {"meta_json": "[1]"}, "meta is not a JSON object"),
     ("metric NaN", {"metrics": {"loss": float("nan")}}, "metric 'loss' is not a finite number"),
     ("digest", {"corrupt": _flip_last_byte}, "does not match its SHA-256 digest"),
-    ("truncated", {"corrupt": lambda data: data[:-8]}, r"payload ended after \d+ of \d+ bytes"),
 ]
 
 
@@ -419,3 +433,191 @@ def test_a_new_fedavg_resumes_after_the_last_completed_round(
     checkpoints = sorted(p.name for p in (job.workspace / "checkpoints").iterdir())
     assert checkpoints == ["round_00001.fsa", "round_00002.fsa"]  # the last two are kept
     assert f"job={JOB_ID} resuming after round 1" in caplog.text
+
+
+# ---------------------------------------------------------------- interrupted uploads
+
+
+@pytest.mark.parametrize("how", ["ended early", "cancelled"])
+def test_an_interrupted_upload_leaves_the_site_pending_and_its_retry_is_accepted(
+    make_job: Callable[..., Job], how: str
+) -> None:
+    job = make_job(num_rounds=1, min_clients=2, evaluate_final=False)
+    fedavg = job.fedavg()
+    fedavg.update_sites(SITES)
+    run = job.start(fedavg)
+    task(fedavg, "site-2", 0)
+    assert submit(fedavg, "site-1", 0, update(2, 4)) == (True, "")
+    if how == "ended early":
+        accepted, why = submit(fedavg, "site-2", 0, update(4, 4), corrupt=lambda data: data[: len(data) // 2])
+        assert re.search(r"payload ended after \d+ of \d+ bytes", why), why
+    else:
+        accepted, why = submit(fedavg, "site-2", 0, update(4, 4), cut_after=1)
+        assert "cancelled before its end" in why
+    assert not accepted
+    assert "send it again" in why
+    assert fedavg.get_task("site-2", 0).status == TASK  # still pending in round 0
+    assert submit(fedavg, "site-2", 0, update(4, 4)) == (True, "")  # the retry counts
+    assert run.join() is None
+    assert_model(job.result(), 3, 4)
+    assert job.progress()["rounds"] == [{"round": 0, "metrics": {}, "sites": SITES, "rejected": []}]
+    assert not list((job.workspace / "incoming").iterdir())
+
+
+# ---------------------------------------------------------------- a site's failure is that site's
+
+THREE = ["site-1", "site-2", "site-3"]
+
+
+def test_a_site_that_left_leaves_the_round_and_is_never_sampled_again(make_job: Callable[..., Job]) -> None:
+    job = make_job(num_rounds=2, min_clients=2, evaluate_final=False, round_timeout=600.0)
+    fedavg = job.fedavg()
+    fedavg.update_sites(THREE)
+    run = job.start(fedavg)
+    for site in THREE:
+        task(fedavg, site, 0)
+    assert submit(fedavg, "site-1", 0, update(2)) == (True, "")
+    assert submit(fedavg, "site-2", 0, update(4)) == (True, "")
+    # site-3's script died: the round closes at once with the two others, not at the round timeout
+    fedavg.apply_participation(Participation({"site-3": 1}, {"site-3": "Traceback: RuntimeError: out of memory"}))
+    for site in ("site-1", "site-2"):
+        task(fedavg, site, 1)
+    fedavg.update_sites(THREE)  # its parent is still connected: it stays out all the same
+    assert fedavg.get_task("site-3", 0.2).status == WAIT
+    assert submit(fedavg, "site-3", 1, update(50)) == (False, "site-3 is not sampled in round 1")
+    for site in ("site-1", "site-2"):
+        assert submit(fedavg, site, 1, update(1)) == (True, "")
+    assert run.join() is None
+    progress = job.progress()
+    assert [r["sites"] for r in progress["rounds"]] == [["site-1", "site-2"]] * 2
+    assert progress["rounds"][0]["failed"] == ["site-3"]
+    assert progress["sites_left"] == [{"site": "site-3", "reason": "Traceback: RuntimeError: out of memory"}]
+    assert_model(job.result(), 4, 0)
+
+
+def test_a_restarted_site_skips_the_round_it_failed_in_and_rejoins_the_next(make_job: Callable[..., Job]) -> None:
+    job = make_job(num_rounds=2, min_clients=2, evaluate_final=False, round_timeout=600.0)
+    fedavg = job.fedavg()
+    fedavg.update_sites(THREE)
+    run = job.start(fedavg)
+    for site in THREE:
+        task(fedavg, site, 0)
+    fedavg.apply_participation(Participation({"site-3": 1}))  # failed once, restarts
+    assert fedavg.get_task("site-3", 0.1).status == WAIT
+    assert submit(fedavg, "site-3", 0, update(9)) == (False, "site-3 left round 0: its script failed")
+    fedavg.apply_participation(Participation({"site-3": 1}))  # the same failure read again changes nothing
+    for site in ("site-1", "site-2"):
+        assert submit(fedavg, site, 0, update(3)) == (True, "")
+    for site in THREE:
+        task(fedavg, site, 1)
+        assert submit(fedavg, site, 1, update(3)) == (True, "")
+    assert run.join() is None
+    progress = job.progress()
+    assert [r["sites"] for r in progress["rounds"]] == [["site-1", "site-2"], THREE]
+    assert progress["site_restarts"] == {"site-3": 1}
+    assert "sites_left" not in progress
+
+
+def test_the_job_fails_only_when_fewer_than_min_clients_sites_remain(make_job: Callable[..., Job]) -> None:
+    job = make_job(num_rounds=3, min_clients=2, sites=THREE, round_timeout=600.0, start_timeout=600.0)
+    fedavg = job.fedavg()
+    fedavg.update_sites(THREE)
+    run = job.start(fedavg)
+    for site in THREE:
+        task(fedavg, site, 0)
+    fedavg.apply_participation(Participation({"site-3": 1}, {"site-3": "site-3 refused the job: policy"}))
+    for site in ("site-1", "site-2"):
+        assert submit(fedavg, site, 0, update(1)) == (True, "")
+    task(fedavg, "site-1", 1)  # two sites remain: min_clients=2 still holds
+    assert run.thread.is_alive()
+    fedavg.apply_participation(
+        Participation({"site-3": 1, "site-2": 2}, {"site-3": "site-3 refused the job: policy", "site-2": "MemoryError"})
+    )
+    error = run.join()
+    assert isinstance(error, JobError)
+    assert str(error) == (
+        "only 1 of min_clients=2 sites remain: site-3 left: site-3 refused the job: policy; site-2 left: MemoryError"
+    )
+    assert [e["site"] for e in job.progress()["sites_left"]] == ["site-3", "site-2"]
+    assert json.loads((job.workspace / "state.json").read_text()) == {"completed_rounds": 1}
+
+
+def test_sites_that_left_stay_out_after_a_resume(make_job: Callable[..., Job]) -> None:
+    job = make_job(num_rounds=1, min_clients=1, evaluate_final=False, round_timeout=600.0)
+    fedavg = job.fedavg()
+    fedavg.apply_participation(Participation({"site-2": 2}, {"site-2": "gone"}))  # read at the process start
+    fedavg.update_sites(SITES)
+    run = job.start(fedavg)
+    task(fedavg, "site-1", 0)
+    assert fedavg.get_task("site-2", 0.1).status == WAIT
+    assert submit(fedavg, "site-1", 0, update(1)) == (True, "")
+    assert run.join() is None
+    assert job.progress()["rounds"][0]["sites"] == ["site-1"]
+
+
+# ---------------------------------------------------------------- deadlines per site, from receipt
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_each_site_has_the_round_timeout_from_when_it_received_its_task(make_job: Callable[..., Job]) -> None:
+    clock = FakeClock()
+    job = make_job(num_rounds=1, min_clients=2, evaluate_final=False, round_timeout=10.0, start_timeout=600.0)
+    fedavg = job.fedavg(clock)
+    fedavg.update_sites(THREE)
+    run = job.start(fedavg)
+    task(fedavg, "site-1", 0)  # the round opened at 1000
+    assert submit(fedavg, "site-1", 0, update(2)) == (True, "")
+    clock.now = 1008.0
+    task(fedavg, "site-2", 0)  # a slow link: site-2 has its task only now, so it has until 1018
+    clock.now = 1012.0  # past the opening's deadline: site-3, which never asked, is out of time, site-2 is not
+    fedavg.update_sites(THREE)  # wakes the driver, which must keep the round open for site-2
+    assert fedavg.get_task("site-2", 0).status == TASK
+    assert submit(fedavg, "site-2", 0, update(4)) == (True, "")
+    assert run.join() is None  # closed with two answers, site-3 past its deadline
+    assert job.progress()["rounds"][0]["sites"] == ["site-1", "site-2"]
+    assert_model(job.result(), 3, 0)
+
+
+def test_a_round_closes_once_the_pending_sites_are_past_their_deadlines(make_job: Callable[..., Job]) -> None:
+    clock = FakeClock()
+    job = make_job(num_rounds=1, min_clients=1, evaluate_final=False, round_timeout=10.0, start_timeout=600.0)
+    fedavg = job.fedavg(clock)
+    fedavg.update_sites(SITES)
+    run = job.start(fedavg)
+    task(fedavg, "site-1", 0)
+    assert submit(fedavg, "site-1", 0, update(2)) == (True, "")
+    clock.now = 1005.0
+    task(fedavg, "site-2", 0)  # until 1015
+    clock.now = 1014.0
+    fedavg.update_sites(SITES)
+    assert run.thread.is_alive() and fedavg.get_task("site-2", 0).status == TASK
+    clock.now = 1015.5
+    fedavg.update_sites(SITES)
+    assert run.join() is None
+    assert job.progress()["rounds"][0]["sites"] == ["site-1"]
+
+
+# ---------------------------------------------------------------- resume hygiene
+
+
+def test_a_new_process_removes_leftover_temporary_files(make_job: Callable[..., Job]) -> None:
+    job = make_job()
+    job.fedavg()
+    leftovers = [
+        job.workspace / "checkpoints" / ".round_00003.fsa.k2j4h1.tmp",
+        job.workspace / "incoming" / "site-1-x8f2.fsa",
+        job.workspace / "incoming" / ".site-1-x8f2.fsa.abc.part",
+    ]
+    kept = job.workspace / "checkpoints" / "round_00002.fsa"
+    for path in [*leftovers, kept]:
+        path.write_bytes(b"half")
+    job.fedavg()
+    assert [p for p in leftovers if p.exists()] == []
+    assert kept.read_bytes() == b"half"

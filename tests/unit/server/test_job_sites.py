@@ -1,0 +1,45 @@
+"""A site's failure is that site's: who may report, restarts, leaving; and the workflow's reasons without paths."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from fedsec.server.job_sites import JobSites
+from fedsec.server.jobs import exit_text, last_lines, public_text
+from fedsec.workflow.fedavg import load_participation
+
+
+def test_a_site_restarts_up_to_max_restarts_then_leaves(tmp_path: Path) -> None:
+    sites = JobSites.load(tmp_path)
+    sites.fetched |= {"site-1", "site-2"}
+    assert not sites.fail("site-1", "boom 1\n", was_running=True, max_restarts=1)
+    assert sites.fail("site-1", "boom 2\n", was_running=True, max_restarts=1)
+    # a site that never had the script running (it refused or could not start it) does not retry: it leaves
+    assert sites.fail("site-2", "site-2 refused the job: policy", was_running=False, max_restarts=5)
+    sites.save()
+    again = JobSites.load(tmp_path)
+    assert again.fetched == {"site-1", "site-2"}
+    assert again.failures == {"site-1": 2, "site-2": 1}
+    assert again.left == {"site-1": "boom 2", "site-2": "site-2 refused the job: policy"}
+    # the workflow process reads the same record
+    read = load_participation(tmp_path / "participation.json")
+    assert dict(read.failures) == again.failures and dict(read.left) == again.left
+
+
+def test_reasons_for_an_admin_carry_no_server_path() -> None:
+    text = (
+        'File "/srv/fedsec/ws/server1/store/jobs/abc/job/app/x.py", line 3\n'
+        "MLflow: mlflow ui --backend-store-uri sqlite:////srv/fedsec/ws/server1/tracking/mlflow.db\n"
+        "cannot start the workflow: job folder /srv/fedsec/store/jobs/abc/job: meta.yml: min_clients: bad"
+    )
+    public = public_text(text)
+    assert "/srv" not in public and "server1" not in public
+    assert '".../x.py", line 3' in public and ".../mlflow.db" in public
+    assert "job folder .../job: meta.yml: min_clients: bad" in public
+
+
+def test_a_dead_workflow_is_described_by_its_exit() -> None:
+    assert exit_text(-signal.SIGKILL) == "the workflow process was killed by SIGKILL before it wrote its result"
+    assert exit_text(3) == "the workflow process exited with status 3 before it wrote its result"
+    assert last_lines("cut line\n\nsecond\nthird\n", 2) == "second\nthird"
