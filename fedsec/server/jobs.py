@@ -160,6 +160,11 @@ class JobManager:
             except JobError as exc:
                 raise JobError(self._public(str(exc).replace(f"job folder {staging / 'job'}", "the job"))) from exc
             self._tracking.get(app.tracking.backend)  # before any record, file or request
+            if app.he.enabled and self._he_context is None:
+                raise JobError(
+                    "the job uses homomorphic encryption, but the server kit has no HE context"
+                    " (provision the project with features.he.enabled)"
+                )
             record = self._store.add(
                 job_id=signature.job_id,
                 name=meta.name,
