@@ -1,13 +1,14 @@
 """A training script for the tracking tests: logs --events probe scalars, then answers like linear_client.
 
-The probe tag carries the process id, so the events of one writer can be told
-from those of a restarted script on the same site.
+The probe tag carries a random token (not the pid: in a site's sandbox every
+script may be pid 2), so the events of one writer can be told from those of a
+restarted script on the same site.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import secrets
 import time
 from pathlib import Path
 
@@ -27,7 +28,7 @@ for _ in range(2400):  # the test says when: it first freezes the server's job p
         break
     time.sleep(0.05)
 writer = SummaryWriter()
-tag = f"probe_{os.getpid()}"
+tag = f"probe_{secrets.token_hex(4)}"
 for step in range(args.events):
     writer.add_scalar(tag, float(step) / 10, step)
 writer.flush()  # the site has them (spooled) from here on
