@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 
@@ -78,6 +79,32 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
 def write_secret(path: Path, data: bytes) -> None:
     """Write a private key or other secret: mode 0600 from the first byte on."""
     write_atomic(path, data, mode=0o600)
+
+
+def check_operator_file(path: Path, where: str, *, others_may_read: bool) -> bool:
+    """Whether an operator-owned settings file exists; ConfigError("{where}: ...") unless it is safe to trust.
+
+    Such a file (a site's local/site_settings.yml, a server's local/tracking.yml) is not covered by the
+    kit's signature, so it is trusted only as far as its permissions go: a regular file (not a link),
+    owned by this process's user, writable by nobody else, and readable by nobody else unless
+    others_may_read (0644 then passes; 0600 always does).
+    """
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"{where}: not a regular file (a link or a folder is refused)")
+    if info.st_uid != os.geteuid():
+        raise ConfigError(f"{where}: owned by uid {info.st_uid}, not by the user that runs fedsec (uid {os.geteuid()})")
+    mode = stat.S_IMODE(info.st_mode)
+    allowed = (0o600, 0o400, 0o644, 0o444) if others_may_read else (0o600, 0o400)
+    if mode not in allowed:
+        fix = "chmod 600" if not others_may_read else "chmod 600 (or 644)"
+        raise ConfigError(f"{where}: mode {mode:04o} lets others read or change it: {fix} {path.name}")
+    return True
 
 
 def read_bounded(path: Path, limit: int, where: str, error: type[FedsecError] = ConfigError) -> bytes:

@@ -18,8 +18,6 @@ This module reads YAML with the safe loader and never runs anything.
 from __future__ import annotations
 
 import enum
-import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +25,6 @@ from fedsec import _fs, _schema, limits
 from fedsec.errors import ConfigError
 
 SETTINGS_FILE = "local/site_settings.yml"
-_MODES = (0o600, 0o644)
 
 
 class Isolation(enum.Enum):
@@ -54,18 +51,8 @@ def load_site_settings(kit_root: Path) -> SiteSettings:
     """
     path = kit_root / SETTINGS_FILE
     where = f"site settings {path}"
-    try:
-        info = path.lstat()
-    except FileNotFoundError:
+    if not _fs.check_operator_file(path, where, others_may_read=True):
         return SiteSettings()
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from exc
-    if not stat.S_ISREG(info.st_mode):
-        raise ConfigError(f"{where}: not a regular file")
-    if info.st_uid != os.getuid():
-        raise ConfigError(f"{where}: owned by uid {info.st_uid}, not by the site's user (uid {os.getuid()})")
-    if stat.S_IMODE(info.st_mode) not in _MODES:
-        raise ConfigError(f"{where}: mode {stat.S_IMODE(info.st_mode):04o}; it must be 0600 or 0644")
     raw = _schema.load_yaml(path, "site settings")
     try:
         settings = _schema.build(SiteSettings, {} if raw is None else raw, "")

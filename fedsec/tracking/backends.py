@@ -22,8 +22,6 @@ opens a backend.
 
 from __future__ import annotations
 
-import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,20 +161,7 @@ def load_backends(kit_root: Path) -> Backends:
     open to the group or others, is too large, or is not a valid tracking.yml.
     """
     path = kit_root / BACKENDS_FILE
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
+    if not _fs.check_operator_file(path, f"{BACKENDS_FILE} (it may hold credentials)", others_may_read=False):
         return ONLY_LOCAL
-    except OSError as exc:
-        raise ConfigError(f"{BACKENDS_FILE}: cannot read: {exc.strerror or exc}") from exc
-    if not stat.S_ISREG(st.st_mode):
-        raise ConfigError(f"{BACKENDS_FILE}: must be a regular file (not a link or a folder)")
-    if st.st_uid != os.geteuid():
-        raise ConfigError(f"{BACKENDS_FILE}: must be owned by the user that runs the server (uid {os.geteuid()})")
-    if st.st_mode & 0o077:
-        raise ConfigError(
-            f"{BACKENDS_FILE}: mode {stat.S_IMODE(st.st_mode):04o} lets others read or change it; "
-            f"it may hold credentials: chmod 600 {BACKENDS_FILE}"
-        )
     data = _fs.read_bounded(path, limits.MAX_CONFIG_FILE_BYTES, BACKENDS_FILE)
     return parse_backends(_schema.parse_yaml(data, BACKENDS_FILE), BACKENDS_FILE)

@@ -44,13 +44,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from fedsec.errors import JobError
+from fedsec.tracking.backends import public_uri
 from fedsec.tracking.events import Event, EventKind
 from fedsec.tracking.receivers.base import RunEnd
 from fedsec.tracking.receivers.store import SHOWN
@@ -90,16 +90,6 @@ def mlflow_key(name: str) -> str:
     return key or "_"
 
 
-def display_uri(uri: str) -> str:
-    """uri without the user name and password it may carry: what logs and errors show."""
-    parts = urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port is not None else host
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 class MlflowReceiver:
     """Writes a job's tracking data to MLflow through an MlflowClient of its own (see the module docstring)."""
 
@@ -123,7 +113,7 @@ class MlflowReceiver:
             raise JobError(f"mlflow: job id {job_id[:40]!r} is not letters, digits, '.', '_' or '-'")
         self.tracking_uri = tracking_uri
         self._label = label
-        self._shown = label or f"mlflow at {display_uri(tracking_uri)}"
+        self._shown = label or f"mlflow at {public_uri(tracking_uri)}"
         self._private = str(Path(tracking_uri.removeprefix("sqlite:///")).parent) if label else ""
         self._job_id = job_id
         self._job_name = job_name
@@ -151,11 +141,11 @@ class MlflowReceiver:
         if self._label is not None:
             return f"MLflow: {self._label}: mlflow ui --backend-store-uri sqlite:///<server kit>/{SHOWN}  # {where}"
         if self.tracking_uri.startswith("sqlite:"):
-            return f"MLflow: mlflow ui --backend-store-uri {display_uri(self.tracking_uri)}  # {where}"
+            return f"MLflow: mlflow ui --backend-store-uri {public_uri(self.tracking_uri)}  # {where}"
         if self.tracking_uri.startswith(("http:", "https:")):
-            base = display_uri(self.tracking_uri).rstrip("/")
+            base = public_uri(self.tracking_uri).rstrip("/")
             return f"MLflow: {base}/#/experiments/{self.experiment_id}/runs/{self.run_id}  # {where}"
-        return f"MLflow: tracking URI {display_uri(self.tracking_uri)}  # {where}"
+        return f"MLflow: tracking URI {public_uri(self.tracking_uri)}  # {where}"
 
     def site_events(self, site: str, events: Sequence[Event]) -> None:
         """Write a site's events into its child run (created on its first event). Raises JobError."""

@@ -72,5 +72,5 @@ def test_owned_by_another_user_is_refused(tmp_path: Path) -> None:
     if os.getuid() != 0:
         pytest.skip("changing a file's owner needs root")
     os.chown(path, 1000, 1000)
-    with pytest.raises(ConfigError, match="not by the site's user"):
+    with pytest.raises(ConfigError, match="not by the user that runs fedsec"):
         load_site_settings(tmp_path)

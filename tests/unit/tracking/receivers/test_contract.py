@@ -27,9 +27,10 @@ from tensorboardX.record_writer import masked_crc32c  # type: ignore[import-unty
 
 from fedsec.errors import JobError
 from fedsec.tracking.backends import Backend as TrackingBackend
+from fedsec.tracking.backends import public_uri
 from fedsec.tracking.events import Event, EventKind, check_event
 from fedsec.tracking.receivers import Receiver, RunEnd, embedded_mlflow_uri, open_receivers
-from fedsec.tracking.receivers.mlflow_receiver import MlflowReceiver, display_uri, mlflow_key
+from fedsec.tracking.receivers.mlflow_receiver import MlflowReceiver, mlflow_key
 from fedsec.tracking.receivers.tensorboard import TensorBoardReceiver
 
 JOB_ID = "5f3c2a1b9d8e4f70a1b2c3d4e5f60718"
@@ -483,7 +484,7 @@ def test_mlflow_refuses_unsafe_job_id(tmp_path: Path) -> None:
     ],
 )
 def test_display_uri_hides_credentials(uri: str, shown: str) -> None:
-    assert display_uri(uri) == shown
+    assert public_uri(uri) == shown
 
 
 # -- TensorBoard in particular --
