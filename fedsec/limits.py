@@ -85,6 +85,8 @@ MAX_EVENT_TAG = 256
 MAX_EVENT_TEXT = 64 << 10
 MAX_EVENT_QUEUE = 100_000  # events a SummaryWriter holds before it drops (and says so)
 MAX_SPOOL_BYTES = 256 << 20  # a site's unsent events of one job
+TRACKING_QUOTA_SITE_BYTES = 64 << 20  # tracking events one site may write for one job; later ones are dropped
+TRACKING_QUOTA_JOB_BYTES = 512 << 20  # the same for all the sites of one job together
 
 # A site's own settings (fedsec.site.settings) and its job processes.
 MAX_SITE_DATASETS = 64

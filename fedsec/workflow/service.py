@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 
+from fedsec import limits
 from fedsec.errors import TransferInterruptedError, WireError
 from fedsec.tracking.events import check_batch
 from fedsec.transport.tls import rpc_boundary
@@ -22,12 +24,45 @@ from fedsec.workflow.fedavg import FedAvg, load_participation
 log = logging.getLogger(__name__)
 
 
+class TrackingQuota:
+    """How many bytes of tracking events each site, and the job as a whole, may write; says so once when reached.
+
+    A site past its share, or any site once the job's total is reached, has its later events acknowledged
+    and dropped (the site's spool lets them go), with one WARNING line in the job's log per site.
+    """
+
+    def __init__(self, per_site: int, per_job: int) -> None:
+        self._per_site, self._per_job = per_site, per_job
+        self._used: dict[str, int] = {}
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+
+    def allows(self, site: str) -> bool:
+        with self._lock:
+            used, total = self._used.get(site, 0), sum(self._used.values())
+            if used < self._per_site and total < self._per_job:
+                return True
+            if site not in self._warned:
+                self._warned.add(site)
+                if used >= self._per_site:
+                    why = f"{site} wrote {used >> 20} MiB of tracking events, its quota for one job"
+                else:
+                    why = f"the sites wrote {total >> 20} MiB of tracking events, the quota of one job"
+                log.warning("tracking quota reached: %s; later events of %s are dropped", why, site)
+            return False
+
+    def add(self, site: str, size: int) -> None:
+        with self._lock:
+            self._used[site] = self._used.get(site, 0) + size
+
+
 class WorkflowService(fedsec_pb2_grpc.WorkflowServicer):
     def __init__(self, fedavg: FedAvg, num_rounds: int, participation: Path | None = None) -> None:
         """participation: the server parent's participation file of this job (read at each UpdateSites)."""
         self._fedavg = fedavg
         self._participation = participation
         self._num_rounds = num_rounds
+        self._quota = TrackingQuota(limits.TRACKING_QUOTA_SITE_BYTES, limits.TRACKING_QUOTA_JOB_BYTES)
         he = fedavg.he
         self._he = (
             {"clip": he.clip, "max_examples": he.max_examples, "max_clients": he.max_clients} if he.enabled else None
@@ -67,7 +102,10 @@ class WorkflowService(fedsec_pb2_grpc.WorkflowServicer):
         tracker = self._fedavg.tracker
         if tracker is None:
             return fedsec_pb2.EventAck(duplicates=len(events))  # tracking is off: taken and dropped
+        if not self._quota.allows(request.site):  # acknowledged, so the site lets them go, and not written
+            return fedsec_pb2.EventAck(duplicates=len(events))
         stored, duplicates = tracker.site_events(request.site, events)
+        self._quota.add(request.site, request.ByteSize() * stored // max(1, len(events)))
         return fedsec_pb2.EventAck(stored=stored, duplicates=duplicates)
 
     @rpc_boundary

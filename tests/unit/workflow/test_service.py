@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import grpc
@@ -31,3 +32,21 @@ def test_a_second_header_is_a_protocol_error() -> None:
     with pytest.raises(WireError) as err:
         list(_data(parts))
     assert not isinstance(err.value, TransferInterruptedError)
+
+
+def test_tracking_quota_per_site_and_per_job(caplog: pytest.LogCaptureFixture) -> None:
+    from fedsec.workflow.service import TrackingQuota
+
+    quota = TrackingQuota(per_site=100, per_job=250)
+    with caplog.at_level(logging.WARNING, logger="fedsec.workflow.service"):
+        assert quota.allows("site-1")
+        quota.add("site-1", 100)
+        assert not quota.allows("site-1") and not quota.allows("site-1")  # its share is used up
+        assert quota.allows("site-2")  # another site's share is its own
+        quota.add("site-2", 99)
+        quota.add("site-3", 60)
+        assert not quota.allows("site-4")  # the job's total is reached: nobody writes more
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2  # one line per site, however often it sends
+    assert "site-1 wrote 0 MiB of tracking events, its quota for one job" in warnings[0]
+    assert "the quota of one job; later events of site-4 are dropped" in warnings[1]
