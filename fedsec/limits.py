@@ -29,6 +29,8 @@ MAX_MODEL_BYTES = 2 << 30  # one model or update in the array container
 MAX_JOB_ARCHIVE_BYTES = 256 << 20  # a submitted job folder or a job result, zipped (weights stored)
 MAX_JOB_UNPACKED_BYTES = 1 << 30
 MAX_JOB_FILES = 1000
+# A zip's central directory: 46 bytes and a name (at most 1024) per entry; read from its end record first.
+MAX_ZIP_DIRECTORY_BYTES = MAX_JOB_FILES * 1536
 MAX_META_JSON_BYTES = 64 << 10  # meta_json fields, metrics maps
 MAX_METRICS = 256
 MAX_ERROR_TEXT = 4 << 10  # error text a site reports about a failed script
