@@ -43,17 +43,19 @@ class Ticket:
 class _Window:
     started: float
     ident: str
+    allowed: int = 1
     suppressed: int = 0
 
 
 class RateLimiter:
-    """At most one event per key per interval seconds; keys bounded in number (least recently used forgotten).
+    """At most burst events per key per interval seconds; keys bounded in number (least recently used forgotten).
 
     Thread-safe.
     """
 
-    def __init__(self, interval: float = 60.0, max_keys: int = _MAX_KEYS) -> None:
+    def __init__(self, interval: float = 60.0, max_keys: int = _MAX_KEYS, burst: int = 1) -> None:
         self.interval = interval
+        self._burst = burst
         self._max_keys = max_keys
         self._windows: OrderedDict[Hashable, _Window] = OrderedDict()
         self._lock = threading.Lock()
@@ -64,8 +66,11 @@ class RateLimiter:
         with self._lock:
             window = self._windows.get(key)
             if window is not None and now - window.started < self.interval:
-                window.suppressed += 1
                 self._windows.move_to_end(key)
+                if window.allowed < self._burst:
+                    window.allowed += 1
+                    return Ticket(True, 0, window.ident)
+                window.suppressed += 1
                 return Ticket(False, 0, window.ident)
             suppressed = window.suppressed if window is not None else 0
             window = _Window(now, uuid.uuid4().hex[:12])
@@ -80,15 +85,17 @@ class RateLimiter:
 
 
 class RateLimitedLog:
-    """A logger that writes at most one line per key per interval seconds.
+    """A logger that writes at most burst lines per key per interval seconds.
 
     Events under a key within the interval after a logged one are counted, not
     written; the next line written under that key says how many were left out.
     """
 
-    def __init__(self, logger: logging.Logger, interval: float = 60.0, max_keys: int = _MAX_KEYS) -> None:
+    def __init__(
+        self, logger: logging.Logger, interval: float = 60.0, max_keys: int = _MAX_KEYS, burst: int = 1
+    ) -> None:
         self._logger = logger
-        self.limiter = RateLimiter(interval, max_keys)
+        self.limiter = RateLimiter(interval, max_keys, burst)
 
     def log(
         self,

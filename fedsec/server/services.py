@@ -26,7 +26,8 @@ from fedsec.transport.tls import fingerprint, peer_cert, rpc_boundary
 from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc, streams
 
 log = logging.getLogger(__name__)
-_REGISTERED = RateLimitedLog(log, interval=60.0)  # a site that registers in a loop logs one line a minute
+# A site that registers in a loop logs a few lines a minute (a restarted site still shows at once).
+_REGISTERED = RateLimitedLog(log, interval=60.0, burst=8)
 
 _HOLD_SECONDS = 5.0
 

@@ -147,8 +147,8 @@ def rpc_boundary(method: F) -> F:
             if isinstance(result, Iterator):
                 return _guard_stream(result, context, method.__name__)
             return result
-        except Exception as exc:  # noqa: BLE001 - the RPC boundary: a public status, the detail logged by _abort
-            _abort(context, method.__name__, exc)
+        except Exception as exc:  # noqa: BLE001 - the RPC boundary: a public status, the detail logged by abort_with
+            abort_with(context, method.__name__, exc)
 
     return wrapper  # type: ignore[return-value]
 
@@ -157,11 +157,14 @@ def _guard_stream(stream: Iterator[Any], context: grpc.ServicerContext, name: st
     try:
         yield from stream
     except Exception as exc:  # noqa: BLE001 - the RPC boundary, as above
-        _abort(context, name, exc)
+        abort_with(context, name, exc)
 
 
-def _abort(context: grpc.ServicerContext, rpc: str, exc: Exception) -> None:
-    """Log exc once (rate-limited) and end the call with its public status; raises as context.abort does."""
+def abort_with(context: grpc.ServicerContext, rpc: str, exc: Exception) -> None:
+    """End the call with exc's public status; log it once (rate-limited). Raises as context.abort does.
+
+    The one place an RPC's error becomes a status: rpc_boundary and the port's gate use it.
+    """
     peer = _peer_name(context)
     if isinstance(exc, FedsecError):
         key = (rpc, peer, type(exc).__name__)

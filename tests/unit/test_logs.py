@@ -49,3 +49,11 @@ def test_ids_and_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
                 ticket = limited.log(logging.ERROR, key, "failed", with_id=True, traceback=(tracebacks, "rpc"))
             assert caplog.records[-1].getMessage() == f"failed id={ticket.ident}"
     assert [bool(r.exc_info) for r in caplog.records] == [True, False]  # one traceback per limiter window
+
+
+def test_a_burst_per_window(caplog: pytest.LogCaptureFixture) -> None:
+    limited = logs.RateLimitedLog(logging.getLogger("t"), interval=60.0, burst=3)
+    with caplog.at_level(logging.INFO, logger="t"):
+        tickets = [limited.log(logging.INFO, "site-1", "registered") for _ in range(100)]
+    assert [t.allowed for t in tickets[:4]] == [True, True, True, False]
+    assert len(caplog.records) == 3
