@@ -92,6 +92,7 @@ class World:
     running: dict[str, str]  # 'in'/'out' -> a job that keeps running (no site ever joins it)
     finished: dict[str, str]  # 'in'/'out' -> an aborted job
     register: Callable[[str], None]
+    site_stubs: dict[str, fedsec_pb2_grpc.FederationStub]
     archive: bytes  # a small job archive for submissions
 
     def restore_sites(self) -> None:
@@ -144,7 +145,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         archive = io.BytesIO()
         with zipfile.ZipFile(archive, "w") as zf:
             zf.writestr("readme.txt", "no meta.yml: not a job")
-        world = World(fed, stubs, running, finished, register, archive.getvalue())
+        world = World(fed, stubs, running, finished, register, site_stubs, archive.getvalue())
         world.restore_sites()
         yield world
     finally:
@@ -289,3 +290,44 @@ def test_allowed_submissions_and_clones_stopped_after_authorization(world: World
     stub, md, _ = world.stubs["project_admin"]
     jobs = stub.ListJobs(fedsec_pb2.ListJobsRequest(), timeout=30, metadata=md).jobs
     assert {j.job_id for j in jobs} == {*world.running.values(), *world.finished.values()}
+
+
+JOB_RPCS = ["GetJobArchiveInfo", "CloneJob", "GetJobMeta", "AbortJob", "DeleteJob", "DownloadJob", "GetJobLog"]
+
+
+@pytest.mark.parametrize("job_id", ["", "../../etc", "x" * 100, "1234567890abcdef" * 3])
+@pytest.mark.parametrize("rpc", JOB_RPCS)
+def test_a_malformed_job_id_is_invalid_argument(world: World, rpc: str, job_id: str) -> None:
+    stub, md, _ = world.stubs["project_admin"]
+    if rpc == "CloneJob":
+        request: Any = fedsec_pb2.CloneRequest(job_id=job_id, signature=fedsec_pb2.JobSignature(job_id=BAD_JOB_ID))
+    elif rpc == "GetJobLog":
+        request = fedsec_pb2.TargetRequest(job_id=job_id)
+    else:
+        request = fedsec_pb2.JobRef(job_id=job_id)
+    with pytest.raises(grpc.RpcError) as err:
+        reply = getattr(stub, rpc)(request, timeout=30, metadata=md)
+        list(reply) if rpc == "DownloadJob" else reply
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert f"job id {job_id[:40]!r} is not a job id" in (err.value.details() or "")
+
+
+@pytest.mark.parametrize(
+    ("sys_info", "fragment"),
+    [
+        ("not json", "system information: not JSON"),
+        ("[" * 1000 + "]" * 1000, "nested deeper than"),
+        ('{"n": ' + "9" * 3000 + "}", "more than 100 digits"),
+        ("[1, 2]", "is not a JSON object"),
+        ("{}" + " " * 5000, "larger than 4096 bytes"),
+    ],
+)
+def test_a_sites_bad_system_information_is_refused(world: World, sys_info: str, fragment: str) -> None:
+    request = fedsec_pb2.RegisterRequest(fedsec_version="test", sys_info_json=sys_info)
+    with pytest.raises(grpc.RpcError) as err:
+        world.site_stubs["site-1"].Register(request, timeout=10)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert fragment in (err.value.details() or "")
+    world.restore_sites()
+    stub, md, _ = world.stubs["project_admin"]
+    assert stub.SysInfo(fedsec_pb2.TargetRequest(target="site-1"), timeout=10, metadata=md).text == "{}"
