@@ -290,6 +290,10 @@ def test_allowed_submissions_and_clones_stopped_after_authorization(world: World
     stub, md, _ = world.stubs["project_admin"]
     jobs = stub.ListJobs(fedsec_pb2.ListJobsRequest(), timeout=30, metadata=md).jobs
     assert {j.job_id for j in jobs} == {*world.running.values(), *world.finished.values()}
+    store = world.fed.kit("server1") / "store" / "jobs"
+    assert not list(store.glob(".submit-*"))  # refused submissions left no staging folder
+    assert list(store.glob("*/workspace/result"))  # downloads happened (their result folders are there)
+    assert not list(store.glob("*/workspace/.download-*"))  # each download's archive file went with its stream
 
 
 JOB_RPCS = ["GetJobArchiveInfo", "CloneJob", "GetJobMeta", "AbortJob", "DeleteJob", "DownloadJob", "GetJobLog"]
