@@ -38,10 +38,12 @@ from typing import Any
 import grpc
 
 from fedsec.errors import AuthError, WireError
+from fedsec.logs import RateLimitedLog
 from fedsec.pki import certs
 from fedsec.transport.tls import abort_with, fingerprint, peer_cert
 
 log = logging.getLogger(__name__)
+_REFUSED = RateLimitedLog(log, interval=60.0)  # a peer over its bounds logs one line a minute, not one a call
 
 TLS_VERSION = "TLSv1.3"  # the only protocol version served
 
@@ -225,7 +227,7 @@ class Gate(grpc.ServerInterceptor):  # type: ignore[misc]
         """Check TLS 1.3, the peer's certificate and its share of the lane, before anything is read; return its key."""
         version = b"".join(context.auth_context().get("ssl_tls_version", [])).decode(errors="replace")
         if version != TLS_VERSION:
-            log.info("gate: refused %s over %s", method, version or "no TLS")
+            _REFUSED.log(logging.INFO, ("tls", method), "gate: refused %s over %s", method, version or "no TLS")
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{version or 'no TLS'} is not accepted: TLS 1.3 only")
         try:
             cert = peer_cert(context)
@@ -247,7 +249,10 @@ class Gate(grpc.ServerInterceptor):  # type: ignore[misc]
                 refused = False
                 self._counts.held[key] = held + 1
         if refused:
-            log.info("gate: refused %s from %s: %d %s calls already open", method, peer, held, lane.name)
+            _REFUSED.log(
+                logging.INFO, (method, peer), "gate: refused %s from %s: %d %s calls already open",
+                method, peer, held, lane.name,
+            )  # fmt: skip
             context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{identity.name} has {held} {lane.name} calls open, the most one peer may hold; retry later",

@@ -78,3 +78,36 @@ def test_a_two_million_entry_archive_is_refused_before_it_is_parsed(federation: 
     )
     assert after - before <= HEADROOM_MIB
     assert list((federation.kit("server1") / "store" / "jobs").iterdir()) == []  # no staging left behind
+
+
+def _signed_first(admin: Session, data: bytes, **change: bytes) -> fedsec_pb2.SubmitPart:
+    key = certs.load_key(admin.kit.key_path.read_bytes(), "admin key")
+    signed = sign_archive(
+        data, key, admin.kit.cert_path.read_bytes(), job_id=str(uuid.uuid4()), submit_time=int(time.time())
+    )
+    fields = {"signature": signed.signature, "signer_cert": signed.signer_cert} | change
+    signature = fedsec_pb2.JobSignature(**fields, job_id=signed.job_id, submit_time=signed.submit_time)
+    return fedsec_pb2.SubmitPart(info=streams.describe_bytes(data), signature=signature)
+
+
+@pytest.mark.federation(n_clients=1)
+def test_upload_framing_is_bounded(federation: Federation) -> None:
+    federation.start("server1")
+    data = bytes(range(256)) * 1024  # 256 KiB: four chunks of the minimum size
+    with Session(federation.admin_kit) as admin:
+        admin.login()
+        md = [("fedsec-session", admin._token)]
+        cases = [
+            ([_signed_first(admin, data), *(fedsec_pb2.SubmitPart(data=data[i : i + 1]) for i in range(5000))],
+             "chunk of 1 bytes before the payload's end"),
+            ([_signed_first(admin, data, signer_cert=b"-" * (20 << 10))],
+             f"signer certificate is larger than {limits.MAX_SIGNER_CERT_BYTES} bytes"),
+            ([_signed_first(admin, data), fedsec_pb2.SubmitPart(info=streams.describe_bytes(data))],
+             "an upload carries only data chunks"),
+        ]  # fmt: skip
+        for parts, fragment in cases:
+            with pytest.raises(grpc.RpcError) as err:
+                admin._stub.SubmitJob(iter(parts), timeout=60, metadata=md)
+            assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            assert fragment in (err.value.details() or "")
+        assert admin.list_jobs() == []
