@@ -9,6 +9,11 @@ from __future__ import annotations
 # Configuration files.
 MAX_CONFIG_FILE_BYTES = 1 << 20  # project.yml, meta.yml, policy files
 MAX_PARTICIPANTS = 1000
+# Structure of any YAML or JSON document from outside (fedsec._schema): nesting, and digits of one integer
+# (Python refuses to convert more than 4300 digits; we refuse long before, with a message naming the place).
+MAX_YAML_DEPTH = 32
+MAX_JSON_DEPTH = 32
+MAX_INT_DIGITS = 100
 MAX_NAME_LENGTH = 64
 MAX_HOST_NAMES = 16
 
@@ -29,9 +34,15 @@ MAX_MODEL_BYTES = 2 << 30  # one model or update in the array container
 MAX_JOB_ARCHIVE_BYTES = 256 << 20  # a submitted job folder or a job result, zipped (weights stored)
 MAX_JOB_UNPACKED_BYTES = 1 << 30
 MAX_JOB_FILES = 1000
+# A zip's central directory: 46 bytes and a name (at most 1024) per entry; read from its end record first.
+MAX_ZIP_DIRECTORY_BYTES = MAX_JOB_FILES * 1536
 MAX_META_JSON_BYTES = 64 << 10  # meta_json fields, metrics maps
 MAX_METRICS = 256
 MAX_ERROR_TEXT = 4 << 10  # error text a site reports about a failed script
+MAX_SYS_INFO_BYTES = 4 << 10  # the system information a site reports when it registers (a JSON object)
+MIN_CHUNK_BYTES = 64 << 10  # every chunk of a payload but its last carries at least this much
+MAX_JOB_SIGNATURE_BYTES = 256  # a DER ECDSA P-256 signature is at most 72 bytes; anything near this is not one
+MAX_SIGNER_CERT_BYTES = 16 << 10  # one PEM leaf certificate is about 1 KiB
 
 # The array container.
 MAX_ARRAY_HEADER_BYTES = 4 << 20

@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from fedsec import limits
+from fedsec import _schema, limits
 from fedsec.errors import FedsecError, JobError, WireError
 from fedsec.jobs.env import ENV_DATASETS, ENV_JOB_ID, ENV_JOB_TOKEN, ENV_SITE, ENV_SOCKET
 from fedsec.tracking.events import Event, to_proto
@@ -161,11 +161,9 @@ def _data(parts: Iterator[fedsec_pb2.TaskPart]) -> Iterator[bytes]:
 
 
 def _meta(text: str) -> dict[str, Any]:
-    if len(text) > limits.MAX_META_JSON_BYTES:
-        raise WireError("meta_json larger than its limit")
     if not text:
         return {}
-    value = json.loads(text)
+    value = _schema.parse_json(text, "meta_json", limit=limits.MAX_META_JSON_BYTES, error=WireError)
     if not isinstance(value, dict):
         raise WireError("meta_json is not an object")
     return value

@@ -3,8 +3,10 @@
 pack() zips the regular files of a folder in sorted order with fixed
 timestamps and modes, so the same folder always gives the same bytes (and the
 same signature). unpack() treats an archive as hostile: it bounds the archive
-size, the file count and the bytes actually decompressed (never trusting the
-sizes the archive declares), refuses absolute paths, '..', backslashes,
+size, then reads the end-of-central-directory records (zip64 ones too) itself
+and bounds the declared entry count and central-directory size before zipfile
+parses a byte of the directory; it bounds the file count and the bytes actually
+decompressed (never trusting the sizes the archive declares), refuses absolute paths, '..', backslashes,
 symlinks, special files and duplicate names, and extracts into a temporary
 folder beside dest that is renamed into place only when everything passed.
 Neither function looks inside the files or asks for meta.yml (job results
@@ -17,6 +19,7 @@ import io
 import os
 import shutil
 import stat
+import struct
 import tempfile
 import zipfile
 import zlib
@@ -38,6 +41,14 @@ _METHODS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED})
 # What zipfile and zlib raise on a malformed archive.
 _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, NotImplementedError, ValueError)
 _STORED_SUFFIXES = (".fsa",)  # array containers: written uncompressed
+# End records (APPNOTE 4.3.14-4.3.16): the classic one, the zip64 locator before it and the zip64 one before that.
+_EOCD = struct.Struct("<4s4H2LH")
+_EOCD_SIG = b"PK\x05\x06"
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")
+_ZIP64_LOCATOR_SIG = b"PK\x06\x07"
+_ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
+_ZIP64_EOCD_SIG = b"PK\x06\x06"
+_MAX_COMMENT = 0xFFFF
 
 
 def pack(folder: Path) -> bytes:
@@ -46,12 +57,36 @@ def pack(folder: Path) -> bytes:
     Raises JobError for a symlink or special file, an unsafe name, or more files
     or bytes than the job limits allow.
     """
+    buffer = io.BytesIO()
+    pack_to(folder, buffer)
+    return buffer.getvalue()
+
+
+def pack_file(folder: Path, dest: Path) -> Path:
+    """pack() into the file dest (mode 0600, written atomically), never holding the archive in memory.
+
+    Raises JobError as pack() does, or when dest cannot be written.
+    """
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            pack_to(folder, out)
+        os.replace(tmp, dest)
+    except OSError as exc:
+        raise JobError(f"job archive {dest.name}: cannot write: {exc.strerror or exc}") from exc
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return dest
+
+
+def pack_to(folder: Path, out: IO[bytes]) -> None:
+    """pack() into the seekable binary file out; raises JobError as pack() does."""
     if folder.is_symlink() or not folder.is_dir():
         raise JobError(f"job folder {folder}: not a folder")
     files = _collect(folder)
-    buffer = io.BytesIO()
+    start = out.tell()
     total = 0
-    with zipfile.ZipFile(buffer, "w") as zf:
+    with zipfile.ZipFile(out, "w") as zf:
         for name, path in files:
             data = _read_file(path, limits.MAX_JOB_UNPACKED_BYTES - total, f"job folder {folder}: {name}")
             total += len(data)
@@ -62,21 +97,89 @@ def pack(folder: Path) -> bytes:
             stored = name.endswith(_STORED_SUFFIXES)
             info.compress_type = zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED
             zf.writestr(info, data, compresslevel=None if stored else 6)
-    out = buffer.getvalue()
-    if len(out) > limits.MAX_JOB_ARCHIVE_BYTES:
+            if out.tell() - start > limits.MAX_JOB_ARCHIVE_BYTES:
+                break
+    if out.tell() - start > limits.MAX_JOB_ARCHIVE_BYTES:
         raise JobError(f"job folder {folder}: archive is larger than {limits.MAX_JOB_ARCHIVE_BYTES} bytes")
-    return out
 
 
-def unpack(data: bytes, dest: Path) -> None:
-    """Extract a job archive into dest, which must not exist; all or nothing.
+def unpack(data: bytes | Path, dest: Path) -> None:
+    """Extract a job archive (its bytes, or the file holding it) into dest, which must not exist; all or nothing.
 
     Raises JobError naming the entry and the problem; dest is then not created.
     """
     if os.path.lexists(dest):
         raise JobError(f"unpack job archive: {dest} already exists")
-    if len(data) > limits.MAX_JOB_ARCHIVE_BYTES:
-        raise JobError(f"job archive: {len(data)} bytes is more than the limit of {limits.MAX_JOB_ARCHIVE_BYTES}")
+    if isinstance(data, Path):
+        try:
+            with data.open("rb") as f:
+                _unpack_from(f, dest)
+        except OSError as exc:
+            raise JobError(f"unpack job archive: cannot read it: {exc.strerror or exc}") from exc
+    else:
+        _unpack_from(io.BytesIO(data), dest)
+
+
+def check_directory(f: IO[bytes]) -> None:
+    """Check the end records of the zip in the seekable file f before anything parses its central directory.
+
+    Reads the end-of-central-directory record (and the zip64 one when there is one) itself and
+    raises JobError when the archive is over limits.MAX_JOB_ARCHIVE_BYTES, has no end record,
+    spans several disks, or declares more than limits.MAX_JOB_FILES entries or a central
+    directory larger than limits.MAX_ZIP_DIRECTORY_BYTES. Reads at most 64 KiB plus the records.
+    """
+    size = f.seek(0, io.SEEK_END)
+    if size > limits.MAX_JOB_ARCHIVE_BYTES:
+        raise JobError(f"job archive: {size} bytes is more than the limit of {limits.MAX_JOB_ARCHIVE_BYTES}")
+    tail_start = max(0, size - _EOCD.size - _MAX_COMMENT)
+    f.seek(tail_start)
+    tail = f.read(size - tail_start)
+    at = tail.rfind(_EOCD_SIG)
+    if at < 0 or len(tail) - at < _EOCD.size:
+        raise JobError("job archive: not a valid zip archive: no end-of-central-directory record")
+    _, disk, cd_disk, _, entries, cd_size, _, _ = _EOCD.unpack_from(tail, at)
+    eocd_pos = tail_start + at
+    zip64 = _zip64_record(f, eocd_pos)
+    if zip64 is not None:
+        disk, cd_disk, entries, cd_size = zip64
+    if disk != 0 or cd_disk != 0:
+        raise JobError("job archive: not a valid zip archive: archives spanning several disks are not allowed")
+    if entries > limits.MAX_JOB_FILES:
+        raise JobError(f"job archive: declares {entries} entries, more than the limit of {limits.MAX_JOB_FILES}")
+    if cd_size > limits.MAX_ZIP_DIRECTORY_BYTES:
+        raise JobError(
+            f"job archive: central directory of {cd_size} bytes is more than the limit of "
+            f"{limits.MAX_ZIP_DIRECTORY_BYTES}"
+        )
+
+
+def _zip64_record(f: IO[bytes], eocd_pos: int) -> tuple[int, int, int, int] | None:
+    """(disk, central directory disk, entries, central directory size) of the zip64 end record, if any.
+
+    Looks where zipfile looks: the locator just before the end record, the zip64 record just before it.
+    """
+    locator_pos = eocd_pos - _ZIP64_LOCATOR.size
+    if locator_pos < 0:
+        return None
+    f.seek(locator_pos)
+    locator = f.read(_ZIP64_LOCATOR.size)
+    if len(locator) != _ZIP64_LOCATOR.size or not locator.startswith(_ZIP64_LOCATOR_SIG):
+        return None
+    _, _, _, disks = _ZIP64_LOCATOR.unpack(locator)
+    record_pos = locator_pos - _ZIP64_EOCD.size
+    if disks > 1 or record_pos < 0:
+        raise JobError("job archive: not a valid zip archive: a bad zip64 end record")
+    f.seek(record_pos)
+    record = f.read(_ZIP64_EOCD.size)
+    if len(record) != _ZIP64_EOCD.size or not record.startswith(_ZIP64_EOCD_SIG):
+        return None  # zipfile then reads the classic record's values, which were checked
+    _, _, _, _, disk, cd_disk, on_disk, entries, cd_size, _ = _ZIP64_EOCD.unpack(record)
+    return disk, cd_disk, max(on_disk, entries), cd_size
+
+
+def _unpack_from(f: IO[bytes], dest: Path) -> None:
+    check_directory(f)
+    f.seek(0)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.unpack-", dir=dest.parent))
@@ -84,7 +187,7 @@ def unpack(data: bytes, dest: Path) -> None:
         raise JobError(f"unpack job archive: cannot create {dest}: {exc.strerror or exc}") from exc
     try:
         try:
-            with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            with zipfile.ZipFile(f) as zf:
                 entries = _check_entries(zf.infolist())
                 _extract(zf, entries, staging)
         except _ZIP_ERRORS as exc:

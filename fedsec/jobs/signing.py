@@ -33,12 +33,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from fedsec import limits
 from fedsec.errors import AuthError, JobError, KitError
 from fedsec.pki import certs
 
-# A DER ECDSA P-256 signature is at most 72 bytes; anything near this bound is not one.
-MAX_JOB_SIGNATURE_BYTES = 256
-MAX_SIGNER_CERT_BYTES = 16 << 10  # one PEM leaf certificate is about 1 KiB
+MAX_JOB_SIGNATURE_BYTES = limits.MAX_JOB_SIGNATURE_BYTES  # the bounds live in fedsec.limits; kept here by name
+MAX_SIGNER_CERT_BYTES = limits.MAX_SIGNER_CERT_BYTES
 _DOMAIN = b"fedsec-job-archive/2\0"  # /1 signed the archive digest alone: never accepted
 _JOB_ID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 MAX_SUBMIT_TIME = 1 << 40  # seconds since the epoch; far beyond any real clock, well inside int64

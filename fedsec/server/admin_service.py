@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -18,7 +19,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from fedsec import __version__, _proc, limits
+from fedsec import __version__, _proc, _schema, limits
 from fedsec.errors import AuthError, FedsecError, JobError, WireError
 from fedsec.jobs.signing import JobSignature
 from fedsec.kit import ServerConfig
@@ -28,7 +29,7 @@ from fedsec.server.authz import JobOwner, Policy, Right, Scope
 from fedsec.server.jobs import JobManager
 from fedsec.server.registry import SiteRegistry
 from fedsec.server.sessions import AdminSessions
-from fedsec.server.store import JobRecord, JobStore
+from fedsec.server.store import MIN_ID_PREFIX, JobRecord, JobStore
 from fedsec.transport.tls import peer_cert, require, rpc_boundary
 from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc, streams
 
@@ -91,13 +92,14 @@ class AdminService(fedsec_pb2_grpc.AdminServicer):
         command: str,
         args: dict[str, Any],
         right: Right | None,
-        job_id: str,
+        job_id: str | None,
         action: Callable[[Identity, JobRecord | None], T],
         *,
         sites: Callable[[], Mapping[str, str] | None] | None = None,
     ) -> T:
         """Check session and right, run action, audit the outcome. right None: project_admin only.
 
+        job_id: the job the command acts on (a WireError when it is not a job id), None for none.
         sites, for commands that act on sites: the targets' orgs by name, or None for the server
         itself or every site (see Policy.authorize_sites).
         """
@@ -105,7 +107,7 @@ class AdminService(fedsec_pb2_grpc.AdminServicer):
         try:
             token = dict(context.invocation_metadata()).get(SESSION_HEADER, "")
             self._c.sessions.check(who, str(token))
-            record = self._c.store.find(job_id) if job_id else None
+            record = self._c.store.find(_job_id(job_id)) if job_id is not None else None
             if right is None:
                 if who.role is not Role.PROJECT_ADMIN:
                     raise AuthError(f"{command} is for project admins only")
@@ -117,7 +119,7 @@ class AdminService(fedsec_pb2_grpc.AdminServicer):
         except AuthError as exc:
             self._c.audit.record(who, command, args, "refused", str(exc))
             raise
-        except JobError as exc:
+        except (JobError, WireError) as exc:
             self._c.audit.record(who, command, args, "failed", str(exc))
             raise
         try:
@@ -159,11 +161,10 @@ class AdminService(fedsec_pb2_grpc.AdminServicer):
         signature = _signature(first.signature)
 
         def action(who: Identity, _: JobRecord | None) -> fedsec_pb2.JobInfo:
-            chunks = (p.data for p in request_iterator)
-            data = streams.receive_bytes(chunks, first.info, limits.MAX_JOB_ARCHIVE_BYTES, "job archive")
-            return job_info(self._c.jobs.submit(data, signature, who), self._c.jobs)
+            chunks = (_archive_chunk(p) for p in request_iterator)
+            return job_info(self._c.jobs.submit(chunks, first.info, signature, who), self._c.jobs)
 
-        return self._run(context, "submit_job", {"bytes": first.info.total_size}, Right.SUBMIT_JOB, "", action)
+        return self._run(context, "submit_job", {"bytes": first.info.total_size}, Right.SUBMIT_JOB, None, action)
 
     @rpc_boundary
     def GetJobArchiveInfo(self, request: fedsec_pb2.JobRef, context: grpc.ServicerContext) -> fedsec_pb2.JobArchiveInfo:
@@ -202,7 +203,7 @@ class AdminService(fedsec_pb2_grpc.AdminServicer):
             return fedsec_pb2.JobList(jobs=[job_info(r, self._c.jobs, progress=False) for r in records])
 
         args = {"name_prefix": request.name_prefix, "id_prefix": request.id_prefix}
-        return self._run(context, "list_jobs", args, Right.VIEW, "", action)
+        return self._run(context, "list_jobs", args, Right.VIEW, None, action)
 
     @rpc_boundary
     def GetJobMeta(self, request: fedsec_pb2.JobRef, context: grpc.ServicerContext) -> fedsec_pb2.JobInfo:
@@ -232,13 +233,16 @@ class AdminService(fedsec_pb2_grpc.AdminServicer):
     def DownloadJob(
         self, request: fedsec_pb2.JobRef, context: grpc.ServicerContext
     ) -> Iterator[fedsec_pb2.ArchivePart]:
-        data = self._run(
+        path = self._run(
             context, "download_job", {"job": request.job_id}, Right.DOWNLOAD_JOB, request.job_id,
             lambda who, record: self._c.jobs.result_archive(record.job_id),  # type: ignore[union-attr]
         )  # fmt: skip
-        yield fedsec_pb2.ArchivePart(info=streams.describe_bytes(data))
-        for chunk in streams.bytes_chunks(data):
-            yield fedsec_pb2.ArchivePart(data=chunk)
+        try:  # the file is this download's own: streamed from disk, removed however the stream ends
+            yield fedsec_pb2.ArchivePart(info=streams.describe_file(path))
+            for chunk in streams.file_chunks(path):
+                yield fedsec_pb2.ArchivePart(data=chunk)
+        finally:
+            path.unlink(missing_ok=True)
 
     @rpc_boundary
     def GetJobLog(self, request: fedsec_pb2.TargetRequest, context: grpc.ServicerContext) -> fedsec_pb2.TextReply:
@@ -282,7 +286,7 @@ class AdminService(fedsec_pb2_grpc.AdminServicer):
 
     @rpc_boundary
     def ListClients(self, request: fedsec_pb2.Empty, context: grpc.ServicerContext) -> fedsec_pb2.TextReply:
-        return self._run(context, "list_clients", {}, Right.VIEW, "", lambda who, _: _text(self._clients()))
+        return self._run(context, "list_clients", {}, Right.VIEW, None, lambda who, _: _text(self._clients()))
 
     @rpc_boundary
     def RemoveClient(self, request: fedsec_pb2.SiteRef, context: grpc.ServicerContext) -> fedsec_pb2.Empty:
@@ -295,7 +299,7 @@ class AdminService(fedsec_pb2_grpc.AdminServicer):
             return fedsec_pb2.Empty()
 
         target = self._site_orgs([request.site])
-        return self._run(context, "remove_client", {"site": request.site}, Right.OPERATE, "", action, sites=target)
+        return self._run(context, "remove_client", {"site": request.site}, Right.OPERATE, None, action, sites=target)
 
     @rpc_boundary
     def EnableClient(self, request: fedsec_pb2.SiteRef, context: grpc.ServicerContext) -> fedsec_pb2.Empty:
@@ -305,7 +309,7 @@ class AdminService(fedsec_pb2_grpc.AdminServicer):
             return fedsec_pb2.Empty()
 
         target = self._site_orgs([request.site])
-        return self._run(context, "enable_client", {"site": request.site}, Right.OPERATE, "", action, sites=target)
+        return self._run(context, "enable_client", {"site": request.site}, Right.OPERATE, None, action, sites=target)
 
     @rpc_boundary
     def CheckStatus(self, request: fedsec_pb2.TargetRequest, context: grpc.ServicerContext) -> fedsec_pb2.TextReply:
@@ -321,7 +325,7 @@ class AdminService(fedsec_pb2_grpc.AdminServicer):
             })  # fmt: skip
 
         args = {"target": request.target, "sites": ",".join(request.sites)}
-        return self._run(context, "check_status", args, Right.VIEW, "", action)
+        return self._run(context, "check_status", args, Right.VIEW, None, action)
 
     @rpc_boundary
     def SysInfo(self, request: fedsec_pb2.TargetRequest, context: grpc.ServicerContext) -> fedsec_pb2.TextReply:
@@ -332,17 +336,20 @@ class AdminService(fedsec_pb2_grpc.AdminServicer):
             site = self._c.registry.get(target)
             if site is None:
                 raise JobError(f"site {target!r} is not connected")
-            return _text(json.loads(site.sys_info or "{}"))
+            where = f"site {target!r}: system information"
+            return _text(
+                _schema.parse_json(site.sys_info or "{}", where, limit=limits.MAX_SYS_INFO_BYTES, error=JobError)
+            )
 
         target = self._site_orgs([request.target] if request.target not in ("", "server") else None)
-        return self._run(context, "sys_info", {"target": request.target}, Right.OPERATE, "", action, sites=target)
+        return self._run(context, "sys_info", {"target": request.target}, Right.OPERATE, None, action, sites=target)
 
     @rpc_boundary
     def Version(self, request: fedsec_pb2.Empty, context: grpc.ServicerContext) -> fedsec_pb2.TextReply:
         def action(who: Identity, _: JobRecord | None) -> fedsec_pb2.TextReply:
             return _text({"server": __version__, "sites": {s.name: s.version for s in self._c.registry.sites()}})
 
-        return self._run(context, "version", {}, Right.VIEW, "", action)
+        return self._run(context, "version", {}, Right.VIEW, None, action)
 
     @rpc_boundary
     def Shutdown(self, request: fedsec_pb2.TargetRequest, context: grpc.ServicerContext) -> fedsec_pb2.TextReply:
@@ -362,18 +369,41 @@ class AdminService(fedsec_pb2_grpc.AdminServicer):
 
         args = {"target": request.target, "sites": ",".join(request.sites)}
         named = list(request.sites) if request.target == "client" and request.sites else None
-        return self._run(context, "shutdown", args, Right.OPERATE, "", action, sites=self._site_orgs(named))
+        return self._run(context, "shutdown", args, Right.OPERATE, None, action, sites=self._site_orgs(named))
 
     @rpc_boundary
     def ShowAudit(self, request: fedsec_pb2.TargetRequest, context: grpc.ServicerContext) -> fedsec_pb2.TextReply:
         count = min(request.max_results or 50, limits.MAX_AUDIT_ENTRIES)
         return self._run(
-            context, "show_audit", {"max": count}, None, "", lambda who, _: _text(self._c.audit.tail(count))
+            context, "show_audit", {"max": count}, None, None, lambda who, _: _text(self._c.audit.tail(count))
         )
 
 
+_JOB_REF = re.compile(rf"[0-9a-fA-F-]{{{MIN_ID_PREFIX},36}}")
+
+
+def _job_id(value: str) -> str:
+    """value, which must be a job id or its first characters; WireError (INVALID_ARGUMENT) otherwise, '' included."""
+    if not _JOB_REF.fullmatch(value):
+        raise WireError(
+            f"job id {value[:40]!r} is not a job id (give a job id, or at least its first {MIN_ID_PREFIX} characters)"
+        )
+    return value
+
+
 def _signature(msg: fedsec_pb2.JobSignature) -> JobSignature:
+    """A job signature from the wire, its sizes bounded before anything reads it; WireError otherwise."""
+    if len(msg.signer_cert) > limits.MAX_SIGNER_CERT_BYTES:
+        raise WireError(f"job signature: signer certificate is larger than {limits.MAX_SIGNER_CERT_BYTES} bytes")
+    if len(msg.signature) > limits.MAX_JOB_SIGNATURE_BYTES:
+        raise WireError(f"job signature: signature is larger than {limits.MAX_JOB_SIGNATURE_BYTES} bytes")
     return JobSignature(msg.signature, msg.signer_cert, msg.job_id, msg.submit_time)
+
+
+def _archive_chunk(part: fedsec_pb2.SubmitPart) -> bytes:
+    if part.WhichOneof("part") != "data":
+        raise WireError("job upload: after its first message, an upload carries only data chunks")
+    return part.data
 
 
 def _signature_proto(sig: JobSignature) -> fedsec_pb2.JobSignature:

@@ -13,7 +13,6 @@ leaves the job, and the workflow ends the job only below min_clients.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import logging
 import os
@@ -26,7 +25,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,15 +35,16 @@ from cryptography import x509
 
 from fedsec import _fs, _proc, limits
 from fedsec.errors import AuthError, FedsecError, JobError, WireError
-from fedsec.jobs import load_job_folder, pack, unpack
+from fedsec.jobs import load_job_folder, unpack
+from fedsec.jobs.archive import pack_file
 from fedsec.jobs.meta import meta_to_json
-from fedsec.jobs.signing import JobSignature, check_job_id, verify_archive
+from fedsec.jobs.signing import JobSignature, check_job_id, verify_digest
 from fedsec.pki.certs import Identity
 from fedsec.server.job_sites import JobSites
 from fedsec.server.store import JOB_ARCHIVE, WORKSPACE_DIR, JobRecord, JobStatus, JobStore
 from fedsec.tracking.backends import ONLY_LOCAL, Backends
 from fedsec.transport.local import socket_path, unix_channel
-from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc
+from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc, streams
 
 log = logging.getLogger(__name__)
 
@@ -107,35 +107,51 @@ class JobManager:
 
     # ------------------------------------------------------------ admin side
 
-    def submit(self, archive: bytes, signature: JobSignature, who: Identity) -> JobRecord:
-        """Check and store a job archive signed by who; the scheduler starts it.
+    def submit(
+        self, chunks: Iterable[bytes], info: fedsec_pb2.PayloadInfo, signature: JobSignature, who: Identity
+    ) -> JobRecord:
+        """Receive a job archive announced by info from chunks, check it is signed by who, and store it.
 
-        Raises AuthError for a bad signature, JobError for a bad job.
+        The archive goes to a file in the store (hashed while written, bounded by
+        limits.MAX_JOB_ARCHIVE_BYTES), never whole into memory. The scheduler starts the job.
+        Raises WireError for a bad upload, AuthError for a bad signature, JobError for a bad job.
         """
-        self._check_signed(archive, signature, who, "submitted job")
-        return self._store_job(archive, signature, who)
+        with self._staging() as staging:
+            archive = staging / JOB_ARCHIVE
+            with streams.PayloadWriter(archive, info, limits.MAX_JOB_ARCHIVE_BYTES, "job archive") as writer:
+                for chunk in chunks:
+                    writer.write(chunk)
+                writer.finish()
+            self._check_signed(bytes(info.sha256), signature, who, "submitted job")
+            return self._store_job(staging, signature, who)
 
     def clone(self, job_id: str, signature: JobSignature, who: Identity) -> JobRecord:
         """A new job from a stored job's archive, signed by who as a new job id (signature.job_id).
 
         Raises AuthError and JobError as submit() does.
         """
-        archive = (self._store.job_dir(job_id) / JOB_ARCHIVE).read_bytes()
-        self._check_signed(archive, signature, who, f"clone of job {job_id}")
-        return self._store_job(archive, signature, who)
+        with self._staging() as staging:
+            archive = staging / JOB_ARCHIVE
+            shutil.copyfile(self._store.job_dir(job_id) / JOB_ARCHIVE, archive)
+            os.chmod(archive, 0o600)
+            self._check_signed(streams.describe_file(archive).sha256, signature, who, f"clone of job {job_id}")
+            return self._store_job(staging, signature, who)
 
     def archive_digest(self, job_id: str) -> tuple[bytes, JobSignature]:
         """sha256 of a stored job's archive, and the job's signature: what an admin signs to clone it."""
-        archive, signature = self.archive(job_id)
-        return hashlib.sha256(archive).digest(), signature
+        path, signature = self.archive_file(job_id)
+        return streams.describe_file(path).sha256, signature
 
-    def _check_signed(self, archive: bytes, signature: JobSignature, who: Identity, where: str) -> None:
-        """Raise unless who signed archive for a new, fresh job id (one signature, one run)."""
+    def _staging(self) -> _Staging:
+        return _Staging(self._store.root)
+
+    def _check_signed(self, digest: bytes, signature: JobSignature, who: Identity, where: str) -> None:
+        """Raise unless who signed the archive of this sha256 digest for a fresh job id (one signature, one run)."""
         try:
             check_job_id(signature.job_id, f"{where}: signed job id")
         except JobError as exc:
             raise WireError(str(exc)) from exc
-        signer = verify_archive(archive, signature, self._root_ca, where, job_id=signature.job_id)
+        signer = verify_digest(digest, signature, self._root_ca, where, job_id=signature.job_id)
         if signer.name != who.name:
             raise AuthError(f"the job is signed by {signer.name}, not by the submitting admin {who.name}")
         age = time.time() - signature.submit_time
@@ -151,41 +167,38 @@ class JobManager:
                 raise JobError(f"job {job_id}: still running; abort it first")
         self._store.delete(job_id)
 
-    def _store_job(self, archive: bytes, signature: JobSignature, who: Identity) -> JobRecord:
-        staging = Path(tempfile.mkdtemp(prefix=".submit-", dir=self._store.root))
+    def _store_job(self, staging: Path, signature: JobSignature, who: Identity) -> JobRecord:
+        """File the checked archive staging/job.zip as a job; staging is the caller's to remove."""
+        unpack(staging / JOB_ARCHIVE, staging / "job")
         try:
-            unpack(archive, staging / "job")
-            try:
-                meta, app = load_job_folder(staging / "job")
-            except JobError as exc:
-                raise JobError(self._public(str(exc).replace(f"job folder {staging / 'job'}", "the job"))) from exc
-            self._tracking.get(app.tracking.backend)  # before any record, file or request
-            if app.he.enabled and self._he_context is None:
-                raise JobError(
-                    "the job uses homomorphic encryption, but the server kit has no HE context"
-                    " (provision the project with features.he.enabled)"
-                )
-            record = self._store.add(
-                job_id=signature.job_id,
-                name=meta.name,
-                submitter=who.name,
-                submitter_org=who.org,
-                submitter_role=who.role.value if who.role else "",
-                meta_json=meta_to_json(meta),
-                num_rounds=app.workflow.num_rounds,
+            meta, app = load_job_folder(staging / "job")
+        except JobError as exc:
+            raise JobError(self._public(str(exc).replace(f"job folder {staging / 'job'}", "the job"))) from exc
+        self._tracking.get(app.tracking.backend)  # before any record, file or request
+        if app.he.enabled and self._he_context is None:
+            raise JobError(
+                "the job uses homomorphic encryption, but the server kit has no HE context"
+                " (provision the project with features.he.enabled)"
             )
-            job_dir = self._store.job_dir(record.job_id)
-            _fs.write_atomic(job_dir / JOB_ARCHIVE, archive, mode=0o600)
-            sig = {
-                "signature": base64.b64encode(signature.signature).decode(),
-                "signer_cert": signature.signer_cert.decode(),
-                "job_id": signature.job_id,
-                "submit_time": signature.submit_time,
-            }
-            _fs.write_atomic(job_dir / _SIGNATURE, json.dumps(sig).encode(), mode=0o600)
-            (staging / "job").rename(job_dir / "job")
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        record = self._store.add(
+            job_id=signature.job_id,
+            name=meta.name,
+            submitter=who.name,
+            submitter_org=who.org,
+            submitter_role=who.role.value if who.role else "",
+            meta_json=meta_to_json(meta),
+            num_rounds=app.workflow.num_rounds,
+        )
+        job_dir = self._store.job_dir(record.job_id)
+        os.replace(staging / JOB_ARCHIVE, job_dir / JOB_ARCHIVE)  # 0600, flushed: written by PayloadWriter
+        sig = {
+            "signature": base64.b64encode(signature.signature).decode(),
+            "signer_cert": signature.signer_cert.decode(),
+            "job_id": signature.job_id,
+            "submit_time": signature.submit_time,
+        }
+        _fs.write_atomic(job_dir / _SIGNATURE, json.dumps(sig).encode(), mode=0o600)
+        (staging / "job").rename(job_dir / "job")
         log.info("job=%s name=%s submitted by=%s", record.job_id, record.name, who.name)
         self._wake()
         return record
@@ -207,9 +220,15 @@ class JobManager:
             return ""
 
     def archive(self, job_id: str) -> tuple[bytes, JobSignature]:
+        """A stored job's archive in memory, and its signature (archive_file() streams it from its file)."""
+        path, signature = self.archive_file(job_id)
+        return path.read_bytes(), signature
+
+    def archive_file(self, job_id: str) -> tuple[Path, JobSignature]:
+        """The file holding a stored job's archive, and the job's signature."""
         self._store.get(job_id)
         job_dir = self._store.job_dir(job_id)
-        return (job_dir / JOB_ARCHIVE).read_bytes(), _read_signature(job_dir)
+        return job_dir / JOB_ARCHIVE, _read_signature(job_dir)
 
     def site_records(self, job_id: str) -> dict[str, dict[str, str]]:
         """What each site reported about the job: {site: {"outcome", "error", "log"}}."""
@@ -223,8 +242,11 @@ class JobManager:
         self._store.get(job_id)
         return self._public(_proc.tail(self._store.job_dir(job_id) / "workflow.log", limits.MAX_LOG_TEXT))
 
-    def result_archive(self, job_id: str) -> bytes:
-        """The job's result folder (final global model, metrics, workflow log) as a zip."""
+    def result_archive(self, job_id: str) -> Path:
+        """The job's result folder (final global model, metrics, workflow log) zipped into a new file.
+
+        The file is the caller's: it streams it and removes it. Raises JobError.
+        """
         record = self._store.get(job_id)
         if not record.status.finished:
             raise JobError(f"job {job_id}: still {record.status.value}; download it when it has finished")
@@ -237,7 +259,13 @@ class JobManager:
                 _fs.write_atomic(result / name, text.encode())
         summary = {k: v for k, v in _record_dict(record).items() if k != "meta_json"}
         _fs.write_atomic(result / "job.json", json.dumps(summary, indent=2).encode())
-        return pack(result)
+        fd, name = tempfile.mkstemp(dir=job_dir / WORKSPACE_DIR, prefix=".download-", suffix=".zip")
+        os.close(fd)
+        try:
+            return pack_file(result, Path(name))
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
 
     # ------------------------------------------------------------ site side
 
@@ -586,6 +614,25 @@ class JobManager:
         for flow in flows:
             _proc.stop(flow.proc)
             flow.channel.close()
+
+
+class _Staging:
+    """A fresh folder in the job store for one submission (beside the jobs, so renames stay on one file system).
+
+    Removed with everything left in it when the with block ends.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        self._path: Path | None = None
+
+    def __enter__(self) -> Path:
+        self._path = Path(tempfile.mkdtemp(prefix=".submit-", dir=self._root))
+        return self._path
+
+    def __exit__(self, *exc: object) -> None:
+        if self._path is not None:
+            shutil.rmtree(self._path, ignore_errors=True)
 
 
 _ABSOLUTE_PATH = re.compile(r"/(?:[^\s/'\"]+/)+([^\s/'\"]*)")

@@ -8,14 +8,17 @@ it fetched.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 
 import grpc
 
-from fedsec import limits
-from fedsec.errors import AuthError, WireError
+from fedsec import _schema, limits
+from fedsec.errors import AuthError, JobError, WireError
+from fedsec.jobs.signing import check_job_id
 from fedsec.kit import ServerConfig
+from fedsec.logs import RateLimitedLog
 from fedsec.pki.certs import Kind, identity_of
 from fedsec.server.jobs import JobManager
 from fedsec.server.registry import SiteRegistry
@@ -23,9 +26,10 @@ from fedsec.transport.tls import fingerprint, peer_cert, rpc_boundary
 from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc, streams
 
 log = logging.getLogger(__name__)
+# A site that registers in a loop logs a few lines a minute (a restarted site still shows at once).
+_REGISTERED = RateLimitedLog(log, interval=60.0, burst=8)
 
 _HOLD_SECONDS = 5.0
-_MAX_SYS_INFO = 4096
 
 
 class FederationService(fedsec_pb2_grpc.FederationServicer):
@@ -45,14 +49,25 @@ class FederationService(fedsec_pb2_grpc.FederationServicer):
         return identity.name
 
     def _assigned(self, job_id: str, site: str) -> None:
+        try:
+            check_job_id(job_id)
+        except JobError as exc:
+            raise WireError(str(exc)) from exc
         if not self._jobs.may_run(job_id, site):
             raise AuthError(f"job {job_id} is not assigned to {site}")
 
     @rpc_boundary
     def Register(self, request: fedsec_pb2.RegisterRequest, context: grpc.ServicerContext) -> fedsec_pb2.RegisterReply:
-        info = request.sys_info_json if len(request.sys_info_json) <= _MAX_SYS_INFO else "{}"
-        site = self._site(context, version=request.fedsec_version[:32], sys_info=info)
-        log.info("site=%s registered version=%s", site, request.fedsec_version[:32])
+        info = _schema.parse_json(
+            request.sys_info_json or "{}",
+            "register: system information",
+            limit=limits.MAX_SYS_INFO_BYTES,
+            error=WireError,
+        )
+        if not isinstance(info, dict):
+            raise WireError("register: system information is not a JSON object")
+        site = self._site(context, version=request.fedsec_version[:32], sys_info=json.dumps(info))
+        _REGISTERED.log(logging.INFO, site, "site=%s registered version=%s", site, request.fedsec_version[:32])
         return fedsec_pb2.RegisterReply(server_name=self._config.name, project=self._config.project)
 
     @rpc_boundary

@@ -38,10 +38,12 @@ from typing import Any
 import grpc
 
 from fedsec.errors import AuthError, WireError
+from fedsec.logs import RateLimitedLog
 from fedsec.pki import certs
-from fedsec.transport.tls import fingerprint, peer_cert
+from fedsec.transport.tls import abort_with, fingerprint, peer_cert
 
 log = logging.getLogger(__name__)
+_REFUSED = RateLimitedLog(log, interval=60.0)  # a peer over its bounds logs one line a minute, not one a call
 
 TLS_VERSION = "TLSv1.3"  # the only protocol version served
 
@@ -144,11 +146,13 @@ class Gate(grpc.ServerInterceptor):  # type: ignore[misc]
             streaming = self._streaming_behavior(handler, lane, method)
             streaming.experimental_thread_pool = self._pools[lane.name]  # type: ignore[attr-defined]
             return grpc.stream_stream_rpc_method_handler(
-                streaming, handler.request_deserializer, handler.response_serializer
+                streaming, _decoder(handler.request_deserializer), handler.response_serializer
             )
         unary = self._unary_behavior(handler, lane, method)
         unary.experimental_thread_pool = self._pools[lane.name]  # type: ignore[attr-defined]
-        return grpc.stream_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
+        return grpc.stream_unary_rpc_method_handler(
+            unary, _decoder(handler.request_deserializer), handler.response_serializer
+        )
 
     # ------------------------------------------------------------ behaviours
 
@@ -192,7 +196,10 @@ class Gate(grpc.ServerInterceptor):  # type: ignore[misc]
         watched = self._watched(requests, context, what)
         if handler.request_streaming:
             return watched
-        request = next(watched, None)
+        try:
+            request = next(watched, None)
+        except WireError as exc:  # before the handler and its RPC boundary: answered the same way
+            abort_with(context, what.split(" ", maxsplit=1)[0], exc)
         if request is None:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{what.split(' ', maxsplit=1)[0]}: no request message")
         return request
@@ -209,6 +216,8 @@ class Gate(grpc.ServerInterceptor):  # type: ignore[misc]
                 self._watchdog.disarm(token)
             if request is None:
                 return
+            if isinstance(request, Undecodable):
+                raise WireError(f"{what}: a request message that is not a valid {request.type_name} ({request.error})")
             yield request
             seconds, stall = self._config.idle_seconds, "stalled"
 
@@ -218,7 +227,7 @@ class Gate(grpc.ServerInterceptor):  # type: ignore[misc]
         """Check TLS 1.3, the peer's certificate and its share of the lane, before anything is read; return its key."""
         version = b"".join(context.auth_context().get("ssl_tls_version", [])).decode(errors="replace")
         if version != TLS_VERSION:
-            log.info("gate: refused %s over %s", method, version or "no TLS")
+            _REFUSED.log(logging.INFO, ("tls", method), "gate: refused %s over %s", method, version or "no TLS")
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{version or 'no TLS'} is not accepted: TLS 1.3 only")
         try:
             cert = peer_cert(context)
@@ -240,7 +249,10 @@ class Gate(grpc.ServerInterceptor):  # type: ignore[misc]
                 refused = False
                 self._counts.held[key] = held + 1
         if refused:
-            log.info("gate: refused %s from %s: %d %s calls already open", method, peer, held, lane.name)
+            _REFUSED.log(
+                logging.INFO, (method, peer), "gate: refused %s from %s: %d %s calls already open",
+                method, peer, held, lane.name,
+            )  # fmt: skip
             context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{identity.name} has {held} {lane.name} calls open, the most one peer may hold; retry later",
@@ -255,6 +267,29 @@ class Gate(grpc.ServerInterceptor):  # type: ignore[misc]
                 self._counts.held[key] = left
             else:
                 self._counts.held.pop(key, None)
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """A request message that does not parse as its type: the handler refuses it (gRPC would log a traceback)."""
+
+    type_name: str
+    error: str
+
+
+def _decoder(decode: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """decode, answering Undecodable instead of raising: gRPC would answer INTERNAL and log a traceback."""
+    if decode is None:
+        return None
+    type_name = getattr(getattr(decode, "__self__", None), "__name__", "message")
+
+    def safe(data: bytes) -> Any:
+        try:
+            return decode(data)
+        except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and the like: the peer's bytes are at fault
+            return Undecodable(type_name, type(exc).__name__)
+
+    return safe
 
 
 def _status(exc: grpc.RpcError) -> str:

@@ -18,11 +18,27 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from fedsec import limits
-from fedsec.errors import AuthError, FedsecError, JobError, SessionExpiredError, WireError
+from fedsec.errors import (
+    AuthError,
+    ConfigError,
+    FedsecError,
+    HEError,
+    JobError,
+    KitError,
+    SessionExpiredError,
+    WireError,
+)
 from fedsec.kit import Kit
+from fedsec.logs import RateLimitedLog, RateLimiter
 from fedsec.pki import certs
 
 log = logging.getLogger(__name__)
+# What a peer makes the server log goes through these: one line per peer, RPC and kind of refusal a
+# minute, one traceback per RPC a minute; an internal error's id names the line that covers it.
+_REFUSALS = RateLimitedLog(log, interval=60.0)
+_FAILURES = RateLimitedLog(log, interval=60.0)
+_TRACEBACKS = RateLimiter(interval=60.0)
+INTERNAL_MESSAGE = "internal error on the server (error id {ident}; the detail is in the server's log)"
 
 # Server-side gRPC caps use the same constants as the rest of the code.
 GRPC_OPTIONS = [
@@ -98,7 +114,10 @@ _CODES: list[tuple[type[FedsecError], grpc.StatusCode]] = [
     (SessionExpiredError, grpc.StatusCode.UNAUTHENTICATED),
     (AuthError, grpc.StatusCode.PERMISSION_DENIED),
     (WireError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ConfigError, grpc.StatusCode.INVALID_ARGUMENT),
     (JobError, grpc.StatusCode.FAILED_PRECONDITION),
+    (KitError, grpc.StatusCode.FAILED_PRECONDITION),
+    (HEError, grpc.StatusCode.FAILED_PRECONDITION),
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -112,10 +131,13 @@ def _code_for(exc: FedsecError) -> grpc.StatusCode:
 
 
 def rpc_boundary(method: F) -> F:
-    """Turn fedsec errors raised by an RPC handler into gRPC statuses with a public message.
+    """Turn errors raised by an RPC handler into gRPC statuses with a public message.
 
-    Anything else is logged with its traceback and answered INTERNAL, so no
-    detail of the server's state leaks to the peer.
+    The catalog: a FedsecError's message is written by fedsec for the caller, so it is
+    public, with the code of its class (_CODES). Anything else is answered INTERNAL with
+    a generic message and an error id; the detail (type, text, at most one traceback per
+    RPC a minute) goes to the server's log on a line with the same id. Every line is
+    rate-limited per peer and RPC, so a peer cannot flood the log.
     """
 
     @functools.wraps(method)
@@ -125,12 +147,8 @@ def rpc_boundary(method: F) -> F:
             if isinstance(result, Iterator):
                 return _guard_stream(result, context, method.__name__)
             return result
-        except FedsecError as exc:
-            log.info("rpc=%s refused: %s", method.__name__, exc)
-            context.abort(_code_for(exc), str(exc))
-        except Exception:  # the RPC boundary: log the detail, answer a generic error
-            log.exception("rpc=%s failed", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, "internal error on the server (see its log)")
+        except Exception as exc:  # noqa: BLE001 - the RPC boundary: a public status, the detail logged by abort_with
+            abort_with(context, method.__name__, exc)
 
     return wrapper  # type: ignore[return-value]
 
@@ -138,12 +156,37 @@ def rpc_boundary(method: F) -> F:
 def _guard_stream(stream: Iterator[Any], context: grpc.ServicerContext, name: str) -> Iterator[Any]:
     try:
         yield from stream
-    except FedsecError as exc:
-        log.info("rpc=%s refused: %s", name, exc)
+    except Exception as exc:  # noqa: BLE001 - the RPC boundary, as above
+        abort_with(context, name, exc)
+
+
+def abort_with(context: grpc.ServicerContext, rpc: str, exc: Exception) -> None:
+    """End the call with exc's public status; log it once (rate-limited). Raises as context.abort does.
+
+    The one place an RPC's error becomes a status: rpc_boundary and the port's gate use it.
+    """
+    peer = _peer_name(context)
+    if isinstance(exc, FedsecError):
+        key = (rpc, peer, type(exc).__name__)
+        _REFUSALS.log(logging.INFO, key, "rpc=%s peer=%s refused: %s", rpc, peer, exc)
         context.abort(_code_for(exc), str(exc))
-    except Exception:  # the RPC boundary
-        log.exception("rpc=%s failed", name)
-        context.abort(grpc.StatusCode.INTERNAL, "internal error on the server (see its log)")
+    kind = type(exc).__name__
+    ticket = _FAILURES.log(
+        logging.ERROR, (rpc, peer, kind), "rpc=%s peer=%s failed: %s: %.500s", rpc, peer, kind, exc,
+        with_id=True, traceback=(_TRACEBACKS, rpc),
+    )  # fmt: skip
+    context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE.format(ident=ticket.ident))
+
+
+def _peer_name(context: grpc.ServicerContext) -> str:
+    """The common name of the peer's verified certificate (as gRPC states it), or its address; for log lines."""
+    try:
+        names = context.auth_context().get("x509_common_name")
+    except Exception:  # noqa: BLE001 - the RPC boundary: a log line must never fail the call
+        names = None
+    if names:
+        return str(names[0].decode(errors="replace"))[:64]
+    return str(context.peer())[:64]
 
 
 def error_from_rpc(exc: grpc.RpcError, what: str) -> FedsecError:

@@ -2,9 +2,10 @@
 
 A payload is announced by a PayloadInfo (total size and SHA-256) and then travels as
 chunks of at most limits.CHUNK_BYTES. The receiving side checks the announced size against
-the caller's limit before it takes any space, refuses an oversized chunk and any byte past
-the announced size, and lets a payload out (a file renamed into place, bytes returned)
-only once its size and digest match.
+the caller's limit before it takes any space, refuses an oversized chunk, an empty one, a
+chunk under limits.MIN_CHUNK_BYTES that is not the last (so the number of chunks is bounded
+by the announced size) and any byte past the announced size, and lets a payload out (a file
+renamed into place, bytes returned) only once its size and digest match.
 
 This module never imports grpc (the services do the streaming) and never interprets the
 bytes it carries.
@@ -94,6 +95,13 @@ class _Receipt:
             raise WireError(f"{self.where}: chunk of {len(chunk)} bytes is over the limit of {limits.CHUNK_BYTES}")
         if self.received + len(chunk) > self.total:
             raise WireError(f"{self.where}: more data than the announced {self.total} bytes")
+        if not chunk:
+            raise WireError(f"{self.where}: an empty chunk")
+        if len(chunk) < limits.MIN_CHUNK_BYTES and self.received + len(chunk) != self.total:
+            raise WireError(
+                f"{self.where}: chunk of {len(chunk)} bytes before the payload's end; every chunk but the last"
+                f" carries at least {limits.MIN_CHUNK_BYTES} bytes"
+            )
         self._digest.update(chunk)
         self.received += len(chunk)
 
@@ -155,8 +163,9 @@ class PayloadWriter:
     def write(self, chunk: bytes) -> None:
         """Append a chunk.
 
-        Raises WireError if it is larger than limits.CHUNK_BYTES or goes past the announced
-        size, OSError if it cannot be written; either closes the writer.
+        Raises WireError if it is larger than limits.CHUNK_BYTES, empty, smaller than
+        limits.MIN_CHUNK_BYTES without ending the payload, or goes past the announced size,
+        OSError if it cannot be written; either closes the writer.
         """
         f, _ = self._open_file()
         try:
@@ -208,7 +217,8 @@ def receive_bytes(chunks: Iterable[bytes], info: PayloadInfo, limit: int, where:
     """Collect an announced payload from chunks into memory (for small payloads).
 
     Raises WireError if info announces more than limit bytes or has a bad digest length,
-    a chunk is larger than limits.CHUNK_BYTES, more or fewer bytes than announced arrive,
+    a chunk is larger than limits.CHUNK_BYTES, empty, or under limits.MIN_CHUNK_BYTES before the end,
+    more or fewer bytes than announced arrive,
     or the digest does not match.
     """
     receipt = _Receipt(info, limit, where)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedsec import _fs, limits
+from fedsec import _fs, _schema, limits
 from fedsec.errors import HEError, JobError, TransferInterruptedError, WireError
 from fedsec.jobs.meta import AppConfig, JobMeta
 from fedsec.wire import arrays, fedsec_pb2, streams
@@ -486,12 +486,7 @@ def _one_line(text: str, limit: int = 1000) -> str:
 
 
 def _parse_meta(text: str, where: str) -> tuple[float, str]:
-    if len(text) > limits.MAX_META_JSON_BYTES:
-        raise WireError(f"{where}: meta larger than {limits.MAX_META_JSON_BYTES} bytes")
-    try:
-        meta = json.loads(text) if text else {}
-    except json.JSONDecodeError as exc:
-        raise WireError(f"{where}: meta is not JSON") from exc
+    meta = _schema.parse_json(text or "{}", f"{where}: meta", limit=limits.MAX_META_JSON_BYTES, error=WireError)
     if not isinstance(meta, dict):
         raise WireError(f"{where}: meta is not a JSON object")
     weight = meta.get("num_examples", 1)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from fedsec import _fs, _schema, limits
-from fedsec.errors import ConfigError
+from fedsec.errors import ConfigError, WireError
 
 
 class Color(enum.Enum):
@@ -91,3 +91,50 @@ def test_write_secret_mode(tmp_path: Path) -> None:
     _fs.write_secret(path, b"x")
     assert path.stat().st_mode & 0o777 == 0o600
     assert not list(path.parent.glob(".*tmp"))
+
+
+BAD_YAML = [
+    ("nested lists", b"a: " + b"[" * 10_000 + b"]" * 10_000, "nested deeper than 32 levels at line 1"),
+    ("nested mappings", b"".join(b"  " * i + b"k:\n" for i in range(40)) + b"  " * 40 + b"v\n", "nested deeper"),
+    ("a 200,000-digit integer", b"a: " + b"9" * 200_000, "a number of more than 100 digits at line 1"),
+    ("a long hex integer", b"a: 0x" + b"f" * 5_000, "a number of more than 100 digits"),
+    ("a long sexagesimal", b"a: 1" + b":30" * 3_000, "a number of more than 100 digits"),
+    ("not UTF-8", b"a: \xff\n", "not UTF-8 text"),
+]
+
+
+@pytest.mark.parametrize(("case", "text", "message"), BAD_YAML, ids=[b[0] for b in BAD_YAML])
+def test_parse_yaml_refuses_what_would_crash_the_parser(case: str, text: bytes, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"^meta.yml: {message}"):
+        _schema.parse_yaml(text, "meta.yml")
+
+
+def test_parse_yaml_keeps_long_strings_and_floats() -> None:
+    text = b"a: '" + b"9" * 5_000 + b"'\nb: 1." + b"5" * 5_000 + b"\nc: [[[1]]]\n"
+    doc = _schema.parse_yaml(text, "x")
+    assert doc["a"] == "9" * 5_000 and doc["b"] == pytest.approx(14 / 9) and doc["c"] == [[[1]]]
+
+
+BAD_JSON = [
+    ("too large", "[" + "1," * 40_000 + "1]", "larger than 65536 bytes"),
+    ("nested", "[" * 10_000 + "]" * 10_000, "nested deeper than 32 levels"),
+    ("nested objects", '{"a":' * 33 + "1" + "}" * 33, "nested deeper than 32 levels"),
+    ("a long integer", '{"n": ' + "9" * 5_000 + "}", "a number of more than 100 digits"),
+    ("not JSON", "{", "not JSON: Expecting property name"),
+    ("NaN", '{"n": NaN}', "not valid JSON: NaN is not a number JSON allows"),
+    ("duplicate keys", '{"n": 1, "n": 2}', "not valid JSON: duplicate key 'n'"),
+    ("not UTF-8", b'{"n": "\xff"}', "not UTF-8 text"),
+]
+
+
+@pytest.mark.parametrize(("case", "text", "message"), BAD_JSON, ids=[b[0] for b in BAD_JSON])
+def test_parse_json_refuses(case: str, text: str | bytes, message: str) -> None:
+    with pytest.raises(WireError, match=f"^result meta: {message}"):
+        _schema.parse_json(text, "result meta", error=WireError)
+
+
+def test_parse_json_reads_brackets_inside_strings_as_text() -> None:
+    text = '{"a": "' + "[" * 100 + '", "b": "\\"[[[", "c": [[1]]}'
+    assert _schema.parse_json(text, "x") == {"a": "[" * 100, "b": '"[[[', "c": [[1]]}
+    with pytest.raises(ConfigError, match="^x: nested deeper"):
+        _schema.parse_json("[" * 33 + "]" * 33, "x")

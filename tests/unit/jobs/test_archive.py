@@ -157,7 +157,7 @@ def test_unpack_refuses_duplicate_names(tmp_path: Path) -> None:
 def test_unpack_refuses_too_many_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(limits, "MAX_JOB_FILES", 3)
     data = make_zip([META, *((f"f{i}", b"") for i in range(3))])
-    assert_refused(data, tmp_path, "4 entries is more than the limit of 3")
+    assert_refused(data, tmp_path, "declares 4 entries, more than the limit of 3")
 
 
 def test_unpack_refuses_oversized_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -234,3 +234,54 @@ def test_copy_counts_the_bytes_that_come_out() -> None:
         archive._copy_bounded(io.BytesIO(bytes(100)), out, 50, "big")
     assert len(out.getvalue()) <= 50
     assert archive._copy_bounded(io.BytesIO(bytes(50)), io.BytesIO(), 50, "fits") == 0
+
+
+def _with_end_record(data: bytes, *, entries: int, cd_size: int, zip64: bool) -> bytes:
+    """data (a zip) with its end record rewritten to declare entries and cd_size (in a zip64 record if asked)."""
+    at = data.rfind(b"PK\x05\x06")
+    body, (_, disk, cd_disk, _, _, _, cd_offset, _) = data[:at], struct.unpack("<4s4H2LH", data[at : at + 22])
+    if not zip64:
+        return body + struct.pack("<4s4H2LH", b"PK\x05\x06", disk, cd_disk, entries, entries, cd_size, cd_offset, 0)
+    record = struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, entries, entries, cd_size, cd_offset)
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, len(body), 1)
+    eocd = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    return body + record + locator + eocd
+
+
+@pytest.mark.parametrize(
+    ("zip64", "entries", "cd_size", "fragment"),
+    [
+        (False, 60_000, 100, "declares 60000 entries"),
+        (True, 60_000, 100, "declares 60000 entries"),
+        (True, 2_000_000, 100, "declares 2000000 entries"),
+        (False, 1, limits.MAX_ZIP_DIRECTORY_BYTES + 1, "central directory of"),
+        (True, 1, limits.MAX_ZIP_DIRECTORY_BYTES + 1, "central directory of"),
+    ],
+)
+def test_unpack_checks_the_end_record_before_the_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, zip64: bool, entries: int, cd_size: int, fragment: str
+) -> None:
+    data = _with_end_record(make_zip([("a.txt", b"x")]), entries=entries, cd_size=cd_size, zip64=zip64)
+
+    def no_parse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("zipfile parsed the central directory")
+
+    monkeypatch.setattr(zipfile.ZipFile, "_RealGetContents", no_parse)
+    with pytest.raises(JobError, match=fragment):
+        unpack(data, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unpack_refuses_a_zip_without_an_end_record(tmp_path: Path) -> None:
+    data = make_zip([("a.txt", b"x")])
+    with pytest.raises(JobError, match="no end-of-central-directory record"):
+        unpack(data[: data.rfind(b"PK\x05\x06")], tmp_path / "out")
+
+
+def test_unpack_reads_a_file_and_pack_file_writes_one(job: Path, tmp_path: Path) -> None:
+    path = archive.pack_file(job, tmp_path / "job.zip")
+    assert path.read_bytes() == pack(job)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    unpack(path, tmp_path / "out")
+    assert files_under(tmp_path / "out") == FILES
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -177,6 +177,20 @@ def test_invalid_and_oversized_yaml(tmp_path: Path) -> None:
         load_job_folder(root)
 
 
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        (b"name: " + b"[" * 100_000, "meta.yml: nested deeper than"),
+        (b"format: fedsec-job/1\nname: x\nmin_clients: " + b"1" * 200_000, "meta.yml: a number of more than"),
+    ],
+)
+def test_meta_that_would_crash_the_parser_is_refused(tmp_path: Path, text: bytes, fragment: str) -> None:
+    root = write_job(tmp_path / "job")
+    (root / "meta.yml").write_bytes(text)
+    with pytest.raises(JobError, match=fragment):
+        load_job_folder(root)
+
+
 def test_symlink_out_of_the_folder_is_refused(tmp_path: Path) -> None:
     outside = tmp_path / "outside.py"
     outside.write_text("print('not in the job')\n")

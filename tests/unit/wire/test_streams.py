@@ -91,7 +91,8 @@ def test_file_roundtrip_through_writer(tmp_path: Path) -> None:
     assert _leftovers(tmp_path) == ["dest.bin"]
 
 
-def test_writer_uses_a_private_temporary_file(tmp_path: Path) -> None:
+def test_writer_uses_a_private_temporary_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "MIN_CHUNK_BYTES", 2)
     dest = tmp_path / "in" / "dest.bin"
     dest.parent.mkdir()
     with streams.PayloadWriter(dest, streams.describe_bytes(b"abc"), LIMIT, "x") as writer:
@@ -109,7 +110,9 @@ def test_roundtrip(tmp_path: Path, receiver: Callable[[Path], Callable[[Iterable
     receive = receiver(tmp_path)
     assert receive(streams.bytes_chunks(PAYLOAD), streams.describe_bytes(PAYLOAD)) == PAYLOAD
     assert receive(streams.bytes_chunks(b""), streams.describe_bytes(b"")) == b""
-    assert receive([b"", b"abc", b""], streams.describe_bytes(b"abc")) == b"abc"
+    assert receive([b"abc"], streams.describe_bytes(b"abc")) == b"abc"
+    small_last = [PAYLOAD[: limits.MIN_CHUNK_BYTES], PAYLOAD[limits.MIN_CHUNK_BYTES : limits.MIN_CHUNK_BYTES + 1]]
+    assert receive(small_last, _info(limits.MIN_CHUNK_BYTES + 1, hashlib.sha256(b"".join(small_last)).digest()))
 
 
 def _info(size: int = len(PAYLOAD), digest: bytes = hashlib.sha256(PAYLOAD).digest()) -> PayloadInfo:
@@ -120,13 +123,22 @@ BAD = [
     ("wrong digest", list(streams.bytes_chunks(PAYLOAD)), _info(digest=bytes(32)), "does not match its SHA-256 digest"),
     ("flipped byte", list(streams.bytes_chunks(PAYLOAD[:-1] + bytes([PAYLOAD[-1] ^ 1]))), _info(), "SHA-256 digest"),
     ("too many bytes", [*streams.bytes_chunks(PAYLOAD), b"x"], _info(), f"more data than the announced {len(PAYLOAD)}"),
-    ("too few bytes", list(streams.bytes_chunks(PAYLOAD[:-1])), _info(), f"ended after {len(PAYLOAD) - 1} of"),
+    ("too few bytes", list(streams.bytes_chunks(PAYLOAD))[:-1], _info(), f"ended after {2 * limits.CHUNK_BYTES} of"),
     ("nothing arrived", [], _info(), f"payload ended after 0 of {len(PAYLOAD)} bytes"),
     (
         "oversized chunk",
         [PAYLOAD[: limits.CHUNK_BYTES + 1]],
         _info(),
         f"chunk of {limits.CHUNK_BYTES + 1} bytes is over the limit",
+    ),
+    ("empty chunk", [b"", *streams.bytes_chunks(PAYLOAD)], _info(), "an empty chunk"),
+    ("empty chunk at the end", [*streams.bytes_chunks(PAYLOAD), b""], _info(), "an empty chunk"),
+    ("1-byte chunks", [PAYLOAD[i : i + 1] for i in range(1000)], _info(), "chunk of 1 bytes before the payload's end"),
+    (
+        "small chunk before the end",
+        [PAYLOAD[: limits.MIN_CHUNK_BYTES - 1], PAYLOAD[limits.MIN_CHUNK_BYTES - 1 :]],
+        _info(),
+        f"every chunk but the last carries at least {limits.MIN_CHUNK_BYTES} bytes",
     ),
     ("bytes for an empty payload", [b"x"], _info(0, hashlib.sha256().digest()), "more data than the announced 0"),
     ("wrong digest, empty", [], _info(0, bytes(32)), "does not match its SHA-256 digest"),
@@ -168,7 +180,7 @@ def test_bad_info_is_refused_at_construction(tmp_path: Path, info: PayloadInfo, 
 def test_exception_inside_with_leaves_nothing(tmp_path: Path) -> None:
     dest = tmp_path / "dest.bin"
     with pytest.raises(KeyError), streams.PayloadWriter(dest, _info(), LIMIT, "x") as writer:
-        writer.write(PAYLOAD[:100])
+        writer.write(PAYLOAD[: limits.MIN_CHUNK_BYTES])
         raise KeyError("boom")
     assert list(tmp_path.iterdir()) == []
 
@@ -222,7 +234,8 @@ def test_writer_only_works_inside_with(tmp_path: Path) -> None:
     assert dest.read_bytes() == b"abc"
 
 
-def test_refused_chunk_closes_the_writer_at_once(tmp_path: Path) -> None:
+def test_refused_chunk_closes_the_writer_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "MIN_CHUNK_BYTES", 2)
     dest = tmp_path / "dest.bin"
     with streams.PayloadWriter(dest, streams.describe_bytes(b"abc"), LIMIT, "x") as writer:
         writer.write(b"ab")

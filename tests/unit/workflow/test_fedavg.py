@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
+from fedsec import limits
 from fedsec.errors import JobError, TransferInterruptedError
 from fedsec.jobs import FedAvgRecipe, load_job_folder
 from fedsec.wire import arrays, fedsec_pb2, streams
@@ -92,6 +93,12 @@ class Running:
         return self.error
 
 
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These models are a few hundred bytes: let them travel in 64-byte chunks, so a stream can be cut midway."""
+    monkeypatch.setattr(limits, "MIN_CHUNK_BYTES", 64)
+
+
 @pytest.fixture
 def make_job(tmp_path: Path) -> Iterator[Callable[..., Job]]:
     jobs: list[Job] = []
@@ -146,7 +153,7 @@ def submit(
         payload=streams.describe_bytes(payload),
     )
     sent = corrupt(payload) if corrupt else payload
-    chunks = streams.bytes_chunks(sent, 64)
+    chunks = streams.bytes_chunks(sent, 64)  # small chunks of a small model: see small_chunks below
     if cut_after is not None:
         chunks = _cut(chunks, cut_after)
     return fedavg.submit(site, header, chunks)
@@ -302,7 +309,10 @@ BAD_RESULTS: list[tuple[str, dict[str, Any], str]] = [
     ("huge examples", {"num_examples": 1e13}, "num_examples must be a positive number"),
     ("params_type", {"params_type": "delta"}, "params_type must be one of full, diff"),
     ("mixed params_type", {"params_type": "full"}, "params_type full differs from this round's diff"),
-    ("meta not JSON", {"meta_json": "{"}, "meta is not JSON"),
+    ("meta not JSON", {"meta_json": "{"}, "meta: not JSON"),
+    ("meta nested deep", {"meta_json": "[" * 10_000}, "meta: nested deeper than"),
+    ("meta with a huge number", {"meta_json": '{"num_examples": ' + "9" * 200_000 + "}"}, "meta: larger than"),
+    ("meta with a long number", {"meta_json": '{"num_examples": ' + "9" * 5_000 + "}"}, "more than 100 digits"),
     ("meta a list", {"meta_json": "[1]"}, "meta is not a JSON object"),
     ("metric NaN", {"metrics": {"loss": float("nan")}}, "metric 'loss' is not a finite number"),
     ("digest", {"corrupt": _flip_last_byte}, "does not match its SHA-256 digest"),
@@ -449,7 +459,9 @@ def test_an_interrupted_upload_leaves_the_site_pending_and_its_retry_is_accepted
     task(fedavg, "site-2", 0)
     assert submit(fedavg, "site-1", 0, update(2, 4)) == (True, "")
     if how == "ended early":
-        accepted, why = submit(fedavg, "site-2", 0, update(4, 4), corrupt=lambda data: data[: len(data) // 2])
+        accepted, why = submit(
+            fedavg, "site-2", 0, update(4, 4), corrupt=lambda data: data[: len(data) // 2 // 64 * 64]
+        )  # whole chunks
         assert re.search(r"payload ended after \d+ of \d+ bytes", why), why
     else:
         accepted, why = submit(fedavg, "site-2", 0, update(4, 4), cut_after=1)
