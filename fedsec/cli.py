@@ -81,7 +81,7 @@ def _cmd_he_decrypt(args: argparse.Namespace) -> int:
     from fedsec import _fs, limits
     from fedsec.he.codec import decrypt_model
     from fedsec.he.context import load_client_context
-    from fedsec.wire import arrays
+    from fedsec.wire import arrays, model_file
 
     context = load_client_context(
         _fs.read_bounded(Path(args.context), limits.MAX_KIT_FILE_BYTES, f"HE context {args.context}"), args.context
@@ -92,8 +92,11 @@ def _cmd_he_decrypt(args: argparse.Namespace) -> int:
     params, weight = decrypt_model(
         context, _fs.read_bounded(source, limits.MAX_MODEL_BYTES, f"encrypted model {source}"), str(source)
     )
-    out = Path(args.output) if args.output else source.with_suffix(".fsa")
-    arrays.write_file(out, params)
+    out = Path(args.output) if args.output else source.with_suffix(model_file.SAFETENSORS_SUFFIX)
+    if out.suffix == model_file.CONTAINER_SUFFIX:  # the older format, when asked for by name
+        arrays.write_file(out, params)
+    else:
+        model_file.write_safetensors(out, params)
     print(f"decrypted {source} ({len(params)} tensors, total weight {weight:g}) into {out}")
     return EXIT_OK
 
@@ -184,13 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
         "decrypt",
         help="decrypt a downloaded encrypted global model with a site's HE context",
         description="Decrypt an HE job's global model (global_model.fsh, or a downloaded result folder holding it) "
-        "with a site's client_context.tenseal, into plain weights (an .fsa array container).",
+        "with a site's client_context.tenseal, into plain weights: a .safetensors file (or .fsa, if -o names one).",
     )
     p.add_argument(
         "--context", required=True, metavar="CLIENT_CONTEXT", help="a site kit's startup/client_context.tenseal"
     )
     p.add_argument("result", metavar="RESULT", help="global_model.fsh or the downloaded result folder")
-    p.add_argument("-o", "--output", metavar="FILE", help="where to write (default: next to the input, .fsa)")
+    p.add_argument("-o", "--output", metavar="FILE", help="where to write (default: next to the input, .safetensors)")
     p.set_defaults(func=_cmd_he_decrypt)
     return parser
 

@@ -46,14 +46,18 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
-
+from fedsec import _deps
 from fedsec.errors import JobError
 from fedsec.tracking.events import Event, EventKind
 from fedsec.tracking.receivers.base import RunEnd
 from fedsec.tracking.receivers.store import SHOWN
+
+try:
+    from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+except ImportError as exc:  # the tracking extra is not installed
+    raise _deps.missing("mlflow", exc) from exc
 
 log = logging.getLogger(__name__)
 
