@@ -101,6 +101,32 @@ def _cmd_he_decrypt(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_poc(args: argparse.Namespace) -> int:
+    from fedsec.provision import poc
+
+    folder = Path(args.dir)
+    if args.action == "stop":
+        if args.he:
+            raise ConfigError("poc stop: --he is for starting a poc")
+        for line in poc.stop(folder):
+            print(line)
+        return EXIT_OK
+    if not args.action.isdigit():
+        raise ConfigError(f"poc: expected the number of sites or 'stop', got {args.action!r}")
+    started, fresh = poc.start(folder, int(args.action), he=args.he)
+    kit = started.admin
+    what = "provisioned and started" if fresh else "started"
+    he = " with homomorphic encryption" if started.he else ""
+    print(f"{what} a poc federation{he} in {started.folder}: the server and {len(started.sites)} sites, all registered")
+    print(f"admin kit: {kit}")
+    print("next:")
+    print("  fedsec job new myjob --template pytorch     # a job folder to start from")
+    print(f"  python myjob/job.py --startup_kit {kit}")
+    print(f"  {kit}/startup/fl_admin.sh     # the admin shell")
+    print(f"  fedsec poc stop --dir {started.folder}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedsec", description="fedsec: secure federated learning (provision, run and administer a federation)."
@@ -180,6 +206,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=_cmd_admin)
+
+    p = sub.add_parser(
+        "poc",
+        help="a local proof-of-concept federation: provision N sites and start them, or stop them",
+        description="fedsec poc N: provision a project with a server, sites site-1..site-N and the project admin "
+        "admin@fedsec.local into DIR (on free ports of 127.0.0.1), start the server and every site in the "
+        "background and return once all are registered. Run again on a stopped DIR to start the same kits. "
+        "fedsec poc stop: stop exactly the processes started from DIR, by their pids.",
+    )
+    p.add_argument("action", metavar="N|stop", help="how many sites to start, or 'stop'")
+    p.add_argument("--he", action="store_true", help="a project with homomorphic encryption (the he extra)")
+    p.add_argument("--dir", default="fedsec-poc", metavar="DIR", help="the poc's folder (default: ./fedsec-poc)")
+    p.set_defaults(func=_cmd_poc)
 
     p = sub.add_parser("he", help="homomorphic encryption tools", description="Homomorphic encryption tools.")
     he_sub = p.add_subparsers(dest="he_command", metavar="HE_COMMAND", required=True)
