@@ -127,6 +127,16 @@ def _cmd_poc(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_job_new(args: argparse.Namespace) -> int:
+    from fedsec.jobs.scaffold import new_job
+
+    folder = Path(args.dir) / args.name
+    written = new_job(folder, args.template)
+    print(f"wrote the {args.template} job {args.name} into {folder}: {', '.join(p.name for p in written)}")
+    print(f"run it on a federation (fedsec poc 2 starts one): python {folder / 'job.py'} --startup_kit ADMIN_KIT")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedsec", description="fedsec: secure federated learning (provision, run and administer a federation)."
@@ -219,6 +229,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--he", action="store_true", help="a project with homomorphic encryption (the he extra)")
     p.add_argument("--dir", default="fedsec-poc", metavar="DIR", help="the poc's folder (default: ./fedsec-poc)")
     p.set_defaults(func=_cmd_poc)
+
+    p = sub.add_parser("job", help="job folders", description="Job folders.")
+    job_sub = p.add_subparsers(dest="job_command", metavar="JOB_COMMAND", required=True)
+    p = job_sub.add_parser(
+        "new",
+        help="write a job folder to start from (job.py, client.py, model.py)",
+        description="Write DIR/NAME: job.py (builds a FedAvg recipe and runs it: python NAME/job.py --startup_kit "
+        "ADMIN_KIT), client.py (the training script) and model.py, from a template that runs as it is on a "
+        "fedsec poc federation. Refuses a folder that exists.",
+    )
+    p.add_argument("name", metavar="NAME", help="the job's name, and its folder's")
+    p.add_argument(
+        "--template",
+        choices=["numpy", "pytorch", "sklearn"],
+        default="numpy",
+        help="numpy: softmax regression on synthetic data (no extra); pytorch, sklearn: the digits data (the ml "
+        "extra). Default: numpy",
+    )
+    p.add_argument("--dir", default=".", metavar="DIR", help="where to make the folder (default: here)")
+    p.set_defaults(func=_cmd_job_new)
 
     p = sub.add_parser("he", help="homomorphic encryption tools", description="Homomorphic encryption tools.")
     he_sub = p.add_subparsers(dest="he_command", metavar="HE_COMMAND", required=True)
