@@ -186,7 +186,8 @@ def _load(folder: Path, prod: Path) -> Poc:
 def _start_kits(poc: Poc, env: dict[str, str]) -> None:
     """The server, until it listens; then every site at once, until each registered. Raises FedsecError."""
     _record(poc.folder, poc.server)
-    _check_started(poc.server, _run_start(poc.server, env).communicate())
+    server = _run_start(poc.server, env)
+    _check_started(poc.server, *server.communicate(), server.returncode)
     procs = []
     for kit in poc.sites:
         _record(poc.folder, kit)
@@ -194,7 +195,7 @@ def _start_kits(poc: Poc, env: dict[str, str]) -> None:
     failures = []
     for kit, proc in procs:
         try:
-            _check_started(kit, proc.communicate())
+            _check_started(kit, *proc.communicate(), proc.returncode)
         except FedsecError as exc:
             failures.append(str(exc))
     if failures:
@@ -207,16 +208,18 @@ def _run_start(kit: Path, env: dict[str, str]) -> subprocess.Popen[str]:
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # the daemon it leaves outlives this command and its terminal's signals
     )
 
 
-def _check_started(kit: Path, output: tuple[str, Any]) -> None:
-    said = output[0].strip()
-    if not said.startswith("started ") or "not registered yet" in said or _kit_pid(kit) is None:
-        last = said.splitlines()[-1] if said else "no output"
+def _check_started(kit: Path, out: str, err: str, code: int) -> None:
+    """start.sh exits 0 saying "started" once the server listens or the site registered; else what it said."""
+    said = out.strip()
+    if code != 0 or not said.startswith("started ") or "not registered yet" in said:
+        lines = (said + "\n" + err.strip()).strip().splitlines()
+        last = lines[-1] if lines else f"start.sh exited {code} and said nothing"
         raise FedsecError(f"{kit.name} did not start ({last}); its log: {kit / 'log.txt'}")
 
 
