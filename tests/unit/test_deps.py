@@ -85,3 +85,24 @@ def test_a_broken_install_says_what_failed_too() -> None:
 
     exc = ModuleNotFoundError("No module named 'sealapi_core'", name="sealapi_core")
     assert str(_deps.missing("tenseal", exc)) == f"{HE} (No module named 'sealapi_core')"
+
+
+def test_every_extra_named_in_an_error_is_declared_with_its_library() -> None:
+    import tomllib
+
+    from fedsec import _deps
+
+    root = Path(__file__).resolve().parents[2]
+    project = tomllib.loads((root / "pyproject.toml").read_text())
+    extras = project["project"]["optional-dependencies"]
+    pypi_name = {"sklearn": "scikit-learn"}
+    for module, extra in _deps.OPTIONAL.items():
+        wanted = pypi_name.get(module, module).lower()
+        assert any(req.lower().startswith(wanted) for req in extras[extra.extra]), (module, extra.extra)
+    assert set(extras["all"]) == {"fedsec[he,tracking,ml]"}
+    pins = (root / "requirements.txt").read_text().splitlines()
+    for name in ("tenseal", "mlflow", "tensorboardX", "torch", "scikit-learn", "safetensors"):
+        assert any(line.startswith(f"{name}==") for line in pins), name
+    data = project["tool"]["setuptools"]["package-data"]["fedsec"]
+    assert "py.typed" in data and "jobs/templates/*/*.in" in data
+    assert (root / "fedsec" / "py.typed").is_file()
