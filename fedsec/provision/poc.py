@@ -76,11 +76,11 @@ def start(folder: Path, n_sites: int, *, he: bool = False, fedsec_command: str |
     if alive:
         names = ", ".join(f"{s.name} (pid {s.pid})" for s in alive)
         raise ConfigError(f"poc {folder} runs already: {names}; stop it with: fedsec poc stop --dir {folder}")
+    env = {**os.environ, "FEDSEC": fedsec_command or _fedsec_command()}
     poc = _existing(folder, n_sites, he)
     fresh = poc is None
     if poc is None:
         poc = _provision(folder, n_sites, he)
-    env = {**os.environ, "FEDSEC": fedsec_command or _fedsec_command()}
     _fs.write_atomic(folder / RECORD, b"")
     try:
         _start_kits(poc, env)
