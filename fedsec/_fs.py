@@ -1,4 +1,4 @@
-"""Filesystem helpers: atomic writes, secret files (0600), safe names.
+"""Filesystem helpers: atomic writes, secret files (0600), staged folders, safe names.
 
 Every file fedsec writes goes through write_atomic or write_secret, so a crash
 never leaves a half-written file behind and keys are never readable by others.
@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import stat
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from fedsec import limits
@@ -117,3 +120,28 @@ def read_bounded(path: Path, limit: int, where: str, error: type[FedsecError] = 
     if len(data) > limit:
         raise error(f"{where}: larger than the limit of {limit} bytes")
     return data
+
+
+@contextmanager
+def staged_dir(dest: Path, what: str = "folder") -> Iterator[Path]:
+    """A fresh, empty folder beside dest to fill in the with block; renamed to dest when the block succeeds.
+
+    All or nothing: when the block raises, the staging folder is removed and dest is not made. Never
+    replaces anything: raises ConfigError("{what} {dest} exists already") when dest exists, before the
+    block and again at the rename.
+    """
+    if os.path.lexists(dest):
+        raise ConfigError(f"{what} {dest} exists already; not overwriting it")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
+    except OSError as exc:
+        raise ConfigError(f"{what} {dest}: cannot create it: {exc.strerror or exc}") from exc
+    try:
+        yield staging
+        if os.path.lexists(dest):
+            raise ConfigError(f"{what} {dest} exists already; not overwriting it")
+        staging.rename(dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

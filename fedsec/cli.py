@@ -81,7 +81,7 @@ def _cmd_he_decrypt(args: argparse.Namespace) -> int:
     from fedsec import _fs, limits
     from fedsec.he.codec import decrypt_model
     from fedsec.he.context import load_client_context
-    from fedsec.wire import arrays
+    from fedsec.wire import arrays, model_file
 
     context = load_client_context(
         _fs.read_bounded(Path(args.context), limits.MAX_KIT_FILE_BYTES, f"HE context {args.context}"), args.context
@@ -92,9 +92,48 @@ def _cmd_he_decrypt(args: argparse.Namespace) -> int:
     params, weight = decrypt_model(
         context, _fs.read_bounded(source, limits.MAX_MODEL_BYTES, f"encrypted model {source}"), str(source)
     )
-    out = Path(args.output) if args.output else source.with_suffix(".fsa")
-    arrays.write_file(out, params)
+    out = Path(args.output) if args.output else source.with_suffix(model_file.SAFETENSORS_SUFFIX)
+    if out.suffix == model_file.CONTAINER_SUFFIX:  # the older format, when asked for by name
+        arrays.write_file(out, params)
+    else:
+        model_file.write_safetensors(out, params)
     print(f"decrypted {source} ({len(params)} tensors, total weight {weight:g}) into {out}")
+    return EXIT_OK
+
+
+def _cmd_poc(args: argparse.Namespace) -> int:
+    from fedsec.provision import poc
+
+    folder = Path(args.dir)
+    if args.action == "stop":
+        if args.he:
+            raise ConfigError("poc stop: --he is for starting a poc")
+        for line in poc.stop(folder):
+            print(line)
+        return EXIT_OK
+    if not args.action.isdigit():
+        raise ConfigError(f"poc: expected the number of sites or 'stop', got {args.action!r}")
+    started, fresh = poc.start(folder, int(args.action), he=args.he)
+    kit = started.admin
+    what = "provisioned and started" if fresh else "started"
+    he = " with homomorphic encryption" if started.he else ""
+    print(f"{what} a poc federation{he} in {started.folder}: the server and {len(started.sites)} sites, all registered")
+    print(f"admin kit: {kit}")
+    print("next:")
+    print("  fedsec job new myjob --template pytorch     # a job folder to start from")
+    print(f"  python myjob/job.py --startup_kit {kit}")
+    print(f"  {kit}/startup/fl_admin.sh     # the admin shell")
+    print(f"  fedsec poc stop --dir {started.folder}")
+    return EXIT_OK
+
+
+def _cmd_job_new(args: argparse.Namespace) -> int:
+    from fedsec.jobs.scaffold import new_job
+
+    folder = Path(args.dir) / args.name
+    written = new_job(folder, args.template)
+    print(f"wrote the {args.template} job {args.name} into {folder}: {', '.join(p.name for p in written)}")
+    print(f"run it on a federation (fedsec poc 2 starts one): python {folder / 'job.py'} --startup_kit ADMIN_KIT")
     return EXIT_OK
 
 
@@ -178,19 +217,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=_cmd_admin)
 
+    p = sub.add_parser(
+        "poc",
+        help="a local proof-of-concept federation: provision N sites and start them, or stop them",
+        description="fedsec poc N: provision a project with a server, sites site-1..site-N and the project admin "
+        "admin@fedsec.local into DIR (on free ports of 127.0.0.1), start the server and every site in the "
+        "background and return once all are registered. Run again on a stopped DIR to start the same kits. "
+        "fedsec poc stop: stop exactly the processes started from DIR, by their pids.",
+    )
+    p.add_argument("action", metavar="N|stop", help="how many sites to start, or 'stop'")
+    p.add_argument("--he", action="store_true", help="a project with homomorphic encryption (the he extra)")
+    p.add_argument("--dir", default="fedsec-poc", metavar="DIR", help="the poc's folder (default: ./fedsec-poc)")
+    p.set_defaults(func=_cmd_poc)
+
+    p = sub.add_parser("job", help="job folders", description="Job folders.")
+    job_sub = p.add_subparsers(dest="job_command", metavar="JOB_COMMAND", required=True)
+    p = job_sub.add_parser(
+        "new",
+        help="write a job folder to start from (job.py, client.py, model.py)",
+        description="Write DIR/NAME: job.py (builds a FedAvg recipe and runs it: python NAME/job.py --startup_kit "
+        "ADMIN_KIT), client.py (the training script) and model.py, from a template that runs as it is on a "
+        "fedsec poc federation. Refuses a folder that exists.",
+    )
+    p.add_argument("name", metavar="NAME", help="the job's name, and its folder's")
+    p.add_argument(
+        "--template",
+        choices=["numpy", "pytorch", "sklearn"],
+        default="numpy",
+        help="numpy: softmax regression on synthetic data (no extra); pytorch, sklearn: the digits data (the ml "
+        "extra). Default: numpy",
+    )
+    p.add_argument("--dir", default=".", metavar="DIR", help="where to make the folder (default: here)")
+    p.set_defaults(func=_cmd_job_new)
+
     p = sub.add_parser("he", help="homomorphic encryption tools", description="Homomorphic encryption tools.")
     he_sub = p.add_subparsers(dest="he_command", metavar="HE_COMMAND", required=True)
     p = he_sub.add_parser(
         "decrypt",
         help="decrypt a downloaded encrypted global model with a site's HE context",
         description="Decrypt an HE job's global model (global_model.fsh, or a downloaded result folder holding it) "
-        "with a site's client_context.tenseal, into plain weights (an .fsa array container).",
+        "with a site's client_context.tenseal, into plain weights: a .safetensors file (or .fsa, if -o names one).",
     )
     p.add_argument(
         "--context", required=True, metavar="CLIENT_CONTEXT", help="a site kit's startup/client_context.tenseal"
     )
     p.add_argument("result", metavar="RESULT", help="global_model.fsh or the downloaded result folder")
-    p.add_argument("-o", "--output", metavar="FILE", help="where to write (default: next to the input, .fsa)")
+    p.add_argument("-o", "--output", metavar="FILE", help="where to write (default: next to the input, .safetensors)")
     p.set_defaults(func=_cmd_he_decrypt)
     return parser
 

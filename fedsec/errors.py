@@ -5,6 +5,7 @@ a caller does about them::
 
     FedsecError
     +-- ConfigError          bad input from a user: a project.yml, meta.yml, a flag  (exit 2)
+    |   +-- DependencyError  an optional library is not installed: install the extra it names
     +-- KitError             a startup kit is missing, tampered with or inconsistent (exit 2)
     +-- AuthError            an identity or a right was refused                      (exit 1)
     +-- WireError            a message broke the protocol or a limit                 (exit 1)
@@ -32,6 +33,10 @@ class ConfigError(FedsecError):
     """A configuration file, a flag or other user input is invalid."""
 
     exit_code = EXIT_BAD_INPUT
+
+
+class DependencyError(ConfigError):
+    """An optional library (tenseal, mlflow, torch, ...) is not installed; the message names the extra."""
 
 
 class KitError(FedsecError):

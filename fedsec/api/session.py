@@ -8,7 +8,8 @@ upload, each for one run: the session picks the new job's id and submit time
 and signs them with the archive (fedsec.jobs.signing); cloning a job signs the
 stored archive's digest again, after checking the stored job's own signature.
 Results are downloaded into DEST/<job id> (DEST: the kit's transfer/ folder by
-default) through a staging folder in DEST; every id and file name the server
+default) through a staging folder in DEST, a plain job's final model also as
+global_model.safetensors (fedsec.wire.model_file); every id and file name the server
 returns is checked before it names a path, and nothing the session did not
 create is ever deleted or replaced.
 """
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -308,7 +311,7 @@ class Session:
             return streams.receive_bytes(data(), first.info, limits.MAX_JOB_ARCHIVE_BYTES, "job result")
 
         archive: bytes = self._call("download_job", fetch)
-        unpack(archive, target)  # checks every name; stages in folder, renames; never replaces target
+        _unpack_result(archive, folder, target)
         return target
 
     def show_stats(self, job_id: str) -> dict[str, Any]:
@@ -367,6 +370,34 @@ class Session:
         request = fedsec_pb2.TargetRequest(max_results=max_results)
         result: list[dict[str, Any]] = self._text("show_audit", self._stub.ShowAudit, request)
         return result
+
+
+def _unpack_result(archive: bytes, folder: Path, target: Path) -> None:
+    """Unpack a result into target (which must not exist) with its model also as safetensors; all or nothing.
+
+    A plain job's global_model.fsa gets a global_model.safetensors beside it, the file users open
+    (fedsec.load_model, or safetensors alone). Raises JobError when target exists or a name is unsafe,
+    WireError when the model is not a valid container.
+    """
+    from fedsec.wire import model_file  # numpy: only when there is a result to convert
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.download-", dir=folder))
+    except OSError as exc:
+        raise JobError(f"download job {target.name}: cannot create {folder}: {exc.strerror or exc}") from exc
+    try:
+        unpack(archive, staging / target.name)  # checks every name
+        model = staging / target.name / f"{model_file.GLOBAL_MODEL}{model_file.CONTAINER_SUFFIX}"
+        if model.is_file():
+            model_file.container_to_safetensors(model, model.with_suffix(model_file.SAFETENSORS_SUFFIX))
+        if target.exists() or target.is_symlink():
+            raise JobError(f"download job {target.name}: {target} exists already; move or delete it first")
+        (staging / target.name).rename(target)
+    except OSError as exc:
+        raise JobError(f"download job {target.name}: cannot write {target}: {exc.strerror or exc}") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _server_job_id(returned: str, asked: str) -> str:

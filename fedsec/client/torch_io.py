@@ -1,4 +1,9 @@
-"""PyTorch <-> numpy for training scripts. torch is imported only when these run."""
+"""PyTorch <-> numpy for training scripts. torch is imported only when these run.
+
+to_numpy() turns a state_dict into numpy arrays; load_into() loads arrays (a received
+global model, or a downloaded result read with fedsec.load_model) into a module.
+Without torch installed (the ml extra), load_into raises DependencyError naming the extra.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from fedsec import _deps
+
 
 def to_numpy(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """A module's state_dict as numpy arrays (copies on the CPU)."""
@@ -14,8 +21,14 @@ def to_numpy(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 
 def load_into(module: Any, params: Mapping[str, np.ndarray]) -> None:
-    """Load numpy params into a torch module (strict: every key must match)."""
-    import torch
+    """Load numpy params into a torch module (strict: every key must match).
+
+    Raises DependencyError when torch is not installed; torch's own error when a name or shape differs.
+    """
+    try:
+        import torch
+    except ImportError as exc:  # the ml extra is not installed
+        raise _deps.missing("torch", exc) from exc
 
     state = {name: torch.from_numpy(np.array(value, copy=True)) for name, value in params.items()}
     module.load_state_dict(state, strict=True)

@@ -35,14 +35,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tenseal as ts  # type: ignore[import-untyped]
 from numpy.typing import NDArray
 
-from fedsec import limits
+from fedsec import _deps, limits
 from fedsec.errors import HEError, WireError
 from fedsec.he import params as he_params
 from fedsec.he.context import TENSEAL_ERRORS, first_parms_id, has_secret_key
 from fedsec.wire import arrays
+
+try:
+    import tenseal as ts  # type: ignore[import-untyped]
+except ImportError as exc:  # the he extra is not installed
+    raise _deps.missing("tenseal", exc) from exc
 
 log = logging.getLogger(__name__)
 

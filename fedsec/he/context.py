@@ -16,12 +16,15 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import tenseal as ts  # type: ignore[import-untyped]
-from tenseal import sealapi
-
-from fedsec import limits
+from fedsec import _deps, limits
 from fedsec.errors import HEError
 from fedsec.he import params
+
+try:
+    import tenseal as ts  # type: ignore[import-untyped]
+    from tenseal import sealapi
+except ImportError as exc:  # the he extra is not installed
+    raise _deps.missing("tenseal", exc) from exc
 
 # What a TenSEAL (pybind11) call raises on bad input; translated into fedsec errors.
 TENSEAL_ERRORS: tuple[type[Exception], ...] = (

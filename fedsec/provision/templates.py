@@ -46,7 +46,7 @@ for ((i = 0; ; i++)); do
     tail -c +"$offset" "$LOG" | tail -n 5 >&2
     exit 1
   fi
-  if tail -c +"$offset" "$LOG" | grep -q -- "$ready"; then
+  if tail -c +"$offset" "$LOG" 2>/dev/null | grep -q -- "$ready"; then  # the log may not exist yet
     echo "started {name} (pid $pid), log: $LOG"
     exit 0
   fi

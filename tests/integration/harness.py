@@ -195,3 +195,74 @@ class Federation:
         ):
             parts.append(f"===== {path.relative_to(self.prod)}\n{path.read_text(errors='replace')[-4000:]}")
         return "\n".join(parts)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether pid runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def pid_cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class PocFolder:
+    """A `fedsec poc` folder driven through the command line, and every process its kits recorded.
+
+    kill_all() (the fixtures' clean-up) SIGKILLs what still runs from the folder, by the pids the kits
+    recorded, so a failed test leaves nothing behind.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.env = {**os.environ, "FEDSEC": str(Path(sys.executable).parent / "fedsec")}
+        self.seen: dict[str, int] = {}
+
+    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "fedsec", "poc", *args, "--dir", str(self.folder)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            start_new_session=True,
+        )
+
+    @property
+    def prod(self) -> Path:
+        return self.folder / "workspace" / "poc" / "prod_00"
+
+    @property
+    def admin_kit(self) -> Path:
+        return self.prod / "admin@fedsec.local"
+
+    def pids(self) -> dict[str, int]:
+        """The pid each kit recorded in daemon.pid (remembered for the clean-up)."""
+        found = {}
+        for pid_file in sorted(self.prod.glob("*/daemon.pid")):
+            found[pid_file.parent.name] = int(pid_file.read_text().strip())
+        self.seen.update(found)
+        return found
+
+    def kill_all(self) -> None:
+        if self.prod.exists():
+            self.pids()
+        for pid in self.seen.values():
+            if pid_alive(pid) and str(self.folder) in pid_cmdline(pid):
+                os.kill(pid, signal.SIGKILL)
+
+    def dump_logs(self) -> str:
+        parts = [f"===== pids {self.seen}"]
+        for path in sorted(self.prod.glob("*/log.txt")) + sorted(self.prod.glob("*/jobs/*/log.txt")):
+            parts.append(f"===== {path.relative_to(self.prod)}\n{path.read_text(errors='replace')[-4000:]}")
+        for path in sorted(self.prod.glob("server/store/jobs/*/workflow.log")):
+            parts.append(f"===== {path.relative_to(self.prod)}\n{path.read_text(errors='replace')[-4000:]}")
+        return "\n".join(parts)

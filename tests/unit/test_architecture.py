@@ -15,11 +15,13 @@ PKG = Path(__file__).resolve().parents[2] / "fedsec"
 # Layer of each top-level module/package of fedsec; imports point to a lower layer
 # (or within the same foundation/building-block layer), never up.
 LAYERS = {
-    "errors": 0, "limits": 0, "_fs": 0, "_proc": 0, "_schema": 0, "logs": 0, "filters": 0,
+    "errors": 0, "limits": 0, "_fs": 0, "_proc": 0, "_schema": 0, "logs": 0, "filters": 0, "_deps": 0,
     "pki": 1, "wire": 1, "he": 1, "jobs": 1, "tracking": 1,
     "kit": 2, "provision": 2, "transport": 2, "tracking.receivers": 2,
     "server": 3, "workflow": 3, "site": 3, "client": 3, "api": 3,
-    "admin": 4, "cli": 4, "__main__": 5, "__init__": 0,
+    "admin": 4, "cli": 4, "__main__": 5,
+    # the package's front door re-exports (fedsec.load_model) lazily; the light-import test keeps it light
+    "__init__": 5,
 }  # fmt: skip
 PROCESS_PACKAGES = {"server", "workflow", "site", "client", "api"}
 

@@ -45,15 +45,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
-
+from fedsec import _deps
 from fedsec.errors import JobError
 from fedsec.tracking.backends import public_uri
 from fedsec.tracking.events import Event, EventKind
 from fedsec.tracking.receivers.base import RunEnd
 from fedsec.tracking.receivers.store import SHOWN
+
+try:
+    from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+except ImportError as exc:  # the tracking extra is not installed
+    raise _deps.missing("mlflow", exc) from exc
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedsec import logs
+from fedsec import _deps, logs
 from fedsec.errors import FedsecError, JobError
 
 log = logging.getLogger(__name__)
@@ -73,8 +73,10 @@ def prepare_embedded_store(tracking_dir: Path, lock_seconds: float = LOCK_SECOND
     """Make the embedded store of tracking_dir ready at MLflow's latest schema; return where it is.
 
     Sets a broken store aside and makes a fresh one (logged as a warning). Raises JobError when the folder cannot
-    be made, the lock is not free within lock_seconds, or a fresh store cannot be made either.
+    be made, the lock is not free within lock_seconds, or a fresh store cannot be made either; DependencyError
+    when mlflow is not installed.
     """
+    _deps.require("mlflow")
     root = (tracking_dir / STORE_DIR).resolve()
     try:
         root.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -32,14 +32,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tensorboardX.event_file_writer import EventsWriter  # type: ignore[import-untyped]
-from tensorboardX.proto.event_pb2 import Event as RecordEvent  # type: ignore[import-untyped]
-from tensorboardX.summary import scalar, text  # type: ignore[import-untyped]
-
-from fedsec import _fs
+from fedsec import _deps, _fs
 from fedsec.errors import ConfigError, JobError
 from fedsec.tracking.events import Event, EventKind
 from fedsec.tracking.receivers.base import RunEnd
+
+try:
+    from tensorboardX.event_file_writer import EventsWriter  # type: ignore[import-untyped]
+    from tensorboardX.proto.event_pb2 import Event as RecordEvent  # type: ignore[import-untyped]
+    from tensorboardX.summary import scalar, text  # type: ignore[import-untyped]
+except ImportError as exc:  # the tracking extra is not installed
+    raise _deps.missing("tensorboardX", exc) from exc
 
 log = logging.getLogger(__name__)
 
