@@ -35,7 +35,8 @@ if pid="$(holder)"; then
 fi
 LOG="$KIT/log.txt"
 offset=$(( $(stat -c %s "$LOG" 2>/dev/null || echo 0) + 1 ))
-nohup "$FEDSEC" {kind} --kit "$KIT" >>"$LOG" 2>&1 </dev/null &
+# a session of its own: a Ctrl-C or a closed terminal meant for whoever started it never reaches it
+setsid nohup "$FEDSEC" {kind} --kit "$KIT" >>"$LOG" 2>&1 </dev/null &
 pid=$!
 echo "$pid" >"$KIT/daemon.pid"
 case "{kind}" in server) ready=" listening " ;; *) ready=" registered with server" ;; esac

@@ -251,7 +251,7 @@ def test_ctrl_c_on_start_fl_sh_stops_what_it_started(launch: Launch, tmp_path: P
         wait_until(lambda: len(launch.read_pids()) == 3, 120, "the server and two sites started")
         pids = launch.read_pids()
         os.killpg(proc.pid, signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=600)  # a bound for a hang, not a speed
     finally:
         if proc.poll() is None:
             proc.kill()
