@@ -75,6 +75,7 @@ class FaultProxy:
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self.accepted = 0  # connections accepted so far
+        self.accepted_selected = 0  # of which the faults applied to (select)
         self.resets = 0  # connections reset so far
         self._acceptor = threading.Thread(target=self._accept_loop, name="faultproxy-accept", daemon=True)
 
@@ -193,6 +194,7 @@ class FaultProxy:
                 conn = _Conn(client, upstream, peer_port, which is None or which(peer_port))
                 self._conns.append(conn)
                 self.accepted += 1
+                self.accepted_selected += conn.selected
                 pumps = [
                     threading.Thread(target=self._pump, args=(conn, "up"), daemon=True, name="faultproxy-up"),
                     threading.Thread(target=self._pump, args=(conn, "down"), daemon=True, name="faultproxy-down"),
