@@ -127,6 +127,8 @@ class ArchiveDownload:
             if self._info is None:
                 self._info, self._signature = info, signature
                 offset = 0
+            elif offset:
+                log.info("%s: resuming from byte %d of %d", self._where, offset, info.total_size)
             self._append(offset, info.total_size, (p.data for p in parts))
         finally:
             parts.cancel()

@@ -34,8 +34,10 @@ def model(n_bytes: int) -> dict[str, NDArray[Any]]:
     return {"w": rng.normal(size=n_bytes // 4).astype(np.float32), "b": np.zeros(3, np.float32)}
 
 
-def job(tmp: Path, n_bytes: int, rounds: int) -> Path:
-    recipe = FedAvgRecipe("netfaults", model(n_bytes), SCRIPT, rounds, len(SITES), start_timeout=120.0)
+def job(tmp: Path, n_bytes: int, rounds: int, *args: str) -> Path:
+    recipe = FedAvgRecipe(
+        "netfaults", model(n_bytes), SCRIPT, rounds, len(SITES), script_args=list(args), start_timeout=120.0
+    )
     folder = recipe.export(tmp / f"job-{len(list(tmp.glob('job-*')))}")
     return set_workflow(folder, max_site_restarts=0)  # a site lost to a fault would fail the job
 
@@ -69,25 +71,25 @@ def test_a_reset_while_the_job_archive_moves_resumes_the_download(federation: Fe
     assert_every_round_had_every_site(info, 2)
     assert proxy.resets == len(SITES)
     logs = site_logs(federation)
-    assert f"fetch job {job_id} failed" in logs  # and it was tried again, from where it broke
+    assert f"fetch job {job_id} failed" in logs
+    assert f"job {job_id} archive: resuming from byte" in logs  # tried again from where it broke
     assert "cannot start" not in logs
 
 
 @pytest.mark.federation(n_clients=2, through_proxy=True)
 def test_random_resets_from_round_one_on_are_retried(federation: Federation, tmp_path: Path) -> None:
     proxy = proxy_of(federation)
-    folder = job(tmp_path, 256 * 1024, rounds=4)
+    folder = job(tmp_path, 256 * 1024, 4, "--slow-site", "site-2", "--sleep", "2")
     federation.start_all()
     with Session(federation.admin_kit) as s:
         job_id = s.submit_job(folder)
-        logs = [federation.kit(site) / "jobs" / job_id / "log.txt" for site in SITES]
+        fast, slow = (federation.kit(site) / "jobs" / job_id / "log.txt" for site in SITES)
         wait_until(
-            lambda: all(p.exists() and "round 0 sent accepted=True" in p.read_text() for p in logs),
-            120,
-            "every site's round 0 result",
+            lambda: fast.exists() and "round 0 sent accepted=True" in fast.read_text(), 120, "site-1's round 0 result"
         )
-        proxy.flaky(0.05, seed=15)  # from now on 5% of the chunks the proxy forwards reset their connection
-        proxy.reset_all()  # and every link breaks once now
+        assert "round 0 sent" not in slow.read_text()  # site-1 waits for round 1 while site-2 trains
+        proxy.reset_all()  # every link breaks now, a held task request among them
+        proxy.flaky(0.05, seed=15)  # and from now on 5% of the chunks the proxy forwards reset their connection
         info = s.wait_for_job(job_id, timeout=300)
         proxy.pass_through()
     assert_every_round_had_every_site(info, 4)
@@ -112,7 +114,8 @@ def test_a_throttled_site_is_not_declared_gone(federation: Federation, tmp_path:
 @pytest.mark.federation(n_clients=2, through_proxy=True)
 def test_an_upload_cut_by_a_reset_is_sent_again_and_accepted(federation: Federation, tmp_path: Path) -> None:
     proxy = proxy_of(federation)
-    proxy.reset_after(MiB, "up", count=1)  # the first upload to pass 1 MiB is cut there
+    # the first upload is cut just before its end: the site has sent it all and waits for the server's answer
+    proxy.reset_after(4 * MiB - 64 * 1024, "up", count=1)
     folder = job(tmp_path, 4 * MiB, rounds=2)
     federation.start_all()
     with Session(federation.admin_kit) as s:
@@ -123,3 +126,18 @@ def test_an_upload_cut_by_a_reset_is_sent_again_and_accepted(federation: Federat
     assert f"upload of the result of job {job_id}" in site_logs(federation)  # cut, then sent again
     scripts = "".join((federation.kit(site) / "jobs" / job_id / "log.txt").read_text() for site in SITES)
     assert "sent accepted=False" not in scripts
+
+
+@pytest.mark.federation(n_clients=2, through_proxy=True)
+def test_a_task_download_cut_by_a_reset_is_fetched_again(federation: Federation, tmp_path: Path) -> None:
+    proxy = proxy_of(federation)
+    # a site's transfer link carries the 4 MiB archive, then round 0's 4 MiB model: cut the first in that model
+    proxy.reset_after(6 * MiB, "down", count=1)
+    folder = job(tmp_path, 4 * MiB, rounds=2)
+    federation.start_all()
+    with Session(federation.admin_kit) as s:
+        job_id = s.submit_job(folder)
+        info = s.wait_for_job(job_id, timeout=240)
+    assert proxy.resets == 1
+    assert_every_round_had_every_site(info, 2)
+    assert f"task of job {job_id} failed" in site_logs(federation)  # cut, then fetched again
