@@ -62,7 +62,7 @@ def site_logs(federation: Federation) -> str:
 @pytest.mark.federation(n_clients=2, through_proxy=True)
 def test_a_reset_while_the_job_archive_moves_resumes_the_download(federation: Federation, tmp_path: Path) -> None:
     proxy = proxy_of(federation)
-    proxy.reset_after(MiB, "down", count=len(SITES))  # cut the archive's stream once per site, 1 MiB in
+    proxy.reset_after(5 * MiB // 2, "down", count=len(SITES))  # cut the 4 MiB archive once per site, 2.5 MiB in
     folder = job(tmp_path, 4 * MiB, rounds=2)
     federation.start_all()
     with Session(federation.admin_kit) as s:
