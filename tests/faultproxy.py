@@ -207,9 +207,7 @@ class FaultProxy:
         src, dst = (conn.client, conn.upstream) if direction == "up" else (conn.upstream, conn.client)
         sent_at = time.monotonic()  # when the throttle allows the next byte out
         while not self._stop.is_set() and not conn.closed:
-            with self._lock:
-                rules = self._rules if conn.selected else _Rules()
-            if rules.blackhole:
+            if self._rules_for(conn).blackhole:
                 time.sleep(_POLL)
                 continue
             try:
@@ -220,6 +218,9 @@ class FaultProxy:
                 break
             if not data:
                 break
+            while self._rules_for(conn).blackhole and not self._stop.is_set():  # it came on during the recv
+                time.sleep(_POLL)
+            rules = self._rules_for(conn)
             if self._fault(conn, direction, len(data)):
                 self._close(conn, reset=True)
                 return
@@ -233,6 +234,10 @@ class FaultProxy:
             except OSError:
                 break
         self._close(conn, reset=False)
+
+    def _rules_for(self, conn: _Conn) -> _Rules:
+        with self._lock:
+            return self._rules if conn.selected else _Rules()
 
     def _fault(self, conn: _Conn, direction: str, size: int) -> bool:
         """Count size bytes on conn; whether a reset rule ends it here."""
