@@ -55,7 +55,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
     _proc.tune_malloc()
     _proc.private_files()
     logs.setup(args.log_level)
-    return run_server(load_kit(Path(args.kit)), listen=args.listen)
+    return run_server(load_kit(Path(args.kit)), listen=args.listen, fl_port=args.fl_port)
 
 
 def _cmd_client(args: argparse.Namespace) -> int:
@@ -184,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen",
         metavar="ADDR",
         help="address to listen on (default: 127.0.0.1 for a loopback-only server, else 0.0.0.0)",
+    )
+    p.add_argument(
+        "--fl-port",
+        type=int,
+        metavar="PORT",
+        help="listen for sites on PORT instead of the kit's fl_port: for a server behind a port-forwarding NAT, "
+        "a load balancer or a test proxy that sites reach at the kit's address",
     )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=_cmd_server)

@@ -6,7 +6,7 @@ environment). The script never holds a key: in a job with homomorphic
 encryption the site parent decrypts the global model before it arrives here
 and encrypts the plain update sent from here. Calls retry with backoff while
 the server or the link is down (a server restart mid-job is survived), up to
-RETRY_SECONDS. Nothing here imports torch.
+RETRY_SECONDS; what counts as transient is fedsec.transport.tls.transient. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ from fedsec.errors import FedsecError, JobError, WireError
 from fedsec.jobs.env import ENV_DATASETS, ENV_JOB_ID, ENV_JOB_TOKEN, ENV_SITE, ENV_SOCKET
 from fedsec.tracking.events import Event, to_proto
 from fedsec.transport.local import TOKEN_METADATA, unix_channel
+from fedsec.transport.tls import transient
 from fedsec.wire import arrays, fedsec_pb2, fedsec_pb2_grpc, streams
 
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 600.0
 _POLL_SECONDS = 10.0
-_RETRY_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
 class ParamsType(enum.Enum):
@@ -250,8 +250,7 @@ def _retry(call: Any, what: str) -> Any:
         try:
             return call()
         except grpc.RpcError as exc:
-            code = exc.code() if isinstance(exc, grpc.Call) else None
-            if code not in _RETRY_CODES or time.monotonic() > deadline:
+            if not transient(exc) or time.monotonic() > deadline:
                 detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)
                 raise FedsecError(f"{what}: {detail}") from exc
             time.sleep(delay)

@@ -115,11 +115,19 @@ def _set_up_tracking_store(kit_root: Path) -> None:
     threading.Thread(target=wait, name="tracking-setup", daemon=True).start()
 
 
-def run_server(kit: Kit, listen: str | None = None) -> int:
-    """Serve until SIGTERM or SIGINT; return the exit status."""
+def run_server(kit: Kit, listen: str | None = None, fl_port: int | None = None) -> int:
+    """Serve until SIGTERM or SIGINT; return the exit status.
+
+    fl_port: the port to take sites' calls on, instead of the kit's (sites still dial the
+    kit's address: something between them, a NAT or a proxy, forwards it here).
+    Raises ConfigError when it is not a port number or a port cannot be bound.
+    """
     if kit.kind is not Kind.SERVER or not isinstance(kit.config, ServerConfig):
         raise KitError(f"kit {kit.name}: is a {kit.kind.value} kit, not a server kit")
     config = kit.config
+    if fl_port is not None and not 0 < fl_port < 65536:
+        raise ConfigError(f"--fl-port: must be a port number between 1 and 65535, got {fl_port}")
+    site_port = fl_port or config.fl_port
     host = listen or listen_host(config)
     _proc.lock_kit(kit.root / "run", f"server {config.name}")
     policy = load_policy(kit.root)
@@ -155,7 +163,7 @@ def run_server(kit: Kit, listen: str | None = None) -> int:
     fl_gate, admin_gate = Gate(SITE_PORT), Gate(ADMIN_PORT)
     fl = _grpc_server("fl", fl_gate)
     fedsec_pb2_grpc.add_FederationServicer_to_server(FederationService(config, registry, jobs), fl)
-    _bind(fl, host, config.fl_port, creds)
+    _bind(fl, host, site_port, creds)
     admin = _grpc_server("admin", admin_gate)
     fedsec_pb2_grpc.add_AdminServicer_to_server(AdminService(admin_ctx), admin)
     _bind(admin, host, config.admin_port, creds)
@@ -169,7 +177,7 @@ def run_server(kit: Kit, listen: str | None = None) -> int:
     admin.start()
     log.info(
         "server=%s project=%s listening fl=%s:%d admin=%s:%d",
-        config.name, config.project, host, config.fl_port, host, config.admin_port,
+        config.name, config.project, host, site_port, host, config.admin_port,
     )  # fmt: skip
     stop.wait()
     log.info("server=%s stopping", config.name)

@@ -88,15 +88,20 @@ class FederationService(fedsec_pb2_grpc.FederationServicer):
         return fedsec_pb2.HeartbeatReply(jobs=jobs, version=version)
 
     @rpc_boundary
-    def FetchJob(self, request: fedsec_pb2.JobRef, context: grpc.ServicerContext) -> Iterator[fedsec_pb2.ArchivePart]:
+    def FetchJob(
+        self, request: fedsec_pb2.FetchJobRequest, context: grpc.ServicerContext
+    ) -> Iterator[fedsec_pb2.ArchivePart]:
+        """The whole archive's size, digest and signature, then its bytes from request.offset (a resumed download)."""
         site = self._site(context)
         self._assigned(request.job_id, site)
         data, sig = self._jobs.archive(request.job_id)
+        if request.offset > len(data):
+            raise WireError(f"job {request.job_id}: offset {request.offset} is past the archive's {len(data)} bytes")
         signature = fedsec_pb2.JobSignature(
             signature=sig.signature, signer_cert=sig.signer_cert, job_id=sig.job_id, submit_time=sig.submit_time
         )
         yield fedsec_pb2.ArchivePart(info=streams.describe_bytes(data), signature=signature)
-        for chunk in streams.bytes_chunks(data):
+        for chunk in streams.bytes_chunks(data[request.offset :]):
             yield fedsec_pb2.ArchivePart(data=chunk)
         self._jobs.fetched(request.job_id, site)  # the whole archive went out: the site may now report on the job
 

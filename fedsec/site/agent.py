@@ -2,6 +2,11 @@
 
 Clients only dial out. While the server is down the agent retries with
 backoff; after it comes back the agent registers again and carries on.
+
+Heartbeats never wait behind a transfer: they run on a connection of their
+own, and the heartbeat loop only records the server's assignments; a worker
+thread fetches, starts and stops jobs. Every transfer retries transient errors
+(fedsec.site.transfer), and a job archive's download resumes where it broke.
 """
 
 from __future__ import annotations
@@ -26,14 +31,16 @@ from fedsec.site.policy import load_site_policy
 from fedsec.site.runner import JobRunner
 from fedsec.site.settings import load_site_settings
 from fedsec.site.spool import EventSpool
+from fedsec.site.transfer import ArchiveDownload, GaveUpError, retry
 from fedsec.tracking.events import Event, to_proto
 from fedsec.transport.local import socket_dir
 from fedsec.transport.tls import channel, error_from_rpc
-from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc, streams
+from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 _HOLD_SECONDS = 5.0  # how long the server may hold a heartbeat waiting for a change
+REPORT_SECONDS = 600.0  # how long a site keeps trying to report a job's end through a bad link
 
 
 class SiteAgent:
@@ -46,9 +53,14 @@ class SiteAgent:
         self._kit = kit
         self._config: ClientConfig = kit.config
         server = self._config.server
-        self._channel = channel(kit, server.host, server.port, server.name)
+        # two connections: heartbeats never queue behind the bytes of a transfer
+        self._live_channel = channel(kit, server.host, server.port, server.name, own_connection=True)
+        self._live = fedsec_pb2_grpc.FederationStub(self._live_channel)
+        self._channel = channel(kit, server.host, server.port, server.name, own_connection=True)
         self._stub = fedsec_pb2_grpc.FederationStub(self._channel)
         self._stop = threading.Event()
+        self._assigned: frozenset[str] = frozenset()  # the jobs of the last heartbeat reply
+        self._sync_due = threading.Event()
         load_site_policy(kit.root)  # a broken policy stops the site at start, not at the first job
         load_site_settings(kit.root)  # so do the operator's settings
         self._spool = EventSpool(kit.root / "tracking")
@@ -64,23 +76,31 @@ class SiteAgent:
         )
         self._runner = JobRunner(kit.root, kit.name, self._endpoints, self._he, self._report, read_ca(kit))
         self._forwarder = threading.Thread(target=self._forward_loop, name="events", daemon=True)
+        self._worker = threading.Thread(target=self._jobs_loop, name="jobs", daemon=True)
 
     def run(self) -> None:
         """Register and heartbeat until stopped (SIGTERM / SIGINT)."""
         self._forwarder.start()
+        self._worker.start()
         try:
             while not self._stop.is_set():
                 self._register()
                 self._heartbeats()
         finally:
+            self._stop.set()
+            self._sync_due.set()
+            self._worker.join(timeout=10)
             self._runner.stop_all()
             self._endpoints.close_all()
+            self._live_channel.close()
             self._channel.close()
             log.info("site=%s stopped", self._kit.name)
 
     def stop(self, *_: object) -> None:
         self._stop.set()
-        self._channel.close()  # cancels a held heartbeat at once, so SIGTERM is quick
+        self._sync_due.set()
+        self._live_channel.close()  # cancels a held heartbeat at once, so SIGTERM is quick
+        self._channel.close()  # and a transfer in flight
 
     def _register(self) -> None:
         delay = 0.2
@@ -89,7 +109,7 @@ class SiteAgent:
                 request = fedsec_pb2.RegisterRequest(
                     fedsec_version=__version__, sys_info_json=json.dumps(_proc.host_info())
                 )
-                reply = self._stub.Register(request, timeout=10)
+                reply = self._live.Register(request, timeout=10)
             except grpc.RpcError as exc:
                 err = error_from_rpc(exc, "register")
                 log.info("site=%s cannot register yet (%s); retrying in %.1f s", self._kit.name, err, delay)
@@ -104,7 +124,7 @@ class SiteAgent:
         while not self._stop.is_set():
             request = fedsec_pb2.HeartbeatRequest(running_jobs=sorted(self._runner.running()), known_version=version)
             try:
-                reply = self._stub.Heartbeat(request, timeout=_HOLD_SECONDS + 10)
+                reply = self._live.Heartbeat(request, timeout=_HOLD_SECONDS + 10)
             except grpc.RpcError as exc:
                 log.warning("site=%s heartbeat failed: %s", self._kit.name, error_from_rpc(exc, "heartbeat"))
                 self._stop.wait(0.5)
@@ -114,25 +134,32 @@ class SiteAgent:
                 log.info("site=%s: an admin asked this site to shut down", self._kit.name)
                 self._stop.set()
                 return
+            assigned = frozenset(j.job_id for j in reply.jobs)
+            if assigned != self._assigned:
+                self._assigned = assigned  # the worker starts and stops jobs; the heartbeat goes on at once
+            self._sync_due.set()
+
+    def _jobs_loop(self) -> None:
+        """Start assigned jobs (fetching their archives) and stop the others, off the heartbeat's thread."""
+        while not self._stop.is_set():
+            self._sync_due.wait(1.0)
+            self._sync_due.clear()
+            if self._stop.is_set():
+                return
             try:
-                self._runner.sync({j.job_id for j in reply.jobs}, self._fetch)
+                self._runner.sync(set(self._assigned), self._fetch)
             except FedsecError as exc:
                 log.error("site=%s job sync failed: %s", self._kit.name, exc)
                 self._stop.wait(1.0)
 
     def _fetch(self, job_id: str) -> tuple[bytes, JobSignature]:
-        try:
-            parts = self._stub.FetchJob(fedsec_pb2.JobRef(job_id=job_id), timeout=120)
-            first = next(parts)
-            if first.WhichOneof("part") != "info" or not first.HasField("signature"):
-                raise FedsecError(f"job {job_id}: archive stream did not start with its size and signature")
-            sig = first.signature
-            signature = JobSignature(sig.signature, sig.signer_cert, sig.job_id, sig.submit_time)
-            data = (p.data for p in parts)
-            archive = streams.receive_bytes(data, first.info, limits.MAX_JOB_ARCHIVE_BYTES, f"job {job_id} archive")
-            return archive, signature
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, f"fetch job {job_id}") from exc
+        """The job's archive and signature, retried and resumed for as long as the server assigns the job here.
+
+        Raises GaveUpError when the job is no longer assigned (or the site stops), and
+        the fedsec error of a final failure (a refusal, a corrupt archive).
+        """
+        download = ArchiveDownload(lambda: self._stub, job_id, self._kit.root / "run" / "fetch")
+        return download.run(float("inf"), lambda: job_id in self._assigned, self._stop)
 
     def _forward_loop(self) -> None:
         """Send spooled tracking events to the server as they come, and again after a restart."""
@@ -182,16 +209,13 @@ class SiteAgent:
             error=error[-limits.MAX_ERROR_TEXT :],
             log_tail=log_tail[-limits.MAX_LOG_TEXT :],
         )
-        for attempt in range(5):
-            try:
-                self._stub.ReportJob(request, timeout=10)
-                if not self._spool.pending(job_id):
-                    self._spool.discard(job_id)
-                return
-            except grpc.RpcError as exc:
-                if attempt == 4:
-                    raise error_from_rpc(exc, f"report job {job_id}") from exc
-                time.sleep(1.0)
+        deadline = time.monotonic() + REPORT_SECONDS
+        try:
+            retry(lambda: self._stub.ReportJob(request, timeout=10), f"report job {job_id}", deadline, stop=self._stop)
+        except GaveUpError:
+            return  # the site stops: the server learns of the job's end when the site comes back
+        if not self._spool.pending(job_id):
+            self._spool.discard(job_id)
 
 
 def run_site(kit: Kit) -> int:

@@ -4,6 +4,11 @@ Each started job gets its own socket (the only one bound into its sandbox)
 and a fresh random token; every call must carry that token, and acts only on
 that token's job: the job id comes from the endpoint, never from the request.
 The relay passes GetTask, SubmitResult and SendEvents on to the server.
+It takes a task whole from the server before the script sees any of it, and
+keeps the script's upload in a file outside the job's work folder before it
+sends it on; both are retried on transient errors (fedsec.site.transfer) until
+the signed job's round_timeout has passed, so a reset link costs a retry, not
+the round.
 
 The site's HE secret key stays here, in trusted code: in a job whose signed
 config enables HE, the relay decrypts the global model before the script
@@ -19,9 +24,12 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import secrets
+import tempfile
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,9 +38,10 @@ import grpc
 import numpy as np
 
 from fedsec import limits
-from fedsec.errors import AuthError, WireError
+from fedsec.errors import AuthError, FedsecError, WireError
 from fedsec.jobs.meta import HEConfig
 from fedsec.site.spool import EventSpool
+from fedsec.site.transfer import retry
 from fedsec.tracking.events import check_batch
 from fedsec.transport.local import TOKEN_METADATA, serve_unix
 from fedsec.transport.tls import rpc_boundary
@@ -74,6 +83,7 @@ class JobEndpoint:
     token: str = field(repr=False)
     he: HEConfig
     work: Path
+    transfer_seconds: float = 600.0  # how long a task download or an upload is retried (the job's round_timeout)
     server: grpc.Server | None = None
     global_params: dict[str, np.ndarray] | None = field(default=None, repr=False)  # HE jobs: the last global model
     refused_round: int = -1  # the last round whose task was refused (logged once)
@@ -101,14 +111,18 @@ class LocalEndpoints:
         self._open: dict[str, JobEndpoint] = {}
         self._seq = 0
 
-    def open(self, job_id: str, he: HEConfig, work: Path) -> JobEndpoint:
-        """Start job_id's endpoint on a fresh socket with a fresh token; the socket exists on return."""
+    def open(self, job_id: str, he: HEConfig, work: Path, transfer_seconds: float = 600.0) -> JobEndpoint:
+        """Start job_id's endpoint on a fresh socket with a fresh token; the socket exists on return.
+
+        transfer_seconds: how long the relay retries a task download or an upload through a bad link.
+        """
         self.close(job_id)
         with self._lock:
             self._seq += 1
             socket = self._dir / f"{self._seq}.sock"
         socket.unlink(missing_ok=True)
-        endpoint = JobEndpoint(job_id, socket, secrets.token_urlsafe(limits.JOB_TOKEN_BYTES), he, work)
+        token = secrets.token_urlsafe(limits.JOB_TOKEN_BYTES)
+        endpoint = JobEndpoint(job_id, socket, token, he, work, transfer_seconds)
         relay = JobRelay(endpoint, self._site, self._upstream, self._spool, self._wake, self._he_context)
         endpoint.server = serve_unix(socket, lambda s: fedsec_pb2_grpc.add_FederationServicer_to_server(relay, s), 4)
         with self._lock:
@@ -168,27 +182,46 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
     def _task(
         self, request: fedsec_pb2.TaskRequest, wait: float, context: grpc.ServicerContext
     ) -> Iterator[fedsec_pb2.TaskPart]:
+        deadline = time.monotonic() + self._job.transfer_seconds
+        what = f"task of job {self._job.job_id}"
         try:
-            parts = self._upstream().GetTask(request, timeout=wait + 60)
+            first, payload = retry(lambda: self._task_once(request, wait, deadline), what, deadline, context.is_active)
+        except FedsecError as exc:
+            if not isinstance(exc.__cause__, grpc.RpcError):
+                raise
+            _forward_error(exc.__cause__, context)  # past the job's deadline: the script sees the server's status
+            return
+        header = first.header
+        if header.status != fedsec_pb2.TASK_STATUS_TASK:
+            yield first
+            return
+        meta = _meta(header.meta_json, what)
+        problem = task_disagreement(meta, self._job.he)
+        if problem:
+            yield from self._refuse(header.current_round, problem, wait, context)
+        elif self._job.he.enabled:
+            yield from self._he_task(header, meta, streams.bytes_chunks(payload))
+        else:
+            yield first
+            for chunk in streams.bytes_chunks(payload):
+                yield fedsec_pb2.TaskPart(data=chunk)
+
+    def _task_once(
+        self, request: fedsec_pb2.TaskRequest, wait: float, deadline: float
+    ) -> tuple[fedsec_pb2.TaskPart, bytes]:
+        """One try at the server's answer: its first part and, for a task, the whole payload."""
+        parts = self._upstream().GetTask(request, timeout=wait + max(deadline - time.monotonic(), 1.0))
+        try:
             first = next(parts, None)
             if first is None or first.WhichOneof("part") != "header":
                 raise WireError(f"job {self._job.job_id}: the server's task did not start with a header")
             header = first.header
             if header.status != fedsec_pb2.TASK_STATUS_TASK:
-                yield first
-                return
-            meta = _meta(header.meta_json, f"task of job {self._job.job_id}")
-            problem = task_disagreement(meta, self._job.he)
-            if problem:
-                parts.cancel()
-                yield from self._refuse(header.current_round, problem, wait, context)
-            elif self._job.he.enabled:
-                yield from self._he_task(header, meta, _data(parts, "task"))
-            else:
-                yield first
-                yield from parts
-        except grpc.RpcError as exc:
-            _forward_error(exc, context)
+                return first, b""
+            where = f"task of job {self._job.job_id} round {header.current_round}"
+            return first, streams.receive_bytes(_data(parts, "task"), header.payload, limits.MAX_MODEL_BYTES, where)
+        finally:
+            parts.cancel()
 
     def _refuse(
         self, current_round: int, problem: str, wait: float, context: grpc.ServicerContext
@@ -252,21 +285,63 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
         header = fedsec_pb2.ResultHeader()
         header.CopyFrom(first.header)
         header.job_id = self._check(header.job_id, context)
+        where = f"result of job {self._job.job_id} round {header.current_round}"
         if self._job.he.enabled:
             try:
                 header, payload = self._encrypt(header, _data(request_iterator, "result"))
             except (WireError, ValueError) as exc:
                 log.warning("job=%s result not sent: %s", self._job.job_id, exc)
                 return fedsec_pb2.ResultReply(accepted=False, reason=str(exc))
-            parts = _result_parts(header, streams.bytes_chunks(payload))
-        else:
-            parts = _result_parts(header, _data(request_iterator, "result"))
+            return self._send(header, lambda: streams.bytes_chunks(payload), where, context)
+        try:  # the whole upload first: a retry sends it again from here, never from the script
+            kept = self._keep(header, _data(request_iterator, "result"), where)
+        except WireError as exc:
+            log.warning("job=%s result not sent: %s", self._job.job_id, exc)
+            return fedsec_pb2.ResultReply(accepted=False, reason=str(exc))
         try:
-            reply: fedsec_pb2.ResultReply = self._upstream().SubmitResult(parts, timeout=600)
-        except grpc.RpcError as exc:
-            _forward_error(exc, context)
+            return self._send(header, lambda: streams.file_chunks(kept), where, context)
+        finally:
+            kept.unlink(missing_ok=True)
+
+    def _keep(self, header: fedsec_pb2.ResultHeader, data: Iterator[bytes], where: str) -> Path:
+        """The script's upload, checked against its announced size and digest, in a file beside (not in) work/."""
+        fd, name = tempfile.mkstemp(prefix=".upload-", suffix=".fsa", dir=self._job.work.parent)
+        os.close(fd)
+        kept = Path(name)
+        try:
+            with streams.PayloadWriter(kept, header.payload, limits.MAX_MODEL_BYTES, where) as writer:
+                for chunk in data:
+                    writer.write(chunk)
+                writer.finish()
+        except BaseException:
+            kept.unlink(missing_ok=True)
+            raise
+        return kept
+
+    def _send(
+        self,
+        header: fedsec_pb2.ResultHeader,
+        chunks: Callable[[], Iterable[bytes]],
+        where: str,
+        context: grpc.ServicerContext,
+    ) -> fedsec_pb2.ResultReply:
+        """Send a result to the server, again after each transient failure, until the job's deadline."""
+        deadline = time.monotonic() + self._job.transfer_seconds
+
+        def attempt() -> fedsec_pb2.ResultReply:
+            parts = _result_parts(header, iter(chunks()))
+            reply: fedsec_pb2.ResultReply = self._upstream().SubmitResult(
+                parts, timeout=max(deadline - time.monotonic(), 1.0)
+            )
+            return reply
+
+        try:
+            return retry(attempt, f"upload of the {where}", deadline, context.is_active)
+        except FedsecError as exc:
+            if not isinstance(exc.__cause__, grpc.RpcError):
+                raise
+            _forward_error(exc.__cause__, context)
             return fedsec_pb2.ResultReply(accepted=False, reason="server unreachable")
-        return reply
 
     def _encrypt(self, header: fedsec_pb2.ResultHeader, data: Iterator[bytes]) -> tuple[fedsec_pb2.ResultHeader, bytes]:
         """The script's plain update -> the full weights, weighted and encrypted with the signed HE parameters.

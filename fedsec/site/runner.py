@@ -31,6 +31,7 @@ from fedsec.site.hekey import HEKey
 from fedsec.site.local import LocalEndpoints
 from fedsec.site.policy import load_site_policy
 from fedsec.site.settings import load_site_settings
+from fedsec.site.transfer import GaveUpError
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class JobRunner:
         script = custom / app.script.path
         work = job_dir / "work"
         work.mkdir()
-        endpoint = self._endpoints.open(job_id, app.he, work)
+        endpoint = self._endpoints.open(job_id, app.he, work, app.workflow.round_timeout)
         try:
             base = {
                 ENV_SOCKET: str(endpoint.socket),
@@ -177,6 +178,8 @@ class JobRunner:
         for job_id in assigned - self.running() - self._failed - ended:
             try:
                 self.start(job_id, *fetch(job_id))
+            except GaveUpError as exc:  # no longer assigned, or the site stops: nothing to report
+                log.info("job=%s not started: %s", job_id, exc)
             except AuthError as exc:
                 self._failed.add(job_id)
                 log.error("job=%s refused: %s", job_id, exc)

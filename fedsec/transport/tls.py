@@ -68,10 +68,12 @@ def server_credentials(kit: Kit) -> grpc.ServerCredentials:
     )
 
 
-def channel(kit: Kit, host: str, port: int, server_name: str) -> grpc.Channel:
+def channel(kit: Kit, host: str, port: int, server_name: str, *, own_connection: bool = False) -> grpc.Channel:
     """A mutual-TLS channel from this kit to the server at host:port.
 
     The server's certificate must chain to the kit's root CA and name host.
+    own_connection: the channel gets a TCP connection of its own, shared with no
+    other channel (a site's heartbeats must never queue behind its transfers).
     """
     creds = grpc.ssl_channel_credentials(
         root_certificates=kit.ca_path.read_bytes(),
@@ -79,7 +81,8 @@ def channel(kit: Kit, host: str, port: int, server_name: str) -> grpc.Channel:
         certificate_chain=kit.cert_path.read_bytes(),
     )
     target = f"{host}:{port}"
-    return grpc.secure_channel(target, creds, options=CHANNEL_OPTIONS)
+    options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)] if own_connection else CHANNEL_OPTIONS
+    return grpc.secure_channel(target, creds, options=options)
 
 
 def peer_cert(context: grpc.ServicerContext) -> x509.Certificate:
@@ -187,6 +190,38 @@ def _peer_name(context: grpc.ServicerContext) -> str:
     if names:
         return str(names[0].decode(errors="replace"))[:64]
     return str(context.peer())[:64]
+
+
+_TRANSIENT_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+    }
+)
+_TRANSIENT_INTERNAL = ("stream removed", "connection reset", "broken pipe", "socket closed", "rst_stream")
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a failed call may succeed when made again: the link or the peer's load, not the request, failed.
+
+    UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED, RESOURCE_EXHAUSTED and ABORTED are
+    transient, and so is INTERNAL when it reports a cut stream or a reset
+    connection; everything else (PERMISSION_DENIED, INVALID_ARGUMENT,
+    FAILED_PRECONDITION, UNAUTHENTICATED, NOT_FOUND, ...) is final. This is the one
+    place that decides it for every site-server transfer and the training API.
+    """
+    if not isinstance(exc, grpc.RpcError):
+        return False
+    code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNAVAILABLE
+    if code in _TRANSIENT_CODES:
+        return True
+    if code is grpc.StatusCode.INTERNAL:
+        detail = (exc.details() if isinstance(exc, grpc.Call) else str(exc)) or ""
+        return any(mark in detail.lower() for mark in _TRANSIENT_INTERNAL)
+    return False
 
 
 def error_from_rpc(exc: grpc.RpcError, what: str) -> FedsecError:

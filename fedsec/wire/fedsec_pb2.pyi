@@ -101,6 +101,14 @@ class HeartbeatReply(_message.Message):
     shutdown: bool
     def __init__(self, jobs: _Optional[_Iterable[_Union[JobAssignment, _Mapping]]] = ..., version: _Optional[int] = ..., shutdown: _Optional[bool] = ...) -> None: ...
 
+class FetchJobRequest(_message.Message):
+    __slots__ = ("job_id", "offset")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    offset: int
+    def __init__(self, job_id: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+
 class ArchivePart(_message.Message):
     __slots__ = ("info", "data", "signature")
     INFO_FIELD_NUMBER: _ClassVar[int]

@@ -46,7 +46,7 @@ class FederationStub:
                 _registered_method=True)
         self.FetchJob = channel.unary_stream(
                 '/fedsec.v1.Federation/FetchJob',
-                request_serializer=fedsec_dot_wire_dot_fedsec__pb2.JobRef.SerializeToString,
+                request_serializer=fedsec_dot_wire_dot_fedsec__pb2.FetchJobRequest.SerializeToString,
                 response_deserializer=fedsec_dot_wire_dot_fedsec__pb2.ArchivePart.FromString,
                 _registered_method=True)
         self.GetTask = channel.unary_stream(
@@ -131,7 +131,7 @@ def add_FederationServicer_to_server(servicer, server):
             ),
             'FetchJob': grpc.unary_stream_rpc_method_handler(
                     servicer.FetchJob,
-                    request_deserializer=fedsec_dot_wire_dot_fedsec__pb2.JobRef.FromString,
+                    request_deserializer=fedsec_dot_wire_dot_fedsec__pb2.FetchJobRequest.FromString,
                     response_serializer=fedsec_dot_wire_dot_fedsec__pb2.ArchivePart.SerializeToString,
             ),
             'GetTask': grpc.unary_stream_rpc_method_handler(
@@ -234,7 +234,7 @@ class Federation:
             request,
             target,
             '/fedsec.v1.Federation/FetchJob',
-            fedsec_dot_wire_dot_fedsec__pb2.JobRef.SerializeToString,
+            fedsec_dot_wire_dot_fedsec__pb2.FetchJobRequest.SerializeToString,
             fedsec_dot_wire_dot_fedsec__pb2.ArchivePart.FromString,
             options,
             channel_credentials,

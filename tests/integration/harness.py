@@ -4,6 +4,11 @@ Federation provisions a project into tmp_path (ports taken by binding port 0),
 starts the server and clients as `python -m fedsec ...`, waits on conditions
 (never a bare sleep), and on teardown stops each process it started by pid and
 prints the logs when the test failed.
+
+With through_proxy, the kits name a fault proxy (tests.faultproxy) as the
+server's fl port and the server listens on another port behind it
+(`fedsec server --fl-port`): every site connection passes the proxy, whose
+faults the test switches at run time (Federation.proxy).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 import yaml
 
 from fedsec.provision import load_project, provision
+from tests.faultproxy import FaultProxy
 
 ADMIN = "admin@acme.org"
 
@@ -64,17 +70,28 @@ class Federation:
         admin_session_timeout: float = 1800.0,
         he: bool = False,
         site_orgs: tuple[str, ...] = (),
+        through_proxy: bool = False,
     ) -> None:
-        """site_orgs: the org of site-1, site-2, ... in turn (default acme for every site)."""
+        """site_orgs: the org of site-1, site-2, ... in turn (default acme for every site).
+
+        through_proxy: sites reach the server only through self.proxy, a FaultProxy.
+        """
         self.root = root
         self.n_clients = n_clients
+        self.proxy: FaultProxy | None = None
+        self._server_fl_port = 0  # where the server listens when it is behind the proxy
+        fl_port = free_port()
+        if through_proxy:
+            self._server_fl_port = fl_port
+            self.proxy = FaultProxy(fl_port).start()
+            fl_port = self.proxy.port
         participants: list[dict[str, Any]] = [
             {
                 "name": "server1",
                 "type": "server",
                 "org": "acme",
                 "host_names": ["localhost", "127.0.0.1"],
-                "fl_port": free_port(),
+                "fl_port": fl_port,
                 "admin_port": free_port(),
                 "heartbeat_timeout": heartbeat_timeout,
                 "admin_session_timeout": admin_session_timeout,
@@ -111,6 +128,8 @@ class Federation:
 
     def start(self, name: str, *extra: str) -> subprocess.Popen[bytes]:
         kind = "server" if name == "server1" else "client"
+        if kind == "server" and self._server_fl_port:
+            extra = ("--fl-port", str(self._server_fl_port), *extra)
         mark = len(self.log(name))
         with self.log_path(name).open("ab") as log:
             proc = subprocess.Popen(
@@ -151,6 +170,31 @@ class Federation:
         os.kill(proc.pid, sig)
         proc.wait(10)
 
+    def port_owner(self, port: int) -> str | None:
+        """The participant whose process holds the local TCP socket bound to port (from /proc), or None."""
+        inodes = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                lines = Path(table).read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{fields[9]}]")
+        for name, proc in self.procs.items():
+            try:
+                fds = list(Path(f"/proc/{proc.pid}/fd").iterdir())
+            except OSError:
+                continue
+            for fd in fds:
+                try:
+                    if os.readlink(fd) in inodes:
+                        return name
+                except OSError:
+                    continue
+        return None
+
     def job_pids(self, site: str) -> list[int]:
         """Pids of training scripts running under a site's kit (from /proc)."""
         kit_jobs = str(self.kit(site) / "jobs")
@@ -185,6 +229,8 @@ class Federation:
                 os.killpg(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+        if self.proxy is not None:
+            self.proxy.stop()
 
     def dump_logs(self) -> str:
         parts = []
