@@ -219,11 +219,6 @@ class JobManager:
         except OSError:
             return ""
 
-    def archive(self, job_id: str) -> tuple[bytes, JobSignature]:
-        """A stored job's archive in memory, and its signature (archive_file() streams it from its file)."""
-        path, signature = self.archive_file(job_id)
-        return path.read_bytes(), signature
-
     def archive_file(self, job_id: str) -> tuple[Path, JobSignature]:
         """The file holding a stored job's archive, and the job's signature."""
         self._store.get(job_id)

@@ -94,15 +94,19 @@ class FederationService(fedsec_pb2_grpc.FederationServicer):
         """The whole archive's size, digest and signature, then its bytes from request.offset (a resumed download)."""
         site = self._site(context)
         self._assigned(request.job_id, site)
-        data, sig = self._jobs.archive(request.job_id)
-        if request.offset > len(data):
-            raise WireError(f"job {request.job_id}: offset {request.offset} is past the archive's {len(data)} bytes")
+        path, sig = self._jobs.archive_file(request.job_id)
         signature = fedsec_pb2.JobSignature(
             signature=sig.signature, signer_cert=sig.signer_cert, job_id=sig.job_id, submit_time=sig.submit_time
         )
-        yield fedsec_pb2.ArchivePart(info=streams.describe_bytes(data), signature=signature)
-        for chunk in streams.bytes_chunks(data[request.offset :]):
-            yield fedsec_pb2.ArchivePart(data=chunk)
+        with path.open("rb") as f:  # one open file: streamed, never whole in memory
+            info = streams.describe_stream(f)
+            if request.offset > info.total_size:
+                size = info.total_size
+                raise WireError(f"job {request.job_id}: offset {request.offset} is past the archive's {size} bytes")
+            yield fedsec_pb2.ArchivePart(info=info, signature=signature)
+            f.seek(request.offset)
+            while chunk := f.read(limits.CHUNK_BYTES):
+                yield fedsec_pb2.ArchivePart(data=chunk)
         self._jobs.fetched(request.job_id, site)  # the whole archive went out: the site may now report on the job
 
     @rpc_boundary

@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, BinaryIO
 
 from fedsec import limits
 from fedsec.errors import TransferInterruptedError, WireError
@@ -32,12 +32,17 @@ _SHA256_BYTES = 32
 
 def describe_file(path: Path) -> PayloadInfo:
     """The size and SHA-256 of the file at path, read in chunks; OSError if it cannot be read."""
+    with path.open("rb") as f:
+        return describe_stream(f)
+
+
+def describe_stream(f: BinaryIO) -> PayloadInfo:
+    """The size and SHA-256 of what is left to read in f, read in chunks (f is left at its end)."""
     digest = hashlib.sha256()
     size = 0
-    with path.open("rb") as f:
-        while chunk := f.read(limits.CHUNK_BYTES):
-            digest.update(chunk)
-            size += len(chunk)
+    while chunk := f.read(limits.CHUNK_BYTES):
+        digest.update(chunk)
+        size += len(chunk)
     return PayloadInfo(total_size=size, sha256=digest.digest())
 
 
