@@ -5,6 +5,16 @@ it, and tracking.db in the job's workspace remembers what was written. An
 event is marked written only after every receiver took it, in one
 transaction, so a failed write is retried by the site and nothing is lost.
 
+A metric point (site, tag, step) belongs to the first writer that logged it: a
+round replayed after the server was killed makes the site's script log the
+steps it logged before with a new writer id, and those points are dropped here,
+so the first value stays (a replayed round replaces, never adds: MLflow's
+log_batch would append a second value, and dropping works the same for every
+receiver). A writer that logs one step twice itself (a script without
+global_step logs everything at step 0) keeps every point. The server's own
+metrics are one value per round (table ``rounds``), however often a round is
+written again.
+
 Tracking never takes a job down. The receivers are opened by a thread of
 their own, retried with growing pauses until they open, so a slow or absent
 backend never holds up the job's start. Until then a site's events are refused
@@ -24,7 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from fedsec.errors import JobError
-from fedsec.tracking.events import Event
+from fedsec.tracking.events import Event, EventKind
 from fedsec.tracking.receivers import Receiver, RunEnd
 
 log = logging.getLogger(__name__)
@@ -60,6 +70,11 @@ class Tracker:
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS seen (site TEXT, writer TEXT, seq INTEGER, PRIMARY KEY (site, writer, seq))"
             )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS points"
+                " (site TEXT, tag TEXT, step INTEGER, writer TEXT, PRIMARY KEY (site, tag, step))"
+            )
+            self._db.execute("CREATE TABLE IF NOT EXISTS rounds (round INTEGER PRIMARY KEY)")
         except sqlite3.Error as exc:
             raise JobError(f"tracking database workspace/{db_path.name}: {exc}") from exc
         self._thread = threading.Thread(target=self._connect, name="tracking-open", daemon=True)
@@ -83,7 +98,7 @@ class Tracker:
                     cur = self._db.execute(
                         "INSERT OR IGNORE INTO seen VALUES (?, ?, ?)", (site, event.writer, event.seq)
                     )
-                    if cur.rowcount == 1:
+                    if cur.rowcount == 1 and self._new_point(site, event):
                         fresh.append(event)
                 if fresh:
                     for receiver in self._receivers:
@@ -97,8 +112,11 @@ class Tracker:
         return len(fresh), len(events) - len(fresh)
 
     def global_metrics(self, current_round: int, metrics: Mapping[str, float]) -> None:
-        """Write a round's metrics now, or when the receivers open. Never raises."""
+        """Write a round's metrics now, or when the receivers open; a round written before is not again. Never raises."""
         with self._lock:
+            if self._db.execute("SELECT 1 FROM rounds WHERE round = ?", (current_round,)).fetchone():
+                log.info("tracking: metrics of round %d were written before; not again", current_round)
+                return
             self._metrics[current_round] = dict(metrics)
             self._flush()
 
@@ -129,6 +147,17 @@ class Tracker:
             self._db.close()
 
     # -- internals --
+
+    def _new_point(self, site: str, event: Event) -> bool:
+        """Whether event is not a metric point (site, tag, step) another writer wrote (call inside the transaction)."""
+        if event.kind is not EventKind.SCALAR:
+            return True
+        point = (site, event.tag, event.step)
+        cur = self._db.execute("INSERT OR IGNORE INTO points VALUES (?, ?, ?, ?)", (*point, event.writer))
+        if cur.rowcount == 1:
+            return True
+        row = self._db.execute("SELECT writer FROM points WHERE site = ? AND tag = ? AND step = ?", point).fetchone()
+        return row is not None and row[0] == event.writer
 
     def _connect(self) -> None:
         tries = 0
@@ -165,6 +194,7 @@ class Tracker:
                 self._warn(f"metrics of round {current_round} not written yet: {exc}")
                 return
             del self._metrics[current_round]
+            self._db.execute("INSERT OR IGNORE INTO rounds VALUES (?)", (current_round,))
         if self._model:
             try:
                 for receiver in self._receivers:
