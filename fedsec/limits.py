@@ -47,6 +47,7 @@ MAX_RUNNING_JOBS = 16
 MAX_SITE_RESTARTS = 100  # times one site may restart a job's script (workflow.max_site_restarts)
 MAX_LOG_TEXT = 256 << 10  # a job log returned to an admin, or uploaded by a site at a job's end
 MAX_AUDIT_ENTRIES = 10_000
+SERVER_MIN_FREE_BYTES = 16 << 20  # a workflow that died without its result, with less free: "server disk full"
 
 # Admin logins: bounded per identity (from the verified certificate), never globally, so one admin
 # (whatever its role) asking for challenges or opening sessions crowds out only itself.

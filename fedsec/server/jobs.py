@@ -37,6 +37,7 @@ from cryptography import x509
 from fedsec import _fs, _proc, limits
 from fedsec.errors import AuthError, FedsecError, JobError, WireError
 from fedsec.jobs import load_job_folder, pack, unpack
+from fedsec.jobs import result as job_result
 from fedsec.jobs.meta import meta_to_json
 from fedsec.jobs.signing import JobSignature, check_job_id, verify_archive
 from fedsec.pki.certs import Identity
@@ -236,6 +237,7 @@ class JobManager:
                 text = self._public((job_dir / name).read_text(errors="replace"))
                 _fs.write_atomic(result / name, text.encode())
         summary = {k: v for k, v in _record_dict(record).items() if k != "meta_json"}
+        summary["result"] = job_result.kept(job_dir / WORKSPACE_DIR)  # the model kept, and from which round
         _fs.write_atomic(result / "job.json", json.dumps(summary, indent=2).encode())
         return pack(result)
 
@@ -541,6 +543,8 @@ class JobManager:
         except (OSError, json.JSONDecodeError):
             status = JobStatus.FAILED
             reason = flow.failure or exit_text(flow.proc.returncode)
+            if _disk_full(job_dir):
+                reason = f"server disk full: {reason}"
             output = last_lines(_proc.tail(job_dir / "workflow.log", 8 << 10), _OUTPUT_LINES)
             reason += f"; its last output:\n{output}" if output else "; it wrote no output"
         self._end(flow.job_id, status, public_text(reason))
@@ -554,6 +558,8 @@ class JobManager:
             if flow is not None:
                 _proc.stop(flow.proc)
                 flow.channel.close()
+            if status is not JobStatus.COMPLETED:
+                self._keep_result(job_id)
             self._sync_round(job_id)
             record = self._store.finish(job_id, status, self._public(reason))  # first final status wins
         finally:
@@ -563,6 +569,19 @@ class JobManager:
         if flow is not None:
             log.info("job=%s ended status=%s", job_id, record.status.value)
         return record
+
+    def _keep_result(self, job_id: str) -> None:
+        """Keep the newest checkpoint as the result of a job whose workflow was killed before it kept one."""
+        workspace = self._store.job_dir(job_id) / WORKSPACE_DIR
+        try:
+            if job_result.kept(workspace) is not None:
+                return
+            entry = job_result.keep_last_checkpoint(workspace)
+        except (OSError, JobError) as exc:
+            log.warning("job=%s keeps no result: %s", job_id, self._public(str(exc)))
+            return
+        if entry is not None:
+            log.info("job=%s keeps the global model of round %d as its result", job_id, entry["round"])
 
     def _sync_round(self, job_id: str) -> None:
         if self._store.get(job_id).status is not JobStatus.RUNNING:
@@ -611,6 +630,14 @@ def last_lines(text: str, count: int) -> str:
     """The last count non-empty lines of text (a log's tail, whose first line may be cut)."""
     lines = [line.rstrip() for line in text.splitlines() if line.strip()]
     return "\n".join(lines[-count:])
+
+
+def _disk_full(path: Path) -> bool:
+    """Whether the file system of path has less than limits.SERVER_MIN_FREE_BYTES free (a write there failed)."""
+    try:
+        return shutil.disk_usage(path).free < limits.SERVER_MIN_FREE_BYTES
+    except OSError:
+        return False
 
 
 def _listening(sock: Path) -> bool:

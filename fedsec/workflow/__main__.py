@@ -1,8 +1,10 @@
 """`python -m fedsec.workflow --job-dir DIR --socket PATH`: one server job process.
 
 Started by the server parent. Writes workspace/result.json when it ends
-(completed or failed with a reason) and exits 0; any other exit is a crash
-the parent reports.
+(completed or failed with a reason, and the result it keeps) and exits 0; any
+other exit is a crash the parent reports. A job that fails, or that the server
+stops (SIGTERM: an abort, or the server stopping), keeps the global model of its
+last completed round in workspace/result (fedsec.jobs.result).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from fedsec import _fs, _proc, logs
 from fedsec.errors import FedsecError
@@ -52,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _on_term)
     tracker: Tracker | None = None
+    fedavg: FedAvg | None = None
     end = RunEnd.KILLED  # what the runs become if the server stops this process
     try:
         try:
@@ -76,12 +80,15 @@ def main(argv: list[str] | None = None) -> int:
         except FedsecError as exc:
             status, reason, end = "failed", _public(str(exc), args), RunEnd.FAILED
             fedavg.finish()
+        kept = fedavg.keep_last_result() if status == "failed" else None
         _await_sites(args.job_dir, fedavg.participants)
         server.stop(grace=2).wait()
-        return _end(workspace, status, reason)
+        return _end(workspace, status, reason, kept)
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # keep the result, end the runs; the server KILLs after its grace
+        if fedavg is not None and end is not RunEnd.FINISHED:
+            fedavg.keep_last_result()
         if tracker is not None:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the runs end; the server KILLs after its grace
             tracker.close(end)
 
 
@@ -134,9 +141,17 @@ def _await_sites(job_dir: Path, sites: set[str], timeout: float = DRAIN_SECONDS)
         log.warning("sites %s did not report the end of the job within %.0f s", ",".join(sorted(missing)), timeout)
 
 
-def _end(workspace: Path, status: str, reason: str) -> int:
+def _end(workspace: Path, status: str, reason: str, kept: dict[str, Any] | None = None) -> int:
+    """Write result.json: the outcome, and the result kept when the job did not complete ("result": its entry)."""
     log.info("workflow ended status=%s reason=%s", status, reason)
-    _fs.write_atomic(workspace / "result.json", json.dumps({"status": status, "reason": reason}).encode())
+    outcome: dict[str, Any] = {"status": status, "reason": reason}
+    if kept is not None:
+        outcome["result"] = kept
+    try:
+        _fs.write_atomic(workspace / "result.json", json.dumps(outcome).encode())
+    except OSError as exc:  # the parent reports the exit, and sees a full disk itself
+        log.error("cannot write workspace/result.json: %s", exc.strerror or exc)
+        return 1
     return 0
 
 

@@ -112,7 +112,7 @@ class Tracker:
         return len(fresh), len(events) - len(fresh)
 
     def global_metrics(self, current_round: int, metrics: Mapping[str, float]) -> None:
-        """Write a round's metrics now, or when the receivers open; a round written before is not again. Never raises."""
+        """Write a round's metrics now, or when the receivers open; never a round written before. Never raises."""
         with self._lock:
             if self._db.execute("SELECT 1 FROM rounds WHERE round = ?", (current_round,)).fetchone():
                 log.info("tracking: metrics of round %d were written before; not again", current_round)
