@@ -86,6 +86,10 @@ MAX_EVENT_TAG = 256
 MAX_EVENT_TEXT = 64 << 10
 MAX_EVENT_QUEUE = 100_000  # events a SummaryWriter holds before it drops (and says so)
 MAX_SPOOL_BYTES = 256 << 20  # a site's unsent events of one job
+# A site that comes back after a job ended sends the events still in its spool: the server stores them for this
+# long after the job's end (fedsec.workflow.late writes them); later ones are refused for good and the site drops them.
+TRACKING_LATE_EVENTS_SECONDS = 7 * 86400
+MAX_LATE_EVENTS_BYTES = 256 << 20  # late events of one job stored and not yet written; past it, sites send them later
 
 # A site's own settings (fedsec.site.settings) and its job processes.
 MAX_SITE_DATASETS = 64

@@ -13,6 +13,7 @@ leaves the job, and the workflow ends the job only below min_clients.
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import logging
@@ -42,8 +43,9 @@ from fedsec.jobs.meta import meta_to_json
 from fedsec.jobs.signing import JobSignature, check_job_id, verify_archive
 from fedsec.pki.certs import Identity
 from fedsec.server.job_sites import JobSites
-from fedsec.server.store import JOB_ARCHIVE, WORKSPACE_DIR, JobRecord, JobStatus, JobStore
+from fedsec.server.store import JOB_ARCHIVE, JOBS_DIR, WORKSPACE_DIR, JobRecord, JobStatus, JobStore
 from fedsec.tracking.backends import ONLY_LOCAL, Backends
+from fedsec.tracking.events import check_batch
 from fedsec.transport.local import socket_path, unix_channel
 from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc
 
@@ -54,6 +56,9 @@ _OUTPUT_LINES = 12  # lines of a dead workflow's output shown in the job's reaso
 _INCOMPLETE_SECONDS = 60.0  # a record whose files are still missing after this was cut off mid-submission
 _SIGNATURE = "job.sig"  # the submitting admin's signature of this run of job.zip, with its job id and time
 _SITES = "sites"  # per-site reports: <site>.json
+_LATE_DIR = "late_events"  # batches sent after the job ended, until written (fedsec.workflow.late reads them)
+_LATE_RETRY_SECONDS = 60.0  # after a late-events writer left some (its backend was down)
+_RUN_ENDS = {JobStatus.COMPLETED: "FINISHED", JobStatus.FAILED: "FAILED", JobStatus.ABORTED: "KILLED"}
 
 
 @dataclass
@@ -97,6 +102,11 @@ class JobManager:
         self._ending: set[str] = set()
         self._running_seen: dict[str, set[str]] = {}  # job -> sites that had its script running since a failure
         self._refused_reports: set[tuple[str, str]] = set()  # logged once each
+        self._late_writers: dict[str, subprocess.Popen[bytes]] = {}  # job -> its running late-events writer
+        self._late_due: dict[str, float] = {}  # job -> when (time.monotonic()) to start its late-events writer
+        for folder in (store.root / JOBS_DIR).glob(f"*/{_LATE_DIR}"):  # left by a server that stopped
+            if any(folder.glob("*.pb")):
+                self._late_due[folder.parent.name] = 0.0
         self._version = 1
         self._stop = threading.Event()
         self._threads = [
@@ -319,11 +329,16 @@ class JobManager:
         return reply
 
     def send_events(self, batch: fedsec_pb2.EventBatch) -> fedsec_pb2.EventAck:
-        """Relay a site's tracking events to the job's workflow, which stores them. JobError when it is not running."""
+        """Relay a site's tracking events to the job's workflow, which stores them; for an ended job, keep them.
+
+        Raises JobError when the job ended more than limits.TRACKING_LATE_EVENTS_SECONDS ago (the site may drop
+        them), WireError for bad events, FedsecError when the site should send them again later.
+        """
         flow = self._ready_flow(batch.job_id)
         if flow is None:
-            if self._store.get(batch.job_id).status.finished:
-                raise JobError(f"job {batch.job_id} has ended: its events can no longer be stored")
+            record = self._store.get(batch.job_id)
+            if record.status.finished:
+                return self._late_events(record, batch)
             raise FedsecError(f"job {batch.job_id}: the workflow is starting; send the events again")
         try:
             ack: fedsec_pb2.EventAck = flow.stub.SendEvents(batch, timeout=60)
@@ -333,6 +348,65 @@ class JobManager:
                 raise WireError(exc.details() or "bad events") from exc
             raise FedsecError(f"job {batch.job_id}: the workflow did not store the events") from exc
         return ack
+
+    def _late_events(self, record: JobRecord, batch: fedsec_pb2.EventBatch) -> fedsec_pb2.EventAck:
+        """Store a checked batch of an ended job for its late-events writer (fedsec.workflow.late); acknowledge it."""
+        window = limits.TRACKING_LATE_EVENTS_SECONDS
+        age = time.time() - (record.end_time or time.time())
+        if age > window:
+            raise JobError(
+                f"job {record.job_id} ended {age / 86400:.1f} days ago; the server stores a job's events for"
+                f" {window / 86400:g} days after its end (limits.TRACKING_LATE_EVENTS_SECONDS), so not these"
+            )
+        check_batch(batch, f"late events of {batch.site}")
+        data = batch.SerializeToString()
+        folder = self._store.job_dir(record.job_id) / _LATE_DIR
+        with self._lock:
+            try:
+                folder.mkdir(exist_ok=True, mode=0o700)
+                held = sum(p.stat().st_size for p in folder.glob("*.pb"))
+                if held + len(data) > limits.MAX_LATE_EVENTS_BYTES:
+                    raise FedsecError(
+                        f"job {record.job_id}: the server holds {held} bytes of late events not yet written;"
+                        " send these again later"
+                    )
+                _fs.write_atomic(folder / f"{time.time_ns():020d}-{batch.site}.pb", data, mode=0o600)
+            except OSError as exc:
+                full = "server disk full: " if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+                raise FedsecError(
+                    f"job {record.job_id}: {full}cannot store late events; send them again later"
+                ) from exc
+            self._late_due.setdefault(record.job_id, 0.0)
+        log.info("job=%s site=%s sent %d events after the job ended", record.job_id, batch.site, len(batch.events))
+        return fedsec_pb2.EventAck(stored=len(batch.events))
+
+    def _run_late_writers(self) -> None:
+        """Start the late-events writers that are due; note when one that left events is to run again."""
+        now = time.monotonic()
+        with self._lock:
+            for job_id, proc in list(self._late_writers.items()):
+                if proc.poll() is None:
+                    continue
+                del self._late_writers[job_id]
+                if proc.returncode != 0:
+                    log.warning("job=%s late events not all written; trying again later", job_id)
+                    self._late_due[job_id] = now + _LATE_RETRY_SECONDS
+            due = [j for j, at in self._late_due.items() if at <= now and j not in self._late_writers]
+            for job_id in due:
+                del self._late_due[job_id]
+        for job_id in due:
+            try:
+                record = self._store.get(job_id)
+                job_dir = self._store.job_dir(job_id)
+            except JobError as exc:  # deleted meanwhile
+                log.info("job=%s late events not written: %s", job_id, exc)
+                continue
+            argv = [sys.executable, "-m", "fedsec.workflow.late", "--job-dir", str(job_dir), "--job-id", job_id]
+            argv += ["--tracking-dir", str(self._tracking_dir), "--end", _RUN_ENDS.get(record.status, "KILLED")]
+            env = _child_env() | self._tracking_env(job_dir)
+            proc = _proc.start(argv, cwd=job_dir, env=env, log_path=job_dir / "workflow.log")
+            with self._lock:
+                self._late_writers[job_id] = proc
 
     def report(self, job_id: str, site: str, failed: bool, error: str, log_tail: str = "") -> None:
         """Take site's report of its script's end; a failure makes the site restart or leave the job.
@@ -532,6 +606,10 @@ class JobManager:
                 ended = [w for w in self._workflows.values() if w.proc.poll() is not None]
             for flow in ended:
                 self._reaped(flow)
+            try:
+                self._run_late_writers()
+            except (FedsecError, OSError) as exc:
+                log.warning("late events: %s", self._public(str(exc)))
 
     def _reaped(self, flow: _Workflow) -> None:
         job_dir = self._store.job_dir(flow.job_id)
@@ -602,9 +680,12 @@ class JobManager:
         with self._lock:
             flows = list(self._workflows.values())
             self._workflows.clear()
+            writers = list(self._late_writers.values())
         for flow in flows:
             _proc.stop(flow.proc)
             flow.channel.close()
+        for writer in writers:  # what it did not write stays stored: the next start writes it
+            _proc.stop(writer)
 
 
 _ABSOLUTE_PATH = re.compile(r"/(?:[^\s/'\"]+/)+([^\s/'\"]*)")

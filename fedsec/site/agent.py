@@ -156,8 +156,12 @@ class SiteAgent:
         except grpc.RpcError as exc:
             err = error_from_rpc(exc, f"events of job {job_id}")
             if isinstance(exc, grpc.Call) and exc.code() is grpc.StatusCode.FAILED_PRECONDITION:
+                # refused for good (the job ended longer ago than the server keeps late events, or is deleted)
                 log.warning(
-                    "site=%s job=%s: server no longer takes its events (%s); dropping them", self._kit.name, job_id, err
+                    "site=%s job=%s: the server refused its events for good (%s); dropping them",
+                    self._kit.name,
+                    job_id,
+                    err,
                 )
                 self._spool.discard(job_id)
                 return

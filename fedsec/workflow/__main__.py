@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import time
@@ -23,14 +22,12 @@ from typing import Any
 from fedsec import _fs, _proc, logs
 from fedsec.errors import FedsecError
 from fedsec.jobs import load_job_folder
-from fedsec.jobs.meta import TrackingConfig
-from fedsec.tracking.backends import ENV_TRACKING_BACKEND, ENV_TRACKING_MLFLOW_URI, Backend
-from fedsec.tracking.receivers import Receiver, RunEnd, open_receivers
+from fedsec.tracking.receivers import RunEnd
 from fedsec.transport.local import serve_unix
 from fedsec.wire import fedsec_pb2_grpc
 from fedsec.workflow.fedavg import PARTICIPATION_FILE, FedAvg, load_participation
 from fedsec.workflow.service import WorkflowService
-from fedsec.workflow.tracking import Tracker
+from fedsec.workflow.tracking import Tracker, open_tracker
 
 log = logging.getLogger("fedsec.workflow")
 
@@ -65,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                 from fedsec.he.context import load_server_context  # tenseal: only in HE jobs
 
                 he_context = load_server_context(args.he_context.read_bytes(), "the server's HE context")
-            tracker = _open_tracker(args, meta.name, app.tracking, workspace)
+            tracker = open_tracker(args.job_id, meta.name, app.tracking, workspace, args.tracking_dir)
             fedavg = FedAvg(args.job_id, args.job_dir / "job", workspace, meta, app, he_context, tracker)
             participation = args.job_dir / PARTICIPATION_FILE
             fedavg.apply_participation(load_participation(participation))  # on resume: the sites that left stay out
@@ -90,34 +87,6 @@ def main(argv: list[str] | None = None) -> int:
             fedavg.keep_last_result()
         if tracker is not None:
             tracker.close(end)
-
-
-def _open_tracker(args: argparse.Namespace, name: str, config: TrackingConfig, workspace: Path) -> Tracker | None:
-    """The job's tracker, writing to the backend the server named for it (never one the job names).
-
-    The server parent passes the backend it checked at submission in the environment (a URI may hold
-    credentials: never in argv). None (tracking off, a warning) when the server named none.
-    """
-    if args.tracking_dir is None:
-        return None
-    tracking_dir: Path = args.tracking_dir
-    backend_name = os.environ.get(ENV_TRACKING_BACKEND, "")
-    if backend_name != config.backend:
-        log.warning(
-            "tracking: backend %r of this job is not one of the server's tracking backends (any more); "
-            "tracking is off for this job",
-            config.backend,
-        )
-        return None
-    backend = Backend(backend_name, os.environ.get(ENV_TRACKING_MLFLOW_URI, ""))
-    # a down MLflow server must fail a batch in seconds (the site sends it again), not hold the job for minutes
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-
-    def opener() -> list[Receiver]:
-        return open_receivers(args.job_id, name, tracking_dir, backend, config.tensorboard)
-
-    return Tracker(workspace / "tracking.db", opener, backend.name)
 
 
 def _public(text: str, args: argparse.Namespace) -> str:

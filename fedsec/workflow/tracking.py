@@ -27,6 +27,7 @@ close() ends the runs as the job ended: FINISHED, FAILED or KILLED.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -34,8 +35,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from fedsec.errors import JobError
+from fedsec.jobs.meta import TrackingConfig
+from fedsec.tracking.backends import ENV_TRACKING_BACKEND, ENV_TRACKING_MLFLOW_URI, Backend
 from fedsec.tracking.events import Event, EventKind
-from fedsec.tracking.receivers import Receiver, RunEnd
+from fedsec.tracking.receivers import Receiver, RunEnd, open_receivers
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,37 @@ WARN_EVERY = 60.0  # seconds between two warnings about the same backend
 _CLOSE_WAIT = 1.0  # seconds close() gives an opening in progress
 
 Opener = Callable[[], Sequence[Receiver]]
+
+
+def open_tracker(
+    job_id: str, name: str, config: TrackingConfig, workspace: Path, tracking_dir: Path | None
+) -> Tracker | None:
+    """The job's tracker, writing to the backend the server named for it (never one the job names).
+
+    The server parent passes the backend it checked at submission in the environment (a URI may hold
+    credentials: never in argv). None (tracking off, a warning) when the server named none. JobError when
+    the job's tracking database cannot be opened.
+    """
+    if tracking_dir is None:
+        return None
+    backend_name = os.environ.get(ENV_TRACKING_BACKEND, "")
+    if backend_name != config.backend:
+        log.warning(
+            "tracking: backend %r of this job is not one of the server's tracking backends (any more); "
+            "tracking is off for this job",
+            config.backend,
+        )
+        return None
+    backend = Backend(backend_name, os.environ.get(ENV_TRACKING_MLFLOW_URI, ""))
+    # a down MLflow server must fail a batch in seconds (the site sends it again), not hold the job for minutes
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    where: Path = tracking_dir
+
+    def opener() -> list[Receiver]:
+        return open_receivers(job_id, name, where, backend, config.tensorboard)
+
+    return Tracker(workspace / "tracking.db", opener, backend.name)
 
 
 class Tracker:
