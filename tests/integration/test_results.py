@@ -5,12 +5,17 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
+from mlflow.tracking import MlflowClient
 
 from fedsec.api import JobInfo, Session
 from fedsec.jobs import FedAvgRecipe
+from fedsec.site.spool import EventSpool
+from fedsec.tracking.events import Event, EventKind
+from fedsec.tracking.receivers import embedded_mlflow_uri
 from fedsec.wire import arrays
 from tests.integration.harness import Federation, wait_until
 
@@ -80,3 +85,28 @@ def test_a_killed_workflow_leaves_its_newest_checkpoint_as_the_result(federation
     assert "killed by SIGKILL" in info.reason
     assert_result_is_last_checkpoint(federation, info, result)
     assert "keeps the global model of round" in federation.log("server1")
+
+
+def test_events_left_in_a_site_spool_reach_mlflow_when_it_returns_after_the_job(
+    federation: Federation, tmp_path: Path
+) -> None:
+    federation.start_all()
+    with Session(federation.admin_kit) as s:
+        recipe = FedAvgRecipe("linear", INITIAL, LINEAR, 1, 3)
+        job_id = s.submit_job(recipe.export(tmp_path / "job"))
+        assert s.wait_for_job(job_id, timeout=120).status == "finished:completed"
+    federation.kill("site-1")  # killed before it forwarded these: they are safe in its spool
+    writer = "d" * 32
+    late = [Event(writer, i, EventKind.SCALAR, "late/loss", i, time.time(), 0.5 * i) for i in range(3)]
+    EventSpool(federation.kit("site-1") / "tracking").append(job_id, late)
+    federation.start("site-1")
+    workflow_log = federation.kit("server1") / "store/jobs" / job_id / "workflow.log"
+    wait_until(lambda: "late events of site=site-1 written" in workflow_log.read_text(), 180, "the late events written")
+    client = MlflowClient(tracking_uri=embedded_mlflow_uri(federation.kit("server1") / "tracking"))
+    experiment = client.get_experiment_by_name("linear")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], "tags.`fedsec.site` = 'site-1'")
+    assert len(runs) == 1
+    history = client.get_metric_history(runs[0].info.run_id, "late/loss")
+    assert sorted((m.step, m.value) for m in history) == [(0, 0.0), (1, 0.5), (2, 1.0)]
+    assert "dropping them" not in federation.log("site-1")
