@@ -94,4 +94,6 @@ MAX_LATE_EVENTS_BYTES = 256 << 20  # late events of one job stored and not yet w
 # A site's own settings (fedsec.site.settings) and its job processes.
 MAX_SITE_DATASETS = 64
 MAX_DATASET_PATH = 1024
+DEFAULT_JOB_RETENTION_DAYS = 30  # a site deletes job folders older than this (site settings: job_retention_days)
+MAX_JOB_RETENTION_DAYS = 36500
 JOB_TOKEN_BYTES = 32  # the random credential a site gives each job process for its local socket

@@ -68,6 +68,7 @@ class SiteAgent:
     def run(self) -> None:
         """Register and heartbeat until stopped (SIGTERM / SIGINT)."""
         self._forwarder.start()
+        threading.Thread(target=self._runner.retention_loop, args=(self._stop,), name="retention", daemon=True).start()
         try:
             while not self._stop.is_set():
                 self._register()
