@@ -5,15 +5,17 @@ it, and tracking.db in the job's workspace remembers what was written. An
 event is marked written only after every receiver took it, in one
 transaction, so a failed write is retried by the site and nothing is lost.
 
-A metric point (site, tag, step) belongs to the first writer that logged it: a
-round replayed after the server was killed makes the site's script log the
-steps it logged before with a new writer id, and those points are dropped here,
-so the first value stays (a replayed round replaces, never adds: MLflow's
+A metric point (site, tag, step) is written once per job (table ``points``):
+a round replayed after the server was killed makes the site's script log the
+steps it logged before again (with a new writer id when the site restarted
+it, with the same one when it kept running), and those points are dropped
+here, so the first value stays: a replayed round replaces, never adds. MLflow's
 log_batch would append a second value, and dropping works the same for every
-receiver). A writer that logs one step twice itself (a script without
-global_step logs everything at step 0) keeps every point. The server's own
-metrics are one value per round (table ``rounds``), however often a round is
-written again.
+receiver. A point is dropped when another writer, or the same writer before
+this job process started, wrote it; a writer that logs one step several times
+within one process (a script without global_step logs everything at step 0)
+keeps every point. The server's own metrics are one value per round (table
+``rounds``), however often a round is written again.
 
 Tracking never takes a job down. The receivers are opened by a thread of
 their own, retried with growing pauses until they open, so a slow or absent
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -99,6 +102,7 @@ class Tracker:
         self._stop = threading.Event()
         self._warned_at = 0.0
         self._unwarned = 0
+        self._process = secrets.token_hex(8)  # which job process wrote a point (a replay comes from a later one)
         try:
             self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
             self._db.execute(
@@ -106,7 +110,7 @@ class Tracker:
             )
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS points"
-                " (site TEXT, tag TEXT, step INTEGER, writer TEXT, PRIMARY KEY (site, tag, step))"
+                " (site TEXT, tag TEXT, step INTEGER, writer TEXT, process TEXT, PRIMARY KEY (site, tag, step))"
             )
             self._db.execute("CREATE TABLE IF NOT EXISTS rounds (round INTEGER PRIMARY KEY)")
         except sqlite3.Error as exc:
@@ -183,15 +187,22 @@ class Tracker:
     # -- internals --
 
     def _new_point(self, site: str, event: Event) -> bool:
-        """Whether event is not a metric point (site, tag, step) another writer wrote (call inside the transaction)."""
+        """Whether event is a metric point (site, tag, step) not written before by another writer or process.
+
+        Call inside the transaction of site_events. Events other than scalars are always new.
+        """
         if event.kind is not EventKind.SCALAR:
             return True
         point = (site, event.tag, event.step)
-        cur = self._db.execute("INSERT OR IGNORE INTO points VALUES (?, ?, ?, ?)", (*point, event.writer))
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO points VALUES (?, ?, ?, ?, ?)", (*point, event.writer, self._process)
+        )
         if cur.rowcount == 1:
             return True
-        row = self._db.execute("SELECT writer FROM points WHERE site = ? AND tag = ? AND step = ?", point).fetchone()
-        return row is not None and row[0] == event.writer
+        row = self._db.execute(
+            "SELECT writer, process FROM points WHERE site = ? AND tag = ? AND step = ?", point
+        ).fetchone()
+        return row is not None and tuple(row) == (event.writer, self._process)
 
     def _connect(self) -> None:
         tries = 0

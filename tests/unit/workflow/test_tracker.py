@@ -139,11 +139,14 @@ def test_replayed_round_replaces_metric_points_in_mlflow(tmp_path: Path) -> None
 
     again = Tracker(db, opener, "local", retry_seconds=(0.01,))  # the resumed job process
     wait(lambda: again.ready, "the receivers to open again")
-    after = "b" * 32  # the site's script after the resume replays steps 2..3 and goes on to 5
+    # the round replayed: a script the site restarted logs steps 2..5 (new writer), one that kept running logs 3 again
+    after = "b" * 32
     replay = [scalar(after, i, step, 100.0 + step) for i, step in enumerate(range(2, 6))]
     replay.append(scalar(after, 4, 2, 5.0, tag="other"))
-    assert again.site_events("site-1", replay) == (3, 2)
-    assert again.site_events("site-1", replay) == (0, 5)  # a resent batch: nothing new
+    replay.append(scalar(before, 5, 3, 7.0))
+    assert again.site_events("site-1", replay) == (3, 3)
+    assert again.site_events("site-1", replay) == (0, 6)  # a resent batch: nothing new
+    assert again.site_events("site-1", [scalar(after, 6, 5, 55.0)]) == (1, 0)  # its own second point at step 5
     again.global_metrics(1, {"acc": 0.6})  # the same round written again: one value per round
     again.global_metrics(2, {"acc": 0.7})
     again.close(RunEnd.FINISHED)
@@ -153,7 +156,7 @@ def test_replayed_round_replaces_metric_points_in_mlflow(tmp_path: Path) -> None
     assert experiment is not None
     runs = {r.data.tags.get("fedsec.site", "server"): r for r in client.search_runs([experiment.experiment_id])}
     points = sorted((m.step, m.value) for m in client.get_metric_history(runs["site-1"].info.run_id, "loss"))
-    assert points == [(0, 1.0), (1, 2.0), (2, 3.0), (3, 4.0), (3, 9.0), (4, 104.0), (5, 105.0)]
+    assert points == [(0, 1.0), (1, 2.0), (2, 3.0), (3, 4.0), (3, 9.0), (4, 104.0), (5, 55.0), (5, 105.0)]
     assert [(m.step, m.value) for m in client.get_metric_history(runs["site-1"].info.run_id, "other")] == [(2, 5.0)]
     server = sorted((m.step, m.value) for m in client.get_metric_history(runs["server"].info.run_id, "acc"))
     assert server == [(1, 0.5), (2, 0.7)]
