@@ -108,6 +108,13 @@ class JobManager:
             if any(folder.glob("*.pb")):
                 self._late_due[folder.parent.name] = 0.0
         self._version = 1
+        # jobs that were running when the server stopped stay assigned to their sites until their workflow starts
+        # again: a site that asks before the scheduler's first pass must not stop their scripts
+        self._resuming: dict[str, tuple[str, frozenset[str]]] = {
+            r.job_id: (r.name, frozenset(json.loads(r.meta_json).get("sites", [])))
+            for r in store.unfinished()
+            if r.status is JobStatus.RUNNING
+        }
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._schedule_loop, name="scheduler", daemon=True),
@@ -256,7 +263,9 @@ class JobManager:
     def assignments(self, site: str) -> list[tuple[str, str]]:
         with self._lock:
             flows = [w for w in self._workflows.values() if (not w.sites or site in w.sites) and site not in w.left]
-        return [(w.job_id, self._store.get(w.job_id).name) for w in flows]
+            resuming = [(j, n) for j, (n, sites) in self._resuming.items() if not sites or site in sites]
+        jobs = [(w.job_id, self._store.get(w.job_id).name) for w in flows]
+        return jobs + [(j, n) for j, n in resuming if self.may_run(j, site)]
 
     def may_run(self, job_id: str, site: str) -> bool:
         with self._lock:
@@ -521,10 +530,12 @@ class JobManager:
             left = set(JobSites.load(job_dir).left)
         except JobError as exc:
             self._store.finish(record.job_id, JobStatus.FAILED, public_text(f"the stored job is unusable: {exc}"))
+            self._not_resuming(record.job_id)
             return
         try:
             record = self._store.set_running(record.job_id)
         except JobError:  # it finished since the scheduler listed it
+            self._not_resuming(record.job_id)
             return
         sock = socket_path(self._run_dir, f"wf-{record.job_id[:8]}.sock")
         argv = [sys.executable, "-m", "fedsec.workflow", "--job-dir", str(job_dir), "--job-id", record.job_id]
@@ -544,10 +555,16 @@ class JobManager:
         )
         with self._lock:
             self._workflows[record.job_id] = flow
+            self._resuming.pop(record.job_id, None)
         log.info("job=%s workflow %s pid=%d", record.job_id, "resumed" if resumed else "started", proc.pid)
         waiter = threading.Thread(target=self._await_ready, args=(flow, sock), name=f"ready-{record.job_id[:8]}")
         waiter.daemon = True
         waiter.start()
+
+    def _not_resuming(self, job_id: str) -> None:
+        with self._lock:
+            self._resuming.pop(job_id, None)
+        self._bump()
 
     def _await_ready(self, flow: _Workflow, sock: Path) -> None:
         """Wait until flow's process serves on sock; stop it at its start deadline (the reaper ends the job)."""
@@ -630,6 +647,7 @@ class JobManager:
     def _end(self, job_id: str, status: JobStatus, reason: str) -> JobRecord:
         with self._lock:
             flow = self._workflows.pop(job_id, None)
+            self._resuming.pop(job_id, None)
             self._running_seen.pop(job_id, None)
             self._ending.add(job_id)  # keeps the scheduler from starting it again meanwhile
         try:
