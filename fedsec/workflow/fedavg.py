@@ -4,7 +4,11 @@ State lives in the job's workspace so a restarted server resumes from the
 last completed round: checkpoints/round_NNNNN.fsa (the global model after
 that round), state.json (rounds completed), progress.json (per-round metrics,
 the sites that left the job and why). Service threads call get_task / submit /
-update_sites / apply_participation; run() drives rounds.
+update_sites / apply_participation; run() drives rounds. The result folder
+(fedsec.jobs.result) holds the final model of a completed job, or, through
+keep_last_result(), the last completed round's model of one that failed or was
+stopped; progress.json's "result" says which round. A write that fails for a
+full disk fails the job with a reason that starts "server disk full:".
 
 Round rules: each sampled site has workflow.round_timeout from when it received
 its task (from the round's opening if it never asked); the round closes when
