@@ -58,6 +58,7 @@ MAX_RUNNING_JOBS = 16
 MAX_SITE_RESTARTS = 100  # times one site may restart a job's script (workflow.max_site_restarts)
 MAX_LOG_TEXT = 256 << 10  # a job log returned to an admin, or uploaded by a site at a job's end
 MAX_AUDIT_ENTRIES = 10_000
+SERVER_MIN_FREE_BYTES = 16 << 20  # a workflow that died without its result, with less free: "server disk full"
 
 # Admin logins: bounded per identity (from the verified certificate), never globally, so one admin
 # (whatever its role) asking for challenges or opening sessions crowds out only itself.
@@ -98,8 +99,14 @@ MAX_EVENT_QUEUE = 100_000  # events a SummaryWriter holds before it drops (and s
 MAX_SPOOL_BYTES = 256 << 20  # a site's unsent events of one job
 TRACKING_QUOTA_SITE_BYTES = 64 << 20  # tracking events one site may write for one job; later ones are dropped
 TRACKING_QUOTA_JOB_BYTES = 512 << 20  # the same for all the sites of one job together
+# A site that comes back after a job ended sends the events still in its spool: the server stores them for this
+# long after the job's end (fedsec.workflow.late writes them); later ones are refused for good and the site drops them.
+TRACKING_LATE_EVENTS_SECONDS = 7 * 86400
+MAX_LATE_EVENTS_BYTES = 256 << 20  # late events of one job stored and not yet written; past it, sites send them later
 
 # A site's own settings (fedsec.site.settings) and its job processes.
 MAX_SITE_DATASETS = 64
 MAX_DATASET_PATH = 1024
+DEFAULT_JOB_RETENTION_DAYS = 30  # a site deletes job folders older than this (site settings: job_retention_days)
+MAX_JOB_RETENTION_DAYS = 36500
 JOB_TOKEN_BYTES = 32  # the random credential a site gives each job process for its local socket

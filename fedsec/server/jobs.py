@@ -13,6 +13,7 @@ leaves the job, and the workflow ends the job only below min_clients.
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import logging
 import os
@@ -36,13 +37,15 @@ from cryptography import x509
 from fedsec import _fs, _proc, limits
 from fedsec.errors import AuthError, FedsecError, JobError, WireError
 from fedsec.jobs import load_job_folder, unpack
+from fedsec.jobs import result as job_result
 from fedsec.jobs.archive import pack_file
 from fedsec.jobs.meta import meta_to_json
 from fedsec.jobs.signing import JobSignature, check_job_id, verify_digest
 from fedsec.pki.certs import Identity
 from fedsec.server.job_sites import JobSites
-from fedsec.server.store import JOB_ARCHIVE, WORKSPACE_DIR, JobRecord, JobStatus, JobStore
+from fedsec.server.store import JOB_ARCHIVE, JOBS_DIR, WORKSPACE_DIR, JobRecord, JobStatus, JobStore
 from fedsec.tracking.backends import ONLY_LOCAL, Backends
+from fedsec.tracking.events import check_batch
 from fedsec.transport.local import socket_path, unix_channel
 from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc, streams
 
@@ -53,6 +56,9 @@ _OUTPUT_LINES = 12  # lines of a dead workflow's output shown in the job's reaso
 _INCOMPLETE_SECONDS = 60.0  # a record whose files are still missing after this was cut off mid-submission
 _SIGNATURE = "job.sig"  # the submitting admin's signature of this run of job.zip, with its job id and time
 _SITES = "sites"  # per-site reports: <site>.json
+_LATE_DIR = "late_events"  # batches sent after the job ended, until written (fedsec.workflow.late reads them)
+_LATE_RETRY_SECONDS = 60.0  # after a late-events writer left some (its backend was down)
+_RUN_ENDS = {JobStatus.COMPLETED: "FINISHED", JobStatus.FAILED: "FAILED", JobStatus.ABORTED: "KILLED"}
 
 
 @dataclass
@@ -96,7 +102,19 @@ class JobManager:
         self._ending: set[str] = set()
         self._running_seen: dict[str, set[str]] = {}  # job -> sites that had its script running since a failure
         self._refused_reports: set[tuple[str, str]] = set()  # logged once each
+        self._late_writers: dict[str, subprocess.Popen[bytes]] = {}  # job -> its running late-events writer
+        self._late_due: dict[str, float] = {}  # job -> when (time.monotonic()) to start its late-events writer
+        for folder in (store.root / JOBS_DIR).glob(f"*/{_LATE_DIR}"):  # left by a server that stopped
+            if any(folder.glob("*.pb")):
+                self._late_due[folder.parent.name] = 0.0
         self._version = 1
+        # jobs that were running when the server stopped stay assigned to their sites until their workflow starts
+        # again: a site that asks before the scheduler's first pass must not stop their scripts
+        self._resuming: dict[str, tuple[str, frozenset[str]]] = {
+            r.job_id: (r.name, frozenset(json.loads(r.meta_json).get("sites", [])))
+            for r in store.unfinished()
+            if r.status is JobStatus.RUNNING
+        }
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._schedule_loop, name="scheduler", daemon=True),
@@ -253,6 +271,7 @@ class JobManager:
                 text = self._public((job_dir / name).read_text(errors="replace"))
                 _fs.write_atomic(result / name, text.encode())
         summary = {k: v for k, v in _record_dict(record).items() if k != "meta_json"}
+        summary["result"] = job_result.kept(job_dir / WORKSPACE_DIR)  # the model kept, and from which round
         _fs.write_atomic(result / "job.json", json.dumps(summary, indent=2).encode())
         fd, name = tempfile.mkstemp(dir=job_dir / WORKSPACE_DIR, prefix=".download-", suffix=".zip")
         os.close(fd)
@@ -267,7 +286,9 @@ class JobManager:
     def assignments(self, site: str) -> list[tuple[str, str]]:
         with self._lock:
             flows = [w for w in self._workflows.values() if (not w.sites or site in w.sites) and site not in w.left]
-        return [(w.job_id, self._store.get(w.job_id).name) for w in flows]
+            resuming = [(j, n) for j, (n, sites) in self._resuming.items() if not sites or site in sites]
+        jobs = [(w.job_id, self._store.get(w.job_id).name) for w in flows]
+        return jobs + [(j, n) for j, n in resuming if self.may_run(j, site)]
 
     def may_run(self, job_id: str, site: str) -> bool:
         with self._lock:
@@ -340,11 +361,16 @@ class JobManager:
         return reply
 
     def send_events(self, batch: fedsec_pb2.EventBatch) -> fedsec_pb2.EventAck:
-        """Relay a site's tracking events to the job's workflow, which stores them. JobError when it is not running."""
+        """Relay a site's tracking events to the job's workflow, which stores them; for an ended job, keep them.
+
+        Raises JobError when the job ended more than limits.TRACKING_LATE_EVENTS_SECONDS ago (the site may drop
+        them), WireError for bad events, FedsecError when the site should send them again later.
+        """
         flow = self._ready_flow(batch.job_id)
         if flow is None:
-            if self._store.get(batch.job_id).status.finished:
-                raise JobError(f"job {batch.job_id} has ended: its events can no longer be stored")
+            record = self._store.get(batch.job_id)
+            if record.status.finished:
+                return self._late_events(record, batch)
             raise FedsecError(f"job {batch.job_id}: the workflow is starting; send the events again")
         try:
             ack: fedsec_pb2.EventAck = flow.stub.SendEvents(batch, timeout=60)
@@ -354,6 +380,65 @@ class JobManager:
                 raise WireError(exc.details() or "bad events") from exc
             raise FedsecError(f"job {batch.job_id}: the workflow did not store the events") from exc
         return ack
+
+    def _late_events(self, record: JobRecord, batch: fedsec_pb2.EventBatch) -> fedsec_pb2.EventAck:
+        """Store a checked batch of an ended job for its late-events writer (fedsec.workflow.late); acknowledge it."""
+        window = limits.TRACKING_LATE_EVENTS_SECONDS
+        age = time.time() - (record.end_time or time.time())
+        if age > window:
+            raise JobError(
+                f"job {record.job_id} ended {age / 86400:.1f} days ago; the server stores a job's events for"
+                f" {window / 86400:g} days after its end (limits.TRACKING_LATE_EVENTS_SECONDS), so not these"
+            )
+        check_batch(batch, f"late events of {batch.site}")
+        data = batch.SerializeToString()
+        folder = self._store.job_dir(record.job_id) / _LATE_DIR
+        with self._lock:
+            try:
+                folder.mkdir(exist_ok=True, mode=0o700)
+                held = sum(p.stat().st_size for p in folder.glob("*.pb"))
+                if held + len(data) > limits.MAX_LATE_EVENTS_BYTES:
+                    raise FedsecError(
+                        f"job {record.job_id}: the server holds {held} bytes of late events not yet written;"
+                        " send these again later"
+                    )
+                _fs.write_atomic(folder / f"{time.time_ns():020d}-{batch.site}.pb", data, mode=0o600)
+            except OSError as exc:
+                full = "server disk full: " if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+                raise FedsecError(
+                    f"job {record.job_id}: {full}cannot store late events; send them again later"
+                ) from exc
+            self._late_due.setdefault(record.job_id, 0.0)
+        log.info("job=%s site=%s sent %d events after the job ended", record.job_id, batch.site, len(batch.events))
+        return fedsec_pb2.EventAck(stored=len(batch.events))
+
+    def _run_late_writers(self) -> None:
+        """Start the late-events writers that are due; note when one that left events is to run again."""
+        now = time.monotonic()
+        with self._lock:
+            for job_id, proc in list(self._late_writers.items()):
+                if proc.poll() is None:
+                    continue
+                del self._late_writers[job_id]
+                if proc.returncode != 0:
+                    log.warning("job=%s late events not all written; trying again later", job_id)
+                    self._late_due[job_id] = now + _LATE_RETRY_SECONDS
+            due = [j for j, at in self._late_due.items() if at <= now and j not in self._late_writers]
+            for job_id in due:
+                del self._late_due[job_id]
+        for job_id in due:
+            try:
+                record = self._store.get(job_id)
+                job_dir = self._store.job_dir(job_id)
+            except JobError as exc:  # deleted meanwhile
+                log.info("job=%s late events not written: %s", job_id, exc)
+                continue
+            argv = [sys.executable, "-m", "fedsec.workflow.late", "--job-dir", str(job_dir), "--job-id", job_id]
+            argv += ["--tracking-dir", str(self._tracking_dir), "--end", _RUN_ENDS.get(record.status, "KILLED")]
+            env = _child_env() | self._tracking_env(job_dir)
+            proc = _proc.start(argv, cwd=job_dir, env=env, log_path=job_dir / "workflow.log")
+            with self._lock:
+                self._late_writers[job_id] = proc
 
     def report(self, job_id: str, site: str, failed: bool, error: str, log_tail: str = "") -> None:
         """Take site's report of its script's end; a failure makes the site restart or leave the job.
@@ -468,10 +553,12 @@ class JobManager:
             left = set(JobSites.load(job_dir).left)
         except JobError as exc:
             self._store.finish(record.job_id, JobStatus.FAILED, public_text(f"the stored job is unusable: {exc}"))
+            self._not_resuming(record.job_id)
             return
         try:
             record = self._store.set_running(record.job_id)
         except JobError:  # it finished since the scheduler listed it
+            self._not_resuming(record.job_id)
             return
         sock = socket_path(self._run_dir, f"wf-{record.job_id[:8]}.sock")
         argv = [sys.executable, "-m", "fedsec.workflow", "--job-dir", str(job_dir), "--job-id", record.job_id]
@@ -491,10 +578,16 @@ class JobManager:
         )
         with self._lock:
             self._workflows[record.job_id] = flow
+            self._resuming.pop(record.job_id, None)
         log.info("job=%s workflow %s pid=%d", record.job_id, "resumed" if resumed else "started", proc.pid)
         waiter = threading.Thread(target=self._await_ready, args=(flow, sock), name=f"ready-{record.job_id[:8]}")
         waiter.daemon = True
         waiter.start()
+
+    def _not_resuming(self, job_id: str) -> None:
+        with self._lock:
+            self._resuming.pop(job_id, None)
+        self._bump()
 
     def _await_ready(self, flow: _Workflow, sock: Path) -> None:
         """Wait until flow's process serves on sock; stop it at its start deadline (the reaper ends the job)."""
@@ -553,6 +646,10 @@ class JobManager:
                 ended = [w for w in self._workflows.values() if w.proc.poll() is not None]
             for flow in ended:
                 self._reaped(flow)
+            try:
+                self._run_late_writers()
+            except (FedsecError, OSError) as exc:
+                log.warning("late events: %s", self._public(str(exc)))
 
     def _reaped(self, flow: _Workflow) -> None:
         job_dir = self._store.job_dir(flow.job_id)
@@ -564,6 +661,8 @@ class JobManager:
         except (OSError, json.JSONDecodeError):
             status = JobStatus.FAILED
             reason = flow.failure or exit_text(flow.proc.returncode)
+            if _disk_full(job_dir):
+                reason = f"server disk full: {reason}"
             output = last_lines(_proc.tail(job_dir / "workflow.log", 8 << 10), _OUTPUT_LINES)
             reason += f"; its last output:\n{output}" if output else "; it wrote no output"
         self._end(flow.job_id, status, public_text(reason))
@@ -571,12 +670,15 @@ class JobManager:
     def _end(self, job_id: str, status: JobStatus, reason: str) -> JobRecord:
         with self._lock:
             flow = self._workflows.pop(job_id, None)
+            self._resuming.pop(job_id, None)
             self._running_seen.pop(job_id, None)
             self._ending.add(job_id)  # keeps the scheduler from starting it again meanwhile
         try:
             if flow is not None:
                 _proc.stop(flow.proc)
                 flow.channel.close()
+            if status is not JobStatus.COMPLETED:
+                self._keep_result(job_id)
             self._sync_round(job_id)
             record = self._store.finish(job_id, status, self._public(reason))  # first final status wins
         finally:
@@ -586,6 +688,19 @@ class JobManager:
         if flow is not None:
             log.info("job=%s ended status=%s", job_id, record.status.value)
         return record
+
+    def _keep_result(self, job_id: str) -> None:
+        """Keep the newest checkpoint as the result of a job whose workflow was killed before it kept one."""
+        workspace = self._store.job_dir(job_id) / WORKSPACE_DIR
+        try:
+            if job_result.kept(workspace) is not None:
+                return
+            entry = job_result.keep_last_checkpoint(workspace)
+        except (OSError, JobError) as exc:
+            log.warning("job=%s keeps no result: %s", job_id, self._public(str(exc)))
+            return
+        if entry is not None:
+            log.info("job=%s keeps the global model of round %d as its result", job_id, entry["round"])
 
     def _sync_round(self, job_id: str) -> None:
         if self._store.get(job_id).status is not JobStatus.RUNNING:
@@ -606,9 +721,12 @@ class JobManager:
         with self._lock:
             flows = list(self._workflows.values())
             self._workflows.clear()
+            writers = list(self._late_writers.values())
         for flow in flows:
             _proc.stop(flow.proc)
             flow.channel.close()
+        for writer in writers:  # what it did not write stays stored: the next start writes it
+            _proc.stop(writer)
 
 
 class _Staging:
@@ -653,6 +771,14 @@ def last_lines(text: str, count: int) -> str:
     """The last count non-empty lines of text (a log's tail, whose first line may be cut)."""
     lines = [line.rstrip() for line in text.splitlines() if line.strip()]
     return "\n".join(lines[-count:])
+
+
+def _disk_full(path: Path) -> bool:
+    """Whether the file system of path has less than limits.SERVER_MIN_FREE_BYTES free (a write there failed)."""
+    try:
+        return shutil.disk_usage(path).free < limits.SERVER_MIN_FREE_BYTES
+    except OSError:
+        return False
 
 
 def _listening(sock: Path) -> bool:

@@ -82,6 +82,7 @@ class SiteAgent:
         """Register and heartbeat until stopped (SIGTERM / SIGINT)."""
         self._forwarder.start()
         self._worker.start()
+        threading.Thread(target=self._runner.retention_loop, args=(self._stop,), name="retention", daemon=True).start()
         try:
             while not self._stop.is_set():
                 self._register()
@@ -183,8 +184,12 @@ class SiteAgent:
         except grpc.RpcError as exc:
             err = error_from_rpc(exc, f"events of job {job_id}")
             if isinstance(exc, grpc.Call) and exc.code() is grpc.StatusCode.FAILED_PRECONDITION:
+                # refused for good (the job ended longer ago than the server keeps late events, or is deleted)
                 log.warning(
-                    "site=%s job=%s: server no longer takes its events (%s); dropping them", self._kit.name, job_id, err
+                    "site=%s job=%s: the server refused its events for good (%s); dropping them",
+                    self._kit.name,
+                    job_id,
+                    err,
                 )
                 self._spool.discard(job_id)
                 return

@@ -4,17 +4,21 @@ Each job runs as `python SCRIPT ARGS` in <kit>/jobs/<job_id>/work, with the
 job's custom code on PYTHONPATH and its own local socket in the environment,
 inside a bubblewrap sandbox (fedsec.site.sandbox) that sees nothing of the kit
 unless the site operator opted out. A job whose script exits is reported to the
-server (finished, or failed with the end of its log).
+server (finished, or failed with the end of its log). Job folders older than
+the operator's job_retention_days are deleted at the site's start and then
+daily (retention_loop); a running job's folder never is.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +40,7 @@ from fedsec.site.transfer import GaveUpError
 log = logging.getLogger(__name__)
 
 Report = Callable[[str, bool, str, str], None]  # (job_id, failed, error text, log tail)
+RETENTION_CHECK_SECONDS = 86400.0  # how often old job folders are looked for
 
 
 @dataclass
@@ -85,10 +90,14 @@ class JobRunner:
         policy.check(signer, self._site)
         replay.check_start(self._kit_root, job_id, signature.submit_time, policy.max_job_age)
         job_dir = self._jobs_dir / _safe_id(job_id)
-        if job_dir.exists():
-            shutil.rmtree(job_dir)  # a previous run of this job on this site (e.g. before a restart)
-        job_dir.mkdir(parents=True, mode=0o700)
-        unpack(archive, job_dir / "job")
+        try:
+            if job_dir.exists():
+                shutil.rmtree(job_dir)  # a previous run of this job on this site (e.g. before a restart)
+            job_dir.mkdir(parents=True, mode=0o700)
+            unpack(archive, job_dir / "job")
+        except OSError as exc:
+            full = f"{self._site} disk full: " if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+            raise JobError(f"{full}cannot write the job's folder: {exc.strerror or exc}") from exc
         _meta, app = load_job_folder(job_dir / "job")
         if app.he.enabled and not self._he_key.present():
             raise JobError("the signed job uses homomorphic encryption, but this site's kit has no HE context")
@@ -153,6 +162,40 @@ class JobRunner:
             self._report(job.job_id, failed, error, _proc.tail(job.log_path, limits.MAX_LOG_TEXT))
         except FedsecError as exc:
             log.warning("job=%s could not report its end: %s", job.job_id, exc)
+
+    def remove_old_jobs(self, now: float | None = None) -> list[str]:
+        """Delete the job folders not touched for the site's job_retention_days, never a running job's; their ids.
+
+        A folder's age is that of its newest entry (the script's log, its work/ folder, the job). Raises
+        ConfigError when the site settings are unusable.
+        """
+        keep = load_site_settings(self._kit_root).job_retention_days * 86400
+        now = time.time() if now is None else now
+        running = self.running()
+        removed = []
+        for job_dir in sorted(self._jobs_dir.iterdir()) if self._jobs_dir.is_dir() else []:
+            if job_dir.name in running or not job_dir.is_dir() or job_dir.is_symlink():
+                continue
+            try:
+                touched = max(p.lstat().st_mtime for p in (job_dir, *job_dir.iterdir()))
+            except OSError:
+                continue  # removed meanwhile
+            if now - touched > keep:
+                shutil.rmtree(job_dir, ignore_errors=True)
+                removed.append(job_dir.name)
+        if removed:
+            log.info("removed %d job folders older than %d days: %s", len(removed), keep // 86400, ",".join(removed))
+        return removed
+
+    def retention_loop(self, stop: threading.Event) -> None:
+        """remove_old_jobs() now and then daily, until stop is set."""
+        while True:
+            try:
+                self.remove_old_jobs()
+            except (FedsecError, OSError) as exc:
+                log.warning("old job folders not removed: %s", exc)
+            if stop.wait(RETENTION_CHECK_SECONDS):
+                return
 
     def stop(self, job_id: str) -> None:
         with self._lock:

@@ -6,6 +6,8 @@ sets the site's jobs may read, and how job processes are isolated::
     datasets:                 # name -> absolute path, bound read-only into each job's sandbox
       cifar10: /data/cifar10
     isolation: auto           # auto (bubblewrap when installed) | bwrap (required) | none (opt out)
+    job_retention_days: 30    # job folders (<kit>/jobs/<job_id>: the script's log, its work/) older than this
+                              # are deleted, at the site's start and then daily; never a running job's
 
 It is not covered by the kit's signature, so it is trusted only as far as its
 file permissions go: load_site_settings() refuses it unless it is a regular
@@ -41,6 +43,7 @@ class SiteSettings:
 
     datasets: dict[str, str] = field(default_factory=dict)  # name -> absolute path (resolved)
     isolation: Isolation = Isolation.AUTO
+    job_retention_days: int = limits.DEFAULT_JOB_RETENTION_DAYS
 
 
 def load_site_settings(kit_root: Path) -> SiteSettings:
@@ -56,7 +59,14 @@ def load_site_settings(kit_root: Path) -> SiteSettings:
     raw = _schema.load_yaml(path, "site settings")
     try:
         settings = _schema.build(SiteSettings, {} if raw is None else raw, "")
-        return SiteSettings(datasets=_check_datasets(settings.datasets, kit_root), isolation=settings.isolation)
+        days = settings.job_retention_days
+        if not 1 <= days <= limits.MAX_JOB_RETENTION_DAYS:
+            raise ConfigError(
+                f"job_retention_days: {days} is not a number of days in 1..{limits.MAX_JOB_RETENTION_DAYS}"
+            )
+        return SiteSettings(
+            datasets=_check_datasets(settings.datasets, kit_root), isolation=settings.isolation, job_retention_days=days
+        )
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
 

@@ -8,6 +8,8 @@ site sends again from the cursor; the server drops what it already has.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -16,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fedsec import _fs, limits
-from fedsec.errors import WireError
+from fedsec.errors import JobError, WireError
 from fedsec.tracking.events import MAX_BATCH_BYTES, MAX_JSON_LINE_BYTES, Event, from_json_line, to_json_line
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,7 @@ class EventSpool:
         return self._root / _fs.check_name("job id", job_id)
 
     def append(self, job_id: str, events: Sequence[Event]) -> None:
-        """Store events durably; WireError when the job's spool is full."""
+        """Store events durably; WireError when the job's spool is full, JobError when it cannot be written."""
         folder = self._dir(job_id)
         data = b"".join(to_json_line(e) for e in events)
         with self._lock:
@@ -42,12 +44,22 @@ class EventSpool:
             size = path.stat().st_size if path.exists() else 0
             if size + len(data) > limits.MAX_SPOOL_BYTES:
                 raise WireError(f"job {job_id}: the site's event spool is full ({limits.MAX_SPOOL_BYTES} bytes)")
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    written = os.write(fd, data)
+                    if written != len(data):
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                    os.fsync(fd)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, size)  # no cut line stays behind for the next append to run into
+                    raise
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                full = "the site's disk is full: " if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+                raise JobError(f"job {job_id}: {full}cannot store events in the site's spool: {exc.strerror}") from exc
 
     def jobs(self) -> list[str]:
         return sorted(p.name for p in self._root.iterdir()) if self._root.is_dir() else []

@@ -1,8 +1,10 @@
 """`python -m fedsec.workflow --job-dir DIR --socket PATH`: one server job process.
 
 Started by the server parent. Writes workspace/result.json when it ends
-(completed or failed with a reason) and exits 0; any other exit is a crash
-the parent reports.
+(completed or failed with a reason, and the result it keeps) and exits 0; any
+other exit is a crash the parent reports. A job that fails, or that the server
+stops (SIGTERM: an abort, or the server stopping), keeps the global model of its
+last completed round in workspace/result (fedsec.jobs.result).
 """
 
 from __future__ import annotations
@@ -10,24 +12,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from fedsec import _fs, _proc, logs
 from fedsec.errors import FedsecError
 from fedsec.jobs import load_job_folder
-from fedsec.jobs.meta import TrackingConfig
-from fedsec.tracking.backends import ENV_TRACKING_BACKEND, ENV_TRACKING_MLFLOW_URI, Backend
-from fedsec.tracking.receivers import Receiver, RunEnd, open_receivers
+from fedsec.tracking.receivers import RunEnd
 from fedsec.transport.local import serve_unix
 from fedsec.wire import fedsec_pb2_grpc
 from fedsec.workflow.fedavg import PARTICIPATION_FILE, FedAvg, load_participation
 from fedsec.workflow.service import WorkflowService
-from fedsec.workflow.tracking import Tracker
+from fedsec.workflow.tracking import Tracker, open_tracker
 
 log = logging.getLogger("fedsec.workflow")
 
@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _on_term)
     tracker: Tracker | None = None
+    fedavg: FedAvg | None = None
     end = RunEnd.KILLED  # what the runs become if the server stops this process
     try:
         try:
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                 from fedsec.he.context import load_server_context  # tenseal: only in HE jobs
 
                 he_context = load_server_context(args.he_context.read_bytes(), "the server's HE context")
-            tracker = _open_tracker(args, meta.name, app.tracking, workspace)
+            tracker = open_tracker(args.job_id, meta.name, app.tracking, workspace, args.tracking_dir)
             fedavg = FedAvg(args.job_id, args.job_dir / "job", workspace, meta, app, he_context, tracker)
             participation = args.job_dir / PARTICIPATION_FILE
             fedavg.apply_participation(load_participation(participation))  # on resume: the sites that left stay out
@@ -76,41 +77,16 @@ def main(argv: list[str] | None = None) -> int:
         except FedsecError as exc:
             status, reason, end = "failed", _public(str(exc), args), RunEnd.FAILED
             fedavg.finish()
+        kept = fedavg.keep_last_result() if status == "failed" else None
         _await_sites(args.job_dir, fedavg.participants)
         server.stop(grace=2).wait()
-        return _end(workspace, status, reason)
+        return _end(workspace, status, reason, kept)
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # keep the result, end the runs; the server KILLs after its grace
+        if fedavg is not None and end is not RunEnd.FINISHED:
+            fedavg.keep_last_result()
         if tracker is not None:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the runs end; the server KILLs after its grace
             tracker.close(end)
-
-
-def _open_tracker(args: argparse.Namespace, name: str, config: TrackingConfig, workspace: Path) -> Tracker | None:
-    """The job's tracker, writing to the backend the server named for it (never one the job names).
-
-    The server parent passes the backend it checked at submission in the environment (a URI may hold
-    credentials: never in argv). None (tracking off, a warning) when the server named none.
-    """
-    if args.tracking_dir is None:
-        return None
-    tracking_dir: Path = args.tracking_dir
-    backend_name = os.environ.get(ENV_TRACKING_BACKEND, "")
-    if backend_name != config.backend:
-        log.warning(
-            "tracking: backend %r of this job is not one of the server's tracking backends (any more); "
-            "tracking is off for this job",
-            config.backend,
-        )
-        return None
-    backend = Backend(backend_name, os.environ.get(ENV_TRACKING_MLFLOW_URI, ""))
-    # a down MLflow server must fail a batch in seconds (the site sends it again), not hold the job for minutes
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-
-    def opener() -> list[Receiver]:
-        return open_receivers(args.job_id, name, tracking_dir, backend, config.tensorboard)
-
-    return Tracker(workspace / "tracking.db", opener, backend.name)
 
 
 def _public(text: str, args: argparse.Namespace) -> str:
@@ -134,9 +110,17 @@ def _await_sites(job_dir: Path, sites: set[str], timeout: float = DRAIN_SECONDS)
         log.warning("sites %s did not report the end of the job within %.0f s", ",".join(sorted(missing)), timeout)
 
 
-def _end(workspace: Path, status: str, reason: str) -> int:
+def _end(workspace: Path, status: str, reason: str, kept: dict[str, Any] | None = None) -> int:
+    """Write result.json: the outcome, and the result kept when the job did not complete ("result": its entry)."""
     log.info("workflow ended status=%s reason=%s", status, reason)
-    _fs.write_atomic(workspace / "result.json", json.dumps({"status": status, "reason": reason}).encode())
+    outcome: dict[str, Any] = {"status": status, "reason": reason}
+    if kept is not None:
+        outcome["result"] = kept
+    try:
+        _fs.write_atomic(workspace / "result.json", json.dumps(outcome).encode())
+    except OSError as exc:  # the parent reports the exit, and sees a full disk itself
+        log.error("cannot write workspace/result.json: %s", exc.strerror or exc)
+        return 1
     return 0
 
 

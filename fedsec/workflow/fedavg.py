@@ -4,7 +4,11 @@ State lives in the job's workspace so a restarted server resumes from the
 last completed round: checkpoints/round_NNNNN.fsa (the global model after
 that round), state.json (rounds completed), progress.json (per-round metrics,
 the sites that left the job and why). Service threads call get_task / submit /
-update_sites / apply_participation; run() drives rounds.
+update_sites / apply_participation; run() drives rounds. The result folder
+(fedsec.jobs.result) holds the final model of a completed job, or, through
+keep_last_result(), the last completed round's model of one that failed or was
+stopped; progress.json's "result" says which round. A write that fails for a
+full disk fails the job with a reason that starts "server disk full:".
 
 Round rules: each sampled site has workflow.round_timeout from when it received
 its task (from the round's opening if it never asked); the round closes when
@@ -19,6 +23,7 @@ a failure: the server parent checks that and hands over the result.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -28,13 +33,15 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fedsec import _fs, _schema, limits
 from fedsec.errors import HEError, JobError, TransferInterruptedError, WireError
+from fedsec.jobs import result
 from fedsec.jobs.meta import AppConfig, JobMeta
 from fedsec.wire import arrays, fedsec_pb2, streams
 from fedsec.workflow.aggregate import Accumulator, EncryptedAccumulator
@@ -310,13 +317,17 @@ class FedAvg:
     # ------------------------------------------------------------ driver side
 
     def run(self) -> None:
-        """Run the remaining rounds; raise JobError when the job cannot go on."""
+        """Run the remaining rounds; raise JobError when the job cannot go on (a full disk: "server disk full")."""
         state = self._load_json("state.json") or {"completed_rounds": 0}
         done_rounds = int(state["completed_rounds"])
         model = self._checkpoint(done_rounds - 1) if done_rounds else self._initial
         specs = arrays.read_specs(self._initial, "initial model")
         if done_rounds:
             log.info("job=%s resuming after round %d", self.job_id, done_rounds - 1)
+        with self._progress_lock:  # a result kept when an earlier process was stopped is not this run's
+            stale = self._progress.pop("result", None)
+        if stale is not None:
+            self._write_progress()
         self._wait_for_sites(self.cfg.start_timeout, "start")
         for number in range(done_rounds, self.cfg.num_rounds):
             rnd = self._run_round(number, TRAIN, model, specs)
@@ -326,19 +337,51 @@ class FedAvg:
                     + self._left_text("; ")
                 )
             new_model = self._checkpoint(number)
-            rnd.acc.write_average(new_model, model if rnd.params_type == "diff" else None)
-            model = new_model
-            self._record(number, rnd)
+            with _server_writes(f"the checkpoint of round {number}"):
+                rnd.acc.write_average(new_model, model if rnd.params_type == "diff" else None)
+                model = new_model
+                self._record(number, rnd)
         if self.cfg.evaluate_final:
             rnd = self._run_round(self.cfg.num_rounds, EVALUATE, model, specs)
             with self._progress_lock:
                 self._progress["final"] = {"metrics": rnd.metrics(), "sites": sorted(rnd.contributors)}
-            self._write_progress()
-        shutil.copyfile(model, self._ws / "result" / f"global_model{model.suffix}")
-        if self.tracker is not None:
-            self.tracker.final_model(self._ws / "result" / f"global_model{model.suffix}")
-        shutil.copyfile(self._ws / "progress.json", self._ws / "result" / "progress.json")
+            with _server_writes("the final evaluation"):
+                self._write_progress()
+        with _server_writes("the job's result"):
+            entry = self._keep(self.cfg.num_rounds - 1, model)
+            if self.tracker is not None:
+                self.tracker.final_model(self._ws / "result" / entry["model"])
+            shutil.copyfile(self._ws / "progress.json", self._ws / "result" / "progress.json")
         self.finish()
+
+    def keep_last_result(self) -> dict[str, Any] | None:
+        """Keep the last completed round's global model as the result (the job was aborted or failed); its entry.
+
+        None when no round completed. Never raises: a result that cannot be written is logged.
+        """
+        try:
+            done = result.completed_rounds(self._ws)
+            model = self._checkpoint(done - 1)
+            if done == 0 or not model.is_file():
+                return None
+            with self._progress_lock:
+                entry = self._progress.get("result")
+            if isinstance(entry, dict) and entry.get("completed_rounds") == done:
+                return entry  # kept already
+            entry = self._keep(done - 1, model)
+            shutil.copyfile(self._ws / "progress.json", self._ws / "result" / "progress.json")
+        except (OSError, JobError) as exc:
+            log.warning("job=%s cannot keep its last global model as its result: %s", self.job_id, exc)
+            return None
+        log.info("job=%s keeps the global model of round %d as its result", self.job_id, done - 1)
+        return entry
+
+    def _keep(self, number: int, model: Path) -> dict[str, Any]:
+        entry = result.keep_model(self._ws, number, model)
+        with self._progress_lock:
+            self._progress["result"] = entry
+        self._write_progress()
+        return entry
 
     def finish(self) -> None:
         with self._cond:
@@ -477,6 +520,17 @@ def _remove_leftovers(workspace: Path) -> None:
             path.unlink(missing_ok=True)
     if leftovers:
         log.info("removed %d leftover temporary files from an earlier run", len(leftovers))
+
+
+@contextmanager
+def _server_writes(what: str) -> Iterator[None]:
+    """Turn a failed write of the server's own files into a JobError whose text says why (a full disk first)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise JobError(f"server disk full: cannot write {what}: {exc.strerror}") from exc
+        raise JobError(f"server cannot write {what}: {exc.strerror or exc}") from exc
 
 
 def _one_line(text: str, limit: int = 1000) -> str:

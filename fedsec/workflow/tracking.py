@@ -5,6 +5,18 @@ it, and tracking.db in the job's workspace remembers what was written. An
 event is marked written only after every receiver took it, in one
 transaction, so a failed write is retried by the site and nothing is lost.
 
+A metric point (site, tag, step) is written once per job (table ``points``):
+a round replayed after the server was killed makes the site's script log the
+steps it logged before again (with a new writer id when the site restarted
+it, with the same one when it kept running), and those points are dropped
+here, so the first value stays: a replayed round replaces, never adds. MLflow's
+log_batch would append a second value, and dropping works the same for every
+receiver. A point is dropped when another writer, or the same writer before
+this job process started, wrote it; a writer that logs one step several times
+within one process (a script without global_step logs everything at step 0)
+keeps every point. The server's own metrics are one value per round (table
+``rounds``), however often a round is written again.
+
 Tracking never takes a job down. The receivers are opened by a thread of
 their own, retried with growing pauses until they open, so a slow or absent
 backend never holds up the job's start. Until then a site's events are refused
@@ -17,6 +29,8 @@ close() ends the runs as the job ended: FINISHED, FAILED or KILLED.
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -24,8 +38,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from fedsec.errors import JobError
-from fedsec.tracking.events import Event
-from fedsec.tracking.receivers import Receiver, RunEnd
+from fedsec.jobs.meta import TrackingConfig
+from fedsec.tracking.backends import ENV_TRACKING_BACKEND, ENV_TRACKING_MLFLOW_URI, Backend
+from fedsec.tracking.events import Event, EventKind
+from fedsec.tracking.receivers import Receiver, RunEnd, open_receivers
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +50,37 @@ WARN_EVERY = 60.0  # seconds between two warnings about the same backend
 _CLOSE_WAIT = 1.0  # seconds close() gives an opening in progress
 
 Opener = Callable[[], Sequence[Receiver]]
+
+
+def open_tracker(
+    job_id: str, name: str, config: TrackingConfig, workspace: Path, tracking_dir: Path | None
+) -> Tracker | None:
+    """The job's tracker, writing to the backend the server named for it (never one the job names).
+
+    The server parent passes the backend it checked at submission in the environment (a URI may hold
+    credentials: never in argv). None (tracking off, a warning) when the server named none. JobError when
+    the job's tracking database cannot be opened.
+    """
+    if tracking_dir is None:
+        return None
+    backend_name = os.environ.get(ENV_TRACKING_BACKEND, "")
+    if backend_name != config.backend:
+        log.warning(
+            "tracking: backend %r of this job is not one of the server's tracking backends (any more); "
+            "tracking is off for this job",
+            config.backend,
+        )
+        return None
+    backend = Backend(backend_name, os.environ.get(ENV_TRACKING_MLFLOW_URI, ""))
+    # a down MLflow server must fail a batch in seconds (the site sends it again), not hold the job for minutes
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    where: Path = tracking_dir
+
+    def opener() -> list[Receiver]:
+        return open_receivers(job_id, name, where, backend, config.tensorboard)
+
+    return Tracker(workspace / "tracking.db", opener, backend.name)
 
 
 class Tracker:
@@ -55,11 +102,17 @@ class Tracker:
         self._stop = threading.Event()
         self._warned_at = 0.0
         self._unwarned = 0
+        self._process = secrets.token_hex(8)  # which job process wrote a point (a replay comes from a later one)
         try:
             self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS seen (site TEXT, writer TEXT, seq INTEGER, PRIMARY KEY (site, writer, seq))"
             )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS points"
+                " (site TEXT, tag TEXT, step INTEGER, writer TEXT, process TEXT, PRIMARY KEY (site, tag, step))"
+            )
+            self._db.execute("CREATE TABLE IF NOT EXISTS rounds (round INTEGER PRIMARY KEY)")
         except sqlite3.Error as exc:
             raise JobError(f"tracking database workspace/{db_path.name}: {exc}") from exc
         self._thread = threading.Thread(target=self._connect, name="tracking-open", daemon=True)
@@ -83,7 +136,7 @@ class Tracker:
                     cur = self._db.execute(
                         "INSERT OR IGNORE INTO seen VALUES (?, ?, ?)", (site, event.writer, event.seq)
                     )
-                    if cur.rowcount == 1:
+                    if cur.rowcount == 1 and self._new_point(site, event):
                         fresh.append(event)
                 if fresh:
                     for receiver in self._receivers:
@@ -97,8 +150,11 @@ class Tracker:
         return len(fresh), len(events) - len(fresh)
 
     def global_metrics(self, current_round: int, metrics: Mapping[str, float]) -> None:
-        """Write a round's metrics now, or when the receivers open. Never raises."""
+        """Write a round's metrics now, or when the receivers open; never a round written before. Never raises."""
         with self._lock:
+            if self._db.execute("SELECT 1 FROM rounds WHERE round = ?", (current_round,)).fetchone():
+                log.info("tracking: metrics of round %d were written before; not again", current_round)
+                return
             self._metrics[current_round] = dict(metrics)
             self._flush()
 
@@ -129,6 +185,24 @@ class Tracker:
             self._db.close()
 
     # -- internals --
+
+    def _new_point(self, site: str, event: Event) -> bool:
+        """Whether event is a metric point (site, tag, step) not written before by another writer or process.
+
+        Call inside the transaction of site_events. Events other than scalars are always new.
+        """
+        if event.kind is not EventKind.SCALAR:
+            return True
+        point = (site, event.tag, event.step)
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO points VALUES (?, ?, ?, ?, ?)", (*point, event.writer, self._process)
+        )
+        if cur.rowcount == 1:
+            return True
+        row = self._db.execute(
+            "SELECT writer, process FROM points WHERE site = ? AND tag = ? AND step = ?", point
+        ).fetchone()
+        return row is not None and tuple(row) == (event.writer, self._process)
 
     def _connect(self) -> None:
         tries = 0
@@ -165,6 +239,7 @@ class Tracker:
                 self._warn(f"metrics of round {current_round} not written yet: {exc}")
                 return
             del self._metrics[current_round]
+            self._db.execute("INSERT OR IGNORE INTO rounds VALUES (?)", (current_round,))
         if self._model:
             try:
                 for receiver in self._receivers:

@@ -31,6 +31,12 @@ def test_good_file(tmp_path: Path) -> None:
     settings = load_site_settings(kit)
     assert settings.datasets == {"digits": str(data.resolve())}
     assert settings.isolation is Isolation.BWRAP
+    assert settings.job_retention_days == 30  # the default
+
+
+def test_job_retention_days(tmp_path: Path) -> None:
+    _write(tmp_path, "job_retention_days: 90\n")
+    assert load_site_settings(tmp_path).job_retention_days == 90
 
 
 @pytest.mark.parametrize(
@@ -48,6 +54,9 @@ def test_good_file(tmp_path: Path) -> None:
         ("datasets:\n  a: {kit}/startup\n", 0o600, "overlaps the site's kit"),
         ("datasets:\n  a: {root}\n", 0o600, "overlaps the site's kit"),
         ("[unclosed\n", 0o600, "invalid YAML"),
+        ("job_retention_days: 0\n", 0o600, "job_retention_days: 0 is not a number of days in 1..36500"),
+        ("job_retention_days: 36501\n", 0o600, "job_retention_days: 36501 is not a number of days"),
+        ("job_retention_days: soon\n", 0o600, "job_retention_days: expected an integer"),
     ],
 )
 def test_bad_files(tmp_path: Path, text: str, mode: int, message: str) -> None:

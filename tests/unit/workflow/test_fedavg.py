@@ -633,3 +633,83 @@ def test_a_new_process_removes_leftover_temporary_files(make_job: Callable[..., 
     job.fedavg()
     assert [p for p in leftovers if p.exists()] == []
     assert kept.read_bytes() == b"half"
+
+
+# ---------------------------------------------------------------- the result of a job that did not complete
+
+
+def test_a_failed_job_keeps_the_last_completed_round_as_its_result(make_job: Callable[..., Job]) -> None:
+    job = make_job(num_rounds=3, min_clients=2)
+    fedavg = job.fedavg()
+    fedavg.update_sites(SITES)
+    run = job.start(fedavg)
+    for number in (0, 1):
+        for site in SITES:
+            task(fedavg, site, number)
+            assert submit(fedavg, site, number, update(number + 1)) == (True, "")
+    task(fedavg, "site-1", 2)
+    fedavg.update_sites(["site-1"])
+    assert isinstance(run.join(), JobError)
+    entry = fedavg.keep_last_result()  # what the workflow process does as the job fails or is aborted
+    assert entry == {"model": "global_model.fsa", "round": 1, "completed_rounds": 2}
+    kept = job.workspace / "result" / "global_model.fsa"
+    assert kept.read_bytes() == (job.workspace / "checkpoints" / "round_00001.fsa").read_bytes()
+    assert_model(job.result(), 3, 0)
+    assert job.progress()["result"] == entry
+    assert json.loads((job.workspace / "result" / "progress.json").read_text())["result"] == entry
+    assert fedavg.keep_last_result() == entry  # a second call (the process's last words) changes nothing
+
+
+def test_a_job_stopped_before_its_first_round_completed_keeps_no_result(make_job: Callable[..., Job]) -> None:
+    job = make_job(num_rounds=2, min_clients=2, start_timeout=0.3)
+    fedavg = job.fedavg()
+    assert isinstance(job.start(fedavg).join(), JobError)
+    assert fedavg.keep_last_result() is None
+    assert not (job.workspace / "result" / "global_model.fsa").exists()
+    assert not (job.workspace / "progress.json").exists()
+
+
+def test_a_resumed_job_drops_the_result_kept_when_it_was_stopped(make_job: Callable[..., Job]) -> None:
+    job = make_job(num_rounds=2, min_clients=1, evaluate_final=False)
+    first = job.fedavg()
+    first.update_sites(["site-1"])
+    run = job.start(first)
+    task(first, "site-1", 0)
+    assert submit(first, "site-1", 0, update(1)) == (True, "")
+    task(first, "site-1", 1)
+    first.update_sites([])
+    first.finish()
+    run.join()
+    assert first.keep_last_result() == {"model": "global_model.fsa", "round": 0, "completed_rounds": 1}
+    second = job.fedavg()
+    second.update_sites(["site-1"])
+    run = job.start(second)
+    task(second, "site-1", 1)
+    assert "result" not in job.progress()  # the running job has no result yet
+    assert submit(second, "site-1", 1, update(2)) == (True, "")
+    assert run.join() is None
+    assert job.progress()["result"] == {"model": "global_model.fsa", "round": 1, "completed_rounds": 2}
+    assert_model(job.result(), 3, 0)
+
+
+def test_a_full_server_disk_fails_the_job_with_that_reason(
+    make_job: Callable[..., Job], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk is injected (a write that fails with ENOSPC): the job's reason says so, not an internal error."""
+    import errno
+    import os
+
+    def full(path: Path, tensors: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    job = make_job(num_rounds=2, min_clients=1)
+    fedavg = job.fedavg()
+    fedavg.update_sites(["site-1"])
+    run = job.start(fedavg)
+    task(fedavg, "site-1", 0)
+    monkeypatch.setattr(arrays, "write_file", full)
+    assert submit(fedavg, "site-1", 0, update(1)) == (True, "")
+    error = run.join()
+    assert isinstance(error, JobError)
+    assert str(error) == "server disk full: cannot write the checkpoint of round 0: No space left on device"
+    assert str(job.workspace) not in str(error)

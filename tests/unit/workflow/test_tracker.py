@@ -111,3 +111,52 @@ def test_backend_never_open_ends_quietly(tmp_path: Path, caplog: pytest.LogCaptu
     tracker.global_metrics(0, {"acc": 1.0})
     tracker.close(RunEnd.KILLED)  # never raises
     assert any("never opened" in r.getMessage() for r in caplog.records)
+
+
+def scalar(writer: str, seq: int, step: int, value: float, tag: str = "loss") -> Event:
+    return Event(writer, seq, EventKind.SCALAR, tag, step, 1.7e9 + step, value)
+
+
+def test_replayed_round_replaces_metric_points_in_mlflow(tmp_path: Path) -> None:
+    """A server killed mid-round: the site's script re-logs the round's steps with a new writer; each step once."""
+    from mlflow.tracking import MlflowClient
+
+    from fedsec.tracking.backends import Backend
+    from fedsec.tracking.receivers import embedded_mlflow_uri, open_receivers
+
+    tracking, db = tmp_path / "tracking", tmp_path / "tracking.db"
+
+    def opener() -> Sequence[Receiver]:
+        return open_receivers("job-1", "replay", tracking, Backend("local"), tensorboard=False)
+
+    first = Tracker(db, opener, "local", retry_seconds=(0.01,))
+    wait(lambda: first.ready, "the receivers to open")
+    before = "a" * 32  # the script before the server was killed: steps 0..3, and 3 logged twice by itself
+    assert first.site_events("site-1", [scalar(before, i, i, 1.0 + i) for i in range(4)]) == (4, 0)
+    assert first.site_events("site-1", [scalar(before, 4, 3, 9.0)]) == (1, 0)
+    first.global_metrics(1, {"acc": 0.5})
+    first.close(RunEnd.KILLED)
+
+    again = Tracker(db, opener, "local", retry_seconds=(0.01,))  # the resumed job process
+    wait(lambda: again.ready, "the receivers to open again")
+    # the round replayed: a script the site restarted logs steps 2..5 (new writer), one that kept running logs 3 again
+    after = "b" * 32
+    replay = [scalar(after, i, step, 100.0 + step) for i, step in enumerate(range(2, 6))]
+    replay.append(scalar(after, 4, 2, 5.0, tag="other"))
+    replay.append(scalar(before, 5, 3, 7.0))
+    assert again.site_events("site-1", replay) == (3, 3)
+    assert again.site_events("site-1", replay) == (0, 6)  # a resent batch: nothing new
+    assert again.site_events("site-1", [scalar(after, 6, 5, 55.0)]) == (1, 0)  # its own second point at step 5
+    again.global_metrics(1, {"acc": 0.6})  # the same round written again: one value per round
+    again.global_metrics(2, {"acc": 0.7})
+    again.close(RunEnd.FINISHED)
+
+    client = MlflowClient(tracking_uri=embedded_mlflow_uri(tracking))
+    experiment = client.get_experiment_by_name("replay")
+    assert experiment is not None
+    runs = {r.data.tags.get("fedsec.site", "server"): r for r in client.search_runs([experiment.experiment_id])}
+    points = sorted((m.step, m.value) for m in client.get_metric_history(runs["site-1"].info.run_id, "loss"))
+    assert points == [(0, 1.0), (1, 2.0), (2, 3.0), (3, 4.0), (3, 9.0), (4, 104.0), (5, 55.0), (5, 105.0)]
+    assert [(m.step, m.value) for m in client.get_metric_history(runs["site-1"].info.run_id, "other")] == [(2, 5.0)]
+    server = sorted((m.step, m.value) for m in client.get_metric_history(runs["server"].info.run_id, "acc"))
+    assert server == [(1, 0.5), (2, 0.7)]
