@@ -111,6 +111,7 @@ class Session:
         self._cert_pem = kit.cert_path.read_bytes()
         self._root_ca = read_ca(kit)
         server = kit.config.server
+        self.server_address = f"{server.host}:{server.port}"
         self._channel = channel(kit, server.host, server.port, server.name)
         self._stub = fedsec_pb2_grpc.AdminStub(self._channel)
         self._token = ""
@@ -137,7 +138,7 @@ class Session:
                 fedsec_pb2.LoginRequest(nonce=challenge.nonce, signature=signature), timeout=self._timeout
             )
         except grpc.RpcError as exc:
-            raise error_from_rpc(exc, "login") from exc
+            raise error_from_rpc(exc, "login", self.server_address) from exc
         self._token = reply.token
         log.info("logged in as %s (%s)", reply.admin, reply.role)
 
@@ -149,7 +150,7 @@ class Session:
             try:
                 return fn([(SESSION_HEADER, self._token)])
             except grpc.RpcError as exc:
-                err = error_from_rpc(exc, what)
+                err = error_from_rpc(exc, what, self.server_address)
                 if isinstance(err, SessionExpiredError) and attempt == 1:
                     self._token = ""
                     self.login(wait_for_server=wait_for_server)
