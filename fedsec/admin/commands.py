@@ -23,6 +23,7 @@ from fedsec.admin import AdminSession, ArgKind, UsageError, render
 from fedsec.errors import EXIT_OK, EXIT_RUNTIME, FedsecError
 
 Confirm = Callable[[str], bool]
+COMPLETED = "finished:completed"
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,15 @@ def _delete_job(s: AdminSession, a: argparse.Namespace, ctx: Context) -> int:
     return _write(ctx, f"deleted job {a.id}")
 
 
+def _wait_job(s: AdminSession, a: argparse.Namespace, ctx: Context) -> int:
+    from fedsec.api.progress import RoundPrinter  # the lines job.py prints; fedsec.api is imported by then
+
+    timeout = a.timeout if a.timeout and a.timeout > 0 else None
+    info = s.monitor_job(a.id, RoundPrinter(ctx.out, ctx.out), timeout=timeout)
+    _write(ctx, f"job {info.job_id}: {info.status} {info.reason}".rstrip())
+    return EXIT_OK if info.status == COMPLETED else EXIT_RUNTIME
+
+
 def _download_job(s: AdminSession, a: argparse.Namespace, ctx: Context) -> int:
     dest = Path(a.dest).expanduser() if a.dest else None
     with render.ProgressBar(ctx.out, "downloading") as bar:
@@ -231,6 +241,11 @@ def _list_jobs_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("id_prefix", metavar="ID_PREFIX", nargs="?", default="")
 
 
+def _wait_args(p: argparse.ArgumentParser) -> None:
+    _id(p)
+    p.add_argument("-t", "--timeout", metavar="SECONDS", type=float, default=0.0, help="give up after SECONDS")
+
+
 def _download_args(p: argparse.ArgumentParser) -> None:
     _id(p)
     p.add_argument("dest", metavar="DEST", nargs="?", default=None)
@@ -272,6 +287,14 @@ COMMANDS: dict[str, Command] = {
         ),
         Command("abort_job", "abort a submitted or running job", _abort_job, _id, _J),
         Command("clone_job", "submit a copy of a job; prints the new job's id", _clone_job, _id, _J),
+        Command(
+            "wait_job",
+            "follow a job to its end: its rounds, the sites it waits for, a line at least every 10 s (-t timeout)",
+            _wait_job,
+            _wait_args,
+            _J,
+            value_options=frozenset({"-t", "--timeout"}),
+        ),
         Command("delete_job", "delete a finished job and its results", _delete_job, _id, _J),
         Command(
             "download_job",

@@ -16,6 +16,7 @@ create is ever deleted or replaced.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -51,6 +52,52 @@ FINISHED_PREFIX = "finished:"
 SESSION_HEADER = "fedsec-session"
 ALL_SITES = "*"  # get_job_log target: every site's reported error (no site can be named so)
 Progress = Callable[[int, int], None]  # (bytes done, total)
+QUIET_SECONDS = 10.0  # monitor_job calls its callback at least this often, even when nothing changed
+SITES_POLL_SECONDS = 5.0  # while a job waits for sites, monitor_job asks for the site list at most this often
+
+
+@dataclass(frozen=True)
+class SiteWait:
+    """The sites a job waits for before its first round: fewer than min_clients of its sites are connected."""
+
+    needed: int  # the job's min_clients
+    expected: tuple[str, ...]  # the sites the job names; () for any site
+    connected: tuple[str, ...]  # connected sites the job may use, sorted
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """The sites the job names that are not connected (() when it names none)."""
+        return tuple(s for s in self.expected if s not in self.connected)
+
+    def line(self) -> str:
+        """ "waiting for sites: 2 of 3 connected, site-3 missing"."""
+        total = len(self.expected) or self.needed
+        text = f"waiting for sites: {len(self.connected)} of {total} connected"
+        if self.missing:
+            text += f", {', '.join(self.missing)} missing"
+        elif self.connected:
+            text += f" ({', '.join(self.connected)})"
+        if total != self.needed:
+            text += f"; the job starts with {self.needed}"
+        return text
+
+
+def site_wait(meta: dict[str, Any], clients: Sequence[dict[str, Any]]) -> SiteWait | None:
+    """What a job with this meta still waits for, given list_clients; None when enough sites are connected."""
+    listed = meta.get("sites")
+    expected = tuple(str(s) for s in listed) if isinstance(listed, list) else ()
+    wanted = meta.get("min_clients")
+    needed = wanted if isinstance(wanted, int) and wanted > 0 else 1
+    connected = tuple(
+        sorted(
+            str(c.get("name"))
+            for c in clients
+            if c.get("alive") and not c.get("removed") and (not expected or c.get("name") in expected)
+        )
+    )
+    if len(connected) >= needed:
+        return None
+    return SiteWait(needed, expected, connected)
 
 
 @dataclass(frozen=True)
@@ -70,6 +117,7 @@ class JobInfo:
     num_rounds: int
     meta: dict[str, Any]
     progress: dict[str, Any]
+    waiting: SiteWait | None = None  # set by monitor_job before the first round: the sites still missing
 
     @property
     def finished(self) -> bool:
@@ -256,15 +304,31 @@ class Session:
         *,
         timeout: float | None = None,
         poll: float = 1.0,
+        quiet: float = QUIET_SECONDS,
     ) -> JobInfo:
-        """Follow a job until it has finished; call callback on every change. Raises JobError on timeout."""
+        """Follow a job until it has finished; return its last JobInfo. Raises JobError on timeout.
+
+        callback is called on every change, and at least every `quiet` seconds while
+        nothing changes, so that a follower can say what the job waits for. Until the
+        job's first round has completed, the JobInfo passed carries `waiting`: the
+        sites it still needs (None once enough are connected), from list_clients.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
-        last: tuple[str, int, str] | None = None
+        last: tuple[Any, ...] | None = None
+        called = time.monotonic()
+        clients: list[dict[str, Any]] = []
+        clients_at: float | None = None
         while True:
             info = self.get_job_meta(job_id, wait_for_server=True)
-            key = (info.status, info.current_round, json.dumps(info.progress, sort_keys=True))
-            if key != last and callback is not None:
+            now = time.monotonic()
+            if callback is not None and not info.finished and not info.progress.get("rounds"):
+                if clients_at is None or now - clients_at >= SITES_POLL_SECONDS:
+                    clients, clients_at = self.list_clients(), now
+                info = dataclasses.replace(info, waiting=site_wait(info.meta, clients))
+            key = (info.status, info.current_round, json.dumps(info.progress, sort_keys=True), info.waiting)
+            if callback is not None and (key != last or now - called >= quiet):
                 callback(info)
+                called = now
             last = key
             if info.finished:
                 return info

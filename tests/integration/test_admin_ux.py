@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
+import threading
+from pathlib import Path
 
+import numpy as np
+import pexpect
 import pytest
 
-from fedsec.api import Session
+from fedsec.api import JobInfo, RoundPrinter, Session
 from fedsec.errors import UnreachableError
-from tests.integration.harness import Federation
-from tests.integration.test_admin_shell import REPO, admin_env
+from fedsec.jobs import FedAvgRecipe
+from tests.integration.harness import Federation, wait_until
+from tests.integration.test_admin_shell import REPO, SCRIPT, admin_env
+
+WAITING = "waiting for sites: 2 of 3 connected, site-3 missing"
 
 
 def _server_address(federation: Federation) -> str:
@@ -38,3 +46,68 @@ def test_server_not_running(federation: Federation) -> None:
     assert done.returncode == 1
     assert done.stderr.strip() == f"fedsec: error: {expected}"
     assert "failed to connect" not in done.stderr and "Traceback" not in done.stderr
+
+
+class _Lines(io.StringIO):
+    """A stream written by the printer's thread and read by the test's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            return super().write(text)
+
+    def text(self) -> str:
+        with self._lock:
+            return self.getvalue()
+
+
+@pytest.mark.federation(heartbeat_timeout=30.0)
+def test_waiting_for_sites(federation: Federation, tmp_path: Path) -> None:
+    """A job that needs site-3 says so, through RoundPrinter and the shell's wait_job, until site-3 comes."""
+    federation.start("server1")
+    federation.start("site-1")
+    federation.start("site-2")
+    federation.wait_registered(["site-1", "site-2"])
+    initial = {"w": np.zeros((8, 1), np.float32), "b": np.zeros(1, np.float32)}
+    sites = ["site-1", "site-2", "site-3"]
+    recipe = FedAvgRecipe("linear", initial, SCRIPT, 1, 3, sites=sites)
+    with Session(federation.admin_kit) as session:
+        job_id = session.submit_job(recipe.export(tmp_path / "job"))
+
+    printed = _Lines()
+    ended: list[JobInfo] = []
+
+    def follow() -> None:
+        with Session(federation.admin_kit) as session:
+            ended.append(session.monitor_job(job_id, RoundPrinter(printed, printed), timeout=300, poll=0.5))
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    shell = pexpect.spawn(
+        sys.executable,
+        ["-m", "fedsec", "admin", "--kit", str(federation.admin_kit), "-c", f"wait_job {job_id}"],
+        cwd=str(REPO),
+        env=admin_env(),
+        encoding="utf-8",
+        timeout=60,
+    )
+    try:
+        shell.expect_exact(WAITING)
+        shell.expect_exact(WAITING)  # said again while nothing changes, not said once and then silence
+        wait_until(lambda: WAITING in printed.text(), 60, "the printer's waiting line")
+        federation.start("site-3")
+        shell.expect(r"round 1/1: ")
+        shell.expect_exact(f"job {job_id}: finished:completed")
+        shell.expect(pexpect.EOF)
+        shell.close()
+        assert shell.exitstatus == 0
+    finally:
+        if shell.isalive():
+            shell.terminate(force=True)
+    follower.join(timeout=120)
+    assert ended and ended[0].status == "finished:completed", printed.text()
+    lines = printed.text().splitlines()
+    assert lines.index(WAITING) < lines.index(next(line for line in lines if line.startswith("round 1/1: ")))

@@ -18,7 +18,8 @@ from prompt_toolkit.document import Document
 from fedsec.admin import ArgKind, commands, render
 from fedsec.admin.commands import COMMANDS, run_command
 from fedsec.admin.shell import AdminCompleter, arg_kind, open_history, run_lines
-from fedsec.api import JobInfo
+from fedsec.api import JobInfo, SiteWait
+from fedsec.api.session import site_wait
 from fedsec.errors import AuthError, JobError
 
 ProgressFn = Callable[[int, int], None]
@@ -106,6 +107,21 @@ class FakeSession:
 
     def delete_job(self, job_id: str) -> None:
         self._rec("delete_job", job_id)
+
+    def monitor_job(
+        self, job_id: str, callback: Callable[[JobInfo], None] | None = None, *, timeout: float | None = None
+    ) -> JobInfo:
+        self._rec("monitor_job", job_id, timeout=timeout)
+        waiting = SiteWait(3, ("site-1", "site-2", "site-3"), ("site-1", "site-2"))
+        steps = [
+            job(job_id, status="submitted", current_round=0, progress={}, waiting=waiting),
+            job(job_id, status="running", current_round=0, progress={}),
+            job(job_id, status="finished:completed", progress={"rounds": [{"round": 0, "metrics": {"mse": 0.5}}]}),
+        ]
+        for info in steps:
+            if callback is not None:
+                callback(info)
+        return steps[-1]
 
     def download_job_result(
         self, job_id: str, dest: str | Path | None = None, progress: ProgressFn | None = None
@@ -260,8 +276,36 @@ def test_submit_job_expands_the_folder() -> None:
     assert out == f"submitted job {JOB_A}\n"
 
 
+def test_wait_job_says_what_the_job_waits_for() -> None:
+    code, out, s = run(f"wait_job -t 60 {JOB_A}")
+    assert code == 0, out
+    assert s.calls == [("monitor_job", (JOB_A,), {"timeout": 60.0})]
+    assert out.splitlines() == [
+        "waiting for sites: 2 of 3 connected, site-3 missing",
+        f"job {JOB_A}: running, round 1/5",
+        "round 1/5: mse 0.5000",
+        f"job {JOB_A}: finished:completed",
+    ]
+
+
+def test_site_wait_lines() -> None:
+    clients = [
+        {"name": "site-1", "alive": True, "removed": False},
+        {"name": "site-2", "alive": True, "removed": False},
+        {"name": "site-4", "alive": False, "removed": True},
+    ]
+    named = site_wait({"min_clients": 3, "sites": ["site-1", "site-2", "site-3"]}, clients)
+    assert named is not None and named.line() == "waiting for sites: 2 of 3 connected, site-3 missing"
+    anyone = site_wait({"min_clients": 3, "sites": []}, clients)
+    assert anyone is not None and anyone.line() == "waiting for sites: 2 of 3 connected (site-1, site-2)"
+    some = site_wait({"min_clients": 2, "sites": ["site-1", "site-3", "site-4"]}, clients)
+    assert some is not None
+    assert some.line() == "waiting for sites: 1 of 3 connected, site-3, site-4 missing; the job starts with 2"
+    assert site_wait({"min_clients": 2, "sites": []}, clients) is None
+
+
 def test_every_command_is_covered_by_the_call_table() -> None:
-    covered = {line.split()[0].strip("'") for line, _ in CALLS} | {"submit_job", "help", "bye"}
+    covered = {line.split()[0].strip("'") for line, _ in CALLS} | {"submit_job", "wait_job", "help", "bye"}
     assert covered == set(COMMANDS)
 
 
