@@ -260,6 +260,10 @@ class Session:
 
     def get_job_meta(self, job_id: str, *, wait_for_server: bool = False) -> JobInfo:
         """The job's record and progress; with wait_for_server, wait out a server restart (up to the timeout)."""
+        return self._meta(job_id, "get_job_meta", wait_for_server=wait_for_server)
+
+    def _meta(self, job_id: str, what: str, *, wait_for_server: bool = False) -> JobInfo:
+        """get_job_meta for the command `what`, which its errors name."""
         ref = fedsec_pb2.JobRef(job_id=job_id)
 
         def call(md: list[tuple[str, str]]) -> fedsec_pb2.JobInfo:
@@ -268,7 +272,7 @@ class Session:
             )
             return reply
 
-        return _info(self._call("get_job_meta", call, wait_for_server=wait_for_server))
+        return _info(self._call(what, call, wait_for_server=wait_for_server))
 
     def abort_job(self, job_id: str) -> JobInfo:
         ref = fedsec_pb2.JobRef(job_id=job_id)
@@ -350,7 +354,7 @@ class Session:
         or delete it first) or the result's file names are unsafe, WireError when the
         server answers with something that is not the job asked for.
         """
-        info = self.get_job_meta(job_id)
+        info = self._meta(job_id, "download_job")
         found = _server_job_id(info.job_id, job_id)
         folder = Path(dest) if dest is not None else self.kit.root / "transfer"
         target = folder / found
@@ -380,7 +384,7 @@ class Session:
         return target
 
     def show_stats(self, job_id: str) -> dict[str, Any]:
-        info = self.get_job_meta(job_id)
+        info = self._meta(job_id, "show_stats")
         return {
             **info.progress,
             "status": info.status,
@@ -390,7 +394,7 @@ class Session:
 
     def show_errors(self, job_id: str) -> dict[str, Any]:
         """The job's failure reason and each site's reported error."""
-        info = self.get_job_meta(job_id)
+        info = self._meta(job_id, "show_errors")
         request = fedsec_pb2.TargetRequest(job_id=info.job_id, target=ALL_SITES)
         sites: dict[str, str] = self._text("show_errors", self._stub.GetJobLog, request)["errors"]
         return {"reason": info.reason, "sites": sites}
