@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 import threading
@@ -16,7 +17,7 @@ from fedsec.api import JobInfo, RoundPrinter, Session
 from fedsec.errors import UnreachableError
 from fedsec.jobs import FedAvgRecipe
 from tests.integration.harness import Federation, wait_until
-from tests.integration.test_admin_shell import REPO, SCRIPT, admin_env
+from tests.integration.test_admin_shell import PROMPT, REPO, SCRIPT, admin_env
 
 WAITING = "waiting for sites: 2 of 3 connected, site-3 missing"
 
@@ -111,3 +112,75 @@ def test_waiting_for_sites(federation: Federation, tmp_path: Path) -> None:
     assert ended and ended[0].status == "finished:completed", printed.text()
     lines = printed.text().splitlines()
     assert lines.index(WAITING) < lines.index(next(line for line in lines if line.startswith("round 1/1: ")))
+
+
+@pytest.mark.federation(heartbeat_timeout=30.0)
+def test_shell_suggestions_json_and_confirmation(federation: Federation, tmp_path: Path) -> None:
+    """Against a real server: a near-miss job id gets its suggestion, --json is one document per command,
+    delete_job asks at a terminal and needs -y without one, show_stats names itself."""
+    federation.start_all()
+    initial = {"w": np.zeros((8, 1), np.float32), "b": np.zeros(1, np.float32)}
+    with Session(federation.admin_kit) as session:
+        job_id = session.submit_job(FedAvgRecipe("linear", initial, SCRIPT, 1, 2).export(tmp_path / "job"))
+        session.wait_for_job(job_id, timeout=120, poll=0.5)
+    near = job_id[:7] + ("0" if job_id[7] != "0" else "1")  # 8 characters, the last one wrong
+
+    done = _admin(federation, "-c", f"get_job_meta {near}")
+    assert done.returncode == 1
+    assert done.stderr.strip().endswith(f"no such job (did you mean {job_id}?)"), done.stderr
+
+    done = _admin(federation, "-c", f"show_stats {near}")
+    assert done.returncode == 1 and done.stderr.startswith(f"error: show_stats: job {near}"), done.stderr
+
+    done = _admin(federation, "-c", f"delete_job {job_id}")
+    assert done.returncode == 2 and "deleting needs -y" in done.stderr
+
+    done = _admin(federation, "--json", "-c", "list_clients", "-c", f"get_job_meta {job_id[:8]}", "-c", "lst_jobs")
+    assert done.returncode == 2
+    docs = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(d["command"], d["status"]) for d in docs] == [("list_clients", 0), ("get_job_meta", 0), ("lst_jobs", 2)]
+    assert [c["name"] for c in docs[0]["result"]] == ["site-1", "site-2", "site-3"]
+    assert docs[1]["result"]["job_id"] == job_id and docs[1]["result"]["status"] == "finished:completed"
+    assert docs[2]["error"] == "unknown command 'lst_jobs' (did you mean 'list_jobs'?)"
+
+    shell = pexpect.spawn(
+        sys.executable,
+        ["-m", "fedsec", "admin", "--kit", str(federation.admin_kit)],
+        cwd=str(REPO),
+        env=admin_env(),
+        encoding="utf-8",
+        timeout=30,
+        dimensions=(40, 250),
+    )
+    try:
+        shell.expect_exact(PROMPT)
+        shell.sendline(f"delete_job {job_id}")
+        shell.expect_exact(f"delete job {job_id} and its results? [y/N]")
+        shell.sendline("n")
+        shell.expect_exact("not deleted")
+        shell.expect_exact(PROMPT)
+        shell.sendline(f"delete_job {job_id}")
+        shell.expect_exact("[y/N]")
+        shell.sendline("y")
+        shell.expect_exact(f"deleted job {job_id}")
+        shell.expect_exact(PROMPT)
+        shell.sendline("bye")
+        shell.expect(pexpect.EOF)
+    finally:
+        if shell.isalive():
+            shell.terminate(force=True)
+        shell.close()
+    with Session(federation.admin_kit) as session:
+        assert [j.job_id for j in session.list_jobs()] == []
+
+
+def _admin(federation: Federation, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fedsec", "admin", "--kit", str(federation.admin_kit), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=str(REPO),
+        env=admin_env(),
+        timeout=60,
+    )
