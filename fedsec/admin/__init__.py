@@ -8,6 +8,7 @@ packages. Its modules:
              UsageError, and the kinds of arguments that the prompt completes;
 - commands:  the command table, parsing, the Session calls; `run_command` works without a terminal;
 - render:    plain-text tables, job blocks and progress bars;
+- suggest:   "did you mean": the closest command name or job id (difflib);
 - shell:     the prompt (history, completion), the login banner and the loop for -c / piped input.
 
 Importing this package imports neither prompt_toolkit nor grpc at run time.

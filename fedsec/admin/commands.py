@@ -7,7 +7,12 @@ out. It works without a terminal, so tests drive it with a fake session; it
 never imports prompt_toolkit and never prints a traceback: a usage error is
 one `error: usage: ...` line (status 2), a refused or failed call one
 `error: ...` line (status 1, or 2 when the server or the job folder calls
-the input bad: the FedsecError's exit code).
+the input bad: the FedsecError's exit code). A mistyped command or a job id
+that names no job gets a "did you mean" (fedsec.admin.suggest). With
+Context.as_json each command writes one JSON document (one line) instead:
+{"command", "status", "result"} or {"command", "status", "error"}. Commands
+that destroy (delete_job, shutdown) ask first at a terminal; -y skips it, and
+delete_job without a terminal needs -y.
 """
 
 from __future__ import annotations
