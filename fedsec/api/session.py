@@ -31,7 +31,7 @@ from typing import Any
 import grpc
 
 from fedsec import limits
-from fedsec.errors import FedsecError, JobError, KitError, SessionExpiredError, WireError
+from fedsec.errors import FedsecError, JobError, KitError, SessionExpiredError, UnreachableError, WireError
 from fedsec.jobs import load_job_folder, pack, unpack
 from fedsec.jobs.signing import (
     JobSignature,
@@ -53,6 +53,7 @@ SESSION_HEADER = "fedsec-session"
 ALL_SITES = "*"  # get_job_log target: every site's reported error (no site can be named so)
 Progress = Callable[[int, int], None]  # (bytes done, total)
 QUIET_SECONDS = 10.0  # monitor_job calls its callback at least this often, even when nothing changed
+PROBE_SECONDS = 5.0  # after waiting for the server in vain, how long one call may take to tell down from slow
 SITES_POLL_SECONDS = 5.0  # while a job waits for sites, monitor_job asks for the site list at most this often
 
 
@@ -186,7 +187,7 @@ class Session:
                 fedsec_pb2.LoginRequest(nonce=challenge.nonce, signature=signature), timeout=self._timeout
             )
         except grpc.RpcError as exc:
-            raise error_from_rpc(exc, "login", self.server_address) from exc
+            raise self._error(exc, "login", waited=wait_for_server) from exc
         self._token = reply.token
         log.info("logged in as %s (%s)", reply.admin, reply.role)
 
@@ -198,7 +199,7 @@ class Session:
             try:
                 return fn([(SESSION_HEADER, self._token)])
             except grpc.RpcError as exc:
-                err = error_from_rpc(exc, what, self.server_address)
+                err = self._error(exc, what, waited=wait_for_server)
                 if isinstance(err, SessionExpiredError) and attempt == 1:
                     self._token = ""
                     self.login(wait_for_server=wait_for_server)
@@ -207,6 +208,23 @@ class Session:
                     continue
                 raise err from exc
         raise FedsecError(f"{what}: could not log in")  # not reached: the second attempt returns or raises
+
+    def _error(self, exc: grpc.RpcError, what: str, *, waited: bool) -> FedsecError:
+        """The fedsec error for a failed call; a call that waited for the server in vain says it is unreachable.
+
+        A call made with wait_for_ready ends DEADLINE_EXCEEDED whether the server is down
+        or slow: one short call without waiting (PROBE_SECONDS) tells them apart.
+        """
+        err = error_from_rpc(exc, what, self.server_address)
+        if not waited or not isinstance(exc, grpc.Call) or exc.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
+            return err
+        try:
+            self._stub.GetChallenge(fedsec_pb2.Empty(), timeout=PROBE_SECONDS)
+        except grpc.RpcError as probe:
+            probed = error_from_rpc(probe, what, self.server_address)
+            if isinstance(probed, UnreachableError):
+                return probed
+        return err
 
     def _text(self, what: str, rpc: Callable[..., fedsec_pb2.TextReply], request: Any) -> Any:
         reply = self._call(what, lambda md: rpc(request, timeout=self._timeout, metadata=md))

@@ -34,6 +34,9 @@ def test_server_not_running(federation: Federation) -> None:
     with Session(federation.admin_kit, timeout=10) as session, pytest.raises(UnreachableError) as err:
         session.list_jobs()
     assert str(err.value) == expected
+    with Session(federation.admin_kit, timeout=2) as session, pytest.raises(UnreachableError) as err:
+        session.monitor_job("3f2a9c0e-1111-4a4a-9b9b-000000000001")  # waits for the server, in vain
+    assert str(err.value) == expected
 
     done = subprocess.run(
         [sys.executable, "-m", "fedsec", "admin", "--kit", str(federation.admin_kit), "-c", "list_jobs"],
