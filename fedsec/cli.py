@@ -74,7 +74,7 @@ def _cmd_admin(args: argparse.Namespace) -> int:
     from fedsec.admin.shell import run_admin
 
     logs.setup(args.log_level)
-    return run_admin(Path(args.kit), args.commands or ())
+    return run_admin(Path(args.kit), args.commands or (), as_json=args.json)
 
 
 def _cmd_he_decrypt(args: argparse.Namespace) -> int:
@@ -220,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="COMMAND",
         help="run COMMAND and exit (repeatable, run in order); 'help' lists the commands",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="with -c or piped stdin: each command writes one line, a JSON document "
+        '{"command", "status", "result"} or {"command", "status", "error"}, instead of text',
     )
     p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=_cmd_admin)

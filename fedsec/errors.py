@@ -8,6 +8,7 @@ a caller does about them::
     |   +-- DependencyError  an optional library is not installed: install the extra it names
     +-- KitError             a startup kit is missing, tampered with or inconsistent (exit 2)
     +-- AuthError            an identity or a right was refused                      (exit 1)
+    +-- UnreachableError     the server cannot be reached: start it, or try again     (exit 1)
     +-- WireError            a message broke the protocol or a limit                 (exit 1)
     |   +-- TransferInterruptedError  a payload stream ended early: send it again
     +-- JobError             a job could not be built, stored, run or found          (exit 1)
@@ -47,6 +48,13 @@ class KitError(FedsecError):
 
 class AuthError(FedsecError):
     """A peer's identity or right was refused."""
+
+
+class UnreachableError(FedsecError):
+    """The server cannot be reached: it is not running, not listening there, or the network is down.
+
+    Transient: nothing was refused, so the same call may succeed once the server is back.
+    """
 
 
 class WireError(FedsecError):

@@ -150,12 +150,15 @@ def _guarded(session: AdminSession, line: str, ctx: Context) -> Result:
         return Result(EXIT_RUNTIME)
 
 
-def run_lines(session: AdminSession, lines: Iterable[str], out: TextIO, err: TextIO) -> int:
-    """Run commands without a terminal: plain text, no prompt; stop at the first that fails and return its status."""
+def run_lines(session: AdminSession, lines: Iterable[str], out: TextIO, err: TextIO, *, as_json: bool = False) -> int:
+    """Run commands without a terminal: plain text (or a JSON document per command), no prompt.
+
+    Stops at the first command that fails and returns its status.
+    """
     for line in lines:
         if not line.strip():
             continue
-        result = _guarded(session, line, Context(out, err, interactive=False))
+        result = _guarded(session, line, Context(out, err, interactive=False, as_json=as_json))
         if result.code != EXIT_OK or result.leave:
             return result.code
     return EXIT_OK
@@ -198,20 +201,21 @@ def banner(session: AdminSession, config: AdminConfig) -> str:
     return f"logged in as {session.admin} ({session.role}) to project {config.project} at {server.host}:{server.port}\n"
 
 
-def run_admin(kit_dir: Path, lines: Sequence[str] = ()) -> int:
+def run_admin(kit_dir: Path, lines: Sequence[str] = (), *, as_json: bool = False) -> int:
     """`fedsec admin`: log in with the kit, then run `lines` (-c), stdin when it is not a terminal, or the prompt.
 
+    as_json: each command of -c or stdin writes one JSON document (one line) instead of text.
     Raises KitError for a bad kit and a FedsecError when the login fails; the CLI prints them.
     """
     from fedsec.api import Session
 
-    interactive = not lines and sys.stdin.isatty() and sys.stdout.isatty()
+    interactive = not lines and not as_json and sys.stdin.isatty() and sys.stdout.isatty()
     with Session(kit_dir) as session:
         err = sys.stdout if interactive else sys.stderr
         session.on_relogin = lambda: print("session expired; logged in again", file=err, flush=True)
         session.login()
         if not interactive:
-            return run_lines(session, lines or sys.stdin, sys.stdout, sys.stderr)
+            return run_lines(session, lines or sys.stdin, sys.stdout, sys.stderr, as_json=as_json)
         config = session.kit.config
         if isinstance(config, AdminConfig):
             sys.stdout.write(banner(session, config))

@@ -1,7 +1,7 @@
 """The admin Python API: Session, over the server's admin port with an admin kit; run_recipe() on top of it."""
 
 from fedsec.api.progress import RoundPrinter
-from fedsec.api.session import JobInfo, Session
+from fedsec.api.session import JobInfo, Session, SiteWait
 
 # run_recipe needs numpy (recipes, model files): imported on first use, so the admin shell stays light.
 TYPE_CHECKING = False
@@ -17,4 +17,4 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module 'fedsec.api' has no attribute {name!r}")
 
 
-__all__ = ["JobInfo", "JobResult", "RoundPrinter", "Session", "run_recipe"]
+__all__ = ["JobInfo", "JobResult", "RoundPrinter", "Session", "SiteWait", "run_recipe"]

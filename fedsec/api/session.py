@@ -16,6 +16,7 @@ create is ever deleted or replaced.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -30,7 +31,7 @@ from typing import Any
 import grpc
 
 from fedsec import limits
-from fedsec.errors import FedsecError, JobError, KitError, SessionExpiredError, WireError
+from fedsec.errors import FedsecError, JobError, KitError, SessionExpiredError, UnreachableError, WireError
 from fedsec.jobs import load_job_folder, pack, unpack
 from fedsec.jobs.signing import (
     JobSignature,
@@ -51,6 +52,53 @@ FINISHED_PREFIX = "finished:"
 SESSION_HEADER = "fedsec-session"
 ALL_SITES = "*"  # get_job_log target: every site's reported error (no site can be named so)
 Progress = Callable[[int, int], None]  # (bytes done, total)
+QUIET_SECONDS = 10.0  # monitor_job calls its callback at least this often, even when nothing changed
+PROBE_SECONDS = 5.0  # after waiting for the server in vain, how long one call may take to tell down from slow
+SITES_POLL_SECONDS = 5.0  # while a job waits for sites, monitor_job asks for the site list at most this often
+
+
+@dataclass(frozen=True)
+class SiteWait:
+    """The sites a job waits for before its first round: fewer than min_clients of its sites are connected."""
+
+    needed: int  # the job's min_clients
+    expected: tuple[str, ...]  # the sites the job names; () for any site
+    connected: tuple[str, ...]  # connected sites the job may use, sorted
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """The sites the job names that are not connected (() when it names none)."""
+        return tuple(s for s in self.expected if s not in self.connected)
+
+    def line(self) -> str:
+        """ "waiting for sites: 2 of 3 connected, site-3 missing"."""
+        total = len(self.expected) or self.needed
+        text = f"waiting for sites: {len(self.connected)} of {total} connected"
+        if self.missing:
+            text += f", {', '.join(self.missing)} missing"
+        elif self.connected:
+            text += f" ({', '.join(self.connected)})"
+        if total != self.needed:
+            text += f"; the job starts with {self.needed}"
+        return text
+
+
+def site_wait(meta: dict[str, Any], clients: Sequence[dict[str, Any]]) -> SiteWait | None:
+    """What a job with this meta still waits for, given list_clients; None when enough sites are connected."""
+    listed = meta.get("sites")
+    expected = tuple(str(s) for s in listed) if isinstance(listed, list) else ()
+    wanted = meta.get("min_clients")
+    needed = wanted if isinstance(wanted, int) and wanted > 0 else 1
+    connected = tuple(
+        sorted(
+            str(c.get("name"))
+            for c in clients
+            if c.get("alive") and not c.get("removed") and (not expected or c.get("name") in expected)
+        )
+    )
+    if len(connected) >= needed:
+        return None
+    return SiteWait(needed, expected, connected)
 
 
 @dataclass(frozen=True)
@@ -70,6 +118,7 @@ class JobInfo:
     num_rounds: int
     meta: dict[str, Any]
     progress: dict[str, Any]
+    waiting: SiteWait | None = None  # set by monitor_job before the first round: the sites still missing
 
     @property
     def finished(self) -> bool:
@@ -111,6 +160,7 @@ class Session:
         self._cert_pem = kit.cert_path.read_bytes()
         self._root_ca = read_ca(kit)
         server = kit.config.server
+        self.server_address = f"{server.host}:{server.port}"
         self._channel = channel(kit, server.host, server.port, server.name)
         self._stub = fedsec_pb2_grpc.AdminStub(self._channel)
         self._token = ""
@@ -137,7 +187,7 @@ class Session:
                 fedsec_pb2.LoginRequest(nonce=challenge.nonce, signature=signature), timeout=self._timeout
             )
         except grpc.RpcError as exc:
-            raise error_from_rpc(exc, "login") from exc
+            raise self._error(exc, "login", waited=wait_for_server) from exc
         self._token = reply.token
         log.info("logged in as %s (%s)", reply.admin, reply.role)
 
@@ -149,7 +199,7 @@ class Session:
             try:
                 return fn([(SESSION_HEADER, self._token)])
             except grpc.RpcError as exc:
-                err = error_from_rpc(exc, what)
+                err = self._error(exc, what, waited=wait_for_server)
                 if isinstance(err, SessionExpiredError) and attempt == 1:
                     self._token = ""
                     self.login(wait_for_server=wait_for_server)
@@ -158,6 +208,23 @@ class Session:
                     continue
                 raise err from exc
         raise FedsecError(f"{what}: could not log in")  # not reached: the second attempt returns or raises
+
+    def _error(self, exc: grpc.RpcError, what: str, *, waited: bool) -> FedsecError:
+        """The fedsec error for a failed call; a call that waited for the server in vain says it is unreachable.
+
+        A call made with wait_for_ready ends DEADLINE_EXCEEDED whether the server is down
+        or slow: one short call without waiting (PROBE_SECONDS) tells them apart.
+        """
+        err = error_from_rpc(exc, what, self.server_address)
+        if not waited or not isinstance(exc, grpc.Call) or exc.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
+            return err
+        try:
+            self._stub.GetChallenge(fedsec_pb2.Empty(), timeout=PROBE_SECONDS)
+        except grpc.RpcError as probe:
+            probed = error_from_rpc(probe, what, self.server_address)
+            if isinstance(probed, UnreachableError):
+                return probed
+        return err
 
     def _text(self, what: str, rpc: Callable[..., fedsec_pb2.TextReply], request: Any) -> Any:
         reply = self._call(what, lambda md: rpc(request, timeout=self._timeout, metadata=md))
@@ -211,6 +278,10 @@ class Session:
 
     def get_job_meta(self, job_id: str, *, wait_for_server: bool = False) -> JobInfo:
         """The job's record and progress; with wait_for_server, wait out a server restart (up to the timeout)."""
+        return self._meta(job_id, "get_job_meta", wait_for_server=wait_for_server)
+
+    def _meta(self, job_id: str, what: str, *, wait_for_server: bool = False) -> JobInfo:
+        """get_job_meta for the command `what`, which its errors name."""
         ref = fedsec_pb2.JobRef(job_id=job_id)
 
         def call(md: list[tuple[str, str]]) -> fedsec_pb2.JobInfo:
@@ -219,7 +290,7 @@ class Session:
             )
             return reply
 
-        return _info(self._call("get_job_meta", call, wait_for_server=wait_for_server))
+        return _info(self._call(what, call, wait_for_server=wait_for_server))
 
     def abort_job(self, job_id: str) -> JobInfo:
         ref = fedsec_pb2.JobRef(job_id=job_id)
@@ -255,15 +326,31 @@ class Session:
         *,
         timeout: float | None = None,
         poll: float = 1.0,
+        quiet: float = QUIET_SECONDS,
     ) -> JobInfo:
-        """Follow a job until it has finished; call callback on every change. Raises JobError on timeout."""
+        """Follow a job until it has finished; return its last JobInfo. Raises JobError on timeout.
+
+        callback is called on every change, and at least every `quiet` seconds while
+        nothing changes, so that a follower can say what the job waits for. Until the
+        job's first round has completed, the JobInfo passed carries `waiting`: the
+        sites it still needs (None once enough are connected), from list_clients.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
-        last: tuple[str, int, str] | None = None
+        last: tuple[Any, ...] | None = None
+        called = time.monotonic()
+        clients: list[dict[str, Any]] = []
+        clients_at: float | None = None
         while True:
             info = self.get_job_meta(job_id, wait_for_server=True)
-            key = (info.status, info.current_round, json.dumps(info.progress, sort_keys=True))
-            if key != last and callback is not None:
+            now = time.monotonic()
+            if callback is not None and not info.finished and not info.progress.get("rounds"):
+                if clients_at is None or now - clients_at >= SITES_POLL_SECONDS:
+                    clients, clients_at = self.list_clients(), now
+                info = dataclasses.replace(info, waiting=site_wait(info.meta, clients))
+            key = (info.status, info.current_round, json.dumps(info.progress, sort_keys=True), info.waiting)
+            if callback is not None and (key != last or now - called >= quiet):
                 callback(info)
+                called = now
             last = key
             if info.finished:
                 return info
@@ -285,7 +372,7 @@ class Session:
         or delete it first) or the result's file names are unsafe, WireError when the
         server answers with something that is not the job asked for.
         """
-        info = self.get_job_meta(job_id)
+        info = self._meta(job_id, "download_job")
         found = _server_job_id(info.job_id, job_id)
         folder = Path(dest) if dest is not None else self.kit.root / "transfer"
         target = folder / found
@@ -315,7 +402,7 @@ class Session:
         return target
 
     def show_stats(self, job_id: str) -> dict[str, Any]:
-        info = self.get_job_meta(job_id)
+        info = self._meta(job_id, "show_stats")
         return {
             **info.progress,
             "status": info.status,
@@ -325,7 +412,7 @@ class Session:
 
     def show_errors(self, job_id: str) -> dict[str, Any]:
         """The job's failure reason and each site's reported error."""
-        info = self.get_job_meta(job_id)
+        info = self._meta(job_id, "show_errors")
         request = fedsec_pb2.TargetRequest(job_id=info.job_id, target=ALL_SITES)
         sites: dict[str, str] = self._text("show_errors", self._stub.GetJobLog, request)["errors"]
         return {"reason": info.reason, "sites": sites}

@@ -26,6 +26,7 @@ from fedsec.errors import (
     JobError,
     KitError,
     SessionExpiredError,
+    UnreachableError,
     WireError,
 )
 from fedsec.kit import Kit
@@ -224,10 +225,21 @@ def transient(exc: BaseException) -> bool:
     return False
 
 
-def error_from_rpc(exc: grpc.RpcError, what: str) -> FedsecError:
-    """A fedsec error for a failed call, with the server's public message."""
+UNREACHABLE_MESSAGE = "cannot reach the server at {server} (is it running? see its log.txt)"
+
+
+def error_from_rpc(exc: grpc.RpcError, what: str, server: str | None = None) -> FedsecError:
+    """A fedsec error for a failed call, with the server's public message.
+
+    server ("HOST:PORT"): where the call went; given, an UNAVAILABLE call (nothing
+    listens there, the link is down: gRPC's own text names addresses and socket
+    errors) becomes an UnreachableError that names it instead of gRPC's text.
+    """
     code = exc.code() if isinstance(exc, grpc.Call) else None
     detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    if code is grpc.StatusCode.UNAVAILABLE and server is not None:
+        log.debug("%s: %s unavailable: %s", what, server, detail)
+        return UnreachableError(UNREACHABLE_MESSAGE.format(server=server))
     message = f"{what}: {detail}"
     if code is grpc.StatusCode.UNAUTHENTICATED:
         return SessionExpiredError(message)

@@ -102,7 +102,7 @@ def test_interactive_shell(shell: pexpect.spawn, federation: Federation, tmp_pat
 
     # errors are one line and the shell goes on
     shell.sendline("lst_jobs")
-    shell.expect_exact("error: unknown command 'lst_jobs' (try 'help')")
+    shell.expect_exact("error: unknown command 'lst_jobs' (did you mean 'list_jobs'?)")
     shell.expect_exact(PROMPT)
     shell.sendline("abort_job no-such-job")
     shell.expect(r"error: abort_job: [^\r\n]+\r?\n")
@@ -158,7 +158,7 @@ def test_non_interactive(federation: Federation) -> None:
 
     done = admin(federation, "-c", "version", "-c", "lst_jobs", "-c", "list_clients")
     assert done.returncode == 2
-    assert done.stderr.strip() == "error: unknown command 'lst_jobs' (try 'help')"
+    assert done.stderr.strip() == "error: unknown command 'lst_jobs' (did you mean 'list_jobs'?)"
     assert done.stdout.startswith("server: ") and "SITE" not in done.stdout.splitlines()[0]
 
     done = admin(federation, "-c", "get_job_meta")

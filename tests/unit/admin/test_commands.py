@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import stat
@@ -16,9 +17,10 @@ from prompt_toolkit.completion import CompleteEvent
 from prompt_toolkit.document import Document
 
 from fedsec.admin import ArgKind, commands, render
-from fedsec.admin.commands import COMMANDS, run_command
+from fedsec.admin.commands import COMMANDS, help_text, run_command
 from fedsec.admin.shell import AdminCompleter, arg_kind, open_history, run_lines
-from fedsec.api import JobInfo
+from fedsec.api import JobInfo, SiteWait
+from fedsec.api.session import site_wait
 from fedsec.errors import AuthError, JobError
 
 ProgressFn = Callable[[int, int], None]
@@ -106,6 +108,21 @@ class FakeSession:
 
     def delete_job(self, job_id: str) -> None:
         self._rec("delete_job", job_id)
+
+    def monitor_job(
+        self, job_id: str, callback: Callable[[JobInfo], None] | None = None, *, timeout: float | None = None
+    ) -> JobInfo:
+        self._rec("monitor_job", job_id, timeout=timeout)
+        waiting = SiteWait(3, ("site-1", "site-2", "site-3"), ("site-1", "site-2"))
+        steps = [
+            job(job_id, status="submitted", current_round=0, progress={}, waiting=waiting),
+            job(job_id, status="running", current_round=0, progress={}),
+            job(job_id, status="finished:completed", progress={"rounds": [{"round": 0, "metrics": {"mse": 0.5}}]}),
+        ]
+        for info in steps:
+            if callback is not None:
+                callback(info)
+        return steps[-1]
 
     def download_job_result(
         self, job_id: str, dest: str | Path | None = None, progress: ProgressFn | None = None
@@ -217,7 +234,7 @@ CALLS: list[tuple[str, tuple[str, tuple[Any, ...], dict[str, Any]]]] = [
     ("get_job_meta 3f2a", ("get_job_meta", ("3f2a",), {})),
     ("abort_job " + JOB_A, ("abort_job", (JOB_A,), {})),
     ("clone_job " + JOB_A, ("clone_job", (JOB_A,), {})),
-    ("delete_job " + JOB_A, ("delete_job", (JOB_A,), {})),
+    ("delete_job -y " + JOB_A, ("delete_job", (JOB_A,), {})),
     ("download_job " + JOB_A, ("download_job_result", (JOB_A,), {"dest": None, "progress": None})),
     (
         "download_job " + JOB_A + " /tmp/out",
@@ -260,8 +277,36 @@ def test_submit_job_expands_the_folder() -> None:
     assert out == f"submitted job {JOB_A}\n"
 
 
+def test_wait_job_says_what_the_job_waits_for() -> None:
+    code, out, s = run(f"wait_job -t 60 {JOB_A}")
+    assert code == 0, out
+    assert s.calls == [("monitor_job", (JOB_A,), {"timeout": 60.0})]
+    assert out.splitlines() == [
+        "waiting for sites: 2 of 3 connected, site-3 missing",
+        f"job {JOB_A}: running, round 1/5",
+        "round 1/5: mse 0.5000",
+        f"job {JOB_A}: finished:completed",
+    ]
+
+
+def test_site_wait_lines() -> None:
+    clients = [
+        {"name": "site-1", "alive": True, "removed": False},
+        {"name": "site-2", "alive": True, "removed": False},
+        {"name": "site-4", "alive": False, "removed": True},
+    ]
+    named = site_wait({"min_clients": 3, "sites": ["site-1", "site-2", "site-3"]}, clients)
+    assert named is not None and named.line() == "waiting for sites: 2 of 3 connected, site-3 missing"
+    anyone = site_wait({"min_clients": 3, "sites": []}, clients)
+    assert anyone is not None and anyone.line() == "waiting for sites: 2 of 3 connected (site-1, site-2)"
+    some = site_wait({"min_clients": 2, "sites": ["site-1", "site-3", "site-4"]}, clients)
+    assert some is not None
+    assert some.line() == "waiting for sites: 1 of 3 connected, site-3, site-4 missing; the job starts with 2"
+    assert site_wait({"min_clients": 2, "sites": []}, clients) is None
+
+
 def test_every_command_is_covered_by_the_call_table() -> None:
-    covered = {line.split()[0].strip("'") for line, _ in CALLS} | {"submit_job", "help", "bye"}
+    covered = {line.split()[0].strip("'") for line, _ in CALLS} | {"submit_job", "wait_job", "help", "bye"}
     assert covered == set(COMMANDS)
 
 
@@ -274,7 +319,6 @@ USAGE_ERRORS = [
     ("list_jobs -m -1", "MAX must be 0"),
     ("list_jobs --bogus", "unrecognized arguments: --bogus"),
     ("list_jobs -n", "expected one argument"),
-    ("check_status", "the following arguments are required: server|client"),
     ("check_status sever", "invalid choice: 'sever'"),
     ("check_status server site-1", "sites go with 'client' only"),
     ("shutdown everything", "invalid choice: 'everything'"),
@@ -305,8 +349,90 @@ def test_usage_error_shows_the_usage() -> None:
 
 def test_unknown_command_is_status_2() -> None:
     code, out, s = run("lst_jobs -d")
-    assert (code, out) == (2, "error: unknown command 'lst_jobs' (try 'help')\n")
+    assert (code, out) == (2, "error: unknown command 'lst_jobs' (did you mean 'list_jobs'?)\n")
     assert s.calls == []
+    code, out, s = run("frobnicate")
+    assert (code, out) == (2, "error: unknown command 'frobnicate' (try 'help')\n")
+
+
+def test_job_id_that_matches_nothing_suggests_the_closest() -> None:
+    s = FakeSession()
+    s.fail_on, s.fail = "get_job_meta", JobError("get_job_meta: job 3f2a9c1e: no such job")
+    code, out, _ = run("get_job_meta 3f2a9c1e", s)
+    assert (code, out) == (1, f"error: get_job_meta: job 3f2a9c1e: no such job (did you mean {JOB_A}?)\n")
+    s.fail = JobError("get_job_meta: job zzzzzzzz: no such job")
+    code, out, _ = run("get_job_meta zzzzzzzz", s)
+    assert (code, out) == (1, "error: get_job_meta: job zzzzzzzz: no such job\n")
+    s.fail = JobError("get_job_meta: job 3f2a9c1e: ambiguous, 2 jobs have ids starting with it")
+    code, out, _ = run("get_job_meta 3f2a9c1e", s)
+    assert "did you mean" not in out
+
+
+def test_delete_job_asks_first() -> None:
+    code, out, s = run(f"delete_job {JOB_A}", interactive=True, confirm=False)
+    assert (code, out, s.calls) == (0, "not deleted\n", [])
+    code, out, s = run(f"delete_job {JOB_A}", interactive=True, confirm=True)
+    assert (code, out, s.calls) == (0, f"deleted job {JOB_A}\n", [("delete_job", (JOB_A,), {})])
+    code, out, s = run(f"delete_job --yes {JOB_A}", interactive=True, confirm=False)
+    assert code == 0 and s.calls == [("delete_job", (JOB_A,), {})]
+
+
+def test_delete_job_without_a_terminal_needs_yes() -> None:
+    code, out, s = run(f"delete_job {JOB_A}", interactive=False)
+    assert code == 2 and out.startswith("error: usage: delete_job ID -y") and s.calls == []
+
+
+def test_shutdown_yes_does_not_ask() -> None:
+    code, _, s = run("shutdown -y server", interactive=True, confirm=False)
+    assert code == 0 and [c[0] for c in s.calls] == ["shutdown"]
+
+
+def test_check_status_without_argument_shows_server_and_sites() -> None:
+    code, out, s = run("check_status")
+    assert code == 0, out
+    assert s.calls == [("check_status", ("server",), {"sites": ()}), ("check_status", ("client",), {"sites": ()})]
+    assert help_text("check_status").startswith("usage: check_status [server|client] [SITES ...]\n")
+
+
+def test_json_output_one_document_per_command() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    lines = ["list_jobs", "get_job_meta 3f2a", "delete_job -y 3f2a", "version", "help get_job_meta", "lst_jobs"]
+    code = run_lines(FakeSession(), lines, out, err, as_json=True)
+    assert code == 2
+    docs = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(d["command"], d["status"]) for d in docs] == [
+        ("list_jobs", 0), ("get_job_meta", 0), ("delete_job", 0), ("version", 0), ("help", 0), ("lst_jobs", 2)
+    ]  # fmt: skip
+    assert [j["job_id"] for j in docs[0]["result"]] == [JOB_A, JOB_B]
+    assert docs[1]["result"]["status"] == "running" and docs[1]["result"]["num_rounds"] == 5
+    assert docs[2]["result"] == {"deleted": "3f2a"}
+    assert docs[4]["result"]["usage"] == "get_job_meta ID"
+    assert docs[5]["error"] == "unknown command 'lst_jobs' (did you mean 'list_jobs'?)"
+    assert err.getvalue() == "error: unknown command 'lst_jobs' (did you mean 'list_jobs'?)\n"
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_has_json_output(name: str) -> None:
+    words = {
+        "check_status": "check_status client site-1",
+        "remove_client": "remove_client site-2",
+        "enable_client": "enable_client site-2",
+        "sys_info": "sys_info server",
+        "shutdown": "shutdown -y server",
+        "delete_job": f"delete_job -y {JOB_A}",
+        "help": "help",
+        "list_jobs": "list_jobs",
+        "list_clients": "list_clients",
+        "version": "version",
+        "show_audit": "show_audit",
+        "submit_job": "submit_job /tmp/job",
+        "bye": "bye",
+    }.get(name, f"{name} {JOB_A}")
+    out, err = io.StringIO(), io.StringIO()
+    assert run_lines(FakeSession(), [words], out, err, as_json=True) == 0, err.getvalue()
+    assert "error" not in err.getvalue()
+    (doc,) = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert doc["command"] == name and doc["status"] == 0 and "result" in doc
 
 
 @pytest.mark.parametrize(
@@ -603,7 +729,7 @@ def test_run_lines_stops_at_first_failure() -> None:
     out, err = io.StringIO(), io.StringIO()
     code = run_lines(s, ["# setup", "", "version", "lst_jobs", "list_clients"], out, err)
     assert code == 2 and [c[0] for c in s.calls] == ["version"]
-    assert err.getvalue() == "error: unknown command 'lst_jobs' (try 'help')\n"
+    assert err.getvalue() == "error: unknown command 'lst_jobs' (did you mean 'list_jobs'?)\n"
     s.fail_on = "version"
     assert run_lines(s, ["list_clients", "version", "list_clients"], out, err) == 1
     assert run_lines(FakeSession(), ["version", "bye", "nope"], out, err) == 0
