@@ -123,25 +123,28 @@ def read_bounded(path: Path, limit: int, where: str, error: type[FedsecError] = 
 
 
 @contextmanager
-def staged_dir(dest: Path, what: str = "folder") -> Iterator[Path]:
+def staged_dir(dest: Path, what: str = "folder", error: type[FedsecError] = ConfigError) -> Iterator[Path]:
     """A fresh, empty folder beside dest to fill in the with block; renamed to dest when the block succeeds.
 
     All or nothing: when the block raises, the staging folder is removed and dest is not made. Never
-    replaces anything: raises ConfigError("{what} {dest} exists already") when dest exists, before the
-    block and again at the rename.
+    replaces anything: raises error("{what} {dest} exists already") when dest exists, before the block
+    and again at the rename; an OSError of the block or the rename becomes error too.
     """
     if os.path.lexists(dest):
-        raise ConfigError(f"{what} {dest} exists already; not overwriting it")
+        raise error(f"{what} {dest} exists already; not overwriting it")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
     except OSError as exc:
-        raise ConfigError(f"{what} {dest}: cannot create it: {exc.strerror or exc}") from exc
+        raise error(f"{what} {dest}: cannot create it: {exc.strerror or exc}") from exc
     try:
         yield staging
         if os.path.lexists(dest):
-            raise ConfigError(f"{what} {dest} exists already; not overwriting it")
+            raise error(f"{what} {dest} exists already; not overwriting it")
         staging.rename(dest)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise error(f"{what} {dest}: {exc.strerror or exc}") from exc
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

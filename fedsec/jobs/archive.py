@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import stat
 import struct
 import tempfile
@@ -26,7 +25,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from fedsec import limits
+from fedsec import _fs, limits
 from fedsec.errors import JobError
 
 _DATE_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip can hold
@@ -180,27 +179,13 @@ def _zip64_record(f: IO[bytes], eocd_pos: int) -> tuple[int, int, int, int] | No
 def _unpack_from(f: IO[bytes], dest: Path) -> None:
     check_directory(f)
     f.seek(0)
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.unpack-", dir=dest.parent))
-    except OSError as exc:
-        raise JobError(f"unpack job archive: cannot create {dest}: {exc.strerror or exc}") from exc
-    try:
+    with _fs.staged_dir(dest, "unpack job archive:", JobError) as staging:
         try:
             with zipfile.ZipFile(f) as zf:
                 entries = _check_entries(zf.infolist())
                 _extract(zf, entries, staging)
         except _ZIP_ERRORS as exc:
             raise JobError(f"job archive: not a valid zip archive: {exc}") from exc
-        if os.path.lexists(dest):
-            raise JobError(f"unpack job archive: {dest} already exists")
-        staging.rename(dest)
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise JobError(f"unpack job archive: cannot move it into {dest}: {exc.strerror or exc}") from exc
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def _collect(folder: Path) -> list[tuple[str, Path]]:

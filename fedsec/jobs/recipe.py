@@ -9,9 +9,7 @@ never imports torch; it never imports or runs the training script either.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -119,24 +117,9 @@ class FedAvgRecipe:
         result does not load (which would be a bug in this recipe).
         """
         folder = Path(folder)
-        if os.path.lexists(folder):
-            raise JobError(f"{self._where}: export: {folder} already exists")
-        try:
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.export-", dir=folder.parent))
-        except OSError as exc:
-            raise JobError(f"{self._where}: export: cannot create {folder}: {exc.strerror or exc}") from exc
-        try:
+        with _fs.staged_dir(folder, f"{self._where}: export:", JobError) as staging:
             self._write(staging)
             load_job_folder(staging)
-            if os.path.lexists(folder):
-                raise JobError(f"{self._where}: export: {folder} already exists")
-            staging.rename(folder)
-        except BaseException as exc:
-            shutil.rmtree(staging, ignore_errors=True)
-            if isinstance(exc, OSError):
-                raise JobError(f"{self._where}: export to {folder}: {exc.strerror or exc}") from exc
-            raise
         return folder
 
     def _check_files(self) -> None:

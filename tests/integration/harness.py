@@ -259,6 +259,17 @@ def pid_cmdline(pid: int) -> str:
         return ""
 
 
+def pids_running(*needles: str) -> list[int]:
+    """Pids of live processes whose command line holds every one of needles (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            cmd = pid_cmdline(int(entry.name))
+            if cmd and all(n in cmd for n in needles) and pid_alive(int(entry.name)):
+                found.append(int(entry.name))
+    return found
+
+
 class PocFolder:
     """A `fedsec poc` folder driven through the command line, and every process its kits recorded.
 

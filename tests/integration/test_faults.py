@@ -21,7 +21,7 @@ from fedsec.jobs import FedAvgRecipe
 from fedsec.kit import load_kit
 from fedsec.transport.tls import channel
 from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc
-from tests.integration.harness import Federation, set_workflow, wait_until
+from tests.integration.harness import Federation, pids_running, set_workflow, wait_until
 
 SCRIPT = Path(__file__).parent / "scripts" / "linear_client.py"
 INITIAL = {"w": np.zeros((8, 1), np.float32), "b": np.zeros(1, np.float32)}
@@ -104,23 +104,10 @@ def test_a_workflow_killed_mid_job_gives_the_admin_its_cause_without_paths(
     with Session(federation.admin_kit) as s:
         job_id = s.submit_job(linear_job(tmp_path, "--sleep", "1", rounds=20))
         wait_until(lambda: s.get_job_meta(job_id).current_round >= 1, 60, "a round")
-        workflows = _pids_with(f"--job-id {job_id}")
+        workflows = pids_running(f"--job-id {job_id}")
         assert len(workflows) == 1
         os.kill(workflows[0], signal.SIGKILL)
         info = s.wait_for_job(job_id, timeout=60)
     assert info.status == "finished:failed"
     assert info.reason.startswith("the workflow process was killed by SIGKILL before it wrote its result; its last")
     assert str(federation.root) not in info.reason and "/tmp/" not in info.reason, info.reason
-
-
-def _pids_with(needle: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if needle in cmd:
-                found.append(int(entry.name))
-    return found

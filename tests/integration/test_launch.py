@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration.harness import free_port, wait_until
+from tests.integration.harness import free_port, pid_alive, pid_cmdline, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 SITES = [f"site-{i}" for i in range(1, 9)]
@@ -100,7 +100,7 @@ class Launch:
         """SIGKILL every process a kit recorded that still runs from this prod folder."""
         self.read_pids()
         for pid in self.pids.values():
-            if _alive(pid) and str(self.prod) in _cmdline(pid):
+            if pid_alive(pid) and str(self.prod) in pid_cmdline(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -135,8 +135,8 @@ def test_start_eight_sites_then_stop_exactly_them(launch: Launch) -> None:
     )
     for name, pid in pids.items():
         kind = "server" if name == SERVER else "client"
-        assert _alive(pid), f"{name} (pid {pid}) is not running"
-        assert f"{kind} --kit {launch.prod / name}" in _cmdline(pid), _cmdline(pid)
+        assert pid_alive(pid), f"{name} (pid {pid}) is not running"
+        assert f"{kind} --kit {launch.prod / name}" in pid_cmdline(pid), pid_cmdline(pid)
 
     again = launch.run("start_fl.sh", "8", str(launch.prod))
     assert again.returncode == 1
@@ -148,7 +148,7 @@ def test_start_eight_sites_then_stop_exactly_them(launch: Launch) -> None:
     for name in [SERVER, *SITES]:
         assert f"stopped {name} (pid {pids[name]})" in stopped.stdout, stopped.stdout + stopped.stderr
     # stop_fl.sh waits for each pid it stops: all are gone when it returns
-    assert [name for name, pid in pids.items() if _alive(pid)] == []
+    assert [name for name, pid in pids.items() if pid_alive(pid)] == []
     assert not launch.record.exists()
     assert launch.read_pids() == {}
     assert stopped.stdout.index("stopped site-8") < stopped.stdout.index(f"stopped {SERVER}")  # clients first
@@ -170,22 +170,6 @@ def test_bad_arguments_print_usage(launch: Launch, args: list[str]) -> None:
     assert "usage: " in done.stderr and "start_fl.sh N [PROD_DIR]" in done.stderr
     assert launch.read_pids() == {}
     assert not launch.record.exists()
-
-
-def _alive(pid: int) -> bool:
-    """Whether pid runs (a zombie, killed but not yet reaped, does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def _kit_script(launch: Launch, kit: str, script: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -210,13 +194,13 @@ def test_start_sh_tells_the_truth_and_stop_fl_sh_stops_the_real_process(launch: 
     second = _kit_script(launch, SERVER, "start.sh")
     assert second.returncode == 1
     assert f"{SERVER} is already running from this kit (pid {pid})" in second.stderr
-    assert launch.read_pids()[SERVER] == pid and _alive(pid)
+    assert launch.read_pids()[SERVER] == pid and pid_alive(pid)
 
     (launch.prod / SERVER / "daemon.pid").write_text("1\n")  # a wrong record does not mislead stop_fl.sh
     stopped = _kit_script(launch, SERVER, "stop_fl.sh")
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert f"stopped {SERVER} (pid {pid})" in stopped.stdout
-    assert not _alive(pid)
+    assert not pid_alive(pid)
     assert _kit_script(launch, SERVER, "stop_fl.sh").stdout.strip() == f"{SERVER} is not running"
 
 
@@ -257,5 +241,5 @@ def test_ctrl_c_on_start_fl_sh_stops_what_it_started(launch: Launch, tmp_path: P
             proc.kill()
     assert proc.returncode == 130, out + err
     assert "interrupted; stopping what was started" in err
-    assert [name for name, pid in pids.items() if _alive(pid) and str(launch.prod) in _cmdline(pid)] == []
+    assert [name for name, pid in pids.items() if pid_alive(pid) and str(launch.prod) in pid_cmdline(pid)] == []
     assert not launch.record.exists()

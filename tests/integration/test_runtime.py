@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 from fedsec.api import JobInfo, Session
 from fedsec.jobs import FedAvgRecipe
 from fedsec.wire import arrays
-from tests.integration.harness import Federation, set_workflow, wait_until
+from tests.integration.harness import Federation, pid_alive, pids_running, set_workflow, wait_until
 
 SCRIPT = Path(__file__).parent / "scripts" / "linear_client.py"
 INITIAL = {"w": np.zeros((8, 1), np.float32), "b": np.zeros(1, np.float32)}
@@ -81,8 +80,8 @@ def test_server_killed_mid_job_resumes(federation: Federation, tmp_path: Path) -
         job_id = s.submit_job(linear_job(tmp_path, "--sleep", "1", rounds=5, min_clients=3))
         wait_until(lambda: s.get_job_meta(job_id).current_round >= 2, 60, "two rounds")
     federation.kill("server1")
-    workflows = _children_named("fedsec.workflow", str(federation.root))  # this test's, not another run's
-    wait_until(lambda: not any(_alive(p) for p in workflows), 10, "the workflow process to die with the server")
+    workflows = pids_running("fedsec.workflow", str(federation.root))  # this test's, not another run's
+    wait_until(lambda: not any(pid_alive(p) for p in workflows), 10, "the workflow process to die with the server")
     federation.start("server1")
     with Session(federation.admin_kit) as s:
         info = s.wait_for_job(job_id, timeout=120)
@@ -99,8 +98,8 @@ def test_abort_mid_round_leaves_no_process(federation: Federation, tmp_path: Pat
         pids = [p for i in (1, 2, 3) for p in federation.job_pids(f"site-{i}")]
         info = s.abort_job(job_id)
         assert info.status == "finished:aborted"
-        wait_until(lambda: not any(_alive(p) for p in pids), 5, "job processes to end within 5 s")
-        assert not _children_named(job_id)
+        wait_until(lambda: not any(pid_alive(p) for p in pids), 5, "job processes to end within 5 s")
+        assert not pids_running(job_id)
         assert s.get_job_meta(job_id).status == "finished:aborted"
 
 
@@ -139,24 +138,3 @@ def test_min_clients_timeout_fails_with_reason(federation: Federation, tmp_path:
         info = s.wait_for_job(job_id, timeout=300)  # a bound for a hung job, not a speed
     assert info.status == "finished:failed"
     assert "only 1 of min_clients=2 sites connected" in info.reason
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-
-
-def _children_named(needle: str, also: str = "") -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if needle in cmd and also in cmd and _alive(int(entry.name)):
-                found.append(int(entry.name))
-    return found

@@ -19,7 +19,7 @@ import pytest
 
 from fedsec.api import Session
 from fedsec.jobs import FedAvgRecipe
-from tests.integration.harness import Federation, wait_until
+from tests.integration.harness import Federation, pids_running, wait_until
 
 JOB_PY = Path(__file__).resolve().parents[2] / "jobs" / "digits_fedavg" / "job.py"
 EVENTS_SCRIPT = Path(__file__).parent / "scripts" / "events_client.py"
@@ -120,8 +120,7 @@ def test_events_of_a_killed_site_arrive_once(federation: Federation, tmp_path: P
         job_id = s.submit_job(recipe.export(tmp_path / "job"))
         work = [federation.kit(f"site-{i}") / "jobs" / job_id / "work" for i in (1, 2)]
         wait_until(lambda: all(w.is_dir() for w in work), 60, "both sites' scripts")
-        workflow = _pid_of(f"fedsec.workflow --job-dir {federation.kit('server1')}")
-        assert workflow is not None
+        (workflow,) = pids_running(f"fedsec.workflow --job-dir {federation.kit('server1')}")
         os.kill(workflow, signal.SIGSTOP)  # the server can take no event: none is acknowledged
         try:
             for w in work:
@@ -145,15 +144,3 @@ def test_events_of_a_killed_site_arrive_once(federation: Federation, tmp_path: P
     assert len(runs) == 1
     history = client.get_metric_history(runs[0].info.run_id, killed_tag)
     assert sorted(m.step for m in history) == list(range(50))  # every event of the killed writer, once
-
-
-def _pid_of(needle: str) -> int | None:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if needle in cmd:
-                return int(entry.name)
-    return None

@@ -118,7 +118,7 @@ def test_export_refuses_an_existing_folder(tmp_path: Path, script: Path) -> None
     (tmp_path / "job").mkdir()
     (tmp_path / "job" / "keep").write_text("mine")
     before = sorted(os.listdir(tmp_path))
-    with pytest.raises(JobError, match="already exists"):
+    with pytest.raises(JobError, match="exists already"):
         recipe.export(tmp_path / "job")
     assert os.listdir(tmp_path / "job") == ["keep"]
     assert sorted(os.listdir(tmp_path)) == before
