@@ -18,6 +18,8 @@ def status_line(info: JobInfo) -> str:
         return f"job {info.job_id}: {info.status}"
     if info.status == SUBMITTED:
         return f"job {info.job_id}: submitted, waiting to be started"
+    if info.current_round >= info.num_rounds:  # every round done: the sites evaluate the final model
+        return f"job {info.job_id}: {info.status}, evaluating the final model"
     return f"job {info.job_id}: {info.status}, round {info.current_round + 1}/{info.num_rounds}"
 
 
