@@ -6,6 +6,7 @@ the downloaded global_model.safetensors is read by safetensors alone, in a proce
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -113,14 +114,14 @@ def test_template_job_runs_to_completion(poc: PocFolder, tmp_path: Path, templat
     if template == "pytorch":
         import torch
 
-        sys.path.insert(0, str(tmp_path / "my_pytorch"))
-        try:
-            from model import Net  # type: ignore[import-not-found]
-        finally:
-            sys.path.pop(0)
+        # by path, under a name of its own: a module cached as "model" would shadow other tests' job modules
+        spec = importlib.util.spec_from_file_location("template_pytorch_model", tmp_path / "my_pytorch" / "model.py")
+        assert spec is not None and spec.loader is not None
+        template_model = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(template_model)
         from fedsec.client.torch_io import load_into
 
-        net = Net()
+        net = template_model.Net()
         load_into(net, model)
         assert torch.equal(net.out.bias.detach(), torch.from_numpy(model["out.bias"]))
 
