@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -19,6 +18,7 @@ from fedsec.server.store import JobRecord, JobStatus, JobStore
 from fedsec.tracking.events import Event, EventKind, to_proto
 from fedsec.tracking.receivers import embedded_mlflow_uri
 from fedsec.wire import fedsec_pb2
+from tests.integration.harness import wait_until
 
 WRITER = "c" * 32
 
@@ -71,19 +71,15 @@ def test_events_of_an_ended_job_reach_mlflow(manager: JobManager, store: JobStor
     assert manager.send_events(batch(record.job_id, range(3))).stored == 3
     assert manager.send_events(batch(record.job_id, range(3))).stored == 3  # sent again: stored once in MLflow
     late = store.job_dir(record.job_id) / "late_events"
-    deadline = time.monotonic() + 300
-    while any(late.glob("*.pb")):
-        assert time.monotonic() < deadline, (store.job_dir(record.job_id) / "workflow.log").read_text()
-        time.sleep(0.2)
+    wait_until(lambda: not any(late.glob("*.pb")), 300, "the late-events writer to write both batches")
     client = MlflowClient(tracking_uri=embedded_mlflow_uri(kit / "tracking"))
     experiment = client.get_experiment_by_name("late")
     assert experiment is not None
     runs = {r.data.tags.get("fedsec.site", "server"): r for r in client.search_runs([experiment.experiment_id])}
     history = client.get_metric_history(runs["site-1"].info.run_id, "loss")
     assert sorted((m.step, m.value) for m in history) == [(0, 1.0), (1, 0.5), (2, 1.0 / 3)]
-    while manager._late_writers:  # the writer ends the runs as the job ended, after its last batch
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    # the writer ends the runs as the job ended, after its last batch
+    wait_until(lambda: not manager._late_writers, 300, "the late-events writer to end")
     assert {r.info.status for r in client.search_runs([experiment.experiment_id])} == {"KILLED"}
 
 

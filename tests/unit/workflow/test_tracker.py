@@ -12,6 +12,7 @@ from fedsec.errors import JobError
 from fedsec.tracking.events import Event, EventKind
 from fedsec.tracking.receivers import Receiver, RunEnd
 from fedsec.workflow.tracking import Tracker
+from tests.integration.harness import wait_until
 
 
 class FakeReceiver:
@@ -38,13 +39,8 @@ class FakeReceiver:
 
 
 def wait(cond: object, what: str) -> None:
-    import time
-
     assert callable(cond)
-    deadline = time.monotonic() + 60
-    while not cond():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)
+    wait_until(cond, 60, what, interval=0.01)
 
 
 def event(seq: int) -> Event:
