@@ -89,6 +89,17 @@ class JobEndpoint:
     refused_round: int = -1  # the last round whose task was refused (logged once)
 
 
+@dataclass(frozen=True)
+class SiteLink:
+    """What every job's relay on a site shares: the site's name, its server, its spool and its HE key."""
+
+    site: str
+    upstream: Upstream
+    spool: EventSpool
+    wake: Callable[[], None]  # tells the forwarder that events were spooled
+    he_context: Callable[[], Any]
+
+
 class LocalEndpoints:
     """Opens and closes the per-job endpoints of one site."""
 
@@ -102,11 +113,7 @@ class LocalEndpoints:
         he_context: Callable[[], Any],
     ) -> None:
         self._dir = socket_dir
-        self._site = site
-        self._upstream = upstream
-        self._spool = spool
-        self._wake = wake
-        self._he_context = he_context
+        self._link = SiteLink(site, upstream, spool, wake, he_context)
         self._lock = threading.Lock()
         self._open: dict[str, JobEndpoint] = {}
         self._seq = 0
@@ -123,7 +130,7 @@ class LocalEndpoints:
         socket.unlink(missing_ok=True)
         token = secrets.token_urlsafe(limits.JOB_TOKEN_BYTES)
         endpoint = JobEndpoint(job_id, socket, token, he, work, transfer_seconds)
-        relay = JobRelay(endpoint, self._site, self._upstream, self._spool, self._wake, self._he_context)
+        relay = JobRelay(endpoint, self._link)
         endpoint.server = serve_unix(socket, lambda s: fedsec_pb2_grpc.add_FederationServicer_to_server(relay, s), 4)
         with self._lock:
             self._open[job_id] = endpoint
@@ -146,21 +153,13 @@ class LocalEndpoints:
 class JobRelay(fedsec_pb2_grpc.FederationServicer):
     """Serves one job's script: checks its token, relays to the server, does the HE work for it."""
 
-    def __init__(
-        self,
-        endpoint: JobEndpoint,
-        site: str,
-        upstream: Upstream,
-        spool: EventSpool,
-        wake: Callable[[], None],
-        he_context: Callable[[], Any],
-    ) -> None:
+    def __init__(self, endpoint: JobEndpoint, link: SiteLink) -> None:
         self._job = endpoint
-        self._site = site
-        self._upstream = upstream
-        self._spool = spool
-        self._wake = wake
-        self._he_context = he_context
+        self._site = link.site
+        self._upstream = link.upstream
+        self._spool = link.spool
+        self._wake = link.wake
+        self._he_context = link.he_context
 
     def _check(self, named_job: str, context: grpc.ServicerContext) -> str:
         """The endpoint's job id, once the caller's token matches it and it names no other job."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Iterator
@@ -176,7 +177,7 @@ def test_he_job_hands_the_script_plain_arrays_and_sends_ciphertexts(endpoints: A
     client_ctx, _server_ctx = he.make_contexts()
     ctx = he.load_client_context(client_ctx, "test context")
     eps, server = endpoints
-    eps._he_context = lambda: ctx
+    eps._link = dataclasses.replace(eps._link, he_context=lambda: ctx)
     server["stub"] = FakeServer({"job": "x", "he": HE_META, "encrypted": False})  # round 0: the plain initial model
     ep = eps.open("job-a", HE_ON, tmp_path)
     parts = _task(ep, ep.token)
