@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import threading
 from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
 
 import grpc
 
@@ -37,6 +41,8 @@ class FederationService(fedsec_pb2_grpc.FederationServicer):
         self._config = config
         self._registry = registry
         self._jobs = jobs
+        self._digest_lock = threading.Lock()
+        self._digests: dict[tuple[str, int, int, int], fedsec_pb2.PayloadInfo] = {}
 
     def _site(self, context: grpc.ServicerContext, **changes: object) -> str:
         cert = peer_cert(context)
@@ -47,6 +53,20 @@ class FederationService(fedsec_pb2_grpc.FederationServicer):
         self._registry.check_allowed(identity.name, cert_fp)
         self._registry.seen(identity.name, identity.org, fingerprint=cert_fp, **changes)
         return identity.name
+
+    def _archive_info(self, f: BinaryIO, path: Path) -> fedsec_pb2.PayloadInfo:
+        """Size and SHA-256 of an open stored archive, hashed once per file rather than once per fetch."""
+        st = os.fstat(f.fileno())
+        key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+        with self._digest_lock:
+            known = self._digests.get(key)
+        if known is None:
+            known = streams.describe_stream(f)
+            with self._digest_lock:
+                if len(self._digests) >= limits.MAX_RUNNING_JOBS * 4:
+                    self._digests.clear()  # a handful of recent jobs is all a fetch ever needs
+                self._digests[key] = known
+        return known
 
     def _assigned(self, job_id: str, site: str) -> None:
         try:
@@ -99,7 +119,7 @@ class FederationService(fedsec_pb2_grpc.FederationServicer):
             signature=sig.signature, signer_cert=sig.signer_cert, job_id=sig.job_id, submit_time=sig.submit_time
         )
         with path.open("rb") as f:  # one open file: streamed, never whole in memory
-            info = streams.describe_stream(f)
+            info = self._archive_info(f, path)
             if request.offset > info.total_size:
                 size = info.total_size
                 raise WireError(f"job {request.job_id}: offset {request.offset} is past the archive's {size} bytes")
