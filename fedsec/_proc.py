@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -27,10 +27,17 @@ except OSError:
     _LIBC = None
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec: keep it minimal
-    if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    os.setpgrp()
+def _die_with(parent: int) -> Callable[[], None]:
+    """A pre-exec hook that arms the death signal, then checks the parent did not die before it was armed."""
+
+    def hook() -> None:  # runs in the child between fork and exec: keep it minimal
+        if _LIBC is not None:
+            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # orphaned between fork and prctl: the signal will never come
+            os._exit(1)
+        os.setpgrp()
+
+    return hook
 
 
 def start(
@@ -46,7 +53,7 @@ def start(
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent if die_with_parent else os.setpgrp,  # noqa: PLW1509
+            preexec_fn=_die_with(os.getpid()) if die_with_parent else os.setpgrp,  # noqa: PLW1509
             close_fds=True,
         )
     log.info("started pid=%d argv0=%s", proc.pid, Path(argv[0]).name)

@@ -1,0 +1,20 @@
+"""fedsec._proc: a child whose parent dies before its death signal is armed does not live on."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from fedsec import _proc
+
+
+def test_child_of_a_living_parent_runs() -> None:
+    proc = subprocess.Popen(["true"], preexec_fn=_proc._die_with(os.getpid()))  # noqa: PLW1509
+    assert proc.wait(60) == 0
+
+
+def test_child_orphaned_before_the_signal_is_armed_exits_instead_of_running() -> None:
+    # a parent pid that is not the child's parent is what the child sees when its parent
+    # died between fork and prctl: it must stop there, never exec the command
+    proc = subprocess.Popen(["sleep", "600"], preexec_fn=_proc._die_with(os.getpid() + 1_000_000))  # noqa: PLW1509
+    assert proc.wait(60) == 1
