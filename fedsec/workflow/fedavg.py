@@ -258,7 +258,7 @@ class FedAvg:
             metrics = _check_metrics(dict(header.metrics), where)
             if rnd.kind == TRAIN:
                 if not self.he.enabled and header.payload.total_size != rnd.size:
-                    raise WireError(f"{where}: update is {header.payload.total_size} bytes, the model is {rnd.size}")
+                    raise WireError(f"{where}: {_misfit(iter(chunks), rnd.specs)}")  # before any upload is kept
                 with streams.PayloadWriter(tmp, header.payload, limits.MAX_MODEL_BYTES, where) as writer:
                     for chunk in chunks:
                         writer.write(chunk)
@@ -293,11 +293,29 @@ class FedAvg:
                 rnd.pending.discard(site)
                 rnd.rejected.append(site)
                 self._cond.notify_all()
-            return False, str(exc)
+            return False, self._refused(rnd.number, site, str(exc).removeprefix(f"{where}: "))
         finally:
             tmp.unlink(missing_ok=True)
         log.info("job=%s round=%d accepted site=%s weight=%g", self.job_id, rnd.number, site, weight)
         return True, ""
+
+    def _refused(self, number: int, site: str, reason: str) -> str:
+        """Record in the job's progress that site's update of round number was refused; the line for the site.
+
+        progress.json's "refused" keeps at most limits.MAX_REFUSALS_PER_ROUND entries per round and the
+        newest limits.MAX_REFUSALS_KEPT in all, each reason cut to limits.MAX_REFUSAL_TEXT characters.
+        """
+        entry = refusal(number, site, reason)
+        with self._progress_lock:
+            kept: list[dict[str, Any]] = self._progress.setdefault("refused", [])
+            if sum(1 for e in kept if e["round"] == number) < limits.MAX_REFUSALS_PER_ROUND:
+                kept.append(entry)
+                del kept[: -limits.MAX_REFUSALS_KEPT]
+        try:
+            self._write_progress()
+        except OSError as exc:  # the refusal stands; only its record is missing (the driver meets a full disk)
+            log.warning("job=%s cannot record a refusal: %s", self.job_id, exc)
+        return refusal_line(entry)
 
     def _why_not(self, rnd: _Round | None, site: str, header: fedsec_pb2.ResultHeader) -> str:
         if self._done:
@@ -537,6 +555,51 @@ def _one_line(text: str, limit: int = 1000) -> str:
     """A site's error text for a job's reason: stripped, its last limit characters."""
     text = text.strip() or "it reported a failure with no error text"
     return text if len(text) <= limit else "..." + text[-limit:]
+
+
+def refusal(number: int, site: str, reason: str) -> dict[str, Any]:
+    """A refused update as progress.json keeps it: round, site and reason (one line, bounded)."""
+    text = " ".join(reason.split())
+    if len(text) > limits.MAX_REFUSAL_TEXT:
+        text = text[: limits.MAX_REFUSAL_TEXT - 3] + "..."
+    return {"round": number, "site": site, "reason": text}
+
+
+def refusal_line(entry: Mapping[str, Any]) -> str:
+    """ "site-2 round 0: update refused: tensor 'w' has shape (9, 1), the model has (8, 1)"."""
+    return f"{entry['site']} round {entry['round']}: update refused: {entry['reason']}"
+
+
+def _misfit(chunks: Iterator[bytes], specs: tuple[arrays.TensorSpec, ...]) -> str:
+    """Why an update whose size is not the model's does not fit it, in model terms, from its header alone.
+
+    Reads from chunks only the container's prefix and header (bounded by fedsec.limits); the rest is never
+    received. Names the tensors that differ; an update whose header agrees says its data does not.
+    """
+    buffered = bytearray()
+    pos = 0
+
+    def read(n: int) -> bytes:
+        nonlocal pos
+        while len(buffered) - pos < n:
+            chunk = next(chunks, None)
+            if chunk is None:
+                break
+            buffered.extend(chunk)
+        out = bytes(buffered[pos : pos + n])
+        pos += len(out)
+        return out
+
+    try:
+        got = arrays.read_header(read, "the update")
+    except WireError as exc:
+        return f"{exc} (not a model in fedsec's array format)"
+    found = arrays.differences(got, specs)
+    if not found:
+        return "the update's tensors match the model, but its data does not match its own header"
+    text = "; ".join(found[: arrays.MAX_DIFFERENCES])
+    more = len(found) - arrays.MAX_DIFFERENCES
+    return text + (f"; and {more} more differences" if more > 0 else "")
 
 
 def _parse_meta(text: str, where: str) -> tuple[float, str]:

@@ -302,8 +302,32 @@ def _nan() -> dict[str, NDArray[Any]]:
 
 BAD_RESULTS: list[tuple[str, dict[str, Any], str]] = [
     ("nan", {"params": _nan()}, "tensor 'w' has 1 NaN and 0 infinite values"),
-    ("shape", {"params": {"w": np.zeros((3, 2), np.float32), "n": np.zeros(2, np.int64)}}, r"has shape \(3, 2\)"),
-    ("extra tensor", {"params": {**update(1), "x": np.zeros(1, np.float32)}}, r"update is \d+ bytes, the model is \d+"),
+    (
+        "shape",
+        {"params": {"w": np.zeros((3, 2), np.float32), "n": np.zeros(2, np.int64)}},
+        r"^tensor 'w' has shape \(3, 2\), the model has \(2, 3\)$",
+    ),
+    (
+        "shape and size",
+        {"params": {"w": np.zeros((3, 4), np.float32), "n": np.zeros(2, np.int64)}},
+        r"^tensor 'w' has shape \(3, 4\), the model has \(2, 3\)$",
+    ),
+    (
+        "dtype",
+        {"params": {"w": np.zeros((2, 3), np.float64), "n": np.zeros(2, np.int64)}},
+        r"^tensor 'w' has dtype float64, the model has float32$",
+    ),
+    (
+        "missing tensor",
+        {"params": {"w": np.zeros((2, 3), np.float32)}},
+        r"^tensor 'n' is missing \(the model has it: int64 \(2,\)\)$",
+    ),
+    ("extra tensor", {"params": {**update(1), "x": np.zeros(1, np.float32)}}, r"^tensor 'x' is not in the model$"),
+    (
+        "not a model",
+        {"params": {"w": np.zeros(50, np.float32)}, "corrupt": lambda data: b"JUNK" + data[4:]},
+        r"^the update: bad magic .*\(not a model in fedsec's array format\)$",
+    ),
     ("zero examples", {"num_examples": 0}, "num_examples must be a positive number, got 0"),
     ("bool examples", {"num_examples": True}, "num_examples must be a positive number, got True"),
     ("huge examples", {"num_examples": 1e13}, "num_examples must be a positive number"),
@@ -332,8 +356,12 @@ def test_a_bad_result_is_refused_and_the_round_goes_on(
     kwargs = {"params": update(100, 100), **bad}
     accepted, why = submit(fedavg, "site-2", 0, **kwargs)
     assert not accepted
-    assert why.startswith("result of site-2 for round 0: ")
-    assert re.search(reason, why), why
+    assert why.startswith("site-2 round 0: update refused: ")
+    assert re.search(reason, why.removeprefix("site-2 round 0: update refused: ")), why
+    # the reason is in the job's progress as soon as it is given
+    assert job.progress()["refused"] == [
+        {"round": 0, "site": "site-2", "reason": why.removeprefix("site-2 round 0: update refused: ")}
+    ]
     # the bad result used up site-2's turn: the round goes on without it
     assert submit(fedavg, "site-2", 0, update(100, 100)) == (False, "site-2 already answered round 0")
     assert submit(fedavg, "site-3", 0, update(2, 4)) == (True, "")
@@ -713,3 +741,23 @@ def test_a_full_server_disk_fails_the_job_with_that_reason(
     assert isinstance(error, JobError)
     assert str(error) == "server disk full: cannot write the checkpoint of round 0: No space left on device"
     assert str(job.workspace) not in str(error)
+
+
+def test_refusals_kept_are_bounded_per_round_and_in_length(
+    make_job: Callable[..., Job], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "MAX_REFUSALS_PER_ROUND", 1)
+    monkeypatch.setattr(limits, "MAX_REFUSAL_TEXT", 30)
+    job = make_job(num_rounds=1, min_clients=1, evaluate_final=False)
+    fedavg = job.fedavg()
+    fedavg.update_sites([*SITES, "site-3"])
+    run = job.start(fedavg)
+    task(fedavg, "site-1", 0)
+    bad = {"w": np.zeros((3, 2), np.float32), "n": np.zeros(2, np.int64)}
+    accepted, why = submit(fedavg, "site-1", 0, bad)
+    assert not accepted and why == "site-1 round 0: update refused: tensor 'w' has shape (3, 2), t..."
+    assert not submit(fedavg, "site-2", 0, bad)[0]
+    assert submit(fedavg, "site-3", 0, update(1)) == (True, "")
+    assert run.join() is None
+    assert job.progress()["refused"] == [{"round": 0, "site": "site-1", "reason": "tensor 'w' has shape (3, 2), t..."}]
+    assert job.progress()["rounds"][0]["rejected"] == ["site-1", "site-2"]
