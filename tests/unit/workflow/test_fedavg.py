@@ -755,9 +755,9 @@ def test_refusals_kept_are_bounded_per_round_and_in_length(
     task(fedavg, "site-1", 0)
     bad = {"w": np.zeros((3, 2), np.float32), "n": np.zeros(2, np.int64)}
     accepted, why = submit(fedavg, "site-1", 0, bad)
-    assert not accepted and why == "site-1 round 0: update refused: tensor 'w' has shape (3, 2), t..."
+    assert not accepted and why == "site-1 round 0: update refused: tensor 'w' has shape (3, 2)..."
     assert not submit(fedavg, "site-2", 0, bad)[0]
     assert submit(fedavg, "site-3", 0, update(1)) == (True, "")
     assert run.join() is None
-    assert job.progress()["refused"] == [{"round": 0, "site": "site-1", "reason": "tensor 'w' has shape (3, 2), t..."}]
+    assert job.progress()["refused"] == [{"round": 0, "site": "site-1", "reason": "tensor 'w' has shape (3, 2)..."}]
     assert job.progress()["rounds"][0]["rejected"] == ["site-1", "site-2"]
