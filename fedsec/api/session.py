@@ -124,6 +124,20 @@ class JobInfo:
     def finished(self) -> bool:
         return self.status.startswith(FINISHED_PREFIX)
 
+    @property
+    def refusals(self) -> list[str]:
+        """The refused updates the server kept, oldest first, one line each:
+
+        "site-2 round 0: update refused: tensor 'w' has shape (9, 1), the model has (8, 1)".
+        """
+        entries = self.progress.get("refused")
+        return [refusal_line(e) for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+
+
+def refusal_line(entry: dict[str, Any]) -> str:
+    """One refused update of a job's progress as a line (the format the server's reply to the site has too)."""
+    return f"{entry.get('site', '?')} round {entry.get('round', '?')}: update refused: {entry.get('reason', '')}"
+
 
 def _info(msg: fedsec_pb2.JobInfo) -> JobInfo:
     return JobInfo(
@@ -411,11 +425,14 @@ class Session:
         }
 
     def show_errors(self, job_id: str) -> dict[str, Any]:
-        """The job's failure reason and each site's reported error."""
+        """The job's failure reason, each site's reported error, and the updates the server refused.
+
+        {"reason": str, "sites": {site: error}, "refused": ["site-2 round 0: update refused: ...", ...]}
+        """
         info = self._meta(job_id, "show_errors")
         request = fedsec_pb2.TargetRequest(job_id=info.job_id, target=ALL_SITES)
         sites: dict[str, str] = self._text("show_errors", self._stub.GetJobLog, request)["errors"]
-        return {"reason": info.reason, "sites": sites}
+        return {"reason": info.reason, "sites": sites, "refused": info.refusals}
 
     def get_job_log(self, job_id: str, target: str = "server") -> str:
         request = fedsec_pb2.TargetRequest(job_id=job_id, target=target)

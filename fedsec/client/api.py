@@ -173,7 +173,9 @@ def send(model: FLModel) -> bool:
     """Send this site's result for the last received task; return whether the server accepted it.
 
     A result the server refuses (a stale round, a bad update) returns False
-    and is logged; the script goes on with receive().
+    and logs the server's reason as a warning ("fedsec: site-2 round 0: update
+    refused: tensor 'w' has shape (9, 1), the model has (8, 1)"), which reaches
+    the job's log even when the script set up no logging; the script goes on with receive().
     """
     link = _get()
     task = link.last
@@ -203,8 +205,10 @@ def send(model: FLModel) -> bool:
 
     reply = _retry(lambda: link.stub.SubmitResult(parts(), timeout=600, metadata=link.metadata), "send")
     link.last = None
-    if not reply.accepted:
-        log.warning("fedsec: result for round %d refused: %s", task.current_round, reply.reason)
+    if not reply.accepted:  # the server's reason names the round and, for a bad update, the tensor that differs
+        reason = str(reply.reason)
+        line = reason if reason.startswith(f"{link.site} round ") else f"round {task.current_round}: result refused: {reason}"
+        log.warning("fedsec: %s", line)
     return bool(reply.accepted)
 
 

@@ -335,7 +335,10 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
             return reply
 
         try:
-            return retry(attempt, f"upload of the {where}", deadline, context.is_active)
+            reply = retry(attempt, f"upload of the {where}", deadline, context.is_active)
+            if not reply.accepted:  # the site's operator sees why too, not only the script
+                log.warning("job=%s the server refused the %s: %s", self._job.job_id, where, reply.reason)
+            return reply
         except FedsecError as exc:
             if not isinstance(exc.__cause__, grpc.RpcError):
                 raise

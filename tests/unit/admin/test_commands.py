@@ -173,7 +173,8 @@ class FakeSession:
 
     def show_errors(self, job_id: str) -> dict[str, Any]:
         self._rec("show_errors", job_id)
-        return {"reason": "site-2 failed", "sites": {"site-2": "Traceback\n  RuntimeError: boom"}}
+        refused = ["site-1 round 0: update refused: tensor 'w' has shape (9, 1), the model has (8, 1)"]
+        return {"reason": "site-2 failed", "sites": {"site-2": "Traceback\n  RuntimeError: boom"}, "refused": refused}
 
     def get_job_log(self, job_id: str, target: str = "server") -> str:
         self._rec("get_job_log", job_id, target=target)
@@ -612,7 +613,17 @@ def test_show_stats_table() -> None:
 
 def test_show_errors_blocks() -> None:
     _, out, _ = run("show_errors " + JOB_A)
-    assert out == f"job {JOB_A}: site-2 failed\nsite-2:\n    Traceback\n      RuntimeError: boom\n"
+    assert out == (
+        f"job {JOB_A}: site-2 failed\nsite-2:\n    Traceback\n      RuntimeError: boom\n"
+        "site-1 round 0: update refused: tensor 'w' has shape (9, 1), the model has (8, 1)\n"
+    )
+
+
+def test_get_job_meta_shows_refused_updates() -> None:
+    refused = [{"round": 1, "site": "site-2", "reason": "tensor 'w' is not in the model"}]
+    block = render.job_block(job(progress={"refused": refused}))
+    assert "refused:" in block
+    assert "site-2 round 1: update refused: tensor 'w' is not in the model" in block
 
 
 def test_check_status_server_and_sites() -> None:
