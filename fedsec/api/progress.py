@@ -1,4 +1,4 @@
-"""RoundPrinter: a monitor_job callback that prints each round's metrics once, refused updates, and what the job is doing."""
+"""RoundPrinter: a monitor_job callback printing each round's metrics once, refused updates, what the job does."""
 
 from __future__ import annotations
 

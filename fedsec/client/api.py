@@ -207,7 +207,11 @@ def send(model: FLModel) -> bool:
     link.last = None
     if not reply.accepted:  # the server's reason names the round and, for a bad update, the tensor that differs
         reason = str(reply.reason)
-        line = reason if reason.startswith(f"{link.site} round ") else f"round {task.current_round}: result refused: {reason}"
+        line = (
+            reason
+            if reason.startswith(f"{link.site} round ")
+            else f"round {task.current_round}: result refused: {reason}"
+        )
         log.warning("fedsec: %s", line)
     return bool(reply.accepted)
 

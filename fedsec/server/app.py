@@ -61,7 +61,7 @@ SITE_PORT = GateConfig(
         Lane("liveness", limits.SITE_LIVENESS_WORKERS, limits.SITE_LIVENESS_PER_PEER),
         Lane("transfer", limits.SITE_TRANSFER_WORKERS, limits.SITE_TRANSFER_PER_PEER),
     ),
-    methods={m: "transfer" for m in ("FetchJob", "GetTask", "SubmitResult", "SendEvents")},
+    methods={m: "transfer" for m in ("FetchJob", "GetTask", "SubmitResult", "SendEvents", "AppendJobLog")},
     first_message_seconds=limits.GATE_FIRST_MESSAGE_SECONDS,
     idle_seconds=limits.GATE_IDLE_SECONDS,
 )

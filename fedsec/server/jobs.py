@@ -43,6 +43,7 @@ from fedsec.jobs.meta import meta_to_json
 from fedsec.jobs.signing import JobSignature, check_job_id, verify_digest
 from fedsec.pki.certs import Identity
 from fedsec.server.job_sites import JobSites
+from fedsec.server.site_logs import JobLogs
 from fedsec.server.store import JOB_ARCHIVE, JOBS_DIR, WORKSPACE_DIR, JobRecord, JobStatus, JobStore
 from fedsec.tracking.backends import ONLY_LOCAL, Backends
 from fedsec.tracking.events import check_batch
@@ -439,6 +440,19 @@ class JobManager:
             proc = _proc.start(argv, cwd=job_dir, env=env, log_path=job_dir / "workflow.log")
             with self._lock:
                 self._late_writers[job_id] = proc
+
+    def site_logs(self, job_id: str) -> JobLogs:
+        """The sites' logs of a stored job (fedsec.server.site_logs). Raises JobError when there is no such job."""
+        self._store.get(job_id)
+        return JobLogs(self._store.job_dir(job_id))
+
+    def append_site_log(self, job_id: str, site: str, chunk: fedsec_pb2.JobLogChunk) -> fedsec_pb2.JobLogAck:
+        """Append a piece of site's log of job_id; what the server holds. JobError when site never fetched the job."""
+        job_dir = self._store.job_dir(job_id)
+        if site not in JobSites.load(job_dir).fetched:
+            raise JobError(f"job {job_id}: {site} never fetched this job, so it has no log of it")
+        done = JobLogs(job_dir).append(site, chunk.run, chunk.offset, chunk.data, chunk.last)
+        return fedsec_pb2.JobLogAck(offset=done.offset, full=done.full)
 
     def report(self, job_id: str, site: str, failed: bool, error: str, log_tail: str = "") -> None:
         """Take site's report of its script's end; a failure makes the site restart or leave the job.

@@ -33,6 +33,7 @@ from fedsec.jobs.signing import JobSignature, verify_archive
 from fedsec.site import replay, sandbox
 from fedsec.site.hekey import HEKey
 from fedsec.site.local import LocalEndpoints
+from fedsec.site.logship import LogShipper
 from fedsec.site.policy import load_site_policy
 from fedsec.site.settings import load_site_settings
 from fedsec.site.transfer import GaveUpError
@@ -62,7 +63,9 @@ class JobRunner:
         he_key: HEKey,
         report: Report,
         root_ca: x509.Certificate,
+        logs: LogShipper | None = None,
     ) -> None:
+        """logs: where each run's log is sent to the server while it runs (None: only the tail, at its end)."""
         self._jobs_dir = kit_root / "jobs"
         self._kit_root = kit_root
         self._root_ca = root_ca
@@ -70,6 +73,7 @@ class JobRunner:
         self._endpoints = endpoints
         self._he_key = he_key
         self._report = report
+        self._logs = logs
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
         self._failed: set[str] = set()  # jobs that could not start: not retried until reassigned
@@ -131,6 +135,8 @@ class JobRunner:
         job = _Job(job_id, proc, log_path)
         with self._lock:
             self._jobs[job_id] = job
+        if self._logs is not None:
+            self._logs.watch(job_id, log_path)
         threading.Thread(target=self._watch, args=(job,), name=f"job-{job_id[:8]}", daemon=True).start()
         log.info(
             "job=%s started script=%s pid=%d isolated=%s socket=%s",
@@ -145,6 +151,8 @@ class JobRunner:
         code = job.proc.wait()
         _proc.stop(job.proc, grace=0.5)  # reap anything the script left in its group
         self._endpoints.close(job.job_id)
+        if self._logs is not None:  # the end of its log, before a report can make the script start again
+            self._logs.ended(job.job_id)
         with self._lock:
             self._jobs.pop(job.job_id, None)
             self._ended.add(job.job_id)

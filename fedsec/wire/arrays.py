@@ -205,7 +205,8 @@ def differences(specs: Sequence[TensorSpec], model: Sequence[TensorSpec]) -> lis
     if not out:
         for i, (mine, spec) in enumerate(zip(specs, model, strict=True)):
             if mine.name != spec.name:
-                out.append(f"the tensors are in another order than the model's: #{i} is {mine.name!r}, the model's is {spec.name!r}")
+                order = f"#{i} is {mine.name!r}, the model's is {spec.name!r}"
+                out.append(f"the tensors are in another order than the model's: {order}")
                 break
     return out
 

@@ -753,7 +753,7 @@ def test_refusals_kept_are_bounded_per_round_and_in_length(
     fedavg.update_sites([*SITES, "site-3"])
     run = job.start(fedavg)
     task(fedavg, "site-1", 0)
-    bad = {"w": np.zeros((3, 2), np.float32), "n": np.zeros(2, np.int64)}
+    bad: dict[str, NDArray[Any]] = {"w": np.zeros((3, 2), np.float32), "n": np.zeros(2, np.int64)}
     accepted, why = submit(fedavg, "site-1", 0, bad)
     assert not accepted and why == "site-1 round 0: update refused: tensor 'w' has shape (3, 2)..."
     assert not submit(fedavg, "site-2", 0, bad)[0]
