@@ -22,7 +22,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -455,7 +455,7 @@ class Session:
 
     def tail_job_log(
         self, job_id: str, site: str | None = None, follow: bool = False, *, poll: float = 1.0
-    ) -> Iterator[str]:
+    ) -> Generator[str, None, None]:
         """The last lines of the sites' logs of a job, then, with follow, each new line as the sites send it.
 
         A generator of lines (without their newline): one site's as written, or, with site None,

@@ -8,7 +8,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,7 @@ class FakeSession:
         self.jobs = [job(JOB_A), job(JOB_B, name="mnist", status="finished:completed", end_time=T0 + 65)]
         self.fail_on = ""
         self.fail: Exception = AuthError("refused")
+        self.interrupt_follow = False  # tail_job_log -f: Ctrl-C after the second line
 
     def _rec(self, name: str, *args: Any, **kwargs: Any) -> None:
         self.calls.append((name, args, kwargs))
@@ -180,6 +181,19 @@ class FakeSession:
         self._rec("get_job_log", job_id, target=target)
         return "line 1\nline 2"
 
+    def tail_job_log(self, job_id: str, site: str | None = None, follow: bool = False) -> Generator[str, None, None]:
+        self._rec("tail_job_log", job_id, site, follow)
+        yield "site-1: epoch 1 loss 0.5"
+        if follow:
+            yield "site-1: epoch 2 loss 0.25"
+            if self.interrupt_follow:
+                raise KeyboardInterrupt
+            yield "site-2: done"
+
+    def download_job_log(self, job_id: str, dest: Path | None = None, follow: bool = False) -> Path:
+        self._rec("download_job_log", job_id, dest=dest, follow=follow)
+        return (dest or Path("/kit/transfer")) / f"{job_id}.logs"
+
     def sys_info(self, target: str = "server") -> dict[str, Any]:
         self._rec("sys_info", target=target)
         return {"name": target, "python": "3.11.7", "cpu": {"count": 16}}
@@ -251,6 +265,14 @@ CALLS: list[tuple[str, tuple[str, tuple[Any, ...], dict[str, Any]]]] = [
     ("show_errors " + JOB_A, ("show_errors", (JOB_A,), {})),
     ("get_job_log " + JOB_A, ("get_job_log", (JOB_A,), {"target": "server"})),
     ("get_job_log " + JOB_A + " site-1", ("get_job_log", (JOB_A,), {"target": "site-1"})),
+    ("tail_job_log " + JOB_A, ("tail_job_log", (JOB_A, None, False), {})),
+    ("tail_job_log " + JOB_A + " site-1 --follow", ("tail_job_log", (JOB_A, "site-1", True), {})),
+    ("tail_job_log -f " + JOB_A, ("tail_job_log", (JOB_A, None, True), {})),
+    ("download_job_log " + JOB_A, ("download_job_log", (JOB_A,), {"dest": None, "follow": False})),
+    (
+        "download_job_log " + JOB_A + " /tmp/out -f",
+        ("download_job_log", (JOB_A,), {"dest": Path("/tmp/out"), "follow": True}),
+    ),
     ("sys_info server", ("sys_info", (), {"target": "server"})),
     ("sys_info site-3", ("sys_info", (), {"target": "site-3"})),
     ("shutdown server", ("shutdown", ("server",), {"sites": ()})),
@@ -761,3 +783,24 @@ def test_history_file_is_private(tmp_path: Path) -> None:
     os.chmod(path, 0o644)
     open_history(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_tail_job_log_prints_lines_as_they_come() -> None:
+    assert run(f"tail_job_log {JOB_A}")[1] == "site-1: epoch 1 loss 0.5\n"
+    lines = ["site-1: epoch 1 loss 0.5", "site-1: epoch 2 loss 0.25", "site-2: done"]
+    assert run(f"tail_job_log {JOB_A} -f")[1].splitlines() == lines
+
+
+def test_ctrl_c_stops_following_and_the_shell_goes_on() -> None:
+    s = FakeSession()
+    s.interrupt_follow = True
+    code, out, _ = run(f"tail_job_log {JOB_A} --follow", s, interactive=True)
+    assert code == 0
+    assert out.splitlines() == ["site-1: epoch 1 loss 0.5", "site-1: epoch 2 loss 0.25", "stopped following"]
+    assert run("version", s)[0] == 0
+
+
+def test_log_commands_have_help() -> None:
+    assert help_text("tail_job_log").startswith("usage: tail_job_log [-f] ID [SITE]\n")
+    assert "Ctrl-C" in help_text("tail_job_log")
+    assert help_text("download_job_log").startswith("usage: download_job_log [-f] ID [DEST]\n")
