@@ -145,8 +145,10 @@ class JobLogs:
         if offset is None and start > 0:  # a tail starts at a line's start
             cut = data.find(b"\n")
             start, data = (start + cut + 1, data[cut + 1 :]) if cut >= 0 else (start, data)
-        if whole_lines and not state.closed and data and not data.endswith(b"\n") and len(data) < limit:
-            data = data[: data.rfind(b"\n") + 1]
+        if whole_lines and not state.closed and data and not data.endswith(b"\n"):
+            cut = data.rfind(b"\n")
+            if cut >= 0 or len(data) < limit:  # a line longer than limit goes out in parts
+                data = data[: cut + 1]
         end = start + len(data)
         full = size >= limits.MAX_SITE_JOB_LOG_BYTES
         more = end < size and read_all >= limit  # stopped by the limit, not by the end of what is there

@@ -44,6 +44,7 @@ class _Run:
     path: Path
     offset: int = 0  # what the server acknowledged
     ended_at: float | None = None  # time.monotonic() when the script ended
+    dropped: bool = False  # the server takes no more of it (its cap, the run's end, or a refusal)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -108,6 +109,8 @@ class LogShipper:
     def _ship(self, run: _Run) -> bool:
         """Send what run's log gained; True when nothing is left to send (or the server takes no more)."""
         with run.lock:
+            if run.dropped:
+                return True
             for _ in range(_CHUNKS_PER_PASS):
                 ended = run.ended_at is not None
                 data, size = _read(run.path, run.offset)
@@ -122,9 +125,11 @@ class LogShipper:
                 except grpc.RpcError as exc:
                     return self._failed(run, exc)
                 except ValueError:  # the site closed its channel: it is stopping
+                    run.dropped = True
                     return True
                 run.offset = ack.offset
                 if ack.full or last:
+                    run.dropped = True
                     return True
             return False
 
@@ -135,6 +140,7 @@ class LogShipper:
             log.debug("job=%s log not sent yet: %s", run.job_id, err)
             return False
         log.info("job=%s the server takes no more of its log: %s", run.job_id, err)
+        run.dropped = True
         return True
 
 
