@@ -13,15 +13,17 @@ faults the test switches at run time (Federation.proxy).
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
 
@@ -55,6 +57,58 @@ def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: flo
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+class Follower:
+    """Runs target(out) in a thread, out a text stream whose lines the test waits on (a followed log, a command).
+
+    wait_line() waits for a line holding a needle; join() for target's end, whose result or error it returns.
+    """
+
+    def __init__(self, target: Callable[[TextIO], Any]) -> None:
+        self._text: list[str] = []
+        self._lock = threading.Lock()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, args=(target,), name="follower", daemon=True)
+        self._thread.start()
+
+    def _main(self, target: Callable[[TextIO], Any]) -> None:
+        follower = self
+
+        class _Out(io.StringIO):
+            def write(self, text: str) -> int:
+                with follower._lock:
+                    follower._text.append(text)
+                return len(text)
+
+        try:
+            self.result = target(_Out())
+        except BaseException as exc:  # handed to the test by join()
+            self.error = exc
+
+    @property
+    def lines(self) -> list[str]:
+        with self._lock:
+            return "".join(self._text).splitlines()
+
+    def wait_line(self, needle: str, timeout: float) -> str:
+        def seen() -> str | bool:
+            if self.error is not None:
+                return True
+            return next((line for line in self.lines if needle in line), "")
+
+        found = wait_until(seen, timeout, f"a line holding {needle!r}")
+        if self.error is not None:
+            raise AssertionError(f"the follower failed: {self.error!r}")
+        return str(found)
+
+    def join(self, timeout: float) -> Any:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), f"the follower did not end within {timeout} s"
+        if self.error is not None:
+            raise self.error
+        return self.result
 
 
 class Federation:
@@ -164,6 +218,15 @@ class Federation:
 
     def wait_log(self, name: str, needle: str, timeout: float, since: int = 0) -> None:
         wait_until(lambda: needle in self.log(name)[since:], timeout, f"{needle!r} in the log of {name}")
+
+    def job_log(self, site: str, job_id: str) -> str:
+        """The log of a job's script on a site, as the site writes it ('' before it starts)."""
+        path = self.kit(site) / "jobs" / job_id / "log.txt"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def job_work(self, site: str, job_id: str) -> Path:
+        """The work folder of a job's script on a site (its current directory)."""
+        return self.kit(site) / "jobs" / job_id / "work"
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs[name]
