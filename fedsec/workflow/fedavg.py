@@ -257,6 +257,8 @@ class FedAvg:
             weight, params_type = _parse_meta(header.meta_json, where)
             metrics = _check_metrics(dict(header.metrics), where)
             if rnd.kind == TRAIN:
+                if header.payload.total_size == 0:
+                    raise WireError(f"{where}: a training result carries no model (FLModel.params is empty)")
                 if not self.he.enabled and header.payload.total_size != rnd.size:
                     raise WireError(f"{where}: {_misfit(iter(chunks), rnd.specs)}")  # before any upload is kept
                 with streams.PayloadWriter(tmp, header.payload, limits.MAX_MODEL_BYTES, where) as writer:

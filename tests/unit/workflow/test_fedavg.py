@@ -323,6 +323,7 @@ BAD_RESULTS: list[tuple[str, dict[str, Any], str]] = [
         r"^tensor 'n' is missing \(the model has it: int64 \(2,\)\)$",
     ),
     ("extra tensor", {"params": {**update(1), "x": np.zeros(1, np.float32)}}, r"^tensor 'x' is not in the model$"),
+    ("no model", {"params": None}, r"^a training result carries no model"),
     (
         "not a model",
         {"params": {"w": np.zeros(50, np.float32)}, "corrupt": lambda data: b"JUNK" + data[4:]},
