@@ -257,15 +257,7 @@ class FedAvg:
             weight, params_type = _parse_meta(header.meta_json, where)
             metrics = _check_metrics(dict(header.metrics), where)
             if rnd.kind == TRAIN:
-                if header.payload.total_size == 0:
-                    raise WireError(f"{where}: a training result carries no model (FLModel.params is empty)")
-                if not self.he.enabled and header.payload.total_size != rnd.size:
-                    raise WireError(f"{where}: {_misfit(iter(chunks), rnd.specs)}")  # before any upload is kept
-                with streams.PayloadWriter(tmp, header.payload, limits.MAX_MODEL_BYTES, where) as writer:
-                    for chunk in chunks:
-                        writer.write(chunk)
-                    writer.finish()
-                rnd.acc.check(tmp, where)
+                self._receive_update(rnd, header.payload, chunks, tmp, where)
             elif header.payload.total_size != 0:
                 raise WireError(f"{where}: an evaluation result carries no model")
             with self._cond:
@@ -300,6 +292,24 @@ class FedAvg:
             tmp.unlink(missing_ok=True)
         log.info("job=%s round=%d accepted site=%s weight=%g", self.job_id, rnd.number, site, weight)
         return True, ""
+
+    def _receive_update(
+        self, rnd: _Round, payload: fedsec_pb2.PayloadInfo, chunks: Iterable[bytes], tmp: Path, where: str
+    ) -> None:
+        """Receive an update into tmp and check it fits the model; WireError (or HEError) naming what does not.
+
+        An update whose size is not the model's is refused from its header alone, naming the tensors
+        that differ, before the rest of it is received.
+        """
+        if payload.total_size == 0:
+            raise WireError(f"{where}: a training result carries no model (FLModel.params is empty)")
+        if not self.he.enabled and payload.total_size != rnd.size:
+            raise WireError(f"{where}: {_misfit(iter(chunks), rnd.specs)}")
+        with streams.PayloadWriter(tmp, payload, limits.MAX_MODEL_BYTES, where) as writer:
+            for chunk in chunks:
+                writer.write(chunk)
+            writer.finish()
+        rnd.acc.check(tmp, where)
 
     def _refused(self, number: int, site: str, reason: str) -> str:
         """Record in the job's progress that site's update of round number was refused; the line for the site.
