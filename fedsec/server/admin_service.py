@@ -297,8 +297,10 @@ class AdminService(fedsec_pb2_grpc.AdminServicer):
                 limit = min(budget, limits.MAX_LOG_TEXT)
                 if offset is None and not request.from_start:
                     limit = min(limit, limits.LOG_TAIL_BYTES)
-                if limit <= 0:  # this reply is full: the reader asks again at once (more)
-                    reply.logs.add(site=site, offset=offset or 0, more=logs.has(site))
+                if limit <= 0:  # this reply is full: the reader asks again at once (more), from here
+                    if offset is None:
+                        offset = 0 if request.from_start else max(0, logs.size(site) - limits.LOG_TAIL_BYTES)
+                    reply.logs.add(site=site, offset=offset, more=logs.has(site))
                     continue
                 piece = logs.read(site, offset, limit, from_start=request.from_start, whole_lines=growing)
                 budget -= len(piece.text.encode())

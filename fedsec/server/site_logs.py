@@ -82,6 +82,13 @@ class JobLogs:
     def has(self, site: str) -> bool:
         return self._log(site).is_file()
 
+    def size(self, site: str) -> int:
+        """How many bytes of site's log the server holds (0: none)."""
+        try:
+            return self._log(site).stat().st_size
+        except FileNotFoundError:
+            return 0
+
     def append(self, site: str, run: str, offset: int, data: bytes, last: bool) -> Appended:
         """Append a piece of site's log of run at offset; what the server then holds of the run.
 
