@@ -257,7 +257,7 @@ def _download_job_log(s: AdminSession, a: argparse.Namespace, ctx: Context) -> i
     try:
         path = s.download_job_log(a.id, dest=dest, follow=a.follow)
     except KeyboardInterrupt:
-        return _write(ctx, "stopped following: the logs written so far stay in DEST/ID.logs")
+        return _write(ctx, "stopped following; what was written so far stays in the job's .logs folder")
     return _write(ctx, f"downloaded the logs of job {a.id} to {path}", {"job_id": a.id, "path": str(path)})
 
 

@@ -34,7 +34,6 @@ Upstream = Callable[[], fedsec_pb2_grpc.FederationStub]
 END_SECONDS = 10.0  # how long the end of a run's log is tried at its end before the runner goes on
 KEEP_ENDED_SECONDS = 600.0  # how long the end of a run's log is tried again in the background
 _CHUNKS_PER_PASS = 64  # pieces one run sends in one pass (others wait for the next)
-_REFUSED = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED})
 
 
 @dataclass
@@ -134,9 +133,12 @@ class LogShipper:
             return False
 
     def _failed(self, run: _Run, exc: grpc.RpcError) -> bool:
-        """A failed send: True (drop the run) when the server refused it for good; False to try again later."""
+        """A failed send: True (drop the run) when it failed for good (refused, a server without AppendJobLog).
+
+        False when it may succeed later (fedsec.transport.tls.transient).
+        """
         err = error_from_rpc(exc, f"log of job {run.job_id}")
-        if transient(exc) or not isinstance(exc, grpc.Call) or exc.code() not in _REFUSED:
+        if transient(exc):
             log.debug("job=%s log not sent yet: %s", run.job_id, err)
             return False
         log.info("job=%s the server takes no more of its log: %s", run.job_id, err)
