@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TextIO
 
 import numpy as np
+import pytest
 
 from fedsec.admin.commands import run_command
 from fedsec.api import RoundPrinter, Session
@@ -88,6 +89,8 @@ def test_an_aborted_jobs_site_logs_are_kept(federation: Federation, tmp_path: Pa
         for site in ("site-1", "site-2", "site-3"):  # the job ended, not normally: each site's log is there
             wait_until(partial(_log_has, s, job_id, site, "round 0 task train mse"), 30, f"{site}'s log")
         folder = s.download_job_log(job_id, tmp_path / "logs")
+        with pytest.raises(JobError, match="exists already"):  # nothing is replaced
+            s.download_job_log(job_id, tmp_path / "logs")
     assert folder == tmp_path / "logs" / f"{job_id}.logs"
     assert "round 0 task train mse" in (folder / "site-2.log").read_text()
     assert (folder / SERVER_LOG).is_file()
