@@ -103,7 +103,9 @@ class JobLogs:
             try:
                 return self._append(site, path, run, offset, data, last)
             except OSError as exc:
-                raise JobError(f"the server cannot store the job's log of {site}: {exc.strerror or type(exc).__name__}") from exc
+                raise JobError(
+                    f"the server cannot store the job's log of {site}: {exc.strerror or type(exc).__name__}"
+                ) from exc
 
     def _append(self, site: str, path: Path, run: str, offset: int, data: bytes, last: bool) -> Appended:
         state = self._state(site)
@@ -147,7 +149,9 @@ class JobLogs:
         except FileNotFoundError:
             return LogPiece(site, offset or 0, "", False, False, False)
         except OSError as exc:
-            raise JobError(f"the server cannot read the job's log of {site}: {exc.strerror or type(exc).__name__}") from exc
+            raise JobError(
+                f"the server cannot read the job's log of {site}: {exc.strerror or type(exc).__name__}"
+            ) from exc
         read_all = len(data)
         if offset is None and start > 0:  # a tail starts at a line's start
             cut = data.find(b"\n")
