@@ -10,7 +10,7 @@ import pytest
 
 from fedsec.errors import JobError
 from fedsec.tracking.events import Event, EventKind
-from fedsec.tracking.receivers import Receiver, RunEnd
+from fedsec.tracking.receivers import Receiver, RunEnd, SiteMetrics
 from fedsec.workflow.tracking import Tracker
 from tests.integration.harness import wait_until
 
@@ -19,6 +19,8 @@ class FakeReceiver:
     def __init__(self) -> None:
         self.events: list[tuple[str, int]] = []
         self.metrics: dict[int, Mapping[str, float]] = {}
+        self.site_metrics: dict[int, SiteMetrics] = {}
+        self.params: dict[str, str] = {}
         self.models: list[Path | None] = []
         self.ended: RunEnd | None = None
         self.fail = False
@@ -28,8 +30,18 @@ class FakeReceiver:
             raise JobError("mlflow: down")
         self.events += [(site, e.seq) for e in events]
 
-    def global_metrics(self, current_round: int, metrics: Mapping[str, float]) -> None:
+    def global_metrics(
+        self, current_round: int, metrics: Mapping[str, float], sites: SiteMetrics | None = None
+    ) -> None:
+        if self.fail:
+            raise JobError("mlflow: down")
         self.metrics[current_round] = metrics
+        self.site_metrics[current_round] = dict(sites or {})
+
+    def job_params(self, params: Mapping[str, str]) -> None:
+        if self.fail:
+            raise JobError("mlflow: down")
+        self.params.update(params)
 
     def final_model(self, path: Path | None) -> None:
         self.models.append(path)
