@@ -382,15 +382,20 @@ def mlflow_server(root: Path) -> Iterator[str]:
         _proc.stop(proc)  # the leader is gone: KILL whatever is left of the group
 
 
-def mlflow_api(url: str, endpoint: str, **query: str) -> Any:
-    """GET url/api/2.0/mlflow/<endpoint>?<query> from MLflow's REST API: the JSON answer."""
+def mlflow_api(url: str, endpoint: str, body: dict[str, Any] | None = None, **query: str) -> Any:
+    """The JSON answer of MLflow's REST API at url/api/2.0/mlflow/<endpoint>: GET with query, or POST body."""
     address = f"{url}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(query)}"
-    with urllib.request.urlopen(address, timeout=30) as response:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(address, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
 
-def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess[str]:
-    """Run Debian's headless Chromium with a fresh profile; fails the test when it is missing or fails."""
+def chromium(*args: str, profile: Path, budget_ms: int = 15000) -> subprocess.CompletedProcess[str]:
+    """Run Debian's headless Chromium with a fresh profile; fails the test when it is missing or fails.
+
+    budget_ms: the virtual time the page has to load and render before Chromium dumps or shoots it.
+    """
     if not CHROMIUM.exists():
         raise AssertionError(
             f"{CHROMIUM} is missing: install Debian's chromium (apt-get update && apt-get install -y chromium)"
@@ -398,17 +403,17 @@ def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess[str]:
     argv = [
         str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={profile}", "--virtual-time-budget=15000", *args,
+        f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}", *args,
     ]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
     assert done.returncode == 0, f"chromium exited {done.returncode}:\n{done.stderr[-4000:]}"
     return done
 
 
-def screenshot(page: str, path: Path, profile: Path, size: str = "1400,900") -> Path:
+def screenshot(page: str, path: Path, profile: Path, size: str = "1400,900", budget_ms: int = 15000) -> Path:
     """A PNG of page at path (made anew), checked to be a PNG of some substance; kept as a test artifact."""
     path.unlink(missing_ok=True)
-    chromium(f"--screenshot={path}", f"--window-size={size}", page, profile=profile)
+    chromium(f"--screenshot={path}", f"--window-size={size}", page, profile=profile, budget_ms=budget_ms)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
     assert path.stat().st_size > 10_000, f"{path} is nearly empty"
     return keep_artifact(path)
