@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -106,3 +107,32 @@ def test_events_of_a_killed_site_arrive_once(federation: Federation, tmp_path: P
     assert len(runs) == 1
     history = client.get_metric_history(runs[0].info.run_id, killed_tag)
     assert sorted(m.step for m in history) == list(range(50))  # every event of the killed writer, once
+
+
+@pytest.mark.federation(n_clients=2, heartbeat_timeout=30.0)
+def test_runs_of_a_job_whose_workflow_died_end_failed(federation: Federation, tmp_path: Path) -> None:
+    """A workflow process killed (OOM, kill -9) ends no run itself: the server has them ended as the job ended."""
+    from mlflow.tracking import MlflowClient
+
+    from fedsec.tracking.receivers import prepare_embedded_store
+
+    federation.start_all()
+    store = prepare_embedded_store(federation.kit("server1") / "tracking")  # waits for the server's set-up of it
+    client = MlflowClient(tracking_uri=store.uri)
+    initial = {"w": np.zeros(4, np.float32)}
+    recipe = FedAvgRecipe("crash", initial, EVENTS_SCRIPT, 2, 2, script_args=["--events", "5"], round_timeout=120)
+    with Session(federation.admin_kit) as s:
+        job_id = s.submit_job(recipe.export(tmp_path / "job"))
+
+        def parent_run() -> Any:
+            experiment = client.get_experiment_by_name("crash")
+            runs = client.search_runs([experiment.experiment_id]) if experiment is not None else []
+            return runs[0] if len(runs) == 1 and runs[0].data.tags.get("fedsec.job_id") == job_id else None
+
+        running = wait_until(parent_run, 120, "the job's run in the embedded store")
+        assert running.info.status == "RUNNING"
+        (workflow,) = pids_running(f"fedsec.workflow --job-dir {federation.kit('server1')}")
+        os.kill(workflow, signal.SIGKILL)  # before any site was let go: the job cannot have ended otherwise
+        info = s.wait_for_job(job_id, timeout=120)
+    assert info.status == "finished:failed", info.reason
+    wait_until(lambda: client.get_run(running.info.run_id).info.status == "FAILED", 180, "the job's run to end FAILED")
