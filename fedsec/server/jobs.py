@@ -59,6 +59,7 @@ _SIGNATURE = "job.sig"  # the submitting admin's signature of this run of job.zi
 _SITES = "sites"  # per-site reports: <site>.json
 _LATE_DIR = "late_events"  # batches sent after the job ended, until written (fedsec.workflow.late reads them)
 _LATE_RETRY_SECONDS = 60.0  # after a late-events writer left some (its backend was down)
+_TERMINATED = 143  # the exit status of a workflow process that ended on SIGTERM after ending its runs
 _RUN_ENDS = {JobStatus.COMPLETED: "FINISHED", JobStatus.FAILED: "FAILED", JobStatus.ABORTED: "KILLED"}
 
 
@@ -580,7 +581,7 @@ class JobManager:
         argv += ["--socket", str(sock)]
         if self._he_context is not None:
             argv += ["--he-context", str(self._he_context)]
-        argv += ["--tracking-dir", str(self._tracking_dir)]
+        argv += ["--tracking-dir", str(self._tracking_dir), f"--submitter={record.submitter}"]
         env = _child_env() | self._tracking_env(job_dir)
         proc = _proc.start(argv, cwd=job_dir, env=env, log_path=job_dir / "workflow.log")
         channel = unix_channel(sock)
@@ -689,7 +690,10 @@ class JobManager:
             self._ending.add(job_id)  # keeps the scheduler from starting it again meanwhile
         try:
             if flow is not None:
-                _proc.stop(flow.proc)
+                if _proc.stop(flow.proc) not in (0, _TERMINATED):
+                    # it died or was killed before it ended its tracking runs: its late-events writer ends them
+                    with self._lock:
+                        self._late_due.setdefault(job_id, 0.0)
                 flow.channel.close()
             if status is not JobStatus.COMPLETED:
                 self._keep_result(job_id)

@@ -70,6 +70,7 @@ class _Round:
     params_type: str | None = None
     metric_sums: dict[str, float] = field(default_factory=dict)
     metric_weights: dict[str, float] = field(default_factory=dict)
+    site_metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # site -> the metrics it sent
     contributors: list[str] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # sampled sites whose script died during the round
@@ -273,6 +274,7 @@ class FedAvg:
                 for key, value in metrics.items():
                     rnd.metric_sums[key] = rnd.metric_sums.get(key, 0.0) + weight * value
                     rnd.metric_weights[key] = rnd.metric_weights.get(key, 0.0) + weight
+                rnd.site_metrics[site] = metrics
                 rnd.pending.discard(site)
                 rnd.contributors.append(site)
                 self.participants.add(site)
@@ -377,6 +379,8 @@ class FedAvg:
                 self._progress["final"] = {"metrics": rnd.metrics(), "sites": sorted(rnd.contributors)}
             with _server_writes("the final evaluation"):
                 self._write_progress()
+            if self.tracker is not None:
+                self.tracker.final_metrics(self.cfg.num_rounds, rnd.metrics(), rnd.site_metrics)
         with _server_writes("the job's result"):
             entry = self._keep(self.cfg.num_rounds - 1, model)
             if self.tracker is not None:
@@ -412,6 +416,13 @@ class FedAvg:
             self._progress["result"] = entry
         self._write_progress()
         return entry
+
+    def sites_taking_part(self) -> set[str]:
+        """The sites whose results counted in a round or the final evaluation (this and earlier processes)."""
+        with self._progress_lock:
+            entries = [*self._progress["rounds"], self._progress.get("final") or {}]
+        with self._cond:
+            return {str(site) for entry in entries for site in entry.get("sites", ())} | self.participants
 
     def finish(self) -> None:
         with self._cond:
@@ -510,7 +521,7 @@ class FedAvg:
         previous.unlink(missing_ok=True)  # keep the last two checkpoints
         log.info("job=%s round=%d done metrics=%s", self.job_id, number, entry["metrics"])
         if self.tracker is not None:
-            self.tracker.global_metrics(number, rnd.metrics())
+            self.tracker.global_metrics(number, rnd.metrics(), rnd.site_metrics)
 
     def _write_progress(self) -> None:
         """progress.json: the rounds, the final evaluation, and the sites that left or restarted."""
