@@ -41,16 +41,25 @@ def _die_with(parent: int) -> Callable[[], None]:
 
 
 def start(
-    argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log_path: Path, die_with_parent: bool = True
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    log_path: Path,
+    die_with_parent: bool = True,
+    stdin_pipe: bool = False,
 ) -> subprocess.Popen[bytes]:
-    """Start argv with stdout and stderr appended to log_path; return the process."""
+    """Start argv with stdout and stderr appended to log_path; return the process.
+
+    stdin_pipe: give it a pipe from this process as stdin (proc.stdin) instead of /dev/null.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as out:
         proc = subprocess.Popen(
             list(argv),
             cwd=cwd,
             env=dict(env),
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with(os.getpid()) if die_with_parent else os.setpgrp,  # noqa: PLW1509

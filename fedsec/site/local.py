@@ -118,15 +118,18 @@ class LocalEndpoints:
         self._open: dict[str, JobEndpoint] = {}
         self._seq = 0
 
-    def open(self, job_id: str, he: HEConfig, work: Path, transfer_seconds: float = 600.0) -> JobEndpoint:
+    def open(
+        self, job_id: str, he: HEConfig, work: Path, transfer_seconds: float = 600.0, socket: Path | None = None
+    ) -> JobEndpoint:
         """Start job_id's endpoint on a fresh socket with a fresh token; the socket exists on return.
 
         transfer_seconds: how long the relay retries a task download or an upload through a bad link.
+        socket: where to make it (a warm job process's own socket folder); a fresh name in this site's folder if None.
         """
         self.close(job_id)
         with self._lock:
             self._seq += 1
-            socket = self._dir / f"{self._seq}.sock"
+            socket = self._dir / f"{self._seq}.sock" if socket is None else socket
         socket.unlink(missing_ok=True)
         token = secrets.token_urlsafe(limits.JOB_TOKEN_BYTES)
         endpoint = JobEndpoint(job_id, socket, token, he, work, transfer_seconds)
