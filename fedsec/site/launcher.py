@@ -51,15 +51,15 @@ class Slot:
     """One ready job process and the folders bound into its sandbox."""
 
     folder: Path  # becomes the job's folder: work/ and log.txt are in it, the job is unpacked into job/
+    inside: Path  # the folder's path as its sandbox sees it: where it was when the sandbox started
     sockets: Path  # the job's socket is made in it
     proc: subprocess.Popen[bytes]
-    isolated: bool
     datasets: tuple[Path, ...]  # what its sandbox binds: a job needing others takes no slot
 
-    def fits(self, settings: SiteSettings, isolated: bool) -> bool:
+    def fits(self, settings: SiteSettings) -> bool:
         """Whether a job started with these settings may run in this slot (same sandbox, process alive)."""
         wanted = tuple(Path(p) for p in settings.datasets.values())
-        return self.proc.poll() is None and isolated == self.isolated and wanted == self.datasets
+        return self.proc.poll() is None and wanted == self.datasets
 
     def stop(self) -> None:
         """Stop its process and delete its socket folder (its job folder stays, as a failed job's does)."""
@@ -84,20 +84,31 @@ class WarmLauncher:
         self._lock = threading.Lock()
         self._slot: Slot | None = None
         self._closed = False
+        self._told_cold = False
         for stale in jobs_dir.glob(SLOT_PREFIX + "*") if jobs_dir.is_dir() else []:
             shutil.rmtree(stale, ignore_errors=True)  # a slot of an earlier run of this site
 
     def fill(self, settings: SiteSettings, isolated: bool) -> None:
-        """Start a slot unless one is ready; logs (never raises) when it cannot."""
+        """Start a slot unless one is ready; logs (never raises) when it cannot.
+
+        Only sandboxed: outside bubblewrap the paths a ready process was started with would not follow
+        its folder's rename to the job's, so without it every job starts cold.
+        """
         with self._lock:
             if self._closed or self._slot is not None:
                 return
+            if not isolated:
+                if not self._told_cold:
+                    log.warning("warm launcher: needs bubblewrap isolation; jobs start a new process each")
+                self._told_cold = True
+                return
             try:
-                self._slot = self._spawn(settings, isolated)
+                self._slot = self._spawn(settings)
             except (OSError, JobError) as exc:
                 log.warning("warm launcher: cannot start a ready job process: %s", exc)
                 return
-        log.info("warm launcher: a job process is ready pid=%d isolated=%s", self._slot.proc.pid, isolated)
+            pid = self._slot.proc.pid
+        log.info("warm launcher: a job process is ready pid=%d", pid)
 
     def refresh(self, settings: SiteSettings, isolated: Callable[[], bool]) -> None:
         """Replace a ready process that exited or no longer fits settings; start one if none is ready.
@@ -106,11 +117,12 @@ class WarmLauncher:
         """
         with self._lock:
             slot = self._slot
-        if slot is not None and slot.fits(settings, slot.isolated):
+        if slot is not None and slot.fits(settings):
             return
         if slot is not None:
             self.drop()
-        self.fill(settings, isolated())
+        if not self._told_cold:  # once told it cannot (no bubblewrap), not asked again until the site restarts
+            self.fill(settings, isolated())
 
     def drop(self) -> None:
         """Stop the ready process, if any (the settings no longer ask for one)."""
@@ -126,7 +138,7 @@ class WarmLauncher:
             slot, self._slot = self._slot, None
         if slot is None:
             return None
-        if slot.fits(settings, isolated):
+        if isolated and slot.fits(settings):
             return slot
         log.info("warm launcher: the ready job process no longer fits the site settings (or exited); replacing it")
         slot.discard()
@@ -139,7 +151,7 @@ class WarmLauncher:
         if slot is not None:
             slot.discard()
 
-    def _spawn(self, settings: SiteSettings, isolated: bool) -> Slot:
+    def _spawn(self, settings: SiteSettings) -> Slot:
         self._jobs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         folder = Path(tempfile.mkdtemp(prefix=SLOT_PREFIX, dir=self._jobs_dir))  # 0700
         sockets = Path(tempfile.mkdtemp(prefix="w", dir=socket_dir(self._kit_root / "run", "warm")))
@@ -150,16 +162,15 @@ class WarmLauncher:
             env = sandbox.script_env({}, work, [custom, sandbox.fedsec_package_dir().parent])
             command = [sys.executable, "-P", "-m", WARM_MODULE]
             datasets = tuple(Path(p) for p in settings.datasets.values())
-            if isolated:
-                # the whole slot folder read-only (the job is unpacked into it later), its work/ read-write
-                mounts = sandbox.JobMounts(folder, work, sockets, self._kit_root, datasets)
-                command = sandbox.bwrap_argv(command, mounts, env)
+            # the whole slot folder read-only (the job is unpacked into it later), its work/ read-write
+            mounts = sandbox.JobMounts(folder, work, sockets, self._kit_root, datasets)
+            command = sandbox.bwrap_argv(command, mounts, env)
             proc = _proc.start(command, cwd=work, env=env, log_path=folder / "log.txt", stdin_pipe=True)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             shutil.rmtree(sockets, ignore_errors=True)
             raise
-        return Slot(folder, sockets, proc, isolated, datasets)
+        return Slot(folder, folder, sockets, proc, datasets)
 
 
 def hand_over(slot: Slot, line: bytes) -> None:

@@ -99,7 +99,7 @@ class JobRunner:
         slot = self._warm.take(settings, isolated) if settings.warm_launcher else None
         job_dir = self._jobs_dir / _safe_id(job_id)
         try:
-            proc, log_path = self._launch(job_id, job_dir, archive, settings, isolated, slot)
+            proc, log_path, socket = self._launch(job_id, job_dir, archive, settings, isolated, slot)
         except BaseException:
             if slot is not None:
                 slot.stop()
@@ -110,7 +110,9 @@ class JobRunner:
         threading.Thread(target=self._watch, args=(job,), name=f"job-{job_id[:8]}", daemon=True).start()
         if settings.warm_launcher:
             self._warm.fill(settings, isolated)  # the next job's
-        log.info("job=%s started pid=%d isolated=%s warm=%s", job_id, proc.pid, isolated, slot is not None)
+        log.info(
+            "job=%s started pid=%d isolated=%s warm=%s socket=%s", job_id, proc.pid, isolated, slot is not None, socket
+        )
 
     def _launch(
         self,
@@ -120,7 +122,7 @@ class JobRunner:
         settings: SiteSettings,
         isolated: bool,
         slot: launcher.Slot | None,
-    ) -> tuple[subprocess.Popen[bytes], Path]:
+    ) -> tuple[subprocess.Popen[bytes], Path, Path]:
         """Unpack the job into job_dir and start its script: in the ready slot if given, else a new process."""
         try:
             if job_dir.exists():
@@ -155,17 +157,18 @@ class JobRunner:
                 ENV_DATASETS: json.dumps(settings.datasets),
             }
             if slot is not None:
-                launcher.hand_over(slot, JobSpec(script, tuple(app.script.args), base).encode())
+                inside = slot.inside / script.relative_to(job_dir)  # the script as its sandbox sees it
+                launcher.hand_over(slot, JobSpec(inside, tuple(app.script.args), base).encode())
                 log.info("job=%s script=%s runs in the ready job process", job_id, app.script.path)
-                return slot.proc, log_path
+                return slot.proc, log_path, endpoint.socket
             env = sandbox.script_env(base, work, [custom, sandbox.fedsec_package_dir().parent])
             command = [sys.executable, str(script), *app.script.args]
             if isolated:
                 datasets = tuple(Path(p) for p in settings.datasets.values())
                 mounts = sandbox.JobMounts(code, work, endpoint.socket, self._kit_root, datasets)
                 command = sandbox.bwrap_argv(command, mounts, env)
-            log.info("job=%s script=%s socket=%s", job_id, app.script.path, endpoint.socket)
-            return _proc.start(command, cwd=work, env=env, log_path=log_path), log_path
+            log.info("job=%s script=%s", job_id, app.script.path)
+            return _proc.start(command, cwd=work, env=env, log_path=log_path), log_path, endpoint.socket
         except BaseException:
             self._endpoints.close(job_id)
             raise
