@@ -4,7 +4,8 @@ Workload: provision/secure_project.yml (1 server, 8 sites) provisioned into a te
 folder with free ports on 127.0.0.1 and started with a copy of workspaces/start_fl.sh:
   a. seconds from running `start_fl.sh N PROD` to its exit (every site registered: it
      waits for that) and to the server logging the last site registered; median of
-     --starts fresh starts, stopped between.
+     --starts fresh starts, stopped between; and the CPU seconds each parent used until
+     then (from /proc), which a loaded machine does not stretch.
   b. VmRSS (MiB) of the idle server parent and each site parent --idle-seconds after all
      registered, and the site parents' warm job launchers (if the sites keep one).
   c. which heavy native libraries each parent has mapped (from /proc/PID/maps).
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # so that `python bench/NAME.py` finds the bench package
 
-from bench.federation import SERVER, Federation, children, memory_mib  # noqa: E402
+from bench.federation import SERVER, Federation, children, cpu_seconds, memory_mib  # noqa: E402
 
 HEAVY = {  # a native library in /proc/PID/maps -> the Python package that loaded it
     "_multiarray_umath": "numpy",
@@ -83,6 +83,8 @@ def main() -> None:
         server_rss: list[float] = []
         site_rss: list[float] = []
         launcher_rss: list[float] = []
+        server_cpu: list[float] = []
+        site_cpu: list[float] = []
         libs: dict[str, list[str]] = {}
         for i in range(args.starts):
             if i:
@@ -92,6 +94,8 @@ def main() -> None:
             script.append(time.time() - began)
             registered = fed.wait_registered(sites, offset)
             to_all.append(max(registered.values()) - began)
+            server_cpu.append(cpu_seconds(fed.pid(SERVER)) or 0.0)
+            site_cpu.extend(cpu_seconds(fed.pid(s)) or 0.0 for s in sites)
             time.sleep(args.idle_seconds)  # the idle state being measured, not a wait for a condition
             server_rss.append(memory_mib(fed.pid(SERVER))[0])
             site_pids = [fed.pid(s) for s in sites]
@@ -101,6 +105,11 @@ def main() -> None:
         print(f"a. start_fl.sh {args.sites} ({args.starts} fresh starts):")
         print(f"     until start_fl.sh returned (all registered): {spread(script, 's')}")
         print(f"     until the server logged the last registration: {spread(to_all, 's')}")
+        print(f"     CPU used until then, server parent: {spread(server_cpu, 's')}")
+        print(f"     CPU used until then, each site parent: {spread(site_cpu, 's')}")
+        need = statistics.median(server_cpu) + args.sites * statistics.median(site_cpu)
+        print(f"     (that CPU over {os.cpu_count()} idle cores: at least {need / (os.cpu_count() or 1):.2f} s)")
+        print(f"     load average {os.getloadavg()[0]:.2f} now: other work on this machine stretches the wall times")
         print(f"b. idle VmRSS {args.idle_seconds:g} s after all registered, no job:")
         print(f"     server parent:  {spread(server_rss, 'MiB', '.1f')}")
         print(f"     site parent:    {spread(site_rss, 'MiB', '.1f')}  ({len(site_rss)} samples)")
@@ -111,7 +120,6 @@ def main() -> None:
         print("c. heavy native libraries mapped at idle:")
         for role, names in libs.items():
             print(f"     {role:<14} {', '.join(names) or '-'}")
-        subprocess.run(["true"], check=True)
 
 
 def _tree_rss(roots: list[int]) -> list[float]:
