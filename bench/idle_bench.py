@@ -96,6 +96,12 @@ def main() -> None:
             to_all.append(max(registered.values()) - began)
             server_cpu.append(cpu_seconds(fed.pid(SERVER)) or 0.0)
             site_cpu.extend(cpu_seconds(fed.pid(s)) or 0.0 for s in sites)
+            if args.warm_launcher == "on":  # until every ready job process has imported its framework
+                ready = "warm job process: ready"
+                while not all(
+                    any(ready in p.read_text() for p in (fed.kit(s) / "jobs").glob(".warm-*/log.txt")) for s in sites
+                ):
+                    time.sleep(0.2)
             time.sleep(args.idle_seconds)  # the idle state being measured, not a wait for a condition
             server_rss.append(memory_mib(fed.pid(SERVER))[0])
             site_pids = [fed.pid(s) for s in sites]

@@ -262,13 +262,18 @@ def main() -> None:
         port = _fl_port(fed)
         if args.warm_launcher == "on":  # until every site has its ready job process
             deadline = time.monotonic() + 300
-            while not all("a job process is ready" in (fed.kit(s) / "log.txt").read_text() for s in sites):
+            while not all(warm_ready(fed, s) for s in sites):
                 if time.monotonic() > deadline:
                     raise SystemExit("the sites' ready job processes did not start in 300 s")
                 time.sleep(0.2)
         for mode in args.modes:
             run_job(fed, Path(tmp), args, mode == "he", port)
         print(f"load average {os.getloadavg()[0]:.2f} at the end")
+
+
+def warm_ready(fed: Federation, site: str) -> bool:
+    """Whether site's ready job process has imported its framework (its first line in its log)."""
+    return any("warm job process: ready" in p.read_text() for p in (fed.kit(site) / "jobs").glob(".warm-*/log.txt"))
 
 
 def _fl_port(fed: Federation) -> int:

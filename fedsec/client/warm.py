@@ -53,8 +53,12 @@ def run(spec: JobSpec) -> None:
     runpy.run_path(str(spec.script), run_name="__main__")
 
 
+READY = "fedsec warm job process: ready"  # its first line in the job's log, once the framework is imported
+
+
 def main() -> int:
-    preload()
+    framework = preload()
+    print(f"{READY} ({framework or 'no framework'} imported)", flush=True)
     line = sys.stdin.buffer.readline(limits.MAX_WARM_SPEC_BYTES + 1)
     if not line:
         return 0  # the site stopped, or replaced this process, before giving it a job

@@ -108,7 +108,7 @@ class WarmLauncher:
                 log.warning("warm launcher: cannot start a ready job process: %s", exc)
                 return
             pid = self._slot.proc.pid
-        log.info("warm launcher: a job process is ready pid=%d", pid)
+        log.info("warm launcher: started the next job's process pid=%d", pid)
 
     def refresh(self, settings: SiteSettings, isolated: Callable[[], bool]) -> None:
         """Replace a ready process that exited or no longer fits settings; start one if none is ready.

@@ -22,7 +22,7 @@ from tests.integration.harness import Federation, pid_alive, wait_until
 SCRIPTS = Path(__file__).parent / "scripts"
 INITIAL = {"w": np.zeros((8, 1), np.float32), "b": np.zeros(1, np.float32)}
 REFUSED = ("site key", "he context", "spool", "server port", "internet")
-READY = "warm launcher: a job process is ready pid="
+READY = "warm launcher: started the next job's process pid="
 
 
 def _probe_job(tmp: Path, fed: Federation, n: int) -> Path:
