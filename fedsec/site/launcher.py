@@ -116,12 +116,14 @@ class WarmLauncher:
         isolated: whether a job started now is sandboxed (asked only when a process is to be started).
         """
         with self._lock:
-            slot = self._slot
-        if slot is not None and slot.fits(settings):
-            return
-        if slot is not None:
-            self.drop()
-        if not self._told_cold:  # once told it cannot (no bubblewrap), not asked again until the site restarts
+            stale = self._slot if self._slot is not None and not self._slot.fits(settings) else None
+            if stale is not None:
+                self._slot = None
+            ready = self._slot is not None
+        if stale is not None:
+            log.info("warm launcher: the next job's process exited or no longer fits the site settings; replacing it")
+            stale.discard()
+        if not ready and not self._told_cold:  # told it cannot (no bubblewrap): not asked again until a restart
             self.fill(settings, isolated())
 
     def drop(self) -> None:
