@@ -3,8 +3,11 @@
 Each job runs as `python SCRIPT ARGS` in <kit>/jobs/<job_id>/work, with the
 job's custom code on PYTHONPATH and its own local socket in the environment,
 inside a bubblewrap sandbox (fedsec.site.sandbox) that sees nothing of the kit
-unless the site operator opted out. A job whose script exits is reported to the
-server (finished, or failed with the end of its log). Job folders older than
+unless the site operator opted out. With `warm_launcher: true` in the site
+settings the script runs instead in a process made ready before the job came
+(fedsec.site.launcher: the same sandbox, the framework already imported). A job
+whose script exits is reported to the server (finished, or failed with the end
+of its log). Job folders older than
 the operator's job_retention_days are deleted at the site's start and then
 daily (retention_loop); a running job's folder never is.
 """
