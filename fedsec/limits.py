@@ -117,4 +117,7 @@ MAX_SITE_DATASETS = 64
 MAX_DATASET_PATH = 1024
 DEFAULT_JOB_RETENTION_DAYS = 30  # a site deletes job folders older than this (site settings: job_retention_days)
 MAX_JOB_RETENTION_DAYS = 36500
+BACKGROUND_NICE = 10  # how much lower the CPU priority of a parent's one-off background children is (setup)
+MAX_WARM_SPEC_BYTES = 256 * 1024  # the job a site hands its warm launcher: script, args, environment (JSON)
+WARM_LAUNCHER_DELAY_SECONDS = 5.0  # a site starts its first warm launcher this long after it registered
 JOB_TOKEN_BYTES = 32  # the random credential a site gives each job process for its local socket

@@ -93,7 +93,8 @@ def _set_up_tracking_store(kit_root: Path) -> None:
     argv = [sys.executable, "-m", "fedsec.tracking.receivers.store", "--tracking-dir", str(tracking_dir)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEDSEC_")}
     mark = log_path.stat().st_size if log_path.exists() else 0
-    proc = _proc.start(argv, cwd=kit_root, env=env, log_path=log_path)
+    # niced: importing MLflow takes seconds of CPU, which the sites registering meanwhile need more
+    proc = _proc.start(argv, cwd=kit_root, env=env, log_path=log_path, nice=limits.BACKGROUND_NICE)
 
     def wait() -> None:
         code = proc.wait()

@@ -32,10 +32,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
-import numpy as np
 
 from fedsec import limits
 from fedsec.errors import AuthError, FedsecError, WireError
@@ -45,7 +44,10 @@ from fedsec.site.transfer import retry
 from fedsec.tracking.events import check_batch
 from fedsec.transport.local import TOKEN_METADATA, serve_unix
 from fedsec.transport.tls import rpc_boundary
-from fedsec.wire import arrays, fedsec_pb2, fedsec_pb2_grpc, streams
+from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc, streams
+
+if TYPE_CHECKING:  # numpy (and arrays, which needs it) only once a job needs them: an idle site never loads it
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -118,15 +120,18 @@ class LocalEndpoints:
         self._open: dict[str, JobEndpoint] = {}
         self._seq = 0
 
-    def open(self, job_id: str, he: HEConfig, work: Path, transfer_seconds: float = 600.0) -> JobEndpoint:
+    def open(
+        self, job_id: str, he: HEConfig, work: Path, transfer_seconds: float = 600.0, socket: Path | None = None
+    ) -> JobEndpoint:
         """Start job_id's endpoint on a fresh socket with a fresh token; the socket exists on return.
 
         transfer_seconds: how long the relay retries a task download or an upload through a bad link.
+        socket: where to make it (a warm job process's own socket folder); a fresh name in this site's folder if None.
         """
         self.close(job_id)
         with self._lock:
             self._seq += 1
-            socket = self._dir / f"{self._seq}.sock"
+            socket = self._dir / f"{self._seq}.sock" if socket is None else socket
         socket.unlink(missing_ok=True)
         token = secrets.token_urlsafe(limits.JOB_TOKEN_BYTES)
         endpoint = JobEndpoint(job_id, socket, token, he, work, transfer_seconds)
@@ -242,6 +247,8 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
         self, header: fedsec_pb2.TaskHeader, meta: dict[str, Any], data: Iterator[bytes]
     ) -> Iterator[fedsec_pb2.TaskPart]:
         """Decrypt (or decode) the global model, keep it for DIFF updates, hand the script plain arrays."""
+        from fedsec.wire import arrays
+
         where = f"global model of job {self._job.job_id} round {header.current_round}"
         payload = streams.receive_bytes(data, header.payload, limits.MAX_MODEL_BYTES, where)
         if meta.get("encrypted"):
@@ -351,6 +358,10 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
         The server sees neither the weights nor num_examples: the weight rides inside
         the ciphertexts, so the meta carries nothing but the params type.
         """
+        import numpy as np
+
+        from fedsec.wire import arrays
+
         where = f"result of job {self._job.job_id} round {header.current_round}"
         payload = streams.receive_bytes(data, header.payload, limits.MAX_MODEL_BYTES, where)
         meta = _meta(header.meta_json, where)
@@ -398,6 +409,8 @@ def _weight(meta: dict[str, Any], max_examples: int, where: str) -> float:
 
 
 def _meta(text: str, where: str) -> dict[str, Any]:
+    from fedsec.wire import arrays
+
     if len(text) > limits.MAX_META_JSON_BYTES:
         raise WireError(f"{where}: meta larger than {limits.MAX_META_JSON_BYTES} bytes")
     try:
