@@ -265,9 +265,13 @@ def check_new_job(job: NewJob) -> NewJob:
     except (ValueError, RecursionError) as exc:
         raise JobError(f"job {job.name}: meta_json is not valid JSON: {exc}") from exc
     if isinstance(job.num_rounds, bool) or not isinstance(job.num_rounds, int):
-        raise JobError(f"job {job.name}: num_rounds must be an integer in 1..{limits.MAX_ROUNDS}, got {job.num_rounds!r}")
+        raise JobError(
+            f"job {job.name}: num_rounds must be an integer in 1..{limits.MAX_ROUNDS}, got {job.num_rounds!r}"
+        )
     if not 1 <= job.num_rounds <= limits.MAX_ROUNDS:
-        raise JobError(f"job {job.name}: num_rounds must be an integer in 1..{limits.MAX_ROUNDS}, got {job.num_rounds!r}")
+        raise JobError(
+            f"job {job.name}: num_rounds must be an integer in 1..{limits.MAX_ROUNDS}, got {job.num_rounds!r}"
+        )
     if not isinstance(job.archive_sha256, bytes) or len(job.archive_sha256) not in (0, 32):
         raise JobError(f"job {job.name}: archive_sha256 must be 32 bytes (a sha256 digest)")
     return job
@@ -475,10 +479,15 @@ class SqlState:
             rows = cur.rows(sql + " WHERE job_id = ? ORDER BY number", (job_id,))
         return [
             RoundRecord(
-                number=int(n), kind=RoundKind(kind), sampled=frozenset(json.loads(sampled)),
-                accepted=frozenset(json.loads(accepted)), refused=json.loads(refused),
-                failed=frozenset(json.loads(failed)), metrics=json.loads(metrics), time=float(at),
-            )  # fmt: skip
+                number=int(n),
+                kind=RoundKind(kind),
+                sampled=frozenset(json.loads(sampled)),
+                accepted=frozenset(json.loads(accepted)),
+                refused=json.loads(refused),
+                failed=frozenset(json.loads(failed)),
+                metrics=json.loads(metrics),
+                time=float(at),
+            )
             for n, kind, sampled, accepted, refused, failed, metrics, at in rows
         ]
 
@@ -574,10 +583,14 @@ class SqlState:
 
     def audit_tail(self, count: int) -> list[AuditEntry]:
         count = max(1, min(int(count), MAX_AUDIT_TAIL))
-        sql = f"SELECT time, admin, org, role, command, args, outcome, detail FROM audit ORDER BY seq DESC LIMIT {count}"  # noqa: S608
+        sql = (
+            f"SELECT time, admin, org, role, command, args, outcome, detail FROM audit ORDER BY seq DESC LIMIT {count}"  # noqa: S608
+        )
         with self._db.read("cannot read the audit trail") as cur:
             rows = cur.rows(sql)
-        return [AuditEntry(float(t), a, o, r, c, json.loads(args), out, d) for t, a, o, r, c, args, out, d in reversed(rows)]
+        return [
+            AuditEntry(float(t), a, o, r, c, json.loads(args), out, d) for t, a, o, r, c, args, out, d in reversed(rows)
+        ]
 
     def close(self) -> None:
         self._db.close()

@@ -125,7 +125,9 @@ def _current_version(db: PostgresDatabase) -> int:
         return int(cur.rows("SELECT max(version) FROM schema_version")[0][0] or 0)
 
 
-def open_postgres(dsn: str, *, where: str = "job store (postgres)", clock: Callable[[], float] = time.time) -> _sql.SqlState:
+def open_postgres(
+    dsn: str, *, where: str = "job store (postgres)", clock: Callable[[], float] = time.time
+) -> _sql.SqlState:
     """The state in the PostgreSQL database of dsn, its schema made or upgraded to the latest.
 
     Raises DependencyError without psycopg, StoreUnavailableError if the database cannot be

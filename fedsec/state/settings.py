@@ -74,7 +74,9 @@ def parse_store(raw: Any, where: str) -> StoreSettings:
     assert doc.postgres is not None
     path = PurePosixPath(doc.postgres.dsn_file)
     if path.is_absolute() or len(path.parts) != 2 or path.parts[0] != "local" or ".." in path.parts:
-        raise ConfigError(f"{where}.postgres.dsn_file: must name a file in the kit's local/ folder, like local/postgres.dsn")
+        raise ConfigError(
+            f"{where}.postgres.dsn_file: must name a file in the kit's local/ folder, like local/postgres.dsn"
+        )
     _fs.check_name("DSN file", path.name)
     return StoreSettings(POSTGRES, str(path))
 
