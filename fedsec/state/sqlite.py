@@ -100,12 +100,15 @@ def _current_version(db: SqliteDatabase) -> int:
     with db.write(f"cannot open {DB_FILE}") as cur:
         tables = {row[0] for row in cur.rows("SELECT name FROM sqlite_master WHERE type = 'table'")}
         user_version = int(cur.rows("PRAGMA user_version")[0][0])
+        recorded = 0
         if "schema_version" in tables:
-            return int(cur.rows("SELECT max(version) FROM schema_version")[0][0] or 0)
-        if user_version > FIRST_STORE_VERSION:
+            recorded = int(cur.rows("SELECT max(version) FROM schema_version")[0][0] or 0)
+        if user_version > max(recorded, FIRST_STORE_VERSION):  # a newer fedsec keeps both in step
             raise JobError(
                 f"{db._where}: schema version {user_version}, this fedsec reads versions up to {_sql.LATEST}"
             )
+        if "schema_version" in tables:
+            return recorded
         if user_version == FIRST_STORE_VERSION and "jobs" in tables:
             current = FIRST_STORE_VERSION  # made by the first fedsec: its jobs table is migration 1
         elif not tables and user_version == 0:
