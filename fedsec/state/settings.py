@@ -23,13 +23,12 @@ from typing import Any
 
 from fedsec import _fs, _schema
 from fedsec.errors import ConfigError
-from fedsec.state import _sql
-from fedsec.state.blobs import FolderBlobs
+from fedsec.state.interface import StateStore
 
 SQLITE = "sqlite"
 POSTGRES = "postgres"
 BACKENDS = (SQLITE, POSTGRES)
-STORE_DIR = "store"  # in the server kit: jobs.db, the blob folder
+STORE_DIR = "store"  # in the server kit: jobs.db (sqlite) and the blob folder
 MAX_DSN_BYTES = 4096
 
 
@@ -96,20 +95,21 @@ def read_dsn(kit_root: Path, settings: StoreSettings) -> str:
     return text
 
 
-def open_state(
-    kit_root: Path, settings: StoreSettings, *, clock: Callable[[], float] = time.time
-) -> tuple[_sql.SqlState, FolderBlobs]:
-    """The server's state and blob store as settings say: the one place a backend is picked by name.
+def open_state(kit_root: Path, settings: StoreSettings, *, clock: Callable[[], float] = time.time) -> StateStore:
+    """The server's state as settings say: the one place a backend is picked by name.
 
-    Both keep the blob folder <kit>/store. Raises ConfigError for a bad DSN file, DependencyError
-    without psycopg, StoreUnavailableError / JobError when the backend cannot be opened.
+    Raises ConfigError for a bad DSN file, DependencyError without psycopg, and
+    StoreUnavailableError / JobError when the backend cannot be opened.
     """
-    root = kit_root / STORE_DIR
-    blobs = FolderBlobs(root)
     if settings.backend == POSTGRES:
         from fedsec.state.postgres import open_postgres
 
-        return open_postgres(read_dsn(kit_root, settings), clock=clock), blobs
+        return open_postgres(read_dsn(kit_root, settings), clock=clock)
     from fedsec.state.sqlite import DB_FILE, open_sqlite
 
-    return open_sqlite(root / DB_FILE, clock=clock), blobs
+    root = kit_root / STORE_DIR
+    try:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"server kit: cannot make {STORE_DIR}/: {exc.strerror or exc}") from exc
+    return open_sqlite(root / DB_FILE, clock=clock)
