@@ -16,7 +16,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import BinaryIO, cast
 
@@ -26,6 +26,14 @@ from fedsec.state.interface import BlobInfo
 _PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_KEY_PARTS = 8
 CHUNK = 1 << 20
+
+
+@contextmanager
+def _io(what: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise StoreUnavailableError(f"blob store: {what}: {exc.strerror or exc}") from exc
 
 
 def check_key(key: str) -> tuple[str, ...]:
@@ -61,21 +69,22 @@ class FolderBlobs:
     def write(self, key: str, chunks: Iterable[bytes], limit: int) -> BlobInfo:
         path = self._target(key)
         digest, size = hashlib.sha256(), 0
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        with _io(f"cannot write {key}"):
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as out:
-                for chunk in chunks:
+                for chunk in chunks:  # what the source raises passes as it is
                     size += len(chunk)
                     if size > limit:
                         raise JobError(f"blob store: {key} is larger than its limit of {limit} bytes")
                     digest.update(chunk)
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-        except OSError as exc:
-            Path(tmp).unlink(missing_ok=True)
-            raise StoreUnavailableError(f"blob store: cannot write {key}: {exc.strerror or exc}") from exc
+                    with _io(f"cannot write {key}"):
+                        out.write(chunk)
+                with _io(f"cannot write {key}"):
+                    out.flush()
+                    os.fsync(out.fileno())
+            with _io(f"cannot write {key}"):
+                os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
