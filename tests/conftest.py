@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 import yaml
 
 from fedsec.provision import load_project, provision
+from tests import pgserver
 
 BASE_PROJECT: dict[str, Any] = {
     "api_version": 1,
@@ -48,3 +50,13 @@ def prod(tmp_path: Path) -> Path:
     """A provisioned prod_00 of the base project."""
     yml = write_project(tmp_path / "project.yml", project_doc())
     return provision(load_project(yml), tmp_path / "ws").prod_dir
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[pgserver.PgServer]:
+    """A real PostgreSQL server for the session (tests/pgserver.py); each test takes a database of its own."""
+    server = pgserver.start()
+    try:
+        yield server
+    finally:
+        server.stop()

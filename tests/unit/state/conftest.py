@@ -24,15 +24,6 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(scope="session")
-def pg() -> Iterator[pgserver.PgServer]:
-    server = pgserver.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
