@@ -695,9 +695,9 @@ class JobManager:
                 flow.channel.close()
             if status is not JobStatus.COMPLETED:
                 self._keep_result(job_id)
-            self._record_outcome(job_id)
             self._sync_round(job_id)
             record = self._store.finish(job_id, status, self._public(reason))  # first final status wins
+            self._record_outcome(job_id, record.status, record.reason)
         finally:
             with self._lock:
                 self._ending.discard(job_id)
@@ -719,8 +719,8 @@ class JobManager:
         if entry is not None:
             log.info("job=%s keeps the global model of round %d as its result", job_id, entry["round"])
 
-    def _record_outcome(self, job_id: str) -> None:
-        """Copy what the workflow process wrote in its workspace (rounds, outcome, result kept) into the state."""
+    def _record_outcome(self, job_id: str, status: JobStatus, reason: str) -> None:
+        """Copy what the workflow process wrote in its workspace (rounds, the model kept) into the state."""
         workspace = self._store.job_path(job_id) / WORKSPACE_DIR
         try:
             progress = json.loads(self.progress(job_id) or "{}")
@@ -730,26 +730,16 @@ class JobManager:
             if isinstance(final, dict):
                 number = max([int(r["round"]) + 1 for r in progress.get("rounds", [])], default=0)
                 self._store.state.put_round(job_id, _round_record({"round": number, **final}, RoundKind.EVALUATE))
-            outcome = (
-                json.loads((workspace / "result.json").read_text()) if (workspace / "result.json").exists() else {}
-            )
             kept = job_result.kept(workspace)
-        except (OSError, ValueError, TypeError, KeyError, JobError) as exc:
-            log.warning("job=%s its rounds and result are not in the state: %s", job_id, self._public(str(exc)))
-            return
-        completed = outcome.get("status") == ResultOutcome.COMPLETED.value
-        meta = ResultMeta(
-            ResultOutcome.COMPLETED if completed else ResultOutcome.FAILED, str(outcome.get("reason", ""))
-        )
-        if kept is not None:
-            key = f"{JOBS_DIR}/{job_id}/{WORKSPACE_DIR}/{job_result.RESULT}/{kept['model']}"
-            info = self._store.blobs.info(key)
-            if info is not None:
-                meta = ResultMeta(meta.outcome, meta.reason, key, int(kept["round"]), info.sha256, info.size)
-        try:
+            meta = ResultMeta(ResultOutcome(status.value.removeprefix("finished:")), reason)
+            if kept is not None:
+                key = f"{JOBS_DIR}/{job_id}/{WORKSPACE_DIR}/{job_result.RESULT}/{kept['model']}"
+                info = self._store.blobs.info(key)
+                if info is not None:
+                    meta = ResultMeta(meta.outcome, reason, key, int(kept["round"]), info.sha256, info.size)
             self._store.state.put_result(job_id, meta)
-        except JobError as exc:
-            log.warning("job=%s its result is not in the state: %s", job_id, exc)
+        except (OSError, ValueError, TypeError, KeyError, JobError) as exc:
+            log.warning("job=%s its rounds and result are not all in the state: %s", job_id, self._public(str(exc)))
 
     def _sync_round(self, job_id: str) -> None:
         if self._store.get(job_id).status is not JobStatus.RUNNING:

@@ -9,6 +9,15 @@ Every method raises JobError (fedsec.errors) for a request the state refuses (no
 such job, a transition a job cannot make, a value over its limit), and
 StoreUnavailableError (a JobError) when the backend cannot be read or written,
 which a caller may retry later. A method never returns a backend's own type.
+
+Room for high availability (issue 13 part 2, not built yet): a Lease value
+(holder, fencing token, deadline) and three methods, acquire_lease(holder, ttl)
+-> Lease | None, renew_lease(lease) and release_lease(lease), kept in a lease row
+(postgres: SELECT ... FOR UPDATE on it; the token a sequence that only grows).
+Every write method then takes the caller's token and runs only while the row
+still holds it, so a replica that lost its lease can never write. Nothing in
+this interface assumes one process: each call is one transaction, and the job
+transitions lock their row.
 """
 
 from __future__ import annotations

@@ -122,9 +122,10 @@ class Participation:
 
 
 class ResultOutcome(enum.Enum):
-    """How the job process ended its job."""
+    """How the job ended: its final status without the "finished:" prefix."""
 
     COMPLETED = "completed"
+    ABORTED = "aborted"
     FAILED = "failed"
 
 
