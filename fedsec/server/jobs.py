@@ -35,7 +35,7 @@ import grpc
 from cryptography import x509
 
 from fedsec import _fs, _proc, limits
-from fedsec.errors import AuthError, FedsecError, JobError, WireError
+from fedsec.errors import AuthError, FedsecError, JobError, StoreUnavailableError, WireError
 from fedsec.jobs import load_job_folder, unpack
 from fedsec.jobs import result as job_result
 from fedsec.jobs.archive import pack_file
@@ -567,6 +567,8 @@ class JobManager:
         try:
             _meta, app = load_job_folder(job_dir / "job")
             left = set(JobSites.load(self._store.state, record.job_id, job_dir).left)
+        except StoreUnavailableError:
+            raise  # nothing is wrong with the job: the scheduler tries again
         except JobError as exc:
             self._store.finish(record.job_id, JobStatus.FAILED, public_text(f"the stored job is unusable: {exc}"))
             self._not_resuming(record.job_id)
