@@ -5,13 +5,15 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
 
 from fedsec.provision import load_project, provision
-from tests import pgserver
+
+if TYPE_CHECKING:
+    from tests import pgserver
 
 BASE_PROJECT: dict[str, Any] = {
     "api_version": 1,
@@ -55,6 +57,8 @@ def prod(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def pg() -> Iterator[pgserver.PgServer]:
     """A real PostgreSQL server for the session (tests/pgserver.py); each test takes a database of its own."""
+    from tests import pgserver  # psycopg only in the sessions that use it
+
     server = pgserver.start()
     try:
         yield server
