@@ -31,6 +31,7 @@ from fedsec.server.registry import SiteRegistry
 from fedsec.server.services import FederationService
 from fedsec.server.sessions import AdminSessions
 from fedsec.server.store import JobStore
+from fedsec.state.settings import open_state
 from fedsec.tracking.backends import load_backends
 from fedsec.transport.gate import Gate, GateConfig, Lane
 from fedsec.transport.tls import GRPC_OPTIONS, server_credentials
@@ -132,7 +133,9 @@ def run_server(kit: Kit, listen: str | None = None, fl_port: int | None = None) 
     host = listen or listen_host(config)
     _proc.lock_kit(kit.root / "run", f"server {config.name}")
     policy = load_policy(kit.root)
-    store = JobStore(kit.root / "store")
+    state = open_state(kit.root, config.store_settings)  # sqlite by default; the kit's settings may say postgres
+    log.info("server=%s state backend=%s", config.name, state.backend)
+    store = JobStore(kit.root / "store", state=state)
     holder: list[JobManager] = []
     registry = SiteRegistry(
         config.heartbeat_timeout,
@@ -148,7 +151,7 @@ def run_server(kit: Kit, listen: str | None = None, fl_port: int | None = None) 
     holder.append(jobs)
     creds = server_credentials(kit)
     stop = threading.Event()
-    audit = AuditLog(kit.root / "audit" / "audit.log")
+    audit = AuditLog(state, legacy=kit.root / "audit" / "audit.log")
     admin_ctx = AdminContext(
         config=config,
         store=store,

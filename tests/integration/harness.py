@@ -136,10 +136,12 @@ class Federation:
         he: bool = False,
         site_orgs: tuple[str, ...] = (),
         through_proxy: bool = False,
+        server_store: Any = None,
     ) -> None:
         """site_orgs: the org of site-1, site-2, ... in turn (default acme for every site).
 
         through_proxy: sites reach the server only through self.proxy, a FaultProxy.
+        server_store: the server's `store` setting in project.yml (None: the default, sqlite).
         """
         self.root = root
         self.n_clients = n_clients
@@ -162,6 +164,8 @@ class Federation:
                 "admin_session_timeout": admin_session_timeout,
             }
         ]
+        if server_store is not None:
+            participants[0]["store"] = server_store
         orgs = list(site_orgs) + ["acme"] * n_clients
         participants += [{"name": f"site-{i}", "type": "client", "org": orgs[i - 1]} for i in range(1, n_clients + 1)]
         participants.append({"name": ADMIN, "type": "admin", "org": "acme", "role": "project_admin"})
@@ -180,6 +184,12 @@ class Federation:
             settings = self.kit(f"site-{i}") / "local" / "site_settings.yml"
             settings.write_text(text)
             settings.chmod(0o600)
+
+    def set_postgres_dsn(self, dsn: str, mode: int = 0o600) -> None:
+        """Write the server's local/postgres.dsn (its store setting names it)."""
+        path = self.kit("server1") / "local" / "postgres.dsn"
+        path.write_text(dsn + "\n")
+        path.chmod(mode)
 
     def kit(self, name: str) -> Path:
         return self.prod / name
