@@ -13,6 +13,7 @@ a caller does about them::
     |   +-- TransferInterruptedError  a payload stream ended early: send it again
     +-- JobError             a job could not be built, stored, run or found          (exit 1)
     |   +-- StoreUnavailableError  the server's state backend cannot be read or written: try again later
+    |   +-- LeaseLostError   this server replica no longer holds the lease: another is active, step down
     +-- HEError              homomorphic encryption could not be set up or applied   (exit 1)
 
 This module must never import anything beyond the standard library.
@@ -79,6 +80,14 @@ class StoreUnavailableError(JobError):
 
     Nothing was decided about the job: the caller may try again later, and must never read
     it as the job having ended.
+    """
+
+
+class LeaseLostError(JobError):
+    """This server replica no longer holds the server lease (it lapsed, or another replica took it).
+
+    A replica that sees it must stop acting as the active server: nothing it was about to
+    write was written (writes that change a job's state carry the lease's fencing token).
     """
 
 

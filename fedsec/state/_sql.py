@@ -25,12 +25,13 @@ from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 from fedsec import limits
-from fedsec.errors import JobError
+from fedsec.errors import JobError, LeaseLostError
 from fedsec.state.records import (
     FINISH_FROM,
     AuditEntry,
     JobRecord,
     JobStatus,
+    Lease,
     NewJob,
     Participation,
     ResultMeta,
@@ -46,6 +47,7 @@ _ID_PREFIX_RE = re.compile(r"[0-9a-f-]{1,36}")
 MIN_ID_PREFIX = 4
 MAX_METRICS = 256  # metrics in one round
 MAX_AUDIT_TAIL = 10_000
+MAX_LEASE_TTL = 3600.0  # seconds
 
 
 class Cursor(Protocol):
@@ -187,6 +189,20 @@ CREATE TABLE audit (
     outcome     TEXT NOT NULL,
     detail      TEXT NOT NULL
 )
+""",
+    ),
+    Migration(
+        3,
+        "the server lease (which replica is active) and its fencing token",
+        """
+CREATE TABLE lease (
+    name           TEXT PRIMARY KEY NOT NULL,
+    holder         TEXT NOT NULL,
+    fencing_token  BIGINT NOT NULL,
+    deadline       {real} NOT NULL,
+    acquired       {real} NOT NULL
+);
+INSERT INTO lease (name, holder, fencing_token, deadline, acquired) VALUES ('server', '', 0, 0, 0)
 """,
     ),
 )
@@ -388,8 +404,9 @@ class SqlState:
         with self._db.read("cannot list unfinished jobs") as cur:
             return self._select(cur, "status IN (?, ?)", params, order)
 
-    def set_running(self, job_id: str) -> JobRecord:
+    def set_running(self, job_id: str, *, fence: Lease | None = None) -> JobRecord:
         with self._db.write(f"cannot start job {job_id:.40}") as cur:
+            self._fenced(cur, fence, f"start job {job_id:.40}")
             old = self._one(cur, job_id, for_update=True)
             if old.status is JobStatus.SUBMITTED:
                 cur.run(
@@ -402,8 +419,9 @@ class SqlState:
                 raise JobError(f"job {job_id}: cannot go from {old.status.value} to {JobStatus.RUNNING.value}")
             return self._one(cur, job_id)
 
-    def set_progress(self, job_id: str, current_round: int) -> None:
+    def set_progress(self, job_id: str, current_round: int, *, fence: Lease | None = None) -> None:
         with self._db.write(f"cannot record progress of job {job_id:.40}") as cur:
+            self._fenced(cur, fence, f"record progress of job {job_id:.40}")
             old = self._one(cur, job_id, for_update=True)
             if old.status is not JobStatus.RUNNING:
                 raise JobError(f"job {job_id}: cannot record progress while {old.status.value}")
@@ -416,12 +434,13 @@ class SqlState:
                 )
             cur.run("UPDATE jobs SET current_round = ? WHERE job_id = ?", (current_round, job_id))
 
-    def finish_job(self, job_id: str, status: JobStatus, reason: str) -> JobRecord:
+    def finish_job(self, job_id: str, status: JobStatus, reason: str, *, fence: Lease | None = None) -> JobRecord:
         if not isinstance(status, JobStatus) or not status.finished:
             raise JobError(f"job {job_id:.40}: cannot finish with status {status!r}, it is not a final one")
         if not isinstance(reason, str):
             raise JobError(f"job {job_id:.40}: reason must be text, got {type(reason).__name__}")
         with self._db.write(f"cannot finish job {job_id:.40}") as cur:
+            self._fenced(cur, fence, f"finish job {job_id:.40}")
             old = self._one(cur, job_id, for_update=True)
             if old.status.finished:
                 return old
@@ -449,7 +468,7 @@ class SqlState:
         if not cur.rows("SELECT 1 FROM jobs WHERE job_id = ?", (check_job_id(job_id),)):
             raise JobError(f"job {job_id}: no such job")
 
-    def put_round(self, job_id: str, round_: RoundRecord) -> None:
+    def put_round(self, job_id: str, round_: RoundRecord, *, fence: Lease | None = None) -> None:
         _check_int("round number", round_.number, 0, limits.MAX_ROUNDS)
         if not isinstance(round_.kind, RoundKind):
             raise JobError(f"job store: round kind must be a RoundKind, got {round_.kind!r}")
@@ -464,6 +483,7 @@ class SqlState:
             _dump(_check_sites("failed", round_.failed)), _dump(metrics), self._clock(),
         )  # fmt: skip
         with self._db.write(f"cannot record round {round_.number} of job {job_id:.40}") as cur:
+            self._fenced(cur, fence, f"record round {round_.number} of job {job_id:.40}")
             self._exists(cur, job_id)
             cur.run("DELETE FROM rounds WHERE job_id = ? AND number = ?", (job_id, round_.number))
             cur.run(
@@ -538,7 +558,7 @@ class SqlState:
                 (job_id, _dump(fetched), _dump(failures), json.dumps(left)),
             )
 
-    def put_result(self, job_id: str, result: ResultMeta) -> None:
+    def put_result(self, job_id: str, result: ResultMeta, *, fence: Lease | None = None) -> None:
         if not isinstance(result.outcome, ResultOutcome):
             raise JobError(f"job store: a result's outcome must be a ResultOutcome, got {result.outcome!r}")
         check_text("model key", result.model_key, 1024, empty_ok=True)
@@ -549,6 +569,7 @@ class SqlState:
             result.model_round, bytes(result.model_sha256), int(result.model_size),
         )  # fmt: skip
         with self._db.write(f"cannot record the result of job {job_id:.40}") as cur:
+            self._fenced(cur, fence, f"record the result of job {job_id:.40}")
             self._exists(cur, job_id)
             cur.run("DELETE FROM results WHERE job_id = ?", (job_id,))
             cur.run(
@@ -566,6 +587,77 @@ class SqlState:
             return None
         outcome, reason, key, rnd, digest, size = rows[0]
         return ResultMeta(ResultOutcome(outcome), reason, key, rnd, bytes(digest), int(size))
+
+    # ------------------------------------------------------------ the server lease
+
+    def _lease_row(self, cur: Cursor, lock: str) -> tuple[str, int, float, float]:
+        suffix = f" {lock}" if self._db.name == "postgres" else ""  # sqlite: the write transaction is the lock
+        rows = cur.rows(f"SELECT holder, fencing_token, deadline, acquired FROM lease WHERE name = 'server'{suffix}")
+        if not rows:
+            raise JobError(f"{self._where}: the lease row is missing (the schema was changed by hand?)")
+        holder, token, deadline, acquired = rows[0]
+        return str(holder), int(token), float(deadline), float(acquired)
+
+    def _fenced(self, cur: Cursor, fence: Lease | None, what: str) -> None:
+        """Refuse the write (LeaseLostError) unless the lease still carries fence's holder and token."""
+        if fence is None:
+            return
+        holder, token, _, _ = self._lease_row(cur, "FOR SHARE")  # an acquisition waits for this write, and back
+        if token != fence.fencing_token or holder != fence.holder:
+            raise LeaseLostError(
+                f"{self._where}: cannot {what}: replica {fence.holder} lost the server lease "
+                f"(fencing token {fence.fencing_token}, now {token} held by {holder or 'nobody'})"
+            )
+
+    @staticmethod
+    def _check_lease_args(holder: str, ttl: float) -> None:
+        check_text("lease holder", holder, limits.MAX_NAME_LENGTH * 4)
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= MAX_LEASE_TTL:
+            raise JobError(f"job store: lease ttl must be a number of seconds in (0, {MAX_LEASE_TTL:g}], got {ttl!r}")
+
+    def get_lease(self) -> Lease | None:
+        with self._db.read("cannot read the server lease") as cur:
+            holder, token, deadline, acquired = self._lease_row(cur, "")
+        return Lease(holder, token, deadline, acquired) if holder else None
+
+    def acquire_lease(self, holder: str, ttl: float) -> Lease | None:
+        self._check_lease_args(holder, ttl)
+        with self._db.write(f"cannot acquire the server lease for {holder:.60}") as cur:
+            current, token, deadline, _ = self._lease_row(cur, "FOR UPDATE")
+            now = self._clock()
+            if current and current != holder and deadline > now:
+                return None
+            lease = Lease(holder, token + 1, now + ttl, now)
+            cur.run(
+                "UPDATE lease SET holder = ?, fencing_token = ?, deadline = ?, acquired = ? WHERE name = 'server'",
+                (lease.holder, lease.fencing_token, lease.deadline, lease.acquired),
+            )
+            return lease
+
+    def renew_lease(self, lease: Lease, ttl: float) -> Lease:
+        self._check_lease_args(lease.holder, ttl)
+        with self._db.write(f"cannot renew the server lease of {lease.holder:.60}") as cur:
+            holder, token, deadline, acquired = self._lease_row(cur, "FOR UPDATE")
+            now = self._clock()
+            if holder != lease.holder or token != lease.fencing_token:
+                raise LeaseLostError(
+                    f"{self._where}: replica {lease.holder} cannot renew the server lease: "
+                    f"{holder or 'nobody'} holds it now (fencing token {token})"
+                )
+            if deadline <= now:
+                raise LeaseLostError(
+                    f"{self._where}: replica {lease.holder} cannot renew the server lease: "
+                    f"it lapsed {now - deadline:.1f} s ago"
+                )
+            renewed = Lease(holder, token, now + ttl, acquired)
+            cur.run("UPDATE lease SET deadline = ? WHERE name = 'server'", (renewed.deadline,))
+            return renewed
+
+    def release_lease(self, lease: Lease) -> None:
+        with self._db.write(f"cannot release the server lease of {lease.holder:.60}") as cur:
+            holder, token, _, _ = self._lease_row(cur, "FOR UPDATE")
+            if holder == lease.holder and token == lease.fencing_token:  # else: not ours any more, nothing to do
+                cur.run("UPDATE lease SET holder = '', deadline = 0 WHERE name = 'server'")
 
     # ------------------------------------------------------------ audit
 

@@ -10,14 +10,15 @@ such job, a transition a job cannot make, a value over its limit), and
 StoreUnavailableError (a JobError) when the backend cannot be read or written,
 which a caller may retry later. A method never returns a backend's own type.
 
-Room for high availability (issue 13 part 2, not built yet): a Lease value
-(holder, fencing token, deadline) and three methods, acquire_lease(holder, ttl)
--> Lease | None, renew_lease(lease) and release_lease(lease), kept in a lease row
-(postgres: SELECT ... FOR UPDATE on it; the token a sequence that only grows).
-Every write method then takes the caller's token and runs only while the row
-still holds it, so a replica that lost its lease can never write. Nothing in
-this interface assumes one process: each call is one transaction, and the job
-transitions lock their row.
+High availability (issue 13): the server lease, a Lease (holder, fencing token,
+deadline) in one row of the state. acquire_lease takes it when it is free or
+lapsed (the token grows by one at each acquisition and never goes back),
+renew_lease extends it for its holder only, release_lease frees it. The writes
+that change a job's state (set_running, set_progress, finish_job, put_round,
+put_result) take the caller's lease as `fence` and run only while the row still
+carries its holder and token (LeaseLostError otherwise), so a replica that lost
+the lease can never change a job. Nothing in this interface assumes one process:
+each call is one transaction, and the job transitions lock their row.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from fedsec.state.records import (
     AuditEntry,
     JobRecord,
     JobStatus,
+    Lease,
     NewJob,
     Participation,
     ResultMeta,
@@ -75,15 +77,15 @@ class StateStore(Protocol):
         """SUBMITTED and RUNNING jobs, oldest first."""
         ...
 
-    def set_running(self, job_id: str) -> JobRecord:
+    def set_running(self, job_id: str, *, fence: Lease | None = None) -> JobRecord:
         """SUBMITTED -> RUNNING (sets start_time), or RUNNING again: a resume (resume_count + 1)."""
         ...
 
-    def set_progress(self, job_id: str, current_round: int) -> None:
+    def set_progress(self, job_id: str, current_round: int, *, fence: Lease | None = None) -> None:
         """Record current_round rounds completed; it never goes back and never passes num_rounds."""
         ...
 
-    def finish_job(self, job_id: str, status: JobStatus, reason: str) -> JobRecord:
+    def finish_job(self, job_id: str, status: JobStatus, reason: str, *, fence: Lease | None = None) -> JobRecord:
         """Move a job to a final status; a job already finished keeps its first one and is returned."""
         ...
 
@@ -92,7 +94,7 @@ class StateStore(Protocol):
         ...
 
     # what a job did
-    def put_round(self, job_id: str, round_: RoundRecord) -> None:
+    def put_round(self, job_id: str, round_: RoundRecord, *, fence: Lease | None = None) -> None:
         """Record a completed round (recording the same number again replaces it)."""
         ...
 
@@ -116,12 +118,29 @@ class StateStore(Protocol):
         """Replace the job's participation record."""
         ...
 
-    def put_result(self, job_id: str, result: ResultMeta) -> None:
+    def put_result(self, job_id: str, result: ResultMeta, *, fence: Lease | None = None) -> None:
         """Record what the job kept as its result (replacing an earlier record)."""
         ...
 
     def get_result(self, job_id: str) -> ResultMeta | None:
         """What the job kept as its result, or None before it ended."""
+        ...
+
+    # the server lease (fence: see the module docstring; LeaseLostError when it no longer holds)
+    def get_lease(self) -> Lease | None:
+        """The lease as the store holds it now (lapsed or not), or None when no replica ever held it or it was released."""
+        ...
+
+    def acquire_lease(self, holder: str, ttl: float) -> Lease | None:
+        """Take the lease for ttl seconds with a new fencing token if it is free, lapsed or holder's; else None."""
+        ...
+
+    def renew_lease(self, lease: Lease, ttl: float) -> Lease:
+        """Extend lease to now + ttl, same token. LeaseLostError if it lapsed or another holder took it."""
+        ...
+
+    def release_lease(self, lease: Lease) -> None:
+        """Free the lease if lease still holds it (its token stays, so the next acquisition gets a greater one)."""
         ...
 
     # audit

@@ -153,3 +153,17 @@ class AuditEntry:
     args: Mapping[str, str]
     outcome: str  # "allowed" | "refused" | "failed"
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The server lease: which replica is active, until when, under which fencing token.
+
+    fencing_token grows by one at every acquisition and never goes back, so a write
+    that carries an older token is known to come from a replica that lost the lease.
+    """
+
+    holder: str  # the replica's name
+    fencing_token: int
+    deadline: float  # the store clock's time (seconds) when it lapses unless renewed
+    acquired: float  # when this holder acquired it (renewals keep it)
