@@ -128,7 +128,7 @@ class StateStore(Protocol):
 
     # the server lease (fence: see the module docstring; LeaseLostError when it no longer holds)
     def get_lease(self) -> Lease | None:
-        """The lease as the store holds it now (lapsed or not), or None when no replica ever held it or it was released."""
+        """The lease as the store holds it now (lapsed or not); None when nobody holds it (never, or released)."""
         ...
 
     def acquire_lease(self, holder: str, ttl: float) -> Lease | None:
