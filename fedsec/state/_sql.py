@@ -592,7 +592,7 @@ class SqlState:
 
     def _lease_row(self, cur: Cursor, lock: str) -> tuple[str, int, float, float]:
         suffix = f" {lock}" if self._db.name == "postgres" else ""  # sqlite: the write transaction is the lock
-        sql = "SELECT holder, fencing_token, deadline, acquired FROM lease WHERE name = 'server'" + suffix
+        sql = "SELECT holder, fencing_token, deadline, acquired FROM lease WHERE name = 'server'" + suffix  # noqa: S608 - fixed fragments only
         rows = cur.rows(sql)
         if not rows:
             raise JobError(f"{self._where}: the lease row is missing (the schema was changed by hand?)")
