@@ -5,6 +5,14 @@ copied into the signed startup/fed_server.json) and holds no secret::
 
     store: sqlite                                      # the default: <server kit>/store/jobs.db
     store: {postgres: {dsn_file: local/postgres.dsn}}  # a PostgreSQL database
+    store: {postgres: {dsn_file: local/postgres.dsn, lease_ttl: 10}}
+
+With postgres, the server may run as several replicas on the one database (and one
+shared store folder): the one holding the server lease is active, the others stand
+by. lease_ttl (seconds, MIN_LEASE_TTL..MAX_LEASE_TTL, default DEFAULT_LEASE_TTL) is
+how long the lease lasts unless its holder renews it (every lease_ttl/3): the most
+a failover waits for a dead replica's lease to lapse. With sqlite there is one
+replica (the kit's lock file keeps a second process off the kit) and no lease.
 
 The DSN ("postgresql://fedsec:PASSWORD@db.example.org/fedsec", or key=value words)
 may hold a password, so it lives in its own file in the kit's local/ folder: a
@@ -30,11 +38,15 @@ POSTGRES = "postgres"
 BACKENDS = (SQLITE, POSTGRES)
 STORE_DIR = "store"  # in the server kit: jobs.db (sqlite) and the blob folder
 MAX_DSN_BYTES = 4096
+DEFAULT_LEASE_TTL = 10.0  # seconds
+MIN_LEASE_TTL = 1.0
+MAX_LEASE_TTL = 600.0
 
 
 @dataclass(frozen=True)
 class _PostgresEntry:
     dsn_file: str
+    lease_ttl: float = DEFAULT_LEASE_TTL
 
 
 @dataclass(frozen=True)
@@ -49,12 +61,21 @@ class StoreSettings:
 
     backend: str = SQLITE
     dsn_file: str = ""
+    lease_ttl: float = DEFAULT_LEASE_TTL  # postgres: seconds the server lease lasts unless renewed
+
+    @property
+    def replicated(self) -> bool:
+        """Whether the server runs under the lease (several replicas may share the store): postgres."""
+        return self.backend == POSTGRES
 
     def to_json(self) -> str | dict[str, Any]:
         """The setting as fed_server.json holds it (what parse_store reads back)."""
         if self.backend == SQLITE:
             return SQLITE
-        return {POSTGRES: {"dsn_file": self.dsn_file}}
+        entry: dict[str, Any] = {"dsn_file": self.dsn_file}
+        if self.lease_ttl != DEFAULT_LEASE_TTL:
+            entry["lease_ttl"] = self.lease_ttl
+        return {POSTGRES: entry}
 
 
 def parse_store(raw: Any, where: str) -> StoreSettings:
@@ -77,7 +98,13 @@ def parse_store(raw: Any, where: str) -> StoreSettings:
             f"{where}.postgres.dsn_file: must name a file in the kit's local/ folder, like local/postgres.dsn"
         )
     _fs.check_name("DSN file", path.name)
-    return StoreSettings(POSTGRES, str(path))
+    ttl = doc.postgres.lease_ttl
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not MIN_LEASE_TTL <= ttl <= MAX_LEASE_TTL:
+        raise ConfigError(
+            f"{where}.postgres.lease_ttl: must be a number of seconds from {MIN_LEASE_TTL:g} to {MAX_LEASE_TTL:g}, "
+            f"got {ttl!r:.40}"
+        )
+    return StoreSettings(POSTGRES, str(path), float(ttl))
 
 
 def read_dsn(kit_root: Path, settings: StoreSettings) -> str:

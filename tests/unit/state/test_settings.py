@@ -25,6 +25,10 @@ from tests.conftest import project_doc, write_project
         ("sqlite", StoreSettings()),
         ({"sqlite": {}}, StoreSettings()),
         ({"postgres": {"dsn_file": "local/postgres.dsn"}}, StoreSettings(POSTGRES, "local/postgres.dsn")),
+        (
+            {"postgres": {"dsn_file": "local/postgres.dsn", "lease_ttl": 3}},
+            StoreSettings(POSTGRES, "local/postgres.dsn", 3.0),
+        ),
     ],
 )
 def test_parse_store(raw: Any, expected: StoreSettings) -> None:
@@ -45,11 +49,22 @@ def test_parse_store(raw: Any, expected: StoreSettings) -> None:
         ({"sqlite": {"path": "/tmp/x"}}, "sqlite: takes no settings"),
         ({"redis": {}}, "redis: unknown key"),
         (3, "expected a mapping"),
+        ({"postgres": {"dsn_file": "local/x.dsn", "lease_ttl": 0.5}}, "lease_ttl: must be a number of seconds from 1"),
+        ({"postgres": {"dsn_file": "local/x.dsn", "lease_ttl": 601}}, "lease_ttl: must be a number of seconds"),
+        ({"postgres": {"dsn_file": "local/x.dsn", "lease_ttl": "10"}}, "lease_ttl"),
     ],
 )
 def test_parse_store_refuses(raw: Any, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_store(raw, "server.store")
+
+
+@pytest.mark.parametrize(
+    "settings", [StoreSettings(), StoreSettings(POSTGRES, "local/a.dsn"), StoreSettings(POSTGRES, "local/a.dsn", 4.0)]
+)
+def test_the_setting_reads_back_from_its_json(settings: StoreSettings) -> None:
+    assert parse_store(settings.to_json(), "server.store") == settings
+    assert settings.replicated is (settings.backend == POSTGRES)
 
 
 def _dsn_file(kit: Path, text: str, mode: int) -> StoreSettings:
