@@ -54,6 +54,7 @@ class AdminContext:
     policy: Policy
     request_stop: Callable[[], None]
     started_at: float
+    replica: Callable[[], dict[str, object]] | None = None  # the server lease as check_status shows it (replicas)
 
 
 def job_info(record: JobRecord, jobs: JobManager, *, progress: bool = True) -> fedsec_pb2.JobInfo:
@@ -372,11 +373,14 @@ class AdminService(fedsec_pb2_grpc.AdminServicer):
                 wanted = set(request.sites)
                 return _text({"sites": [c for c in self._clients() if not wanted or c["name"] in wanted]})
             running = [r.job_id for r in self._c.store.unfinished()]
-            return _text({
+            status: dict[str, object] = {
                 "server": self._c.config.name, "project": self._c.config.project, "status": "running",
                 "uptime": round(time.time() - self._c.started_at, 1), "running_jobs": running,
                 "sites_alive": len(self._c.registry.alive()),
-            })  # fmt: skip
+            }  # fmt: skip
+            if self._c.replica is not None:  # which replica is active, and since when it holds the lease
+                status.update(self._c.replica())
+            return _text(status)
 
         args = {"target": request.target, "sites": ",".join(request.sites)}
         return self._run(context, "check_status", args, Right.VIEW, None, action)

@@ -2,7 +2,11 @@
 
 It never imports torch or numpy: it moves bytes and keeps records. SIGTERM
 stops it cleanly; running jobs stay "running" in the store and resume from
-their last completed round at the next start.
+their last completed round at the next start. With a postgres store it is one
+replica of the server (fedsec.server.replica): standby until it holds the
+server lease, then active; a replica that loses the lease stops its job
+processes and stands by again, and the replica that takes the lease resumes
+the jobs.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from fedsec.server.audit import AuditLog
 from fedsec.server.authz import load_policy
 from fedsec.server.jobs import JobManager
 from fedsec.server.registry import SiteRegistry
+from fedsec.server.replica import Replica, StandbyHandler, replica_name
 from fedsec.server.services import FederationService
 from fedsec.server.sessions import AdminSessions
 from fedsec.server.store import JobStore
@@ -40,6 +45,7 @@ from fedsec.wire import fedsec_pb2_grpc
 log = logging.getLogger(__name__)
 
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+_STANDBY_WORKERS = 4  # a standby answers at once: a few threads serve any number of callers
 
 
 def listen_host(config: ServerConfig) -> str:
@@ -117,25 +123,119 @@ def _set_up_tracking_store(kit_root: Path) -> None:
     threading.Thread(target=wait, name="tracking-setup", daemon=True).start()
 
 
-def run_server(kit: Kit, listen: str | None = None, fl_port: int | None = None) -> int:
+def _standby_server(name: str, host: str, ports: tuple[int, int], creds: grpc.ServerCredentials) -> grpc.Server:
+    """A started gRPC server on both ports that answers every call as standby replica name."""
+    pool = futures.ThreadPoolExecutor(max_workers=_STANDBY_WORKERS, thread_name_prefix="standby")
+    server = grpc.server(pool, handlers=[StandbyHandler(name)], options=GRPC_OPTIONS)
+    for port in ports:
+        _bind(server, host, port, creds)
+    server.start()
+    return server
+
+
+def _await_lease(
+    replica: Replica,
+    server: str,
+    host: str,
+    ports: tuple[int, int],
+    creds: grpc.ServerCredentials,
+    stop: threading.Event,
+    lost: threading.Event,
+) -> bool:
+    """Stand by on ports until replica holds the server lease (True, renewing it; lost set when it goes) or stop."""
+    standby = _standby_server(replica.name, host, ports, creds)
+    log.info(
+        "server=%s replica=%s standby, listening fl=%s:%d admin=%s:%d; waiting for the server lease",
+        server, replica.name, host, ports[0], host, ports[1],
+    )  # fmt: skip
+    active = replica.wait_active(stop)
+    standby.stop(grace=None).wait()
+    if not active:
+        return False
+    lease = replica.lease()
+    log.info(
+        "server=%s replica=%s active: holds the server lease (fencing token %d)",
+        server, replica.name, lease.fencing_token if lease else 0,
+    )  # fmt: skip
+    lost.clear()
+    replica.keep(lambda why: lost.set())
+    return True
+
+
+def run_server(kit: Kit, listen: str | None = None, fl_port: int | None = None, admin_port: int | None = None) -> int:
     """Serve until SIGTERM or SIGINT; return the exit status.
 
     fl_port: the port to take sites' calls on, instead of the kit's (sites still dial the
-    kit's address: something between them, a NAT or a proxy, forwards it here).
+    kit's address: something between them, a NAT or a proxy, forwards it here); admin_port
+    likewise for admins (a second replica of the server on the same host).
+    With a postgres store the server runs under the server lease (fedsec.server.replica):
+    it serves while it holds it, and stands by while another replica does.
     Raises ConfigError when it is not a port number or a port cannot be bound.
     """
     if kit.kind is not Kind.SERVER or not isinstance(kit.config, ServerConfig):
         raise KitError(f"kit {kit.name}: is a {kit.kind.value} kit, not a server kit")
     config = kit.config
-    if fl_port is not None and not 0 < fl_port < 65536:
-        raise ConfigError(f"--fl-port: must be a port number between 1 and 65535, got {fl_port}")
-    site_port = fl_port or config.fl_port
+    for flag, port in (("--fl-port", fl_port), ("--admin-port", admin_port)):
+        if port is not None and not 0 < port < 65536:
+            raise ConfigError(f"{flag}: must be a port number between 1 and 65535, got {port}")
+    ports = (fl_port or config.fl_port, admin_port or config.admin_port)
     host = listen or listen_host(config)
     _proc.lock_kit(kit.root / "run", f"server {config.name}")
-    policy = load_policy(kit.root)
-    state = open_state(kit.root, config.store_settings)  # sqlite by default; the kit's settings may say postgres
+    load_policy(kit.root)  # a bad policy stops the server here, standby or not
+    load_backends(kit.root)  # the operator's tracking backends: likewise
+    settings = config.store_settings
+    state = open_state(kit.root, settings)  # sqlite by default; the kit's settings may say postgres
     log.info("server=%s state backend=%s", config.name, state.backend)
     store = JobStore(kit.root / "store", state=state)
+    audit = AuditLog(state, legacy=kit.root / "audit" / "audit.log")
+    creds = server_credentials(kit)
+    stop = threading.Event()
+    lost = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    replica = Replica(state, replica_name(config.name, ports[1]), settings.lease_ttl) if settings.replicated else None
+    store.fence = replica.lease if replica is not None else None
+    tracking_ready = False
+    try:
+        while not stop.is_set():
+            if replica is not None and not _await_lease(replica, config.name, host, ports, creds, stop, lost):
+                break
+            if not tracking_ready:
+                _set_up_tracking_store(kit.root)
+                tracking_ready = True
+            _serve_active(kit, host, ports, creds, store, audit, replica, stop, lost)
+            if replica is None:
+                break
+            replica.step_down()
+            if lost.is_set():
+                log.warning("server=%s replica=%s stepped down: standing by again", config.name, replica.name)
+    finally:
+        if replica is not None:
+            replica.release()
+        store.close()
+        audit.close()
+    return 0
+
+
+def _serve_active(
+    kit: Kit,
+    host: str,
+    ports: tuple[int, int],
+    creds: grpc.ServerCredentials,
+    store: JobStore,
+    audit: AuditLog,
+    replica: Replica | None,
+    stop: threading.Event,
+    lost: threading.Event,
+) -> None:
+    """Serve as the active server until stop or lost is set; then stop every job process (jobs stay running)."""
+    assert isinstance(kit.config, ServerConfig)
+    config = kit.config
+    policy = load_policy(kit.root)
     holder: list[JobManager] = []
     registry = SiteRegistry(
         config.heartbeat_timeout,
@@ -143,15 +243,11 @@ def run_server(kit: Kit, listen: str | None = None, fl_port: int | None = None) 
         kit.root / "store" / "removed_sites.json",
     )
     he_context = kit.startup / HE_SERVER_CONTEXT
-    tracking = load_backends(kit.root)  # the operator's; a bad file stops the server here, naming the problem
-    _set_up_tracking_store(kit.root)
+    tracking = load_backends(kit.root)
     jobs = JobManager(
         store, kit.root / "run", registry.alive, read_ca(kit), he_context if he_context.exists() else None, tracking
-    )
+    )  # resumes every unfinished job from its last completed round
     holder.append(jobs)
-    creds = server_credentials(kit)
-    stop = threading.Event()
-    audit = AuditLog(state, legacy=kit.root / "audit" / "audit.log")
     admin_ctx = AdminContext(
         config=config,
         store=store,
@@ -162,35 +258,27 @@ def run_server(kit: Kit, listen: str | None = None, fl_port: int | None = None) 
         policy=policy,
         request_stop=stop.set,
         started_at=time.time(),
+        replica=replica.status if replica is not None else None,
     )
-
     fl_gate, admin_gate = Gate(SITE_PORT), Gate(ADMIN_PORT)
     fl = _grpc_server("fl", fl_gate)
     fedsec_pb2_grpc.add_FederationServicer_to_server(FederationService(config, registry, jobs), fl)
-    _bind(fl, host, site_port, creds)
+    _bind(fl, host, ports[0], creds)
     admin = _grpc_server("admin", admin_gate)
     fedsec_pb2_grpc.add_AdminServicer_to_server(AdminService(admin_ctx), admin)
-    _bind(admin, host, config.admin_port, creds)
-
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    _bind(admin, host, ports[1], creds)
     fl.start()
     admin.start()
     log.info(
         "server=%s project=%s listening fl=%s:%d admin=%s:%d",
-        config.name, config.project, host, site_port, host, config.admin_port,
+        config.name, config.project, host, ports[0], host, ports[1],
     )  # fmt: skip
-    stop.wait()
-    log.info("server=%s stopping", config.name)
-    fl.stop(grace=1)
-    admin.stop(grace=1)
+    while not stop.is_set() and not lost.is_set():
+        stop.wait(0.2)
+    log.info("server=%s stopping%s", config.name, " (lost the server lease)" if lost.is_set() else "")
+    fl.stop(grace=None if lost.is_set() else 1).wait()
+    admin.stop(grace=None if lost.is_set() else 1).wait()
     fl_gate.close()
     admin_gate.close()
     jobs.close()
     registry.close()
-    store.close()
-    audit.close()
-    return 0

@@ -745,11 +745,11 @@ class JobManager:
         try:
             progress = json.loads(self.progress(job_id) or "{}")
             for entry in progress.get("rounds", []):
-                self._store.state.put_round(job_id, _round_record(entry, RoundKind.TRAIN))
+                self._store.put_round(job_id, _round_record(entry, RoundKind.TRAIN))
             final = progress.get("final")
             if isinstance(final, dict):
                 number = max([int(r["round"]) + 1 for r in progress.get("rounds", [])], default=0)
-                self._store.state.put_round(job_id, _round_record({"round": number, **final}, RoundKind.EVALUATE))
+                self._store.put_round(job_id, _round_record({"round": number, **final}, RoundKind.EVALUATE))
             kept = job_result.kept(workspace)
             meta = ResultMeta(ResultOutcome(status.value.removeprefix("finished:")), reason)
             if kept is not None:
@@ -757,7 +757,7 @@ class JobManager:
                 info = self._store.blobs.info(key)
                 if info is not None:
                     meta = ResultMeta(meta.outcome, reason, key, int(kept["round"]), info.sha256, info.size)
-            self._store.state.put_result(job_id, meta)
+            self._store.put_result(job_id, meta)
         except (OSError, ValueError, TypeError, KeyError, JobError) as exc:
             log.warning("job=%s its rounds and result are not all in the state: %s", job_id, self._public(str(exc)))
 

@@ -28,11 +28,11 @@ from pathlib import Path
 from types import TracebackType
 
 from fedsec import limits
-from fedsec.errors import JobError
+from fedsec.errors import JobError, LeaseLostError
 from fedsec.state import _sql
 from fedsec.state.blobs import FolderBlobs
 from fedsec.state.interface import StateStore
-from fedsec.state.records import JobRecord, JobStatus, NewJob
+from fedsec.state.records import JobRecord, JobStatus, Lease, NewJob, ResultMeta, RoundRecord
 from fedsec.state.sqlite import DB_FILE, open_sqlite
 
 __all__ = ["DB_FILE", "JOBS_DIR", "JOB_ARCHIVE", "MIN_ID_PREFIX", "WORKSPACE_DIR", "JobRecord", "JobStatus", "JobStore"]
@@ -81,6 +81,16 @@ class JobStore:
             raise JobError(f"job store {self.root}: cannot prepare: {exc.strerror or exc}") from exc
         self.state: StateStore = state if state is not None else open_sqlite(self.root / DB_FILE, clock=clock)
         self.blobs = FolderBlobs(self.root)
+        # the server lease of this replica (None: no lease, one server): the fence of every write that changes a job
+        self.fence: Callable[[], Lease | None] | None = None
+
+    def _fence(self) -> Lease | None:
+        if self.fence is None:
+            return None
+        lease = self.fence()
+        if lease is None:
+            raise LeaseLostError(f"job store {self.root.name}: this replica does not hold the server lease")
+        return lease
 
     def add(
         self,
@@ -138,7 +148,7 @@ class JobStore:
 
         Raises JobError if the id is malformed, no such job exists, or the job is finished.
         """
-        return self.state.set_running(job_id)
+        return self.state.set_running(job_id, fence=self._fence())
 
     def set_progress(self, job_id: str, current_round: int) -> None:
         """Record that current_round rounds are completed.
@@ -146,7 +156,7 @@ class JobStore:
         Raises JobError if the job is not RUNNING, or current_round is below the recorded
         one or above num_rounds.
         """
-        self.state.set_progress(job_id, current_round)
+        self.state.set_progress(job_id, current_round, fence=self._fence())
 
     def finish(self, job_id: str, status: JobStatus, reason: str = "") -> JobRecord:
         """Move a job to a final status with a reason (cut to MAX_ERROR_TEXT characters).
@@ -155,7 +165,15 @@ class JobStore:
         an abort racing a completion is safe. Raises JobError if status is not final, the
         job cannot reach it from where it is (SUBMITTED never completes), or no such job.
         """
-        return self.state.finish_job(job_id, status, reason)
+        return self.state.finish_job(job_id, status, reason, fence=self._fence())
+
+    def put_round(self, job_id: str, round_: RoundRecord) -> None:
+        """Record a completed round (fenced like the job's transitions). Raises JobError."""
+        self.state.put_round(job_id, round_, fence=self._fence())
+
+    def put_result(self, job_id: str, result: ResultMeta) -> None:
+        """Record what the job kept as its result (fenced). Raises JobError."""
+        self.state.put_result(job_id, result, fence=self._fence())
 
     def job_dir(self, job_id: str) -> Path:
         """The folder of an existing job (store/jobs/<job_id>), created with mode 0700.
