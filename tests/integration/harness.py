@@ -137,18 +137,33 @@ class Federation:
         site_orgs: tuple[str, ...] = (),
         through_proxy: bool = False,
         server_store: Any = None,
+        replicas: tuple[str, ...] = (),
     ) -> None:
         """site_orgs: the org of site-1, site-2, ... in turn (default acme for every site).
 
         through_proxy: sites reach the server only through self.proxy, a FaultProxy.
         server_store: the server's `store` setting in project.yml (None: the default, sqlite).
+        replicas: names of more replicas of server1 (a postgres store; implies through_proxy): each runs from
+        a copy of server1's kit whose store/ is server1's (one shared store folder), on ports of its own.
+        Sites reach them through self.proxy and admins through self.admin_proxy, which pass each new
+        connection to the first replica that accepts it (server1 first): a load balancer in front of them.
         """
         self.root = root
         self.n_clients = n_clients
         self.proxy: FaultProxy | None = None
+        self.admin_proxy: FaultProxy | None = None
+        self.servers = ("server1", *replicas)
+        self._ports: dict[str, tuple[int, int]] = {}  # replica -> (fl, admin) it listens on, when not the kit's
         self._server_fl_port = 0  # where the server listens when it is behind the proxy
         fl_port = free_port()
-        if through_proxy:
+        admin_port = free_port()
+        if replicas:
+            self._ports = {name: (free_port(), free_port()) for name in self.servers}
+            ports = [self._ports[n] for n in self.servers]
+            self.proxy = FaultProxy(ports[0][0], fallbacks=tuple(p[0] for p in ports[1:])).start()
+            self.admin_proxy = FaultProxy(ports[0][1], fallbacks=tuple(p[1] for p in ports[1:])).start()
+            fl_port, admin_port = self.proxy.port, self.admin_proxy.port
+        elif through_proxy:
             self._server_fl_port = fl_port
             self.proxy = FaultProxy(fl_port).start()
             fl_port = self.proxy.port
@@ -159,7 +174,7 @@ class Federation:
                 "org": "acme",
                 "host_names": ["localhost", "127.0.0.1"],
                 "fl_port": fl_port,
-                "admin_port": free_port(),
+                "admin_port": admin_port,
                 "heartbeat_timeout": heartbeat_timeout,
                 "admin_session_timeout": admin_session_timeout,
             }
@@ -174,6 +189,10 @@ class Federation:
         yml = root / f"{name}.yml"
         yml.write_text(yaml.safe_dump(doc))
         self.prod = provision(load_project(yml), root / "ws").prod_dir
+        for name in replicas:  # a copy of the signed kit; the store folder shared
+            shutil.copytree(self.kit("server1"), self.kit(name), ignore=shutil.ignore_patterns("store", "run"))
+            (self.kit("server1") / "store").mkdir(mode=0o700, exist_ok=True)
+            (self.kit(name) / "store").symlink_to(self.kit("server1") / "store")
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.all_pids: list[int] = []
 
@@ -186,13 +205,18 @@ class Federation:
             settings.chmod(0o600)
 
     def set_postgres_dsn(self, dsn: str, mode: int = 0o600) -> None:
-        """Write the server's local/postgres.dsn (its store setting names it)."""
-        path = self.kit("server1") / "local" / "postgres.dsn"
-        path.write_text(dsn + "\n")
-        path.chmod(mode)
+        """Write the server's local/postgres.dsn (its store setting names it), in every replica's kit."""
+        for name in self.servers:
+            path = self.kit(name) / "local" / "postgres.dsn"
+            path.write_text(dsn + "\n")
+            path.chmod(mode)
 
     def kit(self, name: str) -> Path:
         return self.prod / name
+
+    def replica_ports(self, name: str) -> tuple[int, int]:
+        """The (fl, admin) ports a replica of the server listens on (behind the proxies)."""
+        return self._ports[name]
 
     @property
     def admin_kit(self) -> Path:
@@ -202,9 +226,11 @@ class Federation:
         return self.root / f"{name}.log"
 
     def start(self, name: str, *extra: str) -> subprocess.Popen[bytes]:
-        kind = "server" if name == "server1" else "client"
+        kind = "server" if name in self.servers else "client"
         if kind == "server" and self._server_fl_port:
             extra = ("--fl-port", str(self._server_fl_port), *extra)
+        if kind == "server" and name in self._ports:
+            extra = ("--fl-port", str(self._ports[name][0]), "--admin-port", str(self._ports[name][1]), *extra)
         mark = len(self.log(name))
         with self.log_path(name).open("ab") as log:
             proc = subprocess.Popen(
@@ -216,7 +242,7 @@ class Federation:
             )
         self.procs[name] = proc
         self.all_pids.append(proc.pid)
-        if kind == "server":  # until it listens (or exits: a refused kit)
+        if kind == "server":  # until it listens, active or standby (or exits: a refused kit)
             wait_until(lambda: " listening " in self.log(name)[mark:] or proc.poll() is not None, 30, "the server")
         return proc
 
@@ -230,9 +256,9 @@ class Federation:
         path = self.log_path(name)
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def wait_registered(self, sites: list[str], timeout: float = 30.0, since: int = 0) -> None:
+    def wait_registered(self, sites: list[str], timeout: float = 30.0, since: int = 0, server: str = "server1") -> None:
         def done() -> bool:
-            text = self.log("server1")[since:]
+            text = self.log(server)[since:]
             return all(f"site={s} registered" in text for s in sites)
 
         wait_until(done, timeout, f"{sites} registered")
@@ -296,7 +322,7 @@ class Federation:
 
     def stop(self) -> None:
         """Stop every process started here: clients first (they stop their jobs), then the server."""
-        order = sorted(self.procs, key=lambda n: n == "server1")
+        order = sorted(self.procs, key=lambda n: n in self.servers)
         for name in order:
             proc = self.procs[name]
             if proc.poll() is None:
@@ -313,8 +339,9 @@ class Federation:
                 os.killpg(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        if self.proxy is not None:
-            self.proxy.stop()
+        for proxy in (self.proxy, self.admin_proxy):
+            if proxy is not None:
+                proxy.stop()
 
     def dump_logs(self) -> str:
         parts = []

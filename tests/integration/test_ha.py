@@ -1,0 +1,113 @@
+"""A highly available server: two replicas on one PostgreSQL and one store folder; the active one is killed
+mid-round and the standby takes the lease, resumes the job and finishes it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+import numpy as np
+import psycopg
+import pytest
+
+from fedsec.api import Session
+from fedsec.kit import load_kit
+from fedsec.transport.failover import is_standby
+from fedsec.transport.tls import channel
+from fedsec.wire import arrays, fedsec_pb2, fedsec_pb2_grpc
+from tests import pgserver
+from tests.integration.harness import Federation, pid_alive, pids_running, wait_until
+from tests.integration.test_runtime import linear_job
+
+LEASE_TTL = 3.0
+HA_STORE = {"postgres": {"dsn_file": "local/postgres.dsn", "lease_ttl": LEASE_TTL}}
+SITES = ["site-1", "site-2", "site-3"]
+
+
+def start_replicas(federation: Federation, dsn: str) -> None:
+    """server1 active, server1-b standby, the three sites registered with server1."""
+    federation.set_postgres_dsn(dsn)
+    federation.start("server1")
+    federation.wait_log("server1", "active: holds the server lease (fencing token 1)", 30)
+    federation.start("server1-b")
+    federation.wait_log("server1-b", "standby: the active replica is server1@", 30)
+    for site in SITES:
+        federation.start(site)
+    federation.wait_registered(SITES)
+
+
+@pytest.mark.federation(server_store=HA_STORE, replicas=("server1-b",))
+def test_the_standby_takes_over_a_killed_active_replica_and_finishes_its_job(
+    federation: Federation, tmp_path: Path, pg: pgserver.PgServer
+) -> None:
+    dsn = pg.new_database()
+    start_replicas(federation, dsn)
+    with Session(federation.admin_kit) as s:
+        status = s.check_status("server")
+        assert status["active_replica"] == status["replica"] and status["replica"].startswith("server1@")
+        assert status["fencing_token"] == 1 and status["lease_held_for"] >= 0
+        job_id = s.submit_job(linear_job(tmp_path, "--sleep", "1", rounds=5, min_clients=3))
+        wait_until(lambda: s.get_job_meta(job_id).current_round >= 2, 90, "two rounds")
+    workflows = pids_running("fedsec.workflow", str(federation.root))
+    assert workflows
+    mark = len(federation.log("server1-b"))
+    federation.kill("server1")  # kill -9, mid-round
+    wait_until(lambda: not any(pid_alive(p) for p in workflows), 10, "the workflow process to die with its server")
+    federation.wait_log("server1-b", "active: holds the server lease (fencing token 2)", 60, since=mark)
+    federation.wait_registered(SITES, timeout=60, since=mark, server="server1-b")
+    with Session(federation.admin_kit) as s:  # through the admin proxy: now to server1-b
+        info = s.wait_for_job(job_id, timeout=180)
+        assert info.status == "finished:completed", info.reason
+        assert [r["round"] for r in info.progress["rounds"]] == [0, 1, 2, 3, 4]  # none lost, none twice
+        assert all(r["sites"] == SITES for r in info.progress["rounds"])
+        assert info.progress["final"]["metrics"]["mse"] < 0.01
+        status = s.check_status("server")
+        _, admin_port_b = federation.replica_ports("server1-b")
+        assert status["replica"].endswith(f":{admin_port_b}")  # server1-b, named by its host and admin port
+        assert status["active_replica"] == status["replica"] and status["fencing_token"] == 2
+        result = s.download_job_result(job_id)
+    final = arrays.read_file(result / "global_model.fsa")
+    assert np.allclose(final["w"].ravel(), np.arange(1, 9), atol=0.05)
+    workflow_log = (federation.kit("server1-b") / "store/jobs" / job_id / "workflow.log").read_text()
+    assert "resuming after round" in workflow_log
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT status, current_round, resume_count FROM jobs WHERE job_id = %s", (job_id,))
+        assert row.fetchone() == ("finished:completed", 5, 1)
+        rounds = conn.execute("SELECT number, kind, accepted FROM rounds WHERE job_id = %s ORDER BY number", (job_id,))
+        assert [(n, k, json.loads(a)) for n, k, a in rounds.fetchall()] == [
+            *((n, "train", SITES) for n in range(5)),
+            (5, "evaluate", SITES),
+        ]
+        lease = conn.execute("SELECT holder, fencing_token FROM lease").fetchone()
+        assert lease is not None and lease[1] == 2 and lease[0] == status["replica"]
+    # no process is left behind: the killed replica's workflow is gone, the job's scripts ended on every site
+    wait_until(lambda: not any(federation.job_pids(site) for site in SITES), 15, "job processes to end")
+    assert not [p for p in pids_running("fedsec.workflow", str(federation.root)) if p in workflows]
+
+
+@pytest.mark.federation(server_store=HA_STORE, replicas=("server1-b",), n_clients=1)
+def test_a_standby_answers_every_call_with_the_standby_status(federation: Federation, pg: pgserver.PgServer) -> None:
+    federation.set_postgres_dsn(pg.new_database())
+    federation.start("server1")
+    federation.wait_log("server1", "active: holds the server lease", 30)
+    federation.start("server1-b")
+    federation.wait_log("server1-b", "standby: the active replica is server1@", 30)
+    admin = load_kit(federation.admin_kit)
+    _, standby_admin_port = federation.replica_ports("server1-b")
+    with channel(admin, "localhost", standby_admin_port, "server1") as to_standby:
+        stub = fedsec_pb2_grpc.AdminStub(to_standby)
+        for call in (lambda: stub.GetChallenge(fedsec_pb2.Empty(), timeout=10),
+                     lambda: stub.CheckStatus(fedsec_pb2.TargetRequest(target="server"), timeout=10),
+                     lambda: list(stub.DownloadJob(fedsec_pb2.JobRef(job_id="x"), timeout=10))):  # fmt: skip
+            with pytest.raises(grpc.RpcError) as caught:
+                call()
+            assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert is_standby(caught.value), caught.value.trailing_metadata()
+            assert "is a standby, not the active replica" in (caught.value.details() or "")
+    # a clean stop of the active replica releases the lease: the standby takes it without waiting for it to lapse
+    mark = len(federation.log("server1-b"))
+    federation.procs["server1"].terminate()
+    federation.procs["server1"].wait(30)
+    assert "released the server lease" in federation.log("server1")
+    federation.wait_log("server1-b", "active: holds the server lease (fencing token 2)", 30, since=mark)
