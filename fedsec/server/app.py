@@ -143,15 +143,16 @@ def _await_lease(
     lost: threading.Event,
 ) -> bool:
     """Stand by on ports until replica holds the server lease (True, renewing it; lost set when it goes) or stop."""
-    standby = _standby_server(replica.name, host, ports, creds)
-    log.info(
-        "server=%s replica=%s standby, listening fl=%s:%d admin=%s:%d; waiting for the server lease",
-        server, replica.name, host, ports[0], host, ports[1],
-    )  # fmt: skip
-    active = replica.wait_active(stop)
-    standby.stop(grace=None).wait()
-    if not active:
-        return False
+    if replica.try_acquire() is None:  # held by another: stand by (a free lease is taken without a pause)
+        standby = _standby_server(replica.name, host, ports, creds)
+        log.info(
+            "server=%s replica=%s standby, listening fl=%s:%d admin=%s:%d; waiting for the server lease",
+            server, replica.name, host, ports[0], host, ports[1],
+        )  # fmt: skip
+        active = replica.wait_active(stop)
+        standby.stop(grace=None).wait()
+        if not active:
+            return False
     lease = replica.lease()
     log.info(
         "server=%s replica=%s active: holds the server lease (fencing token %d)",
