@@ -185,9 +185,9 @@ def test_a_refusing_target_passes_new_connections_to_the_next_upstream(echo_port
     closed.close()  # nothing listens there now: connections to it are refused
     with FaultProxy(refusing, fallbacks=(echo_port,)) as p, _connect(p) as s:
         assert _echo(s, b"to the fallback") == b"to the fallback"
-    with FaultProxy(refusing) as p, _connect(p) as s:  # without a fallback: reset
-        s.settimeout(5)
-        with pytest.raises(OSError):
+    with FaultProxy(refusing) as p, pytest.raises(OSError):  # without a fallback: reset
+        with _connect(p) as s:
+            s.settimeout(5)
             s.sendall(b"x")
             if not s.recv(1):
                 raise ConnectionResetError("closed")
