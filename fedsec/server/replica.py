@@ -3,8 +3,10 @@
 Several server processes may share one PostgreSQL store (and one store folder).
 The one holding the lease (fedsec.state: holder, fencing token, deadline) is
 active and serves as a server of one always did; it renews the lease every
-ttl/3 and steps down when it cannot renew it before its deadline (the store
-refused it, or did not answer in time). The others are standby: they listen on
+ttl/3 and steps down (stops serving, stops its job processes) when the store
+refuses a renewal or has not answered one by ttl/3 before the lease would
+lapse: that last third is the time it has to stop its job processes before
+another replica may take the lease and start them again. The others are standby: they listen on
 their ports but answer every call with the standby status
 (fedsec.transport.failover.abort_standby: UNAVAILABLE, "try the next
 endpoint"), and try the lease every ttl/3 until it lapses and they take it.
@@ -57,7 +59,10 @@ class Replica:
         self._clock = clock
         self._lock = threading.Lock()
         self._lease: Lease | None = None
-        self._local_deadline = 0.0  # clock() time by which the lease must be renewed
+        # clock() time by which the lease must be renewed: a third of the ttl before it lapses (counted from
+        # before the call that took or renewed it), which leaves that third to stop the job processes before
+        # another replica may take the lease and start them again
+        self._local_deadline = 0.0
         self._renewer: threading.Thread | None = None
         self._stop_renewing = threading.Event()
 
@@ -82,7 +87,7 @@ class Replica:
         if lease is not None:
             with self._lock:
                 self._lease = lease
-                self._local_deadline = started + self.ttl
+                self._local_deadline = started + self.ttl - self.interval
         return lease
 
     def wait_active(self, stop: threading.Event) -> bool:
@@ -121,7 +126,7 @@ class Replica:
                 return
             started = self._clock()
             if started >= deadline:
-                self._lost(f"the lease lapsed before it could be renewed (token {lease.fencing_token})", on_lost)
+                self._lost(f"the lease could not be renewed in time (token {lease.fencing_token})", on_lost)
                 return
             try:
                 renewed = self.state.renew_lease(lease, self.ttl)
@@ -134,7 +139,7 @@ class Replica:
                 continue
             with self._lock:
                 if self._lease is not None:
-                    self._lease, self._local_deadline = renewed, started + self.ttl
+                    self._lease, self._local_deadline = renewed, started + self.ttl - self.interval
             next_at = started + self.interval
 
     def _lost(self, why: str, on_lost: Callable[[str], None]) -> None:

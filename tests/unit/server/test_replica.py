@@ -122,7 +122,7 @@ def test_a_replica_that_cannot_reach_the_store_steps_down_at_its_deadline(states
     a.keep(on_lost)
     try:
         assert lost.wait(PATIENCE)
-        assert reasons == ["the lease lapsed before it could be renewed (token 1)"]
+        assert reasons == ["the lease could not be renewed in time (token 1)"]
         assert a.lease() is None
     finally:
         a.step_down()
