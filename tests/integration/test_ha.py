@@ -111,3 +111,42 @@ def test_a_standby_answers_every_call_with_the_standby_status(federation: Federa
     federation.procs["server1"].wait(30)
     assert "released the server lease" in federation.log("server1")
     federation.wait_log("server1-b", "active: holds the server lease (fencing token 2)", 30, since=mark)
+
+
+@pytest.mark.federation(server_store=HA_STORE, replicas=("server1-b",))
+def test_an_active_replica_that_loses_the_lease_steps_down_and_its_jobs_move_on(
+    federation: Federation, tmp_path: Path, pg: pgserver.PgServer
+) -> None:
+    """Another holder takes the lease under a live active replica (as after a network partition): the replica
+    stops serving and stops its job's workflow, stands by, and the job resumes when the lease comes back."""
+    dsn = pg.new_database()
+    federation.set_postgres_dsn(dsn)
+    federation.start("server1")
+    federation.wait_log("server1", "active: holds the server lease (fencing token 1)", 30)
+    for site in SITES:
+        federation.start(site)
+    federation.wait_registered(SITES)
+    with Session(federation.admin_kit) as s:
+        job_id = s.submit_job(linear_job(tmp_path, "--sleep", "1", rounds=4, min_clients=3))
+        wait_until(lambda: s.get_job_meta(job_id).current_round >= 1, 90, "a round")
+    workflows = pids_running("fedsec.workflow", str(federation.root))
+    assert workflows
+    mark = len(federation.log("server1"))
+    with psycopg.connect(dsn, autocommit=True) as conn:  # an intruder holds the lease for a long while
+        conn.execute(
+            "UPDATE lease SET holder = 'intruder', fencing_token = fencing_token + 1, "
+            "deadline = extract(epoch from now()) + 3600, acquired = extract(epoch from now())"
+        )
+        federation.wait_log("server1", "lost the server lease, stepping down", 30, since=mark)
+        federation.wait_log("server1", "standby: the active replica is intruder", 30, since=mark)
+        wait_until(lambda: not any(pid_alive(p) for p in workflows), 30, "the workflow to stop with the step-down")
+        assert federation.procs["server1"].poll() is None  # it stands by: alive, not serving
+        row = conn.execute("SELECT status, current_round FROM jobs WHERE job_id = %s", (job_id,)).fetchone()
+        assert row is not None and row[0] == "running"  # a step-down never ends a job
+        conn.execute("UPDATE lease SET holder = '', deadline = 0")  # the intruder goes
+        federation.wait_log("server1", "active: holds the server lease (fencing token 3)", 30, since=mark)
+    federation.wait_registered(SITES, timeout=60, since=mark)
+    with Session(federation.admin_kit) as s:
+        info = s.wait_for_job(job_id, timeout=180)
+    assert info.status == "finished:completed", info.reason
+    assert [r["round"] for r in info.progress["rounds"]] == [0, 1, 2, 3]
