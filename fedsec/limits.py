@@ -16,6 +16,7 @@ MAX_JSON_DEPTH = 32
 MAX_INT_DIGITS = 100
 MAX_NAME_LENGTH = 64
 MAX_HOST_NAMES = 16
+MAX_SERVER_REPLICAS = 8  # replicas of the server a project declares; endpoints in a site's or admin's kit
 
 # Startup kits.
 MAX_KIT_FILE_BYTES = 64 << 20  # one file under startup/ (HE contexts are the largest)

@@ -129,7 +129,7 @@ def run_server(kit: Kit, listen: str | None = None, fl_port: int | None = None) 
         raise ConfigError(f"--fl-port: must be a port number between 1 and 65535, got {fl_port}")
     site_port = fl_port or config.fl_port
     host = listen or listen_host(config)
-    _proc.lock_kit(kit.root / "run", f"server {config.name}")
+    _proc.lock_kit(kit.root / "run", f"server {config.label}")
     policy = load_policy(kit.root)
     store = JobStore(kit.root / "store")
     holder: list[JobManager] = []
@@ -176,8 +176,8 @@ def run_server(kit: Kit, listen: str | None = None, fl_port: int | None = None) 
     fl.start()
     admin.start()
     log.info(
-        "server=%s project=%s listening fl=%s:%d admin=%s:%d",
-        config.name, config.project, host, site_port, host, config.admin_port,
+        "server=%s replica=%s project=%s listening fl=%s:%d admin=%s:%d",
+        config.name, config.replica or "-", config.project, host, site_port, host, config.admin_port,
     )  # fmt: skip
     stop.wait()
     log.info("server=%s stopping", config.name)
