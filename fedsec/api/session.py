@@ -9,8 +9,9 @@ moves to the next endpoint in the kit's order, logs in there and is made
 again, until every endpoint was tried once; then UnreachableError names them all.
 
 Jobs are signed with the kit's key before upload, each for one run: the
-session picks the new job's id and submit time and signs them with the archive (fedsec.jobs.signing); cloning a job signs the
-stored archive's digest again, after checking the stored job's own signature.
+session picks the new job's id and submit time and signs them with the archive
+(fedsec.jobs.signing); cloning a job signs the stored archive's digest again,
+after checking the stored job's own signature.
 Results are downloaded into DEST/<job id> (DEST: the kit's transfer/ folder by
 default) through a staging folder in DEST, a plain job's final model also as
 global_model.safetensors (fedsec.wire.model_file); every id and file name the server
@@ -205,15 +206,15 @@ class Session:
         self._stub = fedsec_pb2_grpc.AdminStub(self._channels[index])
 
     def _next_endpoint(self, tried: list[str]) -> bool:
-        """Note the endpoint in use as unreachable; move to the next one not in tried (False: none is left)."""
-        tried.append(self.server_address)
+        """Note the endpoint in use as unreachable and move to the next; False when that one was tried already."""
         left = self.server_address
-        index = self._endpoints.index
-        following = self._endpoints.advance(index)
-        if address(following) in tried:
-            return False
+        tried.append(left)
+        self._endpoints.advance(self._endpoints.index)
         self._use(self._endpoints.index)
-        self._token = ""  # a login belongs to the replica that granted it
+        if self.server_address != left:
+            self._token = ""  # a login belongs to the replica that granted it
+        if self.server_address in tried:
+            return False
         log.info("the server at %s does not answer; trying %s", left, self.server_address)
         if self.on_failover is not None:
             self.on_failover(left, self.server_address)
