@@ -304,8 +304,9 @@ class Session:
                 return probed
         return err
 
-    def _text(self, what: str, rpc: Callable[..., fedsec_pb2.TextReply], request: Any) -> Any:
-        reply = self._call(what, lambda md: rpc(request, timeout=self._timeout, metadata=md))
+    def _text(self, what: str, rpc: str, request: Any) -> Any:
+        """Call the Admin method named rpc, which answers a TextReply, on the stub in use when each try is made."""
+        reply = self._call(what, lambda md: getattr(self._stub, rpc)(request, timeout=self._timeout, metadata=md))
         return json.loads(reply.text)
 
     # ------------------------------------------------------------ jobs
@@ -495,7 +496,7 @@ class Session:
         """
         info = self._meta(job_id, "show_errors")
         request = fedsec_pb2.TargetRequest(job_id=info.job_id, target=ALL_SITES)
-        sites: dict[str, str] = self._text("show_errors", self._stub.GetJobLog, request)["errors"]
+        sites: dict[str, str] = self._text("show_errors", "GetJobLog", request)["errors"]
         return {"reason": info.reason, "sites": sites, "refused": info.refusals}
 
     def get_job_log(self, job_id: str, target: str = "server") -> str:
@@ -505,7 +506,7 @@ class Session:
         Raises JobError when the site has sent nothing yet, AuthError without the right (download_job).
         """
         request = fedsec_pb2.TargetRequest(job_id=job_id, target=target)
-        return str(self._text("get_job_log", self._stub.GetJobLog, request)["log"])
+        return str(self._text("get_job_log", "GetJobLog", request)["log"])
 
     def tail_job_log(
         self, job_id: str, site: str | None = None, follow: bool = False, *, poll: float = 1.0
@@ -593,11 +594,11 @@ class Session:
 
     def check_status(self, target: str, sites: Sequence[str] = ()) -> dict[str, Any]:
         request = fedsec_pb2.TargetRequest(target=target, sites=list(sites))
-        result: dict[str, Any] = self._text("check_status", self._stub.CheckStatus, request)
+        result: dict[str, Any] = self._text("check_status", "CheckStatus", request)
         return result
 
     def list_clients(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._text("list_clients", self._stub.ListClients, fedsec_pb2.Empty())
+        result: list[dict[str, Any]] = self._text("list_clients", "ListClients", fedsec_pb2.Empty())
         return result
 
     def remove_client(self, site: str) -> None:
@@ -609,21 +610,21 @@ class Session:
         self._call("enable_client", lambda md: self._stub.EnableClient(ref, timeout=self._timeout, metadata=md))
 
     def sys_info(self, target: str = "server") -> dict[str, Any]:
-        result: dict[str, Any] = self._text("sys_info", self._stub.SysInfo, fedsec_pb2.TargetRequest(target=target))
+        result: dict[str, Any] = self._text("sys_info", "SysInfo", fedsec_pb2.TargetRequest(target=target))
         return result
 
     def shutdown(self, target: str, sites: Sequence[str] = ()) -> dict[str, Any]:
         request = fedsec_pb2.TargetRequest(target=target, sites=list(sites))
-        result: dict[str, Any] = self._text("shutdown", self._stub.Shutdown, request)
+        result: dict[str, Any] = self._text("shutdown", "Shutdown", request)
         return result
 
     def version(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._text("version", self._stub.Version, fedsec_pb2.Empty())
+        result: dict[str, Any] = self._text("version", "Version", fedsec_pb2.Empty())
         return result
 
     def show_audit(self, max_results: int = 50) -> list[dict[str, Any]]:
         request = fedsec_pb2.TargetRequest(max_results=max_results)
-        result: list[dict[str, Any]] = self._text("show_audit", self._stub.ShowAudit, request)
+        result: list[dict[str, Any]] = self._text("show_audit", "ShowAudit", request)
         return result
 
 

@@ -9,6 +9,11 @@ With through_proxy, the kits name a fault proxy (tests.faultproxy) as the
 server's fl port and the server listens on another port behind it
 (`fedsec server --fl-port`): every site connection passes the proxy, whose
 faults the test switches at run time (Federation.proxy).
+
+With replicas=N, the server has N replicas (server1-a, server1-b, ... on
+127.0.0.1, each on ports of its own), each a kit of its own: Federation.servers
+names them in the order sites and admins try them; start, kill and the log
+helpers take a replica's name where they take "server1" otherwise.
 """
 
 from __future__ import annotations
@@ -125,11 +130,14 @@ class Federation:
         he: bool = False,
         site_orgs: tuple[str, ...] = (),
         through_proxy: bool = False,
+        replicas: int = 0,
     ) -> None:
         """site_orgs: the org of site-1, site-2, ... in turn (default acme for every site).
 
         through_proxy: sites reach the server only through self.proxy, a FaultProxy.
+        replicas: the server's replicas (0: a server of one replica, kit server1, as always).
         """
+        assert not (replicas and through_proxy), "a fault proxy in front of replicas is not built"
         self.root = root
         self.n_clients = n_clients
         self.proxy: FaultProxy | None = None
@@ -151,6 +159,12 @@ class Federation:
                 "admin_session_timeout": admin_session_timeout,
             }
         ]
+        self.servers = [f"server1-{chr(ord('a') + i)}" for i in range(replicas)] or ["server1"]
+        if replicas:
+            participants[0]["replicas"] = [
+                {"name": name, "host": "127.0.0.1", "fl_port": free_port(), "admin_port": free_port()}
+                for name in self.servers
+            ]
         orgs = list(site_orgs) + ["acme"] * n_clients
         participants += [{"name": f"site-{i}", "type": "client", "org": orgs[i - 1]} for i in range(1, n_clients + 1)]
         participants.append({"name": ADMIN, "type": "admin", "org": "acme", "role": "project_admin"})
@@ -181,7 +195,7 @@ class Federation:
         return self.root / f"{name}.log"
 
     def start(self, name: str, *extra: str) -> subprocess.Popen[bytes]:
-        kind = "server" if name == "server1" else "client"
+        kind = "server" if name in self.servers else "client"
         if kind == "server" and self._server_fl_port:
             extra = ("--fl-port", str(self._server_fl_port), *extra)
         mark = len(self.log(name))
@@ -200,7 +214,7 @@ class Federation:
         return proc
 
     def start_all(self) -> None:
-        self.start("server1")
+        self.start(self.servers[0])
         for i in range(1, self.n_clients + 1):
             self.start(f"site-{i}")
         self.wait_registered([f"site-{i}" for i in range(1, self.n_clients + 1)])
@@ -209,12 +223,15 @@ class Federation:
         path = self.log_path(name)
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def wait_registered(self, sites: list[str], timeout: float = 30.0, since: int = 0) -> None:
+    def wait_registered(self, sites: list[str], timeout: float = 30.0, since: int = 0, server: str = "") -> None:
+        """Until every site registered with server (a replica's name; default the first), since offset since."""
+        server = server or self.servers[0]
+
         def done() -> bool:
-            text = self.log("server1")[since:]
+            text = self.log(server)[since:]
             return all(f"site={s} registered" in text for s in sites)
 
-        wait_until(done, timeout, f"{sites} registered")
+        wait_until(done, timeout, f"{sites} registered with {server}")
 
     def wait_log(self, name: str, needle: str, timeout: float, since: int = 0) -> None:
         wait_until(lambda: needle in self.log(name)[since:], timeout, f"{needle!r} in the log of {name}")
@@ -275,7 +292,7 @@ class Federation:
 
     def stop(self) -> None:
         """Stop every process started here: clients first (they stop their jobs), then the server."""
-        order = sorted(self.procs, key=lambda n: n == "server1")
+        order = sorted(self.procs, key=lambda n: n in self.servers)
         for name in order:
             proc = self.procs[name]
             if proc.poll() is None:
@@ -299,9 +316,10 @@ class Federation:
         parts = []
         for path in sorted(self.root.glob("*.log")):
             parts.append(f"===== {path.name}\n{path.read_text(errors='replace')[-6000:]}")
-        for path in sorted(self.prod.glob("*/jobs/*/log.txt")) + sorted(
-            self.prod.glob("server1/store/jobs/*/workflow.log")
-        ):
+        workflow_logs = [
+            p for server in self.servers for p in sorted(self.prod.glob(f"{server}/store/jobs/*/workflow.log"))
+        ]
+        for path in sorted(self.prod.glob("*/jobs/*/log.txt")) + workflow_logs:
             parts.append(f"===== {path.relative_to(self.prod)}\n{path.read_text(errors='replace')[-4000:]}")
         return "\n".join(parts)
 
