@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from cryptography import x509
 
 from fedsec import limits
@@ -15,6 +16,7 @@ from fedsec.kit import AdminConfig, ClientConfig, ServerConfig, ServerEndpoint, 
 from fedsec.pki import certs
 from fedsec.provision import load_project, provision
 from fedsec.provision.project import Replica, parse_project
+from fedsec.provision.templates import SAMPLE_PROJECT
 from tests.conftest import BASE_PROJECT, project_doc, write_project
 
 REPLICAS = [
@@ -173,3 +175,12 @@ def test_a_project_without_replicas_writes_its_kits_as_before(prod: Path) -> Non
     assert load_kit(prod / "server1").config == ServerConfig(
         "fedsec-kit/1", "testproj", "server1", "acme", ("localhost", "127.0.0.1"), 18002, 18003
     )
+
+
+def test_the_sample_projects_replicas_parse_once_uncommented() -> None:
+    lines = SAMPLE_PROJECT.splitlines()
+    start = lines.index("    # replicas:")
+    lines[start : start + 3] = [line.replace("# ", "", 1) for line in lines[start : start + 3]]
+    project = parse_project(yaml.safe_load("\n".join(lines)))
+    assert [r.name for r in project.replicas] == ["server1-a", "server1-b"]
+    assert parse_project(yaml.safe_load(SAMPLE_PROJECT)).replicas[0].name == "server1"
