@@ -1,0 +1,196 @@
+"""Benchmark: the bytes each site moves per round, and what HE adds to a job's wall time.
+
+Workload: provision/secure_project.yml (HE on) on 127.0.0.1 through bench/federation.py
+(start_fl.sh, Session.submit_job: the production path), --sites sites, a --params-parameter
+float32 model (a few MB), --rounds rounds, training = bench/scripts/sleep_client.py sleeping
+--train-seconds per round. The plain job runs first, then the same job with HE.
+
+Bytes are counted on the sockets: `ss -tinp` every --sample seconds gives each site
+parent's TCP bytes received and sent (TLS and gRPC framing included); a round's share is
+what moved between its opening and the next one's (workflow.log timestamps), so round 0
+holds the job archive, and the last row ("end") what moved after the last train round
+(the final evaluation, if any, and the job's end). Prints, per job: wall time, bytes down
+and up per site per round (the mean over sites), and the HE / plain wall time ratio.
+Asserts nothing about time.
+Run: python bench/model_bytes_bench.py [--sites 4 --params 1000000 --rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # so that `python bench/NAME.py` finds the bench package
+
+from bench.federation import ADMIN, SERVER, Federation, timed_lines  # noqa: E402
+from fedsec.api import Session  # noqa: E402
+from fedsec.jobs import FedAvgRecipe  # noqa: E402
+
+SCRIPT = Path(__file__).resolve().parent / "scripts" / "sleep_client.py"
+_ROUND = re.compile(r"round=(\d+) (train|evaluate) sampled=")
+_PID = re.compile(r"pid=(\d+)")
+_BYTES = re.compile(r"\bbytes_(acked|received):(\d+)")
+
+
+def model(n_params: int) -> dict[str, np.ndarray]:
+    """A float32 model of about n_params values in four tensors (random, so nothing compresses)."""
+    rng = np.random.default_rng(0)
+    quarter = max(1, n_params // 4)
+    return {f"layer{i}.weight": rng.standard_normal(quarter).astype(np.float32) * 0.05 for i in range(4)}
+
+
+def socket_bytes(pids: set[int]) -> dict[int, tuple[int, int]]:
+    """pid -> (bytes received, bytes sent and acknowledged) over its established TCP sockets now."""
+    out = subprocess.run(["ss", "-tinpH", "state", "established"], capture_output=True, text=True, check=False).stdout
+    totals: dict[int, tuple[int, int]] = {}
+    owner: int | None = None
+    for line in out.splitlines():
+        if not line[:1].isspace():
+            found = {int(p) for p in _PID.findall(line)} & pids
+            owner = min(found) if found else None
+            continue
+        if owner is None:
+            continue
+        counts = dict(_BYTES.findall(line))
+        down, up = totals.get(owner, (0, 0))
+        totals[owner] = (down + int(counts.get("received", 0)), up + int(counts.get("acked", 0)))
+    return totals
+
+
+@dataclass
+class SocketSampler:
+    """Samples socket_bytes of the site parents in a thread: (time, pid -> (down, up)) per tick.
+
+    A socket that closes takes its counts with it, so each tick's figures are added to what
+    closed sockets had moved: counts only grow (a drop is a closed socket; its last count is kept).
+    """
+
+    pids: set[int]
+    interval: float
+    ticks: list[tuple[float, dict[int, tuple[int, int]]]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> SocketSampler:
+        self._thread = threading.Thread(target=self._run, name="ss-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._tick()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._tick()
+
+    def _tick(self) -> None:
+        seen = socket_bytes(self.pids)
+        last = self.ticks[-1][1] if self.ticks else {}
+        now = {}
+        for pid in self.pids:  # a total that fell: a socket closed; its last counts are kept (a lower bound)
+            (down, up), (was_down, was_up) = seen.get(pid, (0, 0)), last.get(pid, (0, 0))
+            now[pid] = (max(down, was_down), max(up, was_up))
+        self.ticks.append((time.time(), now))
+
+    def at(self, when: float) -> dict[int, tuple[int, int]]:
+        """The counts of the last tick at or before when (the first tick if none)."""
+        best = self.ticks[0][1]
+        for tick, counts in self.ticks:
+            if tick > when:
+                break
+            best = counts
+        return best
+
+
+def run_job(
+    fed: Federation, tmp: Path, he: bool, args: argparse.Namespace
+) -> tuple[float, list[tuple[str, float, float]]]:
+    """(wall seconds, [(round label, mean MB down per site, mean MB up per site)])."""
+    recipe = FedAvgRecipe(
+        "he-bytes" if he else "plain-bytes", model(args.params), SCRIPT, num_rounds=args.rounds,
+        min_clients=args.sites, script_args=["--train-seconds", str(args.train_seconds)], he=he, he_clip=1.0,
+        he_max_clients=args.sites,
+    )  # fmt: skip
+    job = recipe.export(tmp / ("job-he" if he else "job-plain"))
+    sites = {fed.pid(f"site-{i}") for i in range(1, args.sites + 1)}
+    with Session(fed.kit(ADMIN)) as session, SocketSampler(sites, args.sample) as sampler:
+        time.sleep(2 * args.sample)  # a first tick before the job
+        started = time.time()
+        job_id = session.submit_job(job)
+        info = session.wait_for_job(job_id, timeout=900, poll=0.2)
+        elapsed = time.time() - started
+        time.sleep(2 * args.sample)
+    if info.status != "finished:completed":
+        raise SystemExit(f"job {job_id} ended {info.status}: {info.reason}")
+    flow_log = fed.kit(SERVER) / "store" / "jobs" / job_id / "workflow.log"
+    opens: list[tuple[str, float]] = []
+    for when, line in timed_lines(flow_log, " sampled="):
+        found = _ROUND.search(line)
+        if found:
+            label = f"round {found.group(1)}" if found.group(2) == "train" else "evaluate"
+            opens.append((label, when))
+    bounds = [started, *(when for _, when in opens[1:]), time.time()]
+    labels = [label for label, _ in opens]
+    if labels and labels[-1] == "evaluate":
+        labels[-1] = "evaluate + end"
+    else:
+        labels.append("end")
+        bounds.insert(-1, _last_round_done(flow_log) or bounds[-1])
+    rows = []
+    for label, (begin, end) in zip(labels, zip(bounds, bounds[1:], strict=False), strict=False):
+        first, last = sampler.at(begin), sampler.at(end)
+        down = [last[p][0] - first.get(p, (0, 0))[0] for p in last]
+        up = [last[p][1] - first.get(p, (0, 0))[1] for p in last]
+        rows.append((label, sum(down) / len(down) / 1e6, sum(up) / len(up) / 1e6))
+    return elapsed, rows
+
+
+def _last_round_done(flow_log: Path) -> float | None:
+    times = [when for when, _ in timed_lines(flow_log, " done metrics=")]
+    return times[-1] if times else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--sites", type=int, default=4)
+    parser.add_argument("--params", type=int, default=1_000_000, help="model size in float32 values")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--train-seconds", type=float, default=2.0)
+    parser.add_argument("--sample", type=float, default=0.1, help="seconds between two socket samples")
+    args = parser.parse_args()
+    size = sum(v.nbytes for v in model(args.params).values())
+    print(
+        f"workload: {args.sites} sites, {args.rounds} rounds, a {size / 1e6:.1f} MB float32 model "
+        f"({args.params:,} values), training = sleep {args.train_seconds:g} s per round"
+    )
+    walls = {}
+    with tempfile.TemporaryDirectory(prefix="fedsec-bytes-bench-") as tmp, Federation(Path(tmp)) as fed:
+        fed.start(args.sites)
+        fed.wait_registered([f"site-{i}" for i in range(1, args.sites + 1)], 0)
+        for he in (False, True):
+            name = "HE" if he else "plain"
+            walls[name], rows = run_job(fed, Path(tmp), he, args)
+            print(f"\n{name} job: {walls[name]:.1f} s wall; MB per site (mean over sites), counted on its sockets:")
+            print(f"  {'':16} {'down':>8} {'up':>8}")
+            for label, down, up in rows:
+                print(f"  {label:16} {down:8.2f} {up:8.2f}")
+            total_down, total_up = sum(r[1] for r in rows), sum(r[2] for r in rows)
+            print(f"  {'total':16} {total_down:8.2f} {total_up:8.2f}")
+    print(f"\nHE job / plain job wall time: {walls['HE'] / walls['plain']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
