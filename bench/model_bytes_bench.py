@@ -9,7 +9,8 @@ Bytes are counted on the sockets: `ss -tinp` every --sample seconds gives each s
 parent's TCP bytes received and sent (TLS and gRPC framing included); a round's share is
 what moved between its opening and the next one's (workflow.log timestamps), so round 0
 holds the job archive, and the last row ("end") what moved after the last train round
-(the final evaluation, if any, and the job's end). Prints, per job: wall time, bytes down
+(the final evaluation, if any, and the job's end); its seconds run from its opening (or the
+last round's end) to the job's end as the admin sees it. Prints, per job: wall time, bytes down
 and up per site per round (the mean over sites), and the HE / plain wall time ratio.
 Asserts nothing about time.
 Run: python bench/model_bytes_bench.py [--sites 4 --params 1000000 --rounds 3]
@@ -18,6 +19,7 @@ Run: python bench/model_bytes_bench.py [--sites 4 --params 1000000 --rounds 3]
 from __future__ import annotations
 
 import argparse
+import itertools
 import re
 import subprocess
 import sys
@@ -105,7 +107,7 @@ class SocketSampler:
             now[pid] = (max(down, was_down), max(up, was_up))
         self.ticks.append((time.time(), now))
 
-    def at(self, when: float) -> dict[int, tuple[int, int]]:
+    def before(self, when: float) -> dict[int, tuple[int, int]]:
         """The counts of the last tick at or before when (the first tick if none)."""
         best = self.ticks[0][1]
         for tick, counts in self.ticks:
@@ -114,11 +116,20 @@ class SocketSampler:
             best = counts
         return best
 
+    def after(self, when: float) -> dict[int, tuple[int, int]]:
+        """The counts of the first tick at or after when (the last tick if none)."""
+        return next((counts for tick, counts in self.ticks if tick >= when), self.ticks[-1][1])
+
 
 def run_job(
     fed: Federation, tmp: Path, he: bool, args: argparse.Namespace
-) -> tuple[float, list[tuple[str, float, float]]]:
-    """(wall seconds, [(round label, mean MB down per site, mean MB up per site)])."""
+) -> tuple[float, list[tuple[str, float, float, float]]]:
+    """(wall seconds, [(round label, seconds, mean MB down per site, mean MB up per site)]).
+
+    Downloads of a round start after its opening and uploads end before the next one opens
+    (the sleeping script sends nothing for --train-seconds), so a boundary's download count is
+    the last sample before it, its upload count the first sample after it.
+    """
     recipe = FedAvgRecipe(
         "he-bytes" if he else "plain-bytes", model(args.params), SCRIPT, num_rounds=args.rounds,
         min_clients=args.sites, script_args=["--train-seconds", str(args.train_seconds)], he=he, he_clip=1.0,
@@ -142,7 +153,7 @@ def run_job(
         if found:
             label = f"round {found.group(1)}" if found.group(2) == "train" else "evaluate"
             opens.append((label, when))
-    bounds = [started, *(when for _, when in opens[1:]), time.time()]
+    bounds = [started, *(when for _, when in opens[1:]), started + elapsed]
     labels = [label for label, _ in opens]
     if labels and labels[-1] == "evaluate":
         labels[-1] = "evaluate + end"
@@ -150,12 +161,17 @@ def run_job(
         labels.append("end")
         bounds.insert(-1, _last_round_done(flow_log) or bounds[-1])
     rows = []
-    for label, (begin, end) in zip(labels, zip(bounds, bounds[1:], strict=False), strict=False):
-        first, last = sampler.at(begin), sampler.at(end)
-        down = [last[p][0] - first.get(p, (0, 0))[0] for p in last]
-        up = [last[p][1] - first.get(p, (0, 0))[1] for p in last]
-        rows.append((label, sum(down) / len(down) / 1e6, sum(up) / len(up) / 1e6))
+    for label, (begin, end) in zip(labels, itertools.pairwise(bounds), strict=False):
+        down = _mean_delta(sampler.before(begin), sampler.before(end), 0)
+        up = _mean_delta(sampler.after(begin), sampler.after(end), 1)
+        rows.append((label, end - begin, down, up))
     return elapsed, rows
+
+
+def _mean_delta(first: dict[int, tuple[int, int]], last: dict[int, tuple[int, int]], which: int) -> float:
+    """The mean over sites of what count which (0: down, 1: up) grew by from first to last, in MB."""
+    deltas = [last[p][which] - first.get(p, (0, 0))[which] for p in last]
+    return sum(deltas) / len(deltas) / 1e6
 
 
 def _last_round_done(flow_log: Path) -> float | None:
@@ -184,11 +200,11 @@ def main() -> None:
             name = "HE" if he else "plain"
             walls[name], rows = run_job(fed, Path(tmp), he, args)
             print(f"\n{name} job: {walls[name]:.1f} s wall; MB per site (mean over sites), counted on its sockets:")
-            print(f"  {'':16} {'down':>8} {'up':>8}")
-            for label, down, up in rows:
-                print(f"  {label:16} {down:8.2f} {up:8.2f}")
-            total_down, total_up = sum(r[1] for r in rows), sum(r[2] for r in rows)
-            print(f"  {'total':16} {total_down:8.2f} {total_up:8.2f}")
+            print(f"  {'':16} {'seconds':>8} {'down':>8} {'up':>8}")
+            for label, seconds, down, up in rows:
+                print(f"  {label:16} {seconds:8.1f} {down:8.2f} {up:8.2f}")
+            total_down, total_up = sum(r[2] for r in rows), sum(r[3] for r in rows)
+            print(f"  {'total':16} {'':8} {total_down:8.2f} {total_up:8.2f}")
     print(f"\nHE job / plain job wall time: {walls['HE'] / walls['plain']:.2f}")
 
 
