@@ -31,6 +31,7 @@ MAX_VALIDITY_DAYS = 36500
 MAX_MESSAGE_BYTES = 4 << 20
 CHUNK_BYTES = 1 << 20
 MAX_MODEL_BYTES = 2 << 30  # one model or update in the array container
+MAX_HELD_MODELS = 4  # model digests a task request may name as already held by the site (TaskRequest.held_sha256)
 MAX_JOB_ARCHIVE_BYTES = 256 << 20  # a submitted job folder or a job result, zipped (weights stored)
 MAX_JOB_UNPACKED_BYTES = 1 << 30
 MAX_JOB_FILES = 1000

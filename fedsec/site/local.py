@@ -37,8 +37,8 @@ from typing import Any
 import grpc
 import numpy as np
 
-from fedsec import limits
-from fedsec.errors import AuthError, FedsecError, WireError
+from fedsec import _fs, limits
+from fedsec.errors import AuthError, FedsecError, TransferInterruptedError, WireError
 from fedsec.jobs.meta import HEConfig
 from fedsec.site.spool import EventSpool
 from fedsec.site.transfer import retry
@@ -87,6 +87,9 @@ class JobEndpoint:
     server: grpc.Server | None = None
     global_params: dict[str, np.ndarray] | None = field(default=None, repr=False)  # HE jobs: the last global model
     refused_round: int = -1  # the last round whose task was refused (logged once)
+    initial_model: Path | None = None  # the initial model in the signed, verified job archive's unpacked folder
+    held: dict[bytes, Path] = field(default_factory=dict, repr=False)  # SHA-256 -> a model file this site holds
+    last_held: bytes = b""  # the digest of the last model received (kept in a file beside work/)
 
 
 @dataclass(frozen=True)
@@ -118,10 +121,19 @@ class LocalEndpoints:
         self._open: dict[str, JobEndpoint] = {}
         self._seq = 0
 
-    def open(self, job_id: str, he: HEConfig, work: Path, transfer_seconds: float = 600.0) -> JobEndpoint:
+    def open(
+        self,
+        job_id: str,
+        he: HEConfig,
+        work: Path,
+        transfer_seconds: float = 600.0,
+        initial_model: Path | None = None,
+    ) -> JobEndpoint:
         """Start job_id's endpoint on a fresh socket with a fresh token; the socket exists on return.
 
         transfer_seconds: how long the relay retries a task download or an upload through a bad link.
+        initial_model: the initial model of the signed job archive as unpacked here; a task whose model
+        has its SHA-256 is not downloaded again.
         """
         self.close(job_id)
         with self._lock:
@@ -129,7 +141,7 @@ class LocalEndpoints:
             socket = self._dir / f"{self._seq}.sock"
         socket.unlink(missing_ok=True)
         token = secrets.token_urlsafe(limits.JOB_TOKEN_BYTES)
-        endpoint = JobEndpoint(job_id, socket, token, he, work, transfer_seconds)
+        endpoint = JobEndpoint(job_id, socket, token, he, work, transfer_seconds, initial_model=initial_model)
         relay = JobRelay(endpoint, self._link)
         endpoint.server = serve_unix(socket, lambda s: fedsec_pb2_grpc.add_FederationServicer_to_server(relay, s), 4)
         with self._lock:
@@ -208,8 +220,16 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
     def _task_once(
         self, request: fedsec_pb2.TaskRequest, wait: float, deadline: float
     ) -> tuple[fedsec_pb2.TaskPart, bytes]:
-        """One try at the server's answer: its first part and, for a task, the whole payload."""
-        parts = self._upstream().GetTask(request, timeout=wait + max(deadline - time.monotonic(), 1.0))
+        """One try at the server's answer: its first part and, for a task, the whole payload.
+
+        The request names the models this site holds; a task whose model is one of them comes
+        without its bytes, and the site's own copy is used once its size and SHA-256 match.
+        """
+        held = self._held_models()
+        asked = fedsec_pb2.TaskRequest()
+        asked.CopyFrom(request)
+        asked.held_sha256[:] = sorted(held)
+        parts = self._upstream().GetTask(asked, timeout=wait + max(deadline - time.monotonic(), 1.0))
         try:
             first = next(parts, None)
             if first is None or first.WhichOneof("part") != "header":
@@ -218,9 +238,65 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
             if header.status != fedsec_pb2.TASK_STATUS_TASK:
                 return first, b""
             where = f"task of job {self._job.job_id} round {header.current_round}"
-            return first, streams.receive_bytes(_data(parts, "task"), header.payload, limits.MAX_MODEL_BYTES, where)
+            if header.model_held:
+                payload = self._held_payload(header.payload, held, where)
+            else:
+                payload = streams.receive_bytes(_data(parts, "task"), header.payload, limits.MAX_MODEL_BYTES, where)
         finally:
             parts.cancel()
+        log.info(
+            "job=%s round=%d %s task model_bytes=%d downloaded=%d",
+            self._job.job_id,
+            header.current_round,
+            header.task,
+            len(payload),
+            0 if header.model_held else len(payload),
+        )
+        if not header.model_held:
+            self._hold(bytes(header.payload.sha256), payload)
+        header.model_held = False  # what the script is handed carries the model's bytes
+        return first, payload
+
+    def _held_models(self) -> dict[bytes, Path]:
+        """SHA-256 -> file of the models this site holds for the job: its initial model, the last one received."""
+        job = self._job
+        if job.initial_model is not None:
+            try:
+                digest = bytes(streams.describe_file(job.initial_model).sha256)
+            except OSError as exc:
+                log.warning("job=%s cannot read its initial model: %s", job.job_id, exc.strerror or exc)
+            else:
+                job.held[digest] = job.initial_model
+            job.initial_model = None  # hashed once: a later change is caught when the copy is used
+        return dict(job.held)
+
+    def _held_payload(self, info: fedsec_pb2.PayloadInfo, held: dict[bytes, Path], where: str) -> bytes:
+        """This site's own copy of the model info names; TransferInterruptedError (a retry) when it changed."""
+        digest = bytes(info.sha256)
+        path = held.get(digest)
+        if path is None:
+            raise WireError(f"{where}: the server sent no model, naming one this site does not hold")
+        data = _fs.read_bounded(path, limits.MAX_MODEL_BYTES, f"{where}: the site's copy", WireError)
+        if len(data) != info.total_size or not hmac.compare_digest(hashlib.sha256(data).digest(), digest):
+            self._job.held.pop(digest, None)  # the next try downloads it
+            log.warning("job=%s its copy of the model changed since it was received: downloading it", self._job.job_id)
+            raise TransferInterruptedError(f"{where}: the site's copy of the model changed")
+        return data
+
+    def _hold(self, digest: bytes, payload: bytes) -> None:
+        """Keep the model just received (beside work/, out of the script's reach) as the job's last held model."""
+        job = self._job
+        path = job.work.parent / ".last-model"
+        job.held.pop(job.last_held, None)
+        job.last_held = b""
+        try:
+            _fs.write_atomic(path, payload, mode=0o600)
+        except OSError as exc:
+            log.warning("job=%s cannot keep the model received: %s", job.job_id, exc.strerror or exc)
+            return
+        if digest not in job.held:
+            job.held[digest] = path
+            job.last_held = digest
 
     def _refuse(
         self, current_round: int, problem: str, wait: float, context: grpc.ServicerContext

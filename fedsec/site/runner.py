@@ -108,7 +108,8 @@ class JobRunner:
         script = custom / app.script.path
         work = job_dir / "work"
         work.mkdir()
-        endpoint = self._endpoints.open(job_id, app.he, work, app.workflow.round_timeout)
+        initial = code / "app" / app.initial_model  # a task naming its digest is not downloaded again
+        endpoint = self._endpoints.open(job_id, app.he, work, app.workflow.round_timeout, initial)
         try:
             base = {
                 ENV_SOCKET: str(endpoint.socket),

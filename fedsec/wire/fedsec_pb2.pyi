@@ -120,30 +120,34 @@ class ArchivePart(_message.Message):
     def __init__(self, info: _Optional[_Union[PayloadInfo, _Mapping]] = ..., data: _Optional[bytes] = ..., signature: _Optional[_Union[JobSignature, _Mapping]] = ...) -> None: ...
 
 class TaskRequest(_message.Message):
-    __slots__ = ("job_id", "site", "wait_seconds")
+    __slots__ = ("job_id", "site", "wait_seconds", "held_sha256")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SITE_FIELD_NUMBER: _ClassVar[int]
     WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    HELD_SHA256_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     site: str
     wait_seconds: float
-    def __init__(self, job_id: _Optional[str] = ..., site: _Optional[str] = ..., wait_seconds: _Optional[float] = ...) -> None: ...
+    held_sha256: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, job_id: _Optional[str] = ..., site: _Optional[str] = ..., wait_seconds: _Optional[float] = ..., held_sha256: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class TaskHeader(_message.Message):
-    __slots__ = ("status", "task", "current_round", "num_rounds", "meta_json", "payload")
+    __slots__ = ("status", "task", "current_round", "num_rounds", "meta_json", "payload", "model_held")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     CURRENT_ROUND_FIELD_NUMBER: _ClassVar[int]
     NUM_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     META_JSON_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    MODEL_HELD_FIELD_NUMBER: _ClassVar[int]
     status: TaskStatus
     task: str
     current_round: int
     num_rounds: int
     meta_json: str
     payload: PayloadInfo
-    def __init__(self, status: _Optional[_Union[TaskStatus, str]] = ..., task: _Optional[str] = ..., current_round: _Optional[int] = ..., num_rounds: _Optional[int] = ..., meta_json: _Optional[str] = ..., payload: _Optional[_Union[PayloadInfo, _Mapping]] = ...) -> None: ...
+    model_held: bool
+    def __init__(self, status: _Optional[_Union[TaskStatus, str]] = ..., task: _Optional[str] = ..., current_round: _Optional[int] = ..., num_rounds: _Optional[int] = ..., meta_json: _Optional[str] = ..., payload: _Optional[_Union[PayloadInfo, _Mapping]] = ..., model_held: _Optional[bool] = ...) -> None: ...
 
 class TaskPart(_message.Message):
     __slots__ = ("header", "data")

@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, BinaryIO
@@ -27,7 +27,7 @@ from fedsec.errors import TransferInterruptedError, WireError
 from fedsec.wire.fedsec_pb2 import PayloadInfo
 
 FILE_MODE = 0o600
-_SHA256_BYTES = 32
+SHA256_BYTES = 32
 
 
 def describe_file(path: Path) -> PayloadInfo:
@@ -49,6 +49,18 @@ def describe_stream(f: BinaryIO) -> PayloadInfo:
 def describe_bytes(data: bytes) -> PayloadInfo:
     """The size and SHA-256 of data."""
     return PayloadInfo(total_size=len(data), sha256=hashlib.sha256(data).digest())
+
+
+def held_digests(digests: Sequence[bytes], where: str) -> frozenset[bytes]:
+    """The model digests a task request names as held by its site (TaskRequest.held_sha256).
+
+    Raises WireError when there are more than limits.MAX_HELD_MODELS or one is not a 32-byte SHA-256.
+    """
+    if len(digests) > limits.MAX_HELD_MODELS:
+        raise WireError(f"{where}: names {len(digests)} held models, over the limit of {limits.MAX_HELD_MODELS}")
+    if any(len(digest) != SHA256_BYTES for digest in digests):
+        raise WireError(f"{where}: a held model's digest is not a 32-byte SHA-256")
+    return frozenset(bytes(digest) for digest in digests)
 
 
 def file_chunks(path: Path, chunk_size: int = limits.CHUNK_BYTES) -> Iterator[bytes]:
@@ -87,7 +99,7 @@ class _Receipt:
     def __init__(self, info: PayloadInfo, limit: int, where: str) -> None:
         if info.total_size > limit:
             raise WireError(f"{where}: payload of {info.total_size} bytes is over the limit of {limit} bytes")
-        if len(info.sha256) != _SHA256_BYTES:
+        if len(info.sha256) != SHA256_BYTES:
             raise WireError(f"{where}: payload digest is {len(info.sha256)} bytes, expected a 32-byte SHA-256")
         self.where = where
         self.total: int = info.total_size

@@ -63,7 +63,7 @@ class _Round:
     kind: str
     model: Path
     specs: tuple[arrays.TensorSpec, ...]
-    size: int
+    payload: fedsec_pb2.PayloadInfo  # the model's size and SHA-256, read once when the round opens
     sampled: frozenset[str]
     pending: set[str]
     acc: Accumulator | EncryptedAccumulator
@@ -86,12 +86,13 @@ class _Round:
 
 @dataclass(frozen=True)
 class Task:
-    """What get_task answers: a status, and for a task the round and the model file to stream."""
+    """What get_task answers: a status, and for a task the round, the model file to stream and its size and digest."""
 
     status: fedsec_pb2.TaskStatus
     kind: str = ""
     current_round: int = 0
     model: Path | None = None
+    payload: fedsec_pb2.PayloadInfo | None = None
 
     @property
     def encrypted(self) -> bool:
@@ -235,7 +236,7 @@ class FedAvg:
                 rnd = self._round
                 if rnd is not None and site in rnd.pending:
                     rnd.received.setdefault(site, self._clock())  # its deadline counts from its first receipt
-                    return Task(fedsec_pb2.TASK_STATUS_TASK, rnd.kind, rnd.number, rnd.model)
+                    return Task(fedsec_pb2.TASK_STATUS_TASK, rnd.kind, rnd.number, rnd.model, rnd.payload)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return Task(fedsec_pb2.TASK_STATUS_WAIT)
@@ -257,8 +258,9 @@ class FedAvg:
             weight, params_type = _parse_meta(header.meta_json, where)
             metrics = _check_metrics(dict(header.metrics), where)
             if rnd.kind == TRAIN:
-                if not self.he.enabled and header.payload.total_size != rnd.size:
-                    raise WireError(f"{where}: update is {header.payload.total_size} bytes, the model is {rnd.size}")
+                if not self.he.enabled and header.payload.total_size != rnd.payload.total_size:
+                    size = rnd.payload.total_size
+                    raise WireError(f"{where}: update is {header.payload.total_size} bytes, the model is {size}")
                 with streams.PayloadWriter(tmp, header.payload, limits.MAX_MODEL_BYTES, where) as writer:
                     for chunk in chunks:
                         writer.write(chunk)
@@ -440,7 +442,7 @@ class FedAvg:
             acc = EncryptedAccumulator(self._he_context, specs, self.he.clip, self.he.max_clients)
         else:
             acc = Accumulator(specs)
-        rnd = _Round(number, kind, model, specs, model.stat().st_size, sampled, set(sampled), acc)
+        rnd = _Round(number, kind, model, specs, streams.describe_file(model), sampled, set(sampled), acc)
         log.info("job=%s round=%d %s sampled=%s", self.job_id, number, kind, ",".join(sorted(sampled)))
         timeout = self.cfg.round_timeout
         with self._cond:

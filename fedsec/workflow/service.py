@@ -70,21 +70,38 @@ class WorkflowService(fedsec_pb2_grpc.WorkflowServicer):
 
     @rpc_boundary
     def GetTask(self, request: fedsec_pb2.TaskRequest, context: grpc.ServicerContext) -> Iterator[fedsec_pb2.TaskPart]:
+        held = streams.held_digests(request.held_sha256, f"task request of {request.site}")
         task = self._fedavg.get_task(request.site, request.wait_seconds)
-        if task.model is None:
+        if task.model is None or task.payload is None:
             yield fedsec_pb2.TaskPart(header=fedsec_pb2.TaskHeader(status=task.status))
             return
+        model_held = task.payload.sha256 in held
         header = fedsec_pb2.TaskHeader(
             status=task.status,
             task=task.kind,
             current_round=task.current_round,
             num_rounds=self._num_rounds,
             meta_json=json.dumps({"job": self._fedavg.meta.name, "he": self._he, "encrypted": task.encrypted}),
-            payload=streams.describe_file(task.model),
+            payload=task.payload,
+            model_held=model_held,
         )
         yield fedsec_pb2.TaskPart(header=header)
-        for chunk in streams.file_chunks(task.model):
-            yield fedsec_pb2.TaskPart(data=chunk)
+        sent = 0
+        if not model_held:
+            for chunk in streams.file_chunks(task.model):
+                yield fedsec_pb2.TaskPart(data=chunk)
+                sent += len(chunk)
+        # the transfer accounting of the job's models: what each site was sent per round
+        log.info(
+            "job=%s round=%d site=%s %s task model_bytes=%d sent=%d%s",
+            self._fedavg.job_id,
+            task.current_round,
+            request.site,
+            task.kind,
+            task.payload.total_size,
+            sent,
+            " (the site holds it)" if model_held else "",
+        )
 
     @rpc_boundary
     def SubmitResult(
