@@ -361,16 +361,12 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
         header.CopyFrom(first.header)
         header.job_id = self._check(header.job_id, context)
         where = f"result of job {self._job.job_id} round {header.current_round}"
-        if self._job.he.enabled:
-            try:
-                header, payload = self._encrypt(header, _data(request_iterator, "result"))
-            except (WireError, ValueError) as exc:
-                log.warning("job=%s result not sent: %s", self._job.job_id, exc)
-                return fedsec_pb2.ResultReply(accepted=False, reason=str(exc))
-            return self._send(header, lambda: streams.bytes_chunks(payload), where, context)
         try:  # the whole upload first: a retry sends it again from here, never from the script
-            kept = self._keep(header, _data(request_iterator, "result"), where)
-        except WireError as exc:
+            if self._job.he.enabled:
+                header, kept = self._encrypt(header, _data(request_iterator, "result"))
+            else:
+                kept = self._keep(header, _data(request_iterator, "result"), where)
+        except (WireError, ValueError) as exc:
             log.warning("job=%s result not sent: %s", self._job.job_id, exc)
             return fedsec_pb2.ResultReply(accepted=False, reason=str(exc))
         try:
@@ -418,33 +414,53 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
             _forward_error(exc.__cause__, context)
             return fedsec_pb2.ResultReply(accepted=False, reason="server unreachable")
 
-    def _encrypt(self, header: fedsec_pb2.ResultHeader, data: Iterator[bytes]) -> tuple[fedsec_pb2.ResultHeader, bytes]:
+    def _encrypt(self, header: fedsec_pb2.ResultHeader, data: Iterator[bytes]) -> tuple[fedsec_pb2.ResultHeader, Path]:
         """The script's plain update -> the full weights, weighted and encrypted with the signed HE parameters.
 
-        The server sees neither the weights nor num_examples: the weight rides inside
-        the ciphertexts, so the meta carries nothing but the params type.
+        Each ciphertext goes to the upload's file (beside work/) as it is made, so the site parent
+        never holds the whole encrypted update. The server sees neither the weights nor
+        num_examples: the weight rides inside the ciphertexts, so the meta carries nothing but
+        the params type.
         """
         where = f"result of job {self._job.job_id} round {header.current_round}"
         payload = streams.receive_bytes(data, header.payload, limits.MAX_MODEL_BYTES, where)
         meta = _meta(header.meta_json, where)
         if not payload:
             out_meta: dict[str, Any] = {"encrypted": True}
-            encrypted = b""
+            encrypted: Iterable[bytes] = ()
         else:
             params = _full_params(arrays.decode(payload, where), meta, self._job.global_params, where)
+            del payload
             he = self._job.he
             weight = _weight(meta, he.max_examples, where)
             # stochastic rounding needs no secret randomness: seeding it by job, round and site makes runs repeatable
             seed_text = f"{self._job.job_id}:{header.current_round}:{self._site}".encode()
             seed = int.from_bytes(hashlib.sha256(seed_text).digest()[:8], "big")
-            from fedsec.he.codec import encrypt_model  # tenseal: only in HE jobs
+            from fedsec.he.codec import encrypt_chunks  # tenseal: only in HE jobs
 
             rng = np.random.default_rng(seed)
-            encrypted = encrypt_model(self._he_context(), params, weight, he.clip, rng, he.max_clients)
+            encrypted = encrypt_chunks(self._he_context(), params, weight, he.clip, rng, he.max_clients)
             out_meta = {"params_type": "full", "encrypted": True}
+        kept, info = self._write_upload(encrypted)
         header.meta_json = json.dumps(out_meta)
-        header.payload.CopyFrom(streams.describe_bytes(encrypted))
-        return header, encrypted
+        header.payload.CopyFrom(info)
+        return header, kept
+
+    def _write_upload(self, chunks: Iterable[bytes]) -> tuple[Path, fedsec_pb2.PayloadInfo]:
+        """chunks written to a new file beside (not in) work/ as they come; the file, its size and SHA-256."""
+        fd, name = tempfile.mkstemp(prefix=".upload-", suffix=".fsh", dir=self._job.work.parent)
+        kept = Path(name)
+        digest, size = hashlib.sha256(), 0
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in chunks:
+                    f.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+        except BaseException:
+            kept.unlink(missing_ok=True)
+            raise
+        return kept, fedsec_pb2.PayloadInfo(total_size=size, sha256=digest.digest())
 
 
 def _full_params(
