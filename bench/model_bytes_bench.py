@@ -3,7 +3,8 @@
 Workload: provision/secure_project.yml (HE on) on 127.0.0.1 through bench/federation.py
 (start_fl.sh, Session.submit_job: the production path), --sites sites, a --params-parameter
 float32 model (a few MB), --rounds rounds, training = bench/scripts/sleep_client.py sleeping
---train-seconds per round. The plain job runs first, then the same job with HE.
+--train-seconds per round and sending a small non-zero weight difference (so every round's
+global model is new, as in real training). The plain job runs first, then the same job with HE.
 
 Bytes are counted on the sockets: `ss -tinp` every --sample seconds gives each site
 parent's TCP bytes received and sent (TLS and gRPC framing included); a round's share is
@@ -19,6 +20,7 @@ Run: python bench/model_bytes_bench.py [--sites 4 --params 1000000 --rounds 3]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import re
 import subprocess
@@ -132,8 +134,8 @@ def run_job(
     """
     recipe = FedAvgRecipe(
         "he-bytes" if he else "plain-bytes", model(args.params), SCRIPT, num_rounds=args.rounds,
-        min_clients=args.sites, script_args=["--train-seconds", str(args.train_seconds)], he=he, he_clip=1.0,
-        he_max_clients=args.sites,
+        min_clients=args.sites, script_args=["--train-seconds", str(args.train_seconds), "--diff", "0.001"],
+        he=he, he_clip=1.0, he_max_clients=args.sites,
     )  # fmt: skip
     job = recipe.export(tmp / ("job-he" if he else "job-plain"))
     sites = {fed.pid(f"site-{i}") for i in range(1, args.sites + 1)}
@@ -186,6 +188,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--train-seconds", type=float, default=2.0)
     parser.add_argument("--sample", type=float, default=0.1, help="seconds between two socket samples")
+    parser.add_argument("--keep", type=Path, help="run in this new folder and keep it (its logs), not a temporary one")
     args = parser.parse_args()
     size = sum(v.nbytes for v in model(args.params).values())
     print(
@@ -193,7 +196,10 @@ def main() -> None:
         f"({args.params:,} values), training = sleep {args.train_seconds:g} s per round"
     )
     walls = {}
-    with tempfile.TemporaryDirectory(prefix="fedsec-bytes-bench-") as tmp, Federation(Path(tmp)) as fed:
+    if args.keep is not None:
+        args.keep.mkdir(parents=True)
+    folder = contextlib.nullcontext(str(args.keep)) if args.keep else tempfile.TemporaryDirectory(prefix="fedsec-bb-")
+    with folder as tmp, Federation(Path(tmp)) as fed:
         fed.start(args.sites)
         fed.wait_registered([f"site-{i}" for i in range(1, args.sites + 1)], 0)
         for he in (False, True):
