@@ -211,7 +211,7 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
         if problem:
             yield from self._refuse(header.current_round, problem, wait, context)
         elif self._job.he.enabled:
-            yield from self._he_task(header, meta, streams.bytes_chunks(payload))
+            yield from self._he_task(header, meta, payload)
         else:
             yield first
             for chunk in streams.bytes_chunks(payload):
@@ -315,11 +315,13 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
         yield fedsec_pb2.TaskPart(header=fedsec_pb2.TaskHeader(status=fedsec_pb2.TASK_STATUS_WAIT))
 
     def _he_task(
-        self, header: fedsec_pb2.TaskHeader, meta: dict[str, Any], data: Iterator[bytes]
+        self, header: fedsec_pb2.TaskHeader, meta: dict[str, Any], payload: bytes
     ) -> Iterator[fedsec_pb2.TaskPart]:
-        """Decrypt (or decode) the global model, keep it for DIFF updates, hand the script plain arrays."""
+        """Decrypt (or decode) the global model, keep it for DIFF updates, hand the script plain arrays.
+
+        payload: the whole model, already checked against the size and SHA-256 its header announced.
+        """
         where = f"global model of job {self._job.job_id} round {header.current_round}"
-        payload = streams.receive_bytes(data, header.payload, limits.MAX_MODEL_BYTES, where)
         if meta.get("encrypted"):
             from fedsec.he.codec import decrypt_model  # tenseal: only in HE jobs
 
