@@ -29,7 +29,7 @@ import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from fedsec.errors import AuthError, FedsecError, TransferInterruptedError, Wire
 from fedsec.jobs.meta import HEConfig
 from fedsec.site.spool import EventSpool
 from fedsec.site.transfer import retry
+from fedsec.site.upload import StreamedUpload
 from fedsec.tracking.events import check_batch
 from fedsec.transport.local import TOKEN_METADATA, serve_unix
 from fedsec.transport.tls import rpc_boundary
@@ -363,18 +364,34 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
         header.CopyFrom(first.header)
         header.job_id = self._check(header.job_id, context)
         where = f"result of job {self._job.job_id} round {header.current_round}"
+        if self._job.he.enabled:
+            return self._send_encrypted(header, _data(request_iterator, "result"), where, context)
         try:  # the whole upload first: a retry sends it again from here, never from the script
-            if self._job.he.enabled:
-                header, kept = self._encrypt(header, _data(request_iterator, "result"))
-            else:
-                kept = self._keep(header, _data(request_iterator, "result"), where)
-        except (WireError, ValueError) as exc:
+            kept = self._keep(header, _data(request_iterator, "result"), where)
+        except WireError as exc:
             log.warning("job=%s result not sent: %s", self._job.job_id, exc)
             return fedsec_pb2.ResultReply(accepted=False, reason=str(exc))
         try:
-            return self._send(header, lambda: streams.file_chunks(kept), where, context)
+            return self._send(lambda: _result_parts(header, streams.file_chunks(kept)), where, context)
         finally:
             kept.unlink(missing_ok=True)
+
+    def _send_encrypted(
+        self, header: fedsec_pb2.ResultHeader, data: Iterator[bytes], where: str, context: grpc.ServicerContext
+    ) -> fedsec_pb2.ResultReply:
+        """Encrypt the script's update and send it as its ciphertexts are made (kept as they go, for a retry)."""
+        try:
+            header, pieces, bound = self._encrypt(header, data)
+        except (WireError, ValueError) as exc:
+            log.warning("job=%s result not sent: %s", self._job.job_id, exc)
+            return fedsec_pb2.ResultReply(accepted=False, reason=str(exc))
+        if pieces is None:  # no update: an evaluation's metrics
+            return self._send(lambda: _result_parts(header, iter(())), where, context)
+        with StreamedUpload(header, pieces, bound, self._job.work.parent) as upload:
+            reply = self._send(upload.parts, where, context)
+            if upload.error is not None:  # the encryption failed midway: that, not the cut stream, is the news
+                raise upload.error
+            return reply
 
     def _keep(self, header: fedsec_pb2.ResultHeader, data: Iterator[bytes], where: str) -> Path:
         """The script's upload, checked against its announced size and digest, in a file beside (not in) work/."""
@@ -392,19 +409,14 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
         return kept
 
     def _send(
-        self,
-        header: fedsec_pb2.ResultHeader,
-        chunks: Callable[[], Iterable[bytes]],
-        where: str,
-        context: grpc.ServicerContext,
+        self, parts: Callable[[], Iterator[fedsec_pb2.ResultPart]], where: str, context: grpc.ServicerContext
     ) -> fedsec_pb2.ResultReply:
-        """Send a result to the server, again after each transient failure, until the job's deadline."""
+        """Send a result (parts() makes each try's stream), again after each transient failure, until the deadline."""
         deadline = time.monotonic() + self._job.transfer_seconds
 
         def attempt() -> fedsec_pb2.ResultReply:
-            parts = _result_parts(header, iter(chunks()))
             reply: fedsec_pb2.ResultReply = self._upstream().SubmitResult(
-                parts, timeout=max(deadline - time.monotonic(), 1.0)
+                parts(), timeout=max(deadline - time.monotonic(), 1.0)
             )
             return reply
 
@@ -416,53 +428,39 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
             _forward_error(exc.__cause__, context)
             return fedsec_pb2.ResultReply(accepted=False, reason="server unreachable")
 
-    def _encrypt(self, header: fedsec_pb2.ResultHeader, data: Iterator[bytes]) -> tuple[fedsec_pb2.ResultHeader, Path]:
+    def _encrypt(
+        self, header: fedsec_pb2.ResultHeader, data: Iterator[bytes]
+    ) -> tuple[fedsec_pb2.ResultHeader, Iterator[bytes] | None, int]:
         """The script's plain update -> the full weights, weighted and encrypted with the signed HE parameters.
 
-        Each ciphertext goes to the upload's file (beside work/) as it is made, so the site parent
-        never holds the whole encrypted update. The server sees neither the weights nor
-        num_examples: the weight rides inside the ciphertexts, so the meta carries nothing but
-        the params type.
+        Returns the header to send, the encrypted update's pieces as they will be made (None: no
+        update) and a bound of its size. The server sees neither the weights nor num_examples: the
+        weight rides inside the ciphertexts, so the meta carries nothing but the params type.
         """
         where = f"result of job {self._job.job_id} round {header.current_round}"
         payload = streams.receive_bytes(data, header.payload, limits.MAX_MODEL_BYTES, where)
         meta = _meta(header.meta_json, where)
         if not payload:
-            out_meta: dict[str, Any] = {"encrypted": True}
-            encrypted: Iterable[bytes] = ()
-        else:
-            params = _full_params(arrays.decode(payload, where), meta, self._job.global_params, where)
-            del payload
-            he = self._job.he
-            weight = _weight(meta, he.max_examples, where)
-            # stochastic rounding needs no secret randomness: seeding it by job, round and site makes runs repeatable
-            seed_text = f"{self._job.job_id}:{header.current_round}:{self._site}".encode()
-            seed = int.from_bytes(hashlib.sha256(seed_text).digest()[:8], "big")
-            from fedsec.he.codec import encrypt_chunks  # tenseal: only in HE jobs
+            header.meta_json = json.dumps({"encrypted": True})
+            header.payload.CopyFrom(streams.describe_bytes(b""))
+            return header, None, 0
+        params = _full_params(arrays.decode(payload, where), meta, self._job.global_params, where)
+        del payload
+        he = self._job.he
+        weight = _weight(meta, he.max_examples, where)
+        # stochastic rounding needs no secret randomness: seeding it by job, round and site makes runs repeatable
+        seed_text = f"{self._job.job_id}:{header.current_round}:{self._site}".encode()
+        seed = int.from_bytes(hashlib.sha256(seed_text).digest()[:8], "big")
+        from fedsec.he.codec import ciphertexts_for, encrypt_chunks  # tenseal: only in HE jobs
 
-            rng = np.random.default_rng(seed)
-            encrypted = encrypt_chunks(self._he_context(), params, weight, he.clip, rng, he.max_clients)
-            out_meta = {"params_type": "full", "encrypted": True}
-        kept, info = self._write_upload(encrypted)
-        header.meta_json = json.dumps(out_meta)
-        header.payload.CopyFrom(info)
-        return header, kept
-
-    def _write_upload(self, chunks: Iterable[bytes]) -> tuple[Path, fedsec_pb2.PayloadInfo]:
-        """chunks written to a new file beside (not in) work/ as they come; the file, its size and SHA-256."""
-        fd, name = tempfile.mkstemp(prefix=".upload-", suffix=".fsh", dir=self._job.work.parent)
-        kept = Path(name)
-        digest, size = hashlib.sha256(), 0
-        try:
-            with os.fdopen(fd, "wb") as f:
-                for chunk in chunks:
-                    f.write(chunk)
-                    digest.update(chunk)
-                    size += len(chunk)
-        except BaseException:
-            kept.unlink(missing_ok=True)
-            raise
-        return kept, fedsec_pb2.PayloadInfo(total_size=size, sha256=digest.digest())
+        rng = np.random.default_rng(seed)
+        pieces = encrypt_chunks(self._he_context(), params, weight, he.clip, rng, he.max_clients)
+        records = ciphertexts_for(sum(int(v.size) for v in params.values()) + 1)
+        bound = min(
+            limits.MAX_MODEL_BYTES, limits.MAX_HE_HEADER_BYTES + 8 + records * (4 + limits.MAX_HE_CIPHERTEXT_BYTES)
+        )
+        header.meta_json = json.dumps({"params_type": "full", "encrypted": True})
+        return header, pieces, bound
 
 
 def _full_params(

@@ -242,8 +242,14 @@ class FedAvg:
                     return Task(fedsec_pb2.TASK_STATUS_WAIT)
                 self._cond.wait(left)
 
-    def submit(self, site: str, header: fedsec_pb2.ResultHeader, chunks: Iterable[bytes]) -> tuple[bool, str]:
-        """Receive, check and aggregate one site's result; (accepted, reason)."""
+    def submit(
+        self, site: str, header: fedsec_pb2.ResultHeader, chunks: Iterable[bytes | fedsec_pb2.PayloadInfo]
+    ) -> tuple[bool, str]:
+        """Receive, check and aggregate one site's result; (accepted, reason).
+
+        chunks: the update's bytes, then, for an update streamed as it was made (header.payload_trailer),
+        its size and digest (a PayloadInfo).
+        """
         where = f"result of {site} for round {header.current_round}"
         with self._cond:
             rnd = self._round
@@ -261,12 +267,13 @@ class FedAvg:
                 if not self.he.enabled and header.payload.total_size != rnd.payload.total_size:
                     size = rnd.payload.total_size
                     raise WireError(f"{where}: update is {header.payload.total_size} bytes, the model is {size}")
-                with streams.PayloadWriter(tmp, header.payload, limits.MAX_MODEL_BYTES, where) as writer:
+                trailer = header.payload_trailer
+                with streams.PayloadWriter(tmp, header.payload, limits.MAX_MODEL_BYTES, where, trailer) as writer:
                     for chunk in chunks:
                         writer.write(chunk)
                     writer.finish()
                 rnd.acc.check(tmp, where)
-            elif header.payload.total_size != 0:
+            elif header.payload.total_size != 0 or header.payload_trailer:
                 raise WireError(f"{where}: an evaluation result carries no model")
             with self._cond:
                 if self._round is not rnd or site not in rnd.pending:

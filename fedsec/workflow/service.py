@@ -133,8 +133,11 @@ class WorkflowService(fedsec_pb2_grpc.WorkflowServicer):
         return fedsec_pb2.Empty()
 
 
-def _data(parts: Iterator[fedsec_pb2.ResultPart]) -> Iterator[bytes]:
-    """The data chunks of a result stream; TransferInterruptedError when the stream is cancelled or reset."""
+def _data(parts: Iterator[fedsec_pb2.ResultPart]) -> Iterator[bytes | fedsec_pb2.PayloadInfo]:
+    """The data chunks of a result stream, then its trailer if it has one (a PayloadInfo).
+
+    TransferInterruptedError when the stream is cancelled or reset.
+    """
     while True:
         try:
             part = next(parts, None)
@@ -142,6 +145,7 @@ def _data(parts: Iterator[fedsec_pb2.ResultPart]) -> Iterator[bytes]:
             raise TransferInterruptedError("result stream: cancelled before its end") from exc
         if part is None:
             return
-        if part.WhichOneof("part") != "data":
+        kind = part.WhichOneof("part")
+        if kind == "header":
             raise WireError("result stream: a second header")
-        yield part.data
+        yield part.data if kind == "data" else part.trailer

@@ -49,6 +49,7 @@ class FakeServer:
         self.meta = meta
         self.task_requests: list[fedsec_pb2.TaskRequest] = []
         self.results: list[fedsec_pb2.ResultHeader] = []
+        self.uploads: list[list[fedsec_pb2.ResultPart]] = []  # the parts after each result's header
 
     def GetTask(self, request: fedsec_pb2.TaskRequest, timeout: float) -> _Stream:
         self.task_requests.append(request)
@@ -66,8 +67,7 @@ class FakeServer:
     def SubmitResult(self, parts: Iterator[fedsec_pb2.ResultPart], timeout: float) -> fedsec_pb2.ResultReply:
         first = next(parts)
         self.results.append(first.header)
-        for _ in parts:
-            pass
+        self.uploads.append(list(parts))
         return fedsec_pb2.ResultReply(accepted=True)
 
 
@@ -199,7 +199,18 @@ def test_he_job_hands_the_script_plain_arrays_and_sends_ciphertexts(endpoints: A
     assert reply.accepted
     sent = server["stub"].results[0]
     assert json.loads(sent.meta_json) == {"params_type": "full", "encrypted": True}  # no num_examples upstream
-    assert sent.payload.total_size > len(diff)
+    # sent as it was encrypted: a bound first, the size and digest after the data
+    assert sent.payload_trailer and not sent.payload.sha256
+    upload = tmp_path / "upload.fsh"
+    with streams.PayloadWriter(upload, sent.payload, 1 << 30, "upload", trailer=True) as writer:
+        for part in server["stub"].uploads[0]:
+            writer.write(part.data if part.WhichOneof("part") == "data" else part.trailer)
+        writer.finish()
+    from fedsec.he.codec import decrypt_model
+
+    full, _ = decrypt_model(ctx, upload.read_bytes(), "upload")  # the global model plus the difference
+    assert np.allclose(full["w"], np.arange(4) + 1, atol=1e-3)
+    assert not list(tmp_path.parent.glob(".upload-*"))  # the kept copy (beside work/) went with the upload
 
 
 class HoldingServer(FakeServer):
