@@ -85,23 +85,21 @@ class WorkflowService(fedsec_pb2_grpc.WorkflowServicer):
             payload=task.payload,
             model_held=model_held,
         )
+        # the transfer accounting of the job's models: what each site was sent, per round
+        what = f"job={self._fedavg.job_id} round={task.current_round} site={request.site} {task.kind} task"
+        size = task.payload.total_size
+        if model_held:  # logged first: the site may cancel the stream as soon as it has the header
+            log.info("%s model_bytes=%d sent=0 (the site holds it)", what, size)
+            yield fedsec_pb2.TaskPart(header=header)
+            return
         yield fedsec_pb2.TaskPart(header=header)
         sent = 0
-        if not model_held:
+        try:
             for chunk in streams.file_chunks(task.model):
+                sent += len(chunk)  # counted as handed to gRPC: the site may cancel once it has the last one
                 yield fedsec_pb2.TaskPart(data=chunk)
-                sent += len(chunk)
-        # the transfer accounting of the job's models: what each site was sent per round
-        log.info(
-            "job=%s round=%d site=%s %s task model_bytes=%d sent=%d%s",
-            self._fedavg.job_id,
-            task.current_round,
-            request.site,
-            task.kind,
-            task.payload.total_size,
-            sent,
-            " (the site holds it)" if model_held else "",
-        )
+        finally:
+            log.info("%s model_bytes=%d sent=%d%s", what, size, sent, "" if sent == size else " (cut short)")
 
     @rpc_boundary
     def SubmitResult(
