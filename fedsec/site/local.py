@@ -8,13 +8,16 @@ It takes a task whole from the server before the script sees any of it, and
 keeps the script's upload in a file outside the job's work folder before it
 sends it on; both are retried on transient errors (fedsec.site.transfer) until
 the signed job's round_timeout has passed, so a reset link costs a retry, not
-the round.
+the round. A task request names the models the site holds (the initial model
+of the signed, verified job archive, the last model received); a task whose
+model is one of them comes without its bytes, and the site's own copy is used
+once its size and SHA-256 match the task's (else it is downloaded).
 
 The site's HE secret key stays here, in trusted code: in a job whose signed
 config enables HE, the relay decrypts the global model before the script
 sees it (keeping the final one in the job's work folder), and encrypts the
 script's plain update with the signed job's HE parameters before it leaves
-the site. The signed job, not the server's task message, decides HE: a task
+the site, sending each ciphertext as it is made (fedsec.site.upload). The signed job, not the server's task message, decides HE: a task
 whose meta disagrees with it is never handed to the script.
 """
 
@@ -285,7 +288,7 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
         return data
 
     def _hold(self, digest: bytes, payload: bytes) -> None:
-        """Keep the model just received (beside work/, out of the script's reach) as the job's last held model."""
+        """Keep the model just received (beside work/, not in it) as the job's last held model; checked on use."""
         job = self._job
         path = job.work.parent / ".last-model"
         job.held.pop(job.last_held, None)
