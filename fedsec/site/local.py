@@ -17,8 +17,9 @@ The site's HE secret key stays here, in trusted code: in a job whose signed
 config enables HE, the relay decrypts the global model before the script
 sees it (keeping the final one in the job's work folder), and encrypts the
 script's plain update with the signed job's HE parameters before it leaves
-the site, sending each ciphertext as it is made (fedsec.site.upload). The signed job, not the server's task message, decides HE: a task
-whose meta disagrees with it is never handed to the script.
+the site, sending each ciphertext as it is made (fedsec.site.upload). The
+signed job, not the server's task message, decides HE: a task whose meta
+disagrees with it is never handed to the script.
 """
 
 from __future__ import annotations
