@@ -12,7 +12,9 @@ what moved between its opening and the next one's (workflow.log timestamps), so 
 holds the job archive, and the last row ("end") what moved after the last train round
 (the final evaluation, if any, and the job's end); its seconds run from its opening (or the
 last round's end) to the job's end as the admin sees it. Prints, per job: wall time, bytes down
-and up per site per round (the mean over sites), and the HE / plain wall time ratio.
+and up per site per round (the mean over sites), the largest site parent's peak resident memory
+(VmHWM, reset before each job), and the HE / plain wall time ratio; then, in this process, how
+soon one site's HE upload has its first chunk ready against its whole encryption.
 Asserts nothing about time.
 Run: python bench/model_bytes_bench.py [--sites 4 --params 1000000 --rounds 3]
 """
@@ -36,7 +38,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # so that `python bench/NAME.py` finds the bench package
 
-from bench.federation import ADMIN, SERVER, Federation, timed_lines  # noqa: E402
+from bench.federation import ADMIN, SERVER, Federation, memory_mib, reset_peak, timed_lines  # noqa: E402
+from fedsec import limits  # noqa: E402
 from fedsec.api import Session  # noqa: E402
 from fedsec.jobs import FedAvgRecipe  # noqa: E402
 
@@ -125,8 +128,8 @@ class SocketSampler:
 
 def run_job(
     fed: Federation, tmp: Path, he: bool, args: argparse.Namespace
-) -> tuple[float, list[tuple[str, float, float, float]]]:
-    """(wall seconds, [(round label, seconds, mean MB down per site, mean MB up per site)]).
+) -> tuple[float, float, list[tuple[str, float, float, float]]]:
+    """(wall seconds, the largest site parent's peak RSS in MiB, [(round label, seconds, MB down, MB up per site)]).
 
     Downloads of a round start after its opening and uploads end before the next one opens
     (the sleeping script sends nothing for --train-seconds), so a boundary's download count is
@@ -139,6 +142,8 @@ def run_job(
     )  # fmt: skip
     job = recipe.export(tmp / ("job-he" if he else "job-plain"))
     sites = {fed.pid(f"site-{i}") for i in range(1, args.sites + 1)}
+    for pid in sites:
+        reset_peak(pid)
     with Session(fed.kit(ADMIN)) as session, SocketSampler(sites, args.sample) as sampler:
         time.sleep(2 * args.sample)  # a first tick before the job
         started = time.time()
@@ -148,6 +153,7 @@ def run_job(
         time.sleep(2 * args.sample)
     if info.status != "finished:completed":
         raise SystemExit(f"job {job_id} ended {info.status}: {info.reason}")
+    peak = max(memory_mib(pid)[1] for pid in sites)
     flow_log = fed.kit(SERVER) / "store" / "jobs" / job_id / "workflow.log"
     opens: list[tuple[str, float]] = []
     for when, line in timed_lines(flow_log, " sampled="):
@@ -167,7 +173,7 @@ def run_job(
         down = _mean_delta(sampler.before(begin), sampler.before(end), 0)
         up = _mean_delta(sampler.after(begin), sampler.after(end), 1)
         rows.append((label, end - begin, down, up))
-    return elapsed, rows
+    return elapsed, peak, rows
 
 
 def _mean_delta(first: dict[int, tuple[int, int]], last: dict[int, tuple[int, int]], which: int) -> float:
@@ -204,14 +210,33 @@ def main() -> None:
         fed.wait_registered([f"site-{i}" for i in range(1, args.sites + 1)], 0)
         for he in (False, True):
             name = "HE" if he else "plain"
-            walls[name], rows = run_job(fed, Path(tmp), he, args)
-            print(f"\n{name} job: {walls[name]:.1f} s wall; MB per site (mean over sites), counted on its sockets:")
+            walls[name], peak, rows = run_job(fed, Path(tmp), he, args)
+            print(f"\n{name} job: {walls[name]:.1f} s wall; site parent peak RSS (the largest) {peak:.0f} MiB")
+            print("  MB per site (mean over sites), counted on its sockets:")
             print(f"  {'':16} {'seconds':>8} {'down':>8} {'up':>8}")
             for label, seconds, down, up in rows:
                 print(f"  {label:16} {seconds:8.1f} {down:8.2f} {up:8.2f}")
             total_down, total_up = sum(r[2] for r in rows), sum(r[3] for r in rows)
             print(f"  {'total':16} {'':8} {total_down:8.2f} {total_up:8.2f}")
+        first, whole = upload_timing(fed.kit("site-1") / "startup" / "client_context.tenseal", args.params)
     print(f"\nHE job / plain job wall time: {walls['HE'] / walls['plain']:.2f}")
+    print(f"HE upload of one site (one process): first {limits.CHUNK_BYTES >> 20} MiB ready after {first:.2f} s,")
+    print(f"  the whole update encrypted after {whole:.2f} s (before streaming, the first byte waited for the whole)")
+
+
+def upload_timing(context_file: Path, n_params: int) -> tuple[float, float]:
+    """Seconds until encrypt_chunks has made the first upload chunk, and until it has made all of it."""
+    from fedsec.he.codec import encrypt_chunks
+    from fedsec.he.context import load_client_context
+
+    context = load_client_context(context_file.read_bytes(), "site-1's HE context")
+    started = time.perf_counter()
+    first, made = 0.0, 0
+    for piece in encrypt_chunks(context, model(n_params), 1.0, 1.0):
+        made += len(piece)
+        if not first and made >= limits.CHUNK_BYTES:
+            first = time.perf_counter() - started
+    return first, time.perf_counter() - started
 
 
 if __name__ == "__main__":
