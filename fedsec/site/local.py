@@ -295,7 +295,7 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
         job.held.pop(job.last_held, None)
         job.last_held = b""
         try:
-            _fs.write_atomic(path, payload, mode=0o600)
+            _fs.write_atomic(path, payload, mode=0o600, durable=False)  # a cache: its digest is checked on use
         except OSError as exc:
             log.warning("job=%s cannot keep the model received: %s", job.job_id, exc.strerror or exc)
             return
