@@ -15,7 +15,9 @@ per slot (value 2k as lo, value 2k+1 as hi: lo + (hi << FIELD_BITS)) and the slo
 4096 per ciphertext, the last one padded with zeros. Summing ciphertexts sums the weighted
 values and the weights, so decryption yields the weighted average and the total weight.
 
-Every size from a file is checked against fedsec.limits before memory is taken. The server
+Encryption streams: encrypt_chunks yields the header, then each ciphertext record as soon as it
+is made, quantising one ciphertext's values at a time (encrypt_model joins them). Every size from a
+file is checked against fedsec.limits before memory is taken. The server
 side (EncryptedSum) never decrypts and needs no key; decryption checks that every value lies in
 the range a sum can have, which catches a wrong secret key or corrupted data.
 """
