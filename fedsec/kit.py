@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fedsec import _fs, _schema, limits
 from fedsec.errors import AuthError, ConfigError, KitError
 from fedsec.pki import certs, signing
+from fedsec.state.settings import StoreSettings, parse_store
 
 KIT_FORMAT = "fedsec-kit/1"
 ROOT_CA_FILE = "rootCA.pem"
@@ -52,6 +53,12 @@ class ServerConfig:
     admin_port: int
     heartbeat_timeout: float = 30.0
     admin_session_timeout: float = 1800.0
+    store: Any = "sqlite"  # the state backend: "sqlite", or {"postgres": {"dsn_file": "local/..."}} (fedsec.state)
+
+    @property
+    def store_settings(self) -> StoreSettings:
+        """The checked store setting (checked when the kit loads, so this does not raise)."""
+        return parse_store(self.store, "startup/fed_server.json: store")
 
 
 @dataclass(frozen=True)
@@ -178,6 +185,11 @@ def _load_config(path: Path, cls: type[ServerConfig] | type[ClientConfig] | type
         raise KitError(f"{where}: {exc}") from exc
     if config.format != KIT_FORMAT:
         raise KitError(f"{where}: format {config.format!r} is not {KIT_FORMAT!r}")
+    if isinstance(config, ServerConfig):
+        try:
+            config.store_settings  # noqa: B018 - checked now, not when the server first needs it
+        except ConfigError as exc:
+            raise KitError(f"{where}: {exc}") from exc
     return config
 
 

@@ -231,6 +231,36 @@ def _get_job_log(s: AdminSession, a: argparse.Namespace, ctx: Context) -> int:
     return _write(ctx, text or empty, {"job_id": a.id, "target": a.target, "log": text})
 
 
+def _tail_job_log(s: AdminSession, a: argparse.Namespace, ctx: Context) -> int:
+    lines = s.tail_job_log(a.id, a.site, a.follow)
+    got: list[str] = []
+    try:
+        for line in lines:
+            if ctx.as_json:
+                got.append(line)
+            else:
+                ctx.out.write(line + "\n")
+                ctx.out.flush()
+    except KeyboardInterrupt:  # Ctrl-C ends following, not the shell
+        lines.close()
+        if not ctx.as_json:
+            ctx.out.write("stopped following\n")
+    if ctx.as_json:
+        return _write(ctx, "", {"job_id": a.id, "site": a.site, "lines": got})
+    if not got and ctx.interactive and not a.follow:
+        ctx.out.write(f"(no site has sent its log of job {a.id} yet)\n")
+    return EXIT_OK
+
+
+def _download_job_log(s: AdminSession, a: argparse.Namespace, ctx: Context) -> int:
+    dest = Path(a.dest).expanduser() if a.dest else None
+    try:
+        path = s.download_job_log(a.id, dest=dest, follow=a.follow)
+    except KeyboardInterrupt:
+        return _write(ctx, "stopped following; what was written so far stays in the job's .logs folder")
+    return _write(ctx, f"downloaded the logs of job {a.id} to {path}", {"job_id": a.id, "path": str(path)})
+
+
 def _sys_info(s: AdminSession, a: argparse.Namespace, ctx: Context) -> int:
     info = s.sys_info(target=a.target)
     return _write(ctx, render.key_values(render.flatten(info)), info)
@@ -328,6 +358,21 @@ def _job_log_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", metavar="server|SITE", nargs="?", default="server")
 
 
+def _follow(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--follow", action="store_true", help="go on with new lines until the job ends (Ctrl-C stops)")
+
+
+def _tail_args(p: argparse.ArgumentParser) -> None:
+    _id(p)
+    p.add_argument("site", metavar="SITE", nargs="?", default=None)
+    _follow(p)
+
+
+def _download_log_args(p: argparse.ArgumentParser) -> None:
+    _download_args(p)
+    _follow(p)
+
+
 _J = (ArgKind.JOB,)
 COMMANDS: dict[str, Command] = {
     c.name: c
@@ -389,10 +434,26 @@ COMMANDS: dict[str, Command] = {
         Command("show_errors", "a job's failure reason and the sites' errors", _show_errors, _id, _J),
         Command(
             "get_job_log",
-            "a job's log from the server (default) or a site",
+            "the end of a job's log from the server (default) or a site (running, failed or aborted jobs too)",
             _get_job_log,
             _job_log_args,
             (ArgKind.JOB, ArgKind.SERVER_OR_SITE),
+        ),
+        Command(
+            "tail_job_log",
+            "the last lines of the sites' logs of a job (one SITE, or every site's, each line led by its"
+            " name); -f: then each new line as the sites send it, until the job ends (Ctrl-C stops)",
+            _tail_job_log,
+            _tail_args,
+            (ArgKind.JOB, ArgKind.SITE),
+        ),
+        Command(
+            "download_job_log",
+            "write each site's whole log of a job, and the server's, into DEST/ID.logs/ (default DEST: the kit's"
+            " transfer/); -f: go on writing until the job ends (Ctrl-C stops)",
+            _download_job_log,
+            _download_log_args,
+            (ArgKind.JOB, ArgKind.PATH),
         ),
         Command(
             "sys_info",

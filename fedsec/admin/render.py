@@ -181,6 +181,8 @@ def job_block(info: JobInfo, now: float | None = None) -> str:
     final = info.progress.get("final")
     if isinstance(final, Mapping):
         pairs.append(("final", _metrics(final.get("metrics") or final)))
+    if info.refusals:
+        pairs.append(("refused", "\n".join(info.refusals)))
     return key_values(pairs)
 
 
@@ -215,14 +217,17 @@ def _indented(text: str) -> str:
 
 
 def errors(job_id: str, data: Mapping[str, Any]) -> str:
-    """show_errors: the job's reason and each site's error text, indented."""
+    """show_errors: the job's reason, each site's error text (indented), then a line per refused update."""
     reason = str(data.get("reason") or "")
     sites: Mapping[str, Any] = data.get("sites") or {}
-    if not reason and not sites:
+    refused: Sequence[Any] = data.get("refused") or []
+    if not reason and not sites and not refused:
         return f"job {job_id}: no errors reported\n"
     text = f"job {job_id}: {_indented(reason) or 'no reason recorded'}\n"
     for site, error in sites.items():
         text += f"{site}:\n    {_indented(str(error))}\n"
+    for line in refused:
+        text += f"{line}\n"
     return text
 
 

@@ -1,4 +1,4 @@
-"""RoundPrinter: a monitor_job callback that prints each round's metrics once, and what the job is doing meanwhile."""
+"""RoundPrinter: a monitor_job callback printing each round's metrics once, refused updates, what the job does."""
 
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ class RoundPrinter:
     (status_line: "waiting for sites: 2 of 3 connected, site-3 missing", or the
     round under way) goes to status (default stderr), so that stdout holds only
     the rounds; monitor_job calls at least every 10 s, so a follower is never silent longer.
+    Each update the server refused is printed to status once, when it is first seen
+    ("site-2 round 0: update refused: tensor 'w' has shape (9, 1), the model has (8, 1)").
     """
 
     def __init__(self, out: TextIO | None = None, status: TextIO | None = None) -> None:
@@ -39,6 +41,10 @@ class RoundPrinter:
         self._status = status
 
     def __call__(self, info: JobInfo) -> None:
+        for line in info.refusals:  # as they happen: a site's update that the server refused, and why
+            if ("refused", line) not in self.printed:
+                self.printed.add(("refused", line))
+                print(line, file=self._status or sys.stderr, flush=True)
         new = False
         for entry in info.progress.get("rounds", []):
             new |= self._line(entry["round"], f"round {entry['round'] + 1}/{info.num_rounds}", entry.get("metrics", {}))

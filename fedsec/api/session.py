@@ -22,7 +22,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -30,8 +30,16 @@ from typing import Any
 
 import grpc
 
-from fedsec import limits
-from fedsec.errors import FedsecError, JobError, KitError, SessionExpiredError, UnreachableError, WireError
+from fedsec import _fs, limits
+from fedsec.errors import (
+    ConfigError,
+    FedsecError,
+    JobError,
+    KitError,
+    SessionExpiredError,
+    UnreachableError,
+    WireError,
+)
 from fedsec.jobs import load_job_folder, pack, unpack
 from fedsec.jobs.signing import (
     JobSignature,
@@ -55,6 +63,8 @@ Progress = Callable[[int, int], None]  # (bytes done, total)
 QUIET_SECONDS = 10.0  # monitor_job calls its callback at least this often, even when nothing changed
 PROBE_SECONDS = 5.0  # after waiting for the server in vain, how long one call may take to tell down from slow
 SITES_POLL_SECONDS = 5.0  # while a job waits for sites, monitor_job asks for the site list at most this often
+SERVER_LOG = "_server.log"  # download_job_log: the server's log of the job, beside <site>.log files
+FOLLOW_END_SECONDS = 15.0  # after a job's end, how long a followed log waits for a site that never completes its log
 
 
 @dataclass(frozen=True)
@@ -123,6 +133,20 @@ class JobInfo:
     @property
     def finished(self) -> bool:
         return self.status.startswith(FINISHED_PREFIX)
+
+    @property
+    def refusals(self) -> list[str]:
+        """The refused updates the server kept, oldest first, one line each:
+
+        "site-2 round 0: update refused: tensor 'w' has shape (9, 1), the model has (8, 1)".
+        """
+        entries = self.progress.get("refused")
+        return [refusal_line(e) for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+
+
+def refusal_line(entry: dict[str, Any]) -> str:
+    """One refused update of a job's progress as a line (the format the server's reply to the site has too)."""
+    return f"{entry.get('site', '?')} round {entry.get('round', '?')}: update refused: {entry.get('reason', '')}"
 
 
 def _info(msg: fedsec_pb2.JobInfo) -> JobInfo:
@@ -411,15 +435,105 @@ class Session:
         }
 
     def show_errors(self, job_id: str) -> dict[str, Any]:
-        """The job's failure reason and each site's reported error."""
+        """The job's failure reason, each site's reported error, and the updates the server refused.
+
+        {"reason": str, "sites": {site: error}, "refused": ["site-2 round 0: update refused: ...", ...]}
+        """
         info = self._meta(job_id, "show_errors")
         request = fedsec_pb2.TargetRequest(job_id=info.job_id, target=ALL_SITES)
         sites: dict[str, str] = self._text("show_errors", self._stub.GetJobLog, request)["errors"]
-        return {"reason": info.reason, "sites": sites}
+        return {"reason": info.reason, "sites": sites, "refused": info.refusals}
 
     def get_job_log(self, job_id: str, target: str = "server") -> str:
+        """The end of a job's log on the server (target "server") or on a site, as far as the site has sent it.
+
+        A site sends its log while the job's script runs, and the rest when it ends, fails or is aborted.
+        Raises JobError when the site has sent nothing yet, AuthError without the right (download_job).
+        """
         request = fedsec_pb2.TargetRequest(job_id=job_id, target=target)
         return str(self._text("get_job_log", self._stub.GetJobLog, request)["log"])
+
+    def tail_job_log(
+        self, job_id: str, site: str | None = None, follow: bool = False, *, poll: float = 1.0
+    ) -> Generator[str, None, None]:
+        """The last lines of the sites' logs of a job, then, with follow, each new line as the sites send it.
+
+        A generator of lines (without their newline): one site's as written, or, with site None,
+        every site's, each line "site-1: ...". Following ends once the job has ended and each
+        site's log is complete (a site that never completes it: FOLLOW_END_SECONDS after the
+        end); close the generator, or press Ctrl-C, to stop sooner. Raises JobError when there
+        is no such job, AuthError without the right to its logs (download_job, as get_job_log).
+        """
+        for piece in self._log_pieces("tail_job_log", job_id, site, follow=follow, from_start=False, poll=poll):
+            for line in piece.text.splitlines():
+                yield line if site else f"{piece.site}: {line}"
+
+    def download_job_log(
+        self, job_id: str, dest: str | Path | None = None, *, follow: bool = False, poll: float = 1.0
+    ) -> Path:
+        """Write each site's whole log of a job (as far as the server keeps it) to dest/<job id>.logs/<site>.log.
+
+        With follow, go on appending what the sites send until the job has ended (as tail_job_log);
+        the server's log of the job is written last, as _server.log (no site name starts with '_').
+        dest defaults to the kit's transfer/ folder. Raises JobError when the folder exists already
+        (nothing is replaced) or a site name the server sent is not a safe file name.
+        """
+        info = self._meta(job_id, "download_job_log")
+        found = _server_job_id(info.job_id, job_id)
+        folder = (Path(dest) if dest is not None else self.kit.root / "transfer") / f"{found}.logs"
+        try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700)
+        except FileExistsError as exc:
+            raise JobError(f"download_job_log {found}: {folder} exists already; move or delete it first") from exc
+        except OSError as exc:
+            raise JobError(f"download_job_log {found}: cannot create {folder}: {exc.strerror or exc}") from exc
+        try:
+            for piece in self._log_pieces("download_job_log", found, None, follow=follow, from_start=True, poll=poll):
+                name = _fs.check_name("site", piece.site)
+                with (folder / f"{name}.log").open("a", encoding="utf-8") as f:
+                    f.write(piece.text)
+            server_log = self.get_job_log(found, "server")
+            (folder / SERVER_LOG).write_text(server_log, encoding="utf-8")
+        except ConfigError as exc:
+            raise JobError(f"download_job_log {found}: the server sent {exc}") from exc
+        except OSError as exc:
+            raise JobError(f"download_job_log {found}: cannot write in {folder}: {exc.strerror or exc}") from exc
+        return folder
+
+    def _tail_call(self, request: fedsec_pb2.LogTailRequest) -> Callable[[list[tuple[str, str]]], Any]:
+        return lambda md: self._stub.TailJobLog(request, timeout=self._timeout, metadata=md)
+
+    def _log_pieces(
+        self, what: str, job_id: str, site: str | None, *, follow: bool, from_start: bool, poll: float
+    ) -> Iterator[fedsec_pb2.LogText]:
+        """The TailJobLog replies' pieces with text, read from the cursors they return (see tail_job_log)."""
+        cursors: dict[str, int] = {}
+        again = False
+        ended_at: float | None = None
+        while True:
+            request = fedsec_pb2.LogTailRequest(
+                job_id=job_id, site=site or "", from_start=from_start, again=again,
+                cursors=[fedsec_pb2.LogCursor(site=k, offset=v) for k, v in cursors.items()],
+            )  # fmt: skip
+            reply: fedsec_pb2.LogTail = self._call(what, self._tail_call(request))
+            again = True
+            more = False
+            for piece in reply.logs:
+                cursors[piece.site] = piece.offset
+                more |= piece.more
+                if piece.text:
+                    yield piece
+            if more:
+                continue
+            if not follow:
+                return
+            if reply.status.startswith(FINISHED_PREFIX):
+                ended_at = ended_at if ended_at is not None else time.monotonic()
+                complete = all(p.closed or p.full for p in reply.logs)
+                if complete or time.monotonic() - ended_at > FOLLOW_END_SECONDS:
+                    return
+            time.sleep(poll)
 
     # ------------------------------------------------------------ sites and the server
 

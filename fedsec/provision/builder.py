@@ -33,6 +33,7 @@ from fedsec.kit import (
 from fedsec.pki import certs, signing
 from fedsec.provision import templates
 from fedsec.provision.project import AdminSpec, ClientSpec, Project, ServerSpec
+from fedsec.state.settings import parse_store
 
 STATE_DIR = "state"
 _ROOT_KEY = "rootCA.key"
@@ -153,6 +154,7 @@ def _build_kit(
             spec.admin_port,
             spec.heartbeat_timeout,
             spec.admin_session_timeout,
+            parse_store(spec.store, "server.store").to_json(),
         )
         scripts = {"start.sh": templates.START_SH, "stop_fl.sh": templates.STOP_SH}
         signed_local.append(_write_text(local / "authorization.yml", templates.AUTHORIZATION_YML))

@@ -139,6 +139,7 @@ participants:
     admin_port: 8003     # admins connect here (mutual TLS)
     heartbeat_timeout: 30  # seconds without a heartbeat before a site counts as gone
     admin_session_timeout: 1800  # seconds an idle admin session stays logged in
+    store: sqlite        # the server's state; or {postgres: {dsn_file: local/postgres.dsn}} (the DSN in a 0600 file)
   # Sites (clients): they dial out to the server and need no open port.
   - name: site-1
     type: client

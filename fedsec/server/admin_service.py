@@ -29,6 +29,7 @@ from fedsec.server.authz import JobOwner, Policy, Right, Scope
 from fedsec.server.jobs import JobManager
 from fedsec.server.registry import SiteRegistry
 from fedsec.server.sessions import AdminSessions
+from fedsec.server.site_logs import capped_note, clean_text
 from fedsec.server.store import MIN_ID_PREFIX, JobRecord, JobStore
 from fedsec.transport.tls import peer_cert, require, rpc_boundary
 from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc, streams
@@ -96,12 +97,14 @@ class AdminService(fedsec_pb2_grpc.AdminServicer):
         action: Callable[[Identity, JobRecord | None], T],
         *,
         sites: Callable[[], Mapping[str, str] | None] | None = None,
+        audit_allowed: bool = True,
     ) -> T:
         """Check session and right, run action, audit the outcome. right None: project_admin only.
 
         job_id: the job the command acts on (a WireError when it is not a job id), None for none.
         sites, for commands that act on sites: the targets' orgs by name, or None for the server
-        itself or every site (see Policy.authorize_sites).
+        itself or every site (see Policy.authorize_sites). audit_allowed=False: a call that goes on a
+        command already audited (a followed log's next read) is audited only when refused or failed.
         """
         who = require(context, Kind.ADMIN)
         try:
@@ -127,7 +130,8 @@ class AdminService(fedsec_pb2_grpc.AdminServicer):
         except FedsecError as exc:
             self._c.audit.record(who, command, args, "failed", str(exc))
             raise
-        self._c.audit.record(who, command, args, "allowed")
+        if audit_allowed:
+            self._c.audit.record(who, command, args, "allowed")
         return result
 
     # ------------------------------------------------------------ login
@@ -254,12 +258,62 @@ class AdminService(fedsec_pb2_grpc.AdminServicer):
             sites = self._c.jobs.site_records(record.job_id)
             if target == ALL_SITES:
                 return _text({"errors": {s: r["error"] for s, r in sites.items() if r.get("error")}})
-            if target not in sites:
-                raise JobError(f"job {record.job_id}: no log from {target} yet (a site sends it when its part ends)")
-            return _text({"log": sites[target].get("log", "")})
+            return _text({"log": self._site_log(record.job_id, target, sites.get(target))})
 
         args = {"job": request.job_id, "target": request.target}
         return self._run(context, "get_job_log", args, Right.DOWNLOAD_JOB, request.job_id, action)
+
+    def _site_log(self, job_id: str, site: str, report: Mapping[str, str] | None) -> str:
+        """The end of site's log of a job: what it sent while the script ran, else the tail it reported at the end.
+
+        A log the server stopped keeping (its cap) is followed by the end the site reported, when it did.
+        """
+        sent = self._c.jobs.site_logs(job_id).tail(site, limits.MAX_LOG_TEXT)
+        reported = clean_text(report.get("log", "").encode()) if report is not None else None
+        if sent is None and reported is None:
+            raise JobError(f"job {job_id}: no log from {site} yet (a site sends its log while the job's script runs)")
+        if sent is None:
+            return reported or ""
+        if reported and sent.endswith(capped_note()):
+            return sent + "[fedsec] the end of the log, as the site reported it when the script ended:\n" + reported
+        return sent
+
+    @rpc_boundary
+    def TailJobLog(self, request: fedsec_pb2.LogTailRequest, context: grpc.ServicerContext) -> fedsec_pb2.LogTail:
+        """New lines of the sites' logs of a job from the reader's cursors (tail_job_log, download_job_log)."""
+        if len(request.cursors) > limits.MAX_PARTICIPANTS:
+            raise WireError(f"tail_job_log: more than {limits.MAX_PARTICIPANTS} cursors")
+
+        def action(who: Identity, record: JobRecord | None) -> fedsec_pb2.LogTail:
+            assert record is not None
+            logs = self._c.jobs.site_logs(record.job_id)
+            cursors = {c.site: c.offset for c in request.cursors}
+            sites = [request.site] if request.site else logs.sites()
+            budget = limits.MAX_LOG_REPLY_BYTES
+            reply = fedsec_pb2.LogTail(status=record.status.value)
+            growing = not record.status.finished
+            for site in sites:
+                offset = cursors.get(site)
+                limit = min(budget, limits.MAX_LOG_TEXT)
+                if offset is None and not request.from_start:
+                    limit = min(limit, limits.LOG_TAIL_BYTES)
+                if limit <= 0:  # this reply is full: the reader asks again at once (more), from here
+                    if offset is None:
+                        offset = 0 if request.from_start else max(0, logs.size(site) - limits.LOG_TAIL_BYTES)
+                    reply.logs.add(site=site, offset=offset, more=logs.has(site))
+                    continue
+                piece = logs.read(site, offset, limit, from_start=request.from_start, whole_lines=growing)
+                budget -= len(piece.text.encode())
+                reply.logs.add(
+                    site=site, offset=piece.offset, text=piece.text, more=piece.more, closed=piece.closed,
+                    full=piece.full,
+                )  # fmt: skip
+            return reply
+
+        args = {"job": request.job_id, "target": request.site or ALL_SITES}
+        return self._run(
+            context, "tail_job_log", args, Right.DOWNLOAD_JOB, request.job_id, action, audit_allowed=not request.again
+        )
 
     # ------------------------------------------------------------ sites and the server
 

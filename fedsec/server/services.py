@@ -158,6 +158,18 @@ class FederationService(fedsec_pb2_grpc.FederationServicer):
         return self._jobs.send_events(request)
 
     @rpc_boundary
+    def AppendJobLog(self, request: fedsec_pb2.JobLogChunk, context: grpc.ServicerContext) -> fedsec_pb2.JobLogAck:
+        """A piece of the site's log of a job it fetched (running, ended or aborted): stored under the job."""
+        site = self._site(context)
+        try:
+            check_job_id(request.job_id)
+        except JobError as exc:
+            raise WireError(str(exc)) from exc
+        if len(request.data) > limits.MAX_LOG_CHUNK_BYTES:
+            raise WireError(f"job log: a piece of more than {limits.MAX_LOG_CHUNK_BYTES} bytes")
+        return self._jobs.append_site_log(request.job_id, site, request)
+
+    @rpc_boundary
     def ReportJob(self, request: fedsec_pb2.JobReport, context: grpc.ServicerContext) -> fedsec_pb2.Empty:
         site = self._site(context)
         self._assigned(request.job_id, site)

@@ -6,7 +6,8 @@ backoff; after it comes back the agent registers again and carries on.
 Heartbeats never wait behind a transfer: they run on a connection of their
 own, and the heartbeat loop only records the server's assignments; a worker
 thread fetches, starts and stops jobs. Every transfer retries transient errors
-(fedsec.site.transfer), and a job archive's download resumes where it broke.
+(fedsec.site.transfer), and a job archive's download resumes where it broke. Each job's
+log goes to the server while its script runs (fedsec.site.logship).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from fedsec.kit import HE_CLIENT_CONTEXT, ClientConfig, Kit, read_ca
 from fedsec.pki.certs import Kind
 from fedsec.site.hekey import HEKey
 from fedsec.site.local import LocalEndpoints
+from fedsec.site.logship import LogShipper
 from fedsec.site.policy import load_site_policy
 from fedsec.site.runner import JobRunner
 from fedsec.site.settings import load_site_settings
@@ -74,7 +76,10 @@ class SiteAgent:
             self._events_due.set,
             self._he.context,
         )
-        self._runner = JobRunner(kit.root, kit.name, self._endpoints, self._he, self._report, read_ca(kit))
+        self._logs = LogShipper(kit.name, lambda: self._stub)
+        self._runner = JobRunner(
+            kit.root, kit.name, self._endpoints, self._he, self._report, read_ca(kit), logs=self._logs
+        )
         self._forwarder = threading.Thread(target=self._forward_loop, name="events", daemon=True)
         self._worker = threading.Thread(target=self._jobs_loop, name="jobs", daemon=True)
 
@@ -83,6 +88,8 @@ class SiteAgent:
         self._forwarder.start()
         self._worker.start()
         threading.Thread(target=self._runner.retention_loop, args=(self._stop,), name="retention", daemon=True).start()
+        threading.Thread(target=self._logs.run, args=(self._stop,), name="job-logs", daemon=True).start()
+        threading.Thread(target=self._runner.warm_loop, args=(self._stop,), name="warm", daemon=True).start()
         try:
             while not self._stop.is_set():
                 self._register()

@@ -36,10 +36,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
-import numpy as np
 
 from fedsec import _fs, limits
 from fedsec.errors import AuthError, FedsecError, TransferInterruptedError, WireError
@@ -50,7 +49,10 @@ from fedsec.site.upload import StreamedUpload
 from fedsec.tracking.events import check_batch
 from fedsec.transport.local import TOKEN_METADATA, serve_unix
 from fedsec.transport.tls import rpc_boundary
-from fedsec.wire import arrays, fedsec_pb2, fedsec_pb2_grpc, streams
+from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc, streams
+
+if TYPE_CHECKING:  # numpy (and arrays, which needs it) only once a job needs them: an idle site never loads it
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -133,17 +135,19 @@ class LocalEndpoints:
         work: Path,
         transfer_seconds: float = 600.0,
         initial_model: Path | None = None,
+        socket: Path | None = None,
     ) -> JobEndpoint:
         """Start job_id's endpoint on a fresh socket with a fresh token; the socket exists on return.
 
         transfer_seconds: how long the relay retries a task download or an upload through a bad link.
         initial_model: the initial model of the signed job archive as unpacked here; a task whose model
         has its SHA-256 is not downloaded again.
+        socket: where to make it (a warm job process's own socket folder); a fresh name in this site's folder if None.
         """
         self.close(job_id)
         with self._lock:
             self._seq += 1
-            socket = self._dir / f"{self._seq}.sock"
+            socket = self._dir / f"{self._seq}.sock" if socket is None else socket
         socket.unlink(missing_ok=True)
         token = secrets.token_urlsafe(limits.JOB_TOKEN_BYTES)
         endpoint = JobEndpoint(job_id, socket, token, he, work, transfer_seconds, initial_model=initial_model)
@@ -326,6 +330,8 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
 
         payload: the whole model, already checked against the size and SHA-256 its header announced.
         """
+        from fedsec.wire import arrays
+
         where = f"global model of job {self._job.job_id} round {header.current_round}"
         if meta.get("encrypted"):
             from fedsec.he.codec import decrypt_model  # tenseal: only in HE jobs
@@ -425,7 +431,10 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
             return reply
 
         try:
-            return retry(attempt, f"upload of the {where}", deadline, context.is_active)
+            reply = retry(attempt, f"upload of the {where}", deadline, context.is_active)
+            if not reply.accepted:  # the site's operator sees why too, not only the script
+                log.warning("job=%s the server refused the %s: %s", self._job.job_id, where, reply.reason)
+            return reply
         except FedsecError as exc:
             if not isinstance(exc.__cause__, grpc.RpcError):
                 raise
@@ -441,6 +450,10 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
         update) and a bound of its size. The server sees neither the weights nor num_examples: the
         weight rides inside the ciphertexts, so the meta carries nothing but the params type.
         """
+        import numpy as np
+
+        from fedsec.wire import arrays
+
         where = f"result of job {self._job.job_id} round {header.current_round}"
         payload = streams.receive_bytes(data, header.payload, limits.MAX_MODEL_BYTES, where)
         meta = _meta(header.meta_json, where)
@@ -491,6 +504,8 @@ def _weight(meta: dict[str, Any], max_examples: int, where: str) -> float:
 
 
 def _meta(text: str, where: str) -> dict[str, Any]:
+    from fedsec.wire import arrays
+
     if len(text) > limits.MAX_META_JSON_BYTES:
         raise WireError(f"{where}: meta larger than {limits.MAX_META_JSON_BYTES} bytes")
     try:

@@ -43,6 +43,7 @@ _ALIGN = 8
 _WIRE_DTYPES = {name: np.dtype(name).newbyteorder("<") for name in DTYPES}
 _HEADER_KEYS = ("tensors",)
 _TENSOR_KEYS = ("name", "dtype", "shape")
+MAX_DIFFERENCES = 3  # the differences one refusal names
 
 
 @dataclass(frozen=True)
@@ -180,30 +181,57 @@ def read_file(path: Path, where: str | None = None) -> dict[str, NDArray[Any]]:
     return dict(iter_file(path, where))
 
 
-def check_compatible(specs: Sequence[TensorSpec], expected: Sequence[TensorSpec], where: str) -> None:
-    """Check that specs have the same names in the same order, dtypes and shapes as expected.
+def differences(specs: Sequence[TensorSpec], model: Sequence[TensorSpec]) -> list[str]:
+    """How the tensors specs describe differ from the model's, in model terms; [] when they fit.
 
-    Raises WireError naming the first difference.
+    Each entry names one tensor and the problem: missing, not in the model, another dtype,
+    another shape (both shapes). Only when names, dtypes and shapes all agree but the order
+    does not is the order named. Never a byte count: a person compares these with a model.
     """
-    names = [s.name for s in specs]
-    wanted = [s.name for s in expected]
-    if names != wanted:
-        have, want = set(names), set(wanted)
-        for name in wanted:
-            if name not in have:
-                raise WireError(f"{where}: tensor {name!r} is missing")
-        for name in names:
-            if name not in want:
-                raise WireError(f"{where}: unexpected tensor {name!r}")
-        for i, (got_name, want_name) in enumerate(zip(names, wanted, strict=False)):
-            if got_name != want_name:
-                raise WireError(f"{where}: tensor #{i} is {got_name!r}, expected {want_name!r}")
-        raise WireError(f"{where}: {len(names)} tensors, expected {len(wanted)}")
-    for got_spec, want_spec in zip(specs, expected, strict=True):
-        if got_spec.dtype != want_spec.dtype:
-            raise WireError(f"{where}: tensor {got_spec.name!r} has dtype {got_spec.dtype}, expected {want_spec.dtype}")
-        if got_spec.shape != want_spec.shape:
-            raise WireError(f"{where}: tensor {got_spec.name!r} has shape {got_spec.shape}, expected {want_spec.shape}")
+    got = {s.name: s for s in specs}
+    want = {s.name: s for s in model}
+    out: list[str] = []
+    for spec in model:
+        mine = got.get(spec.name)
+        if mine is None:
+            out.append(f"tensor {spec.name!r} is missing (the model has it: {spec.dtype} {spec.shape})")
+        elif mine.dtype != spec.dtype:
+            out.append(f"tensor {spec.name!r} has dtype {mine.dtype}, the model has {spec.dtype}")
+        elif mine.shape != spec.shape:
+            out.append(f"tensor {spec.name!r} has shape {mine.shape}, the model has {spec.shape}")
+    out += [f"tensor {s.name!r} is not in the model" for s in specs if s.name not in want]
+    if not out and len(specs) != len(model):  # duplicates; _check_specs refuses them in files
+        out.append(f"{len(specs)} tensors, the model has {len(model)}")
+    if not out:
+        for i, (mine, spec) in enumerate(zip(specs, model, strict=True)):
+            if mine.name != spec.name:
+                order = f"#{i} is {mine.name!r}, the model's is {spec.name!r}"
+                out.append(f"the tensors are in another order than the model's: {order}")
+                break
+    return out
+
+
+def check_compatible(specs: Sequence[TensorSpec], expected: Sequence[TensorSpec], where: str) -> None:
+    """Check that specs have the same names in the same order, dtypes and shapes as expected (the model).
+
+    Raises WireError naming the first differences (see differences), at most MAX_DIFFERENCES of them.
+    """
+    found = differences(specs, expected)
+    if not found:
+        return
+    text = "; ".join(found[:MAX_DIFFERENCES])
+    if len(found) > MAX_DIFFERENCES:
+        text += f"; and {len(found) - MAX_DIFFERENCES} more differences"
+    raise WireError(f"{where}: {text}")
+
+
+def read_header(read: Callable[[int], bytes], where: str) -> tuple[TensorSpec, ...]:
+    """The specs in a container's header, read through read(n) (the first bytes of a stream, say).
+
+    Reads only the prefix, the header and its padding, each bounded by fedsec.limits before it
+    is read. Raises WireError if they are not a valid header.
+    """
+    return _read_header(read, where)[0]
 
 
 def check_finite(name: str, array: NDArray[Any], where: str) -> None:

@@ -214,6 +214,28 @@ class JobReport(_message.Message):
     log_tail: str
     def __init__(self, job_id: _Optional[str] = ..., outcome: _Optional[_Union[JobOutcome, str]] = ..., error: _Optional[str] = ..., log_tail: _Optional[str] = ...) -> None: ...
 
+class JobLogChunk(_message.Message):
+    __slots__ = ("job_id", "run", "offset", "data", "last")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    run: str
+    offset: int
+    data: bytes
+    last: bool
+    def __init__(self, job_id: _Optional[str] = ..., run: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ...) -> None: ...
+
+class JobLogAck(_message.Message):
+    __slots__ = ("offset", "full")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    FULL_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    full: bool
+    def __init__(self, offset: _Optional[int] = ..., full: _Optional[bool] = ...) -> None: ...
+
 class TrackingEvent(_message.Message):
     __slots__ = ("writer", "seq", "kind", "tag", "step", "wall_time", "value", "text")
     WRITER_FIELD_NUMBER: _ClassVar[int]
@@ -363,6 +385,52 @@ class TargetRequest(_message.Message):
     job_id: str
     max_results: int
     def __init__(self, target: _Optional[str] = ..., sites: _Optional[_Iterable[str]] = ..., job_id: _Optional[str] = ..., max_results: _Optional[int] = ...) -> None: ...
+
+class LogCursor(_message.Message):
+    __slots__ = ("site", "offset")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    offset: int
+    def __init__(self, site: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class LogTailRequest(_message.Message):
+    __slots__ = ("job_id", "site", "cursors", "from_start", "again")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    CURSORS_FIELD_NUMBER: _ClassVar[int]
+    FROM_START_FIELD_NUMBER: _ClassVar[int]
+    AGAIN_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    site: str
+    cursors: _containers.RepeatedCompositeFieldContainer[LogCursor]
+    from_start: bool
+    again: bool
+    def __init__(self, job_id: _Optional[str] = ..., site: _Optional[str] = ..., cursors: _Optional[_Iterable[_Union[LogCursor, _Mapping]]] = ..., from_start: _Optional[bool] = ..., again: _Optional[bool] = ...) -> None: ...
+
+class LogText(_message.Message):
+    __slots__ = ("site", "offset", "text", "more", "closed", "full")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_FIELD_NUMBER: _ClassVar[int]
+    FULL_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    offset: int
+    text: str
+    more: bool
+    closed: bool
+    full: bool
+    def __init__(self, site: _Optional[str] = ..., offset: _Optional[int] = ..., text: _Optional[str] = ..., more: _Optional[bool] = ..., closed: _Optional[bool] = ..., full: _Optional[bool] = ...) -> None: ...
+
+class LogTail(_message.Message):
+    __slots__ = ("logs", "status")
+    LOGS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    logs: _containers.RepeatedCompositeFieldContainer[LogText]
+    status: str
+    def __init__(self, logs: _Optional[_Iterable[_Union[LogText, _Mapping]]] = ..., status: _Optional[str] = ...) -> None: ...
 
 class TextReply(_message.Message):
     __slots__ = ("text",)

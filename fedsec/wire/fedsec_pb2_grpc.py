@@ -69,6 +69,11 @@ class FederationStub:
                 request_serializer=fedsec_dot_wire_dot_fedsec__pb2.EventBatch.SerializeToString,
                 response_deserializer=fedsec_dot_wire_dot_fedsec__pb2.EventAck.FromString,
                 _registered_method=True)
+        self.AppendJobLog = channel.unary_unary(
+                '/fedsec.v1.Federation/AppendJobLog',
+                request_serializer=fedsec_dot_wire_dot_fedsec__pb2.JobLogChunk.SerializeToString,
+                response_deserializer=fedsec_dot_wire_dot_fedsec__pb2.JobLogAck.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -116,6 +121,12 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AppendJobLog(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -153,6 +164,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.SendEvents,
                     request_deserializer=fedsec_dot_wire_dot_fedsec__pb2.EventBatch.FromString,
                     response_serializer=fedsec_dot_wire_dot_fedsec__pb2.EventAck.SerializeToString,
+            ),
+            'AppendJobLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.AppendJobLog,
+                    request_deserializer=fedsec_dot_wire_dot_fedsec__pb2.JobLogChunk.FromString,
+                    response_serializer=fedsec_dot_wire_dot_fedsec__pb2.JobLogAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -344,6 +360,33 @@ class Federation:
             '/fedsec.v1.Federation/SendEvents',
             fedsec_dot_wire_dot_fedsec__pb2.EventBatch.SerializeToString,
             fedsec_dot_wire_dot_fedsec__pb2.EventAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendJobLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsec.v1.Federation/AppendJobLog',
+            fedsec_dot_wire_dot_fedsec__pb2.JobLogChunk.SerializeToString,
+            fedsec_dot_wire_dot_fedsec__pb2.JobLogAck.FromString,
             options,
             channel_credentials,
             insecure,
@@ -620,6 +663,11 @@ class AdminStub:
                 request_serializer=fedsec_dot_wire_dot_fedsec__pb2.TargetRequest.SerializeToString,
                 response_deserializer=fedsec_dot_wire_dot_fedsec__pb2.TextReply.FromString,
                 _registered_method=True)
+        self.TailJobLog = channel.unary_unary(
+                '/fedsec.v1.Admin/TailJobLog',
+                request_serializer=fedsec_dot_wire_dot_fedsec__pb2.LogTailRequest.SerializeToString,
+                response_deserializer=fedsec_dot_wire_dot_fedsec__pb2.LogTail.FromString,
+                _registered_method=True)
         self.SysInfo = channel.unary_unary(
                 '/fedsec.v1.Admin/SysInfo',
                 request_serializer=fedsec_dot_wire_dot_fedsec__pb2.TargetRequest.SerializeToString,
@@ -731,6 +779,12 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TailJobLog(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SysInfo(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -836,6 +890,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetJobLog,
                     request_deserializer=fedsec_dot_wire_dot_fedsec__pb2.TargetRequest.FromString,
                     response_serializer=fedsec_dot_wire_dot_fedsec__pb2.TextReply.SerializeToString,
+            ),
+            'TailJobLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.TailJobLog,
+                    request_deserializer=fedsec_dot_wire_dot_fedsec__pb2.LogTailRequest.FromString,
+                    response_serializer=fedsec_dot_wire_dot_fedsec__pb2.LogTail.SerializeToString,
             ),
             'SysInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.SysInfo,
@@ -1175,6 +1234,33 @@ class Admin:
             '/fedsec.v1.Admin/GetJobLog',
             fedsec_dot_wire_dot_fedsec__pb2.TargetRequest.SerializeToString,
             fedsec_dot_wire_dot_fedsec__pb2.TextReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TailJobLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsec.v1.Admin/TailJobLog',
+            fedsec_dot_wire_dot_fedsec__pb2.LogTailRequest.SerializeToString,
+            fedsec_dot_wire_dot_fedsec__pb2.LogTail.FromString,
             options,
             channel_credentials,
             insecure,

@@ -70,6 +70,7 @@ class _Round:
     params_type: str | None = None
     metric_sums: dict[str, float] = field(default_factory=dict)
     metric_weights: dict[str, float] = field(default_factory=dict)
+    site_metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # site -> the metrics it sent
     contributors: list[str] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # sampled sites whose script died during the round
@@ -264,15 +265,7 @@ class FedAvg:
             weight, params_type = _parse_meta(header.meta_json, where)
             metrics = _check_metrics(dict(header.metrics), where)
             if rnd.kind == TRAIN:
-                if not self.he.enabled and header.payload.total_size != rnd.payload.total_size:
-                    size = rnd.payload.total_size
-                    raise WireError(f"{where}: update is {header.payload.total_size} bytes, the model is {size}")
-                trailer = header.payload_trailer
-                with streams.PayloadWriter(tmp, header.payload, limits.MAX_MODEL_BYTES, where, trailer) as writer:
-                    for chunk in chunks:
-                        writer.write(chunk)
-                    writer.finish()
-                rnd.acc.check(tmp, where)
+                self._receive_update(rnd, header, chunks, tmp, where)
             elif header.payload.total_size != 0 or header.payload_trailer:
                 raise WireError(f"{where}: an evaluation result carries no model")
             with self._cond:
@@ -288,6 +281,7 @@ class FedAvg:
                 for key, value in metrics.items():
                     rnd.metric_sums[key] = rnd.metric_sums.get(key, 0.0) + weight * value
                     rnd.metric_weights[key] = rnd.metric_weights.get(key, 0.0) + weight
+                rnd.site_metrics[site] = metrics
                 rnd.pending.discard(site)
                 rnd.contributors.append(site)
                 self.participants.add(site)
@@ -302,11 +296,54 @@ class FedAvg:
                 rnd.pending.discard(site)
                 rnd.rejected.append(site)
                 self._cond.notify_all()
-            return False, str(exc)
+            return False, self._refused(rnd.number, site, str(exc).removeprefix(f"{where}: "))
         finally:
             tmp.unlink(missing_ok=True)
         log.info("job=%s round=%d accepted site=%s weight=%g", self.job_id, rnd.number, site, weight)
         return True, ""
+
+    def _receive_update(
+        self,
+        rnd: _Round,
+        header: fedsec_pb2.ResultHeader,
+        chunks: Iterable[bytes | fedsec_pb2.PayloadInfo],
+        tmp: Path,
+        where: str,
+    ) -> None:
+        """Receive an update into tmp and check it fits the model; WireError (or HEError) naming what does not.
+
+        An update whose size is not the model's is refused from its header alone, naming the tensors
+        that differ, before the rest of it is received. An update streamed as it was made (HE) announces
+        an upper bound, and its size and digest come in a trailer after the data.
+        """
+        payload = header.payload
+        if payload.total_size == 0:
+            raise WireError(f"{where}: a training result carries no model (FLModel.params is empty)")
+        if not self.he.enabled and payload.total_size != rnd.payload.total_size:
+            raise WireError(f"{where}: {_misfit(iter(chunks), rnd.specs)}")
+        with streams.PayloadWriter(tmp, payload, limits.MAX_MODEL_BYTES, where, header.payload_trailer) as writer:
+            for chunk in chunks:
+                writer.write(chunk)
+            writer.finish()
+        rnd.acc.check(tmp, where)
+
+    def _refused(self, number: int, site: str, reason: str) -> str:
+        """Record in the job's progress that site's update of round number was refused; the line for the site.
+
+        progress.json's "refused" keeps at most limits.MAX_REFUSALS_PER_ROUND entries per round and the
+        newest limits.MAX_REFUSALS_KEPT in all, each reason cut to limits.MAX_REFUSAL_TEXT characters.
+        """
+        entry = refusal(number, site, reason)
+        with self._progress_lock:
+            kept: list[dict[str, Any]] = self._progress.setdefault("refused", [])
+            if sum(1 for e in kept if e["round"] == number) < limits.MAX_REFUSALS_PER_ROUND:
+                kept.append(entry)
+                del kept[: -limits.MAX_REFUSALS_KEPT]
+        try:
+            self._write_progress()
+        except OSError as exc:  # the refusal stands; only its record is missing (the driver meets a full disk)
+            log.warning("job=%s cannot record a refusal: %s", self.job_id, exc)
+        return refusal_line(entry)
 
     def _why_not(self, rnd: _Round | None, site: str, header: fedsec_pb2.ResultHeader) -> str:
         if self._done:
@@ -356,6 +393,8 @@ class FedAvg:
                 self._progress["final"] = {"metrics": rnd.metrics(), "sites": sorted(rnd.contributors)}
             with _server_writes("the final evaluation"):
                 self._write_progress()
+            if self.tracker is not None:
+                self.tracker.final_metrics(self.cfg.num_rounds, rnd.metrics(), rnd.site_metrics)
         with _server_writes("the job's result"):
             entry = self._keep(self.cfg.num_rounds - 1, model)
             if self.tracker is not None:
@@ -391,6 +430,13 @@ class FedAvg:
             self._progress["result"] = entry
         self._write_progress()
         return entry
+
+    def sites_taking_part(self) -> set[str]:
+        """The sites whose results counted in a round or the final evaluation (this and earlier processes)."""
+        with self._progress_lock:
+            entries = [*self._progress["rounds"], self._progress.get("final") or {}]
+        with self._cond:
+            return {str(site) for entry in entries for site in entry.get("sites", ())} | self.participants
 
     def finish(self) -> None:
         with self._cond:
@@ -489,7 +535,7 @@ class FedAvg:
         previous.unlink(missing_ok=True)  # keep the last two checkpoints
         log.info("job=%s round=%d done metrics=%s", self.job_id, number, entry["metrics"])
         if self.tracker is not None:
-            self.tracker.global_metrics(number, rnd.metrics())
+            self.tracker.global_metrics(number, rnd.metrics(), rnd.site_metrics)
 
     def _write_progress(self) -> None:
         """progress.json: the rounds, the final evaluation, and the sites that left or restarted."""
@@ -546,6 +592,51 @@ def _one_line(text: str, limit: int = 1000) -> str:
     """A site's error text for a job's reason: stripped, its last limit characters."""
     text = text.strip() or "it reported a failure with no error text"
     return text if len(text) <= limit else "..." + text[-limit:]
+
+
+def refusal(number: int, site: str, reason: str) -> dict[str, Any]:
+    """A refused update as progress.json keeps it: round, site and reason (one line, bounded)."""
+    text = " ".join(reason.split())
+    if len(text) > limits.MAX_REFUSAL_TEXT:
+        text = text[: limits.MAX_REFUSAL_TEXT - 3] + "..."
+    return {"round": number, "site": site, "reason": text}
+
+
+def refusal_line(entry: Mapping[str, Any]) -> str:
+    """ "site-2 round 0: update refused: tensor 'w' has shape (9, 1), the model has (8, 1)"."""
+    return f"{entry['site']} round {entry['round']}: update refused: {entry['reason']}"
+
+
+def _misfit(chunks: Iterator[bytes | fedsec_pb2.PayloadInfo], specs: tuple[arrays.TensorSpec, ...]) -> str:
+    """Why an update whose size is not the model's does not fit it, in model terms, from its header alone.
+
+    Reads from chunks only the container's prefix and header (bounded by fedsec.limits); the rest is never
+    received. Names the tensors that differ; an update whose header agrees says its data does not.
+    """
+    buffered = bytearray()
+    pos = 0
+
+    def read(n: int) -> bytes:
+        nonlocal pos
+        while len(buffered) - pos < n:
+            chunk = next(chunks, None)
+            if not isinstance(chunk, bytes):  # the end, or a trailer: no more data
+                break
+            buffered.extend(chunk)
+        out = bytes(buffered[pos : pos + n])
+        pos += len(out)
+        return out
+
+    try:
+        got = arrays.read_header(read, "the update")
+    except WireError as exc:
+        return f"{exc} (not a model in fedsec's array format)"
+    found = arrays.differences(got, specs)
+    if not found:
+        return "the update's tensors match the model, but its data does not match its own header"
+    text = "; ".join(found[: arrays.MAX_DIFFERENCES])
+    more = len(found) - arrays.MAX_DIFFERENCES
+    return text + (f"; and {more} more differences" if more > 0 else "")
 
 
 def _parse_meta(text: str, where: str) -> tuple[float, str]:

@@ -191,6 +191,12 @@ def _job_call(rpc: str, jobs: str, **extra: Any) -> Callable[[World, str, str], 
     return call
 
 
+def _tail(w: World, role: str, target: str) -> Any:
+    stub, md, _ = w.stubs[role]
+    request = fedsec_pb2.LogTailRequest(job_id=w.finished[target])
+    return stub.TailJobLog(request, timeout=30, metadata=md)
+
+
 def _site_call(rpc: str) -> Callable[[World, str, str], Any]:
     def call(w: World, role: str, target: str) -> Any:
         stub, md, _ = w.stubs[role]
@@ -239,6 +245,7 @@ RPCS: dict[str, tuple[str | None, tuple[str, ...], Callable[[World, str, str], A
     "DeleteJob": ("manage_job", ("in", "out"), _job_call("DeleteJob", "running")),
     "DownloadJob": ("download_job", ("in", "out"), _job_call("DownloadJob", "finished")),
     "GetJobLog": ("download_job", ("in", "out"), _job_call("GetJobLog", "finished", target="server")),
+    "TailJobLog": ("download_job", ("in", "out"), _tail),
     "ListClients": ("view", ("-",), _plain("ListClients", fedsec_pb2.Empty())),
     "RemoveClient": ("operate", ("in", "out"), _site_call("RemoveClient")),
     "EnableClient": ("operate", ("in", "out"), _site_call("EnableClient")),
@@ -296,7 +303,9 @@ def test_allowed_submissions_and_clones_stopped_after_authorization(world: World
     assert not list(store.glob("*/workspace/.download-*"))  # each download's archive file went with its stream
 
 
-JOB_RPCS = ["GetJobArchiveInfo", "CloneJob", "GetJobMeta", "AbortJob", "DeleteJob", "DownloadJob", "GetJobLog"]
+JOB_RPCS = [
+    "GetJobArchiveInfo", "CloneJob", "GetJobMeta", "AbortJob", "DeleteJob", "DownloadJob", "GetJobLog", "TailJobLog"
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("job_id", ["", "../../etc", "x" * 100, "1234567890abcdef" * 3])
@@ -307,6 +316,8 @@ def test_a_malformed_job_id_is_invalid_argument(world: World, rpc: str, job_id: 
         request: Any = fedsec_pb2.CloneRequest(job_id=job_id, signature=fedsec_pb2.JobSignature(job_id=BAD_JOB_ID))
     elif rpc == "GetJobLog":
         request = fedsec_pb2.TargetRequest(job_id=job_id)
+    elif rpc == "TailJobLog":
+        request = fedsec_pb2.LogTailRequest(job_id=job_id)
     else:
         request = fedsec_pb2.JobRef(job_id=job_id)
     with pytest.raises(grpc.RpcError) as err:

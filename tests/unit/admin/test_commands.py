@@ -8,7 +8,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,7 @@ class FakeSession:
         self.jobs = [job(JOB_A), job(JOB_B, name="mnist", status="finished:completed", end_time=T0 + 65)]
         self.fail_on = ""
         self.fail: Exception = AuthError("refused")
+        self.interrupt_follow = False  # tail_job_log -f: Ctrl-C after the second line
 
     def _rec(self, name: str, *args: Any, **kwargs: Any) -> None:
         self.calls.append((name, args, kwargs))
@@ -173,11 +174,25 @@ class FakeSession:
 
     def show_errors(self, job_id: str) -> dict[str, Any]:
         self._rec("show_errors", job_id)
-        return {"reason": "site-2 failed", "sites": {"site-2": "Traceback\n  RuntimeError: boom"}}
+        refused = ["site-1 round 0: update refused: tensor 'w' has shape (9, 1), the model has (8, 1)"]
+        return {"reason": "site-2 failed", "sites": {"site-2": "Traceback\n  RuntimeError: boom"}, "refused": refused}
 
     def get_job_log(self, job_id: str, target: str = "server") -> str:
         self._rec("get_job_log", job_id, target=target)
         return "line 1\nline 2"
+
+    def tail_job_log(self, job_id: str, site: str | None = None, follow: bool = False) -> Generator[str, None, None]:
+        self._rec("tail_job_log", job_id, site, follow)
+        yield "site-1: epoch 1 loss 0.5"
+        if follow:
+            yield "site-1: epoch 2 loss 0.25"
+            if self.interrupt_follow:
+                raise KeyboardInterrupt
+            yield "site-2: done"
+
+    def download_job_log(self, job_id: str, dest: Path | None = None, follow: bool = False) -> Path:
+        self._rec("download_job_log", job_id, dest=dest, follow=follow)
+        return (dest or Path("/kit/transfer")) / f"{job_id}.logs"
 
     def sys_info(self, target: str = "server") -> dict[str, Any]:
         self._rec("sys_info", target=target)
@@ -250,6 +265,14 @@ CALLS: list[tuple[str, tuple[str, tuple[Any, ...], dict[str, Any]]]] = [
     ("show_errors " + JOB_A, ("show_errors", (JOB_A,), {})),
     ("get_job_log " + JOB_A, ("get_job_log", (JOB_A,), {"target": "server"})),
     ("get_job_log " + JOB_A + " site-1", ("get_job_log", (JOB_A,), {"target": "site-1"})),
+    ("tail_job_log " + JOB_A, ("tail_job_log", (JOB_A, None, False), {})),
+    ("tail_job_log " + JOB_A + " site-1 --follow", ("tail_job_log", (JOB_A, "site-1", True), {})),
+    ("tail_job_log -f " + JOB_A, ("tail_job_log", (JOB_A, None, True), {})),
+    ("download_job_log " + JOB_A, ("download_job_log", (JOB_A,), {"dest": None, "follow": False})),
+    (
+        "download_job_log " + JOB_A + " /tmp/out -f",
+        ("download_job_log", (JOB_A,), {"dest": Path("/tmp/out"), "follow": True}),
+    ),
     ("sys_info server", ("sys_info", (), {"target": "server"})),
     ("sys_info site-3", ("sys_info", (), {"target": "site-3"})),
     ("shutdown server", ("shutdown", ("server",), {"sites": ()})),
@@ -612,7 +635,17 @@ def test_show_stats_table() -> None:
 
 def test_show_errors_blocks() -> None:
     _, out, _ = run("show_errors " + JOB_A)
-    assert out == f"job {JOB_A}: site-2 failed\nsite-2:\n    Traceback\n      RuntimeError: boom\n"
+    assert out == (
+        f"job {JOB_A}: site-2 failed\nsite-2:\n    Traceback\n      RuntimeError: boom\n"
+        "site-1 round 0: update refused: tensor 'w' has shape (9, 1), the model has (8, 1)\n"
+    )
+
+
+def test_get_job_meta_shows_refused_updates() -> None:
+    refused = [{"round": 1, "site": "site-2", "reason": "tensor 'w' is not in the model"}]
+    block = render.job_block(job(progress={"refused": refused}))
+    assert "refused:" in block
+    assert "site-2 round 1: update refused: tensor 'w' is not in the model" in block
 
 
 def test_check_status_server_and_sites() -> None:
@@ -750,3 +783,24 @@ def test_history_file_is_private(tmp_path: Path) -> None:
     os.chmod(path, 0o644)
     open_history(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_tail_job_log_prints_lines_as_they_come() -> None:
+    assert run(f"tail_job_log {JOB_A}")[1] == "site-1: epoch 1 loss 0.5\n"
+    lines = ["site-1: epoch 1 loss 0.5", "site-1: epoch 2 loss 0.25", "site-2: done"]
+    assert run(f"tail_job_log {JOB_A} -f")[1].splitlines() == lines
+
+
+def test_ctrl_c_stops_following_and_the_shell_goes_on() -> None:
+    s = FakeSession()
+    s.interrupt_follow = True
+    code, out, _ = run(f"tail_job_log {JOB_A} --follow", s, interactive=True)
+    assert code == 0
+    assert out.splitlines() == ["site-1: epoch 1 loss 0.5", "site-1: epoch 2 loss 0.25", "stopped following"]
+    assert run("version", s)[0] == 0
+
+
+def test_log_commands_have_help() -> None:
+    assert help_text("tail_job_log").startswith("usage: tail_job_log [-f] ID [SITE]\n")
+    assert "Ctrl-C" in help_text("tail_job_log")
+    assert help_text("download_job_log").startswith("usage: download_job_log [-f] ID [DEST]\n")

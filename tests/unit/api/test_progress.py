@@ -28,3 +28,20 @@ def _info(status: str, current_round: int, num_rounds: int = 5) -> JobInfo:
 )
 def test_status_line(status: str, current_round: int, line: str) -> None:
     assert status_line(_info(status, current_round)) == line
+
+
+def test_round_printer_prints_each_refusal_once_as_it_happens() -> None:
+    import io
+
+    from fedsec.api.progress import RoundPrinter
+
+    out, status = io.StringIO(), io.StringIO()
+    printer = RoundPrinter(out, status)
+    refused = {"round": 0, "site": "site-2", "reason": "tensor 'w' has shape (9, 1), the model has (8, 1)"}
+    running = _info("running", 0)
+    printer(JobInfo(**{**running.__dict__, "progress": {"refused": [refused]}}))
+    printer(JobInfo(**{**running.__dict__, "progress": {"refused": [refused], "rounds": []}}))
+    lines = status.getvalue().splitlines()
+    line = "site-2 round 0: update refused: tensor 'w' has shape (9, 1), the model has (8, 1)"
+    assert lines.count(line) == 1
+    assert out.getvalue() == ""  # stdout holds only the rounds

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -341,22 +342,58 @@ _EXPECTED = (TensorSpec("fc.weight", "float32", (10, 4)), TensorSpec("fc.bias", 
     [
         (
             (TensorSpec("fc.weight", "float32", (10, 5)), _EXPECTED[1]),
-            "tensor 'fc.weight' has shape (10, 5), expected (10, 4)",
+            "tensor 'fc.weight' has shape (10, 5), the model has (10, 4)",
         ),
         (
             (_EXPECTED[0], TensorSpec("fc.bias", "float64", (4,))),
-            "tensor 'fc.bias' has dtype float64, expected float32",
+            "tensor 'fc.bias' has dtype float64, the model has float32",
         ),
-        ((_EXPECTED[0],), "tensor 'fc.bias' is missing"),
-        ((*_EXPECTED, TensorSpec("extra", "float32", ())), "unexpected tensor 'extra'"),
-        ((_EXPECTED[1], _EXPECTED[0]), "tensor #0 is 'fc.bias', expected 'fc.weight'"),
-        ((*_EXPECTED, _EXPECTED[1]), "3 tensors, expected 2"),
-        ((), "tensor 'fc.weight' is missing"),
+        ((_EXPECTED[0],), "tensor 'fc.bias' is missing (the model has it: float32 (4,))"),
+        ((*_EXPECTED, TensorSpec("extra", "float32", ())), "tensor 'extra' is not in the model"),
+        (
+            (_EXPECTED[1], _EXPECTED[0]),
+            "the tensors are in another order than the model's: #0 is 'fc.bias', the model's is 'fc.weight'",
+        ),
+        ((*_EXPECTED, _EXPECTED[1]), "3 tensors, the model has 2"),
+        (
+            (),
+            "tensor 'fc.weight' is missing (the model has it: float32 (10, 4)); "
+            "tensor 'fc.bias' is missing (the model has it: float32 (4,))",
+        ),
+        (
+            (TensorSpec("fc.weight", "float32", (10, 5)), TensorSpec("x", "int8", ())),
+            "tensor 'fc.weight' has shape (10, 5), the model has (10, 4); "
+            "tensor 'fc.bias' is missing (the model has it: float32 (4,)); tensor 'x' is not in the model",
+        ),
     ],
 )
-def test_check_compatible_names_first_difference(specs: tuple[TensorSpec, ...], message: str) -> None:
+def test_check_compatible_names_the_differences(specs: tuple[TensorSpec, ...], message: str) -> None:
     with pytest.raises(WireError, match="^update from site-2: " + re.escape(message) + "$"):
         arrays.check_compatible(specs, _EXPECTED, "update from site-2")
+
+
+def test_check_compatible_names_at_most_three_differences() -> None:
+    model = tuple(TensorSpec(f"t{i}", "float32", (i,)) for i in range(6))
+    wrong = tuple(TensorSpec(f"t{i}", "float32", (i + 1,)) for i in range(6))
+    with pytest.raises(WireError, match=r"tensor 't2' has shape \(3,\), the model has \(2,\); and 3 more differences$"):
+        arrays.check_compatible(wrong, model, "update")
+
+
+def test_differences_never_count_bytes() -> None:
+    big = (TensorSpec("w", "float32", (1000, 1000)),)
+    found = arrays.differences((TensorSpec("w", "float64", (1000, 1000)),), big)
+    assert found == ["tensor 'w' has dtype float64, the model has float32"]
+    assert arrays.differences(big, big) == []
+
+
+def test_read_header_reads_only_the_header() -> None:
+    data = arrays.encode({"w": np.zeros((2, 3), np.float32), "s": np.zeros((), np.int8)})
+    stream = io.BytesIO(data)
+    specs = arrays.read_header(stream.read, "upload")
+    assert specs == (TensorSpec("w", "float32", (2, 3)), TensorSpec("s", "int8", ()))
+    assert stream.tell() < len(data)  # the tensors' data is left unread
+    with pytest.raises(WireError, match="^upload: bad magic"):
+        arrays.read_header(io.BytesIO(b"XXXX" + data[4:]).read, "upload")
 
 
 def test_check_compatible_accepts_equal() -> None:

@@ -187,12 +187,12 @@ def _swap(update: Arrays) -> None:
 
 
 BAD_UPDATES: list[tuple[str, Callable[[Arrays], None], str]] = [
-    ("shape", _set("w", np.zeros((3, 2), np.float32)), r"tensor 'w' has shape \(3, 2\), expected \(2, 3\)"),
-    ("dtype", _set("w", np.zeros((2, 3), np.float64)), "tensor 'w' has dtype float64, expected float32"),
-    ("int dtype", _set("n", np.zeros(3, np.int32)), "tensor 'n' has dtype int32, expected int64"),
+    ("shape", _set("w", np.zeros((3, 2), np.float32)), r"tensor 'w' has shape \(3, 2\), the model has \(2, 3\)"),
+    ("dtype", _set("w", np.zeros((2, 3), np.float64)), "tensor 'w' has dtype float64, the model has float32"),
+    ("int dtype", _set("n", np.zeros(3, np.int32)), "tensor 'n' has dtype int32, the model has int64"),
     ("missing", _drop, "tensor 'd' is missing"),
-    ("extra", _set("extra", np.zeros(1, np.float32)), "unexpected tensor 'extra'"),
-    ("order", _swap, "tensor #0 is 'h', expected 'w'"),
+    ("extra", _set("extra", np.zeros(1, np.float32)), "tensor 'extra' is not in the model"),
+    ("order", _swap, "the tensors are in another order than the model's: #0 is 'h', the model's is 'w'"),
     ("nan", _poke("w", float("nan")), "tensor 'w' has 1 NaN and 0 infinite values"),
     ("inf", _poke("d", float("inf")), "tensor 'd' has 0 NaN and 1 infinite values"),
     ("-inf float16", _poke("h", float("-inf")), "tensor 'h' has 0 NaN and 1 infinite values"),

@@ -18,8 +18,11 @@ from numpy.typing import NDArray
 from fedsec import limits
 from fedsec.errors import JobError, TransferInterruptedError
 from fedsec.jobs import FedAvgRecipe, load_job_folder
+from fedsec.tracking.receivers import Receiver
 from fedsec.wire import arrays, fedsec_pb2, streams
 from fedsec.workflow.fedavg import FedAvg, Participation
+from fedsec.workflow.tracking import Tracker
+from tests.integration.harness import wait_until
 
 JOB_ID = "0123456789abcdef"
 INITIAL: dict[str, NDArray[Any]] = {"w": np.zeros((2, 3), np.float32), "n": np.zeros(2, np.int64)}
@@ -46,9 +49,9 @@ class Job:
         self.fedavgs: list[FedAvg] = []
         self.runs: list[Running] = []
 
-    def fedavg(self, clock: Callable[[], float] = time.monotonic) -> FedAvg:
+    def fedavg(self, clock: Callable[[], float] = time.monotonic, tracker: Tracker | None = None) -> FedAvg:
         meta, app = load_job_folder(self.folder)
-        fedavg = FedAvg(JOB_ID, self.folder, self.workspace, meta, app, clock=clock)
+        fedavg = FedAvg(JOB_ID, self.folder, self.workspace, meta, app, tracker=tracker, clock=clock)
         self.fedavgs.append(fedavg)
         return fedavg
 
@@ -302,8 +305,33 @@ def _nan() -> dict[str, NDArray[Any]]:
 
 BAD_RESULTS: list[tuple[str, dict[str, Any], str]] = [
     ("nan", {"params": _nan()}, "tensor 'w' has 1 NaN and 0 infinite values"),
-    ("shape", {"params": {"w": np.zeros((3, 2), np.float32), "n": np.zeros(2, np.int64)}}, r"has shape \(3, 2\)"),
-    ("extra tensor", {"params": {**update(1), "x": np.zeros(1, np.float32)}}, r"update is \d+ bytes, the model is \d+"),
+    (
+        "shape",
+        {"params": {"w": np.zeros((3, 2), np.float32), "n": np.zeros(2, np.int64)}},
+        r"^tensor 'w' has shape \(3, 2\), the model has \(2, 3\)$",
+    ),
+    (
+        "shape and size",
+        {"params": {"w": np.zeros((3, 4), np.float32), "n": np.zeros(2, np.int64)}},
+        r"^tensor 'w' has shape \(3, 4\), the model has \(2, 3\)$",
+    ),
+    (
+        "dtype",
+        {"params": {"w": np.zeros((2, 3), np.float64), "n": np.zeros(2, np.int64)}},
+        r"^tensor 'w' has dtype float64, the model has float32$",
+    ),
+    (
+        "missing tensor",
+        {"params": {"w": np.zeros((2, 3), np.float32)}},
+        r"^tensor 'n' is missing \(the model has it: int64 \(2,\)\)$",
+    ),
+    ("extra tensor", {"params": {**update(1), "x": np.zeros(1, np.float32)}}, r"^tensor 'x' is not in the model$"),
+    ("no model", {"params": None}, r"^a training result carries no model"),
+    (
+        "not a model",
+        {"params": {"w": np.zeros(50, np.float32)}, "corrupt": lambda data: b"JUNK" + data[4:]},
+        r"^the update: bad magic .*\(not a model in fedsec's array format\)$",
+    ),
     ("zero examples", {"num_examples": 0}, "num_examples must be a positive number, got 0"),
     ("bool examples", {"num_examples": True}, "num_examples must be a positive number, got True"),
     ("huge examples", {"num_examples": 1e13}, "num_examples must be a positive number"),
@@ -332,8 +360,12 @@ def test_a_bad_result_is_refused_and_the_round_goes_on(
     kwargs = {"params": update(100, 100), **bad}
     accepted, why = submit(fedavg, "site-2", 0, **kwargs)
     assert not accepted
-    assert why.startswith("result of site-2 for round 0: ")
-    assert re.search(reason, why), why
+    assert why.startswith("site-2 round 0: update refused: ")
+    assert re.search(reason, why.removeprefix("site-2 round 0: update refused: ")), why
+    # the reason is in the job's progress as soon as it is given
+    assert job.progress()["refused"] == [
+        {"round": 0, "site": "site-2", "reason": why.removeprefix("site-2 round 0: update refused: ")}
+    ]
     # the bad result used up site-2's turn: the round goes on without it
     assert submit(fedavg, "site-2", 0, update(100, 100)) == (False, "site-2 already answered round 0")
     assert submit(fedavg, "site-3", 0, update(2, 4)) == (True, "")
@@ -713,3 +745,71 @@ def test_a_full_server_disk_fails_the_job_with_that_reason(
     assert isinstance(error, JobError)
     assert str(error) == "server disk full: cannot write the checkpoint of round 0: No space left on device"
     assert str(job.workspace) not in str(error)
+
+
+def test_refusals_kept_are_bounded_per_round_and_in_length(
+    make_job: Callable[..., Job], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "MAX_REFUSALS_PER_ROUND", 1)
+    monkeypatch.setattr(limits, "MAX_REFUSAL_TEXT", 30)
+    job = make_job(num_rounds=1, min_clients=1, evaluate_final=False)
+    fedavg = job.fedavg()
+    fedavg.update_sites([*SITES, "site-3"])
+    run = job.start(fedavg)
+    task(fedavg, "site-1", 0)
+    bad: dict[str, NDArray[Any]] = {"w": np.zeros((3, 2), np.float32), "n": np.zeros(2, np.int64)}
+    accepted, why = submit(fedavg, "site-1", 0, bad)
+    assert not accepted and why == "site-1 round 0: update refused: tensor 'w' has shape (3, 2)..."
+    assert not submit(fedavg, "site-2", 0, bad)[0]
+    assert submit(fedavg, "site-3", 0, update(1)) == (True, "")
+    assert run.join() is None
+    assert job.progress()["refused"] == [{"round": 0, "site": "site-1", "reason": "tensor 'w' has shape (3, 2)..."}]
+    assert job.progress()["rounds"][0]["rejected"] == ["site-1", "site-2"]
+
+
+def test_each_rounds_metrics_and_the_final_evaluation_reach_the_job_and_site_runs_under_one_name(
+    make_job: Callable[..., Job], tmp_path: Path
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from fedsec.tracking.backends import Backend
+    from fedsec.tracking.receivers import embedded_mlflow_uri, open_receivers
+
+    def opener() -> list[Receiver]:
+        return open_receivers(JOB_ID, "unit", tmp_path / "tracking", Backend("local"), tensorboard=False)
+
+    tracker = Tracker(tmp_path / "tracking.db", opener, "local", retry_seconds=(0.01,))
+    wait_until(lambda: tracker.ready, 60, "the tracking store to open")
+    job = make_job(num_rounds=2, min_clients=2)
+    fedavg = job.fedavg(tracker=tracker)
+    fedavg.update_sites(SITES)
+    run = job.start(fedavg)
+    for number, kind in ((0, "train"), (1, "train"), (2, "evaluate")):
+        for i, site in enumerate(SITES):
+            task(fedavg, site, number, kind)
+            sent = update(1) if kind == "train" else None
+            accuracy = 0.1 * number + 0.1 * i + (0.6 if kind == "evaluate" else 0.0)
+            metrics = {"accuracy": accuracy}
+            assert submit(fedavg, site, number, sent, kind=kind, num_examples=1 + 2 * i, metrics=metrics)[0]
+    assert run.join() is None
+    assert fedavg.sites_taking_part() == set(SITES)
+    tracker.close()
+
+    client = MlflowClient(tracking_uri=embedded_mlflow_uri(tmp_path / "tracking"))
+    experiment = client.get_experiment_by_name("unit")
+    assert experiment is not None
+    runs = {
+        r.data.tags.get("fedsec.site", "job"): r.info.run_id for r in client.search_runs([experiment.experiment_id])
+    }
+    assert sorted(runs) == ["job", *SITES]
+
+    def curve(run: str, key: str) -> list[tuple[int, float]]:
+        return sorted((m.step, round(m.value, 6)) for m in client.get_metric_history(runs[run], key))
+
+    # the job's run: the weighted average (weights 1 and 3); each site's run: its own value; the final model at step 2
+    assert curve("job", "accuracy") == [(0, 0.075), (1, 0.175), (2, 0.875)]
+    assert curve("site-1", "accuracy") == [(0, 0.0), (1, 0.1), (2, 0.8)]
+    assert curve("site-2", "accuracy") == [(0, 0.1), (1, 0.2), (2, 0.9)]
+    assert curve("job", "final_accuracy") == [(2, 0.875)]
+    assert curve("site-1", "final_accuracy") == [(2, 0.8)]
+    assert curve("site-2", "final_accuracy") == [(2, 0.9)]
