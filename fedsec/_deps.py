@@ -2,8 +2,9 @@
 
 `pip install fedsec` gives the federation itself (PKI, server, sites, admin, numpy models). The heavy
 libraries come with extras: tenseal with `fedsec[he]`, mlflow and tensorboardX with `fedsec[tracking]`,
-torch and scikit-learn with `fedsec[ml]`, all of them with `fedsec[all]`. Each module that imports one
-of them wraps that import and raises missing(); this module is the one home of the table and the text.
+torch and scikit-learn with `fedsec[ml]`, psycopg (a server store in PostgreSQL) with `fedsec[postgres]`,
+all of them with `fedsec[all]`. Each module that imports one of them wraps that import and raises
+missing(); this module is the one home of the table and the text.
 It imports nothing beyond the standard library and fedsec.errors, and never imports the libraries.
 """
 
@@ -29,6 +30,7 @@ OPTIONAL: dict[str, Extra] = {
     "tensorboardX": Extra("tracking", "TensorBoard event files"),
     "torch": Extra("ml", "PyTorch models"),
     "sklearn": Extra("ml", "scikit-learn models"),
+    "psycopg": Extra("postgres", "a server store in PostgreSQL"),
 }
 
 

@@ -12,6 +12,7 @@ a caller does about them::
     +-- WireError            a message broke the protocol or a limit                 (exit 1)
     |   +-- TransferInterruptedError  a payload stream ended early: send it again
     +-- JobError             a job could not be built, stored, run or found          (exit 1)
+    |   +-- StoreUnavailableError  the server's state backend cannot be read or written: try again later
     +-- HEError              homomorphic encryption could not be set up or applied   (exit 1)
 
 This module must never import anything beyond the standard library.
@@ -71,6 +72,14 @@ class TransferInterruptedError(WireError):
 
 class JobError(FedsecError):
     """A job could not be built, stored, run or found."""
+
+
+class StoreUnavailableError(JobError):
+    """The server's state backend (its database, its blob folder) cannot be read or written.
+
+    Nothing was decided about the job: the caller may try again later, and must never read
+    it as the job having ended.
+    """
 
 
 class HEError(FedsecError):

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fedsec import _fs, _schema, limits
 from fedsec.errors import AuthError, ConfigError, KitError
 from fedsec.pki import certs, signing
+from fedsec.state.settings import StoreSettings, parse_store
 
 KIT_FORMAT = "fedsec-kit/1"
 ROOT_CA_FILE = "rootCA.pem"
@@ -59,11 +60,17 @@ class ServerConfig:
     heartbeat_timeout: float = 30.0
     admin_session_timeout: float = 1800.0
     replica: str = ""  # this kit's replica of the server; "" for a server of one replica
+    store: Any = "sqlite"  # the state backend: "sqlite", or {"postgres": {"dsn_file": "local/..."}} (fedsec.state)
 
     @property
     def label(self) -> str:
         """The server's name, with the replica's when it has replicas: "server1 (replica server1-b)"."""
         return f"{self.name} (replica {self.replica})" if self.replica else self.name
+
+    @property
+    def store_settings(self) -> StoreSettings:
+        """The checked store setting (checked when the kit loads, so this does not raise)."""
+        return parse_store(self.store, "startup/fed_server.json: store")
 
 
 @dataclass(frozen=True)
@@ -214,9 +221,11 @@ def _load_config(path: Path, cls: type[ServerConfig] | type[ClientConfig] | type
         raise KitError(f"{where}: format {config.format!r} is not {KIT_FORMAT!r}")
     if isinstance(config, ClientConfig | AdminConfig):
         _check_endpoints(config, where)
-    elif config.replica:
+    else:
         try:
-            _fs.check_name("replica", config.replica)
+            if config.replica:
+                _fs.check_name("replica", config.replica)
+            config.store_settings  # noqa: B018 - checked now, not when the server first needs it
         except ConfigError as exc:
             raise KitError(f"{where}: {exc}") from exc
     return config

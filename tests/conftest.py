@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
 
 from fedsec.provision import load_project, provision
+
+if TYPE_CHECKING:
+    from tests import pgserver
 
 BASE_PROJECT: dict[str, Any] = {
     "api_version": 1,
@@ -48,3 +52,15 @@ def prod(tmp_path: Path) -> Path:
     """A provisioned prod_00 of the base project."""
     yml = write_project(tmp_path / "project.yml", project_doc())
     return provision(load_project(yml), tmp_path / "ws").prod_dir
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[pgserver.PgServer]:
+    """A real PostgreSQL server for the session (tests/pgserver.py); each test takes a database of its own."""
+    from tests import pgserver  # psycopg only in the sessions that use it
+
+    server = pgserver.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -58,18 +58,31 @@ fi
 
 # The server first, until it listens: sites started meanwhile would only compete for the CPU and back off.
 start_kit "$server" || { echo "$0: the server did not start" >&2; "$HERE/stop_fl.sh" >/dev/null || true; exit 1; }
+# Registrations from here on count (the server's log holds those of earlier runs too).
+offset=$(( $(stat -c %s "$server/log.txt" 2>/dev/null || echo 0) + 1 ))
 failed=0
-for ((i = 0; i < N; i++)); do start_kit "${clients[$i]}" --wait 0 >/dev/null || failed=1; done
+# Every client at once (each start.sh only checks that its process did not exit at once), all recorded first.
+for ((i = 0; i < N; i++)); do echo "${clients[$i]}" >>"$HERE/.started_kits"; done
+starts=()
+for ((i = 0; i < N; i++)); do "${clients[$i]}/startup/start.sh" --wait 0 >/dev/null & starts+=($!); done
+for pid in "${starts[@]}"; do wait "$pid" || failed=1; done
 # Then until each site registered (or exited: that one is reported).
-for kit in "${clients[@]:0:N}"; do
-  site="$(basename "$kit")"
-  for _ in $(seq 600); do
-    grep -q "site=$site registered " "$server/log.txt" 2>/dev/null && break
+waiting=("${clients[@]:0:N}")
+for _ in $(seq 6000); do
+  [ "${#waiting[@]}" -gt 0 ] || break
+  said="$(tail -c +"$offset" "$server/log.txt" 2>/dev/null | grep -o 'site=[^ ]* registered ' || true)"
+  left=()
+  for kit in "${waiting[@]}"; do
+    site="$(basename "$kit")"
+    if grep -qxF "site=$site registered " <<<"$said"; then continue; fi
     pid="$(cat "$kit/daemon.pid" 2>/dev/null || true)"
-    if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then failed=1; echo "$0: $site exited; see $kit/log.txt" >&2; break; fi
-    sleep 0.1
+    if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then failed=1; echo "$0: $site exited; see $kit/log.txt" >&2; continue; fi
+    left+=("$kit")
   done
+  waiting=("${left[@]+"${left[@]}"}")
+  [ "${#waiting[@]}" -gt 0 ] && sleep 0.02
 done
+for kit in "${waiting[@]+"${waiting[@]}"}"; do failed=1; echo "$0: $(basename "$kit") did not register in 120 s; see $kit/log.txt" >&2; done
 if [ "$failed" -ne 0 ]; then
   echo "$0: not everything started; the rest keeps running: stop it with $HERE/stop_fl.sh" >&2
   exit 1

@@ -29,7 +29,7 @@ from fedsec import _schema, limits
 from fedsec.errors import FedsecError, JobError, WireError
 from fedsec.jobs.env import ENV_DATASETS, ENV_JOB_ID, ENV_JOB_TOKEN, ENV_SITE, ENV_SOCKET
 from fedsec.tracking.events import Event, to_proto
-from fedsec.transport.local import TOKEN_METADATA, unix_channel
+from fedsec.transport.local import TOKEN_METADATA, nobody_listens, unix_channel
 from fedsec.transport.tls import transient
 from fedsec.wire import arrays, fedsec_pb2, fedsec_pb2_grpc, streams
 
@@ -64,6 +64,7 @@ class _Link:
     job_id: str
     site: str
     token: str = field(repr=False)
+    socket: Path
     running: bool = True
     last: FLModel | None = None
 
@@ -86,9 +87,10 @@ def init() -> None:
     missing = [k for k in (ENV_SOCKET, ENV_JOB_ID, ENV_SITE, ENV_JOB_TOKEN) if not os.environ.get(k)]
     if missing:
         raise JobError(f"not started by a fedsec site: {', '.join(missing)} not set")
-    channel = unix_channel(Path(os.environ[ENV_SOCKET]))
+    path = Path(os.environ[ENV_SOCKET])
+    channel = unix_channel(path)
     stub = fedsec_pb2_grpc.FederationStub(channel)
-    _link = _Link(stub, channel, os.environ[ENV_JOB_ID], os.environ[ENV_SITE], os.environ[ENV_JOB_TOKEN])
+    _link = _Link(stub, channel, os.environ[ENV_JOB_ID], os.environ[ENV_SITE], os.environ[ENV_JOB_TOKEN], path)
 
 
 def _get() -> _Link:
@@ -261,5 +263,9 @@ def _retry(call: Any, what: str) -> Any:
             if not transient(exc) or time.monotonic() > deadline:
                 detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)
                 raise FedsecError(f"{what}: {detail}") from exc
+            if _link is not None and nobody_listens(_link.socket):
+                # the site's process is gone (a server outage is relayed by it, never a refused socket):
+                # a job it started must not live on, even one its death signal missed
+                raise JobError(f"{what}: the site that started this job is gone; stopping") from exc
             time.sleep(delay)
             delay = min(delay * 2, 5.0)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import re
 import struct
-import uuid
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -57,6 +56,8 @@ class JobSignature:
 
 def new_job_id() -> str:
     """A fresh job id: a random uuid4 in its canonical text form."""
+    import uuid  # here: it loads platform and a native library that no idle process needs
+
     return str(uuid.uuid4())
 
 

@@ -38,6 +38,7 @@ from fedsec.kit import (
 from fedsec.pki import certs, signing
 from fedsec.provision import templates
 from fedsec.provision.project import AdminSpec, ClientSpec, Project, Replica, ServerSpec
+from fedsec.state.settings import parse_store
 
 STATE_DIR = "state"
 _ROOT_KEY = "rootCA.key"
@@ -166,7 +167,8 @@ def _build_kit(
             replica.admin_port,
             spec.heartbeat_timeout,
             spec.admin_session_timeout,
-            replica.name if several else "",
+            replica=replica.name if several else "",
+            store=parse_store(spec.store, "server.store").to_json(),
         )
         scripts = {"start.sh": templates.START_SH, "stop_fl.sh": templates.STOP_SH}
         signed_local.append(_write_text(local / "authorization.yml", templates.AUTHORIZATION_YML))

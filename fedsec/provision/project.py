@@ -21,6 +21,7 @@ from typing import Any
 from fedsec import _fs, _schema, limits
 from fedsec.errors import ConfigError
 from fedsec.pki.certs import Kind, Role
+from fedsec.state.settings import parse_store
 
 API_VERSION = 1
 
@@ -78,6 +79,7 @@ class ServerSpec(_Common):
     heartbeat_timeout: float = 30.0
     admin_session_timeout: float = 1800.0
     replicas: tuple[ReplicaSpec, ...] | None = None
+    store: Any = "sqlite"  # fedsec.state.settings: sqlite, or {postgres: {dsn_file: local/FILE}}
 
 
 @dataclass(frozen=True)
@@ -252,3 +254,4 @@ def _check_server(spec: ServerSpec, where: str) -> None:
         raise ConfigError(f"{where}.heartbeat_timeout: must be between 1 and 3600 seconds")
     if not 1.0 <= spec.admin_session_timeout <= 7 * 86400.0:
         raise ConfigError(f"{where}.admin_session_timeout: must be between 1 second and 7 days")
+    parse_store(spec.store, f"{where}.store")

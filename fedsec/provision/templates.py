@@ -145,6 +145,7 @@ participants:
     # replicas:
     #   - {name: server1-a, host: fl-a.example.org}
     #   - {name: server1-b, host: fl-b.example.org, fl_port: 8002, admin_port: 8003}
+    store: sqlite        # the server's state; or {postgres: {dsn_file: local/postgres.dsn}} (the DSN in a 0600 file)
   # Sites (clients): they dial out to the server and need no open port.
   - name: site-1
     type: client

@@ -31,6 +31,7 @@ from fedsec.server.registry import SiteRegistry
 from fedsec.server.services import FederationService
 from fedsec.server.sessions import AdminSessions
 from fedsec.server.store import JobStore
+from fedsec.state.settings import open_state
 from fedsec.tracking.backends import load_backends
 from fedsec.transport.gate import Gate, GateConfig, Lane
 from fedsec.transport.tls import GRPC_OPTIONS, server_credentials
@@ -93,7 +94,8 @@ def _set_up_tracking_store(kit_root: Path) -> None:
     argv = [sys.executable, "-m", "fedsec.tracking.receivers.store", "--tracking-dir", str(tracking_dir)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEDSEC_")}
     mark = log_path.stat().st_size if log_path.exists() else 0
-    proc = _proc.start(argv, cwd=kit_root, env=env, log_path=log_path)
+    # niced: importing MLflow takes seconds of CPU, which the sites registering meanwhile need more
+    proc = _proc.start(argv, cwd=kit_root, env=env, log_path=log_path, nice=limits.BACKGROUND_NICE)
 
     def wait() -> None:
         code = proc.wait()
@@ -131,7 +133,9 @@ def run_server(kit: Kit, listen: str | None = None, fl_port: int | None = None) 
     host = listen or listen_host(config)
     _proc.lock_kit(kit.root / "run", f"server {config.label}")
     policy = load_policy(kit.root)
-    store = JobStore(kit.root / "store")
+    state = open_state(kit.root, config.store_settings)  # sqlite by default; the kit's settings may say postgres
+    log.info("server=%s state backend=%s", config.name, state.backend)
+    store = JobStore(kit.root / "store", state=state)
     holder: list[JobManager] = []
     registry = SiteRegistry(
         config.heartbeat_timeout,
@@ -147,7 +151,7 @@ def run_server(kit: Kit, listen: str | None = None, fl_port: int | None = None) 
     holder.append(jobs)
     creds = server_credentials(kit)
     stop = threading.Event()
-    audit = AuditLog(kit.root / "audit" / "audit.log")
+    audit = AuditLog(state, legacy=kit.root / "audit" / "audit.log")
     admin_ctx = AdminContext(
         config=config,
         store=store,

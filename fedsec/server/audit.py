@@ -1,54 +1,86 @@
-"""The append-only audit log of admin commands: one JSON object per line.
+"""The audit trail of admin commands, kept in the server's state (fedsec.state), append-only.
 
-Every admin command, allowed or refused, is appended (time, admin, role,
-org, command, arguments, outcome, detail) with O_APPEND and flushed before
-the call returns. Nothing here ever rewrites or truncates the file.
+Every admin command, allowed or refused, is appended (time, admin, role, org,
+command, arguments, outcome, detail) before the call returns. Nothing here ever
+changes or removes an entry. A trail kept by an older fedsec in the file
+audit/audit.log (JSON lines) is copied into the state once, when the server first
+starts with this version, and the file is renamed audit.log.imported.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-import threading
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
 from fedsec.pki.certs import Identity
+from fedsec.state.interface import StateStore
+from fedsec.state.records import AuditEntry
+
+log = logging.getLogger(__name__)
 
 MAX_ARG_CHARS = 512
 MAX_DETAIL_CHARS = 1024
+_IMPORTED = ".imported"
 
 
 class AuditLog:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._path = path
-        self._lock = threading.Lock()
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    """The audit trail (see the module docstring). Raises JobError when the state cannot be written."""
+
+    def __init__(self, state: StateStore, legacy: Path | None = None) -> None:
+        self._state = state
+        if legacy is not None and legacy.exists():
+            self._import(legacy)
+
+    def _import(self, path: Path) -> None:
+        count = 0
+        with path.open("r", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    doc = json.loads(line)
+                    entry = AuditEntry(
+                        float(doc["time"]), str(doc["admin"]), str(doc["org"]), str(doc["role"]),
+                        str(doc["command"]), {str(k): str(v) for k, v in dict(doc["args"]).items()},
+                        str(doc["outcome"]), str(doc.get("detail", "")),
+                    )  # fmt: skip
+                except (ValueError, KeyError, TypeError):
+                    continue  # a torn last line of a server that died mid-write
+                self._state.append_audit(entry)
+                count += 1
+        os.replace(path, path.with_name(path.name + _IMPORTED))
+        log.info("audit: %d entries of %s copied into the server's state", count, path.name)
 
     def record(self, who: Identity, command: str, args: dict[str, Any], outcome: str, detail: str = "") -> None:
-        entry = {
-            "time": round(time.time(), 3),
-            "admin": who.name,
-            "org": who.org,
-            "role": who.role.value if who.role else "",
-            "command": command,
-            "args": {k: str(v)[:MAX_ARG_CHARS] for k, v in args.items()},
-            "outcome": outcome,
-            "detail": detail[:MAX_DETAIL_CHARS],
-        }
-        line = (json.dumps(entry, sort_keys=True) + "\n").encode()
-        with self._lock:
-            os.write(self._fd, line)
-            os.fsync(self._fd)
+        entry = AuditEntry(
+            time=round(time.time(), 3),
+            admin=who.name,
+            org=who.org,
+            role=who.role.value if who.role else "",
+            command=command,
+            args={k: str(v)[:MAX_ARG_CHARS] for k, v in args.items()},
+            outcome=outcome,
+            detail=detail[:MAX_DETAIL_CHARS],
+        )
+        self._state.append_audit(entry)
 
     def tail(self, count: int) -> list[dict[str, Any]]:
-        """The last count entries, oldest first."""
-        with self._path.open("r", encoding="utf-8") as f:
-            lines = deque(f, maxlen=max(1, count))
-        return [json.loads(line) for line in lines if line.strip()]
+        """The last count entries, oldest first, as the admin API returns them."""
+        return [
+            {
+                "time": e.time,
+                "admin": e.admin,
+                "org": e.org,
+                "role": e.role,
+                "command": e.command,
+                "args": dict(e.args),
+                "outcome": e.outcome,
+                "detail": e.detail,
+            }
+            for e in self._state.audit_tail(count)
+        ]
 
     def close(self) -> None:
-        os.close(self._fd)
+        """Nothing to release: the state belongs to the server (kept for the server's shutdown order)."""

@@ -1,13 +1,16 @@
 """Which sites took part in a job: who fetched it, how often each one's script failed, who left and why.
 
-The server parent owns this record (job folder, participation.json, written
-atomically); the job's workflow process reads it when told the sites changed
-(fedsec.workflow.fedavg.load_participation) and never writes it. Only a site
-that fetched a job may report on it; a site whose script failed restarts it
-(it stays assigned) up to the job's workflow.max_site_restarts times, provided
-it had the script running since its last failure; otherwise it leaves the job
-and is no longer assigned. This module never decides whether a job goes on:
-the workflow does, from min_clients.
+The server parent owns this record: it lives in the server's state
+(fedsec.state Participation), and a copy is written atomically to the job
+folder's participation.json, which the job's workflow process reads when told
+the sites changed (fedsec.workflow.fedavg.load_participation) and never writes.
+(The copy goes once the workflow process reads state over the wire.) A job
+stored by an older fedsec has only the file: it is read from there until the
+first save. Only a site that fetched a job may report on it; a site whose script
+failed restarts it (it stays assigned) up to the job's
+workflow.max_site_restarts times, provided it had the script running since its
+last failure; otherwise it leaves the job and is no longer assigned. This module
+never decides whether a job goes on: the workflow does, from min_clients.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from pathlib import Path
 
 from fedsec import _fs, limits
 from fedsec.errors import JobError
+from fedsec.state.interface import StateStore
+from fedsec.state.records import Participation
 
 PARTICIPATION_FILE = "participation.json"  # fedsec.workflow.fedavg reads it by the same name
 _FILE_LIMIT = limits.MAX_PARTICIPANTS * (limits.MAX_ERROR_TEXT + 256) + (64 << 10)
@@ -27,26 +32,31 @@ _FILE_LIMIT = limits.MAX_PARTICIPANTS * (limits.MAX_ERROR_TEXT + 256) + (64 << 1
 class JobSites:
     """The participation record of one job (see the module docstring)."""
 
-    path: Path
+    state: StateStore
+    job_id: str
+    job_dir: Path
     fetched: set[str] = field(default_factory=set)
     failures: dict[str, int] = field(default_factory=dict)
     left: dict[str, str] = field(default_factory=dict)  # site -> its error text, in the order they left
 
     @classmethod
-    def load(cls, job_dir: Path) -> JobSites:
-        """The record in job_dir (empty if none yet); JobError if it is unreadable."""
-        path = job_dir / PARTICIPATION_FILE
-        if not path.exists():
-            return cls(path)
-        try:
-            doc = json.loads(_fs.read_bounded(path, _FILE_LIMIT, "participation record", JobError))
-            return cls(path, set(doc["fetched"]), dict(doc["failures"]), dict(doc["left"]))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise JobError("participation record: malformed") from exc
+    def load(cls, state: StateStore, job_id: str, job_dir: Path) -> JobSites:
+        """The job's record (empty if none yet); JobError if it cannot be read."""
+        record = state.get_participation(job_id)
+        if record == Participation() and (job_dir / PARTICIPATION_FILE).exists():
+            record = _read_file(job_dir / PARTICIPATION_FILE)  # kept by an older fedsec
+        return cls(state, job_id, job_dir, set(record.fetched), dict(record.failures), dict(record.left))
 
     def save(self) -> None:
+        """Store the record, then the workflow process's copy. Raises JobError."""
+        self.state.put_participation(
+            self.job_id, Participation(frozenset(self.fetched), dict(self.failures), dict(self.left))
+        )
         doc = {"fetched": sorted(self.fetched), "failures": self.failures, "left": self.left}
-        _fs.write_atomic(self.path, json.dumps(doc).encode(), mode=0o600)
+        try:
+            _fs.write_atomic(self.job_dir / PARTICIPATION_FILE, json.dumps(doc).encode(), mode=0o600)
+        except OSError as exc:
+            raise JobError(f"job {self.job_id}: cannot write {PARTICIPATION_FILE}: {exc.strerror or exc}") from exc
 
     def fail(self, site: str, error: str, *, was_running: bool, max_restarts: int) -> bool:
         """Count a failure of site's script; return whether the site leaves the job (else it restarts)."""
@@ -56,3 +66,11 @@ class JobSites:
         if leaves:
             self.left[site] = error.strip()[-limits.MAX_ERROR_TEXT :]
         return leaves
+
+
+def _read_file(path: Path) -> Participation:
+    try:
+        doc = json.loads(_fs.read_bounded(path, _FILE_LIMIT, "participation record", JobError))
+        return Participation(frozenset(doc["fetched"]), dict(doc["failures"]), dict(doc["left"]))
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise JobError("participation record: malformed") from exc

@@ -35,7 +35,7 @@ import grpc
 from cryptography import x509
 
 from fedsec import _fs, _proc, limits
-from fedsec.errors import AuthError, FedsecError, JobError, WireError
+from fedsec.errors import AuthError, FedsecError, JobError, StoreUnavailableError, WireError
 from fedsec.jobs import load_job_folder, unpack
 from fedsec.jobs import result as job_result
 from fedsec.jobs.archive import pack_file
@@ -44,7 +44,15 @@ from fedsec.jobs.signing import JobSignature, check_job_id, verify_digest
 from fedsec.pki.certs import Identity
 from fedsec.server.job_sites import JobSites
 from fedsec.server.site_logs import JobLogs
-from fedsec.server.store import JOB_ARCHIVE, JOBS_DIR, WORKSPACE_DIR, JobRecord, JobStatus, JobStore
+from fedsec.server.store import JOB_ARCHIVE, JOBS_DIR, WORKSPACE_DIR, JobRecord, JobStatus, JobStore, archive_key
+from fedsec.state.records import (
+    ResultMeta,
+    ResultOutcome,
+    RoundKind,
+    RoundRecord,
+    SiteOutcome,
+    SiteReport,
+)
 from fedsec.tracking.backends import ONLY_LOCAL, Backends
 from fedsec.tracking.events import check_batch
 from fedsec.transport.local import socket_path, unix_channel
@@ -59,6 +67,7 @@ _SIGNATURE = "job.sig"  # the submitting admin's signature of this run of job.zi
 _SITES = "sites"  # per-site reports: <site>.json
 _LATE_DIR = "late_events"  # batches sent after the job ended, until written (fedsec.workflow.late reads them)
 _LATE_RETRY_SECONDS = 60.0  # after a late-events writer left some (its backend was down)
+_TERMINATED = 143  # the exit status of a workflow process that ended on SIGTERM after ending its runs
 _RUN_ENDS = {JobStatus.COMPLETED: "FINISHED", JobStatus.FAILED: "FAILED", JobStatus.ABORTED: "KILLED"}
 
 
@@ -142,7 +151,7 @@ class JobManager:
                     writer.write(chunk)
                 writer.finish()
             self._check_signed(bytes(info.sha256), signature, who, "submitted job")
-            return self._store_job(staging, signature, who)
+            return self._store_job(staging, signature, who, bytes(info.sha256))
 
     def clone(self, job_id: str, signature: JobSignature, who: Identity) -> JobRecord:
         """A new job from a stored job's archive, signed by who as a new job id (signature.job_id).
@@ -153,13 +162,15 @@ class JobManager:
             archive = staging / JOB_ARCHIVE
             shutil.copyfile(self._store.job_dir(job_id) / JOB_ARCHIVE, archive)
             os.chmod(archive, 0o600)
-            self._check_signed(streams.describe_file(archive).sha256, signature, who, f"clone of job {job_id}")
-            return self._store_job(staging, signature, who)
+            digest = streams.describe_file(archive).sha256
+            self._check_signed(digest, signature, who, f"clone of job {job_id}")
+            return self._store_job(staging, signature, who, digest)
 
     def archive_digest(self, job_id: str) -> tuple[bytes, JobSignature]:
         """sha256 of a stored job's archive, and the job's signature: what an admin signs to clone it."""
         path, signature = self.archive_file(job_id)
-        return streams.describe_file(path).sha256, signature
+        digest = self._store.get(job_id).archive_sha256  # b"": stored by a fedsec that did not keep it
+        return digest or streams.describe_file(path).sha256, signature
 
     def _staging(self) -> _Staging:
         return _Staging(self._store.root)
@@ -186,7 +197,7 @@ class JobManager:
                 raise JobError(f"job {job_id}: still running; abort it first")
         self._store.delete(job_id)
 
-    def _store_job(self, staging: Path, signature: JobSignature, who: Identity) -> JobRecord:
+    def _store_job(self, staging: Path, signature: JobSignature, who: Identity, digest: bytes) -> JobRecord:
         """File the checked archive staging/job.zip as a job; staging is the caller's to remove."""
         unpack(staging / JOB_ARCHIVE, staging / "job")
         try:
@@ -207,9 +218,10 @@ class JobManager:
             submitter_role=who.role.value if who.role else "",
             meta_json=meta_to_json(meta),
             num_rounds=app.workflow.num_rounds,
+            archive_sha256=digest,
         )
         job_dir = self._store.job_dir(record.job_id)
-        os.replace(staging / JOB_ARCHIVE, job_dir / JOB_ARCHIVE)  # 0600, flushed: written by PayloadWriter
+        self._store.blobs.adopt(archive_key(record.job_id), staging / JOB_ARCHIVE)  # flushed: by PayloadWriter
         sig = {
             "signature": base64.b64encode(signature.signature).decode(),
             "signer_cert": signature.signer_cert.decode(),
@@ -246,7 +258,10 @@ class JobManager:
 
     def site_records(self, job_id: str) -> dict[str, dict[str, str]]:
         """What each site reported about the job: {site: {"outcome", "error", "log"}}."""
-        folder = self._store.job_dir(job_id) / _SITES
+        reports = self._store.state.site_reports(job_id)
+        if reports:
+            return {r.site: {"outcome": r.outcome.value, "error": r.error, "log": r.log_tail} for r in reports}
+        folder = self._store.job_dir(job_id) / _SITES  # a job that ended under an older fedsec
         out: dict[str, dict[str, str]] = {}
         for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
             out[path.stem] = json.loads(path.read_text())
@@ -300,13 +315,13 @@ class JobManager:
         sites = json.loads(record.meta_json).get("sites", [])
         if sites and site not in sites:
             return False
-        return site not in JobSites.load(self._store.job_path(job_id)).left
+        return site not in JobSites.load(self._store.state, job_id, self._store.job_path(job_id)).left
 
     def fetched(self, job_id: str, site: str) -> None:
         """Record that site received the whole archive of job_id: from now on it may report on the job."""
         job_dir = self._store.job_dir(job_id)
         with self._lock:
-            sites = JobSites.load(job_dir)
+            sites = JobSites.load(self._store.state, job_id, job_dir)
             if site not in sites.fetched:
                 sites.fetched.add(site)
                 sites.save()
@@ -324,12 +339,15 @@ class JobManager:
             self._lock.wait_for(lambda: self._version != known or self._stop.is_set(), timeout)
             return self._version
 
-    def get_task(self, job_id: str, site: str, wait: float) -> Iterator[fedsec_pb2.TaskPart]:
+    def get_task(
+        self, job_id: str, site: str, wait: float, held: frozenset[bytes] = frozenset()
+    ) -> Iterator[fedsec_pb2.TaskPart]:
+        """Relay site's task request to the job's workflow; held: digests of models the site says it holds."""
         flow = self._ready_flow(job_id)
         if flow is None:
             yield _status_part(self._status_for_site(job_id, wait))
             return
-        request = fedsec_pb2.TaskRequest(job_id=job_id, site=site, wait_seconds=wait)
+        request = fedsec_pb2.TaskRequest(job_id=job_id, site=site, wait_seconds=wait, held_sha256=sorted(held))
         try:
             yield from flow.stub.GetTask(request, timeout=wait + 120)
         except grpc.RpcError as exc:
@@ -449,7 +467,7 @@ class JobManager:
     def append_site_log(self, job_id: str, site: str, chunk: fedsec_pb2.JobLogChunk) -> fedsec_pb2.JobLogAck:
         """Append a piece of site's log of job_id; what the server holds. JobError when site never fetched the job."""
         job_dir = self._store.job_dir(job_id)
-        if site not in JobSites.load(job_dir).fetched:
+        if site not in JobSites.load(self._store.state, job_id, job_dir).fetched:
             raise JobError(f"job {job_id}: {site} never fetched this job, so it has no log of it")
         done = JobLogs(job_dir).append(site, chunk.run, chunk.offset, chunk.data, chunk.last)
         return fedsec_pb2.JobLogAck(offset=done.offset, full=done.full)
@@ -461,22 +479,24 @@ class JobManager:
         """
         job_dir = self._store.job_dir(job_id)
         with self._lock:
-            if site not in JobSites.load(job_dir).fetched:
+            if site not in JobSites.load(self._store.state, job_id, job_dir).fetched:
                 if (job_id, site) not in self._refused_reports:
                     self._refused_reports.add((job_id, site))
                     log.warning("job=%s site=%s reported on a job it never fetched: refused", job_id, site)
                 raise JobError(f"job {job_id}: {site} never fetched this job, so it cannot report on it")
+        outcome = SiteOutcome.FAILED if failed else SiteOutcome.FINISHED
+        self._store.state.put_site_report(job_id, SiteReport(site, outcome, error, log_tail))
+        # the workflow process waits for this file before it ends (until it hears reports over the wire)
         folder = job_dir / _SITES
         folder.mkdir(exist_ok=True, mode=0o700)
-        entry = {"outcome": "failed" if failed else "finished", "error": error, "log": log_tail}
-        _fs.write_atomic(folder / f"{site}.json", json.dumps(entry).encode(), mode=0o600)
+        _fs.write_atomic(folder / f"{site}.json", json.dumps({"outcome": outcome.value}).encode(), mode=0o600)
         record = self._store.get(job_id)
         if not failed or record.status.finished:
             log.info("job=%s site=%s reports its script %s", job_id, site, "failed" if failed else "finished")
             return
         with self._lock:
             flow = self._workflows.get(job_id)
-            sites = JobSites.load(job_dir)
+            sites = JobSites.load(self._store.state, job_id, job_dir)
             if site in sites.left:
                 return
             seen = self._running_seen.get(job_id, set())
@@ -564,7 +584,9 @@ class JobManager:
         resumed = record.status is JobStatus.RUNNING
         try:
             _meta, app = load_job_folder(job_dir / "job")
-            left = set(JobSites.load(job_dir).left)
+            left = set(JobSites.load(self._store.state, record.job_id, job_dir).left)
+        except StoreUnavailableError:
+            raise  # nothing is wrong with the job: the scheduler tries again
         except JobError as exc:
             self._store.finish(record.job_id, JobStatus.FAILED, public_text(f"the stored job is unusable: {exc}"))
             self._not_resuming(record.job_id)
@@ -580,7 +602,7 @@ class JobManager:
         argv += ["--socket", str(sock)]
         if self._he_context is not None:
             argv += ["--he-context", str(self._he_context)]
-        argv += ["--tracking-dir", str(self._tracking_dir)]
+        argv += ["--tracking-dir", str(self._tracking_dir), f"--submitter={record.submitter}"]
         env = _child_env() | self._tracking_env(job_dir)
         proc = _proc.start(argv, cwd=job_dir, env=env, log_path=job_dir / "workflow.log")
         channel = unix_channel(sock)
@@ -689,12 +711,16 @@ class JobManager:
             self._ending.add(job_id)  # keeps the scheduler from starting it again meanwhile
         try:
             if flow is not None:
-                _proc.stop(flow.proc)
+                if _proc.stop(flow.proc) not in (0, _TERMINATED):
+                    # it died or was killed before it ended its tracking runs: its late-events writer ends them
+                    with self._lock:
+                        self._late_due.setdefault(job_id, 0.0)
                 flow.channel.close()
             if status is not JobStatus.COMPLETED:
                 self._keep_result(job_id)
             self._sync_round(job_id)
             record = self._store.finish(job_id, status, self._public(reason))  # first final status wins
+            self._record_outcome(job_id, record.status, record.reason)
         finally:
             with self._lock:
                 self._ending.discard(job_id)
@@ -715,6 +741,28 @@ class JobManager:
             return
         if entry is not None:
             log.info("job=%s keeps the global model of round %d as its result", job_id, entry["round"])
+
+    def _record_outcome(self, job_id: str, status: JobStatus, reason: str) -> None:
+        """Copy what the workflow process wrote in its workspace (rounds, the model kept) into the state."""
+        workspace = self._store.job_path(job_id) / WORKSPACE_DIR
+        try:
+            progress = json.loads(self.progress(job_id) or "{}")
+            for entry in progress.get("rounds", []):
+                self._store.state.put_round(job_id, _round_record(entry, RoundKind.TRAIN))
+            final = progress.get("final")
+            if isinstance(final, dict):
+                number = max([int(r["round"]) + 1 for r in progress.get("rounds", [])], default=0)
+                self._store.state.put_round(job_id, _round_record({"round": number, **final}, RoundKind.EVALUATE))
+            kept = job_result.kept(workspace)
+            meta = ResultMeta(ResultOutcome(status.value.removeprefix("finished:")), reason)
+            if kept is not None:
+                key = f"{JOBS_DIR}/{job_id}/{WORKSPACE_DIR}/{job_result.RESULT}/{kept['model']}"
+                info = self._store.blobs.info(key)
+                if info is not None:
+                    meta = ResultMeta(meta.outcome, reason, key, int(kept["round"]), info.sha256, info.size)
+            self._store.state.put_result(job_id, meta)
+        except (OSError, ValueError, TypeError, KeyError, JobError) as exc:
+            log.warning("job=%s its rounds and result are not all in the state: %s", job_id, self._public(str(exc)))
 
     def _sync_round(self, job_id: str) -> None:
         if self._store.get(job_id).status is not JobStatus.RUNNING:
@@ -833,3 +881,22 @@ def _record_dict(record: JobRecord) -> dict[str, Any]:
         "num_rounds": record.num_rounds,
         "meta_json": record.meta_json,
     }
+
+
+def _round_record(entry: dict[str, Any], kind: RoundKind) -> RoundRecord:
+    """A round as the workflow's progress.json holds it (rejected: a list of sites, or site -> reason).
+
+    progress.json does not list the sampled sites that never answered, so sampled here is the sites
+    heard from; it is exact once the workflow records its rounds through the state interface itself.
+    """
+    accepted = frozenset(str(s) for s in entry.get("sites", []))
+    rejected = entry.get("rejected", [])
+    refused = (
+        {str(k): str(v) for k, v in rejected.items()}
+        if isinstance(rejected, dict)
+        else dict.fromkeys(map(str, rejected), "")
+    )
+    failed = frozenset(str(s) for s in entry.get("failed", []))
+    metrics = {str(k): float(v) for k, v in dict(entry.get("metrics", {})).items() if isinstance(v, (int, float))}
+    sampled = accepted | frozenset(refused) | failed
+    return RoundRecord(int(entry["round"]), kind, sampled, accepted, refused, failed, metrics)

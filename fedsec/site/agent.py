@@ -91,6 +91,7 @@ class SiteAgent:
         self._worker.start()
         threading.Thread(target=self._runner.retention_loop, args=(self._stop,), name="retention", daemon=True).start()
         threading.Thread(target=self._logs.run, args=(self._stop,), name="job-logs", daemon=True).start()
+        threading.Thread(target=self._runner.warm_loop, args=(self._stop,), name="warm", daemon=True).start()
         try:
             while not self._stop.is_set():
                 self._register()

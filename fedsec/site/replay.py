@@ -29,15 +29,18 @@ or a time that the signature did not cover.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedsec import limits
 from fedsec.errors import AuthError, JobError
 from fedsec.jobs.signing import check_job_id
+
+if TYPE_CHECKING:
+    import sqlite3
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +129,8 @@ def has_ended(kit_root: Path, job_id: str) -> bool:
 @contextmanager
 def _record(kit_root: Path) -> Iterator[sqlite3.Connection]:
     """The record, in one IMMEDIATE transaction: committed on success, rolled back otherwise."""
+    import sqlite3  # only once a job starts: an idle site never loads it
+
     path = kit_root / SEEN_FILE
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

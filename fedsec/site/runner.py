@@ -3,8 +3,11 @@
 Each job runs as `python SCRIPT ARGS` in <kit>/jobs/<job_id>/work, with the
 job's custom code on PYTHONPATH and its own local socket in the environment,
 inside a bubblewrap sandbox (fedsec.site.sandbox) that sees nothing of the kit
-unless the site operator opted out. A job whose script exits is reported to the
-server (finished, or failed with the end of its log). Job folders older than
+unless the site operator opted out. With `warm_launcher: true` in the site
+settings the script runs instead in a process made ready before the job came
+(fedsec.site.launcher: the same sandbox, the framework already imported). A job
+whose script exits is reported to the server (finished, or failed with the end
+of its log). Job folders older than
 the operator's job_retention_days are deleted at the site's start and then
 daily (retention_loop); a running job's folder never is.
 """
@@ -12,6 +15,7 @@ daily (retention_loop); a running job's folder never is.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 import shutil
@@ -29,19 +33,21 @@ from fedsec import _fs, _proc, limits
 from fedsec.errors import AuthError, FedsecError, JobError
 from fedsec.jobs import load_job_folder, unpack
 from fedsec.jobs.env import ENV_DATASETS, ENV_JOB_ID, ENV_JOB_TOKEN, ENV_SITE, ENV_SOCKET
+from fedsec.jobs.launch import JobSpec
 from fedsec.jobs.signing import JobSignature, verify_archive
-from fedsec.site import replay, sandbox
+from fedsec.site import launcher, replay, sandbox
 from fedsec.site.hekey import HEKey
 from fedsec.site.local import LocalEndpoints
 from fedsec.site.logship import LogShipper
 from fedsec.site.policy import load_site_policy
-from fedsec.site.settings import load_site_settings
+from fedsec.site.settings import SiteSettings, load_site_settings
 from fedsec.site.transfer import GaveUpError
 
 log = logging.getLogger(__name__)
 
 Report = Callable[[str, bool, str, str], None]  # (job_id, failed, error text, log tail)
 RETENTION_CHECK_SECONDS = 86400.0  # how often old job folders are looked for
+WARM_CHECK_SECONDS = 30.0  # how often the warm launcher's ready process is checked (alive, fits the settings)
 
 
 @dataclass
@@ -50,6 +56,7 @@ class _Job:
     proc: subprocess.Popen[bytes]
     log_path: Path
     stopping: bool = False
+    sockets: Path | None = None  # a warm job process's own socket folder, deleted when it ends
 
 
 class JobRunner:
@@ -78,6 +85,7 @@ class JobRunner:
         self._jobs: dict[str, _Job] = {}
         self._failed: set[str] = set()  # jobs that could not start: not retried until reassigned
         self._ended: set[str] = set()  # jobs whose script exited: not started again (and their folder kept)
+        self._warm = launcher.WarmLauncher(kit_root, self._jobs_dir)
 
     def running(self) -> set[str]:
         with self._lock:
@@ -93,11 +101,47 @@ class JobRunner:
         policy = load_site_policy(self._kit_root)
         policy.check(signer, self._site)
         replay.check_start(self._kit_root, job_id, signature.submit_time, policy.max_job_age)
+        settings = load_site_settings(self._kit_root)
+        isolated = sandbox.use_sandbox(settings.isolation, job_id)
+        slot = self._warm.take(settings, isolated) if settings.warm_launcher else None
         job_dir = self._jobs_dir / _safe_id(job_id)
+        try:
+            proc, log_path, socket = self._launch(job_id, job_dir, archive, settings, isolated, slot)
+        except BaseException:
+            if slot is not None:
+                slot.stop()
+            raise
+        job = _Job(job_id, proc, log_path, sockets=None if slot is None else slot.sockets)
+        with self._lock:
+            self._jobs[job_id] = job
+        if self._logs is not None:
+            self._logs.watch(job_id, log_path)
+        threading.Thread(target=self._watch, args=(job,), name=f"job-{job_id[:8]}", daemon=True).start()
+        if settings.warm_launcher:
+            self._warm.fill(settings, isolated)  # the next job's
+        log.info(
+            "job=%s started pid=%d isolated=%s warm=%s socket=%s", job_id, proc.pid, isolated, slot is not None, socket
+        )
+
+    def _launch(
+        self,
+        job_id: str,
+        job_dir: Path,
+        archive: bytes,
+        settings: SiteSettings,
+        isolated: bool,
+        slot: launcher.Slot | None,
+    ) -> tuple[subprocess.Popen[bytes], Path, Path]:
+        """Unpack the job into job_dir and start its script: in the ready slot if given, else a new process."""
         try:
             if job_dir.exists():
                 shutil.rmtree(job_dir)  # a previous run of this job on this site (e.g. before a restart)
-            job_dir.mkdir(parents=True, mode=0o700)
+            if slot is None:
+                job_dir.mkdir(parents=True, mode=0o700)
+                (job_dir / "work").mkdir()
+            else:
+                slot.folder.rename(job_dir)  # its sandbox's binds follow the folder
+                slot.folder = job_dir
             unpack(archive, job_dir / "job")
         except OSError as exc:
             full = f"{self._site} disk full: " if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
@@ -105,14 +149,15 @@ class JobRunner:
         _meta, app = load_job_folder(job_dir / "job")
         if app.he.enabled and not self._he_key.present():
             raise JobError("the signed job uses homomorphic encryption, but this site's kit has no HE context")
-        settings = load_site_settings(self._kit_root)
-        isolated = sandbox.use_sandbox(settings.isolation, job_id)
         code = job_dir / "job"
         custom = code / "app" / "custom"
         script = custom / app.script.path
         work = job_dir / "work"
-        work.mkdir()
-        endpoint = self._endpoints.open(job_id, app.he, work, app.workflow.round_timeout)
+        log_path = job_dir / "log.txt"
+        timeout = app.workflow.round_timeout
+        socket = None if slot is None else slot.sockets / "job.sock"
+        initial = code / "app" / app.initial_model  # a task naming its digest is not downloaded again
+        endpoint = self._endpoints.open(job_id, app.he, work, timeout, initial, socket=socket)
         try:
             base = {
                 ENV_SOCKET: str(endpoint.socket),
@@ -121,36 +166,29 @@ class JobRunner:
                 ENV_SITE: self._site,
                 ENV_DATASETS: json.dumps(settings.datasets),
             }
+            if slot is not None:
+                inside = slot.inside / script.relative_to(job_dir)  # the script as its sandbox sees it
+                launcher.hand_over(slot, JobSpec(inside, tuple(app.script.args), base).encode())
+                log.info("job=%s script=%s runs in the ready job process", job_id, app.script.path)
+                return slot.proc, log_path, endpoint.socket
             env = sandbox.script_env(base, work, [custom, sandbox.fedsec_package_dir().parent])
             command = [sys.executable, str(script), *app.script.args]
             if isolated:
                 datasets = tuple(Path(p) for p in settings.datasets.values())
                 mounts = sandbox.JobMounts(code, work, endpoint.socket, self._kit_root, datasets)
                 command = sandbox.bwrap_argv(command, mounts, env)
-            log_path = job_dir / "log.txt"
-            proc = _proc.start(command, cwd=work, env=env, log_path=log_path)
+            log.info("job=%s script=%s", job_id, app.script.path)
+            return _proc.start(command, cwd=work, env=env, log_path=log_path), log_path, endpoint.socket
         except BaseException:
             self._endpoints.close(job_id)
             raise
-        job = _Job(job_id, proc, log_path)
-        with self._lock:
-            self._jobs[job_id] = job
-        if self._logs is not None:
-            self._logs.watch(job_id, log_path)
-        threading.Thread(target=self._watch, args=(job,), name=f"job-{job_id[:8]}", daemon=True).start()
-        log.info(
-            "job=%s started script=%s pid=%d isolated=%s socket=%s",
-            job_id,
-            app.script.path,
-            proc.pid,
-            isolated,
-            endpoint.socket,
-        )
 
     def _watch(self, job: _Job) -> None:
         code = job.proc.wait()
         _proc.stop(job.proc, grace=0.5)  # reap anything the script left in its group
         self._endpoints.close(job.job_id)
+        if job.sockets is not None:
+            shutil.rmtree(job.sockets, ignore_errors=True)
         if self._logs is not None:  # the end of its log, before a report can make the script start again
             self._logs.ended(job.job_id)
         with self._lock:
@@ -182,7 +220,9 @@ class JobRunner:
         running = self.running()
         removed = []
         for job_dir in sorted(self._jobs_dir.iterdir()) if self._jobs_dir.is_dir() else []:
-            if job_dir.name in running or not job_dir.is_dir() or job_dir.is_symlink():
+            if job_dir.name in running or job_dir.name.startswith(launcher.SLOT_PREFIX):
+                continue  # a running job's folder, or the ready job process's
+            if not job_dir.is_dir() or job_dir.is_symlink():
                 continue
             try:
                 touched = max(p.lstat().st_mtime for p in (job_dir, *job_dir.iterdir()))
@@ -214,8 +254,31 @@ class JobRunner:
         _proc.stop(job.proc)
 
     def stop_all(self) -> None:
+        """Stop every job and the warm job process (the site stops)."""
+        self._warm.close()
         for job_id in self.running():
             self.stop(job_id)
+
+    def warm_loop(self, stop: threading.Event) -> None:
+        """Keep a ready job process while the site settings ask for one (warm_launcher), until stop is set.
+
+        Starts the first one limits.WARM_LAUNCHER_DELAY_SECONDS after the site started (its imports
+        would compete with the site's registration), then checks every WARM_CHECK_SECONDS; a job
+        taking it starts the next one at once (start()).
+        """
+        if stop.wait(limits.WARM_LAUNCHER_DELAY_SECONDS):
+            return
+        while True:
+            try:
+                settings = load_site_settings(self._kit_root)
+                if settings.warm_launcher:
+                    self._warm.refresh(settings, functools.partial(sandbox.use_sandbox, settings.isolation, "(warm)"))
+                else:
+                    self._warm.drop()
+            except (FedsecError, OSError) as exc:
+                log.warning("warm launcher: %s", exc)
+            if stop.wait(WARM_CHECK_SECONDS):
+                return
 
     def sync(self, assigned: set[str], fetch: Callable[[str], tuple[bytes, JobSignature]]) -> None:
         """Start assigned jobs not running, stop running jobs no longer assigned."""

@@ -8,6 +8,9 @@ sets the site's jobs may read, and how job processes are isolated::
     isolation: auto           # auto (bubblewrap when installed) | bwrap (required) | none (opt out)
     job_retention_days: 30    # job folders (<kit>/jobs/<job_id>: the script's log, its work/) older than this
                               # are deleted, at the site's start and then daily; never a running job's
+    warm_launcher: false      # keep one job process ready (its own sandbox, Python and the ML framework
+                              # imported) for the next job: its script starts in well under a second, at the
+                              # cost of that idle process's memory (fedsec.site.launcher)
 
 It is not covered by the kit's signature, so it is trusted only as far as its
 file permissions go: load_site_settings() refuses it unless it is a regular
@@ -44,6 +47,7 @@ class SiteSettings:
     datasets: dict[str, str] = field(default_factory=dict)  # name -> absolute path (resolved)
     isolation: Isolation = Isolation.AUTO
     job_retention_days: int = limits.DEFAULT_JOB_RETENTION_DAYS
+    warm_launcher: bool = False  # off by default: the ready process costs its memory while the site is idle
 
 
 def load_site_settings(kit_root: Path) -> SiteSettings:
@@ -65,7 +69,10 @@ def load_site_settings(kit_root: Path) -> SiteSettings:
                 f"job_retention_days: {days} is not a number of days in 1..{limits.MAX_JOB_RETENTION_DAYS}"
             )
         return SiteSettings(
-            datasets=_check_datasets(settings.datasets, kit_root), isolation=settings.isolation, job_retention_days=days
+            datasets=_check_datasets(settings.datasets, kit_root),
+            isolation=settings.isolation,
+            job_retention_days=days,
+            warm_launcher=settings.warm_launcher,
         )
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from exc

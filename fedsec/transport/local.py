@@ -8,6 +8,7 @@ each job its own socket and token (TOKEN_METADATA on every call).
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from collections.abc import Callable
 from concurrent import futures
@@ -62,3 +63,21 @@ def unix_channel(path: Path) -> grpc.Channel:
     return grpc.secure_channel(
         f"unix:{path}", grpc.local_channel_credentials(grpc.LocalConnectionType.UDS), options=_OPTIONS
     )
+
+
+def nobody_listens(path: Path) -> bool:
+    """Whether the process that served path is gone: the socket refuses, or its file is gone.
+
+    A busy or slow listener is not gone; only a refused connection or a missing file says so.
+    """
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(5.0)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return False

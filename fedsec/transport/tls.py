@@ -26,6 +26,7 @@ from fedsec.errors import (
     JobError,
     KitError,
     SessionExpiredError,
+    StoreUnavailableError,
     UnreachableError,
     WireError,
 )
@@ -119,6 +120,7 @@ _CODES: list[tuple[type[FedsecError], grpc.StatusCode]] = [
     (AuthError, grpc.StatusCode.PERMISSION_DENIED),
     (WireError, grpc.StatusCode.INVALID_ARGUMENT),
     (ConfigError, grpc.StatusCode.INVALID_ARGUMENT),
+    (StoreUnavailableError, grpc.StatusCode.ABORTED),  # the server's state is down for now: try again, never "job over"
     (JobError, grpc.StatusCode.FAILED_PRECONDITION),
     (KitError, grpc.StatusCode.FAILED_PRECONDITION),
     (HEError, grpc.StatusCode.FAILED_PRECONDITION),

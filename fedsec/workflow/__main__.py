@@ -22,12 +22,13 @@ from typing import Any
 from fedsec import _fs, _proc, logs
 from fedsec.errors import FedsecError
 from fedsec.jobs import load_job_folder
+from fedsec.jobs.meta import AppConfig, JobMeta
 from fedsec.tracking.receivers import RunEnd
 from fedsec.transport.local import serve_unix
 from fedsec.wire import fedsec_pb2_grpc
 from fedsec.workflow.fedavg import PARTICIPATION_FILE, FedAvg, load_participation
 from fedsec.workflow.service import WorkflowService
-from fedsec.workflow.tracking import Tracker, open_tracker
+from fedsec.workflow.tracking import Tracker, job_params, open_tracker
 
 log = logging.getLogger("fedsec.workflow")
 
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket", required=True, type=Path)
     parser.add_argument("--he-context", type=Path, help="the server's HE context (no secret key)")
     parser.add_argument("--tracking-dir", type=Path, help="the server's tracking folder (the embedded MLflow store)")
+    parser.add_argument("--submitter", default="", help="the admin who submitted the job (the runs' user)")
     args = parser.parse_args(argv)
     _proc.tune_malloc()
     logs.setup()
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                 from fedsec.he.context import load_server_context  # tenseal: only in HE jobs
 
                 he_context = load_server_context(args.he_context.read_bytes(), "the server's HE context")
-            tracker = open_tracker(args.job_id, meta.name, app.tracking, workspace, args.tracking_dir)
+            tracker = _open_tracking(args, meta, app, workspace)
             fedavg = FedAvg(args.job_id, args.job_dir / "job", workspace, meta, app, he_context, tracker)
             participation = args.job_dir / PARTICIPATION_FILE
             fedavg.apply_participation(load_participation(participation))  # on resume: the sites that left stay out
@@ -86,7 +88,22 @@ def main(argv: list[str] | None = None) -> int:
         if fedavg is not None and end is not RunEnd.FINISHED:
             fedavg.keep_last_result()
         if tracker is not None:
-            tracker.close(end)
+            _close_tracking(tracker, fedavg, end)
+
+
+def _open_tracking(args: argparse.Namespace, meta: JobMeta, app: AppConfig, workspace: Path) -> Tracker | None:
+    """The job's tracker (None: tracking is off), given the job's settings to log."""
+    tracker = open_tracker(args.job_id, meta.name, app.tracking, workspace, args.tracking_dir, args.submitter)
+    if tracker is not None:
+        tracker.job_params(job_params(args.job_id, meta, app, args.submitter))
+    return tracker
+
+
+def _close_tracking(tracker: Tracker, fedavg: FedAvg | None, end: RunEnd) -> None:
+    """End the runs as end; a job open to every site first logs num_sites: the sites that took part."""
+    if fedavg is not None and not fedavg.meta.sites:
+        tracker.job_params({"num_sites": str(len(fedavg.sites_taking_part()))})
+    tracker.close(end)
 
 
 def _public(text: str, args: argparse.Namespace) -> str:

@@ -5,6 +5,15 @@ it, and tracking.db in the job's workspace remembers what was written. An
 event is marked written only after every receiver took it, in one
 transaction, so a failed write is retried by the site and nothing is lost.
 
+The metric names users read (README, "Tracking"): a round's metrics, the
+weighted average the workflow computes, go to the job's own run at step =
+round, and each site's own value of them (what its script sent with its
+result) to the site's run under the same name and step, so one chart of
+`accuracy` shows the global curve and every site's. The final evaluation (the
+final global model's metrics) is one more step, num_rounds, under the same
+names, and also `final_<name>` at that step, in the job's run and in each
+site's. The job's settings go to the job's run as params (job_params()).
+
 A metric point (site, tag, step) is written once per job (table ``points``):
 a round replayed after the server was killed makes the site's script log the
 steps it logged before again (with a new writer id when the site restarted
@@ -14,8 +23,10 @@ log_batch would append a second value, and dropping works the same for every
 receiver. A point is dropped when another writer, or the same writer before
 this job process started, wrote it; a writer that logs one step several times
 within one process (a script without global_step logs everything at step 0)
-keeps every point. The server's own metrics are one value per round (table
-``rounds``), however often a round is written again.
+keeps every point. A site's metrics of a round count as a writer of their own
+(RESULT_WRITER): a script that also logs `accuracy` at the round's step with
+its SummaryWriter keeps whichever came first. The server's own metrics are one
+value per round (table ``rounds``), however often a round is written again.
 
 Tracking never takes a job down. The receivers are opened by a thread of
 their own, retried with growing pauses until they open, so a slow or absent
@@ -31,20 +42,25 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shlex
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from fedsec.errors import JobError
-from fedsec.jobs.meta import TrackingConfig
+from fedsec.jobs.meta import AppConfig, JobMeta, TrackingConfig, to_plain
 from fedsec.tracking.backends import ENV_TRACKING_BACKEND, ENV_TRACKING_MLFLOW_URI, Backend
-from fedsec.tracking.events import Event, EventKind
-from fedsec.tracking.receivers import Receiver, RunEnd, open_receivers
+from fedsec.tracking.events import MAX_PARAM_VALUE, Event, EventKind
+from fedsec.tracking.receivers import Receiver, RunEnd, SiteMetrics, open_receivers
 
 log = logging.getLogger(__name__)
 
+FINAL_PREFIX = "final_"  # + name: a metric of the final global model (also logged under its own name)
+RESULT_WRITER = "result"  # the writer of a site's metrics of a round in table points (never a writer id)
+MAX_SCRIPT_ARG_PARAMS = 50  # --name value pairs of the script's arguments logged as params
 RETRY_SECONDS = (2.0, 5.0, 10.0, 30.0, 60.0)  # pauses between tries to open the receivers; the last repeats
 WARN_EVERY = 60.0  # seconds between two warnings about the same backend
 _CLOSE_WAIT = 1.0  # seconds close() gives an opening in progress
@@ -52,10 +68,18 @@ _CLOSE_WAIT = 1.0  # seconds close() gives an opening in progress
 Opener = Callable[[], Sequence[Receiver]]
 
 
+@dataclass(frozen=True)
+class _RoundMetrics:
+    metrics: Mapping[str, float]
+    sites: SiteMetrics
+
+
 def open_tracker(
-    job_id: str, name: str, config: TrackingConfig, workspace: Path, tracking_dir: Path | None
+    job_id: str, name: str, config: TrackingConfig, workspace: Path, tracking_dir: Path | None, submitter: str = ""
 ) -> Tracker | None:
     """The job's tracker, writing to the backend the server named for it (never one the job names).
+
+    submitter: the admin who submitted the job, the runs' user in MLflow.
 
     The server parent passes the backend it checked at submission in the environment (a URI may hold
     credentials: never in argv). None (tracking off, a warning) when the server named none. JobError when
@@ -78,9 +102,82 @@ def open_tracker(
     where: Path = tracking_dir
 
     def opener() -> list[Receiver]:
-        return open_receivers(job_id, name, where, backend, config.tensorboard)
+        return open_receivers(job_id, name, where, backend, config.tensorboard, user=submitter)
 
     return Tracker(workspace / "tracking.db", opener, backend.name)
+
+
+def job_params(job_id: str, meta: JobMeta, app: AppConfig, submitter: str) -> dict[str, str]:
+    """The job's settings as MLflow params of its run.
+
+    job_id, job_name, submitter, strategy (the workflow's short name), min_clients, sites (the sites meta.yml
+    lists, or "all"), num_sites (how many it lists; a job open to every site logs it when it ends), and every
+    setting of app/config.yml under its path (workflow.num_rounds, he.enabled, ...; the other he.* settings only
+    when HE is on). script.args is the argument line; each "--name value" or "--name=value" in it is also
+    script.args.<name> (a "--flag" alone: "true"), so a script's local epochs show as script.args.epochs.
+    """
+    params = {
+        "job_id": job_id,
+        "job_name": meta.name,
+        "submitter": submitter,
+        "strategy": app.workflow.kind.value,
+        "min_clients": str(meta.min_clients),
+        "sites": ",".join(meta.sites) or "all",
+    }
+    if meta.sites:
+        params["num_sites"] = str(len(meta.sites))
+    config = to_plain(app)
+    if not app.he.enabled:
+        config["he"] = {"enabled": False}
+    params.update(_flatten(config, ""))
+    params["script.args"] = shlex.join(app.script.args)
+    params.update(script_arg_params(app.script.args))
+    return {key: _param_text(value) for key, value in params.items()}
+
+
+def script_arg_params(args: Sequence[str]) -> dict[str, str]:
+    """script.args.<name> for each "--name value", "--name=value" or lone "--flag" (value "true") in args.
+
+    A token that does not start with "--" after a value is taken is ignored; a token starting with "--" is
+    never a value. At most MAX_SCRIPT_ARG_PARAMS names; a name given twice keeps its last value.
+    """
+    found: dict[str, str] = {}
+    i = 0
+    while i < len(args) and len(found) < MAX_SCRIPT_ARG_PARAMS:
+        arg = args[i]
+        i += 1
+        if not arg.startswith("--") or arg == "--":
+            continue
+        name, eq, value = arg[2:].partition("=")
+        if not name:
+            continue
+        if not eq:
+            if i < len(args) and not args[i].startswith("--"):
+                value = args[i]
+                i += 1
+            else:
+                value = "true"
+        found[f"script.args.{name}"] = value
+    return found
+
+
+def _flatten(value: object, prefix: str) -> dict[str, str]:
+    if isinstance(value, dict):
+        out: dict[str, str] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}{key}."))
+        return out
+    key = prefix.removesuffix(".")
+    if isinstance(value, bool):
+        return {key: "true" if value else "false"}  # as YAML writes them
+    if isinstance(value, list):
+        return {key: ",".join(str(v) for v in value)}
+    return {key: str(value)}
+
+
+def _param_text(value: str) -> str:
+    """value cut to what MLflow keeps in a param."""
+    return value if len(value) <= MAX_PARAM_VALUE else value[: MAX_PARAM_VALUE - 3] + "..."
 
 
 class Tracker:
@@ -95,7 +192,8 @@ class Tracker:
         self._retry = tuple(retry_seconds) or RETRY_SECONDS
         self._lock = threading.Lock()
         self._receivers: list[Receiver] | None = None
-        self._metrics: dict[int, Mapping[str, float]] = {}  # rounds not written yet
+        self._metrics: dict[int, _RoundMetrics] = {}  # rounds not written yet
+        self._params: dict[str, str] = {}  # job params not written yet
         self._model: list[Path | None] = []  # the final model, while not written yet
         self._closed = False
         self._end = RunEnd.KILLED
@@ -149,13 +247,28 @@ class Tracker:
                 raise
         return len(fresh), len(events) - len(fresh)
 
-    def global_metrics(self, current_round: int, metrics: Mapping[str, float]) -> None:
-        """Write a round's metrics now, or when the receivers open; never a round written before. Never raises."""
+    def global_metrics(
+        self, current_round: int, metrics: Mapping[str, float], sites: SiteMetrics | None = None
+    ) -> None:
+        """Write a round's metrics, global and each site's (under the same names), now or when the receivers
+        open; never a round written before. Never raises."""
         with self._lock:
             if self._db.execute("SELECT 1 FROM rounds WHERE round = ?", (current_round,)).fetchone():
                 log.info("tracking: metrics of round %d were written before; not again", current_round)
                 return
-            self._metrics[current_round] = dict(metrics)
+            per_site = {site: dict(values) for site, values in (sites or {}).items()}
+            self._metrics[current_round] = _RoundMetrics(dict(metrics), per_site)
+            self._flush()
+
+    def final_metrics(self, step: int, metrics: Mapping[str, float], sites: SiteMetrics | None = None) -> None:
+        """Write the final global model's metrics (global and each site's) at step, under their names and as
+        final_<name>. Never raises."""
+        self.global_metrics(step, _with_final(metrics), {site: _with_final(v) for site, v in (sites or {}).items()})
+
+    def job_params(self, params: Mapping[str, str]) -> None:
+        """Write the job's settings as params of its run, now or when the receivers open. Never raises."""
+        with self._lock:
+            self._params.update(params)
             self._flush()
 
     def final_model(self, path: Path | None) -> None:
@@ -176,9 +289,10 @@ class Tracker:
                 log.warning("tracking: backend %s never opened; this job's runs were not written there", self._backend)
             else:
                 self._flush()
-                if self._metrics or self._model:
+                if self._metrics or self._model or self._params:
                     log.warning(
-                        "tracking: backend %s: some round metrics or the final model were not written", self._backend
+                        "tracking: backend %s: some round metrics, job params or the final model were not written",
+                        self._backend,
                     )
                 for receiver in self._receivers:
                     receiver.close(end)
@@ -228,18 +342,24 @@ class Tracker:
             return
 
     def _flush(self) -> None:
-        """Write the waiting round metrics and final model (called with the lock held)."""
+        """Write the waiting job params, round metrics and final model (called with the lock held)."""
         if self._receivers is None:
             return
-        for current_round in sorted(self._metrics):
+        if self._params:
             try:
                 for receiver in self._receivers:
-                    receiver.global_metrics(current_round, self._metrics[current_round])
+                    receiver.job_params(self._params)
+            except JobError as exc:
+                self._warn(f"job params not written yet: {exc}")
+                return
+            self._params = {}
+        for current_round in sorted(self._metrics):
+            try:
+                self._write_round(current_round, self._metrics[current_round])
             except JobError as exc:  # the round's result stands; the metrics are also in progress.json
                 self._warn(f"metrics of round {current_round} not written yet: {exc}")
                 return
             del self._metrics[current_round]
-            self._db.execute("INSERT OR IGNORE INTO rounds VALUES (?)", (current_round,))
         if self._model:
             try:
                 for receiver in self._receivers:
@@ -248,6 +368,27 @@ class Tracker:
                 self._warn(f"final model not logged yet: {exc}")
                 return
             self._model = []
+
+    def _write_round(self, current_round: int, pending: _RoundMetrics) -> None:
+        """Write one round's metrics to every receiver and mark it written, in one transaction; a site's metric
+        at a (tag, step) that a SummaryWriter wrote before is left out. JobError when a receiver fails."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            sites: dict[str, dict[str, float]] = {}
+            for site, values in sorted(pending.sites.items()):
+                kept = {}
+                for tag, value in values.items():
+                    row = (site, tag, current_round, RESULT_WRITER, self._process)
+                    if self._db.execute("INSERT OR IGNORE INTO points VALUES (?, ?, ?, ?, ?)", row).rowcount == 1:
+                        kept[tag] = value
+                sites[site] = kept
+            for receiver in self._receivers or ():
+                receiver.global_metrics(current_round, pending.metrics, sites)
+            self._db.execute("INSERT OR IGNORE INTO rounds VALUES (?)", (current_round,))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     def _warn(self, text: str) -> None:
         """A warning about the backend, at most one per WARN_EVERY seconds (called with the lock held)."""
@@ -258,3 +399,8 @@ class Tracker:
         more = f" ({self._unwarned} more since the last warning)" if self._unwarned else ""
         log.warning("tracking: backend %s: %s%s", self._backend, text, more)
         self._warned_at, self._unwarned = now, 0
+
+
+def _with_final(metrics: Mapping[str, float]) -> dict[str, float]:
+    """metrics, and each of them again as final_<name>."""
+    return {**metrics, **{FINAL_PREFIX + key: value for key, value in metrics.items()}}

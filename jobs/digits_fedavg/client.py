@@ -86,7 +86,8 @@ def main() -> None:
         accuracy = evaluate(net, test_x, test_y)
         label = "final model" if model.task == "evaluate" else f"round {model.current_round + 1}/{model.total_rounds}"
         print(f"{site} {label}: global model accuracy {accuracy:.4f}", flush=True)
-        writer.add_scalar("global_val_accuracy", accuracy, model.current_round)
+        # no add_scalar for it: the accuracy sent below shows in this site's MLflow run as `accuracy`, beside the
+        # global average of the same name in the job's run
         if model.task == "evaluate":  # the final round: report, do not train
             fl.send(FLModel(metrics={"accuracy": accuracy}, meta={"num_examples": len(test_y)}))
             continue

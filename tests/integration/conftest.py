@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration import harness
 from tests.integration.harness import Federation
 
 
@@ -34,3 +35,10 @@ def federation(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Feder
         yield fed
     finally:
         fed.stop()
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
+    """The URL of a real `mlflow server` on 127.0.0.1 with its store in tmp_path/mlflow-server."""
+    with harness.mlflow_server(tmp_path / "mlflow-server") as url:
+        yield url

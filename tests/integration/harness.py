@@ -5,6 +5,11 @@ starts the server and clients as `python -m fedsec ...`, waits on conditions
 (never a bare sleep), and on teardown stops each process it started by pid and
 prints the logs when the test failed.
 
+mlflow_server() runs a real MLflow tracking server for a test, chromium() and
+screenshot() look at its UI in headless Chromium (Debian's chromium), and
+keep_artifact() copies a file to $FEDSEC_TEST_ARTIFACTS (default
+test-artifacts/ in the repository, git-ignored) for CI to keep.
+
 With through_proxy, the kits name a fault proxy (tests.faultproxy) as the
 server's fl port and the server listens on another port behind it
 (`fedsec server --fl-port`): every site connection passes the proxy, whose
@@ -19,19 +24,25 @@ helpers take a replica's name where they take "server1" otherwise.
 from __future__ import annotations
 
 import io
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
 
+from fedsec import _proc
 from fedsec.provision import load_project, provision
 from tests.faultproxy import FaultProxy
 
@@ -131,11 +142,13 @@ class Federation:
         site_orgs: tuple[str, ...] = (),
         through_proxy: bool = False,
         replicas: int = 0,
+        server_store: Any = None,
     ) -> None:
         """site_orgs: the org of site-1, site-2, ... in turn (default acme for every site).
 
         through_proxy: sites reach the server only through self.proxy, a FaultProxy.
         replicas: the server's replicas (0: a server of one replica, kit server1, as always).
+        server_store: the server's `store` setting in project.yml (None: the default, sqlite).
         """
         assert not (replicas and through_proxy), "a fault proxy in front of replicas is not built"
         self.root = root
@@ -165,6 +178,8 @@ class Federation:
                 {"name": name, "host": "127.0.0.1", "fl_port": free_port(), "admin_port": free_port()}
                 for name in self.servers
             ]
+        if server_store is not None:
+            participants[0]["store"] = server_store
         orgs = list(site_orgs) + ["acme"] * n_clients
         participants += [{"name": f"site-{i}", "type": "client", "org": orgs[i - 1]} for i in range(1, n_clients + 1)]
         participants.append({"name": ADMIN, "type": "admin", "org": "acme", "role": "project_admin"})
@@ -183,6 +198,12 @@ class Federation:
             settings = self.kit(f"site-{i}") / "local" / "site_settings.yml"
             settings.write_text(text)
             settings.chmod(0o600)
+
+    def set_postgres_dsn(self, dsn: str, mode: int = 0o600) -> None:
+        """Write the server's local/postgres.dsn (its store setting names it)."""
+        path = self.kit("server1") / "local" / "postgres.dsn"
+        path.write_text(dsn + "\n")
+        path.chmod(mode)
 
     def kit(self, name: str) -> Path:
         return self.prod / name
@@ -404,3 +425,101 @@ class PocFolder:
         for path in sorted(self.prod.glob("server/store/jobs/*/workflow.log")):
             parts.append(f"===== {path.relative_to(self.prod)}\n{path.read_text(errors='replace')[-4000:]}")
         return "\n".join(parts)
+
+
+# -- a real MLflow tracking server, and headless Chromium to look at its UI --
+
+CHROMIUM = Path("/usr/bin/chromium")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def mlflow_healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:  # URLError, a refused or reset connection
+        return False
+
+
+@contextmanager
+def mlflow_server(root: Path) -> Iterator[str]:
+    """The URL of a running `mlflow server` (this venv's) on 127.0.0.1, its SQLite store and artifacts in root.
+
+    It runs in its own process group, stopped by pid (TERM, then KILL) on the way out; its log is root/server.log.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    argv = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", f"sqlite:///{root / 'm.db'}",
+        "--default-artifact-root", str(root / "art"),
+        "--host", "127.0.0.1", "--port", str(port),
+        "--workers", "1",
+    ]  # fmt: skip
+    log_path = root / "server.log"
+    proc = _proc.start(argv, cwd=root, env=dict(os.environ), log_path=log_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"mlflow server exited {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+            return mlflow_healthy(url)
+
+        wait_until(up, timeout=120, what=f"mlflow server on {url}/health", interval=0.5)
+        yield url
+    finally:
+        _proc.stop(proc, grace=5)  # TERM its process group (uvicorn workers, job runner), KILL after 5 s
+        _proc.stop(proc)  # the leader is gone: KILL whatever is left of the group
+
+
+def mlflow_api(url: str, endpoint: str, body: dict[str, Any] | None = None, **query: str) -> Any:
+    """The JSON answer of MLflow's REST API at url/api/2.0/mlflow/<endpoint>: GET with query, or POST body."""
+    address = f"{url}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(query)}"
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(address, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def chromium(*args: str, profile: Path, budget_ms: int = 15000) -> subprocess.CompletedProcess[str]:
+    """Run Debian's headless Chromium with a fresh profile; fails the test when it is missing or fails.
+
+    budget_ms: the virtual time the page has to load and render before Chromium dumps or shoots it.
+    """
+    if not CHROMIUM.exists():
+        raise AssertionError(
+            f"{CHROMIUM} is missing: install Debian's chromium (apt-get update && apt-get install -y chromium)"
+        )
+    argv = [
+        str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}", *args,
+    ]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, f"chromium exited {done.returncode}:\n{done.stderr[-4000:]}"
+    return done
+
+
+def screenshot(page: str, path: Path, profile: Path, size: str = "1400,900", budget_ms: int = 15000) -> Path:
+    """A PNG of page at path (made anew), checked to be a PNG of some substance; kept as a test artifact."""
+    path.unlink(missing_ok=True)
+    chromium(f"--screenshot={path}", f"--window-size={size}", page, profile=profile, budget_ms=budget_ms)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    assert path.stat().st_size > 10_000, f"{path} is nearly empty"
+    return keep_artifact(path)
+
+
+def artifacts_dir() -> Path:
+    """Where tests keep files for CI to keep: $FEDSEC_TEST_ARTIFACTS, else test-artifacts/ (git-ignored)."""
+    where = os.environ.get("FEDSEC_TEST_ARTIFACTS")
+    path = Path(where) if where else REPO_ROOT / "test-artifacts"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def keep_artifact(path: Path) -> Path:
+    """Copy path (a file under the test's tmp_path) into artifacts_dir(); the copy's path."""
+    kept = artifacts_dir() / path.name
+    shutil.copyfile(path, kept)
+    return kept

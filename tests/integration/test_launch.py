@@ -154,6 +154,22 @@ def test_start_eight_sites_then_stop_exactly_them(launch: Launch) -> None:
     assert stopped.stdout.index("stopped site-8") < stopped.stdout.index(f"stopped {SERVER}")  # clients first
 
 
+def test_a_restart_waits_for_its_own_registrations_not_the_logs_of_earlier_runs(launch: Launch) -> None:
+    first = launch.run("start_fl.sh", "1", str(launch.prod))
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert launch.run("stop_fl.sh").returncode == 0
+    settings = launch.prod / "site-1" / "local" / "site_settings.yml"
+    settings.write_text("no_such_setting: 1\n")  # site-1 now refuses to start
+    settings.chmod(0o600)
+    try:
+        again = launch.run("start_fl.sh", "1", str(launch.prod))
+    finally:
+        settings.unlink()
+    assert again.returncode == 1, again.stdout + again.stderr  # the server log's earlier "registered" is not this run's
+    assert "site-1" in again.stderr and "not everything started" in again.stderr
+    assert launch.run("stop_fl.sh").returncode == 0
+
+
 def test_more_clients_than_the_project_has_starts_nothing(launch: Launch) -> None:
     done = launch.run("start_fl.sh", "9", str(launch.prod))
     assert done.returncode == 2

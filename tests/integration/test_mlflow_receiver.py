@@ -4,79 +4,35 @@ The server runs from this venv on 127.0.0.1 (a port taken by binding port 0)
 with a SQLite store and a local artifact root in tmp_path, in its own process
 group, stopped by pid in a finally block. The UI check needs Debian's chromium
 (`apt-get update && apt-get install -y chromium`); without it the test fails.
-The screenshot (mlflow_ui.png) and the rendered DOM (mlflow_ui.html) are kept
-in $FEDSEC_TEST_ARTIFACTS when it is set, else in tmp_path.
+The screenshot (mlflow_ui.png) and the rendered DOM (mlflow_ui.html) are written
+in tmp_path and kept in $FEDSEC_TEST_ARTIFACTS (default test-artifacts/).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import subprocess
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from fedsec import _proc
 from fedsec.tracking.backends import Backend
 from fedsec.tracking.events import Event, EventKind
 from fedsec.tracking.receivers import open_receivers
 from fedsec.tracking.receivers.mlflow_receiver import MlflowReceiver
-from tests.integration.harness import free_port, wait_until
+from tests.integration.harness import chromium, keep_artifact, screenshot
 
-CHROMIUM = Path("/usr/bin/chromium")
 JOB_ID = "9a8b7c6d5e4f30211a2b3c4d5e6f7081"
 JOB_NAME = "digits-fedavg"
 RUN_NAME = f"{JOB_NAME}-{JOB_ID[:8]}"
 SITES = ("site-1", "site-2")
 WRITER = "ab" * 16
 T0 = 1_700_000_000.0
-
-
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-@pytest.fixture
-def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    """The URL of a running `mlflow server` with its store in tmp_path."""
-    port = free_port()
-    root = tmp_path / "mlflow-server"
-    root.mkdir()
-    argv = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", f"sqlite:///{root / 'm.db'}",
-        "--default-artifact-root", str(root / "art"),
-        "--host", "127.0.0.1", "--port", str(port),
-        "--workers", "1",
-    ]  # fmt: skip
-    log_path = root / "server.log"
-    proc = _proc.start(argv, cwd=root, env=dict(os.environ), log_path=log_path)
-    url = f"http://127.0.0.1:{port}"
-    try:
-
-        def up() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"mlflow server exited {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-            return healthy(url)
-
-        wait_until(up, timeout=120, what=f"mlflow server on {url}/health", interval=0.5)
-        yield url
-    finally:
-        _proc.stop(proc, grace=5)  # TERM its process group (uvicorn workers, job runner), KILL after 5 s
-        _proc.stop(proc)  # the leader is gone: KILL whatever is left of the group
 
 
 def site_events(index: int) -> list[Event]:
@@ -101,26 +57,6 @@ def write_job(url: str, workspace: Path, model: Path, rounds: range) -> MlflowRe
     receiver.final_model(model)
     receiver.close()
     return receiver
-
-
-def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess[str]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get update && apt-get install -y chromium)")
-    argv = [
-        str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={profile}", "--virtual-time-budget=15000", *args,
-    ]  # fmt: skip
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
-    assert done.returncode == 0, f"chromium exited {done.returncode}:\n{done.stderr[-4000:]}"
-    return done
-
-
-def artifacts_dir(tmp_path: Path) -> Path:
-    where = os.environ.get("FEDSEC_TEST_ARTIFACTS")
-    path = Path(where) if where else tmp_path
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def test_mlflow_server_and_ui(mlflow_server: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -162,16 +98,12 @@ def test_mlflow_server_and_ui(mlflow_server: str, tmp_path: Path, caplog: pytest
         {"workflowType": "machine_learning", "orderByKey": "attributes.run_name", "orderByAsc": "true"}
     )
     page = f"{mlflow_server}/#/experiments/{experiment.experiment_id}/runs?{query}"
-    out = artifacts_dir(tmp_path)
     dom = chromium("--dump-dom", page, profile=tmp_path / "chromium-dom").stdout
-    (out / "mlflow_ui.html").write_text(dom)
+    (tmp_path / "mlflow_ui.html").write_text(dom)
+    kept = keep_artifact(tmp_path / "mlflow_ui.html")
     assert JOB_NAME in dom
     for name in (RUN_NAME, *SITES):
-        assert f">{name}<" in dom, f"the runs table does not show {name}; see {out / 'mlflow_ui.html'}"
+        assert f">{name}<" in dom, f"the runs table does not show {name}; see {kept}"
     shown = re.search(r"<strong>(\d+)</strong>\s*matching runs", dom)
     assert shown is not None and int(shown.group(1)) == 1 + len(SITES), "the page does not count 3 runs"
-    screenshot = out / "mlflow_ui.png"
-    screenshot.unlink(missing_ok=True)
-    chromium(f"--screenshot={screenshot}", "--window-size=1400,900", page, profile=tmp_path / "chromium-png")
-    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert screenshot.stat().st_size > 10_000
+    screenshot(page, tmp_path / "mlflow_ui.png", profile=tmp_path / "chromium-png")

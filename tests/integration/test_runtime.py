@@ -55,6 +55,22 @@ def test_parent_processes_never_import_torch(federation: Federation, tmp_path: P
         assert "libtorch" not in maps and "/torch/" not in maps
 
 
+# Native libraries an idle parent must not have loaded (a parent's idle memory is what it imported): the ML
+# framework, HE and MLflow's stack everywhere; numpy, SQLite and uuid in a site, which needs them only for a job.
+IDLE_NEVER = {
+    "server1": ("/torch/", "/numpy/", "/tenseal/", "/pandas/", "/sqlalchemy/"),
+    "site-1": ("/torch/", "/numpy/", "/tenseal/", "/pandas/", "/sqlalchemy/", "/_uuid.", "/_sqlite3."),
+}
+
+
+@pytest.mark.federation(n_clients=1)
+def test_idle_parents_have_not_loaded_what_only_jobs_need(federation: Federation) -> None:
+    federation.start_all()
+    for name, never in IDLE_NEVER.items():
+        maps = Path(f"/proc/{federation.procs[name].pid}/maps").read_text()
+        assert [lib for lib in never if lib in maps] == [], name
+
+
 @pytest.mark.federation(n_clients=3, heartbeat_timeout=3.0)
 def test_killed_client_round_completes_and_client_rejoins(federation: Federation, tmp_path: Path) -> None:
     federation.start_all()

@@ -6,13 +6,11 @@ import importlib.util
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,41 +27,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    """A real MLflow tracking server with a SQLite backend on 127.0.0.1, stopped by its process group."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    store = tmp_path / "mlflow-server"
-    store.mkdir()
-    argv = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
-    argv += ["--backend-store-uri", f"sqlite:///{store}/m.db", "--default-artifact-root", str(store / "art")]
-    argv += ["--workers", "1"]
-    with (tmp_path / "mlflow-server.log").open("wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: _healthy(uri) or proc.poll() is not None, 120, "the MLflow server")
-        assert proc.poll() is None, (tmp_path / "mlflow-server.log").read_text()[-3000:]
-        yield uri
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-
-
-def _healthy(uri: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{uri}/health", timeout=2) as reply:
-            return bool(reply.status == 200)
-    except OSError:
-        return False
-
-
 def _check_digits_runs(uri: str, job_id: str, rounds: int) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -75,10 +38,10 @@ def _check_digits_runs(uri: str, job_id: str, rounds: int) -> None:
     children = {r.data.tags["fedsec.site"]: r for r in runs if "fedsec.site" in r.data.tags}
     assert len(parents) == 1 and sorted(children) == ["site-1", "site-2", "site-3"]
     history = client.get_metric_history(parents[0].info.run_id, "accuracy")
-    assert sorted(m.step for m in history) == list(range(rounds))  # one value per round
+    assert sorted(m.step for m in history) == list(range(rounds + 1))  # one value per round, and the final model's
     for site, run in children.items():
         assert run.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id
-        val = client.get_metric_history(run.info.run_id, "global_val_accuracy")
+        val = client.get_metric_history(run.info.run_id, "accuracy")  # the site's own, under the global's name
         assert sorted(m.step for m in val) == list(range(rounds + 1)), site  # every round and the final model
         for key in ("train/loss", "train/lr", "train/update_norm"):
             assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == list(range(rounds))
@@ -144,3 +107,32 @@ def test_events_of_a_killed_site_arrive_once(federation: Federation, tmp_path: P
     assert len(runs) == 1
     history = client.get_metric_history(runs[0].info.run_id, killed_tag)
     assert sorted(m.step for m in history) == list(range(50))  # every event of the killed writer, once
+
+
+@pytest.mark.federation(n_clients=2, heartbeat_timeout=30.0)
+def test_runs_of_a_job_whose_workflow_died_end_failed(federation: Federation, tmp_path: Path) -> None:
+    """A workflow process killed (OOM, kill -9) ends no run itself: the server has them ended as the job ended."""
+    from mlflow.tracking import MlflowClient
+
+    from fedsec.tracking.receivers import prepare_embedded_store
+
+    federation.start_all()
+    store = prepare_embedded_store(federation.kit("server1") / "tracking")  # waits for the server's set-up of it
+    client = MlflowClient(tracking_uri=store.uri)
+    initial = {"w": np.zeros(4, np.float32)}
+    recipe = FedAvgRecipe("crash", initial, EVENTS_SCRIPT, 2, 2, script_args=["--events", "5"], round_timeout=120)
+    with Session(federation.admin_kit) as s:
+        job_id = s.submit_job(recipe.export(tmp_path / "job"))
+
+        def parent_run() -> Any:
+            experiment = client.get_experiment_by_name("crash")
+            runs = client.search_runs([experiment.experiment_id]) if experiment is not None else []
+            return runs[0] if len(runs) == 1 and runs[0].data.tags.get("fedsec.job_id") == job_id else None
+
+        running = wait_until(parent_run, 120, "the job's run in the embedded store")
+        assert running.info.status == "RUNNING"
+        (workflow,) = pids_running(f"fedsec.workflow --job-dir {federation.kit('server1')}")
+        os.kill(workflow, signal.SIGKILL)  # before any site was let go: the job cannot have ended otherwise
+        info = s.wait_for_job(job_id, timeout=120)
+    assert info.status == "finished:failed", info.reason
+    wait_until(lambda: client.get_run(running.info.run_id).info.status == "FAILED", 180, "the job's run to end FAILED")

@@ -17,6 +17,7 @@ HE = "homomorphic encryption needs the he extra: pip install 'fedsec[he]'"
 TRACKING = "experiment tracking needs the tracking extra: pip install 'fedsec[tracking]'"
 TENSORBOARD = "TensorBoard event files needs the tracking extra: pip install 'fedsec[tracking]'"
 TORCH = "PyTorch models needs the ml extra: pip install 'fedsec[ml]'"
+POSTGRES = "a server store in PostgreSQL needs the postgres extra: pip install 'fedsec[postgres]'"
 
 
 def block(monkeypatch: pytest.MonkeyPatch, lib: str, *fedsec_modules: str) -> None:
@@ -63,6 +64,15 @@ def test_load_into_without_torch_names_the_extra(monkeypatch: pytest.MonkeyPatch
     assert str(err.value) == TORCH
 
 
+def test_postgres_store_without_psycopg_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedsec.state.postgres import open_postgres
+
+    block(monkeypatch, "psycopg")
+    with pytest.raises(DependencyError) as err:
+        open_postgres("host=/nonexistent dbname=x")
+    assert str(err.value) == POSTGRES
+
+
 def test_provisioning_an_he_project_without_tenseal_is_one_line(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -99,9 +109,9 @@ def test_every_extra_named_in_an_error_is_declared_with_its_library() -> None:
     for module, extra in _deps.OPTIONAL.items():
         wanted = pypi_name.get(module, module).lower()
         assert any(req.lower().startswith(wanted) for req in extras[extra.extra]), (module, extra.extra)
-    assert set(extras["all"]) == {"fedsec[he,tracking,ml]"}
+    assert set(extras["all"]) == {"fedsec[he,tracking,ml,postgres]"}
     pins = (root / "requirements.txt").read_text().splitlines()
-    for name in ("tenseal", "mlflow", "tensorboardX", "torch", "scikit-learn", "safetensors"):
+    for name in ("tenseal", "mlflow", "tensorboardX", "torch", "scikit-learn", "safetensors", "psycopg[binary]"):
         assert any(line.startswith(f"{name}==") for line in pins), name
     data = project["tool"]["setuptools"]["package-data"]["fedsec"]
     assert "py.typed" in data and "jobs/templates/*/*.in" in data

@@ -7,7 +7,7 @@ receiver it opens.
 
 from __future__ import annotations
 
-from fedsec.tracking.receivers.base import Receiver, RunEnd, embedded_mlflow_uri, open_receivers
+from fedsec.tracking.receivers.base import Receiver, RunEnd, SiteMetrics, embedded_mlflow_uri, open_receivers
 from fedsec.tracking.receivers.store import prepare_embedded_store
 
-__all__ = ["Receiver", "RunEnd", "embedded_mlflow_uri", "open_receivers", "prepare_embedded_store"]
+__all__ = ["Receiver", "RunEnd", "SiteMetrics", "embedded_mlflow_uri", "open_receivers", "prepare_embedded_store"]

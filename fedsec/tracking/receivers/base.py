@@ -1,8 +1,11 @@
 """The receiver protocol, and open_receivers(): the backends a job's tracking events are written to.
 
 A receiver takes what the server's job process has already checked and
-deduplicated (the events of a site, the global metrics of a round, the final
-model) and writes it to one tracking backend. Every backend failure becomes a
+deduplicated (the events of a site, the metrics of a round, global and per
+site, the job's settings, the final model) and writes it to one tracking
+backend. A round's metrics keep their names in every run: the job's own run
+gets the aggregate, each site's run the site's own value, so one chart of a
+name shows the global curve beside every site's. Every backend failure becomes a
 JobError, so the caller can refuse the batch and the site sends it again;
 receivers are written so that such a resend adds nothing twice where the
 backend allows it. This module imports neither mlflow nor tensorboardX at
@@ -23,6 +26,8 @@ from fedsec.tracking.receivers.store import SHOWN, embedded_uri, prepare_embedde
 
 log = logging.getLogger(__name__)
 
+SiteMetrics = Mapping[str, Mapping[str, float]]  # site -> its metrics of a round, under the global metrics' names
+
 TENSORBOARD_DIR = "tensorboard"  # tracking_dir / TENSORBOARD_DIR / <site> and / "server"
 
 
@@ -41,8 +46,18 @@ class Receiver(Protocol):
         """Write a site's events (already checked and deduplicated). Raises JobError when the backend fails."""
         ...
 
-    def global_metrics(self, current_round: int, metrics: Mapping[str, float]) -> None:
-        """Write the server's aggregated metrics of a round. Raises JobError when the backend fails."""
+    def global_metrics(
+        self, current_round: int, metrics: Mapping[str, float], sites: SiteMetrics | None = None
+    ) -> None:
+        """Write a round's metrics at step current_round: the server's aggregate (the job's own run) and, under
+        the same names, each site's value (the site's run). Raises JobError when the backend fails."""
+        ...
+
+    def job_params(self, params: Mapping[str, str]) -> None:
+        """Write the job's settings as params of the job's own run (a changed value is kept as MLflow allows).
+
+        Raises JobError when the backend fails.
+        """
         ...
 
     def final_model(self, path: Path | None) -> None:
@@ -60,9 +75,11 @@ def embedded_mlflow_uri(tracking_dir: Path) -> str:
 
 
 def open_receivers(
-    job_id: str, job_name: str, tracking_dir: Path, backend: Backend, tensorboard: bool
+    job_id: str, job_name: str, tracking_dir: Path, backend: Backend, tensorboard: bool, *, user: str = ""
 ) -> list[Receiver]:
     """The receivers of a job: MLflow always (at backend), TensorBoard event files under tracking_dir when asked.
+
+    user: who submitted the job, the MLflow runs' user ("": the one recorded when the runs were made, if any).
 
     The embedded backend is the store in tracking_dir / "mlflow", set up first (prepare_embedded_store). Opening
     for a job id that was opened before reuses its runs. Logs one line saying how to look at the results, naming
@@ -73,10 +90,15 @@ def open_receivers(
     if backend.embedded:
         store = prepare_embedded_store(tracking_dir)
         mlflow = MlflowReceiver(
-            store.uri, job_id, job_name, artifact_location=store.artifact_location, label=f"mlflow ({SHOWN})"
+            store.uri,
+            job_id,
+            job_name,
+            artifact_location=store.artifact_location,
+            label=f"mlflow ({SHOWN})",
+            user=user,
         )
     else:
-        mlflow = MlflowReceiver(backend.mlflow_uri, job_id, job_name)
+        mlflow = MlflowReceiver(backend.mlflow_uri, job_id, job_name, user=user)
     receivers: list[Receiver] = [mlflow]
     hints = [f"backend {backend.name}: {mlflow.how_to_open()}"]
     if tensorboard:

@@ -2,11 +2,16 @@
 
 Layout: one experiment per job name (created when missing); in it one parent
 run per job (run name "<job name>-<first 8 of the job id>", tags fedsec.job_id
-and fedsec.job_name) holding the server's global metrics (step = round) and the
-final model (artifact "model/<file>"); under it one child run per site (tag
-mlflow.parentRunId, fedsec.site, fedsec.job_id), created when the site's first
-event arrives. Reopening for the same job id (a restarted job process) finds
-these runs by their tags and goes on writing to them; it never makes a second.
+and fedsec.job_name) holding the job's settings as params, the server's global
+metrics (step = round) and the final model (artifact "model/<file>"); under it
+one child run per site (tag mlflow.parentRunId, fedsec.site, fedsec.job_id),
+created when the site's first event or metric arrives. A round's metrics have
+the same key in the parent run (the aggregate) and in each site's run (the
+site's value), so MLflow draws them in one chart. Every run's user
+(mlflow.user) is the job's submitter. Reopening for the same job id (a
+restarted job process) finds these runs by their tags and goes on writing to
+them; it never makes a second. close() ends the parent and every site's run
+alike: FINISHED, FAILED or KILLED.
 
 What a site's events become in its child run:
 
@@ -49,7 +54,7 @@ from fedsec import _deps
 from fedsec.errors import JobError
 from fedsec.tracking.backends import public_uri
 from fedsec.tracking.events import Event, EventKind
-from fedsec.tracking.receivers.base import RunEnd
+from fedsec.tracking.receivers.base import RunEnd, SiteMetrics
 from fedsec.tracking.receivers.store import SHOWN
 
 try:
@@ -65,6 +70,7 @@ TAG_JOB_ID = "fedsec.job_id"
 TAG_JOB_NAME = "fedsec.job_name"
 TAG_SITE = "fedsec.site"
 TAG_PARENT = "mlflow.parentRunId"
+TAG_USER = "mlflow.user"
 TAG_CHANGED_PARAM = "fedsec.param."  # + key: the latest value of a param that changed
 SITE_TAG_PREFIX = "site."  # + key: a site's tag whose key is reserved
 RESERVED_TAG_PREFIXES = ("mlflow.", "fedsec.")
@@ -105,8 +111,11 @@ class MlflowReceiver:
         *,
         artifact_location: str | None = None,
         label: str | None = None,
+        user: str = "",
     ) -> None:
         """Find or create the experiment and the job's parent run.
+
+        user: the runs' user (the job's submitter); "" keeps the one a reopened parent run has.
 
         artifact_location is where a new experiment keeps its artifacts (None: the tracking server decides).
         label names the backend in logs and errors instead of the URI (the embedded store: no server path); the
@@ -121,10 +130,11 @@ class MlflowReceiver:
         self._private = str(Path(tracking_uri.removeprefix("sqlite:///")).parent) if label else ""
         self._job_id = job_id
         self._job_name = job_name
+        self._user = user
         self._lock = threading.Lock()
         self._children: dict[str, str] = {}  # site -> run id
         self._params: dict[str, dict[str, str]] = {}  # run id -> params it has
-        self._active: set[str] = set()  # runs set RUNNING by this receiver, to be ended by close()
+        self._active: set[str] = set()  # runs set RUNNING by this receiver
         self._round_times: dict[int, int] = {}  # a resent round's metrics get the same timestamp
         self._closed = False
         with self._backend("open"):
@@ -168,16 +178,29 @@ class MlflowReceiver:
             for (key, step), text in texts.items():
                 self._client.log_text(run_id, text, f"{TEXT_ARTIFACTS}/{key}/step_{step}.txt")
 
-    def global_metrics(self, current_round: int, metrics: Mapping[str, float]) -> None:
-        """Log the round's aggregated metrics in the parent run at step current_round. Raises JobError."""
-        if not metrics:
-            return
-        with self._lock, self._backend(f"global metrics of round {current_round}"):
+    def global_metrics(
+        self, current_round: int, metrics: Mapping[str, float], sites: SiteMetrics | None = None
+    ) -> None:
+        """Log a round's metrics at step current_round: the aggregate in the parent run, each site's value under
+        the same key in the site's run (created when missing). Raises JobError."""
+        with self._lock, self._backend(f"metrics of round {current_round}"):
             self._check_open()
             stamp = self._round_times.setdefault(current_round, int(time.time() * 1000))
-            rows = [Metric(mlflow_key(k), float(v), stamp, current_round) for k, v in metrics.items()]
-            for chunk in _chunks(rows, MAX_METRICS_PER_BATCH):
-                self._client.log_batch(self.run_id, metrics=chunk, synchronous=True)
+            targets = [(self.run_id, metrics)] if metrics else []
+            targets += [(self._site_run(site), values) for site, values in sorted((sites or {}).items()) if values]
+            for run_id, values in targets:
+                rows = [Metric(mlflow_key(k), float(v), stamp, current_round) for k, v in values.items()]
+                for chunk in _chunks(rows, MAX_METRICS_PER_BATCH):
+                    self._client.log_batch(run_id, metrics=chunk, synchronous=True)
+
+    def job_params(self, params: Mapping[str, str]) -> None:
+        """Log the job's settings as params of the parent run; a value that changed is kept in a tag
+        fedsec.param.<key> (MLflow params never change). Raises JobError."""
+        if not params:
+            return
+        with self._lock, self._backend("job params"):
+            self._check_open()
+            self._log_params(self.run_id, {mlflow_key(k): v for k, v in params.items()}, {})
 
     def final_model(self, path: Path | None) -> None:
         """Keep the model file as the parent run's artifact model/<file name>; None logs nothing. Raises JobError."""
@@ -191,13 +214,14 @@ class MlflowReceiver:
             self._client.log_artifact(self.run_id, str(path), artifact_path=MODEL_ARTIFACTS)
 
     def close(self, end: RunEnd = RunEnd.FINISHED) -> None:
-        """Mark the runs this receiver wrote to as ended (FINISHED, FAILED or KILLED). Never raises: logs a warning."""
+        """End the job's runs, the parent and every site's (also those this receiver did not write to, which an
+        earlier job process ended), as FINISHED, FAILED or KILLED. Never raises: logs a warning."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             try:
-                for run_id in sorted(self._active):
+                for run_id in sorted({self.run_id, *self._children.values()}):
                     self._client.set_terminated(run_id, end.value)
             except (MlflowException, OSError) as exc:
                 log.warning(
@@ -264,14 +288,21 @@ class MlflowReceiver:
             parents.sort(key=lambda r: r.info.start_time)
             if len(parents) > 1:
                 log.warning("mlflow: job_id=%s has %d parent runs; using the oldest", self._job_id, len(parents))
-            run_id = str(parents[0].info.run_id)
-            self._reactivate(parents[0])
+            parent = parents[0]
+            run_id = str(parent.info.run_id)
+            self._params[run_id] = dict(parent.data.params)
+            self._user = self._user or parent.data.tags.get(TAG_USER, "")
+            self._reactivate(parent)
             log.info("mlflow: job_id=%s reuses run %s and %d site runs", self._job_id, run_id, len(children))
             return run_id
-        tags = {TAG_JOB_ID: self._job_id, TAG_JOB_NAME: self._job_name}
+        tags = {TAG_JOB_ID: self._job_id, TAG_JOB_NAME: self._job_name, **self._user_tag()}
         run = self._client.create_run(self.experiment_id, tags=tags, run_name=self.run_name)
         self._active.add(run.info.run_id)
+        self._params[run.info.run_id] = {}
         return str(run.info.run_id)
+
+    def _user_tag(self) -> dict[str, str]:
+        return {TAG_USER: self._user} if self._user else {}
 
     def _search(self, filter_string: str) -> Iterator[Run]:
         token: str | None = None
@@ -293,6 +324,7 @@ class MlflowReceiver:
         run_id = self._children.get(site)
         if run_id is None:
             tags = {TAG_PARENT: self.run_id, TAG_SITE: site, TAG_JOB_ID: self._job_id, TAG_JOB_NAME: self._job_name}
+            tags.update(self._user_tag())
             run = self._client.create_run(self.experiment_id, tags=tags, run_name=site)
             run_id = str(run.info.run_id)
             self._children[site] = run_id

@@ -1,8 +1,10 @@
 """The TensorBoard receiver: a job's tracking data as TensorBoard event files.
 
 Layout under the log dir (workspace/tensorboard): one folder per site with its
-events, and "server" with the global metrics (step = round) and a text naming
-the final model. A site named "server" writes to "_site_server" (no site name
+events and its metrics of each round, and "server" with the global metrics
+(step = round), the job's settings (text "params") and a text naming the
+final model. A round's metrics have the same tag in "server" and in each
+site's folder, so TensorBoard draws them in one chart. A site named "server" writes to "_site_server" (no site name
 starts with "_"), so the two never mix. `tensorboard --logdir <log dir>` shows
 each folder as a run.
 
@@ -22,6 +24,7 @@ never read the event files back nor delete any.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -35,7 +38,7 @@ from typing import Any
 from fedsec import _deps, _fs
 from fedsec.errors import ConfigError, JobError
 from fedsec.tracking.events import Event, EventKind
-from fedsec.tracking.receivers.base import RunEnd
+from fedsec.tracking.receivers.base import RunEnd, SiteMetrics
 
 try:
     from tensorboardX.event_file_writer import EventsWriter  # type: ignore[import-untyped]
@@ -98,15 +101,33 @@ class TensorBoardReceiver:
                 writer.add(_summary(e), e.step, e.wall_time)
             writer.flush()
 
-    def global_metrics(self, current_round: int, metrics: Mapping[str, float]) -> None:
-        """Append the round's aggregated metrics to the server's event file (step = round). Raises JobError."""
+    def global_metrics(
+        self, current_round: int, metrics: Mapping[str, float], sites: SiteMetrics | None = None
+    ) -> None:
+        """Append a round's metrics (step = round): the aggregate to the server's event file, each site's value
+        under the same tag to the site's. Raises JobError."""
         now = time.time()
-        with self._lock, self._backend(f"global metrics of round {current_round}"):
-            writer = self._writer(SERVER_RUN)
-            for key, value in metrics.items():
-                writer.add(scalar(key, float(value)), current_round, now)
-            writer.flush()
+        targets = [(SERVER_RUN, metrics)]
+        targets += [(_site_folder(site), values) for site, values in sorted((sites or {}).items())]
+        with self._lock, self._backend(f"metrics of round {current_round}"):
+            for folder, values in targets:
+                if not values:
+                    continue
+                writer = self._writer(folder)
+                for key, value in values.items():
+                    writer.add(scalar(key, float(value)), current_round, now)
+                writer.flush()
             self._last_round = max(self._last_round, current_round)
+
+    def job_params(self, params: Mapping[str, str]) -> None:
+        """Append the job's settings to the server's event file as the text "params" (a JSON object). Raises
+        JobError."""
+        if not params:
+            return
+        with self._lock, self._backend("job params"):
+            writer = self._writer(SERVER_RUN)
+            writer.add(text(PARAMS_TAG, json.dumps(dict(params), sort_keys=True)), 0, time.time())
+            writer.flush()
 
     def final_model(self, path: Path | None) -> None:
         """Note the final model's file name and size as the server's text "final_model". Raises JobError."""

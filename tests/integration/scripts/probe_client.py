@@ -4,7 +4,13 @@ Each probe prints `probe NAME: refused ERROR` or `probe NAME: ALLOWED ...`, so a
 test reads from the job's log what the sandbox and the site let through.
 """
 
+# ruff: noqa: E402 - the imports follow a look at what was imported before this script ran
+
 from __future__ import annotations
+
+import sys
+
+PRELOADED = sorted(m for m in ("numpy", "torch") if m in sys.modules)  # before this script imports anything
 
 import argparse
 import os
@@ -51,6 +57,7 @@ def task_call(path: str, job_id: str) -> object:
 
 
 site = args.kit.name
+print(f"probe preloaded: {PRELOADED}", flush=True)
 probe("site key", (args.kit / "startup" / f"{site}.key").read_bytes)
 probe("he context", (args.kit / "startup" / "client_context.tenseal").read_bytes)
 probe("kit listing", lambda: os.listdir(args.kit))

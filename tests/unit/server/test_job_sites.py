@@ -2,29 +2,59 @@
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
 from fedsec.server.job_sites import JobSites
 from fedsec.server.jobs import exit_text, last_lines, public_text
+from fedsec.server.store import JobStore
 from fedsec.workflow.fedavg import load_participation
 
 
+def _job(tmp_path: Path) -> tuple[JobStore, str]:
+    store = JobStore(tmp_path / "store")
+    job_id = store.add(
+        name="j", submitter="a@b.org", submitter_org="b", submitter_role="lead", meta_json="{}", num_rounds=1
+    ).job_id
+    return store, job_id
+
+
 def test_a_site_restarts_up_to_max_restarts_then_leaves(tmp_path: Path) -> None:
-    sites = JobSites.load(tmp_path)
+    store, job_id = _job(tmp_path)
+    job_dir = store.job_dir(job_id)
+    sites = JobSites.load(store.state, job_id, job_dir)
     sites.fetched |= {"site-1", "site-2"}
     assert not sites.fail("site-1", "boom 1\n", was_running=True, max_restarts=1)
     assert sites.fail("site-1", "boom 2\n", was_running=True, max_restarts=1)
     # a site that never had the script running (it refused or could not start it) does not retry: it leaves
     assert sites.fail("site-2", "site-2 refused the job: policy", was_running=False, max_restarts=5)
     sites.save()
-    again = JobSites.load(tmp_path)
+    again = JobSites.load(store.state, job_id, job_dir)
     assert again.fetched == {"site-1", "site-2"}
     assert again.failures == {"site-1": 2, "site-2": 1}
     assert again.left == {"site-1": "boom 2", "site-2": "site-2 refused the job: policy"}
     # the workflow process reads the same record
-    read = load_participation(tmp_path / "participation.json")
+    read = load_participation(job_dir / "participation.json")
     assert dict(read.failures) == again.failures and dict(read.left) == again.left
+    # the record is the state's: it holds without the workflow's copy
+    (job_dir / "participation.json").unlink()
+    assert store.state.get_participation(job_id).left == again.left
+    assert JobSites.load(store.state, job_id, job_dir).failures == again.failures
+    store.close()
+
+
+def test_a_record_kept_by_an_older_fedsec_is_read_from_its_file(tmp_path: Path) -> None:
+    store, job_id = _job(tmp_path)
+    job_dir = store.job_dir(job_id)
+    doc = {"fetched": ["site-1"], "failures": {"site-1": 1}, "left": {"site-1": "boom"}}
+    (job_dir / "participation.json").write_text(json.dumps(doc))
+    sites = JobSites.load(store.state, job_id, job_dir)
+    assert (sites.fetched, sites.failures, sites.left) == ({"site-1"}, {"site-1": 1}, {"site-1": "boom"})
+    sites.fetched.add("site-2")
+    sites.save()
+    assert store.state.get_participation(job_id).fetched == frozenset({"site-1", "site-2"})
+    store.close()
 
 
 def test_reasons_for_an_admin_carry_no_server_path() -> None:

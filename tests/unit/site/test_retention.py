@@ -82,3 +82,17 @@ def test_a_full_disk_under_the_spool_says_so_and_leaves_no_cut_line(
         spool.append("job-1", [event, event])
     monkeypatch.setattr(os, "write", real_write)
     assert path.read_bytes() == before
+
+
+def test_the_ready_job_folder_of_the_warm_launcher_is_never_an_old_job(tmp_path: Path) -> None:
+    jobs = runner(tmp_path)
+    ready = job_folder(tmp_path, ".warm-abc123", 400)  # a ready job process may wait longer than the retention
+    assert jobs.remove_old_jobs(NOW) == []
+    assert ready.is_dir()
+
+
+def test_a_ready_job_folder_left_by_an_earlier_run_is_removed_at_start(tmp_path: Path) -> None:
+    left = job_folder(tmp_path, ".warm-abc123", 0)  # the site was killed while a job process was ready
+    job = job_folder(tmp_path, "a-job", 0)
+    runner(tmp_path)
+    assert not left.exists() and job.is_dir()

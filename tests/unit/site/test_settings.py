@@ -34,6 +34,12 @@ def test_good_file(tmp_path: Path) -> None:
     assert settings.job_retention_days == 30  # the default
 
 
+def test_warm_launcher(tmp_path: Path) -> None:
+    assert load_site_settings(tmp_path).warm_launcher is False  # the default: no idle job process
+    _write(tmp_path, "warm_launcher: true\n")
+    assert load_site_settings(tmp_path).warm_launcher is True
+
+
 def test_job_retention_days(tmp_path: Path) -> None:
     _write(tmp_path, "job_retention_days: 90\n")
     assert load_site_settings(tmp_path).job_retention_days == 90
@@ -57,6 +63,9 @@ def test_job_retention_days(tmp_path: Path) -> None:
         ("job_retention_days: 0\n", 0o600, "job_retention_days: 0 is not a number of days in 1..36500"),
         ("job_retention_days: 36501\n", 0o600, "job_retention_days: 36501 is not a number of days"),
         ("job_retention_days: soon\n", 0o600, "job_retention_days: expected an integer"),
+        ("warm_launcher: yes please\n", 0o600, "warm_launcher: expected true or false"),
+        ("warm_launcher: 1\n", 0o600, "warm_launcher: expected true or false"),
+        ("warm_laucher: true\n", 0o600, "warm_laucher: unknown key"),
     ],
 )
 def test_bad_files(tmp_path: Path, text: str, mode: int, message: str) -> None:

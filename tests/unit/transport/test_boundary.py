@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 import pytest
 
-from fedsec.errors import AuthError, ConfigError, JobError, WireError
+from fedsec.errors import AuthError, ConfigError, JobError, StoreUnavailableError, WireError
 from fedsec.transport import tls
 
 
@@ -57,6 +57,7 @@ class Service:
         (WireError("chunk of 1 bytes"), grpc.StatusCode.INVALID_ARGUMENT),
         (ConfigError("meta.yml: nested deeper"), grpc.StatusCode.INVALID_ARGUMENT),
         (JobError("job x: still running"), grpc.StatusCode.FAILED_PRECONDITION),
+        (StoreUnavailableError("job store (postgres): cannot connect"), grpc.StatusCode.ABORTED),
     ],
 )
 def test_a_fedsec_error_keeps_its_message(exc: Exception, code: grpc.StatusCode) -> None:

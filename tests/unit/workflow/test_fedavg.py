@@ -18,8 +18,11 @@ from numpy.typing import NDArray
 from fedsec import limits
 from fedsec.errors import JobError, TransferInterruptedError
 from fedsec.jobs import FedAvgRecipe, load_job_folder
+from fedsec.tracking.receivers import Receiver
 from fedsec.wire import arrays, fedsec_pb2, streams
 from fedsec.workflow.fedavg import FedAvg, Participation
+from fedsec.workflow.tracking import Tracker
+from tests.integration.harness import wait_until
 
 JOB_ID = "0123456789abcdef"
 INITIAL: dict[str, NDArray[Any]] = {"w": np.zeros((2, 3), np.float32), "n": np.zeros(2, np.int64)}
@@ -46,9 +49,9 @@ class Job:
         self.fedavgs: list[FedAvg] = []
         self.runs: list[Running] = []
 
-    def fedavg(self, clock: Callable[[], float] = time.monotonic) -> FedAvg:
+    def fedavg(self, clock: Callable[[], float] = time.monotonic, tracker: Tracker | None = None) -> FedAvg:
         meta, app = load_job_folder(self.folder)
-        fedavg = FedAvg(JOB_ID, self.folder, self.workspace, meta, app, clock=clock)
+        fedavg = FedAvg(JOB_ID, self.folder, self.workspace, meta, app, tracker=tracker, clock=clock)
         self.fedavgs.append(fedavg)
         return fedavg
 
@@ -762,3 +765,51 @@ def test_refusals_kept_are_bounded_per_round_and_in_length(
     assert run.join() is None
     assert job.progress()["refused"] == [{"round": 0, "site": "site-1", "reason": "tensor 'w' has shape (3, 2)..."}]
     assert job.progress()["rounds"][0]["rejected"] == ["site-1", "site-2"]
+
+
+def test_each_rounds_metrics_and_the_final_evaluation_reach_the_job_and_site_runs_under_one_name(
+    make_job: Callable[..., Job], tmp_path: Path
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from fedsec.tracking.backends import Backend
+    from fedsec.tracking.receivers import embedded_mlflow_uri, open_receivers
+
+    def opener() -> list[Receiver]:
+        return open_receivers(JOB_ID, "unit", tmp_path / "tracking", Backend("local"), tensorboard=False)
+
+    tracker = Tracker(tmp_path / "tracking.db", opener, "local", retry_seconds=(0.01,))
+    wait_until(lambda: tracker.ready, 60, "the tracking store to open")
+    job = make_job(num_rounds=2, min_clients=2)
+    fedavg = job.fedavg(tracker=tracker)
+    fedavg.update_sites(SITES)
+    run = job.start(fedavg)
+    for number, kind in ((0, "train"), (1, "train"), (2, "evaluate")):
+        for i, site in enumerate(SITES):
+            task(fedavg, site, number, kind)
+            sent = update(1) if kind == "train" else None
+            accuracy = 0.1 * number + 0.1 * i + (0.6 if kind == "evaluate" else 0.0)
+            metrics = {"accuracy": accuracy}
+            assert submit(fedavg, site, number, sent, kind=kind, num_examples=1 + 2 * i, metrics=metrics)[0]
+    assert run.join() is None
+    assert fedavg.sites_taking_part() == set(SITES)
+    tracker.close()
+
+    client = MlflowClient(tracking_uri=embedded_mlflow_uri(tmp_path / "tracking"))
+    experiment = client.get_experiment_by_name("unit")
+    assert experiment is not None
+    runs = {
+        r.data.tags.get("fedsec.site", "job"): r.info.run_id for r in client.search_runs([experiment.experiment_id])
+    }
+    assert sorted(runs) == ["job", *SITES]
+
+    def curve(run: str, key: str) -> list[tuple[int, float]]:
+        return sorted((m.step, round(m.value, 6)) for m in client.get_metric_history(runs[run], key))
+
+    # the job's run: the weighted average (weights 1 and 3); each site's run: its own value; the final model at step 2
+    assert curve("job", "accuracy") == [(0, 0.075), (1, 0.175), (2, 0.875)]
+    assert curve("site-1", "accuracy") == [(0, 0.0), (1, 0.1), (2, 0.8)]
+    assert curve("site-2", "accuracy") == [(0, 0.1), (1, 0.2), (2, 0.9)]
+    assert curve("job", "final_accuracy") == [(2, 0.875)]
+    assert curve("site-1", "final_accuracy") == [(2, 0.8)]
+    assert curve("site-2", "final_accuracy") == [(2, 0.9)]

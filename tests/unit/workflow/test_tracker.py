@@ -6,12 +6,14 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedsec.errors import JobError
+from fedsec.jobs import FedAvgRecipe, load_job_folder
 from fedsec.tracking.events import Event, EventKind
-from fedsec.tracking.receivers import Receiver, RunEnd
-from fedsec.workflow.tracking import Tracker
+from fedsec.tracking.receivers import Receiver, RunEnd, SiteMetrics
+from fedsec.workflow.tracking import Tracker, job_params, script_arg_params
 from tests.integration.harness import wait_until
 
 
@@ -19,6 +21,8 @@ class FakeReceiver:
     def __init__(self) -> None:
         self.events: list[tuple[str, int]] = []
         self.metrics: dict[int, Mapping[str, float]] = {}
+        self.site_metrics: dict[int, SiteMetrics] = {}
+        self.params: dict[str, str] = {}
         self.models: list[Path | None] = []
         self.ended: RunEnd | None = None
         self.fail = False
@@ -28,8 +32,18 @@ class FakeReceiver:
             raise JobError("mlflow: down")
         self.events += [(site, e.seq) for e in events]
 
-    def global_metrics(self, current_round: int, metrics: Mapping[str, float]) -> None:
+    def global_metrics(
+        self, current_round: int, metrics: Mapping[str, float], sites: SiteMetrics | None = None
+    ) -> None:
+        if self.fail:
+            raise JobError("mlflow: down")
         self.metrics[current_round] = metrics
+        self.site_metrics[current_round] = dict(sites or {})
+
+    def job_params(self, params: Mapping[str, str]) -> None:
+        if self.fail:
+            raise JobError("mlflow: down")
+        self.params.update(params)
 
     def final_model(self, path: Path | None) -> None:
         self.models.append(path)
@@ -156,3 +170,99 @@ def test_replayed_round_replaces_metric_points_in_mlflow(tmp_path: Path) -> None
     assert [(m.step, m.value) for m in client.get_metric_history(runs["site-1"].info.run_id, "other")] == [(2, 5.0)]
     server = sorted((m.step, m.value) for m in client.get_metric_history(runs["server"].info.run_id, "acc"))
     assert server == [(1, 0.5), (2, 0.7)]
+
+
+def open_tracker_on(tmp_path: Path, receiver: FakeReceiver) -> Tracker:
+    tracker = Tracker(tmp_path / "tracking.db", lambda: [receiver], "local", retry_seconds=(0.01,))
+    wait(lambda: tracker.ready, "the receivers to open")
+    return tracker
+
+
+def test_final_metrics_are_the_last_step_and_final_names_for_the_job_and_each_site(tmp_path: Path) -> None:
+    receiver = FakeReceiver()
+    tracker = open_tracker_on(tmp_path, receiver)
+    tracker.global_metrics(0, {"accuracy": 0.3}, {"site-1": {"accuracy": 0.2}, "site-2": {"accuracy": 0.4}})
+    tracker.final_metrics(1, {"accuracy": 0.9}, {"site-1": {"accuracy": 0.85}, "site-2": {"accuracy": 0.95}})
+    tracker.final_metrics(1, {"accuracy": 0.1})  # written before: not again
+    tracker.close()
+    assert receiver.metrics == {0: {"accuracy": 0.3}, 1: {"accuracy": 0.9, "final_accuracy": 0.9}}
+    assert receiver.site_metrics[1] == {
+        "site-1": {"accuracy": 0.85, "final_accuracy": 0.85},
+        "site-2": {"accuracy": 0.95, "final_accuracy": 0.95},
+    }
+
+
+def test_a_site_metric_is_one_point_whoever_logs_it_first(tmp_path: Path) -> None:
+    """The site's script logs accuracy at the round's step itself, and sends it with its result: one value."""
+    receiver = FakeReceiver()
+    tracker = open_tracker_on(tmp_path, receiver)
+    assert tracker.site_events("site-1", [scalar("c" * 32, 0, 0, 0.25, tag="accuracy")]) == (1, 0)
+    tracker.global_metrics(
+        0, {"accuracy": 0.5}, {"site-1": {"accuracy": 0.2, "loss": 1.0}, "site-2": {"accuracy": 0.6}}
+    )
+    assert receiver.site_metrics[0] == {"site-1": {"loss": 1.0}, "site-2": {"accuracy": 0.6}}
+    assert tracker.site_events("site-2", [scalar("d" * 32, 0, 0, 0.7, tag="accuracy")]) == (0, 1)
+    tracker.close()
+
+
+def test_round_metrics_that_failed_are_written_whole_later(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="fedsec.workflow.tracking")
+    receiver = FakeReceiver()
+    tracker = open_tracker_on(tmp_path, receiver)
+    receiver.fail = True
+    tracker.job_params({"strategy": "fedavg"})
+    tracker.global_metrics(0, {"accuracy": 0.5}, {"site-1": {"accuracy": 0.4}})
+    assert receiver.metrics == {} and receiver.params == {}
+    assert any("job params not written yet" in r.getMessage() for r in caplog.records)
+    receiver.fail = False
+    tracker.final_model(None)  # the next write tries again what waits
+    tracker.close()
+    assert receiver.params == {"strategy": "fedavg"}
+    assert receiver.metrics == {0: {"accuracy": 0.5}}
+    assert receiver.site_metrics[0] == {"site-1": {"accuracy": 0.4}}  # the failed try did not use up its points
+
+
+@pytest.mark.parametrize(
+    ("args", "params"),
+    [
+        (["--epochs", "3", "--lr=0.05"], {"epochs": "3", "lr": "0.05"}),
+        (["--fast", "--shift", "-1", "--n", "2", "stray"], {"fast": "true", "shift": "-1", "n": "2"}),
+        (["--a", "--b"], {"a": "true", "b": "true"}),
+        (["pos", "--", "--=x", "--e", "1", "--e", "2"], {"e": "2"}),
+        ([], {}),
+    ],
+)
+def test_script_arg_params(args: list[str], params: dict[str, str]) -> None:
+    assert script_arg_params(args) == {f"script.args.{k}": v for k, v in params.items()}
+
+
+def test_job_params_name_the_settings_of_meta_and_config(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text("")
+    args = ["--epochs", "2", "--lr", "0.1"]
+    plain = FedAvgRecipe("digits", {"w": np.zeros(2, np.float32)}, script, 3, 2, script_args=args, sites=["s-1", "s-2"])
+    meta, app = load_job_folder(plain.export(tmp_path / "plain"))
+    params = job_params("job-1", meta, app, "admin@acme.org")
+    assert {k: params[k] for k in ("job_id", "job_name", "submitter", "strategy", "min_clients", "sites")} == {
+        "job_id": "job-1",
+        "job_name": "digits",
+        "submitter": "admin@acme.org",
+        "strategy": "fedavg",
+        "min_clients": "2",
+        "sites": "s-1,s-2",
+    }
+    assert params["num_sites"] == "2"
+    assert params["workflow.num_rounds"] == "3"
+    assert params["workflow.evaluate_final"] == "true"
+    assert params["he.enabled"] == "false"
+    assert not any(k.startswith("he.") and k != "he.enabled" for k in params)  # HE off: its settings mean nothing
+    assert params["script.args"] == "--epochs 2 --lr 0.1"
+    assert params["script.args.epochs"] == "2"
+    assert params["tracking.backend"] == "local"
+    assert all(isinstance(v, str) and len(v) <= 6000 for v in params.values())
+
+    he = FedAvgRecipe("digits", {"w": np.zeros(2, np.float32)}, script, 1, 1, he=True, he_clip=2.0)
+    meta, app = load_job_folder(he.export(tmp_path / "he"))
+    params = job_params("job-2", meta, app, "")
+    assert (params["he.enabled"], params["he.clip"], params["sites"]) == ("true", "2.0", "all")
+    assert "num_sites" not in params  # open to every site: logged when the job ends

@@ -506,3 +506,76 @@ def test_tensorboard_refuses_an_unsafe_site_name(tmp_path: Path) -> None:
         receiver.site_events("../escape", [Script().scalar("loss", 0, 1.0)])
     receiver.close()
     assert not (tmp_path / "escape").exists()
+
+
+# -- metrics and params as users read them --
+
+
+def test_a_round_metric_has_one_name_in_the_jobs_run_and_in_each_sites(backend: Backend, tmp_path: Path) -> None:
+    """One chart per name: the global curve (the job's run) beside every site's (its own run)."""
+    receiver = backend.open(tmp_path / "ws")
+    receiver.global_metrics(0, {"accuracy": 0.5}, {"site-1": {"accuracy": 0.4}, "site-2": {"accuracy": 0.6}})
+    receiver.global_metrics(
+        1, {"accuracy": 0.8, "loss": 0.3}, {"site-1": {"accuracy": 0.7, "loss": 0.4}, "site-2": {"accuracy": 0.9}}
+    )
+    receiver.global_metrics(2, {}, {"site-2": {}})  # nothing to write
+    receiver.close()
+    seen = backend.read(tmp_path / "ws", tmp_path / "scratch")
+    assert_scalars(seen.scalars["server"], {"accuracy": [(0, 0.5), (1, 0.8)], "loss": [(1, 0.3)]})
+    assert_scalars(seen.scalars["site-1"], {"accuracy": [(0, 0.4), (1, 0.7)], "loss": [(1, 0.4)]})
+    assert_scalars(seen.scalars["site-2"], {"accuracy": [(0, 0.6), (1, 0.9)]})
+
+
+def test_job_params_go_to_the_jobs_run(backend: Backend, tmp_path: Path) -> None:
+    receiver = backend.open(tmp_path / "ws")
+    receiver.job_params({"workflow.num_rounds": "3", "he.enabled": "false", "submitter": "admin@acme.org"})
+    receiver.job_params({})
+    receiver.site_events("site-1", [Script().params(lr="0.1")])
+    receiver.close()
+    seen = backend.read(tmp_path / "ws", tmp_path / "scratch")
+    assert seen.params["server"] == {"workflow.num_rounds": "3", "he.enabled": "false", "submitter": "admin@acme.org"}
+    assert seen.params["site-1"] == {"lr": "0.1"}
+
+
+def test_mlflow_runs_belong_to_the_submitter(tmp_path: Path) -> None:
+    first = MlflowReceiver(embedded_mlflow_uri(tmp_path), JOB_ID, JOB_NAME, user="admin@acme.org")
+    first.site_events("site-1", [Script().scalar("loss", 0, 1.0)])
+    first.close(RunEnd.KILLED)
+    again = MlflowReceiver(embedded_mlflow_uri(tmp_path), JOB_ID, JOB_NAME)  # a late-events writer: no user given
+    again.global_metrics(1, {"loss": 0.5}, {"site-2": {"loss": 0.6}})
+    again.close()
+    runs = MlflowClient(tracking_uri=embedded_mlflow_uri(tmp_path)).search_runs([first.experiment_id])
+    assert len(runs) == 3
+    assert {r.info.user_id for r in runs} == {"admin@acme.org"}
+    assert {r.data.tags["mlflow.user"] for r in runs} == {"admin@acme.org"}
+
+
+def test_mlflow_job_params_keep_their_first_value(tmp_path: Path) -> None:
+    receiver = open_mlflow(tmp_path)
+    receiver.job_params({"num_sites": "3", "strategy": "fedavg"})
+    receiver.close()
+    again = open_mlflow(tmp_path)  # a resumed job process: the same settings, one that changed
+    again.job_params({"num_sites": "4", "strategy": "fedavg"})
+    again.close()
+    assert isinstance(again, MlflowReceiver)
+    parent = MlflowClient(tracking_uri=embedded_mlflow_uri(tmp_path)).get_run(again.run_id)
+    assert parent.data.params == {"num_sites": "3", "strategy": "fedavg"}
+    assert parent.data.tags["fedsec.param.num_sites"] == "4"
+
+
+def test_mlflow_close_ends_every_run_of_the_job_as_the_job_ended(tmp_path: Path) -> None:
+    """A job stopped (server down) and resumed to completion: a site that sent nothing after the resume too."""
+    first = open_mlflow(tmp_path)
+    for site in SITES:
+        first.site_events(site, [Script().scalar("loss", 0, 1.0)])
+    first.close(RunEnd.KILLED)
+    again = open_mlflow(tmp_path)
+    again.site_events("site-1", [Script().scalar("loss", 1, 0.5)])
+    again.close(RunEnd.FINISHED)
+    assert isinstance(again, MlflowReceiver)
+    runs = MlflowClient(tracking_uri=embedded_mlflow_uri(tmp_path)).search_runs([again.experiment_id])
+    assert {r.info.run_name: r.info.status for r in runs} == {
+        f"{JOB_NAME}-{JOB_ID[:8]}": "FINISHED",
+        "site-1": "FINISHED",
+        "site-2": "FINISHED",
+    }

@@ -1,0 +1,43 @@
+"""The `backend` fixture: each state contract test runs against SQLite and a real PostgreSQL server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fedsec.state.interface import StateStore
+from fedsec.state.postgres import open_postgres
+from fedsec.state.sqlite import open_sqlite
+from tests import pgserver
+
+
+class Clock:
+    """A clock that moves one second each time it is read."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> Iterator[StateStore]:
+    """A fresh, empty state store of each backend (postgres: a new database on the session's server)."""
+    if request.param == "sqlite":
+        state: StateStore = open_sqlite(tmp_path / "jobs.db", clock=clock)
+    else:
+        server: pgserver.PgServer = request.getfixturevalue("pg")
+        state = open_postgres(server.new_database(), clock=clock)
+    try:
+        yield state
+    finally:
+        state.close()
