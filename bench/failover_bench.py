@@ -1,9 +1,9 @@
 """Benchmark: failover of a highly available server, from kill -9 of the active replica.
 
 Workload: the integration harness's federation (tests/integration/harness.py) with two
-replicas of server1 on one real PostgreSQL (tests/pgserver.py) and one shared store
-folder, lease_ttl --ttl seconds; 3 sites and the admin reach the replicas through the
-harness's proxies, which pass each new connection to the first replica that accepts.
+provisioned replicas of server1 (server1-a, server1-b, a kit each) on one real
+PostgreSQL (tests/pgserver.py) and one shared store folder, lease_ttl --ttl seconds;
+3 sites and the admin hold both replicas' endpoints (their kits) and move by themselves.
 A FedAvg job (tests/integration/scripts/linear_client.py, --sleep 1 per update, 3 sites,
 enough rounds) runs; once it completed --after rounds the active replica is killed
 with SIGKILL mid-round. From that kill:
@@ -41,17 +41,18 @@ POLL = 0.05
 
 def one_run(pg: pgserver.PgServer, ttl: float, after: int, folder: Path) -> tuple[float, float, float]:
     store = {"postgres": {"dsn_file": "local/postgres.dsn", "lease_ttl": ttl}}
-    fed = Federation(folder, n_clients=3, heartbeat_timeout=3.0, server_store=store, replicas=("server1-b",))
+    fed = Federation(folder, n_clients=3, heartbeat_timeout=3.0, server_store=store, replicas=2)
+    first, second = fed.servers
     try:
         dsn = pg.new_database()
         fed.set_postgres_dsn(dsn)
-        fed.start("server1")
-        fed.wait_log("server1", "active: holds the server lease", 60)
-        fed.start("server1-b")
-        fed.wait_log("server1-b", "standby: the active replica is", 60)
+        fed.start(first)
+        fed.wait_log(first, "active: holds the server lease", 60)
+        fed.start(second)
+        fed.wait_log(second, "standby: the active replica is", 60)
         for site in SITES:
             fed.start(site)
-        fed.wait_registered(SITES, timeout=60)
+        fed.wait_registered(SITES, timeout=60, server=first)
         with Session(fed.admin_kit) as s:
             job_id = s.submit_job(linear_job(folder, "--sleep", "1", rounds=after + 4, min_clients=3))
             wait_until(lambda: s.get_job_meta(job_id).current_round >= after, 180, f"{after} rounds")
@@ -65,16 +66,16 @@ def one_run(pg: pgserver.PgServer, ttl: float, after: int, folder: Path) -> tupl
                 return int(row[0])  # type: ignore[index]
 
             held, at_kill = token(), current_round()
-            mark = len(fed.log("server1-b"))
+            mark = len(fed.log(second))
             killed = time.monotonic()
-            fed.kill("server1")
+            fed.kill(first)
             took = registered = finished = 0.0
             deadline = killed + 300
             while time.monotonic() < deadline and not (took and registered and finished):
                 now = time.monotonic() - killed
                 if not took and token() > held:
                     took = now
-                log = fed.log("server1-b")[mark:]
+                log = fed.log(second)[mark:]
                 if not registered and all(f"site={s} registered" in log for s in SITES):
                     registered = now
                 if not finished and current_round() > at_kill:

@@ -59,11 +59,12 @@ def _umask() -> int:
     return 0o077  # not knowing it, take the strictest that still lets the owner in
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
     """Write data to path through a temporary file and a rename, with mode less the process's umask.
 
     The server and site parents run with umask 077 (fedsec._proc.private_files), so what they
-    write is 0600 whatever mode a caller asks for.
+    write is 0600 whatever mode a caller asks for. durable=False skips the fsync: for a cache
+    whose content is checked whenever it is used.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -72,7 +73,8 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -55,7 +55,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
     _proc.tune_malloc()
     _proc.private_files()
     logs.setup(args.log_level)
-    return run_server(load_kit(Path(args.kit)), listen=args.listen, fl_port=args.fl_port, admin_port=args.admin_port)
+    return run_server(load_kit(Path(args.kit)), listen=args.listen, fl_port=args.fl_port)
 
 
 def _cmd_client(args: argparse.Namespace) -> int:
@@ -191,13 +191,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PORT",
         help="listen for sites on PORT instead of the kit's fl_port: for a server behind a port-forwarding NAT, "
         "a load balancer or a test proxy that sites reach at the kit's address",
-    )
-    p.add_argument(
-        "--admin-port",
-        type=int,
-        metavar="PORT",
-        help="listen for admins on PORT instead of the kit's admin_port: for a second replica of the server "
-        "on the same host (a postgres store; see 'Running a highly available server' in README.md)",
     )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=_cmd_server)

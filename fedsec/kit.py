@@ -4,10 +4,16 @@ It checks startup/signature.json against the kit's root CA first, then loads
 the participant's fed_*.json, certificate and key and checks that they belong
 together. Server, site and admin start paths all call it, so a tampered kit
 is refused everywhere with the same message naming the file.
+
+A site's or an admin's config names the server by one endpoint (`server`: a
+server of one replica, as every kit always did) or by the ordered list of its
+replicas' endpoints (`servers`), never both; `endpoints` gives either as a list.
+A server replica's config names its replica (`replica`; "" for a server of one).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +59,13 @@ class ServerConfig:
     admin_port: int
     heartbeat_timeout: float = 30.0
     admin_session_timeout: float = 1800.0
+    replica: str = ""  # this kit's replica of the server; "" for a server of one replica
     store: Any = "sqlite"  # the state backend: "sqlite", or {"postgres": {"dsn_file": "local/..."}} (fedsec.state)
+
+    @property
+    def label(self) -> str:
+        """The server's name, with the replica's when it has replicas: "server1 (replica server1-b)"."""
+        return f"{self.name} (replica {self.replica})" if self.replica else self.name
 
     @property
     def store_settings(self) -> StoreSettings:
@@ -67,8 +79,14 @@ class ClientConfig:
     project: str
     name: str
     org: str
-    server: ServerEndpoint
+    server: ServerEndpoint | None = None  # a server of one replica
     heartbeat_interval: float = 5.0
+    servers: tuple[ServerEndpoint, ...] = ()  # a server of several replicas, in the order to try them
+
+    @property
+    def endpoints(self) -> tuple[ServerEndpoint, ...]:
+        """The server's endpoints in the order to try them (one for a server of one replica)."""
+        return self.servers or ((self.server,) if self.server is not None else ())
 
 
 @dataclass(frozen=True)
@@ -78,7 +96,23 @@ class AdminConfig:
     name: str
     org: str
     role: str
-    server: ServerEndpoint
+    server: ServerEndpoint | None = None  # a server of one replica
+    servers: tuple[ServerEndpoint, ...] = ()  # a server of several replicas, in the order to try them
+
+    @property
+    def endpoints(self) -> tuple[ServerEndpoint, ...]:
+        """The server's endpoints in the order to try them (one for a server of one replica)."""
+        return self.servers or ((self.server,) if self.server is not None else ())
+
+
+def config_json(config: ServerConfig | ClientConfig | AdminConfig) -> dict[str, Any]:
+    """The config as its kit file holds it: a server of one replica written exactly as before replicas existed."""
+    body = dataclasses.asdict(config)
+    if isinstance(config, ClientConfig | AdminConfig):
+        body.pop("servers" if config.server is not None else "server")
+    elif not config.replica:
+        body.pop("replica")
+    return body
 
 
 Config = ServerConfig | ClientConfig | AdminConfig
@@ -185,12 +219,44 @@ def _load_config(path: Path, cls: type[ServerConfig] | type[ClientConfig] | type
         raise KitError(f"{where}: {exc}") from exc
     if config.format != KIT_FORMAT:
         raise KitError(f"{where}: format {config.format!r} is not {KIT_FORMAT!r}")
-    if isinstance(config, ServerConfig):
+    if isinstance(config, ClientConfig | AdminConfig):
+        _check_endpoints(config, where)
+    else:
         try:
+            if config.replica:
+                _fs.check_name("replica", config.replica)
             config.store_settings  # noqa: B018 - checked now, not when the server first needs it
         except ConfigError as exc:
             raise KitError(f"{where}: {exc}") from exc
     return config
+
+
+def _check_endpoints(config: ClientConfig | AdminConfig, where: str) -> None:
+    """Exactly one of server and servers; every endpoint of one server, once, at a safe host and a port."""
+    if config.server is not None and config.servers:
+        raise KitError(f"{where}: names both server and servers; a kit names one or the other")
+    endpoints = config.endpoints
+    if not endpoints:
+        raise KitError(f"{where}: names no server (neither server nor servers)")
+    if len(endpoints) > limits.MAX_SERVER_REPLICAS:
+        raise KitError(f"{where}: servers: more than {limits.MAX_SERVER_REPLICAS} endpoints")
+    seen: set[tuple[str, int]] = set()
+    for i, endpoint in enumerate(endpoints):
+        at = f"servers[{i}]" if config.servers else "server"
+        if endpoint.name != endpoints[0].name:
+            raise KitError(
+                f"{where}: {at} names server {endpoint.name!r}, not {endpoints[0].name!r}: "
+                "every endpoint must be a replica of the one server"
+            )
+        try:
+            _fs.check_name(f"{at}.host", endpoint.host)
+        except ConfigError as exc:
+            raise KitError(f"{where}: {exc}") from exc
+        if not 1 <= endpoint.port <= 65535:
+            raise KitError(f"{where}: {at}.port: {endpoint.port} is not a port number (1-65535)")
+        if (endpoint.host.lower(), endpoint.port) in seen:
+            raise KitError(f"{where}: {at}: {endpoint.host}:{endpoint.port} is listed twice")
+        seen.add((endpoint.host.lower(), endpoint.port))
 
 
 def read_ca(kit: Kit) -> x509.Certificate:

@@ -16,6 +16,7 @@ MAX_JSON_DEPTH = 32
 MAX_INT_DIGITS = 100
 MAX_NAME_LENGTH = 64
 MAX_HOST_NAMES = 16
+MAX_SERVER_REPLICAS = 8  # replicas of the server a project declares; endpoints in a site's or admin's kit
 
 # Startup kits.
 MAX_KIT_FILE_BYTES = 64 << 20  # one file under startup/ (HE contexts are the largest)
@@ -31,6 +32,7 @@ MAX_VALIDITY_DAYS = 36500
 MAX_MESSAGE_BYTES = 4 << 20
 CHUNK_BYTES = 1 << 20
 MAX_MODEL_BYTES = 2 << 30  # one model or update in the array container
+MAX_HELD_MODELS = 4  # model digests a task request may name as already held by the site (TaskRequest.held_sha256)
 MAX_JOB_ARCHIVE_BYTES = 256 << 20  # a submitted job folder or a job result, zipped (weights stored)
 MAX_JOB_UNPACKED_BYTES = 1 << 30
 MAX_JOB_FILES = 1000

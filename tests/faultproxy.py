@@ -16,11 +16,6 @@ server), "down" the other way.
         proxy.reset_all()                      # every current connection, now
         proxy.flaky(0.05, seed=7)              # each forwarded chunk resets its connection with probability 0.05
         proxy.pass_through()                   # no faults
-
-Upstreams: a proxy made with fallback ports tries its target first and then each
-fallback in order for every new connection, taking the first that accepts (a
-load balancer's health check in miniature: in front of a server's replicas, a
-killed one refuses and the next takes the connection).
 """
 
 from __future__ import annotations
@@ -64,9 +59,8 @@ class _Conn:
 class FaultProxy:
     """A TCP proxy on 127.0.0.1 (a free port) to 127.0.0.1:target_port, with faults set at run time."""
 
-    def __init__(self, target_port: int, max_connections: int = 64, fallbacks: tuple[int, ...] = ()) -> None:
+    def __init__(self, target_port: int, max_connections: int = 64) -> None:
         self.target_port = target_port
-        self.fallbacks = fallbacks  # tried in order when target_port refuses a new connection
         self.max_connections = max_connections
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -187,8 +181,9 @@ class FaultProxy:
             if full:
                 client.close()
                 continue
-            upstream = self._connect_upstream()
-            if upstream is None:
+            try:
+                upstream = socket.create_connection((HOST, self.target_port), timeout=5)
+            except OSError:
                 _reset_socket(client)
                 continue
             for s in (client, upstream):
@@ -207,15 +202,6 @@ class FaultProxy:
                 self._threads += pumps
             for pump in pumps:
                 pump.start()
-
-    def _connect_upstream(self) -> socket.socket | None:
-        """A connection to the first upstream (the target, then each fallback) that accepts one, or None."""
-        for port in (self.target_port, *self.fallbacks):
-            try:
-                return socket.create_connection((HOST, port), timeout=5)
-            except OSError:
-                continue
-        return None
 
     def _pump(self, conn: _Conn, direction: str) -> None:
         src, dst = (conn.client, conn.upstream) if direction == "up" else (conn.upstream, conn.client)

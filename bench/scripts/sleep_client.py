@@ -1,9 +1,11 @@
-"""A benchmark training script: "trains" by sleeping, answers with a weight difference of zeros.
+"""A benchmark training script: "trains" by sleeping, answers with a constant weight difference.
 
-On each train task it sleeps --train-seconds and sends zeros shaped like the
-received model, with its own wall time from receive() returning to just before
-send() as the metric train_s.<site> (one key per site, so the server's weighted
-average of each key is that site's own figure). At exit it prints its peak
+On each train task it sleeps --train-seconds and sends --diff (default 0) in
+every value of a difference shaped like the received model (non-zero: each
+round's global model differs from the last, as in real training), with its
+own wall time from receive() returning to just before send() as the metric
+train_s.<site> (one key per site, so the server's weighted average of each key
+is that site's own figure). At exit it prints its peak
 resident memory (VmHWM) to its log.
 """
 
@@ -20,6 +22,7 @@ from fedsec.client import FLModel, ParamsType
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--train-seconds", type=float, default=2.0)
+parser.add_argument("--diff", type=float, default=0.0, help="the value of every entry of the weight difference")
 args = parser.parse_args()
 
 fl.init()
@@ -33,7 +36,7 @@ while fl.is_running():
         fl.send(FLModel(metrics={}, meta={"num_examples": 1}))
         continue
     time.sleep(args.train_seconds)
-    diff = {name: np.zeros(value.shape, dtype=value.dtype) for name, value in model.params.items()}
+    diff = {name: np.full(value.shape, args.diff, dtype=value.dtype) for name, value in model.params.items()}
     del model
     own = time.perf_counter() - received
     fl.send(

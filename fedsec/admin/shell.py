@@ -196,9 +196,8 @@ def run_interactive(session: AdminSession, history: Path, out: TextIO) -> int:
             return EXIT_OK
 
 
-def banner(session: AdminSession, config: AdminConfig) -> str:
-    server = config.server
-    return f"logged in as {session.admin} ({session.role}) to project {config.project} at {server.host}:{server.port}\n"
+def banner(session: AdminSession, config: AdminConfig, server_address: str) -> str:
+    return f"logged in as {session.admin} ({session.role}) to project {config.project} at {server_address}\n"
 
 
 def run_admin(kit_dir: Path, lines: Sequence[str] = (), *, as_json: bool = False) -> int:
@@ -213,10 +212,13 @@ def run_admin(kit_dir: Path, lines: Sequence[str] = (), *, as_json: bool = False
     with Session(kit_dir) as session:
         err = sys.stdout if interactive else sys.stderr
         session.on_relogin = lambda: print("session expired; logged in again", file=err, flush=True)
+        session.on_failover = lambda left, now: print(
+            f"the server at {left} does not answer; now using {now}", file=err, flush=True
+        )
         session.login()
         if not interactive:
             return run_lines(session, lines or sys.stdin, sys.stdout, sys.stderr, as_json=as_json)
         config = session.kit.config
         if isinstance(config, AdminConfig):
-            sys.stdout.write(banner(session, config))
+            sys.stdout.write(banner(session, config, session.server_address))
         return run_interactive(session, session.kit.root / HISTORY_FILE, sys.stdout)

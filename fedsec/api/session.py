@@ -3,10 +3,15 @@
 A Session opens a mutual-TLS channel with the admin kit's certificate, logs
 in by signing a fresh server challenge with the kit's key, and sends the
 session token with every call; when the server says the session expired it
-logs in again once and retries. Jobs are signed with the kit's key before
-upload, each for one run: the session picks the new job's id and submit time
-and signs them with the archive (fedsec.jobs.signing); cloning a job signs the
-stored archive's digest again, after checking the stored job's own signature.
+logs in again once and retries. A kit that lists several replicas of the
+server uses one at a time: a call that finds it unreachable (or a standby)
+moves to the next endpoint in the kit's order, logs in there and is made
+again, until every endpoint was tried once; then UnreachableError names them all.
+
+Jobs are signed with the kit's key before upload, each for one run: the
+session picks the new job's id and submit time and signs them with the archive
+(fedsec.jobs.signing); cloning a job signs the stored archive's digest again,
+after checking the stored job's own signature.
 Results are downloaded into DEST/<job id> (DEST: the kit's transfer/ folder by
 default) through a staging folder in DEST, a plain job's final model also as
 global_model.safetensors (fedsec.wire.model_file); every id and file name the server
@@ -51,6 +56,7 @@ from fedsec.jobs.signing import (
 )
 from fedsec.kit import AdminConfig, load_kit, read_ca
 from fedsec.pki import certs, login
+from fedsec.transport.failover import Endpoints, address, unreachable
 from fedsec.transport.tls import channel, error_from_rpc
 from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc, streams
 
@@ -179,15 +185,44 @@ class Session:
         self.admin = kit.name
         self.role = kit.config.role
         self.on_relogin: Callable[[], None] | None = None
+        self.on_failover: Callable[[str, str], None] | None = None  # (the address left, the one used now)
         self._timeout = timeout
         self._key = certs.load_key(kit.key_path.read_bytes(), f"kit {kit.name}: key")
         self._cert_pem = kit.cert_path.read_bytes()
         self._root_ca = read_ca(kit)
-        server = kit.config.server
-        self.server_address = f"{server.host}:{server.port}"
-        self._channel = channel(kit, server.host, server.port, server.name)
-        self._stub = fedsec_pb2_grpc.AdminStub(self._channel)
+        self._endpoints = Endpoints(kit.config.endpoints)
+        self._channels: dict[int, grpc.Channel] = {}  # by endpoint index; kept until close()
+        self.server_address = ""
+        self._stub: fedsec_pb2_grpc.AdminStub
+        self._use(0)
         self._token = ""
+
+    def _use(self, index: int) -> None:
+        """Send every later call to endpoint index: the one place the session's server is chosen."""
+        end = self._endpoints.all[index]
+        if index not in self._channels:
+            self._channels[index] = channel(self.kit, end.host, end.port, end.name)
+        self.server_address = address(end)
+        self._stub = fedsec_pb2_grpc.AdminStub(self._channels[index])
+
+    def _next_endpoint(self, tried: list[str]) -> bool:
+        """Note the endpoint in use as unreachable and move to the next; False when that one was tried already."""
+        left = self.server_address
+        tried.append(left)
+        self._endpoints.advance(self._endpoints.index)
+        self._use(self._endpoints.index)
+        if self.server_address != left:
+            self._token = ""  # a login belongs to the replica that granted it
+        if self.server_address in tried:
+            return False
+        log.info("the server at %s does not answer; trying %s", left, self.server_address)
+        if self.on_failover is not None:
+            self.on_failover(left, self.server_address)
+        return True
+
+    def _unreachable(self, tried: list[str], err: FedsecError) -> FedsecError:
+        """What a call that reached no endpoint raises: err itself for a kit of one endpoint."""
+        return unreachable(tried) if len(self._endpoints) > 1 else err
 
     def __enter__(self) -> Session:
         return self
@@ -196,17 +231,30 @@ class Session:
         self.close()
 
     def close(self) -> None:
-        self._channel.close()
+        for opened in self._channels.values():
+            opened.close()
 
     # ------------------------------------------------------------ login and calls
 
     def login(self, *, wait_for_server: bool = False) -> None:
-        """Log in with a fresh challenge signed by the kit's key. Raises AuthError when refused."""
+        """Log in with a fresh challenge signed by the kit's key, at the endpoint in use or else the next ones.
+
+        Raises AuthError when refused, UnreachableError naming every endpoint tried when none answers.
+        """
+        tried: list[str] = []
+        while True:
+            try:
+                return self._login_here(wait_for_server)
+            except UnreachableError as exc:
+                if not self._next_endpoint(tried):
+                    raise self._unreachable(tried, exc) from exc
+
+    def _login_here(self, wait_for_server: bool) -> None:
         try:
             challenge = self._stub.GetChallenge(
                 fedsec_pb2.Empty(), timeout=self._timeout, wait_for_ready=wait_for_server
             )
-            signature = login.sign_login(self._key, challenge.nonce, self.config.server.name, self.admin)
+            signature = login.sign_login(self._key, challenge.nonce, self._endpoints.current.name, self.admin)
             reply = self._stub.Login(
                 fedsec_pb2.LoginRequest(nonce=challenge.nonce, signature=signature), timeout=self._timeout
             )
@@ -216,22 +264,28 @@ class Session:
         log.info("logged in as %s (%s)", reply.admin, reply.role)
 
     def _call(self, what: str, fn: Callable[[list[tuple[str, str]]], Any], *, wait_for_server: bool = False) -> Any:
-        """Run fn(metadata), logging in first or again when needed."""
-        for attempt in (1, 2):
+        """Run fn(metadata), logging in first or again when needed, at the next endpoint when unreachable."""
+        relogged = False
+        tried: list[str] = []
+        while True:
             if not self._token:
                 self.login(wait_for_server=wait_for_server)
             try:
                 return fn([(SESSION_HEADER, self._token)])
             except grpc.RpcError as exc:
                 err = self._error(exc, what, waited=wait_for_server)
-                if isinstance(err, SessionExpiredError) and attempt == 1:
+                if isinstance(err, SessionExpiredError) and not relogged:
+                    relogged = True
                     self._token = ""
                     self.login(wait_for_server=wait_for_server)
                     if self.on_relogin is not None:
                         self.on_relogin()
                     continue
+                if isinstance(err, UnreachableError):
+                    if self._next_endpoint(tried):
+                        continue
+                    raise self._unreachable(tried, err) from exc
                 raise err from exc
-        raise FedsecError(f"{what}: could not log in")  # not reached: the second attempt returns or raises
 
     def _error(self, exc: grpc.RpcError, what: str, *, waited: bool) -> FedsecError:
         """The fedsec error for a failed call; a call that waited for the server in vain says it is unreachable.
@@ -250,8 +304,9 @@ class Session:
                 return probed
         return err
 
-    def _text(self, what: str, rpc: Callable[..., fedsec_pb2.TextReply], request: Any) -> Any:
-        reply = self._call(what, lambda md: rpc(request, timeout=self._timeout, metadata=md))
+    def _text(self, what: str, rpc: str, request: Any) -> Any:
+        """Call the Admin method named rpc, which answers a TextReply, on the stub in use when each try is made."""
+        reply = self._call(what, lambda md: getattr(self._stub, rpc)(request, timeout=self._timeout, metadata=md))
         return json.loads(reply.text)
 
     # ------------------------------------------------------------ jobs
@@ -441,7 +496,7 @@ class Session:
         """
         info = self._meta(job_id, "show_errors")
         request = fedsec_pb2.TargetRequest(job_id=info.job_id, target=ALL_SITES)
-        sites: dict[str, str] = self._text("show_errors", self._stub.GetJobLog, request)["errors"]
+        sites: dict[str, str] = self._text("show_errors", "GetJobLog", request)["errors"]
         return {"reason": info.reason, "sites": sites, "refused": info.refusals}
 
     def get_job_log(self, job_id: str, target: str = "server") -> str:
@@ -451,7 +506,7 @@ class Session:
         Raises JobError when the site has sent nothing yet, AuthError without the right (download_job).
         """
         request = fedsec_pb2.TargetRequest(job_id=job_id, target=target)
-        return str(self._text("get_job_log", self._stub.GetJobLog, request)["log"])
+        return str(self._text("get_job_log", "GetJobLog", request)["log"])
 
     def tail_job_log(
         self, job_id: str, site: str | None = None, follow: bool = False, *, poll: float = 1.0
@@ -539,11 +594,11 @@ class Session:
 
     def check_status(self, target: str, sites: Sequence[str] = ()) -> dict[str, Any]:
         request = fedsec_pb2.TargetRequest(target=target, sites=list(sites))
-        result: dict[str, Any] = self._text("check_status", self._stub.CheckStatus, request)
+        result: dict[str, Any] = self._text("check_status", "CheckStatus", request)
         return result
 
     def list_clients(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._text("list_clients", self._stub.ListClients, fedsec_pb2.Empty())
+        result: list[dict[str, Any]] = self._text("list_clients", "ListClients", fedsec_pb2.Empty())
         return result
 
     def remove_client(self, site: str) -> None:
@@ -555,21 +610,21 @@ class Session:
         self._call("enable_client", lambda md: self._stub.EnableClient(ref, timeout=self._timeout, metadata=md))
 
     def sys_info(self, target: str = "server") -> dict[str, Any]:
-        result: dict[str, Any] = self._text("sys_info", self._stub.SysInfo, fedsec_pb2.TargetRequest(target=target))
+        result: dict[str, Any] = self._text("sys_info", "SysInfo", fedsec_pb2.TargetRequest(target=target))
         return result
 
     def shutdown(self, target: str, sites: Sequence[str] = ()) -> dict[str, Any]:
         request = fedsec_pb2.TargetRequest(target=target, sites=list(sites))
-        result: dict[str, Any] = self._text("shutdown", self._stub.Shutdown, request)
+        result: dict[str, Any] = self._text("shutdown", "Shutdown", request)
         return result
 
     def version(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._text("version", self._stub.Version, fedsec_pb2.Empty())
+        result: dict[str, Any] = self._text("version", "Version", fedsec_pb2.Empty())
         return result
 
     def show_audit(self, max_results: int = 50) -> list[dict[str, Any]]:
         request = fedsec_pb2.TargetRequest(max_results=max_results)
-        result: list[dict[str, Any]] = self._text("show_audit", self._stub.ShowAudit, request)
+        result: list[dict[str, Any]] = self._text("show_audit", "ShowAudit", request)
         return result
 
 

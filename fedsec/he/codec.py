@@ -15,7 +15,9 @@ per slot (value 2k as lo, value 2k+1 as hi: lo + (hi << FIELD_BITS)) and the slo
 4096 per ciphertext, the last one padded with zeros. Summing ciphertexts sums the weighted
 values and the weights, so decryption yields the weighted average and the total weight.
 
-Every size from a file is checked against fedsec.limits before memory is taken. The server
+Encryption streams: encrypt_chunks yields the header, then each ciphertext record as soon as it
+is made, quantising one ciphertext's values at a time (encrypt_model joins them). Every size from a
+file is checked against fedsec.limits before memory is taken. The server
 side (EncryptedSum) never decrypts and needs no key; decryption checks that every value lies in
 the range a sum can have, which catches a wrong secret key or corrupted data.
 """
@@ -91,13 +93,31 @@ def encrypt_model(
     rng: np.random.Generator | None = None,
     max_clients: int = he_params.MAX_CLIENTS,
 ) -> bytes:
-    """The FSH1 container of params, weighted by weight and clipped to [-clip, clip].
+    """The FSH1 container of params, weighted by weight and clipped to [-clip, clip], whole.
 
-    ctx is the client context (encryption is symmetric: it needs the secret key). The weight
-    is quantised to round(weight * 2**f) / 2**f before use so the average stays exact.
-    Values clipped are counted and logged. Raises HEError if ctx holds no secret key, weight
-    is not in (0, 1] (or rounds to 0), clip is invalid, a tensor is bool or not finite, or
-    TenSEAL fails; WireError if params could not be stored (see arrays.specs_of).
+    b"".join(encrypt_chunks(...)): see there for what it raises.
+    """
+    return b"".join(encrypt_chunks(ctx, params, weight, clip, rng, max_clients))
+
+
+def encrypt_chunks(
+    ctx: Any,
+    params: Mapping[str, NDArray[Any]],
+    weight: float,
+    clip: float,
+    rng: np.random.Generator | None = None,
+    max_clients: int = he_params.MAX_CLIENTS,
+) -> Iterator[bytes]:
+    """The FSH1 container of params, weighted by weight and clipped to [-clip, clip], as it is produced.
+
+    Yields the prefix and header first, then each ciphertext record as soon as it is encrypted:
+    memory beyond params stays one ciphertext's values, whatever the model's size, and a caller
+    can send or write each piece before the next is made. ctx is the client context (encryption
+    is symmetric: it needs the secret key). The weight is quantised to round(weight * 2**f) / 2**f
+    before use so the average stays exact. Values clipped are counted and logged at the end.
+    Raises (here, before anything is yielded) HEError if ctx holds no secret key, weight is not
+    in (0, 1] (or rounds to 0), clip is invalid, a tensor is bool or not finite; WireError if
+    params could not be stored (see arrays.specs_of); and, while iterating, HEError if TenSEAL fails.
     """
     if not has_secret_key(ctx):
         raise HEError("encrypt: the HE context holds no secret key (only a client context can encrypt)")
@@ -105,16 +125,28 @@ def encrypt_model(
     weight_int = _weight_int(weight, bits)
     specs = arrays.specs_of(params, "model to encrypt")
     _check_model_specs(specs, "model to encrypt", HEError)
-    values = _quantise(params, specs, weight_int, clip, bits, rng or np.random.default_rng())
-    header = EncryptedHeader(specs, float(clip), bits, len(values), ciphertexts_for(len(values)), 1)
-    parts = [_header_bytes(header)]
+    flat = [np.asarray(params[spec.name]).reshape(-1) for spec in specs]
+    for spec, values in zip(specs, flat, strict=True):
+        if values.size and not np.isfinite(values).all():
+            raise HEError(f"encrypt: tensor {spec.name!r} holds NaN or infinite values")
+    n = sum(int(values.size) for values in flat)
+    header = EncryptedHeader(specs, float(clip), bits, n + 1, ciphertexts_for(n + 1), 1)
+    quantiser = _Quantiser(weight_int, clip, bits, rng or np.random.default_rng())
+    return _encrypted_records(ctx, _header_bytes(header), quantiser, flat, n)
+
+
+def _encrypted_records(
+    ctx: Any, header: bytes, quantiser: _Quantiser, flat: list[NDArray[Any]], n: int
+) -> Iterator[bytes]:
+    yield header
     try:
-        for chunk in _packed_chunks(values):
-            record = ts.bfv_vector(ctx, chunk).serialize()
-            parts += [_LENGTH.pack(len(record)), record]
+        for values in _windows(flat, quantiser.weight_int, _SLOTS * he_params.VALUES_PER_SLOT):
+            record = ts.bfv_vector(ctx, _pack(quantiser(values))).serialize()
+            yield _LENGTH.pack(len(record)) + record
     except TENSEAL_ERRORS as exc:
         raise HEError(f"encrypt: TenSEAL failed: {exc}") from exc
-    return b"".join(parts)
+    if quantiser.clipped:
+        log.warning("he encrypt clipped=%d of=%d clip=%s", quantiser.clipped, n, quantiser.clip)
 
 
 def _weight_int(weight: float, bits: int) -> int:
@@ -127,52 +159,60 @@ def _weight_int(weight: float, bits: int) -> int:
     return weight_int
 
 
-def _quantise(
-    model: Mapping[str, NDArray[Any]],
-    specs: Sequence[arrays.TensorSpec],
-    weight_int: int,
-    clip: float,
-    bits: int,
-    rng: np.random.Generator,
-) -> NDArray[np.int64]:
-    """The model's integers (weight appended), one flat int64 array."""
-    n = sum(math.prod(s.shape) for s in specs)
-    x = np.empty(n, dtype=np.float64)
-    pos = 0
-    for spec in specs:
-        size = math.prod(spec.shape)
-        part = x[pos : pos + size]
-        part[:] = np.asarray(model[spec.name]).reshape(-1)
-        if size and not np.isfinite(part).all():
-            raise HEError(f"encrypt: tensor {spec.name!r} holds NaN or infinite values")
-        pos += size
-    x *= weight_int / 2**bits
-    clipped = int(np.count_nonzero(np.abs(x) > clip))
-    if clipped:
-        log.warning("he encrypt clipped=%d of=%d clip=%s", clipped, n, clip)
-    np.clip(x, -clip, clip, out=x)
-    x *= 2.0**bits
-    x += rng.random(n)  # floor(x + U[0, 1)) is unbiased
-    np.floor(x, out=x)
-    bound = math.ceil(max(clip, 1.0) * 2.0**bits)  # within per_client_bound(max_clients), by scale_bits
-    np.clip(x, -bound, bound, out=x)  # a no-op unless x + U rounded up past the bound
-    out = np.empty(n + 1, dtype=np.int64)
-    out[:n] = x
-    out[n] = weight_int
-    return out
+def _windows(flat: list[NDArray[Any]], weight_int: int, size: int) -> Iterator[NDArray[np.float64]]:
+    """The model's values in order, then a NaN standing for the weight, in float64 windows of size values.
+
+    The NaN marks the weight's place: the quantiser puts weight_int there.
+    """
+    window = np.empty(size, dtype=np.float64)
+    filled = 0
+    for values in [*flat, np.array([np.nan])]:
+        pos = 0
+        while pos < values.size:
+            take = min(size - filled, values.size - pos)
+            window[filled : filled + take] = values[pos : pos + take]
+            filled += take
+            pos += take
+            if filled == size:
+                yield window
+                filled = 0
+    if filled:
+        yield window[:filled]
 
 
-def _packed_chunks(values: NDArray[np.int64]) -> Iterator[NDArray[np.int64]]:
-    """Slots of two values each (lo + (hi << FIELD_BITS)), SLOTS per chunk, the last zero-padded."""
-    even = np.zeros(len(values) + len(values) % 2, dtype=np.int64)
+@dataclass
+class _Quantiser:
+    """Model values -> the integers that are encrypted: weighted, clipped, scaled, stochastically rounded."""
+
+    weight_int: int
+    clip: float
+    bits: int
+    rng: np.random.Generator
+    clipped: int = 0
+
+    def __call__(self, x: NDArray[np.float64]) -> NDArray[np.int64]:
+        """x's values quantised (in place), and the weight (a NaN in x, the last value) as weight_int."""
+        weight_at = np.flatnonzero(np.isnan(x))
+        x *= self.weight_int / 2**self.bits
+        self.clipped += int(np.count_nonzero(np.abs(x) > self.clip))
+        np.clip(x, -self.clip, self.clip, out=x)
+        x *= 2.0**self.bits
+        values = int(weight_at[0]) if len(weight_at) else len(x)  # the weight, last, draws no random number
+        x[:values] += self.rng.random(values)  # floor(x + U[0, 1)) is unbiased
+        np.floor(x, out=x)
+        bound = math.ceil(max(self.clip, 1.0) * 2.0**self.bits)  # within per_client_bound(max_clients)
+        np.clip(x, -bound, bound, out=x)  # a no-op unless x + U rounded up past the bound
+        out = np.nan_to_num(x, nan=0.0).astype(np.int64)
+        out[weight_at] = self.weight_int
+        return out
+
+
+def _pack(values: NDArray[np.int64]) -> NDArray[np.int64]:
+    """SLOTS slots of two values each (lo + (hi << FIELD_BITS)), zero-padded."""
+    even = np.zeros(_SLOTS * he_params.VALUES_PER_SLOT, dtype=np.int64)
     even[: len(values)] = values
     pairs = even.reshape(-1, 2)
-    slots = pairs[:, 0] + (pairs[:, 1] << he_params.FIELD_BITS)
-    for start in range(0, len(slots), _SLOTS):
-        chunk = slots[start : start + _SLOTS]
-        if len(chunk) < _SLOTS:
-            chunk = np.concatenate([chunk, np.zeros(_SLOTS - len(chunk), dtype=np.int64)])
-        yield np.ascontiguousarray(chunk)
+    return np.ascontiguousarray(pairs[:, 0] + (pairs[:, 1] << he_params.FIELD_BITS))
 
 
 # ---------------------------------------------------------------- sum (server)

@@ -3,11 +3,15 @@
 Everything is made in a staging folder inside the project folder and moved
 into place with renames at the end, so a failure leaves the workspace as it
 was. The root CA key stays in state/ and never goes into a kit.
+
+A server with replicas gets one kit per replica, named after the replica, each
+with a key of its own and a certificate for the server's identity (its name and
+org) carrying every name of the server (Project.server_names); sites' and
+admins' kits list every replica's endpoint, in the project's order.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import shutil
@@ -29,10 +33,11 @@ from fedsec.kit import (
     ClientConfig,
     ServerConfig,
     ServerEndpoint,
+    config_json,
 )
 from fedsec.pki import certs, signing
 from fedsec.provision import templates
-from fedsec.provision.project import AdminSpec, ClientSpec, Project, ServerSpec
+from fedsec.provision.project import AdminSpec, ClientSpec, Project, Replica, ServerSpec
 from fedsec.state.settings import parse_store
 
 STATE_DIR = "state"
@@ -72,7 +77,11 @@ def provision(project: Project, workspace: Path) -> ProvisionResult:
             ca_key, ca_cert = existing
         he = _he_contexts(state, staging / STATE_DIR) if project.features.he.enabled else None
         prod = staging / prod_name
-        kits = tuple(_build_kit(prod, project, spec, ca_key, ca_cert, he) for spec in project.participants)
+        kits = tuple(
+            _build_kit(prod, project, spec, replica, ca_key, ca_cert, he)
+            for spec in project.participants
+            for replica in (project.replicas if isinstance(spec, ServerSpec) else (None,))
+        )
         if existing is None:
             (staging / STATE_DIR).rename(state)
         elif he is not None and not (state / _HE_CLIENT).exists():  # HE turned on for an existing project
@@ -131,45 +140,55 @@ def _build_kit(
     prod: Path,
     project: Project,
     spec: ServerSpec | ClientSpec | AdminSpec,
+    replica: Replica | None,
     ca_key: certs.PrivateKey,
     ca_cert: x509.Certificate,
     he: tuple[bytes, bytes] | None,
 ) -> Path:
-    kit = prod / spec.name
+    """The kit of one participant (of one replica of the server: replica is given for a server only)."""
+    kit = prod / (replica.name if replica is not None else spec.name)
     startup, local = kit / "startup", kit / "local"
     for d in (startup, local, kit / "transfer"):
         d.mkdir(parents=True)
     server = project.server
-    fmt = dict(name=spec.name, project=project.name)
+    several = server.replicas is not None  # declared replicas: kits list them (else written as they always were)
+    fmt = dict(name=kit.name, project=project.name)
     signed_local: list[str] = []
     if isinstance(spec, ServerSpec):
+        assert replica is not None  # provision() gives a server's kit its replica
         identity = certs.Identity(spec.name, spec.org, certs.Kind.SERVER)
         config: ServerConfig | ClientConfig | AdminConfig = ServerConfig(
             KIT_FORMAT,
             project.name,
             spec.name,
             spec.org,
-            spec.host_names,
-            spec.fl_port,
-            spec.admin_port,
+            project.server_names,
+            replica.fl_port,
+            replica.admin_port,
             spec.heartbeat_timeout,
             spec.admin_session_timeout,
-            parse_store(spec.store, "server.store").to_json(),
+            replica=replica.name if several else "",
+            store=parse_store(spec.store, "server.store").to_json(),
         )
         scripts = {"start.sh": templates.START_SH, "stop_fl.sh": templates.STOP_SH}
         signed_local.append(_write_text(local / "authorization.yml", templates.AUTHORIZATION_YML))
     elif isinstance(spec, ClientSpec):
         identity = certs.Identity(spec.name, spec.org, certs.Kind.CLIENT)
-        endpoint = ServerEndpoint(server.name, server.host_names[0], server.fl_port)
-        config = ClientConfig(KIT_FORMAT, project.name, spec.name, spec.org, endpoint)
+        ends = tuple(ServerEndpoint(server.name, r.host, r.fl_port) for r in project.replicas)
+        config = ClientConfig(
+            KIT_FORMAT, project.name, spec.name, spec.org, None if several else ends[0], servers=ends if several else ()
+        )
         scripts = {"start.sh": templates.START_SH, "stop_fl.sh": templates.STOP_SH}
         signed_local.append(_write_text(local / "site_policy.yml", templates.SITE_POLICY_YML))
     else:
         identity = certs.Identity(spec.name, spec.org, certs.Kind.ADMIN, spec.role)
-        endpoint = ServerEndpoint(server.name, server.host_names[0], server.admin_port)
-        config = AdminConfig(KIT_FORMAT, project.name, spec.name, spec.org, spec.role.value, endpoint)
+        ends = tuple(ServerEndpoint(server.name, r.host, r.admin_port) for r in project.replicas)
+        config = AdminConfig(
+            KIT_FORMAT, project.name, spec.name, spec.org, spec.role.value, None if several else ends[0],
+            servers=ends if several else (),
+        )  # fmt: skip
         scripts = {"fl_admin.sh": templates.FL_ADMIN_SH}
-    host_names = spec.host_names if isinstance(spec, ServerSpec) else ()
+    host_names = project.server_names if isinstance(spec, ServerSpec) else ()
     key, cert = certs.issue(ca_key, ca_cert, identity, project.validity.leaf_days, host_names)
     _fs.write_secret(startup / f"{spec.name}.key", certs.key_pem(key))
     _fs.write_atomic(startup / f"{spec.name}.crt", certs.cert_pem(cert))
@@ -178,7 +197,7 @@ def _build_kit(
         _fs.write_secret(startup / HE_CLIENT_CONTEXT, he[0])  # holds the secret key shared by the sites
     elif he is not None and identity.kind is certs.Kind.SERVER:
         _fs.write_atomic(startup / HE_SERVER_CONTEXT, he[1])  # no key at all: the server only adds
-    body = json.dumps(dataclasses.asdict(config), indent=2) + "\n"
+    body = json.dumps(config_json(config), indent=2) + "\n"
     _fs.write_atomic(startup / CONFIG_FILES[identity.kind], body.encode())
     for fname, text in scripts.items():
         _fs.write_atomic(startup / fname, text.format(kind=identity.kind.value, **fmt).encode(), mode=0o755)

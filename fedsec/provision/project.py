@@ -3,6 +3,13 @@
 load_project() returns a frozen Project or raises ConfigError naming the
 first problem: invalid YAML, an unknown key, a duplicate or unsafe name, not
 exactly one server, an unknown role, a port clash. It writes nothing.
+
+The server may list replicas (`replicas:`, each {name, host, fl_port, admin_port},
+the ports defaulting to the server's): one kit per replica, named after it, each
+with its own key and a certificate for the same server identity that carries every
+name of the server and every replica's host. Without replicas the server is its
+own single replica (kit named after the server, reached at host_names[0]), as it
+always was. Project.replicas lists them in the order sites and admins try them.
 """
 
 from __future__ import annotations
@@ -45,12 +52,33 @@ class _Common:
 
 
 @dataclass(frozen=True)
+class ReplicaSpec:
+    """One replica of the server as project.yml declares it (ports: the server's when left out)."""
+
+    name: str
+    host: str
+    fl_port: int | None = None
+    admin_port: int | None = None
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One replica of the server, resolved: its kit's name, and where sites and admins reach it."""
+
+    name: str
+    host: str
+    fl_port: int
+    admin_port: int
+
+
+@dataclass(frozen=True)
 class ServerSpec(_Common):
     host_names: tuple[str, ...]
     fl_port: int
     admin_port: int
     heartbeat_timeout: float = 30.0
     admin_session_timeout: float = 1800.0
+    replicas: tuple[ReplicaSpec, ...] | None = None
     store: Any = "sqlite"  # fedsec.state.settings: sqlite, or {postgres: {dsn_file: local/FILE}}
 
 
@@ -83,10 +111,20 @@ class Project:
     admins: tuple[AdminSpec, ...]
     validity: Validity
     features: Features
+    replicas: tuple[Replica, ...] = ()  # the server's, in failover order; parse_project always fills it
 
     @property
     def participants(self) -> tuple[ServerSpec | ClientSpec | AdminSpec, ...]:
         return (self.server, *self.clients, *self.admins)
+
+    @property
+    def server_names(self) -> tuple[str, ...]:
+        """Every name the server's certificates carry: its host_names, then each replica's host not among them."""
+        names = list(self.server.host_names)
+        for replica in self.replicas:
+            if replica.host not in names:
+                names.append(replica.host)
+        return tuple(names)
 
 
 _SPECS: dict[str, type[ServerSpec] | type[ClientSpec] | type[AdminSpec]] = {
@@ -132,7 +170,9 @@ def parse_project(raw: Any) -> Project:
     servers = [s for s in specs if isinstance(s, ServerSpec)]
     if len(servers) != 1:
         raise ConfigError(f"participants: need exactly one server, found {len(servers)}")
-    return Project(
+    where = f"participants[{specs.index(servers[0])}]"
+    replicas = _replicas(servers[0], where, seen)
+    project = Project(
         name=doc.name,
         description=doc.description,
         server=servers[0],
@@ -140,7 +180,45 @@ def parse_project(raw: Any) -> Project:
         admins=tuple(s for s in specs if isinstance(s, AdminSpec)),
         validity=v,
         features=doc.features,
+        replicas=replicas,
     )
+    if len(project.server_names) > limits.MAX_HOST_NAMES:
+        raise ConfigError(f"{where}: host_names and the replicas' hosts make more than {limits.MAX_HOST_NAMES} names")
+    return project
+
+
+def _replicas(spec: ServerSpec, where: str, taken: dict[str, str]) -> tuple[Replica, ...]:
+    """The server's replicas, resolved and checked: names free and safe, no two on one host and port."""
+    if spec.replicas is None:
+        return (Replica(spec.name, spec.host_names[0], spec.fl_port, spec.admin_port),)
+    if not spec.replicas:
+        raise ConfigError(f"{where}.replicas: the list is empty (leave it out for a server of one replica)")
+    if len(spec.replicas) > limits.MAX_SERVER_REPLICAS:
+        raise ConfigError(f"{where}.replicas: more than {limits.MAX_SERVER_REPLICAS}")
+    out: list[Replica] = []
+    ports: dict[tuple[str, int], str] = {}  # (host, port) -> the key that takes it
+    for i, raw in enumerate(spec.replicas):
+        at = f"{where}.replicas[{i}]"
+        _fs.check_name(f"{at}.name", raw.name)
+        if raw.name.lower() in taken:  # a replica's name names its kit folder, beside every participant's
+            raise ConfigError(f"{at}.name: {raw.name!r} is a duplicate of {taken[raw.name.lower()]}")
+        taken[raw.name.lower()] = at
+        _fs.check_name(f"{at}.host", raw.host)
+        replica = Replica(
+            raw.name,
+            raw.host,
+            spec.fl_port if raw.fl_port is None else raw.fl_port,
+            spec.admin_port if raw.admin_port is None else raw.admin_port,
+        )
+        for key, port in (("fl_port", replica.fl_port), ("admin_port", replica.admin_port)):
+            if not 1 <= port <= 65535:
+                raise ConfigError(f"{at}.{key}: {port} is not a port number (1-65535)")
+            where_port = (replica.host.lower(), port)
+            if where_port in ports:
+                raise ConfigError(f"{at}.{key}: {replica.host}:{port} is taken already by {ports[where_port]}")
+            ports[where_port] = f"{at}.{key}"
+        out.append(replica)
+    return tuple(out)
 
 
 def _participant(raw: Any, where: str) -> ServerSpec | ClientSpec | AdminSpec:

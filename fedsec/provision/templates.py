@@ -139,6 +139,12 @@ participants:
     admin_port: 8003     # admins connect here (mutual TLS)
     heartbeat_timeout: 30  # seconds without a heartbeat before a site counts as gone
     admin_session_timeout: 1800  # seconds an idle admin session stays logged in
+    # Optional: several replicas of this server, one kit each (named after the replica), one
+    # certificate each for this same server; sites and admins try them in this order. Ports
+    # default to the server's. Without replicas the server's kit is named after the server.
+    # replicas:
+    #   - {name: server1-a, host: fl-a.example.org}
+    #   - {name: server1-b, host: fl-b.example.org, fl_port: 8002, admin_port: 8003}
     store: sqlite        # the server's state; or {postgres: {dsn_file: local/postgres.dsn}} (the DSN in a 0600 file)
   # Sites (clients): they dial out to the server and need no open port.
   - name: site-1

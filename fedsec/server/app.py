@@ -163,12 +163,11 @@ def _await_lease(
     return True
 
 
-def run_server(kit: Kit, listen: str | None = None, fl_port: int | None = None, admin_port: int | None = None) -> int:
+def run_server(kit: Kit, listen: str | None = None, fl_port: int | None = None) -> int:
     """Serve until SIGTERM or SIGINT; return the exit status.
 
     fl_port: the port to take sites' calls on, instead of the kit's (sites still dial the
-    kit's address: something between them, a NAT or a proxy, forwards it here); admin_port
-    likewise for admins (a second replica of the server on the same host).
+    kit's address: something between them, a NAT or a proxy, forwards it here).
     With a postgres store the server runs under the server lease (fedsec.server.replica):
     it serves while it holds it, and stands by while another replica does.
     Raises ConfigError when it is not a port number or a port cannot be bound.
@@ -176,12 +175,11 @@ def run_server(kit: Kit, listen: str | None = None, fl_port: int | None = None, 
     if kit.kind is not Kind.SERVER or not isinstance(kit.config, ServerConfig):
         raise KitError(f"kit {kit.name}: is a {kit.kind.value} kit, not a server kit")
     config = kit.config
-    for flag, port in (("--fl-port", fl_port), ("--admin-port", admin_port)):
-        if port is not None and not 0 < port < 65536:
-            raise ConfigError(f"{flag}: must be a port number between 1 and 65535, got {port}")
-    ports = (fl_port or config.fl_port, admin_port or config.admin_port)
+    if fl_port is not None and not 0 < fl_port < 65536:
+        raise ConfigError(f"--fl-port: must be a port number between 1 and 65535, got {fl_port}")
+    ports = (fl_port or config.fl_port, config.admin_port)
     host = listen or listen_host(config)
-    _proc.lock_kit(kit.root / "run", f"server {config.name}")
+    _proc.lock_kit(kit.root / "run", f"server {config.label}")
     load_policy(kit.root)  # a bad policy stops the server here, standby or not
     load_backends(kit.root)  # the operator's tracking backends: likewise
     settings = config.store_settings
@@ -198,7 +196,8 @@ def run_server(kit: Kit, listen: str | None = None, fl_port: int | None = None, 
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    replica = Replica(state, replica_name(config.name, ports[1]), settings.lease_ttl) if settings.replicated else None
+    name = config.replica or replica_name(config.name, ports[1])  # the provisioned replica's name, when it has one
+    replica = Replica(state, name, settings.lease_ttl) if settings.replicated else None
     store.fence = replica.lease if replica is not None else None
     tracking_ready = False
     try:
@@ -271,8 +270,8 @@ def _serve_active(
     fl.start()
     admin.start()
     log.info(
-        "server=%s project=%s listening fl=%s:%d admin=%s:%d",
-        config.name, config.project, host, ports[0], host, ports[1],
+        "server=%s replica=%s project=%s listening fl=%s:%d admin=%s:%d",
+        config.name, config.replica or "-", config.project, host, ports[0], host, ports[1],
     )  # fmt: skip
     while not stop.is_set() and not lost.is_set():
         stop.wait(0.2)

@@ -339,12 +339,15 @@ class JobManager:
             self._lock.wait_for(lambda: self._version != known or self._stop.is_set(), timeout)
             return self._version
 
-    def get_task(self, job_id: str, site: str, wait: float) -> Iterator[fedsec_pb2.TaskPart]:
+    def get_task(
+        self, job_id: str, site: str, wait: float, held: frozenset[bytes] = frozenset()
+    ) -> Iterator[fedsec_pb2.TaskPart]:
+        """Relay site's task request to the job's workflow; held: digests of models the site says it holds."""
         flow = self._ready_flow(job_id)
         if flow is None:
             yield _status_part(self._status_for_site(job_id, wait))
             return
-        request = fedsec_pb2.TaskRequest(job_id=job_id, site=site, wait_seconds=wait)
+        request = fedsec_pb2.TaskRequest(job_id=job_id, site=site, wait_seconds=wait, held_sha256=sorted(held))
         try:
             yield from flow.stub.GetTask(request, timeout=wait + 120)
         except grpc.RpcError as exc:

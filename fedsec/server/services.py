@@ -134,7 +134,8 @@ class FederationService(fedsec_pb2_grpc.FederationServicer):
         site = self._site(context)
         self._assigned(request.job_id, site)
         wait = min(max(request.wait_seconds, 0.0), 30.0)
-        yield from self._jobs.get_task(request.job_id, site, wait)
+        held = streams.held_digests(request.held_sha256, f"task request of {site}")
+        yield from self._jobs.get_task(request.job_id, site, wait, held)
 
     @rpc_boundary
     def SubmitResult(

@@ -1,7 +1,12 @@
 """The site's connection to the server: register, heartbeat, fetch jobs, report their end.
 
 Clients only dial out. While the server is down the agent retries with
-backoff; after it comes back the agent registers again and carries on.
+backoff; after it comes back the agent registers again and carries on. A
+server of several replicas is tried in the kit's order: when the replica in use
+stops answering (nothing listens, the link is down, or it says it is a standby),
+registration moves to the next endpoint at once, pausing with backoff only after
+a whole round of them failed, and every call of the site, its jobs' relays
+included, follows (fedsec.site.connection).
 
 Heartbeats never wait behind a transfer: they run on a connection of their
 own, and the heartbeat loop only records the server's assignments; a worker
@@ -26,6 +31,7 @@ from fedsec.errors import FedsecError, KitError
 from fedsec.jobs.signing import JobSignature
 from fedsec.kit import HE_CLIENT_CONTEXT, ClientConfig, Kit, read_ca
 from fedsec.pki.certs import Kind
+from fedsec.site.connection import ServerConnection
 from fedsec.site.hekey import HEKey
 from fedsec.site.local import LocalEndpoints
 from fedsec.site.logship import LogShipper
@@ -35,9 +41,10 @@ from fedsec.site.settings import load_site_settings
 from fedsec.site.spool import EventSpool
 from fedsec.site.transfer import ArchiveDownload, GaveUpError, retry
 from fedsec.tracking.events import Event, to_proto
+from fedsec.transport.failover import Endpoints, address, fails_over, is_standby
 from fedsec.transport.local import socket_dir
-from fedsec.transport.tls import channel, error_from_rpc
-from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc
+from fedsec.transport.tls import error_from_rpc
+from fedsec.wire import fedsec_pb2
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +61,7 @@ class SiteAgent:
         _proc.lock_kit(kit.root / "run", f"site {kit.name}")
         self._kit = kit
         self._config: ClientConfig = kit.config
-        server = self._config.server
-        # two connections: heartbeats never queue behind the bytes of a transfer
-        self._live_channel = channel(kit, server.host, server.port, server.name, own_connection=True)
-        self._live = fedsec_pb2_grpc.FederationStub(self._live_channel)
-        self._channel = channel(kit, server.host, server.port, server.name, own_connection=True)
-        self._stub = fedsec_pb2_grpc.FederationStub(self._channel)
+        self._server = ServerConnection(kit, Endpoints(self._config.endpoints))
         self._stop = threading.Event()
         self._assigned: frozenset[str] = frozenset()  # the jobs of the last heartbeat reply
         self._sync_due = threading.Event()
@@ -71,12 +73,12 @@ class SiteAgent:
         self._endpoints = LocalEndpoints(
             socket_dir(kit.root / "run", "jobs"),
             kit.name,
-            lambda: self._stub,
+            self._server.stub,
             self._spool,
             self._events_due.set,
             self._he.context,
         )
-        self._logs = LogShipper(kit.name, lambda: self._stub)
+        self._logs = LogShipper(kit.name, self._server.stub)
         self._runner = JobRunner(
             kit.root, kit.name, self._endpoints, self._he, self._report, read_ca(kit), logs=self._logs
         )
@@ -100,31 +102,45 @@ class SiteAgent:
             self._worker.join(timeout=10)
             self._runner.stop_all()
             self._endpoints.close_all()
-            self._live_channel.close()
-            self._channel.close()
+            self._server.close()
             log.info("site=%s stopped", self._kit.name)
 
     def stop(self, *_: object) -> None:
         self._stop.set()
         self._sync_due.set()
-        self._live_channel.close()  # cancels a held heartbeat at once, so SIGTERM is quick
-        self._channel.close()  # and a transfer in flight
+        self._server.close()  # cancels a held heartbeat and a transfer in flight at once, so SIGTERM is quick
 
     def _register(self) -> None:
+        """Register with the endpoint in use, else the next ones in turn; back off after a whole round failed."""
         delay = 0.2
+        failed = 0  # endpoints that failed in a row since the last pause
         while not self._stop.is_set():
+            index, where = self._server.index, self._server.address
             try:
                 request = fedsec_pb2.RegisterRequest(
                     fedsec_version=__version__, sys_info_json=json.dumps(_proc.host_info())
                 )
-                reply = self._live.Register(request, timeout=10)
+                reply = self._server.live().Register(request, timeout=10)
             except grpc.RpcError as exc:
-                err = error_from_rpc(exc, "register")
-                log.info("site=%s cannot register yet (%s); retrying in %.1f s", self._kit.name, err, delay)
+                err = error_from_rpc(exc, "register", where)
+                reason = "a standby replica" if is_standby(exc) else str(err)
+                if fails_over(exc) and self._server.count > 1:
+                    failed += 1
+                    following = address(self._server.fail_over(index))
+                    if failed < self._server.count:
+                        log.info(
+                            "site=%s cannot register at %s (%s); trying %s", self._kit.name, where, reason, following
+                        )
+                        continue
+                failed = 0
+                log.info("site=%s cannot register yet (%s); retrying in %.1f s", self._kit.name, reason, delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            log.info("site=%s registered with server=%s project=%s", self._kit.name, reply.server_name, reply.project)
+            log.info(
+                "site=%s registered with server=%s at %s project=%s",
+                self._kit.name, reply.server_name, where, reply.project,
+            )  # fmt: skip
             return
 
     def _heartbeats(self) -> None:
@@ -132,7 +148,7 @@ class SiteAgent:
         while not self._stop.is_set():
             request = fedsec_pb2.HeartbeatRequest(running_jobs=sorted(self._runner.running()), known_version=version)
             try:
-                reply = self._live.Heartbeat(request, timeout=_HOLD_SECONDS + 10)
+                reply = self._server.live().Heartbeat(request, timeout=_HOLD_SECONDS + 10)
             except grpc.RpcError as exc:
                 log.warning("site=%s heartbeat failed: %s", self._kit.name, error_from_rpc(exc, "heartbeat"))
                 self._stop.wait(0.5)
@@ -166,7 +182,7 @@ class SiteAgent:
         Raises GaveUpError when the job is no longer assigned (or the site stops), and
         the fedsec error of a final failure (a refusal, a corrupt archive).
         """
-        download = ArchiveDownload(lambda: self._stub, job_id, self._kit.root / "run" / "fetch")
+        download = ArchiveDownload(self._server.stub, job_id, self._kit.root / "run" / "fetch")
         return download.run(float("inf"), lambda: job_id in self._assigned, self._stop)
 
     def _forward_loop(self) -> None:
@@ -187,7 +203,7 @@ class SiteAgent:
     def _send_events(self, job_id: str, events: list[Event]) -> None:
         batch = fedsec_pb2.EventBatch(job_id=job_id, events=[to_proto(e) for e in events])
         try:
-            self._stub.SendEvents(batch, timeout=30)
+            self._server.stub().SendEvents(batch, timeout=30)
         except grpc.RpcError as exc:
             err = error_from_rpc(exc, f"events of job {job_id}")
             if isinstance(exc, grpc.Call) and exc.code() is grpc.StatusCode.FAILED_PRECONDITION:
@@ -223,7 +239,12 @@ class SiteAgent:
         )
         deadline = time.monotonic() + REPORT_SECONDS
         try:
-            retry(lambda: self._stub.ReportJob(request, timeout=10), f"report job {job_id}", deadline, stop=self._stop)
+            retry(
+                lambda: self._server.stub().ReportJob(request, timeout=10),
+                f"report job {job_id}",
+                deadline,
+                stop=self._stop,
+            )
         except GaveUpError:
             return  # the site stops: the server learns of the job's end when the site comes back
         if not self._spool.pending(job_id):
@@ -239,7 +260,7 @@ def run_site(kit: Kit) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    server = kit.config.server if isinstance(kit.config, ClientConfig) else None
-    log.info("site=%s starting; server=%s", kit.name, f"{server.host}:{server.port}" if server else "?")
+    ends = kit.config.endpoints if isinstance(kit.config, ClientConfig) else ()
+    log.info("site=%s starting; server=%s", kit.name, ", ".join(address(e) for e in ends) or "?")
     agent.run()
     return 0

@@ -8,14 +8,18 @@ It takes a task whole from the server before the script sees any of it, and
 keeps the script's upload in a file outside the job's work folder before it
 sends it on; both are retried on transient errors (fedsec.site.transfer) until
 the signed job's round_timeout has passed, so a reset link costs a retry, not
-the round.
+the round. A task request names the models the site holds (the initial model
+of the signed, verified job archive, the last model received); a task whose
+model is one of them comes without its bytes, and the site's own copy is used
+once its size and SHA-256 match the task's (else it is downloaded).
 
 The site's HE secret key stays here, in trusted code: in a job whose signed
 config enables HE, the relay decrypts the global model before the script
 sees it (keeping the final one in the job's work folder), and encrypts the
 script's plain update with the signed job's HE parameters before it leaves
-the site. The signed job, not the server's task message, decides HE: a task
-whose meta disagrees with it is never handed to the script.
+the site, sending each ciphertext as it is made (fedsec.site.upload). The
+signed job, not the server's task message, decides HE: a task whose meta
+disagrees with it is never handed to the script.
 """
 
 from __future__ import annotations
@@ -29,18 +33,19 @@ import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from fedsec import limits
-from fedsec.errors import AuthError, FedsecError, WireError
+from fedsec import _fs, limits
+from fedsec.errors import AuthError, FedsecError, TransferInterruptedError, WireError
 from fedsec.jobs.meta import HEConfig
 from fedsec.site.spool import EventSpool
 from fedsec.site.transfer import retry
+from fedsec.site.upload import StreamedUpload
 from fedsec.tracking.events import check_batch
 from fedsec.transport.local import TOKEN_METADATA, serve_unix
 from fedsec.transport.tls import rpc_boundary
@@ -89,6 +94,9 @@ class JobEndpoint:
     server: grpc.Server | None = None
     global_params: dict[str, np.ndarray] | None = field(default=None, repr=False)  # HE jobs: the last global model
     refused_round: int = -1  # the last round whose task was refused (logged once)
+    initial_model: Path | None = None  # the initial model in the signed, verified job archive's unpacked folder
+    held: dict[bytes, Path] = field(default_factory=dict, repr=False)  # SHA-256 -> a model file this site holds
+    last_held: bytes = b""  # the digest of the last model received (kept in a file beside work/)
 
 
 @dataclass(frozen=True)
@@ -121,11 +129,19 @@ class LocalEndpoints:
         self._seq = 0
 
     def open(
-        self, job_id: str, he: HEConfig, work: Path, transfer_seconds: float = 600.0, socket: Path | None = None
+        self,
+        job_id: str,
+        he: HEConfig,
+        work: Path,
+        transfer_seconds: float = 600.0,
+        initial_model: Path | None = None,
+        socket: Path | None = None,
     ) -> JobEndpoint:
         """Start job_id's endpoint on a fresh socket with a fresh token; the socket exists on return.
 
         transfer_seconds: how long the relay retries a task download or an upload through a bad link.
+        initial_model: the initial model of the signed job archive as unpacked here; a task whose model
+        has its SHA-256 is not downloaded again.
         socket: where to make it (a warm job process's own socket folder); a fresh name in this site's folder if None.
         """
         self.close(job_id)
@@ -134,7 +150,7 @@ class LocalEndpoints:
             socket = self._dir / f"{self._seq}.sock" if socket is None else socket
         socket.unlink(missing_ok=True)
         token = secrets.token_urlsafe(limits.JOB_TOKEN_BYTES)
-        endpoint = JobEndpoint(job_id, socket, token, he, work, transfer_seconds)
+        endpoint = JobEndpoint(job_id, socket, token, he, work, transfer_seconds, initial_model=initial_model)
         relay = JobRelay(endpoint, self._link)
         endpoint.server = serve_unix(socket, lambda s: fedsec_pb2_grpc.add_FederationServicer_to_server(relay, s), 4)
         with self._lock:
@@ -204,7 +220,7 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
         if problem:
             yield from self._refuse(header.current_round, problem, wait, context)
         elif self._job.he.enabled:
-            yield from self._he_task(header, meta, streams.bytes_chunks(payload))
+            yield from self._he_task(header, meta, payload)
         else:
             yield first
             for chunk in streams.bytes_chunks(payload):
@@ -213,8 +229,16 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
     def _task_once(
         self, request: fedsec_pb2.TaskRequest, wait: float, deadline: float
     ) -> tuple[fedsec_pb2.TaskPart, bytes]:
-        """One try at the server's answer: its first part and, for a task, the whole payload."""
-        parts = self._upstream().GetTask(request, timeout=wait + max(deadline - time.monotonic(), 1.0))
+        """One try at the server's answer: its first part and, for a task, the whole payload.
+
+        The request names the models this site holds; a task whose model is one of them comes
+        without its bytes, and the site's own copy is used once its size and SHA-256 match.
+        """
+        held = self._held_models()
+        asked = fedsec_pb2.TaskRequest()
+        asked.CopyFrom(request)
+        asked.held_sha256[:] = sorted(held)
+        parts = self._upstream().GetTask(asked, timeout=wait + max(deadline - time.monotonic(), 1.0))
         try:
             first = next(parts, None)
             if first is None or first.WhichOneof("part") != "header":
@@ -223,9 +247,65 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
             if header.status != fedsec_pb2.TASK_STATUS_TASK:
                 return first, b""
             where = f"task of job {self._job.job_id} round {header.current_round}"
-            return first, streams.receive_bytes(_data(parts, "task"), header.payload, limits.MAX_MODEL_BYTES, where)
+            if header.model_held:
+                payload = self._held_payload(header.payload, held, where)
+            else:
+                payload = streams.receive_bytes(_data(parts, "task"), header.payload, limits.MAX_MODEL_BYTES, where)
         finally:
             parts.cancel()
+        log.info(
+            "job=%s round=%d %s task model_bytes=%d downloaded=%d",
+            self._job.job_id,
+            header.current_round,
+            header.task,
+            len(payload),
+            0 if header.model_held else len(payload),
+        )
+        if not header.model_held:
+            self._hold(bytes(header.payload.sha256), payload)
+        header.model_held = False  # what the script is handed carries the model's bytes
+        return first, payload
+
+    def _held_models(self) -> dict[bytes, Path]:
+        """SHA-256 -> file of the models this site holds for the job: its initial model, the last one received."""
+        job = self._job
+        if job.initial_model is not None:
+            try:
+                digest = bytes(streams.describe_file(job.initial_model).sha256)
+            except OSError as exc:
+                log.warning("job=%s cannot read its initial model: %s", job.job_id, exc.strerror or exc)
+            else:
+                job.held[digest] = job.initial_model
+            job.initial_model = None  # hashed once: a later change is caught when the copy is used
+        return dict(job.held)
+
+    def _held_payload(self, info: fedsec_pb2.PayloadInfo, held: dict[bytes, Path], where: str) -> bytes:
+        """This site's own copy of the model info names; TransferInterruptedError (a retry) when it changed."""
+        digest = bytes(info.sha256)
+        path = held.get(digest)
+        if path is None:
+            raise WireError(f"{where}: the server sent no model, naming one this site does not hold")
+        data = _fs.read_bounded(path, limits.MAX_MODEL_BYTES, f"{where}: the site's copy", WireError)
+        if len(data) != info.total_size or not hmac.compare_digest(hashlib.sha256(data).digest(), digest):
+            self._job.held.pop(digest, None)  # the next try downloads it
+            log.warning("job=%s its copy of the model changed since it was received: downloading it", self._job.job_id)
+            raise TransferInterruptedError(f"{where}: the site's copy of the model changed")
+        return data
+
+    def _hold(self, digest: bytes, payload: bytes) -> None:
+        """Keep the model just received (beside work/, not in it) as the job's last held model; checked on use."""
+        job = self._job
+        path = job.work.parent / ".last-model"
+        job.held.pop(job.last_held, None)
+        job.last_held = b""
+        try:
+            _fs.write_atomic(path, payload, mode=0o600, durable=False)  # a cache: its digest is checked on use
+        except OSError as exc:
+            log.warning("job=%s cannot keep the model received: %s", job.job_id, exc.strerror or exc)
+            return
+        if digest not in job.held:
+            job.held[digest] = path
+            job.last_held = digest
 
     def _refuse(
         self, current_round: int, problem: str, wait: float, context: grpc.ServicerContext
@@ -244,13 +324,15 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
         yield fedsec_pb2.TaskPart(header=fedsec_pb2.TaskHeader(status=fedsec_pb2.TASK_STATUS_WAIT))
 
     def _he_task(
-        self, header: fedsec_pb2.TaskHeader, meta: dict[str, Any], data: Iterator[bytes]
+        self, header: fedsec_pb2.TaskHeader, meta: dict[str, Any], payload: bytes
     ) -> Iterator[fedsec_pb2.TaskPart]:
-        """Decrypt (or decode) the global model, keep it for DIFF updates, hand the script plain arrays."""
+        """Decrypt (or decode) the global model, keep it for DIFF updates, hand the script plain arrays.
+
+        payload: the whole model, already checked against the size and SHA-256 its header announced.
+        """
         from fedsec.wire import arrays
 
         where = f"global model of job {self._job.job_id} round {header.current_round}"
-        payload = streams.receive_bytes(data, header.payload, limits.MAX_MODEL_BYTES, where)
         if meta.get("encrypted"):
             from fedsec.he.codec import decrypt_model  # tenseal: only in HE jobs
 
@@ -293,21 +375,33 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
         header.job_id = self._check(header.job_id, context)
         where = f"result of job {self._job.job_id} round {header.current_round}"
         if self._job.he.enabled:
-            try:
-                header, payload = self._encrypt(header, _data(request_iterator, "result"))
-            except (WireError, ValueError) as exc:
-                log.warning("job=%s result not sent: %s", self._job.job_id, exc)
-                return fedsec_pb2.ResultReply(accepted=False, reason=str(exc))
-            return self._send(header, lambda: streams.bytes_chunks(payload), where, context)
+            return self._send_encrypted(header, _data(request_iterator, "result"), where, context)
         try:  # the whole upload first: a retry sends it again from here, never from the script
             kept = self._keep(header, _data(request_iterator, "result"), where)
         except WireError as exc:
             log.warning("job=%s result not sent: %s", self._job.job_id, exc)
             return fedsec_pb2.ResultReply(accepted=False, reason=str(exc))
         try:
-            return self._send(header, lambda: streams.file_chunks(kept), where, context)
+            return self._send(lambda: _result_parts(header, streams.file_chunks(kept)), where, context)
         finally:
             kept.unlink(missing_ok=True)
+
+    def _send_encrypted(
+        self, header: fedsec_pb2.ResultHeader, data: Iterator[bytes], where: str, context: grpc.ServicerContext
+    ) -> fedsec_pb2.ResultReply:
+        """Encrypt the script's update and send it as its ciphertexts are made (kept as they go, for a retry)."""
+        try:
+            header, pieces, bound = self._encrypt(header, data)
+        except (WireError, ValueError) as exc:
+            log.warning("job=%s result not sent: %s", self._job.job_id, exc)
+            return fedsec_pb2.ResultReply(accepted=False, reason=str(exc))
+        if pieces is None:  # no update: an evaluation's metrics
+            return self._send(lambda: _result_parts(header, iter(())), where, context)
+        with StreamedUpload(header, pieces, bound, self._job.work.parent) as upload:
+            reply = self._send(upload.parts, where, context)
+            if upload.error is not None:  # the encryption failed midway: that, not the cut stream, is the news
+                raise upload.error
+            return reply
 
     def _keep(self, header: fedsec_pb2.ResultHeader, data: Iterator[bytes], where: str) -> Path:
         """The script's upload, checked against its announced size and digest, in a file beside (not in) work/."""
@@ -325,19 +419,14 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
         return kept
 
     def _send(
-        self,
-        header: fedsec_pb2.ResultHeader,
-        chunks: Callable[[], Iterable[bytes]],
-        where: str,
-        context: grpc.ServicerContext,
+        self, parts: Callable[[], Iterator[fedsec_pb2.ResultPart]], where: str, context: grpc.ServicerContext
     ) -> fedsec_pb2.ResultReply:
-        """Send a result to the server, again after each transient failure, until the job's deadline."""
+        """Send a result (parts() makes each try's stream), again after each transient failure, until the deadline."""
         deadline = time.monotonic() + self._job.transfer_seconds
 
         def attempt() -> fedsec_pb2.ResultReply:
-            parts = _result_parts(header, iter(chunks()))
             reply: fedsec_pb2.ResultReply = self._upstream().SubmitResult(
-                parts, timeout=max(deadline - time.monotonic(), 1.0)
+                parts(), timeout=max(deadline - time.monotonic(), 1.0)
             )
             return reply
 
@@ -352,11 +441,14 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
             _forward_error(exc.__cause__, context)
             return fedsec_pb2.ResultReply(accepted=False, reason="server unreachable")
 
-    def _encrypt(self, header: fedsec_pb2.ResultHeader, data: Iterator[bytes]) -> tuple[fedsec_pb2.ResultHeader, bytes]:
+    def _encrypt(
+        self, header: fedsec_pb2.ResultHeader, data: Iterator[bytes]
+    ) -> tuple[fedsec_pb2.ResultHeader, Iterator[bytes] | None, int]:
         """The script's plain update -> the full weights, weighted and encrypted with the signed HE parameters.
 
-        The server sees neither the weights nor num_examples: the weight rides inside
-        the ciphertexts, so the meta carries nothing but the params type.
+        Returns the header to send, the encrypted update's pieces as they will be made (None: no
+        update) and a bound of its size. The server sees neither the weights nor num_examples: the
+        weight rides inside the ciphertexts, so the meta carries nothing but the params type.
         """
         import numpy as np
 
@@ -366,23 +458,26 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
         payload = streams.receive_bytes(data, header.payload, limits.MAX_MODEL_BYTES, where)
         meta = _meta(header.meta_json, where)
         if not payload:
-            out_meta: dict[str, Any] = {"encrypted": True}
-            encrypted = b""
-        else:
-            params = _full_params(arrays.decode(payload, where), meta, self._job.global_params, where)
-            he = self._job.he
-            weight = _weight(meta, he.max_examples, where)
-            # stochastic rounding needs no secret randomness: seeding it by job, round and site makes runs repeatable
-            seed_text = f"{self._job.job_id}:{header.current_round}:{self._site}".encode()
-            seed = int.from_bytes(hashlib.sha256(seed_text).digest()[:8], "big")
-            from fedsec.he.codec import encrypt_model  # tenseal: only in HE jobs
+            header.meta_json = json.dumps({"encrypted": True})
+            header.payload.CopyFrom(streams.describe_bytes(b""))
+            return header, None, 0
+        params = _full_params(arrays.decode(payload, where), meta, self._job.global_params, where)
+        del payload
+        he = self._job.he
+        weight = _weight(meta, he.max_examples, where)
+        # stochastic rounding needs no secret randomness: seeding it by job, round and site makes runs repeatable
+        seed_text = f"{self._job.job_id}:{header.current_round}:{self._site}".encode()
+        seed = int.from_bytes(hashlib.sha256(seed_text).digest()[:8], "big")
+        from fedsec.he.codec import ciphertexts_for, encrypt_chunks  # tenseal: only in HE jobs
 
-            rng = np.random.default_rng(seed)
-            encrypted = encrypt_model(self._he_context(), params, weight, he.clip, rng, he.max_clients)
-            out_meta = {"params_type": "full", "encrypted": True}
-        header.meta_json = json.dumps(out_meta)
-        header.payload.CopyFrom(streams.describe_bytes(encrypted))
-        return header, encrypted
+        rng = np.random.default_rng(seed)
+        pieces = encrypt_chunks(self._he_context(), params, weight, he.clip, rng, he.max_clients)
+        records = ciphertexts_for(sum(int(v.size) for v in params.values()) + 1)
+        bound = min(
+            limits.MAX_MODEL_BYTES, limits.MAX_HE_HEADER_BYTES + 8 + records * (4 + limits.MAX_HE_CIPHERTEXT_BYTES)
+        )
+        header.meta_json = json.dumps({"params_type": "full", "encrypted": True})
+        return header, pieces, bound
 
 
 def _full_params(

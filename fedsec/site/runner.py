@@ -156,7 +156,8 @@ class JobRunner:
         log_path = job_dir / "log.txt"
         timeout = app.workflow.round_timeout
         socket = None if slot is None else slot.sockets / "job.sock"
-        endpoint = self._endpoints.open(job_id, app.he, work, timeout, socket=socket)
+        initial = code / "app" / app.initial_model  # a task naming its digest is not downloaded again
+        endpoint = self._endpoints.open(job_id, app.he, work, timeout, initial, socket=socket)
         try:
             base = {
                 ENV_SOCKET: str(endpoint.socket),

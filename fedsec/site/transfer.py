@@ -92,6 +92,7 @@ class ArchiveDownload:
         self._part.unlink(missing_ok=True)  # a part file of an earlier run of this site: its archive is unknown
         self._info: fedsec_pb2.PayloadInfo | None = None
         self._signature: JobSignature | None = None
+        self.fetched = 0  # the archive bytes that crossed the link, every try counted
 
     @property
     def received(self) -> int:
@@ -106,9 +107,11 @@ class ArchiveDownload:
         of a final failure (or of the last one past deadline).
         """
         try:
-            return retry(self._attempt, f"fetch job {self._job_id}", deadline, wanted, stop)
+            archive, signature = retry(self._attempt, f"fetch job {self._job_id}", deadline, wanted, stop)
         finally:
             self._part.unlink(missing_ok=True)
+        log.info("job=%s archive of %d bytes fetched with %d bytes down", self._job_id, len(archive), self.fetched)
+        return archive, signature
 
     def _attempt(self) -> tuple[bytes, JobSignature]:
         offset = self.received
@@ -147,6 +150,7 @@ class ArchiveDownload:
                 f.write(chunk)
                 f.flush()  # what arrived is kept for the next try, even when the stream breaks now
                 received += len(chunk)
+                self.fetched += len(chunk)
         if received < total:
             raise TransferInterruptedError(f"{self._where}: the stream ended after {received} of {total} bytes")
 

@@ -120,30 +120,34 @@ class ArchivePart(_message.Message):
     def __init__(self, info: _Optional[_Union[PayloadInfo, _Mapping]] = ..., data: _Optional[bytes] = ..., signature: _Optional[_Union[JobSignature, _Mapping]] = ...) -> None: ...
 
 class TaskRequest(_message.Message):
-    __slots__ = ("job_id", "site", "wait_seconds")
+    __slots__ = ("job_id", "site", "wait_seconds", "held_sha256")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SITE_FIELD_NUMBER: _ClassVar[int]
     WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    HELD_SHA256_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     site: str
     wait_seconds: float
-    def __init__(self, job_id: _Optional[str] = ..., site: _Optional[str] = ..., wait_seconds: _Optional[float] = ...) -> None: ...
+    held_sha256: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, job_id: _Optional[str] = ..., site: _Optional[str] = ..., wait_seconds: _Optional[float] = ..., held_sha256: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class TaskHeader(_message.Message):
-    __slots__ = ("status", "task", "current_round", "num_rounds", "meta_json", "payload")
+    __slots__ = ("status", "task", "current_round", "num_rounds", "meta_json", "payload", "model_held")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     CURRENT_ROUND_FIELD_NUMBER: _ClassVar[int]
     NUM_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     META_JSON_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    MODEL_HELD_FIELD_NUMBER: _ClassVar[int]
     status: TaskStatus
     task: str
     current_round: int
     num_rounds: int
     meta_json: str
     payload: PayloadInfo
-    def __init__(self, status: _Optional[_Union[TaskStatus, str]] = ..., task: _Optional[str] = ..., current_round: _Optional[int] = ..., num_rounds: _Optional[int] = ..., meta_json: _Optional[str] = ..., payload: _Optional[_Union[PayloadInfo, _Mapping]] = ...) -> None: ...
+    model_held: bool
+    def __init__(self, status: _Optional[_Union[TaskStatus, str]] = ..., task: _Optional[str] = ..., current_round: _Optional[int] = ..., num_rounds: _Optional[int] = ..., meta_json: _Optional[str] = ..., payload: _Optional[_Union[PayloadInfo, _Mapping]] = ..., model_held: _Optional[bool] = ...) -> None: ...
 
 class TaskPart(_message.Message):
     __slots__ = ("header", "data")
@@ -154,7 +158,7 @@ class TaskPart(_message.Message):
     def __init__(self, header: _Optional[_Union[TaskHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class ResultHeader(_message.Message):
-    __slots__ = ("job_id", "site", "current_round", "task", "metrics", "meta_json", "payload")
+    __slots__ = ("job_id", "site", "current_round", "task", "metrics", "meta_json", "payload", "payload_trailer")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -169,6 +173,7 @@ class ResultHeader(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     META_JSON_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_TRAILER_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     site: str
     current_round: int
@@ -176,15 +181,18 @@ class ResultHeader(_message.Message):
     metrics: _containers.ScalarMap[str, float]
     meta_json: str
     payload: PayloadInfo
-    def __init__(self, job_id: _Optional[str] = ..., site: _Optional[str] = ..., current_round: _Optional[int] = ..., task: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., meta_json: _Optional[str] = ..., payload: _Optional[_Union[PayloadInfo, _Mapping]] = ...) -> None: ...
+    payload_trailer: bool
+    def __init__(self, job_id: _Optional[str] = ..., site: _Optional[str] = ..., current_round: _Optional[int] = ..., task: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., meta_json: _Optional[str] = ..., payload: _Optional[_Union[PayloadInfo, _Mapping]] = ..., payload_trailer: _Optional[bool] = ...) -> None: ...
 
 class ResultPart(_message.Message):
-    __slots__ = ("header", "data")
+    __slots__ = ("header", "data", "trailer")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    TRAILER_FIELD_NUMBER: _ClassVar[int]
     header: ResultHeader
     data: bytes
-    def __init__(self, header: _Optional[_Union[ResultHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+    trailer: PayloadInfo
+    def __init__(self, header: _Optional[_Union[ResultHeader, _Mapping]] = ..., data: _Optional[bytes] = ..., trailer: _Optional[_Union[PayloadInfo, _Mapping]] = ...) -> None: ...
 
 class ResultReply(_message.Message):
     __slots__ = ("accepted", "reason")

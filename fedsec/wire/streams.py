@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, BinaryIO
@@ -27,7 +27,7 @@ from fedsec.errors import TransferInterruptedError, WireError
 from fedsec.wire.fedsec_pb2 import PayloadInfo
 
 FILE_MODE = 0o600
-_SHA256_BYTES = 32
+SHA256_BYTES = 32
 
 
 def describe_file(path: Path) -> PayloadInfo:
@@ -49,6 +49,18 @@ def describe_stream(f: BinaryIO) -> PayloadInfo:
 def describe_bytes(data: bytes) -> PayloadInfo:
     """The size and SHA-256 of data."""
     return PayloadInfo(total_size=len(data), sha256=hashlib.sha256(data).digest())
+
+
+def held_digests(digests: Sequence[bytes], where: str) -> frozenset[bytes]:
+    """The model digests a task request names as held by its site (TaskRequest.held_sha256).
+
+    Raises WireError when there are more than limits.MAX_HELD_MODELS or one is not a 32-byte SHA-256.
+    """
+    if len(digests) > limits.MAX_HELD_MODELS:
+        raise WireError(f"{where}: names {len(digests)} held models, over the limit of {limits.MAX_HELD_MODELS}")
+    if any(len(digest) != SHA256_BYTES for digest in digests):
+        raise WireError(f"{where}: a held model's digest is not a 32-byte SHA-256")
+    return frozenset(bytes(digest) for digest in digests)
 
 
 def file_chunks(path: Path, chunk_size: int = limits.CHUNK_BYTES) -> Iterator[bytes]:
@@ -82,38 +94,64 @@ def _check_chunk_size(chunk_size: int) -> None:
 
 
 class _Receipt:
-    """What has arrived of an announced payload: checks each chunk, then the whole."""
+    """What has arrived of an announced payload: checks each chunk, then the whole.
 
-    def __init__(self, info: PayloadInfo, limit: int, where: str) -> None:
+    With trailer, the announced size is only an upper bound and the size and digest come after
+    the data (check_complete(trailer)); a chunk under limits.MIN_CHUNK_BYTES must then be the last.
+    """
+
+    def __init__(self, info: PayloadInfo, limit: int, where: str, trailer: bool = False) -> None:
         if info.total_size > limit:
             raise WireError(f"{where}: payload of {info.total_size} bytes is over the limit of {limit} bytes")
-        if len(info.sha256) != _SHA256_BYTES:
+        if trailer and info.sha256:
+            raise WireError(f"{where}: a payload whose digest follows it announces no digest first")
+        if not trailer and len(info.sha256) != SHA256_BYTES:
             raise WireError(f"{where}: payload digest is {len(info.sha256)} bytes, expected a 32-byte SHA-256")
         self.where = where
         self.total: int = info.total_size
+        self.trailer = trailer
         self.expected_digest = bytes(info.sha256)
         self.received = 0
+        self._short = False  # a chunk under MIN_CHUNK_BYTES arrived: it must have been the last
         self._digest = hashlib.sha256()
 
     def add(self, chunk: bytes) -> None:
         if len(chunk) > limits.CHUNK_BYTES:
             raise WireError(f"{self.where}: chunk of {len(chunk)} bytes is over the limit of {limits.CHUNK_BYTES}")
         if self.received + len(chunk) > self.total:
-            raise WireError(f"{self.where}: more data than the announced {self.total} bytes")
+            what = "the announced bound of" if self.trailer else "the announced"
+            raise WireError(f"{self.where}: more data than {what} {self.total} bytes")
         if not chunk:
             raise WireError(f"{self.where}: an empty chunk")
-        if len(chunk) < limits.MIN_CHUNK_BYTES and self.received + len(chunk) != self.total:
+        short = len(chunk) < limits.MIN_CHUNK_BYTES
+        if self._short or (short and not self.trailer and self.received + len(chunk) != self.total):
             raise WireError(
                 f"{self.where}: chunk of {len(chunk)} bytes before the payload's end; every chunk but the last"
                 f" carries at least {limits.MIN_CHUNK_BYTES} bytes"
             )
+        self._short = short
         self._digest.update(chunk)
         self.received += len(chunk)
 
-    def check_complete(self) -> None:
-        if self.received != self.total:
-            raise TransferInterruptedError(f"{self.where}: payload ended after {self.received} of {self.total} bytes")
-        if not hmac.compare_digest(self._digest.digest(), self.expected_digest):
+    def check_complete(self, trailer: PayloadInfo | None = None) -> None:
+        """Raise unless the whole payload arrived: its announced size and digest, or its trailer's."""
+        if self.trailer:
+            if trailer is None:
+                raise TransferInterruptedError(f"{self.where}: payload ended after {self.received} bytes, no trailer")
+            if len(trailer.sha256) != SHA256_BYTES:
+                raise WireError(f"{self.where}: trailer digest is {len(trailer.sha256)} bytes, not a SHA-256")
+            if trailer.total_size != self.received:
+                raise WireError(f"{self.where}: trailer says {trailer.total_size} bytes, {self.received} arrived")
+            expected = bytes(trailer.sha256)
+        else:
+            if trailer is not None:
+                raise WireError(f"{self.where}: a trailer after a payload that announced its size and digest")
+            if self.received != self.total:
+                raise TransferInterruptedError(
+                    f"{self.where}: payload ended after {self.received} of {self.total} bytes"
+                )
+            expected = self.expected_digest
+        if not hmac.compare_digest(self._digest.digest(), expected):
             raise WireError(f"{self.where}: payload does not match its SHA-256 digest")
 
 
@@ -131,9 +169,14 @@ class PayloadWriter:
     finish() the writer is closed: a later call raises RuntimeError.
     """
 
-    def __init__(self, dest: Path, info: PayloadInfo, limit: int, where: str) -> None:
-        """Raise WireError if info announces more than limit bytes or its digest is not 32 bytes."""
-        self._receipt = _Receipt(info, limit, where)
+    def __init__(self, dest: Path, info: PayloadInfo, limit: int, where: str, trailer: bool = False) -> None:
+        """Raise WireError if info announces more than limit bytes or its digest is not 32 bytes.
+
+        trailer: info.total_size is only a bound (info.sha256 empty); the size and digest come
+        after the data, handed to write() as a PayloadInfo.
+        """
+        self._receipt = _Receipt(info, limit, where, trailer)
+        self._trailer: PayloadInfo | None = None
         self._dest = dest
         self._tmp: Path | None = None  # set while the temporary file exists
         self._file: IO[bytes] | None = None  # set while it is open for writing
@@ -165,15 +208,20 @@ class PayloadWriter:
         """The number of bytes written so far."""
         return self._receipt.received
 
-    def write(self, chunk: bytes) -> None:
-        """Append a chunk.
+    def write(self, chunk: bytes | PayloadInfo) -> None:
+        """Append a chunk; a PayloadInfo is the trailer of a payload whose size and digest follow it.
 
         Raises WireError if it is larger than limits.CHUNK_BYTES, empty, smaller than
-        limits.MIN_CHUNK_BYTES without ending the payload, or goes past the announced size,
-        OSError if it cannot be written; either closes the writer.
+        limits.MIN_CHUNK_BYTES without ending the payload, goes past the announced size, or comes
+        after the trailer (or is a second one), OSError if it cannot be written; either closes the writer.
         """
         f, _ = self._open_file()
         try:
+            if self._trailer is not None:
+                raise WireError(f"{self._receipt.where}: data after the payload's trailer")
+            if isinstance(chunk, PayloadInfo):
+                self._trailer = chunk
+                return
             self._receipt.add(chunk)
             f.write(chunk)
         except BaseException:
@@ -189,7 +237,7 @@ class PayloadWriter:
         """
         f, tmp = self._open_file()
         try:
-            self._receipt.check_complete()
+            self._receipt.check_complete(self._trailer)
             f.flush()
             os.fsync(f.fileno())
             f.close()

@@ -63,7 +63,7 @@ class _Round:
     kind: str
     model: Path
     specs: tuple[arrays.TensorSpec, ...]
-    size: int
+    payload: fedsec_pb2.PayloadInfo  # the model's size and SHA-256, read once when the round opens
     sampled: frozenset[str]
     pending: set[str]
     acc: Accumulator | EncryptedAccumulator
@@ -87,12 +87,13 @@ class _Round:
 
 @dataclass(frozen=True)
 class Task:
-    """What get_task answers: a status, and for a task the round and the model file to stream."""
+    """What get_task answers: a status, and for a task the round, the model file to stream and its size and digest."""
 
     status: fedsec_pb2.TaskStatus
     kind: str = ""
     current_round: int = 0
     model: Path | None = None
+    payload: fedsec_pb2.PayloadInfo | None = None
 
     @property
     def encrypted(self) -> bool:
@@ -236,14 +237,20 @@ class FedAvg:
                 rnd = self._round
                 if rnd is not None and site in rnd.pending:
                     rnd.received.setdefault(site, self._clock())  # its deadline counts from its first receipt
-                    return Task(fedsec_pb2.TASK_STATUS_TASK, rnd.kind, rnd.number, rnd.model)
+                    return Task(fedsec_pb2.TASK_STATUS_TASK, rnd.kind, rnd.number, rnd.model, rnd.payload)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return Task(fedsec_pb2.TASK_STATUS_WAIT)
                 self._cond.wait(left)
 
-    def submit(self, site: str, header: fedsec_pb2.ResultHeader, chunks: Iterable[bytes]) -> tuple[bool, str]:
-        """Receive, check and aggregate one site's result; (accepted, reason)."""
+    def submit(
+        self, site: str, header: fedsec_pb2.ResultHeader, chunks: Iterable[bytes | fedsec_pb2.PayloadInfo]
+    ) -> tuple[bool, str]:
+        """Receive, check and aggregate one site's result; (accepted, reason).
+
+        chunks: the update's bytes, then, for an update streamed as it was made (header.payload_trailer),
+        its size and digest (a PayloadInfo).
+        """
         where = f"result of {site} for round {header.current_round}"
         with self._cond:
             rnd = self._round
@@ -258,8 +265,8 @@ class FedAvg:
             weight, params_type = _parse_meta(header.meta_json, where)
             metrics = _check_metrics(dict(header.metrics), where)
             if rnd.kind == TRAIN:
-                self._receive_update(rnd, header.payload, chunks, tmp, where)
-            elif header.payload.total_size != 0:
+                self._receive_update(rnd, header, chunks, tmp, where)
+            elif header.payload.total_size != 0 or header.payload_trailer:
                 raise WireError(f"{where}: an evaluation result carries no model")
             with self._cond:
                 if self._round is not rnd or site not in rnd.pending:
@@ -296,18 +303,25 @@ class FedAvg:
         return True, ""
 
     def _receive_update(
-        self, rnd: _Round, payload: fedsec_pb2.PayloadInfo, chunks: Iterable[bytes], tmp: Path, where: str
+        self,
+        rnd: _Round,
+        header: fedsec_pb2.ResultHeader,
+        chunks: Iterable[bytes | fedsec_pb2.PayloadInfo],
+        tmp: Path,
+        where: str,
     ) -> None:
         """Receive an update into tmp and check it fits the model; WireError (or HEError) naming what does not.
 
         An update whose size is not the model's is refused from its header alone, naming the tensors
-        that differ, before the rest of it is received.
+        that differ, before the rest of it is received. An update streamed as it was made (HE) announces
+        an upper bound, and its size and digest come in a trailer after the data.
         """
+        payload = header.payload
         if payload.total_size == 0:
             raise WireError(f"{where}: a training result carries no model (FLModel.params is empty)")
-        if not self.he.enabled and payload.total_size != rnd.size:
+        if not self.he.enabled and payload.total_size != rnd.payload.total_size:
             raise WireError(f"{where}: {_misfit(iter(chunks), rnd.specs)}")
-        with streams.PayloadWriter(tmp, payload, limits.MAX_MODEL_BYTES, where) as writer:
+        with streams.PayloadWriter(tmp, payload, limits.MAX_MODEL_BYTES, where, header.payload_trailer) as writer:
             for chunk in chunks:
                 writer.write(chunk)
             writer.finish()
@@ -481,7 +495,7 @@ class FedAvg:
             acc = EncryptedAccumulator(self._he_context, specs, self.he.clip, self.he.max_clients)
         else:
             acc = Accumulator(specs)
-        rnd = _Round(number, kind, model, specs, model.stat().st_size, sampled, set(sampled), acc)
+        rnd = _Round(number, kind, model, specs, streams.describe_file(model), sampled, set(sampled), acc)
         log.info("job=%s round=%d %s sampled=%s", self.job_id, number, kind, ",".join(sorted(sampled)))
         timeout = self.cfg.round_timeout
         with self._cond:
@@ -593,7 +607,7 @@ def refusal_line(entry: Mapping[str, Any]) -> str:
     return f"{entry['site']} round {entry['round']}: update refused: {entry['reason']}"
 
 
-def _misfit(chunks: Iterator[bytes], specs: tuple[arrays.TensorSpec, ...]) -> str:
+def _misfit(chunks: Iterator[bytes | fedsec_pb2.PayloadInfo], specs: tuple[arrays.TensorSpec, ...]) -> str:
     """Why an update whose size is not the model's does not fit it, in model terms, from its header alone.
 
     Reads from chunks only the container's prefix and header (bounded by fedsec.limits); the rest is never
@@ -606,7 +620,7 @@ def _misfit(chunks: Iterator[bytes], specs: tuple[arrays.TensorSpec, ...]) -> st
         nonlocal pos
         while len(buffered) - pos < n:
             chunk = next(chunks, None)
-            if chunk is None:
+            if not isinstance(chunk, bytes):  # the end, or a trailer: no more data
                 break
             buffered.extend(chunk)
         out = bytes(buffered[pos : pos + n])

@@ -70,21 +70,36 @@ class WorkflowService(fedsec_pb2_grpc.WorkflowServicer):
 
     @rpc_boundary
     def GetTask(self, request: fedsec_pb2.TaskRequest, context: grpc.ServicerContext) -> Iterator[fedsec_pb2.TaskPart]:
+        held = streams.held_digests(request.held_sha256, f"task request of {request.site}")
         task = self._fedavg.get_task(request.site, request.wait_seconds)
-        if task.model is None:
+        if task.model is None or task.payload is None:
             yield fedsec_pb2.TaskPart(header=fedsec_pb2.TaskHeader(status=task.status))
             return
+        model_held = task.payload.sha256 in held
         header = fedsec_pb2.TaskHeader(
             status=task.status,
             task=task.kind,
             current_round=task.current_round,
             num_rounds=self._num_rounds,
             meta_json=json.dumps({"job": self._fedavg.meta.name, "he": self._he, "encrypted": task.encrypted}),
-            payload=streams.describe_file(task.model),
+            payload=task.payload,
+            model_held=model_held,
         )
+        # the transfer accounting of the job's models: what each site was sent, per round
+        what = f"job={self._fedavg.job_id} round={task.current_round} site={request.site} {task.kind} task"
+        size = task.payload.total_size
+        if model_held:  # logged first: the site may cancel the stream as soon as it has the header
+            log.info("%s model_bytes=%d sent=0 (the site holds it)", what, size)
+            yield fedsec_pb2.TaskPart(header=header)
+            return
         yield fedsec_pb2.TaskPart(header=header)
-        for chunk in streams.file_chunks(task.model):
-            yield fedsec_pb2.TaskPart(data=chunk)
+        sent = 0
+        try:
+            for chunk in streams.file_chunks(task.model):
+                sent += len(chunk)  # counted as handed to gRPC: the site may cancel once it has the last one
+                yield fedsec_pb2.TaskPart(data=chunk)
+        finally:
+            log.info("%s model_bytes=%d sent=%d%s", what, size, sent, "" if sent == size else " (cut short)")
 
     @rpc_boundary
     def SubmitResult(
@@ -116,8 +131,11 @@ class WorkflowService(fedsec_pb2_grpc.WorkflowServicer):
         return fedsec_pb2.Empty()
 
 
-def _data(parts: Iterator[fedsec_pb2.ResultPart]) -> Iterator[bytes]:
-    """The data chunks of a result stream; TransferInterruptedError when the stream is cancelled or reset."""
+def _data(parts: Iterator[fedsec_pb2.ResultPart]) -> Iterator[bytes | fedsec_pb2.PayloadInfo]:
+    """The data chunks of a result stream, then its trailer if it has one (a PayloadInfo).
+
+    TransferInterruptedError when the stream is cancelled or reset.
+    """
     while True:
         try:
             part = next(parts, None)
@@ -125,6 +143,7 @@ def _data(parts: Iterator[fedsec_pb2.ResultPart]) -> Iterator[bytes]:
             raise TransferInterruptedError("result stream: cancelled before its end") from exc
         if part is None:
             return
-        if part.WhichOneof("part") != "data":
+        kind = part.WhichOneof("part")
+        if kind == "header":
             raise WireError("result stream: a second header")
-        yield part.data
+        yield part.data if kind == "data" else part.trailer

@@ -14,6 +14,13 @@ With through_proxy, the kits name a fault proxy (tests.faultproxy) as the
 server's fl port and the server listens on another port behind it
 (`fedsec server --fl-port`): every site connection passes the proxy, whose
 faults the test switches at run time (Federation.proxy).
+
+With replicas=N, the server has N replicas (server1-a, server1-b, ... on
+127.0.0.1, each on ports of its own), each a kit of its own: Federation.servers
+names them in the order sites and admins try them; start, kill and the log
+helpers take a replica's name where they take "server1" otherwise. With a
+postgres store the replicas share one store folder as well (the first's
+store/, which the others' kits link to): a highly available server.
 """
 
 from __future__ import annotations
@@ -136,34 +143,22 @@ class Federation:
         he: bool = False,
         site_orgs: tuple[str, ...] = (),
         through_proxy: bool = False,
+        replicas: int = 0,
         server_store: Any = None,
-        replicas: tuple[str, ...] = (),
     ) -> None:
         """site_orgs: the org of site-1, site-2, ... in turn (default acme for every site).
 
         through_proxy: sites reach the server only through self.proxy, a FaultProxy.
+        replicas: the server's replicas (0: a server of one replica, kit server1, as always).
         server_store: the server's `store` setting in project.yml (None: the default, sqlite).
-        replicas: names of more replicas of server1 (a postgres store; implies through_proxy): each runs from
-        a copy of server1's kit whose store/ is server1's (one shared store folder), on ports of its own.
-        Sites reach them through self.proxy and admins through self.admin_proxy, which pass each new
-        connection to the first replica that accepts it (server1 first): a load balancer in front of them.
         """
+        assert not (replicas and through_proxy), "a fault proxy in front of replicas is not built"
         self.root = root
         self.n_clients = n_clients
         self.proxy: FaultProxy | None = None
-        self.admin_proxy: FaultProxy | None = None
-        self.servers = ("server1", *replicas)
-        self._ports: dict[str, tuple[int, int]] = {}  # replica -> (fl, admin) it listens on, when not the kit's
         self._server_fl_port = 0  # where the server listens when it is behind the proxy
         fl_port = free_port()
-        admin_port = free_port()
-        if replicas:
-            self._ports = {name: (free_port(), free_port()) for name in self.servers}
-            ports = [self._ports[n] for n in self.servers]
-            self.proxy = FaultProxy(ports[0][0], fallbacks=tuple(p[0] for p in ports[1:])).start()
-            self.admin_proxy = FaultProxy(ports[0][1], fallbacks=tuple(p[1] for p in ports[1:])).start()
-            fl_port, admin_port = self.proxy.port, self.admin_proxy.port
-        elif through_proxy:
+        if through_proxy:
             self._server_fl_port = fl_port
             self.proxy = FaultProxy(fl_port).start()
             fl_port = self.proxy.port
@@ -174,11 +169,17 @@ class Federation:
                 "org": "acme",
                 "host_names": ["localhost", "127.0.0.1"],
                 "fl_port": fl_port,
-                "admin_port": admin_port,
+                "admin_port": free_port(),
                 "heartbeat_timeout": heartbeat_timeout,
                 "admin_session_timeout": admin_session_timeout,
             }
         ]
+        self.servers = [f"server1-{chr(ord('a') + i)}" for i in range(replicas)] or ["server1"]
+        if replicas:
+            participants[0]["replicas"] = [
+                {"name": name, "host": "127.0.0.1", "fl_port": free_port(), "admin_port": free_port()}
+                for name in self.servers
+            ]
         if server_store is not None:
             participants[0]["store"] = server_store
         orgs = list(site_orgs) + ["acme"] * n_clients
@@ -189,10 +190,11 @@ class Federation:
         yml = root / f"{name}.yml"
         yml.write_text(yaml.safe_dump(doc))
         self.prod = provision(load_project(yml), root / "ws").prod_dir
-        for name in replicas:  # a copy of the signed kit; the store folder shared
-            shutil.copytree(self.kit("server1"), self.kit(name), ignore=shutil.ignore_patterns("store", "run"))
-            (self.kit("server1") / "store").mkdir(mode=0o700, exist_ok=True)
-            (self.kit(name) / "store").symlink_to(self.kit("server1") / "store")
+        if replicas and isinstance(server_store, dict) and "postgres" in server_store:
+            shared = self.kit(self.servers[0]) / "store"  # one store folder (a shared mount in production)
+            shared.mkdir(mode=0o700, exist_ok=True)
+            for name in self.servers[1:]:
+                (self.kit(name) / "store").symlink_to(shared)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.all_pids: list[int] = []
 
@@ -214,10 +216,6 @@ class Federation:
     def kit(self, name: str) -> Path:
         return self.prod / name
 
-    def replica_ports(self, name: str) -> tuple[int, int]:
-        """The (fl, admin) ports a replica of the server listens on (behind the proxies)."""
-        return self._ports[name]
-
     @property
     def admin_kit(self) -> Path:
         return self.kit(ADMIN)
@@ -229,8 +227,6 @@ class Federation:
         kind = "server" if name in self.servers else "client"
         if kind == "server" and self._server_fl_port:
             extra = ("--fl-port", str(self._server_fl_port), *extra)
-        if kind == "server" and name in self._ports:
-            extra = ("--fl-port", str(self._ports[name][0]), "--admin-port", str(self._ports[name][1]), *extra)
         mark = len(self.log(name))
         with self.log_path(name).open("ab") as log:
             proc = subprocess.Popen(
@@ -242,12 +238,12 @@ class Federation:
             )
         self.procs[name] = proc
         self.all_pids.append(proc.pid)
-        if kind == "server":  # until it listens, active or standby (or exits: a refused kit)
+        if kind == "server":  # until it listens (or exits: a refused kit)
             wait_until(lambda: " listening " in self.log(name)[mark:] or proc.poll() is not None, 30, "the server")
         return proc
 
     def start_all(self) -> None:
-        self.start("server1")
+        self.start(self.servers[0])
         for i in range(1, self.n_clients + 1):
             self.start(f"site-{i}")
         self.wait_registered([f"site-{i}" for i in range(1, self.n_clients + 1)])
@@ -256,12 +252,15 @@ class Federation:
         path = self.log_path(name)
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def wait_registered(self, sites: list[str], timeout: float = 30.0, since: int = 0, server: str = "server1") -> None:
+    def wait_registered(self, sites: list[str], timeout: float = 30.0, since: int = 0, server: str = "") -> None:
+        """Until every site registered with server (a replica's name; default the first), since offset since."""
+        server = server or self.servers[0]
+
         def done() -> bool:
             text = self.log(server)[since:]
             return all(f"site={s} registered" in text for s in sites)
 
-        wait_until(done, timeout, f"{sites} registered")
+        wait_until(done, timeout, f"{sites} registered with {server}")
 
     def wait_log(self, name: str, needle: str, timeout: float, since: int = 0) -> None:
         wait_until(lambda: needle in self.log(name)[since:], timeout, f"{needle!r} in the log of {name}")
@@ -339,17 +338,17 @@ class Federation:
                 os.killpg(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        for proxy in (self.proxy, self.admin_proxy):
-            if proxy is not None:
-                proxy.stop()
+        if self.proxy is not None:
+            self.proxy.stop()
 
     def dump_logs(self) -> str:
         parts = []
         for path in sorted(self.root.glob("*.log")):
             parts.append(f"===== {path.name}\n{path.read_text(errors='replace')[-6000:]}")
-        for path in sorted(self.prod.glob("*/jobs/*/log.txt")) + sorted(
-            self.prod.glob("server1/store/jobs/*/workflow.log")
-        ):
+        workflow_logs = [
+            p for server in self.servers for p in sorted(self.prod.glob(f"{server}/store/jobs/*/workflow.log"))
+        ]
+        for path in sorted(self.prod.glob("*/jobs/*/log.txt")) + workflow_logs:
             parts.append(f"===== {path.relative_to(self.prod)}\n{path.read_text(errors='replace')[-4000:]}")
         return "\n".join(parts)
 

@@ -1,5 +1,8 @@
-"""A highly available server: two replicas on one PostgreSQL and one store folder; the active one is killed
-mid-round and the standby takes the lease, resumes the job and finishes it."""
+"""A highly available server: two replicas on one PostgreSQL and one store folder, under the server lease.
+
+The active one is killed mid-round: the standby takes the lease, resumes the job, the sites move to it
+from their kits' endpoint lists, and the job finishes. A standby answers with the standby status; an
+active replica that loses the lease steps down."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import psycopg
 import pytest
 
 from fedsec.api import Session
-from fedsec.kit import load_kit
+from fedsec.kit import ServerConfig, load_kit
 from fedsec.transport.failover import is_standby
 from fedsec.transport.tls import channel
 from fedsec.wire import arrays, fedsec_pb2, fedsec_pb2_grpc
@@ -25,51 +28,51 @@ HA_STORE = {"postgres": {"dsn_file": "local/postgres.dsn", "lease_ttl": LEASE_TT
 SITES = ["site-1", "site-2", "site-3"]
 
 
-def start_replicas(federation: Federation, dsn: str) -> None:
-    """server1 active, server1-b standby, the three sites registered with server1."""
+def start_replicas(federation: Federation, dsn: str, sites: list[str]) -> tuple[str, str]:
+    """server1-a active, server1-b standby, the sites registered with server1-a; the two names."""
+    first, second = federation.servers
     federation.set_postgres_dsn(dsn)
-    federation.start("server1")
-    federation.wait_log("server1", "active: holds the server lease (fencing token 1)", 30)
-    federation.start("server1-b")
-    federation.wait_log("server1-b", "standby: the active replica is server1@", 30)
-    for site in SITES:
+    federation.start(first)
+    federation.wait_log(first, "active: holds the server lease (fencing token 1)", 30)
+    federation.start(second)
+    federation.wait_log(second, f"standby: the active replica is {first}", 30)
+    for site in sites:
         federation.start(site)
-    federation.wait_registered(SITES)
+    federation.wait_registered(sites, server=first)
+    return first, second
 
 
-@pytest.mark.federation(server_store=HA_STORE, replicas=("server1-b",))
+@pytest.mark.federation(server_store=HA_STORE, replicas=2)
 def test_the_standby_takes_over_a_killed_active_replica_and_finishes_its_job(
     federation: Federation, tmp_path: Path, pg: pgserver.PgServer
 ) -> None:
     dsn = pg.new_database()
-    start_replicas(federation, dsn)
+    first, second = start_replicas(federation, dsn, SITES)
     with Session(federation.admin_kit) as s:
         status = s.check_status("server")
-        assert status["active_replica"] == status["replica"] and status["replica"].startswith("server1@")
+        assert status["active_replica"] == status["replica"] == first
         assert status["fencing_token"] == 1 and status["lease_held_for"] >= 0
         job_id = s.submit_job(linear_job(tmp_path, "--sleep", "1", rounds=5, min_clients=3))
         wait_until(lambda: s.get_job_meta(job_id).current_round >= 2, 90, "two rounds")
     workflows = pids_running("fedsec.workflow", str(federation.root))
     assert workflows
-    mark = len(federation.log("server1-b"))
-    federation.kill("server1")  # kill -9, mid-round
+    mark = len(federation.log(second))
+    federation.kill(first)  # kill -9, mid-round
     wait_until(lambda: not any(pid_alive(p) for p in workflows), 10, "the workflow process to die with its server")
-    federation.wait_log("server1-b", "active: holds the server lease (fencing token 2)", 60, since=mark)
-    federation.wait_registered(SITES, timeout=60, since=mark, server="server1-b")
-    with Session(federation.admin_kit) as s:  # through the admin proxy: now to server1-b
+    federation.wait_log(second, "active: holds the server lease (fencing token 2)", 60, since=mark)
+    federation.wait_registered(SITES, timeout=60, since=mark, server=second)  # from their kits' endpoints
+    with Session(federation.admin_kit) as s:  # the admin kit's endpoints too
         info = s.wait_for_job(job_id, timeout=180)
         assert info.status == "finished:completed", info.reason
         assert [r["round"] for r in info.progress["rounds"]] == [0, 1, 2, 3, 4]  # none lost, none twice
         assert all(r["sites"] == SITES for r in info.progress["rounds"])
         assert info.progress["final"]["metrics"]["mse"] < 0.01
         status = s.check_status("server")
-        _, admin_port_b = federation.replica_ports("server1-b")
-        assert status["replica"].endswith(f":{admin_port_b}")  # server1-b, named by its host and admin port
-        assert status["active_replica"] == status["replica"] and status["fencing_token"] == 2
+        assert status["active_replica"] == status["replica"] == second and status["fencing_token"] == 2
         result = s.download_job_result(job_id)
     final = arrays.read_file(result / "global_model.fsa")
     assert np.allclose(final["w"].ravel(), np.arange(1, 9), atol=0.05)
-    workflow_log = (federation.kit("server1-b") / "store/jobs" / job_id / "workflow.log").read_text()
+    workflow_log = (federation.kit(second) / "store/jobs" / job_id / "workflow.log").read_text()
     assert "resuming after round" in workflow_log
     with psycopg.connect(dsn) as conn:
         row = conn.execute("SELECT status, current_round, resume_count FROM jobs WHERE job_id = %s", (job_id,))
@@ -80,22 +83,19 @@ def test_the_standby_takes_over_a_killed_active_replica_and_finishes_its_job(
             (5, "evaluate", SITES),
         ]
         lease = conn.execute("SELECT holder, fencing_token FROM lease").fetchone()
-        assert lease is not None and lease[1] == 2 and lease[0] == status["replica"]
+        assert lease == (second, 2)
     # no process is left behind: the killed replica's workflow is gone, the job's scripts ended on every site
     wait_until(lambda: not any(federation.job_pids(site) for site in SITES), 15, "job processes to end")
     assert not [p for p in pids_running("fedsec.workflow", str(federation.root)) if p in workflows]
 
 
-@pytest.mark.federation(server_store=HA_STORE, replicas=("server1-b",), n_clients=1)
+@pytest.mark.federation(server_store=HA_STORE, replicas=2, n_clients=1)
 def test_a_standby_answers_every_call_with_the_standby_status(federation: Federation, pg: pgserver.PgServer) -> None:
-    federation.set_postgres_dsn(pg.new_database())
-    federation.start("server1")
-    federation.wait_log("server1", "active: holds the server lease", 30)
-    federation.start("server1-b")
-    federation.wait_log("server1-b", "standby: the active replica is server1@", 30)
+    first, second = start_replicas(federation, pg.new_database(), [])
     admin = load_kit(federation.admin_kit)
-    _, standby_admin_port = federation.replica_ports("server1-b")
-    with channel(admin, "localhost", standby_admin_port, "server1") as to_standby:
+    standby = load_kit(federation.kit(second)).config
+    assert isinstance(standby, ServerConfig)
+    with channel(admin, "127.0.0.1", standby.admin_port, "server1") as to_standby:
         stub = fedsec_pb2_grpc.AdminStub(to_standby)
         for call in (lambda: stub.GetChallenge(fedsec_pb2.Empty(), timeout=10),
                      lambda: stub.CheckStatus(fedsec_pb2.TargetRequest(target="server"), timeout=10),
@@ -104,48 +104,49 @@ def test_a_standby_answers_every_call_with_the_standby_status(federation: Federa
                 call()
             assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
             assert is_standby(caught.value), caught.value.trailing_metadata()
-            assert "is a standby, not the active replica" in (caught.value.details() or "")
+            assert f"server replica {second} is a standby, not the active replica" in (caught.value.details() or "")
     # a clean stop of the active replica releases the lease: the standby takes it without waiting for it to lapse
-    mark = len(federation.log("server1-b"))
-    federation.procs["server1"].terminate()
-    federation.procs["server1"].wait(30)
-    assert "released the server lease" in federation.log("server1")
-    federation.wait_log("server1-b", "active: holds the server lease (fencing token 2)", 30, since=mark)
+    mark = len(federation.log(second))
+    federation.procs[first].terminate()
+    federation.procs[first].wait(30)
+    assert "released the server lease" in federation.log(first)
+    federation.wait_log(second, "active: holds the server lease (fencing token 2)", 30, since=mark)
 
 
-@pytest.mark.federation(server_store=HA_STORE, replicas=("server1-b",))
+@pytest.mark.federation(server_store=HA_STORE, replicas=2)
 def test_an_active_replica_that_loses_the_lease_steps_down_and_its_jobs_move_on(
     federation: Federation, tmp_path: Path, pg: pgserver.PgServer
 ) -> None:
     """Another holder takes the lease under a live active replica (as after a network partition): the replica
     stops serving and stops its job's workflow, stands by, and the job resumes when the lease comes back."""
     dsn = pg.new_database()
+    first, _ = federation.servers
     federation.set_postgres_dsn(dsn)
-    federation.start("server1")
-    federation.wait_log("server1", "active: holds the server lease (fencing token 1)", 30)
+    federation.start(first)
+    federation.wait_log(first, "active: holds the server lease (fencing token 1)", 30)
     for site in SITES:
         federation.start(site)
-    federation.wait_registered(SITES)
+    federation.wait_registered(SITES, server=first)
     with Session(federation.admin_kit) as s:
         job_id = s.submit_job(linear_job(tmp_path, "--sleep", "1", rounds=4, min_clients=3))
         wait_until(lambda: s.get_job_meta(job_id).current_round >= 1, 90, "a round")
     workflows = pids_running("fedsec.workflow", str(federation.root))
     assert workflows
-    mark = len(federation.log("server1"))
+    mark = len(federation.log(first))
     with psycopg.connect(dsn, autocommit=True) as conn:  # an intruder holds the lease for a long while
         conn.execute(
             "UPDATE lease SET holder = 'intruder', fencing_token = fencing_token + 1, "
             "deadline = extract(epoch from now()) + 3600, acquired = extract(epoch from now())"
         )
-        federation.wait_log("server1", "lost the server lease, stepping down", 30, since=mark)
-        federation.wait_log("server1", "standby: the active replica is intruder", 30, since=mark)
+        federation.wait_log(first, "lost the server lease, stepping down", 30, since=mark)
+        federation.wait_log(first, "standby: the active replica is intruder", 30, since=mark)
         wait_until(lambda: not any(pid_alive(p) for p in workflows), 30, "the workflow to stop with the step-down")
-        assert federation.procs["server1"].poll() is None  # it stands by: alive, not serving
+        assert federation.procs[first].poll() is None  # it stands by: alive, not serving
         row = conn.execute("SELECT status, current_round FROM jobs WHERE job_id = %s", (job_id,)).fetchone()
         assert row is not None and row[0] == "running"  # a step-down never ends a job
         conn.execute("UPDATE lease SET holder = '', deadline = 0")  # the intruder goes
-        federation.wait_log("server1", "active: holds the server lease (fencing token 3)", 30, since=mark)
-    federation.wait_registered(SITES, timeout=60, since=mark)
+        federation.wait_log(first, "active: holds the server lease (fencing token 3)", 30, since=mark)
+    federation.wait_registered(SITES, timeout=60, since=mark, server=first)
     with Session(federation.admin_kit) as s:
         info = s.wait_for_job(job_id, timeout=180)
     assert info.status == "finished:completed", info.reason

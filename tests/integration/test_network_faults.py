@@ -131,7 +131,8 @@ def test_an_upload_cut_by_a_reset_is_sent_again_and_accepted(federation: Federat
 @pytest.mark.federation(n_clients=2, through_proxy=True)
 def test_a_task_download_cut_by_a_reset_is_fetched_again(federation: Federation, tmp_path: Path) -> None:
     proxy = proxy_of(federation)
-    # a site's transfer link carries the 4 MiB archive, then round 0's 4 MiB model: cut the first in that model
+    # a site's transfer link carries the 4 MiB archive (round 0's model is the archive's own), then round 1's
+    # 4 MiB model: cut the first in that model
     proxy.reset_after(6 * MiB, "down", count=1)
     folder = job(tmp_path, 4 * MiB, rounds=2)
     federation.start_all()

@@ -397,3 +397,57 @@ def test_read_header_of_a_file(keys: tuple[Any, Any], tmp_path: Path) -> None:
     assert codec.read_header(path, "u") == codec.read_header(path.read_bytes(), "u")
     with pytest.raises(FileNotFoundError):
         codec.read_header(tmp_path / "missing", "missing")
+
+
+# ---------------------------------------------------------------- streaming encryption
+
+
+def _big_model(n_tensors: int = 4, size: int = 100_000) -> Model:
+    rng = np.random.default_rng(7)
+    return {f"t{i}": rng.uniform(-1, 1, size).astype(np.float32) for i in range(n_tensors)}
+
+
+def test_ciphertexts_are_yielded_as_they_are_encrypted(keys: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tenseal as ts  # type: ignore[import-untyped]
+
+    made: list[int] = []
+    real = ts.bfv_vector
+
+    def counting(ctx: Any, values: Any) -> Any:
+        made.append(len(values))
+        return real(ctx, values)
+
+    monkeypatch.setattr(ts, "bfv_vector", counting)
+    model = _big_model(n_tensors=2, size=20_000)  # 40,001 values: 5 ciphertexts
+    chunks = codec.encrypt_chunks(keys[0], model, 1.0, CLIP)
+    assert made == []  # checked and ready, nothing encrypted yet
+    header = next(chunks)
+    assert header.startswith(codec.MAGIC) and made == []
+    first = next(chunks)
+    assert len(made) == 1  # the first record left before the second ciphertext was made
+    rest = list(chunks)
+    assert len(made) == codec.ciphertexts_for(40_001) == 1 + len(rest)
+    got, weight = codec.decrypt_model(keys[0], b"".join([header, first, *rest]), "streamed")
+    assert weight == 1.0
+    assert all(np.allclose(got[k], model[k], atol=2 * STEP) for k in model)
+
+
+def test_streaming_encryption_holds_one_ciphertext_of_values_not_the_model(keys: Any) -> None:
+    import tracemalloc
+
+    model = _big_model()  # 400,000 values: 49 ciphertexts, about 3 MB encrypted
+    tracemalloc.start()
+    try:
+        total = sum(len(chunk) for chunk in codec.encrypt_chunks(keys[0], model, 1.0, CLIP))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # encrypting it whole took over 8 bytes per value twice (float64 then int64): 6.4 MB here
+    assert peak < total / 4, (peak, total)
+
+
+def test_a_bad_model_is_refused_before_anything_is_yielded(keys: Any) -> None:
+    model = _big_model(n_tensors=2, size=10_000)
+    model["t1"][-1] = np.nan
+    with pytest.raises(HEError, match="'t1' holds NaN"):
+        codec.encrypt_chunks(keys[0], model, 1.0, CLIP)  # raised by the call, not on the first next()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -48,6 +49,7 @@ class FakeServer:
         self.meta = meta
         self.task_requests: list[fedsec_pb2.TaskRequest] = []
         self.results: list[fedsec_pb2.ResultHeader] = []
+        self.uploads: list[list[fedsec_pb2.ResultPart]] = []  # the parts after each result's header
 
     def GetTask(self, request: fedsec_pb2.TaskRequest, timeout: float) -> _Stream:
         self.task_requests.append(request)
@@ -65,8 +67,7 @@ class FakeServer:
     def SubmitResult(self, parts: Iterator[fedsec_pb2.ResultPart], timeout: float) -> fedsec_pb2.ResultReply:
         first = next(parts)
         self.results.append(first.header)
-        for _ in parts:
-            pass
+        self.uploads.append(list(parts))
         return fedsec_pb2.ResultReply(accepted=True)
 
 
@@ -198,4 +199,92 @@ def test_he_job_hands_the_script_plain_arrays_and_sends_ciphertexts(endpoints: A
     assert reply.accepted
     sent = server["stub"].results[0]
     assert json.loads(sent.meta_json) == {"params_type": "full", "encrypted": True}  # no num_examples upstream
-    assert sent.payload.total_size > len(diff)
+    # sent as it was encrypted: a bound first, the size and digest after the data
+    assert sent.payload_trailer and not sent.payload.sha256
+    upload = tmp_path / "upload.fsh"
+    with streams.PayloadWriter(upload, sent.payload, 1 << 30, "upload", trailer=True) as writer:
+        for part in server["stub"].uploads[0]:
+            writer.write(part.data if part.WhichOneof("part") == "data" else part.trailer)
+        writer.finish()
+    from fedsec.he.codec import decrypt_model
+
+    full, _ = decrypt_model(ctx, upload.read_bytes(), "upload")  # the global model plus the difference
+    assert np.allclose(full["w"], np.arange(4) + 1, atol=1e-3)
+    assert not list(tmp_path.parent.glob(".upload-*"))  # the kept copy (beside work/) went with the upload
+
+
+class HoldingServer(FakeServer):
+    """Sends MODEL's bytes only when the request does not name it as held (or always_held: never)."""
+
+    def __init__(self, meta: dict[str, Any], always_held: bool = False) -> None:
+        super().__init__(meta)
+        self.always_held = always_held
+
+    def GetTask(self, request: fedsec_pb2.TaskRequest, timeout: float) -> _Stream:
+        self.task_requests.append(request)
+        held = self.always_held or hashlib.sha256(MODEL).digest() in request.held_sha256
+        header = fedsec_pb2.TaskHeader(
+            status=fedsec_pb2.TASK_STATUS_TASK,
+            task="train",
+            current_round=0,
+            num_rounds=5,
+            meta_json=json.dumps(self.meta),
+            payload=streams.describe_bytes(MODEL),
+            model_held=held,
+        )
+        data = [] if held else [fedsec_pb2.TaskPart(data=c) for c in streams.bytes_chunks(MODEL)]
+        return _Stream([fedsec_pb2.TaskPart(header=header), *data])
+
+
+def _named(server: FakeServer) -> list[list[bytes]]:
+    return [list(r.held_sha256) for r in server.task_requests]
+
+
+def test_the_initial_model_of_the_signed_job_is_not_downloaded_again(
+    endpoints: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    eps, server = endpoints
+    server["stub"] = HoldingServer({"job": "x", "he": None, "encrypted": False})
+    initial = tmp_path / "initial_model.fsa"
+    initial.write_bytes(MODEL)
+    ep = eps.open("job-a", HEConfig(), tmp_path / "work", initial_model=initial)
+    with caplog.at_level(logging.INFO, logger="fedsec.site.local"):
+        parts = _task(ep, ep.token)
+    assert b"".join(p.data for p in parts[1:]) == MODEL  # the script gets the bytes, from the site's copy
+    assert not parts[0].header.model_held
+    assert _named(server["stub"]) == [[hashlib.sha256(MODEL).digest()]]
+    assert f"job=job-a round=0 train task model_bytes={len(MODEL)} downloaded=0" in caplog.text
+
+
+def test_a_held_copy_that_changed_is_downloaded_instead(endpoints: Any, tmp_path: Path) -> None:
+    eps, server = endpoints
+    server["stub"] = HoldingServer({"job": "x", "he": None, "encrypted": False})
+    initial = tmp_path / "initial_model.fsa"
+    initial.write_bytes(MODEL)
+    ep = eps.open("job-a", HEConfig(), tmp_path / "work", initial_model=initial)
+    _task(ep, ep.token)  # the initial model is hashed, and used
+    initial.write_bytes(arrays.encode({"w": np.zeros(4, dtype=np.float32)}))  # e.g. a script wrote over it
+    parts = _task(ep, ep.token)
+    assert b"".join(p.data for p in parts[1:]) == MODEL
+    digest = hashlib.sha256(MODEL).digest()
+    assert _named(server["stub"]) == [[digest], [digest], []]  # named, refused on use, then downloaded
+
+
+def test_the_last_model_received_is_held_for_a_second_ask(endpoints: Any, tmp_path: Path) -> None:
+    eps, server = endpoints
+    server["stub"] = HoldingServer({"job": "x", "he": None, "encrypted": False})
+    (tmp_path / "work").mkdir()
+    ep = eps.open("job-a", HEConfig(), tmp_path / "work")
+    first, second = _task(ep, ep.token), _task(ep, ep.token)
+    assert b"".join(p.data for p in first[1:]) == b"".join(p.data for p in second[1:]) == MODEL
+    assert _named(server["stub"]) == [[], [hashlib.sha256(MODEL).digest()]]
+    assert not any(p.name == ".last-model" for p in (tmp_path / "work").iterdir())  # kept out of the script's folder
+
+
+def test_a_server_naming_a_model_the_site_does_not_hold_is_refused(endpoints: Any, tmp_path: Path) -> None:
+    eps, server = endpoints
+    server["stub"] = HoldingServer({"job": "x", "he": None, "encrypted": False}, always_held=True)
+    ep = eps.open("job-a", HEConfig(), tmp_path)
+    with pytest.raises(grpc.RpcError) as err:
+        _task(ep, ep.token)
+    assert "naming one this site does not hold" in str(err.value)

@@ -245,3 +245,57 @@ def test_refused_chunk_closes_the_writer_at_once(tmp_path: Path, monkeypatch: py
         with pytest.raises(RuntimeError, match="not after finish"):
             writer.write(b"c")
     assert not dest.exists()
+
+
+# ---------------------------------------------------------------- a payload whose size and digest follow it
+
+
+def _trailed(tmp_path: Path, parts: list[bytes | PayloadInfo], bound: int) -> bytes:
+    dest = tmp_path / "streamed.bin"
+    with streams.PayloadWriter(dest, PayloadInfo(total_size=bound), 1 << 20, "streamed upload", trailer=True) as w:
+        for part in parts:
+            w.write(part)
+        w.finish()
+    return dest.read_bytes()
+
+
+def test_a_payload_streamed_with_a_trailer_is_received(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "MIN_CHUNK_BYTES", 4)
+    data = b"abcdefghij"
+    trailer = PayloadInfo(total_size=len(data), sha256=hashlib.sha256(data).digest())
+    assert _trailed(tmp_path, [data[:4], data[4:8], data[8:], trailer], bound=100) == data
+
+
+@pytest.mark.parametrize(
+    ("parts", "message"),
+    [
+        ([b"abcd", b"ef"], "no trailer"),
+        ([b"abcd", PayloadInfo(total_size=4, sha256=hashlib.sha256(b"abce").digest())], "does not match its SHA"),
+        ([b"abcd", PayloadInfo(total_size=5, sha256=hashlib.sha256(b"abcd").digest())], "trailer says 5 bytes"),
+        ([b"abcd", PayloadInfo(total_size=4, sha256=b"short")], "trailer digest"),
+        ([b"ab", b"cdef", PayloadInfo(total_size=6)], "before the payload's end"),  # a short chunk must be the last
+        ([b"abcd", PayloadInfo(total_size=4), b"efgh"], "data after the payload's trailer"),
+        ([b"abcd" * 30], "more data than the announced bound of 100 bytes"),
+    ],
+)
+def test_bad_streamed_payloads_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, parts: list[bytes | PayloadInfo], message: str
+) -> None:
+    monkeypatch.setattr(limits, "MIN_CHUNK_BYTES", 4)
+    with pytest.raises(WireError, match=message):
+        _trailed(tmp_path, parts, bound=100)
+    assert not (tmp_path / "streamed.bin").exists()
+
+
+def test_a_trailer_is_refused_where_the_header_announced_the_digest(tmp_path: Path) -> None:
+    data = b"abcd"
+    info = streams.describe_bytes(data)
+    with (
+        pytest.raises(WireError, match="a trailer after a payload that announced"),
+        streams.PayloadWriter(tmp_path / "x", info, 100, "upload") as w,
+    ):
+        w.write(data)
+        w.write(info)
+        w.finish()
+    with pytest.raises(WireError, match="announces no digest first"):
+        streams.PayloadWriter(tmp_path / "y", info, 100, "upload", trailer=True)
