@@ -24,13 +24,20 @@ if [ -s "$HERE/.started_kits" ]; then
   exit 1
 fi
 
-server=""; clients=()
+servers=(); clients=()
 for kit in "$PROD"/*/; do
   kit="${kit%/}"
-  if [ -f "$kit/startup/fed_server.json" ]; then server="$kit"; fi
+  if [ -f "$kit/startup/fed_server.json" ]; then servers+=("$kit"); fi
   if [ -f "$kit/startup/fed_client.json" ]; then clients+=("$kit"); fi
 done
-[ -n "$server" ] || { echo "$0: no server kit in $PROD" >&2; exit 2; }
+[ "${#servers[@]}" -gt 0 ] || { echo "$0: no server kit in $PROD" >&2; exit 2; }
+if [ "${#servers[@]}" -gt 1 ]; then
+  echo "$0: $PROD has ${#servers[@]} server replicas ($(basename -a "${servers[@]}" | paste -sd ' ')); replicas share a" \
+    "PostgreSQL store and a store folder: start each with its kit's startup/start.sh (README: Running a highly" \
+    "available server)" >&2
+  exit 2
+fi
+server="${servers[0]}"
 mapfile -t clients < <(printf '%s\n' "${clients[@]}" | sort -V)
 [ "$N" -le "${#clients[@]}" ] || { echo "$0: asked for $N clients, $PROD has ${#clients[@]}" >&2; exit 2; }
 

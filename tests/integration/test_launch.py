@@ -259,3 +259,29 @@ def test_ctrl_c_on_start_fl_sh_stops_what_it_started(launch: Launch, tmp_path: P
     assert "interrupted; stopping what was started" in err
     assert [name for name, pid in pids.items() if pid_alive(pid) and str(launch.prod) in pid_cmdline(pid)] == []
     assert not launch.record.exists()
+
+
+def test_a_project_with_server_replicas_is_refused_naming_them_and_starts_nothing(tmp_path: Path) -> None:
+    doc: dict[str, Any] = yaml.safe_load((REPO / "provision" / "secure_project.yml").read_text())
+    (server,) = [p for p in doc["participants"] if p["type"] == "server"]
+    server["replicas"] = [
+        {"name": name, "host": "127.0.0.1", "fl_port": free_port(), "admin_port": free_port()}
+        for name in ("server1-a", "server1-b")
+    ]
+    project = tmp_path / "replicated.yml"
+    project.write_text(yaml.safe_dump(doc, sort_keys=False))
+    done = subprocess.run(
+        [sys.executable, "-m", "fedsec", "provision", "-p", str(project), "-w", str(tmp_path / "ws")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    launch = Launch(tmp_path, tmp_path / "ws" / "secure_project" / "prod_00")
+    refused = launch.run("start_fl.sh", "2", str(launch.prod))
+    assert refused.returncode == 2
+    assert "2 server replicas (server1-a server1-b)" in refused.stderr
+    assert "start each with its kit's startup/start.sh" in refused.stderr
+    assert launch.read_pids() == {}
+    assert not launch.record.exists()
