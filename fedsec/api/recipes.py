@@ -2,7 +2,8 @@
 
 It exports the recipe into a temporary folder, submits it with the admin kit, follows it round
 by round (printing the RoundPrinter lines job.py prints), downloads the result and returns a
-JobResult with the final model loaded. It lives here, not on FedAvgRecipe, because jobs/ sits
+JobResult with the final model loaded. `fedsec.api.FedAvgRecipe` is fedsec.jobs' recipe with
+`run(admin_kit)` added, which calls run_recipe(): the running lives here, because jobs/ sits
 below api/ and never imports it. Nothing here is printed except those progress lines.
 """
 
@@ -18,7 +19,7 @@ from numpy.typing import NDArray
 
 from fedsec.api.progress import RoundPrinter
 from fedsec.api.session import JobInfo, Session
-from fedsec.jobs.recipe import FedAvgRecipe
+from fedsec.jobs import recipe as job_recipes
 from fedsec.wire import model_file
 
 COMPLETED = "finished:completed"
@@ -45,7 +46,7 @@ class JobResult:
 
 
 def run_recipe(
-    recipe: FedAvgRecipe,
+    recipe: job_recipes.FedAvgRecipe,
     admin_kit: str | Path,
     *,
     dest: str | Path | None = None,
@@ -75,3 +76,20 @@ def run_recipe(
     plain = folder / f"{model_file.GLOBAL_MODEL}{model_file.SAFETENSORS_SUFFIX}"
     model = model_file.read_safetensors(plain) if plain.is_file() else None
     return JobResult(job_id=job_id, status=info.status, reason=info.reason, result=folder, model=model)
+
+
+class FedAvgRecipe(job_recipes.FedAvgRecipe):
+    """fedsec.jobs.FedAvgRecipe that also runs itself: `recipe.run(admin_kit)` (see run_recipe)."""
+
+    def run(
+        self,
+        admin_kit: str | Path,
+        *,
+        dest: str | Path | None = None,
+        progress: Callable[[JobInfo], None] | None = None,
+        echo: Callable[[str], None] | None = print,
+        poll: float = 1.0,
+        timeout: float | None = None,
+    ) -> JobResult:
+        """Submit this recipe with admin_kit, follow it round by round, download its result: run_recipe(self, ...)."""
+        return run_recipe(self, admin_kit, dest=dest, progress=progress, echo=echo, poll=poll, timeout=timeout)

@@ -1,6 +1,6 @@
 """Each `fedsec job new` template runs as written on a `fedsec poc 2` federation, and its result opens anywhere.
 
-job.py runs the recipe with fedsec.api.run_recipe: submitted, followed round by round, downloaded;
+job.py runs the recipe with recipe.run(kit) (fedsec.api.run_recipe): submitted, followed round by round, downloaded;
 the downloaded global_model.safetensors is read by safetensors alone, in a process without fedsec.
 """
 
@@ -126,9 +126,10 @@ def test_template_job_runs_to_completion(poc: PocFolder, tmp_path: Path, templat
         assert torch.equal(net.out.bias.detach(), torch.from_numpy(model["out.bias"]))
 
 
-def test_run_recipe_returns_the_result(poc: PocFolder, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from fedsec.api import JobResult, run_recipe
-    from fedsec.jobs import FedAvgRecipe
+def test_a_recipe_runs_itself_and_returns_the_result(
+    poc: PocFolder, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fedsec.api import FedAvgRecipe, JobResult
     from fedsec.jobs.scaffold import new_job
 
     new_job(tmp_path / "direct", "numpy")
@@ -137,7 +138,7 @@ def test_run_recipe_returns_the_result(poc: PocFolder, tmp_path: Path, capsys: p
         "direct", initial, tmp_path / "direct" / "client.py", num_rounds=2, min_clients=2,
         custom_files=[tmp_path / "direct" / "model.py"],
     )  # fmt: skip
-    result = run_recipe(recipe, poc.admin_kit, dest=tmp_path / "results")
+    result = recipe.run(poc.admin_kit, dest=tmp_path / "results")
     assert isinstance(result, JobResult)
     assert result.completed and result.status == "finished:completed" and result.reason == ""
     assert result.result == tmp_path / "results" / result.job_id
