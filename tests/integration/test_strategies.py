@@ -14,11 +14,13 @@ round 1's mse:
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from fedsec.api import Session
 from fedsec.jobs import FedAvgRecipe, FedOptRecipe, FedProxRecipe
@@ -28,14 +30,15 @@ from tests.integration.test_runtime import INITIAL, SCRIPT, round_mse
 
 
 def run_job(federation: Federation, tmp: Path, recipe: type[FedAvgRecipe], **settings: Any) -> tuple[Any, Any]:
-    """Run a linear job of 6 rounds on the 3 sites to its end; its JobInfo and final model."""
+    """Run a linear job of 6 rounds on the 3 sites to its end; its JobInfo and final model (None under HE)."""
     job = recipe("linear", INITIAL, SCRIPT, 6, 3, **settings).export(tmp / "job")
     federation.start_all()
     with Session(federation.admin_kit) as s:
         job_id = s.submit_job(job)
         info = s.wait_for_job(job_id, timeout=180)
         assert info.status == "finished:completed", info.reason
-        final = arrays.read_file(s.download_job_result(job_id) / "global_model.fsa")
+        result = s.download_job_result(job_id)
+    final = arrays.read_file(result / "global_model.fsa") if not settings.get("he") else None
     return info, final
 
 
@@ -58,3 +61,14 @@ def test_fedopt_adam_steps_the_global_model_on_the_server_and_converges(federati
     assert "mu" not in info.progress["rounds"][0]["metrics"]
     assert info.progress["final"]["metrics"]["mse"] < 0.01
     assert np.allclose(final["w"].ravel(), np.arange(1, 9), atol=0.05)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tenseal") is None, reason="needs tenseal")
+@pytest.mark.federation(he=True)
+def test_fedprox_runs_under_he_with_mu_reaching_the_sites(federation: Federation, tmp_path: Path) -> None:
+    info, _ = run_job(federation, tmp_path, FedProxRecipe, mu=1.0, he=True, he_clip=16.0)
+    assert all(r["metrics"]["mu"] == 1.0 for r in info.progress["rounds"])
+    mse = round_mse(info)
+    assert all(a > b for a, b in itertools.pairwise(mse)), mse
+    assert 10 < mse[1] < 40, mse  # as in plain FedProx, within HE's fixed-point precision
+    assert info.progress["final"]["metrics"]["mse"] < 0.01
