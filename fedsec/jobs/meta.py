@@ -4,7 +4,7 @@ A job folder is::
 
     <job>/
       meta.yml               format, name, sites, min_clients
-      app/config.yml         workflow, script, initial_model
+      app/config.yml         workflow, script, initial_model, he, tracking, strategy
       app/initial_model.fsa  initial global weights in the fedsec array container
       app/custom/            the training script and the modules it imports
 

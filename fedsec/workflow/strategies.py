@@ -146,11 +146,13 @@ class FedOpt:
     def _step(self, i: int, x: NDArray[np.float64], delta: NDArray[np.float64]) -> NDArray[np.float64]:
         s = self._settings
         m = self._m.setdefault(i, np.zeros_like(x))
+        v = self._v.setdefault(i, np.zeros_like(x)) if self.optimizer is not ServerOptimizer.AVGM else x
+        if m.shape != x.shape or v.shape != x.shape:
+            raise JobError(f"fedopt state of tensor {i}: shape {m.shape} or {v.shape}, the model has {x.shape}")
         if self.optimizer is ServerOptimizer.AVGM:
             m *= s["momentum"]
             m += delta
             return x + s["server_lr"] * m
-        v = self._v.setdefault(i, np.zeros_like(x))
         m *= s["beta1"]
         m += (1.0 - s["beta1"]) * delta
         square = delta * delta

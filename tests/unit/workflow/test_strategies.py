@@ -121,3 +121,12 @@ def test_make_picks_the_strategy_and_its_task_meta_carries_its_settings() -> Non
     opt = strategies.make(StrategyConfig(StrategyKind.FEDOPT, optimizer=ServerOptimizer.AVGM, momentum=0.5))
     assert opt.task_meta() == {"name": "fedopt", "optimizer": "avgm", "server_lr": 1.0, "momentum": 0.5}
     assert not opt.supports_he and opt.stateful
+
+
+def test_a_fedopt_state_that_does_not_fit_the_model_is_refused(tmp_path: Path) -> None:
+    strategy = FedOpt(ServerOptimizer.ADAM, ADAPTIVE)
+    strategy.restore({"m.0": np.zeros(3), "v.0": np.zeros(3)}, "state")  # w has 2 values
+    start = tmp_path / "global.fsa"
+    arrays.write_file(start, GLOBAL)
+    with pytest.raises(JobError, match=r"fedopt state of tensor 0: shape \(3,\) or \(3,\), the model has \(2,\)"):
+        one_round(strategy, tmp_path, 0, start, ROUND_0)
