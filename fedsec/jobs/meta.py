@@ -92,6 +92,10 @@ class StrategyConfig:
     tau: float | None = None
     momentum: float | None = None
 
+    def task_meta(self) -> dict[str, float | str]:
+        """What each task says of the strategy ({"name": ..., and settings()}); a site refuses a task that differs."""
+        return {"name": self.name.value, **self.settings()}
+
     def settings(self) -> dict[str, float | str]:
         """The effective settings of the chosen strategy, defaults filled in (no name)."""
         if self.name is StrategyKind.FEDPROX:

@@ -130,3 +130,16 @@ def test_a_fedopt_state_that_does_not_fit_the_model_is_refused(tmp_path: Path) -
     arrays.write_file(start, GLOBAL)
     with pytest.raises(JobError, match=r"fedopt state of tensor 0: shape \(3,\) or \(3,\), the model has \(2,\)"):
         one_round(strategy, tmp_path, 0, start, ROUND_0)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        StrategyConfig(),
+        StrategyConfig(StrategyKind.FEDPROX, mu=0.01),
+        StrategyConfig(StrategyKind.FEDOPT, optimizer=ServerOptimizer.YOGI, beta2=0.5),
+        StrategyConfig(StrategyKind.FEDOPT, optimizer=ServerOptimizer.AVGM),
+    ],
+)
+def test_the_server_says_what_the_signed_job_says_so_sites_accept_its_tasks(config: StrategyConfig) -> None:
+    assert strategies.make(config).task_meta() == config.task_meta()
