@@ -15,8 +15,20 @@ from fedsec.client.api import (
     receive,
     send,
     site_name,
+    strategy_settings,
 )
 
-__all__ = ["FLModel", "ParamsType", "dataset_path", "init", "is_running", "job_id", "receive", "send", "site_name"]
+__all__ = [
+    "FLModel",
+    "ParamsType",
+    "dataset_path",
+    "init",
+    "is_running",
+    "job_id",
+    "receive",
+    "send",
+    "site_name",
+    "strategy_settings",
+]
 
 # fedsec.client.tracking.SummaryWriter is imported from its module, so `import fedsec.client` stays light.

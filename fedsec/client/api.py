@@ -67,6 +67,7 @@ class _Link:
     socket: Path
     running: bool = True
     last: FLModel | None = None
+    strategy: dict[str, Any] = field(default_factory=dict)  # what the last task said of the job's strategy
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -125,6 +126,7 @@ def receive(timeout: float | None = None) -> FLModel | None:
         model: FLModel | None = _retry(lambda req=request: _fetch(link, req), "receive")
         if model is not None:
             link.last = model
+            link.strategy = _strategy_meta(model.meta)
             return model
         if deadline is not None and time.monotonic() > deadline:
             raise JobError(f"no task within {timeout} s")
@@ -169,6 +171,26 @@ def _meta(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise WireError("meta_json is not an object")
     return value
+
+
+def _strategy_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """The strategy part of a task's meta: a JSON object naming the strategy ({"name": "fedavg"} when absent)."""
+    value = meta.get("strategy", {"name": "fedavg"})
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        raise WireError("meta_json: strategy is not an object with a name")
+    return dict(value)
+
+
+def strategy_settings() -> dict[str, Any]:
+    """The job's strategy and its settings, as the last task received said: {"name": "fedprox", "mu": 0.01}.
+
+    fedavg has only its name; fedopt also gives its server optimizer's settings (they run on the server).
+    Raises JobError before the first receive().
+    """
+    link = _get()
+    if not link.strategy:
+        raise JobError("strategy_settings() before the first receive(): the server has not said it yet")
+    return dict(link.strategy)
 
 
 def send(model: FLModel) -> bool:

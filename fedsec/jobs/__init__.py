@@ -2,7 +2,7 @@
 
 A job is a folder; load_job_folder() validates one, pack()/unpack() turn it into
 a deterministic zip and back (extraction treats the archive as hostile), and
-FedAvgRecipe writes one from Python. Nothing here imports torch or grpc, or
+FedAvgRecipe, FedProxRecipe and FedOptRecipe write one from Python. Nothing here imports torch or grpc, or
 imports or runs a job's code.
 """
 
@@ -13,15 +13,17 @@ from fedsec.jobs.meta import AppConfig, JobMeta, load_job_folder
 # parent processes (which use only the folder format and archives) stay light.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from fedsec.jobs.recipe import FedAvgRecipe
+    from fedsec.jobs.recipe import FedAvgRecipe, FedOptRecipe, FedProxRecipe
+
+_RECIPES = ("FedAvgRecipe", "FedOptRecipe", "FedProxRecipe")
 
 
 def __getattr__(name: str) -> object:
-    if name == "FedAvgRecipe":
-        from fedsec.jobs.recipe import FedAvgRecipe
+    if name in _RECIPES:
+        from fedsec.jobs import recipe
 
-        return FedAvgRecipe
+        return getattr(recipe, name)
     raise AttributeError(f"module 'fedsec.jobs' has no attribute {name!r}")
 
 
-__all__ = ["AppConfig", "FedAvgRecipe", "JobMeta", "load_job_folder", "pack", "unpack"]
+__all__ = ["AppConfig", "FedAvgRecipe", "FedOptRecipe", "FedProxRecipe", "JobMeta", "load_job_folder", "pack", "unpack"]

@@ -4,7 +4,7 @@ A job folder is::
 
     <job>/
       meta.yml               format, name, sites, min_clients
-      app/config.yml         workflow, script, initial_model
+      app/config.yml         workflow, script, initial_model, he, tracking, strategy
       app/initial_model.fsa  initial global weights in the fedsec array container
       app/custom/            the training script and the modules it imports
 
@@ -43,6 +43,70 @@ class WorkflowKind(enum.Enum):
     """The server-side workflows a job can ask for, by short name."""
 
     FEDAVG = "fedavg"
+
+
+class StrategyKind(enum.Enum):
+    """The strategies a job can ask for in app/config.yml's strategy section, by short name."""
+
+    FEDAVG = "fedavg"
+    FEDPROX = "fedprox"
+    FEDOPT = "fedopt"
+
+
+class ServerOptimizer(enum.Enum):
+    """FedOpt's server optimizers (Reddi et al., "Adaptive Federated Optimization"; Hsu et al. for avgm)."""
+
+    ADAM = "adam"
+    YOGI = "yogi"
+    ADAGRAD = "adagrad"
+    AVGM = "avgm"
+
+
+_ADAPTIVE = {"server_lr": 0.1, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3}
+# each optimizer's settings and their defaults; a setting not listed for the chosen optimizer is an error
+FEDOPT_DEFAULTS: dict[ServerOptimizer, dict[str, float]] = {
+    ServerOptimizer.ADAM: _ADAPTIVE,
+    ServerOptimizer.YOGI: _ADAPTIVE,
+    ServerOptimizer.ADAGRAD: {"server_lr": 0.1, "beta1": 0.0, "tau": 1e-3},
+    ServerOptimizer.AVGM: {"server_lr": 1.0, "momentum": 0.9},
+}
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """config.yml's strategy section (or just its name: `strategy: fedavg`).
+
+    fedavg: no settings. fedprox: mu (required), the weight of the proximal term mu/2 * ||w - w_global||^2
+    the sites add to their loss. fedopt: optimizer (required: adam, yogi, adagrad or avgm) and its
+    settings, each with a default (FEDOPT_DEFAULTS): server_lr, beta1, beta2, tau for adam and yogi;
+    server_lr, beta1, tau for adagrad; server_lr, momentum for avgm. A setting the chosen strategy
+    (or optimizer) does not take is an error. settings() gives the effective values.
+    """
+
+    name: StrategyKind = StrategyKind.FEDAVG
+    mu: float | None = None
+    optimizer: ServerOptimizer | None = None
+    server_lr: float | None = None
+    beta1: float | None = None
+    beta2: float | None = None
+    tau: float | None = None
+    momentum: float | None = None
+
+    def task_meta(self) -> dict[str, float | str]:
+        """What each task says of the strategy ({"name": ..., and settings()}); a site refuses a task that differs."""
+        return {"name": self.name.value, **self.settings()}
+
+    def settings(self) -> dict[str, float | str]:
+        """The effective settings of the chosen strategy, defaults filled in (no name)."""
+        if self.name is StrategyKind.FEDPROX:
+            return {"mu": float(self.mu or 0.0)}
+        if self.name is StrategyKind.FEDOPT and self.optimizer is not None:
+            out: dict[str, float | str] = {"optimizer": self.optimizer.value}
+            for key, default in FEDOPT_DEFAULTS[self.optimizer].items():
+                value = getattr(self, key)
+                out[key] = float(default if value is None else value)
+            return out
+        return {}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,6 +191,7 @@ class AppConfig:
     initial_model: str
     he: HEConfig = field(default_factory=HEConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
 
 
 def load_job_folder(folder: Path) -> tuple[JobMeta, AppConfig]:
@@ -187,12 +252,20 @@ def parse_app_config(raw: Any) -> AppConfig:
     """Build and validate an AppConfig (not the files it names); raises ConfigError prefixed 'app/config.yml: '."""
     try:
         _refuse_mlflow_uri(raw)
+        if isinstance(raw, dict) and isinstance(raw.get("strategy"), str):  # `strategy: fedavg`: the name alone
+            raw = {**raw, "strategy": {"name": raw["strategy"]}}
         config = _schema.build(AppConfig, raw, "")
         check_workflow(config.workflow)
         check_script(config.script)
         check_relative_path("initial_model", config.initial_model)
         check_he(config.he)
         check_tracking(config.tracking)
+        check_strategy(config.strategy)
+        if config.he.enabled and config.strategy.name is StrategyKind.FEDOPT:
+            raise ConfigError(
+                "strategy: fedopt with he.enabled is not built yet (under HE the optimizer step must run on the "
+                "sites, which cannot see the aggregate otherwise); use fedavg or fedprox with HE, or turn HE off"
+            )
         if config.he.enabled and not config.workflow.evaluate_final:
             raise ConfigError("he.enabled: needs workflow.evaluate_final (that task brings the sites the final model)")
     except ConfigError as exc:
@@ -215,6 +288,40 @@ def check_workflow(workflow: WorkflowConfig) -> None:
             f"workflow.max_site_restarts: must be between 0 and {limits.MAX_SITE_RESTARTS}, "
             f"got {workflow.max_site_restarts}"
         )
+
+
+def check_strategy(strategy: StrategyConfig) -> None:
+    """Check a strategy section: the settings its strategy takes and their bounds; ConfigError naming the key."""
+    name = strategy.name.value
+    given = {f.name for f in dataclasses.fields(strategy) if f.name != "name" and getattr(strategy, f.name) is not None}
+    allowed: set[str] = set()
+    if strategy.name is StrategyKind.FEDPROX:
+        allowed = {"mu"}
+        if strategy.mu is None:
+            raise ConfigError("strategy.mu: fedprox needs mu, the weight of its proximal term (e.g. 0.01)")
+    elif strategy.name is StrategyKind.FEDOPT:
+        if strategy.optimizer is None:
+            raise ConfigError("strategy.optimizer: fedopt needs an optimizer: adam, yogi, adagrad or avgm")
+        allowed = {"optimizer", *FEDOPT_DEFAULTS[strategy.optimizer]}
+        name = f"fedopt with optimizer {strategy.optimizer.value}"
+    for key in sorted(given - allowed):
+        raise ConfigError(f"strategy.{key}: not a setting of {name}")
+    bounds = {  # key -> (low, high, low included, high included)
+        "mu": (0.0, 1e6, True, True),
+        "server_lr": (0.0, 1e6, False, True),
+        "beta1": (0.0, 1.0, True, False),
+        "beta2": (0.0, 1.0, True, False),
+        "tau": (0.0, 1.0, False, True),
+        "momentum": (0.0, 1.0, True, False),
+    }
+    for key in sorted(given & set(bounds)):
+        value = getattr(strategy, key)
+        low, high, low_in, high_in = bounds[key]
+        above = value >= low if low_in else value > low
+        below = value <= high if high_in else value < high
+        if not (math.isfinite(value) and above and below):
+            span = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+            raise ConfigError(f"strategy.{key}: must be in {span}, got {value}")
 
 
 def _refuse_mlflow_uri(raw: Any) -> None:
@@ -278,9 +385,13 @@ def to_yaml(value: JobMeta | AppConfig) -> bytes:
 
 
 def to_plain(value: Any) -> Any:
-    """Dataclasses -> dicts, tuples -> lists, enums -> their values; the inverse of _schema.build."""
+    """Dataclasses -> dicts (a field that is None left out), tuples -> lists, enums -> their values.
+
+    The inverse of _schema.build.
+    """
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        fields = ((f.name, getattr(value, f.name)) for f in dataclasses.fields(value))
+        return {name: to_plain(v) for name, v in fields if v is not None}
     if isinstance(value, tuple | list):
         return [to_plain(v) for v in value]
     if isinstance(value, enum.Enum):

@@ -3,6 +3,8 @@
 FedAvgRecipe takes a model (anything with state_dict(), or a mapping of
 arrays), a training script and the workflow settings, checks them all at
 construction, and export() writes a job folder that load_job_folder accepts.
+FedProxRecipe and FedOptRecipe are the same with the job's strategy section
+set (fedprox and its mu; fedopt, its server optimizer and settings).
 The model is converted by duck typing (.detach().cpu().numpy()), so this module
 never imports torch; it never imports or runs the training script either.
 """
@@ -76,7 +78,7 @@ class FedAvgRecipe:
         tracking_backend: str = "local",
         tensorboard: bool = False,
     ) -> None:
-        self._where = f"FedAvgRecipe {name!r}"
+        self._where = f"{type(self).__name__} {name!r}"
         for arg, value in (("script_args", script_args), ("custom_files", custom_files), ("sites", sites)):
             if isinstance(value, str | bytes):
                 raise JobError(f"{self._where}: {arg}: give a list, not a single string")
@@ -96,6 +98,7 @@ class FedAvgRecipe:
             "initial_model": INITIAL_MODEL_FILE,
             "he": {"enabled": he, "clip": he_clip, "max_examples": he_max_examples, "max_clients": he_max_clients},
             "tracking": {"backend": tracking_backend, "tensorboard": tensorboard},
+            "strategy": self._strategy_section(),
         }
         try:
             self.meta: JobMeta = _schema.build(JobMeta, raw_meta, "")
@@ -109,6 +112,10 @@ class FedAvgRecipe:
     @property
     def name(self) -> str:
         return self.meta.name
+
+    def _strategy_section(self) -> dict[str, Any]:
+        """app/config.yml's strategy section for this recipe's strategy."""
+        return {"name": "fedavg"}
 
     def export(self, folder: str | Path) -> Path:
         """Write the job folder at folder, which must not exist; all or nothing. Returns folder.
@@ -154,6 +161,50 @@ class FedAvgRecipe:
                     shutil.copyfile(path, custom / path.name)
             except OSError as exc:  # shutil.Error is an OSError
                 raise JobError(f"{self._where}: cannot copy {path}: {exc}") from exc
+
+
+class FedProxRecipe(FedAvgRecipe):
+    """A FedProx job: FedAvg on the server, and mu sent to the sites with each task.
+
+    The training script adds mu/2 * ||w - w_global||^2 to its loss (fedsec.client.torch_io.proximal_term,
+    with mu from fedsec.client.strategy_settings()). The other arguments are FedAvgRecipe's; JobError
+    for a mu outside [0, 1e6].
+    """
+
+    def __init__(self, *args: Any, mu: float, **kwargs: Any) -> None:
+        self._mu = mu
+        super().__init__(*args, **kwargs)
+
+    def _strategy_section(self) -> dict[str, Any]:
+        return {"name": "fedprox", "mu": self._mu}
+
+
+class FedOptRecipe(FedAvgRecipe):
+    """A FedOpt job: a server optimizer (adam, yogi, adagrad or avgm) steps the global model each round.
+
+    Settings left as None take their defaults (fedsec.jobs.meta.FEDOPT_DEFAULTS); one the optimizer does
+    not take (beta2 for avgm, momentum for adam) is a JobError, as are he=True (not built yet) and bounds.
+    The other arguments are FedAvgRecipe's.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        optimizer: str = "adam",
+        server_lr: float | None = None,
+        beta1: float | None = None,
+        beta2: float | None = None,
+        tau: float | None = None,
+        momentum: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        given = {"server_lr": server_lr, "beta1": beta1, "beta2": beta2, "tau": tau, "momentum": momentum}
+        self._section: dict[str, Any] = {"name": "fedopt", "optimizer": optimizer}
+        self._section.update({key: value for key, value in given.items() if value is not None})
+        super().__init__(*args, **kwargs)
+
+    def _strategy_section(self) -> dict[str, Any]:
+        return dict(self._section)
 
 
 def model_arrays(model: SupportsStateDict | Mapping[str, Any], where: str) -> dict[str, NDArray[Any]]:

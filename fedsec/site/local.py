@@ -42,7 +42,7 @@ import grpc
 
 from fedsec import _fs, limits
 from fedsec.errors import AuthError, FedsecError, TransferInterruptedError, WireError
-from fedsec.jobs.meta import HEConfig
+from fedsec.jobs.meta import HEConfig, StrategyConfig
 from fedsec.site.spool import EventSpool
 from fedsec.site.transfer import retry
 from fedsec.site.upload import StreamedUpload
@@ -69,8 +69,11 @@ def he_meta(he: HEConfig) -> dict[str, Any] | None:
     return {"clip": he.clip, "max_examples": he.max_examples, "max_clients": he.max_clients}
 
 
-def task_disagreement(meta: dict[str, Any], he: HEConfig) -> str:
-    """Why a task's meta disagrees with the signed job's HE settings; "" when it agrees."""
+def task_disagreement(meta: dict[str, Any], he: HEConfig, strategy: StrategyConfig | None = None) -> str:
+    """Why a task's meta disagrees with the signed job's HE settings or strategy; "" when it agrees.
+
+    A task that names no strategy is a fedavg task.
+    """
     expected = he_meta(he)
     got = meta.get("he")
     if got != expected:
@@ -78,6 +81,13 @@ def task_disagreement(meta: dict[str, Any], he: HEConfig) -> str:
     encrypted = meta.get("encrypted", False)
     if not isinstance(encrypted, bool) or (encrypted and not he.enabled):
         return f"encrypted={encrypted!r} but the signed job does not use HE"
+    signed = (strategy or StrategyConfig()).task_meta()
+    got_strategy = meta.get("strategy", {"name": "fedavg"})
+    if got_strategy != signed:
+        return (
+            f"strategy {json.dumps(got_strategy, sort_keys=True)} but the signed job says "
+            f"{json.dumps(signed, sort_keys=True)}"
+        )
     return ""
 
 
@@ -93,6 +103,7 @@ class JobEndpoint:
     transfer_seconds: float = 600.0  # how long a task download or an upload is retried (the job's round_timeout)
     server: grpc.Server | None = None
     global_params: dict[str, np.ndarray] | None = field(default=None, repr=False)  # HE jobs: the last global model
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)  # the signed job's: a task must say the same
     refused_round: int = -1  # the last round whose task was refused (logged once)
     initial_model: Path | None = None  # the initial model in the signed, verified job archive's unpacked folder
     held: dict[bytes, Path] = field(default_factory=dict, repr=False)  # SHA-256 -> a model file this site holds
@@ -136,6 +147,7 @@ class LocalEndpoints:
         transfer_seconds: float = 600.0,
         initial_model: Path | None = None,
         socket: Path | None = None,
+        strategy: StrategyConfig | None = None,
     ) -> JobEndpoint:
         """Start job_id's endpoint on a fresh socket with a fresh token; the socket exists on return.
 
@@ -143,6 +155,7 @@ class LocalEndpoints:
         initial_model: the initial model of the signed job archive as unpacked here; a task whose model
         has its SHA-256 is not downloaded again.
         socket: where to make it (a warm job process's own socket folder); a fresh name in this site's folder if None.
+        strategy: the signed job's strategy section (None: fedavg); a task that says otherwise is refused.
         """
         self.close(job_id)
         with self._lock:
@@ -150,7 +163,16 @@ class LocalEndpoints:
             socket = self._dir / f"{self._seq}.sock" if socket is None else socket
         socket.unlink(missing_ok=True)
         token = secrets.token_urlsafe(limits.JOB_TOKEN_BYTES)
-        endpoint = JobEndpoint(job_id, socket, token, he, work, transfer_seconds, initial_model=initial_model)
+        endpoint = JobEndpoint(
+            job_id,
+            socket,
+            token,
+            he,
+            work,
+            transfer_seconds,
+            initial_model=initial_model,
+            strategy=strategy or StrategyConfig(),
+        )
         relay = JobRelay(endpoint, self._link)
         endpoint.server = serve_unix(socket, lambda s: fedsec_pb2_grpc.add_FederationServicer_to_server(relay, s), 4)
         with self._lock:
@@ -216,7 +238,7 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
             yield first
             return
         meta = _meta(header.meta_json, what)
-        problem = task_disagreement(meta, self._job.he)
+        problem = task_disagreement(meta, self._job.he, self._job.strategy)
         if problem:
             yield from self._refuse(header.current_round, problem, wait, context)
         elif self._job.he.enabled:

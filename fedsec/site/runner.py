@@ -157,7 +157,7 @@ class JobRunner:
         timeout = app.workflow.round_timeout
         socket = None if slot is None else slot.sockets / "job.sock"
         initial = code / "app" / app.initial_model  # a task naming its digest is not downloaded again
-        endpoint = self._endpoints.open(job_id, app.he, work, timeout, initial, socket=socket)
+        endpoint = self._endpoints.open(job_id, app.he, work, timeout, initial, socket=socket, strategy=app.strategy)
         try:
             base = {
                 ENV_SOCKET: str(endpoint.socket),

@@ -14,7 +14,7 @@ import numpy as np
 from fedsec.errors import WireError
 from fedsec.wire import arrays
 
-_FLOAT = {"float16", "float32", "float64"}
+FLOAT_DTYPES = frozenset({"float16", "float32", "float64"})
 
 
 def _sum_dtype(dtype: str) -> type[np.floating]:
@@ -47,6 +47,14 @@ class Accumulator:
         self.weight += weight
         self.count += 1
 
+    def mean(self, name: str) -> np.ndarray:
+        """The weighted average of tensor name, in float64 (the fold's sums are divided in place: call it once)."""
+        if self.count == 0:
+            raise WireError("no update to average")
+        total = self._sums[name]
+        total /= self.weight
+        return total
+
     def write_average(self, dest: Path, base: Path | None) -> None:
         """Write the weighted average (added to the model at base, for weight differences) to dest."""
         if self.count == 0:
@@ -54,11 +62,10 @@ class Accumulator:
         base_tensors = dict(arrays.iter_file(base, "global model")) if base is not None else {}
         out: dict[str, np.ndarray] = {}
         for spec in self.specs:
-            total = self._sums[spec.name]
-            total /= self.weight
+            total = self.mean(spec.name)
             if spec.name in base_tensors:
                 total += base_tensors[spec.name]
-            if spec.dtype in _FLOAT:
+            if spec.dtype in FLOAT_DTYPES:
                 out[spec.name] = total.astype(spec.dtype, copy=False)
             else:  # in place, so a 0-d tensor stays an array (np.rint of a 0-d array returns a scalar)
                 np.rint(total, out=total)

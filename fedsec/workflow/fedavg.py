@@ -1,8 +1,16 @@
-"""FedAvg: rounds of sample -> send the global model -> gather updates -> average.
+"""The round driver: rounds of sample -> send the global model -> gather updates -> the strategy's result.
+
+RoundDriver (FedAvg is its older name) owns sampling, deadlines, site failures,
+checkpoints and progress; the job's strategy (fedsec.workflow.strategies: fedavg,
+fedprox, fedopt) owns how each accepted plain update is folded in and what the
+next global model is. Under homomorphic encryption the driver sums the
+ciphertexts itself (EncryptedAccumulator: the average only the sites can read),
+for the strategies that support it.
 
 State lives in the job's workspace so a restarted server resumes from the
 last completed round: checkpoints/round_NNNNN.fsa (the global model after
-that round), state.json (rounds completed), progress.json (per-round metrics,
+that round; round_NNNNN.state.fsa beside it holds the strategy's state, if it
+has any, such as FedOpt's float64 moments), state.json (rounds completed), progress.json (per-round metrics,
 the sites that left the job and why). Service threads call get_task / submit /
 update_sites / apply_participation; run() drives rounds. The result folder
 (fedsec.jobs.result) holds the final model of a completed job, or, through
@@ -44,6 +52,7 @@ from fedsec.errors import HEError, JobError, TransferInterruptedError, WireError
 from fedsec.jobs import result
 from fedsec.jobs.meta import AppConfig, JobMeta
 from fedsec.wire import arrays, fedsec_pb2, streams
+from fedsec.workflow import strategies
 from fedsec.workflow.aggregate import Accumulator, EncryptedAccumulator
 from fedsec.workflow.tracking import Tracker
 
@@ -141,8 +150,8 @@ def load_participation(path: Path) -> Participation:
     )
 
 
-class FedAvg:
-    """One FedAvg job on the server."""
+class RoundDriver:
+    """One job on the server: its rounds, driven for the job's strategy."""
 
     def __init__(
         self,
@@ -168,6 +177,9 @@ class FedAvg:
         if self.he.enabled and he_context is None:
             raise JobError("the job uses homomorphic encryption, but the server kit has no HE context")
         self._he_context = he_context
+        self.strategy = strategies.make(app.strategy)
+        if self.he.enabled and not self.strategy.supports_he:
+            raise JobError(f"strategy {self.strategy.name} does not run with homomorphic encryption yet")
         self.tracker = tracker
         self.participants: set[str] = set()  # every site that answered a round: the sites whose end is awaited
         self._initial = job_folder / "app" / app.initial_model
@@ -370,6 +382,7 @@ class FedAvg:
         specs = arrays.read_specs(self._initial, "initial model")
         if done_rounds:
             log.info("job=%s resuming after round %d", self.job_id, done_rounds - 1)
+            self._restore_strategy(done_rounds - 1)
         with self._progress_lock:  # a result kept when an earlier process was stopped is not this run's
             stale = self._progress.pop("result", None)
         if stale is not None:
@@ -384,7 +397,7 @@ class FedAvg:
                 )
             new_model = self._checkpoint(number)
             with _server_writes(f"the checkpoint of round {number}"):
-                rnd.acc.write_average(new_model, model if rnd.params_type == "diff" else None)
+                self._write_result(rnd, model, new_model)
                 model = new_model
                 self._record(number, rnd)
         if self.cfg.evaluate_final:
@@ -401,6 +414,26 @@ class FedAvg:
                 self.tracker.final_model(self._ws / "result" / entry["model"])
             shutil.copyfile(self._ws / "progress.json", self._ws / "result" / "progress.json")
         self.finish()
+
+    def _write_result(self, rnd: _Round, model: Path, dest: Path) -> None:
+        """Write round rnd's next global model to dest, and the strategy's state beside it."""
+        diff = rnd.params_type == "diff"
+        if isinstance(rnd.acc, EncryptedAccumulator):  # the encrypted sum: only the sites can average it
+            rnd.acc.write_average(dest, model if diff else None)
+            return
+        self.strategy.write_result(rnd.acc, model, diff, dest)
+        state = self.strategy.state()
+        if state:
+            arrays.write_file(_state_path(dest), state, f"the {self.strategy.name} state of round {rnd.number}")
+
+    def _restore_strategy(self, number: int) -> None:
+        """Continue the strategy from its state kept with round number's checkpoint (none: a stateless one)."""
+        path = _state_path(self._checkpoint(number))
+        where = f"the {self.strategy.name} state of round {number}"
+        if path.exists():
+            self.strategy.restore(arrays.read_file(path, where), where)
+        elif self.strategy.stateful:
+            raise JobError(f"{where} is missing: the job cannot resume its server optimizer")
 
     def keep_last_result(self) -> dict[str, Any] | None:
         """Keep the last completed round's global model as the result (the job was aborted or failed); its entry.
@@ -494,7 +527,7 @@ class FedAvg:
         if self.he.enabled:
             acc = EncryptedAccumulator(self._he_context, specs, self.he.clip, self.he.max_clients)
         else:
-            acc = Accumulator(specs)
+            acc = self.strategy.fold(specs)
         rnd = _Round(number, kind, model, specs, streams.describe_file(model), sampled, set(sampled), acc)
         log.info("job=%s round=%d %s sampled=%s", self.job_id, number, kind, ",".join(sorted(sampled)))
         timeout = self.cfg.round_timeout
@@ -533,6 +566,7 @@ class FedAvg:
         _fs.write_atomic(self._ws / "state.json", json.dumps({"completed_rounds": number + 1}).encode())
         previous = self._checkpoint(number - 2)
         previous.unlink(missing_ok=True)  # keep the last two checkpoints
+        _state_path(previous).unlink(missing_ok=True)
         log.info("job=%s round=%d done metrics=%s", self.job_id, number, entry["metrics"])
         if self.tracker is not None:
             self.tracker.global_metrics(number, rnd.metrics(), rnd.site_metrics)
@@ -563,6 +597,14 @@ class FedAvg:
         if not isinstance(value, dict):
             raise JobError(f"{path}: not a JSON object")
         return value
+
+
+FedAvg = RoundDriver  # the driver's name before strategies were split out of it
+
+
+def _state_path(checkpoint: Path) -> Path:
+    """Where the strategy's state of the round whose global model is at checkpoint lives."""
+    return checkpoint.with_name(checkpoint.name.split(".")[0] + ".state.fsa")
 
 
 def _remove_leftovers(workspace: Path) -> None:

@@ -81,7 +81,14 @@ class WorkflowService(fedsec_pb2_grpc.WorkflowServicer):
             task=task.kind,
             current_round=task.current_round,
             num_rounds=self._num_rounds,
-            meta_json=json.dumps({"job": self._fedavg.meta.name, "he": self._he, "encrypted": task.encrypted}),
+            meta_json=json.dumps(
+                {
+                    "job": self._fedavg.meta.name,
+                    "he": self._he,
+                    "encrypted": task.encrypted,
+                    "strategy": self._fedavg.strategy.task_meta(),
+                }
+            ),
             payload=task.payload,
             model_held=model_held,
         )

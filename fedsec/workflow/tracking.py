@@ -110,23 +110,25 @@ def open_tracker(
 def job_params(job_id: str, meta: JobMeta, app: AppConfig, submitter: str) -> dict[str, str]:
     """The job's settings as MLflow params of its run.
 
-    job_id, job_name, submitter, strategy (the workflow's short name), min_clients, sites (the sites meta.yml
-    lists, or "all"), num_sites (how many it lists; a job open to every site logs it when it ends), and every
-    setting of app/config.yml under its path (workflow.num_rounds, he.enabled, ...; the other he.* settings only
-    when HE is on). script.args is the argument line; each "--name value" or "--name=value" in it is also
-    script.args.<name> (a "--flag" alone: "true"), so a script's local epochs show as script.args.epochs.
+    job_id, job_name, submitter, strategy (the strategy's short name; its settings, defaults filled in,
+    are strategy.*), min_clients, sites (the sites meta.yml lists, or "all"), num_sites (how many it
+    lists; a job open to every site logs it when it ends), and every setting of app/config.yml under its
+    path (workflow.num_rounds, he.enabled, ...; the other he.* settings only when HE is on). script.args
+    is the argument line; each "--name value" or "--name=value" in it is also script.args.<name> (a
+    "--flag" alone: "true"), so a script's local epochs show as script.args.epochs.
     """
     params = {
         "job_id": job_id,
         "job_name": meta.name,
         "submitter": submitter,
-        "strategy": app.workflow.kind.value,
+        "strategy": app.strategy.name.value,
         "min_clients": str(meta.min_clients),
         "sites": ",".join(meta.sites) or "all",
     }
     if meta.sites:
         params["num_sites"] = str(len(meta.sites))
     config = to_plain(app)
+    config["strategy"] = {"name": app.strategy.name.value, **app.strategy.settings()}  # with its defaults
     if not app.he.enabled:
         config["he"] = {"enabled": False}
     params.update(_flatten(config, ""))

@@ -9,6 +9,7 @@ the weight difference.
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import torch
 from data import load_split
@@ -17,7 +18,7 @@ from torch import nn
 
 from fedsec import client as fl
 from fedsec.client import FLModel, ParamsType
-from fedsec.client.torch_io import load_into, to_numpy
+from fedsec.client.torch_io import load_into, proximal_term, to_numpy
 from fedsec.client.tracking import SummaryWriter
 
 
@@ -46,17 +47,25 @@ def evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return float((net(x).argmax(dim=1) == y).float().mean())
 
 
-def train(net: nn.Module, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace) -> float:
-    """args.epochs epochs of SGD with momentum; returns the mean loss of the last epoch."""
+def train(
+    net: nn.Module, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace, anchor: dict[str, Any], mu: float
+) -> float:
+    """args.epochs epochs of SGD with momentum; returns the mean loss of the last epoch.
+
+    mu > 0 (a FedProx job): the loss also has the proximal term mu/2 * ||w - anchor||^2.
+    """
     optimizer = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
     net.train()
+    anchor = {name: torch.as_tensor(value) for name, value in anchor.items()}  # once, not per batch
     mean_loss = 0.0
     for epoch in range(args.epochs):
         total = 0.0
         for batch in torch.split(torch.randperm(len(y)), args.batch_size):
             optimizer.zero_grad()
             loss = loss_fn(net(x[batch]), y[batch])
+            if mu > 0:
+                loss = loss + proximal_term(net, anchor, mu)
             loss.backward()
             optimizer.step()
             total += loss.item() * len(batch)
@@ -93,7 +102,11 @@ def main() -> None:
             continue
 
         global_params = to_numpy(net.state_dict())
-        loss = train(net, train_x, train_y, args)
+        strategy = fl.strategy_settings()
+        mu = float(strategy["mu"]) if strategy["name"] == "fedprox" else 0.0
+        if mu > 0:
+            print(f"{site}: proximal term mu={mu:g}", flush=True)
+        loss = train(net, train_x, train_y, args, global_params, mu)
         diff = {name: value - global_params[name] for name, value in to_numpy(net.state_dict()).items()}
         update_norm = float(sum(float((d.astype("float64") ** 2).sum()) for d in diff.values()) ** 0.5)
         writer.add_scalars("train", {"loss": loss, "lr": args.lr, "update_norm": update_norm}, model.current_round)

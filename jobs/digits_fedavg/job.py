@@ -12,6 +12,7 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,7 +23,7 @@ from data import load_split  # noqa: E402
 from model import DigitsNet  # noqa: E402
 
 from fedsec.errors import FedsecError  # noqa: E402
-from fedsec.jobs import FedAvgRecipe  # noqa: E402
+from fedsec.jobs import FedAvgRecipe, FedOptRecipe, FedProxRecipe  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -47,6 +48,10 @@ def parse_args() -> argparse.Namespace:
         help="a tracking backend the server's operator named (default: local, its embedded MLflow store)",
     )
     parser.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files on the server")
+    parser.add_argument("--strategy", choices=["fedavg", "fedprox", "fedopt"], default="fedavg")
+    parser.add_argument("--mu", type=float, default=0.01, help="fedprox: the weight of the proximal term")
+    parser.add_argument("--optimizer", choices=["adam", "yogi", "adagrad", "avgm"], default="adam", help="fedopt")
+    parser.add_argument("--server_lr", type=float, default=None, help="fedopt: the server's learning rate")
     return parser.parse_args()
 
 
@@ -57,7 +62,13 @@ def make_recipe(args: argparse.Namespace) -> FedAvgRecipe:
         script_args += ["--alpha", str(args.alpha)]
     torch.manual_seed(args.seed)  # the same initial model for the same seed
     n = args.n_clients
-    return FedAvgRecipe(
+    strategy: dict[str, Any] = {}
+    recipe: type[FedAvgRecipe] = FedAvgRecipe
+    if args.strategy == "fedprox":
+        recipe, strategy = FedProxRecipe, {"mu": args.mu}
+    elif args.strategy == "fedopt":
+        recipe, strategy = FedOptRecipe, {"optimizer": args.optimizer, "server_lr": args.server_lr}
+    return recipe(
         "digits_fedavg",
         DigitsNet(),
         HERE / "client.py",
@@ -73,6 +84,7 @@ def make_recipe(args: argparse.Namespace) -> FedAvgRecipe:
         he_max_examples=max(len(load_split(i, args.n_clients, alpha=args.alpha, seed=args.seed)[1]) for i in range(n)),
         tracking_backend=args.tracking_backend,
         tensorboard=args.tensorboard,
+        **strategy,
     )
 
 

@@ -67,3 +67,24 @@ def test_digits_fedavg_job_learns(federation: Federation, tmp_path: Path) -> Non
     }
     assert all(t.dtype == np.float32 and np.all(np.isfinite(t)) for t in model.values())
     assert model["classifier.3.weight"].shape == (10, 64)
+
+
+@pytest.mark.federation(n_clients=3, heartbeat_timeout=30.0)
+def test_digits_fedprox_job_learns_with_the_proximal_term_in_each_sites_loss(
+    federation: Federation, tmp_path: Path
+) -> None:
+    federation.start_all()
+    argv = [sys.executable, str(JOB_PY), "--startup_kit", str(federation.admin_kit)]
+    argv += ["--n_clients", "3", "--num_rounds", "3", "--strategy", "fedprox", "--mu", "0.01"]
+    done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=240, check=False)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    found = re.search(r"^submitted job (\S+)$", done.stdout, re.M)
+    assert found, out
+    with Session(federation.admin_kit) as s:
+        info = s.get_job_meta(found.group(1))
+    assert info.status == "finished:completed", info.reason
+    assert info.progress["final"]["metrics"]["accuracy"] >= 0.9
+    for site in ("site-1", "site-2", "site-3"):  # every site added the term in every round
+        log = federation.job_log(site, found.group(1))
+        assert log.count(f"{site}: proximal term mu=0.01") == 3, log[-2000:]

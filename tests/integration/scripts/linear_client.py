@@ -2,7 +2,9 @@
 
 Every site holds noisy samples of y = X @ w_true; each round it evaluates the
 global weights (mse), takes a few gradient steps and sends its weight
-difference. Flags make it misbehave on purpose for the fault tests.
+difference. In a FedProx job the steps also follow the proximal term's gradient
+mu * (w - w_global), with mu from the task, and the site reports mu as a metric.
+Flags make it misbehave on purpose for the fault tests.
 """
 
 from __future__ import annotations
@@ -48,9 +50,11 @@ while fl.is_running():
         continue
     if site == args.fail_site and model.current_round == args.fail_round:
         raise RuntimeError(f"deliberate failure on {site} in round {model.current_round}")
+    strategy = fl.strategy_settings()
+    mu = float(strategy["mu"]) if strategy["name"] == "fedprox" else 0.0
     new = w.copy()
     for _ in range(args.steps):
-        new -= args.lr * (2 / len(x)) * x.T @ (x @ new - y)
+        new -= args.lr * ((2 / len(x)) * x.T @ (x @ new - y) + mu * (new - w))
     diff = {"w": new - w, "b": np.zeros(1, dtype=np.float32)}
     meta: dict[str, object] = {"num_examples": len(x)}
     if site == args.bad_site:
@@ -65,5 +69,6 @@ while fl.is_running():
         elif args.bad == "meta":
             meta = {"num_examples": -5}
     time.sleep(args.sleep)
-    accepted = fl.send(FLModel(params=diff, params_type=ParamsType.DIFF, metrics={"mse": mse}, meta=meta))
+    metrics = {"mse": mse, "mu": mu} if strategy["name"] == "fedprox" else {"mse": mse}
+    accepted = fl.send(FLModel(params=diff, params_type=ParamsType.DIFF, metrics=metrics, meta=meta))
     print(f"round {model.current_round} sent accepted={accepted}", flush=True)

@@ -13,7 +13,7 @@ import yaml
 from fedsec import limits
 from fedsec.errors import JobError
 from fedsec.jobs import load_job_folder
-from fedsec.jobs.meta import FORMAT, JobMeta, WorkflowKind, meta_to_json, parse_meta
+from fedsec.jobs.meta import FORMAT, JobMeta, StrategyKind, WorkflowKind, meta_to_json, parse_meta
 from fedsec.wire import arrays
 
 META: dict[str, Any] = {"format": FORMAT, "name": "demo", "sites": [], "min_clients": 2}
@@ -207,3 +207,78 @@ def test_meta_to_json_roundtrips() -> None:
     assert json.loads(text) == {"format": FORMAT, "name": "demo", "sites": ["site-2", "site-1"], "min_clients": 2}
     assert parse_meta(json.loads(text)) == meta
     assert text == meta_to_json(parse_meta(json.loads(text)))
+
+
+@pytest.mark.parametrize(
+    ("strategy", "fragment"),
+    [
+        ("fedsgd", "strategy.name: 'fedsgd' is not one of fedavg, fedprox, fedopt"),
+        ({"name": "fedsec.workflow.FedOpt"}, "strategy.name: 'fedsec.workflow.FedOpt' is not one of"),
+        ({"name": "fedavg", "mu": 0.1}, "strategy.mu: not a setting of fedavg"),
+        ({"name": "fedavg", "extra": 1}, "strategy.extra: unknown key"),
+        ({"name": "fedprox"}, "strategy.mu: fedprox needs mu"),
+        ({"name": "fedprox", "mu": -0.5}, "strategy.mu: must be in [0, 1e+06], got -0.5"),
+        ({"name": "fedprox", "mu": math.nan}, "strategy.mu: must be in [0, 1e+06]"),
+        ({"name": "fedprox", "mu": "high"}, "strategy.mu: expected a number"),
+        ({"name": "fedprox", "mu": 0.1, "server_lr": 1.0}, "strategy.server_lr: not a setting of fedprox"),
+        ({"name": "fedopt"}, "strategy.optimizer: fedopt needs an optimizer: adam, yogi, adagrad or avgm"),
+        ({"name": "fedopt", "optimizer": "sgd"}, "strategy.optimizer: 'sgd' is not one of adam, yogi, adagrad, avgm"),
+        (
+            {"name": "fedopt", "optimizer": "adam", "momentum": 0.9},
+            "strategy.momentum: not a setting of fedopt with optimizer adam",
+        ),
+        (
+            {"name": "fedopt", "optimizer": "avgm", "beta2": 0.9},
+            "strategy.beta2: not a setting of fedopt with optimizer avgm",
+        ),
+        (
+            {"name": "fedopt", "optimizer": "adagrad", "beta2": 0.9},
+            "strategy.beta2: not a setting of fedopt with optimizer adagrad",
+        ),
+        ({"name": "fedopt", "optimizer": "adam", "mu": 0.1}, "strategy.mu: not a setting of fedopt"),
+        ({"name": "fedopt", "optimizer": "adam", "server_lr": 0}, "strategy.server_lr: must be in (0, 1e+06]"),
+        ({"name": "fedopt", "optimizer": "adam", "beta1": 1.0}, "strategy.beta1: must be in [0, 1)"),
+        ({"name": "fedopt", "optimizer": "yogi", "beta2": -0.1}, "strategy.beta2: must be in [0, 1)"),
+        ({"name": "fedopt", "optimizer": "adam", "tau": 0.0}, "strategy.tau: must be in (0, 1]"),
+        ({"name": "fedopt", "optimizer": "avgm", "momentum": math.inf}, "strategy.momentum: must be in [0, 1)"),
+    ],
+)
+def test_bad_strategy(tmp_path: Path, strategy: Any, fragment: str) -> None:
+    root = write_job(tmp_path / "job", config={**CONFIG, "strategy": strategy})
+    with pytest.raises(JobError) as info:
+        load_job_folder(root)
+    assert str(info.value).startswith(f"job folder {root}: app/config.yml: ")
+    assert fragment in str(info.value)
+
+
+def test_fedopt_with_he_is_refused_as_not_built_yet(tmp_path: Path) -> None:
+    config = {**CONFIG, "strategy": {"name": "fedopt", "optimizer": "adam"}, "he": {"enabled": True}}
+    with pytest.raises(JobError, match="strategy: fedopt with he.enabled is not built yet"):
+        load_job_folder(write_job(tmp_path / "job", config=config))
+
+
+@pytest.mark.parametrize(
+    ("strategy", "kind", "settings"),
+    [
+        (DELETE, StrategyKind.FEDAVG, {}),
+        ("fedavg", StrategyKind.FEDAVG, {}),
+        ({"name": "fedprox", "mu": 0}, StrategyKind.FEDPROX, {"mu": 0.0}),
+        (
+            {"name": "fedopt", "optimizer": "adam", "beta1": 0.5},
+            StrategyKind.FEDOPT,
+            {"optimizer": "adam", "server_lr": 0.1, "beta1": 0.5, "beta2": 0.99, "tau": 0.001},
+        ),
+        (
+            {"name": "fedopt", "optimizer": "avgm"},
+            StrategyKind.FEDOPT,
+            {"optimizer": "avgm", "server_lr": 1.0, "momentum": 0.9},
+        ),
+    ],
+)
+def test_strategy_and_its_effective_settings(
+    tmp_path: Path, strategy: Any, kind: StrategyKind, settings: dict[str, Any]
+) -> None:
+    config = CONFIG if strategy is DELETE else {**CONFIG, "strategy": strategy}
+    _, app = load_job_folder(write_job(tmp_path / "job", config=config))
+    assert app.strategy.name is kind
+    assert app.strategy.settings() == settings

@@ -10,7 +10,7 @@ from numpy.typing import NDArray
 
 from fedsec import limits
 from fedsec.errors import JobError
-from fedsec.jobs import FedAvgRecipe, load_job_folder, pack, unpack
+from fedsec.jobs import FedAvgRecipe, FedOptRecipe, FedProxRecipe, load_job_folder, pack, unpack
 from fedsec.jobs.meta import WorkflowKind
 from fedsec.wire import arrays
 
@@ -175,3 +175,45 @@ def test_custom_file_names_must_not_clash(tmp_path: Path, script: Path) -> None:
     (other / "train.py").write_text("")
     with pytest.raises(JobError, match="custom_files: .*train.py has the same name as train_script"):
         FedAvgRecipe("demo", WEIGHTS, script, 2, 1, custom_files=[other / "train.py"])
+
+
+def test_fedprox_and_fedopt_recipes_write_their_strategy_section(tmp_path: Path, script: Path) -> None:
+    prox = FedProxRecipe("prox", WEIGHTS, script, 2, 1, mu=0.05, sample_fraction=0.5)
+    _, app = load_job_folder(prox.export(tmp_path / "prox"))
+    assert (app.strategy.name.value, app.strategy.settings(), app.workflow.sample_fraction) == (
+        "fedprox",
+        {"mu": 0.05},
+        0.5,
+    )
+    opt = FedOptRecipe("opt", WEIGHTS, script, 2, 1, optimizer="yogi", server_lr=0.5)
+    folder = opt.export(tmp_path / "opt")
+    _, app = load_job_folder(folder)
+    assert app.strategy.settings() == {"optimizer": "yogi", "server_lr": 0.5, "beta1": 0.9, "beta2": 0.99, "tau": 0.001}
+    written = (folder / "app/config.yml").read_text()
+    assert "strategy:\n  name: fedopt\n  optimizer: yogi\n  server_lr: 0.5\n" in written  # no null settings
+    _, app = load_job_folder(FedAvgRecipe("avg", WEIGHTS, script, 2, 1).export(tmp_path / "avg"))
+    assert app.strategy.name.value == "fedavg"
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (
+            lambda s: FedProxRecipe("p", WEIGHTS, s, 2, 1, mu=-1.0),
+            "FedProxRecipe 'p': app/config.yml: strategy.mu: must be in",
+        ),
+        (
+            lambda s: FedOptRecipe("o", WEIGHTS, s, 2, 1, optimizer="sgd"),
+            "FedOptRecipe 'o': app/config.yml: strategy.optimizer: 'sgd'",
+        ),
+        (
+            lambda s: FedOptRecipe("o", WEIGHTS, s, 2, 1, optimizer="avgm", beta2=0.9),
+            "strategy.beta2: not a setting of fedopt with optimizer avgm",
+        ),
+        (lambda s: FedOptRecipe("o", WEIGHTS, s, 2, 1, he=True), "strategy: fedopt with he.enabled is not built yet"),
+    ],
+)
+def test_strategy_recipes_refuse_bad_settings(script: Path, make: Any, fragment: str) -> None:
+    with pytest.raises(JobError) as info:
+        make(script)
+    assert fragment in str(info.value)

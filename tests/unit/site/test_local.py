@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 import pytest
 
-from fedsec.jobs.meta import HEConfig
+from fedsec.jobs.meta import HEConfig, StrategyConfig, StrategyKind
 from fedsec.site.local import JobEndpoint, LocalEndpoints
 from fedsec.site.spool import EventSpool
 from fedsec.transport.local import TOKEN_METADATA, unix_channel
@@ -171,6 +171,43 @@ def test_a_task_that_disagrees_with_the_signed_job_is_not_handed_to_the_script(
     assert [p.header.status for p in parts] == [fedsec_pb2.TASK_STATUS_WAIT]
     assert "job=job-a refused a task that disagrees with the signed job" in caplog.text
     assert server["stub"].task_requests  # the server was asked: its answer was refused
+
+
+PROX = StrategyConfig(StrategyKind.FEDPROX, mu=0.1)
+
+
+@pytest.mark.parametrize(
+    ("signed", "said"),
+    [
+        (StrategyConfig(), {"name": "fedprox", "mu": 0.1}),  # the server turns FedProx on
+        (PROX, {"name": "fedprox", "mu": 0.2}),  # another mu
+        (PROX, {"name": "fedavg"}),
+        (PROX, None),  # a task naming no strategy is a fedavg task
+        (PROX, "fedprox"),
+    ],
+)
+def test_a_task_whose_strategy_disagrees_with_the_signed_job_is_not_handed_to_the_script(
+    endpoints: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture, signed: StrategyConfig, said: Any
+) -> None:
+    eps, server = endpoints
+    server["stub"] = FakeServer(
+        {"job": "x", "he": None, "encrypted": False, **({} if said is None else {"strategy": said})}
+    )
+    ep = eps.open("job-a", HEConfig(), tmp_path, strategy=signed)
+    with caplog.at_level(logging.ERROR):
+        parts = _task(ep, ep.token)
+    assert [p.header.status for p in parts] == [fedsec_pb2.TASK_STATUS_WAIT]
+    assert "job=job-a refused a task that disagrees with the signed job" in caplog.text
+
+
+@pytest.mark.parametrize("said", [{"name": "fedprox", "mu": 0.1}, {"mu": 0.1, "name": "fedprox"}])
+def test_a_task_saying_the_signed_strategy_reaches_the_script(endpoints: Any, tmp_path: Path, said: Any) -> None:
+    eps, server = endpoints
+    server["stub"] = FakeServer({"job": "x", "he": None, "encrypted": False, "strategy": said})
+    ep = eps.open("job-a", HEConfig(), tmp_path, strategy=PROX)
+    parts = _task(ep, ep.token)
+    assert parts[0].header.status == fedsec_pb2.TASK_STATUS_TASK
+    assert json.loads(parts[0].header.meta_json)["strategy"] == {"name": "fedprox", "mu": 0.1}
 
 
 def test_he_job_hands_the_script_plain_arrays_and_sends_ciphertexts(endpoints: Any, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 
 from fedsec import limits
 from fedsec.errors import JobError, TransferInterruptedError
-from fedsec.jobs import FedAvgRecipe, load_job_folder
+from fedsec.jobs import FedAvgRecipe, FedOptRecipe, load_job_folder
 from fedsec.tracking.receivers import Receiver
 from fedsec.wire import arrays, fedsec_pb2, streams
 from fedsec.workflow.fedavg import FedAvg, Participation
@@ -37,14 +37,15 @@ def update(w: float, n: int = 0) -> dict[str, NDArray[Any]]:
 class Job:
     """A job folder from FedAvgRecipe and the FedAvg objects made from it on one workspace."""
 
-    def __init__(self, tmp: Path, num_rounds: int, min_clients: int, **settings: Any) -> None:
+    def __init__(
+        self, tmp: Path, num_rounds: int, min_clients: int, recipe: type[FedAvgRecipe] = FedAvgRecipe, **settings: Any
+    ) -> None:
         tmp.mkdir()
         script = tmp / "train.py"
         script.write_text("raise SystemExit('never run by the workflow')\n")
         settings.setdefault("round_timeout", 10.0)
         settings.setdefault("start_timeout", 10.0)
-        recipe = FedAvgRecipe("unit", INITIAL, script, num_rounds, min_clients, **settings)
-        self.folder = recipe.export(tmp / "job")
+        self.folder = recipe("unit", INITIAL, script, num_rounds, min_clients, **settings).export(tmp / "job")
         self.workspace = tmp / "workspace"
         self.fedavgs: list[FedAvg] = []
         self.runs: list[Running] = []
@@ -475,6 +476,57 @@ def test_a_new_fedavg_resumes_after_the_last_completed_round(
     checkpoints = sorted(p.name for p in (job.workspace / "checkpoints").iterdir())
     assert checkpoints == ["round_00001.fsa", "round_00002.fsa"]  # the last two are kept
     assert f"job={JOB_ID} resuming after round 1" in caplog.text
+
+
+def test_a_resumed_fedopt_job_continues_its_server_optimizer_from_the_checkpoint(
+    make_job: Callable[..., Job],
+) -> None:
+    # avgm, server_lr 0.5, momentum 0.5, every site sending the difference d: m = 0.5*m + d, w += 0.5*m
+    job = make_job(num_rounds=3, min_clients=2, recipe=FedOptRecipe, optimizer="avgm", server_lr=0.5, momentum=0.5)
+    first = job.fedavg()
+    first.update_sites(SITES)
+    run = job.start(first)
+    for number in (0, 1):  # d = 2 twice: m = 2, w = 1; m = 0.5*2 + 2 = 3, w = 1 + 1.5 = 2.5
+        for site in SITES:
+            task(first, site, number)
+            assert submit(first, site, number, update(2, 1)) == (True, "")
+    assert_model(arrays.read_file(task(first, "site-1", 2)), 2.5, 2)  # n: the rounded average, as FedAvg
+    first.update_sites([])  # every site lost in round 2: the process gives up, as a crash would
+    assert isinstance(run.join(), JobError)
+    checkpoints = sorted(p.name for p in (job.workspace / "checkpoints").iterdir())
+    assert checkpoints == ["round_00000.fsa", "round_00000.state.fsa", "round_00001.fsa", "round_00001.state.fsa"]
+
+    second = job.fedavg()
+    second.update_sites(SITES)
+    run = job.start(second)
+    for site in SITES:  # d = 1 with m = 3 restored: m = 1.5 + 1 = 2.5, w = 2.5 + 1.25 = 3.75 (not 3.0 from m = 0)
+        assert_model(arrays.read_file(task(second, site, 2)), 2.5, 2)
+        assert submit(second, site, 2, update(1, 0)) == (True, "")
+    for site in SITES:
+        task(second, site, 3, "evaluate")
+        assert submit(second, site, 3, None, kind="evaluate", metrics={"accuracy": 1.0}) == (True, "")
+    assert run.join() is None
+    assert_model(job.result(), 3.75, 2)
+    checkpoints = sorted(p.name for p in (job.workspace / "checkpoints").iterdir())
+    assert checkpoints == ["round_00001.fsa", "round_00001.state.fsa", "round_00002.fsa", "round_00002.state.fsa"]
+
+
+def test_a_fedopt_job_whose_optimizer_state_is_lost_does_not_resume(make_job: Callable[..., Job]) -> None:
+    job = make_job(num_rounds=2, min_clients=1, recipe=FedOptRecipe, optimizer="adam")
+    first = job.fedavg()
+    first.update_sites(["site-1"])
+    run = job.start(first)
+    task(first, "site-1", 0)
+    assert submit(first, "site-1", 0, update(1, 0)) == (True, "")
+    task(first, "site-1", 1)
+    first.update_sites([])
+    assert isinstance(run.join(), JobError)
+    (job.workspace / "checkpoints" / "round_00000.state.fsa").unlink()
+    second = job.fedavg()
+    second.update_sites(["site-1"])
+    error = job.start(second).join()
+    assert isinstance(error, JobError)
+    assert "the fedopt state of round 0 is missing: the job cannot resume its server optimizer" in str(error)
 
 
 # ---------------------------------------------------------------- interrupted uploads

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fedsec.errors import JobError
-from fedsec.jobs import FedAvgRecipe, load_job_folder
+from fedsec.jobs import FedAvgRecipe, FedOptRecipe, FedProxRecipe, load_job_folder
 from fedsec.tracking.events import Event, EventKind
 from fedsec.tracking.receivers import Receiver, RunEnd, SiteMetrics
 from fedsec.workflow.tracking import Tracker, job_params, script_arg_params
@@ -266,3 +266,23 @@ def test_job_params_name_the_settings_of_meta_and_config(tmp_path: Path) -> None
     params = job_params("job-2", meta, app, "")
     assert (params["he.enabled"], params["he.clip"], params["sites"]) == ("true", "2.0", "all")
     assert "num_sites" not in params  # open to every site: logged when the job ends
+
+
+def test_job_params_name_the_real_strategy_and_its_effective_settings(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text("")
+    model = {"w": np.zeros(2, np.float32)}
+    opt = FedOptRecipe("opt", model, script, 3, 2, optimizer="adam", server_lr=0.5)
+    params = job_params("job-1", *load_job_folder(opt.export(tmp_path / "opt")), "")
+    assert {k: v for k, v in params.items() if k.startswith("strategy")} == {
+        "strategy": "fedopt",
+        "strategy.name": "fedopt",
+        "strategy.optimizer": "adam",
+        "strategy.server_lr": "0.5",
+        "strategy.beta1": "0.9",
+        "strategy.beta2": "0.99",
+        "strategy.tau": "0.001",
+    }
+    prox = FedProxRecipe("prox", model, script, 3, 2, mu=0.01)
+    params = job_params("job-2", *load_job_folder(prox.export(tmp_path / "prox")), "")
+    assert (params["strategy"], params["strategy.mu"]) == ("fedprox", "0.01")
