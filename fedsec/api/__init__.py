@@ -6,15 +6,25 @@ from fedsec.api.session import JobInfo, Session, SiteWait
 # run_recipe needs numpy (recipes, model files): imported on first use, so the admin shell stays light.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from fedsec.api.recipes import FedAvgRecipe, JobResult, run_recipe
+    from fedsec.api.recipes import FedAvgRecipe, FedOptRecipe, FedProxRecipe, JobResult, run_recipe
 
 
 def __getattr__(name: str) -> object:
-    if name in ("FedAvgRecipe", "JobResult", "run_recipe"):
+    if name in ("FedAvgRecipe", "FedOptRecipe", "FedProxRecipe", "JobResult", "run_recipe"):
         from fedsec.api import recipes
 
         return getattr(recipes, name)
     raise AttributeError(f"module 'fedsec.api' has no attribute {name!r}")
 
 
-__all__ = ["FedAvgRecipe", "JobInfo", "JobResult", "RoundPrinter", "Session", "SiteWait", "run_recipe"]
+__all__ = [
+    "FedAvgRecipe",
+    "FedOptRecipe",
+    "FedProxRecipe",
+    "JobInfo",
+    "JobResult",
+    "RoundPrinter",
+    "Session",
+    "SiteWait",
+    "run_recipe",
+]

@@ -2,9 +2,10 @@
 
 It exports the recipe into a temporary folder, submits it with the admin kit, follows it round
 by round (printing the RoundPrinter lines job.py prints), downloads the result and returns a
-JobResult with the final model loaded. `fedsec.api.FedAvgRecipe` is fedsec.jobs' recipe with
-`run(admin_kit)` added, which calls run_recipe(): the running lives here, because jobs/ sits
-below api/ and never imports it. Nothing here is printed except those progress lines.
+JobResult with the final model loaded. `fedsec.api.FedAvgRecipe` (likewise FedProxRecipe and
+FedOptRecipe) is fedsec.jobs' recipe with `run(admin_kit)` added, which calls run_recipe(): the
+running lives here, because jobs/ sits below api/ and never imports it. Nothing here is
+printed except those progress lines.
 """
 
 from __future__ import annotations
@@ -78,8 +79,8 @@ def run_recipe(
     return JobResult(job_id=job_id, status=info.status, reason=info.reason, result=folder, model=model)
 
 
-class FedAvgRecipe(job_recipes.FedAvgRecipe):
-    """fedsec.jobs.FedAvgRecipe that also runs itself: `recipe.run(admin_kit)` (see run_recipe)."""
+class _Runs:
+    """run(admin_kit) for a recipe of fedsec.jobs: submit, follow round by round, download (run_recipe)."""
 
     def run(
         self,
@@ -92,4 +93,17 @@ class FedAvgRecipe(job_recipes.FedAvgRecipe):
         timeout: float | None = None,
     ) -> JobResult:
         """Submit this recipe with admin_kit, follow it round by round, download its result: run_recipe(self, ...)."""
+        assert isinstance(self, job_recipes.FedAvgRecipe)
         return run_recipe(self, admin_kit, dest=dest, progress=progress, echo=echo, poll=poll, timeout=timeout)
+
+
+class FedAvgRecipe(_Runs, job_recipes.FedAvgRecipe):
+    """fedsec.jobs.FedAvgRecipe that also runs itself: `recipe.run(admin_kit)`."""
+
+
+class FedProxRecipe(_Runs, job_recipes.FedProxRecipe):
+    """fedsec.jobs.FedProxRecipe that also runs itself: `recipe.run(admin_kit)`."""
+
+
+class FedOptRecipe(_Runs, job_recipes.FedOptRecipe):
+    """fedsec.jobs.FedOptRecipe that also runs itself: `recipe.run(admin_kit)`."""
