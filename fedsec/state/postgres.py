@@ -12,6 +12,7 @@ become StoreUnavailableError here. psycopg is imported only here (the postgres e
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -80,7 +81,7 @@ class PostgresDatabase:
         try:
             self._conn = self._psycopg.connect(self._dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS)
         except self._psycopg.Error as exc:
-            raise StoreUnavailableError(f"{self._where}: cannot connect: {_first_line(exc)}") from None
+            raise StoreUnavailableError(f"{self._where}: cannot connect: {self._safe(exc)}") from None
         assert self._conn is not None
         return self._conn
 
@@ -94,7 +95,11 @@ class PostgresDatabase:
             except self._psycopg.errors.UniqueViolation as exc:
                 raise JobError(f"{self._where}: {what}: it exists already") from exc
             except self._psycopg.Error as exc:
-                raise StoreUnavailableError(f"{self._where}: {what}: {_first_line(exc)}") from exc
+                raise StoreUnavailableError(f"{self._where}: {what}: {self._safe(exc)}") from None
+
+    def _safe(self, exc: BaseException) -> str:
+        """exc's first line without the DSN or any part of it (libpq quotes a malformed DSN's text)."""
+        return redact_dsn(_first_line(exc), self._dsn, self._psycopg)
 
     def write(self, what: str) -> Any:
         return self._transaction(what)
@@ -107,6 +112,28 @@ class PostgresDatabase:
             self._closed = True
             if self._conn is not None:
                 self._conn.close()
+
+
+def redact_dsn(text: str, dsn: str, psycopg_module: Any) -> str:
+    """text with the DSN's password, the DSN itself and every quoted piece of the DSN replaced by '***'.
+
+    libpq names the offending part of a DSN it cannot parse ('missing "=" after "..."', 'in URI: "..."'),
+    and that part may hold the password: any quoted text found in the DSN goes, whatever libpq quoted.
+    """
+    secrets = [dsn]
+    try:
+        password = psycopg_module.conninfo.conninfo_to_dict(dsn).get("password")
+    except (psycopg_module.Error, ValueError):
+        password = None
+    if isinstance(password, str) and password:
+        secrets.append(password)
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+
+    def quoted(match: re.Match[str]) -> str:
+        return '"***"' if match.group(1) and match.group(1) in dsn else match.group(0)
+
+    return re.sub(r'"([^"]*)"', quoted, text)
 
 
 def _first_line(exc: BaseException) -> str:
