@@ -65,6 +65,7 @@ MAX_LOG_TEXT = 256 << 10  # a job log returned to an admin, or uploaded by a sit
 MAX_LOG_CHUNK_BYTES = 256 << 10  # one piece of a job's log that a site sends while the script runs
 MAX_SITE_JOB_LOG_BYTES = 16 << 20  # a site's log of one job that the server keeps; later pieces are dropped
 LOG_TAIL_BYTES = 8 << 10  # the end of each site's log that tail_job_log shows first
+MAX_FOLLOWED_LOGS = 4096  # tail_job_log reads a server remembers as audited (a follower's next reads are not)
 MAX_LOG_REPLY_BYTES = 1 << 20  # log bytes in one tail_job_log reply (as text at most 3x: under MAX_MESSAGE_BYTES)
 LOG_SHIP_SECONDS = 1.0  # how often a site looks for new lines in its running jobs' logs
 MAX_AUDIT_ENTRIES = 10_000
