@@ -43,11 +43,11 @@ class _Cursor:
         self._cur = cur
 
     def rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
-        self._cur.execute(sql.replace("?", "%s"), tuple(params))
+        self._cur.execute(sql.replace("?", "%s"), _sql.params(params))
         return [tuple(row) for row in self._cur.fetchall()]
 
     def run(self, sql: str, params: Sequence[object] = ()) -> None:
-        self._cur.execute(sql.replace("?", "%s"), tuple(params))
+        self._cur.execute(sql.replace("?", "%s"), _sql.params(params))
 
 
 class PostgresDatabase:
@@ -94,6 +94,9 @@ class PostgresDatabase:
                     yield _Cursor(cur)
             except self._psycopg.errors.UniqueViolation as exc:
                 raise JobError(f"{self._where}: {what}: it exists already") from exc
+            except (self._psycopg.DataError, self._psycopg.IntegrityError, self._psycopg.ProgrammingError) as exc:
+                # a value or statement the database refuses: the same on every try, never "unavailable, retry"
+                raise JobError(f"{self._where}: {what}: {self._safe(exc)}") from None
             except self._psycopg.Error as exc:
                 raise StoreUnavailableError(f"{self._where}: {what}: {self._safe(exc)}") from None
 
