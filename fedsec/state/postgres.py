@@ -118,25 +118,22 @@ class PostgresDatabase:
 
 
 def redact_dsn(text: str, dsn: str, psycopg_module: Any) -> str:
-    """text with the DSN's password, the DSN itself and every quoted piece of the DSN replaced by '***'.
+    """text with the DSN's password and the DSN itself replaced by '***'.
 
-    libpq names the offending part of a DSN it cannot parse ('missing "=" after "..."', 'in URI: "..."'),
-    and that part may hold the password: any quoted text found in the DSN goes, whatever libpq quoted.
+    A DSN libpq cannot parse has no password to look for, and libpq names the part it could not parse
+    ('missing "=" after "..."', 'in URI: "..."'), which may hold the password: then every quoted piece
+    of the DSN goes too.
     """
-    secrets = [dsn]
     try:
         password = psycopg_module.conninfo.conninfo_to_dict(dsn).get("password")
     except (psycopg_module.Error, ValueError):
-        password = None
-    if isinstance(password, str) and password:
-        secrets.append(password)
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, "***")
 
-    def quoted(match: re.Match[str]) -> str:
-        return '"***"' if match.group(1) and match.group(1) in dsn else match.group(0)
+        def quoted(match: re.Match[str]) -> str:
+            return '"***"' if match.group(1) and match.group(1) in dsn else match.group(0)
 
-    return re.sub(r'"([^"]*)"', quoted, text)
+        return re.sub(r'"([^"]*)"', quoted, text.replace(dsn, "***"))
+    text = text.replace(dsn, "***")
+    return text.replace(password, "***") if isinstance(password, str) and password else text
 
 
 def _first_line(exc: BaseException) -> str:
