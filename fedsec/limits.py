@@ -64,6 +64,7 @@ MAX_REFUSAL_TEXT = 500  # characters of one refusal's reason
 MAX_LOG_TEXT = 256 << 10  # a job log returned to an admin, or uploaded by a site at a job's end
 MAX_LOG_CHUNK_BYTES = 256 << 10  # one piece of a job's log that a site sends while the script runs
 MAX_SITE_JOB_LOG_BYTES = 16 << 20  # a site's log of one job that the server keeps; later pieces are dropped
+MAX_SITE_LOG_RUNS = 2 * (MAX_SITE_RESTARTS + 1)  # runs (script starts) of one site's log of one job the server keeps
 LOG_TAIL_BYTES = 8 << 10  # the end of each site's log that tail_job_log shows first
 MAX_FOLLOWED_LOGS = 4096  # tail_job_log reads a server remembers as audited (a follower's next reads are not)
 MAX_LOG_REPLY_BYTES = 1 << 20  # log bytes in one tail_job_log reply (as text at most 3x: under MAX_MESSAGE_BYTES)
