@@ -44,7 +44,7 @@ def main() -> None:
         for label, code_text in (("python -c pass", "pass"), ("import fedsec.client", "import fedsec.client")):
             command = [sys.executable, "-c", code_text]
             plain = _median_ms(command, env, work, n)
-            boxed = _median_ms(sandbox.bwrap_argv(command, mounts, env), env, work, n)
+            boxed = _median_ms(sandbox.bwrap_argv(command, mounts), env, work, n)
             print(f"{label:24s} plain {plain:7.1f} ms   bwrap {boxed:7.1f} ms   cost {boxed - plain:+6.1f} ms  (n={n})")
 
 

@@ -49,6 +49,10 @@ class Context:
     as_json: bool = False  # one JSON document per command on out, instead of text
     data: list[Any] = field(default_factory=list)  # what the command wrote, for its JSON document
 
+    def __post_init__(self) -> None:  # whatever a command writes, no escape sequence reaches the terminal
+        object.__setattr__(self, "out", render.terminal_safe(self.out))
+        object.__setattr__(self, "err", render.terminal_safe(self.err))
+
 
 @dataclass(frozen=True)
 class Result:

@@ -9,10 +9,11 @@ same text works in a terminal, a pipe and a test.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from fedsec.api import JobInfo
 
@@ -332,3 +333,27 @@ class ProgressBar:
             self._out.write("\n")
             self._out.flush()
             self._shown = None
+
+
+_UNSAFE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # ESC, CSI and every control but \t \n \r
+
+
+class _TerminalSafe:
+    """A text stream that writes to another with every control character but tab, newline and carriage
+    return replaced by U+FFFD: text from sites and job code (errors, logs, metrics' names) cannot send
+    escape sequences to the admin's terminal, whatever the server let through."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+
+    def write(self, text: str) -> int:
+        self._out.write(_UNSAFE.sub("\ufffd", text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, fileno, getvalue...: the stream's own
+        return getattr(self._out, name)
+
+
+def terminal_safe(out: TextIO) -> TextIO:
+    """out, writing no control character but tab, newline and carriage return (see _TerminalSafe)."""
+    return out if isinstance(out, _TerminalSafe) else cast(TextIO, _TerminalSafe(out))

@@ -13,6 +13,7 @@ import logging
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -85,6 +86,10 @@ def _text(value: Any) -> fedsec_pb2.TextReply:
 class AdminService(fedsec_pb2_grpc.AdminServicer):
     def __init__(self, ctx: AdminContext) -> None:
         self._c = ctx
+        # (session token, job, target) of the tail_job_log reads audited: a follower's next reads
+        # (LogTailRequest.again) go unaudited only after one of these; oldest forgotten first
+        self._followed: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self._followed_lock = threading.Lock()
 
     # ------------------------------------------------------------ the gate
 
@@ -312,9 +317,21 @@ class AdminService(fedsec_pb2_grpc.AdminServicer):
             return reply
 
         args = {"job": request.job_id, "target": request.site or ALL_SITES}
-        return self._run(
-            context, "tail_job_log", args, Right.DOWNLOAD_JOB, request.job_id, action, audit_allowed=not request.again
+        # 'again' is the caller's word: it skips the audit only for a read this session's audited read began
+        token = str(dict(context.invocation_metadata()).get(SESSION_HEADER, ""))
+        key = (token, request.job_id, args["target"])
+        with self._followed_lock:
+            audited = not request.again or key not in self._followed
+        reply = self._run(
+            context, "tail_job_log", args, Right.DOWNLOAD_JOB, request.job_id, action, audit_allowed=audited
         )
+        if audited:
+            with self._followed_lock:
+                self._followed[key] = None
+                self._followed.move_to_end(key)
+                while len(self._followed) > limits.MAX_FOLLOWED_LOGS:
+                    self._followed.popitem(last=False)
+        return reply
 
     # ------------------------------------------------------------ sites and the server
 

@@ -43,7 +43,7 @@ from fedsec.jobs.meta import meta_to_json
 from fedsec.jobs.signing import JobSignature, check_job_id, verify_digest
 from fedsec.pki.certs import Identity
 from fedsec.server.job_sites import JobSites
-from fedsec.server.site_logs import JobLogs
+from fedsec.server.site_logs import JobLogs, clean_text
 from fedsec.server.store import JOB_ARCHIVE, JOBS_DIR, WORKSPACE_DIR, JobRecord, JobStatus, JobStore, archive_key
 from fedsec.state.records import (
     ResultMeta,
@@ -485,6 +485,8 @@ class JobManager:
                     log.warning("job=%s site=%s reported on a job it never fetched: refused", job_id, site)
                 raise JobError(f"job {job_id}: {site} never fetched this job, so it cannot report on it")
         outcome = SiteOutcome.FAILED if failed else SiteOutcome.FINISHED
+        # the site's words (job code's, in fact): never a terminal control, wherever they are shown later
+        error, log_tail = clean_text(error.encode()), clean_text(log_tail.encode())
         self._store.state.put_site_report(job_id, SiteReport(site, outcome, error, log_tail))
         # the workflow process waits for this file before it ends (until it hears reports over the wire)
         folder = job_dir / _SITES

@@ -2,7 +2,8 @@
 
 Each site's log of a job is one file in the job's folder (site_logs/<site>.log) beside a small state
 file (<site>.json: the run being appended, where it began in the file, whether it ended, the runs that
-ended before). A piece is appended at its offset in its run, so a retry never adds anything twice; a
+ended before, how many runs began: at most limits.MAX_SITE_LOG_RUNS, so a site that invents a run id
+per call stops being written to). A piece is appended at its offset in its run, so a retry never adds anything twice; a
 new run (the site started the job's script again) begins after a marker line. The server keeps at most
 limits.MAX_SITE_JOB_LOG_BYTES of one site's log of one job: later pieces are dropped and the site is told.
 
@@ -58,6 +59,7 @@ class _State:
     base: int = 0
     closed: bool = False
     ended: list[str] = field(default_factory=list)
+    runs: int = 0  # runs begun, this one included (limits.MAX_SITE_LOG_RUNS)
 
 
 def clean_text(data: bytes) -> str:
@@ -116,10 +118,12 @@ class JobLogs:
         if run != state.run:
             if offset != 0:
                 return Appended(0, False)  # nothing of this run is here yet: send it from its start
+            if size >= limits.MAX_SITE_JOB_LOG_BYTES or state.runs >= limits.MAX_SITE_LOG_RUNS:
+                return Appended(0, True)  # a full log, or a site inventing runs: nothing more is kept or written
             if state.run:
                 state.ended = [*state.ended, state.run][-_MAX_ENDED_RUNS:]
                 size += _write(path, _marker(path, size), size)
-            state.run, state.base, state.closed = run, size, False
+            state.run, state.base, state.closed, state.runs = run, size, False, state.runs + 1
             self._save(site, state)
         pos = state.base + offset
         if pos > size:
@@ -183,12 +187,14 @@ class JobLogs:
             return _State()
         try:
             doc = json.loads(_fs.read_bounded(path, _STATE_LIMIT, "site log state", JobError))
-            return _State(str(doc["run"]), int(doc["base"]), bool(doc["closed"]), [str(r) for r in doc["ended"]])
+            ended = [str(r) for r in doc["ended"]]
+            runs = int(doc.get("runs", len(ended) + 1))  # a state written before runs were counted
+            return _State(str(doc["run"]), int(doc["base"]), bool(doc["closed"]), ended, runs)
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise JobError(f"the server's record of the job's log of {site} is malformed") from exc
 
     def _save(self, site: str, state: _State) -> None:
-        doc = {"run": state.run, "base": state.base, "closed": state.closed, "ended": state.ended}
+        doc = {"run": state.run, "base": state.base, "closed": state.closed, "ended": state.ended, "runs": state.runs}
         _fs.write_atomic(self._folder / f"{_site_name(site)}.json", json.dumps(doc).encode(), mode=0o600)
 
 

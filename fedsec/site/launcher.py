@@ -166,7 +166,7 @@ class WarmLauncher:
             datasets = tuple(Path(p) for p in settings.datasets.values())
             # the whole slot folder read-only (the job is unpacked into it later), its work/ read-write
             mounts = sandbox.JobMounts(folder, work, sockets, self._kit_root, datasets)
-            command = sandbox.bwrap_argv(command, mounts, env)
+            command = sandbox.bwrap_argv(command, mounts)
             proc = _proc.start(command, cwd=work, env=env, log_path=folder / "log.txt", stdin_pipe=True)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)

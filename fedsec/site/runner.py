@@ -176,7 +176,7 @@ class JobRunner:
             if isolated:
                 datasets = tuple(Path(p) for p in settings.datasets.values())
                 mounts = sandbox.JobMounts(code, work, endpoint.socket, self._kit_root, datasets)
-                command = sandbox.bwrap_argv(command, mounts, env)
+                command = sandbox.bwrap_argv(command, mounts)
             log.info("job=%s script=%s", job_id, app.script.path)
             return _proc.start(command, cwd=work, env=env, log_path=log_path), log_path, endpoint.socket
         except BaseException:

@@ -112,13 +112,17 @@ def script_env(base: Mapping[str, str], work: Path, pythonpath: Sequence[Path]) 
 def bwrap_argv(
     command: Sequence[str],
     mounts: JobMounts,
-    env: Mapping[str, str],
     python: Sequence[Path] | None = None,
     bwrap: Path = BWRAP,
 ) -> list[str]:
-    """argv that runs command under bubblewrap with only the mounts a job may see."""
+    """argv that runs command under bubblewrap with only the mounts a job may see.
+
+    The command's environment is bwrap's own: start bwrap with exactly the job's environment
+    (script_env). It is never on bwrap's command line (no --setenv): /proc/PID/cmdline is readable
+    by every user of the host, and the environment holds the job's token.
+    """
     argv = [str(bwrap), "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]
-    argv += ["--die-with-parent", "--new-session", "--clearenv", "--cap-drop", "ALL"]
+    argv += ["--die-with-parent", "--new-session", "--cap-drop", "ALL"]
     argv += ["--ro-bind", "/usr", "/usr"]
     for name in _MERGED_USR:
         path = Path(name)
@@ -142,7 +146,5 @@ def bwrap_argv(
     argv += ["--ro-bind", str(mounts.code), str(mounts.code)]
     argv += ["--bind", str(mounts.work), str(mounts.work)]
     argv += ["--bind", str(mounts.socket), str(mounts.socket)]
-    for key, value in sorted(env.items()):
-        argv += ["--setenv", key, value]
     argv += ["--chdir", str(mounts.work), "--", *command]
     return argv

@@ -50,6 +50,13 @@ MAX_AUDIT_TAIL = 10_000
 MAX_LEASE_TTL = 3600.0  # seconds
 
 
+def params(values: Sequence[object]) -> tuple[object, ...]:
+    """values as a backend binds them: NUL in text becomes U+FFFD (PostgreSQL's text cannot hold it, and
+    sites and job code choose errors, logs and reasons), so both backends store the same text and a
+    hostile NUL is never a failed write."""
+    return tuple(v.replace("\x00", "\ufffd") if isinstance(v, str) else v for v in values)
+
+
 class Cursor(Protocol):
     """One transaction of a backend."""
 

@@ -12,6 +12,7 @@ become StoreUnavailableError here. psycopg is imported only here (the postgres e
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -42,11 +43,11 @@ class _Cursor:
         self._cur = cur
 
     def rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
-        self._cur.execute(sql.replace("?", "%s"), tuple(params))
+        self._cur.execute(sql.replace("?", "%s"), _sql.params(params))
         return [tuple(row) for row in self._cur.fetchall()]
 
     def run(self, sql: str, params: Sequence[object] = ()) -> None:
-        self._cur.execute(sql.replace("?", "%s"), tuple(params))
+        self._cur.execute(sql.replace("?", "%s"), _sql.params(params))
 
 
 class PostgresDatabase:
@@ -80,7 +81,7 @@ class PostgresDatabase:
         try:
             self._conn = self._psycopg.connect(self._dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS)
         except self._psycopg.Error as exc:
-            raise StoreUnavailableError(f"{self._where}: cannot connect: {_first_line(exc)}") from None
+            raise StoreUnavailableError(f"{self._where}: cannot connect: {self._safe(exc)}") from None
         assert self._conn is not None
         return self._conn
 
@@ -93,8 +94,15 @@ class PostgresDatabase:
                     yield _Cursor(cur)
             except self._psycopg.errors.UniqueViolation as exc:
                 raise JobError(f"{self._where}: {what}: it exists already") from exc
+            except (self._psycopg.DataError, self._psycopg.IntegrityError, self._psycopg.ProgrammingError) as exc:
+                # a value or statement the database refuses: the same on every try, never "unavailable, retry"
+                raise JobError(f"{self._where}: {what}: {self._safe(exc)}") from None
             except self._psycopg.Error as exc:
-                raise StoreUnavailableError(f"{self._where}: {what}: {_first_line(exc)}") from exc
+                raise StoreUnavailableError(f"{self._where}: {what}: {self._safe(exc)}") from None
+
+    def _safe(self, exc: BaseException) -> str:
+        """exc's first line without the DSN or any part of it (libpq quotes a malformed DSN's text)."""
+        return redact_dsn(_first_line(exc), self._dsn, self._psycopg)
 
     def write(self, what: str) -> Any:
         return self._transaction(what)
@@ -107,6 +115,25 @@ class PostgresDatabase:
             self._closed = True
             if self._conn is not None:
                 self._conn.close()
+
+
+def redact_dsn(text: str, dsn: str, psycopg_module: Any) -> str:
+    """text with the DSN's password and the DSN itself replaced by '***'.
+
+    A DSN libpq cannot parse has no password to look for, and libpq names the part it could not parse
+    ('missing "=" after "..."', 'in URI: "..."'), which may hold the password: then every quoted piece
+    of the DSN goes too.
+    """
+    try:
+        password = psycopg_module.conninfo.conninfo_to_dict(dsn).get("password")
+    except (psycopg_module.Error, ValueError):
+
+        def quoted(match: re.Match[str]) -> str:
+            return '"***"' if match.group(1) and match.group(1) in dsn else match.group(0)
+
+        return re.sub(r'"([^"]*)"', quoted, text.replace(dsn, "***"))
+    text = text.replace(dsn, "***")
+    return text.replace(password, "***") if isinstance(password, str) and password else text
 
 
 def _first_line(exc: BaseException) -> str:

@@ -32,10 +32,10 @@ class _Cursor:
         self._conn = conn
 
     def rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
-        return [tuple(row) for row in self._conn.execute(sql, tuple(params))]
+        return [tuple(row) for row in self._conn.execute(sql, _sql.params(params))]
 
     def run(self, sql: str, params: Sequence[object] = ()) -> None:
-        self._conn.execute(sql, tuple(params))
+        self._conn.execute(sql, _sql.params(params))
 
 
 class SqliteDatabase:

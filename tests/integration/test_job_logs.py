@@ -16,6 +16,7 @@ from fedsec.api.session import SERVER_LOG
 from fedsec.errors import JobError
 from fedsec.jobs import FedAvgRecipe
 from fedsec.server.site_logs import RESTART_MARKER
+from fedsec.wire import fedsec_pb2
 from tests.integration.harness import Federation, Follower, wait_until
 
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -107,3 +108,23 @@ def _log_or_empty(s: Session, job_id: str, site: str) -> str:
     except JobError as exc:
         assert "no log from" in str(exc)
         return ""
+
+
+def test_a_log_read_that_says_again_is_audited_unless_an_audited_read_began_it(
+    federation: Federation, tmp_path: Path
+) -> None:
+    federation.start_all()
+    with Session(federation.admin_kit) as s:
+        job_id = s.submit_job(job(tmp_path, "linear_client.py"))
+        info = s.monitor_job(job_id, RoundPrinter(io.StringIO(), io.StringIO()), timeout=120, poll=0.2)
+        assert info.status == "finished:completed", info.reason
+
+        def tail_reads() -> int:
+            entries = s.show_audit(500)
+            return sum(1 for e in entries if e["command"] == "tail_job_log" and e["outcome"] == "allowed")
+
+        before = tail_reads()
+        request = fedsec_pb2.LogTailRequest(job_id=job_id, site="site-1", again=True)
+        s._call("tail_job_log", s._tail_call(request))  # a first read that claims to follow an earlier one
+        s._call("tail_job_log", s._tail_call(request))  # this one does follow it
+        assert tail_reads() == before + 1

@@ -804,3 +804,27 @@ def test_log_commands_have_help() -> None:
     assert help_text("tail_job_log").startswith("usage: tail_job_log [-f] ID [SITE]\n")
     assert "Ctrl-C" in help_text("tail_job_log")
     assert help_text("download_job_log").startswith("usage: download_job_log [-f] ID [DEST]\n")
+
+
+HOSTILE = "ok\x1b]52;c;cm0gLXJmIH4=\x07\x1b[2J\x9b31m\x00end"  # clipboard write, clear screen, C1 CSI, NUL
+
+
+@pytest.mark.parametrize("line", ["get_job_log " + JOB_A + " site-1", "tail_job_log " + JOB_A, "show_errors " + JOB_A])
+def test_text_from_sites_sends_no_control_character_to_the_terminal(line: str) -> None:
+    class Hostile(FakeSession):
+        def get_job_log(self, job_id: str, target: str = "server") -> str:
+            return HOSTILE
+
+        def tail_job_log(
+            self, job_id: str, site: str | None = None, follow: bool = False
+        ) -> Generator[str, None, None]:
+            yield "site-1: " + HOSTILE
+
+        def show_errors(self, job_id: str) -> dict[str, Any]:
+            return {"reason": HOSTILE, "sites": {"site-2": HOSTILE}, "refused": [HOSTILE]}
+
+    for interactive in (False, True):
+        code, out, _ = run(line, Hostile(), interactive=interactive)
+        assert code == 0
+        assert "ok" in out and "end" in out
+        assert not any(c in out for c in "\x1b\x07\x9b\x00"), repr(out)

@@ -102,3 +102,15 @@ def test_bad_late_events_are_refused_and_not_stored(manager: JobManager, store: 
     with pytest.raises(WireError):
         manager.send_events(bad)
     assert not any((store.job_dir(record.job_id) / "late_events").glob("*.pb"))
+
+
+def test_a_sites_report_is_stored_without_terminal_controls(
+    manager: JobManager, store: JobStore, tmp_path: Path
+) -> None:
+    record = ended_job(store, tmp_path, JobStatus.ABORTED)
+    manager.fetched(record.job_id, "site-1")
+    hostile = "boom\x1b]52;c;cm0gLXJm\x07\x1b[2J\x9b1m"
+    manager.report(record.job_id, "site-1", True, hostile, "log " + hostile)
+    (report,) = store.state.site_reports(record.job_id)
+    for text in (report.error, report.log_tail):
+        assert "boom" in text and not any(c in text for c in "\x1b\x07\x9b"), repr(text)

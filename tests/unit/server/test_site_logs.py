@@ -93,3 +93,26 @@ def test_malformed_pieces_are_refused(tmp_path: Path, site: str, run: str, data:
     with pytest.raises(WireError, match=message):
         JobLogs(tmp_path).append(site, run, 0, data, False)
     assert not list(tmp_path.rglob("*.log"))
+
+
+def test_a_site_inventing_runs_stops_being_written_to(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "MAX_SITE_LOG_RUNS", 3)
+    logs = JobLogs(tmp_path)
+    for n in range(3):
+        assert not logs.append("site-1", f"run{n}", 0, b"x\n", False).full
+    state = tmp_path / "site_logs" / "site-1.json"
+    size, saved = logs.size("site-1"), state.read_bytes()
+    for n in range(3, 50):  # a new run id per call: nothing written, not even the state
+        assert logs.append("site-1", f"run{n}", 0, b"x\n", False).full
+    assert logs.size("site-1") == size and state.read_bytes() == saved
+    assert logs.append("site-1", "run2", 2, b"more\n", False).offset == 7  # the run being appended goes on
+    assert logs.append("site-2", "run0", 0, b"y\n", False).offset == 2  # each site counts its own
+
+
+def test_a_full_log_takes_no_new_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "MAX_SITE_JOB_LOG_BYTES", 10)
+    logs = JobLogs(tmp_path)
+    assert logs.append("site-1", "a", 0, b"0123456789abc", False).full
+    state = (tmp_path / "site_logs" / "site-1.json").read_bytes()
+    assert logs.append("site-1", "b", 0, b"x", False).full
+    assert (tmp_path / "site_logs" / "site-1.json").read_bytes() == state  # no switch recorded

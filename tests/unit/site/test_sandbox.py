@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,7 +37,7 @@ def _mounts(tmp_path: Path) -> sandbox.JobMounts:
 def test_binds_only_the_whitelist(tmp_path: Path) -> None:
     m = _mounts(tmp_path)
     python = (Path("/opt/py"), Path("/opt/venv"))
-    argv = sandbox.bwrap_argv(["python", "x.py"], m, {"HOME": str(m.work)}, python=python)
+    argv = sandbox.bwrap_argv(["python", "x.py"], m, python=python)
     binds = _binds(argv)
     assert "/" not in binds
     assert binds["/usr"] == "ro" and binds["/opt/py"] == "ro" and binds["/opt/venv"] == "ro"
@@ -45,7 +48,7 @@ def test_binds_only_the_whitelist(tmp_path: Path) -> None:
     assert not any(
         dest == kit or dest.startswith(kit + "/startup") or dest.startswith(kit + "/tracking") for dest in binds
     )
-    for flag in ("--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--clearenv"):
+    for flag in ("--unshare-all", "--unshare-user", "--die-with-parent", "--new-session"):
         assert flag in argv
     assert argv[argv.index("--uid") + 1] != "0"
     assert argv[-3:] == ["--", "python", "x.py"]
@@ -53,7 +56,7 @@ def test_binds_only_the_whitelist(tmp_path: Path) -> None:
 
 def test_kit_under_a_bound_folder_is_covered_before_the_job_is_bound(tmp_path: Path) -> None:
     m = _mounts(tmp_path)
-    argv = sandbox.bwrap_argv(["python"], m, {}, python=(tmp_path,))  # e.g. a venv folder that holds the kits
+    argv = sandbox.bwrap_argv(["python"], m, python=(tmp_path,))  # e.g. a venv folder that holds the kits
     covered = argv.index("--tmpfs", argv.index("--tmpfs") + 1)  # the second tmpfs, after /tmp
     assert argv[covered + 1] == str(m.kit_root)
     assert argv.index(str(m.code)) > covered and argv.index(str(m.work)) > covered
@@ -85,3 +88,22 @@ def test_isolation_modes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> No
     if sandbox.BWRAP.exists():
         assert sandbox.use_sandbox(Isolation.AUTO, "j1") is True
         assert sandbox.use_sandbox(Isolation.BWRAP, "j1") is True
+
+
+def test_the_jobs_environment_is_never_on_the_command_line(tmp_path: Path) -> None:
+    """/proc/PID/cmdline is readable by every user of the host: the job's token must not be in bwrap's argv."""
+    kit = tmp_path / "kit"
+    code, work, sockets = kit / "jobs" / "j1" / "job", kit / "jobs" / "j1" / "work", kit / "run" / "j1"
+    for folder in (code, work, sockets):
+        folder.mkdir(parents=True)
+    token = "tok-" + "5ecret" * 4
+    env = sandbox.script_env({"FEDSEC_JOB_TOKEN": token}, work, [code])
+    show = "import json, os; print(json.dumps(dict(os.environ)))"
+    argv = sandbox.bwrap_argv([sys.executable, "-c", show], sandbox.JobMounts(code, work, sockets, kit, ()))
+    assert not any(token in arg for arg in argv)
+    if not sandbox.BWRAP.exists():
+        return
+    done = subprocess.run(argv, env=env, cwd=work, capture_output=True, text=True, check=True)
+    seen = json.loads(done.stdout)
+    seen.pop("PWD", None)  # bwrap's --chdir sets it
+    assert seen == env  # the job gets exactly its environment, from bwrap's own

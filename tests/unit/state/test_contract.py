@@ -325,3 +325,21 @@ def test_records_survive_reopening(kind: str, tmp_path: Path, request: pytest.Fi
         assert second.schema_version() == _sql.LATEST
     finally:
         second.close()
+
+
+def test_text_from_sites_with_nul_characters_is_stored_on_every_backend(backend: StateStore) -> None:
+    """Sites and job code choose errors, logs, metric names and refusal reasons: any text, NUL included."""
+    job_id = running(backend)
+    nul = "a\x00b"
+    backend.put_site_report(job_id, SiteReport("site-1", SiteOutcome.FAILED, nul, nul))
+    backend.put_round(
+        job_id,
+        RoundRecord(0, RoundKind.TRAIN, frozenset({"site-1"}), frozenset(), {"site-1": nul}, frozenset(), {nul: 1.0}),
+    )
+    backend.finish_job(job_id, JobStatus.FAILED, nul)
+    report = backend.site_reports(job_id)[0]
+    assert "\x00" not in report.error and report.error.startswith("a") and report.error.endswith("b")
+    assert "\x00" not in report.log_tail
+    (round_,) = backend.rounds(job_id)
+    assert round_.refused["site-1"].startswith("a") and list(round_.metrics.values()) == [1.0]
+    assert "\x00" not in backend.get_job(job_id).reason

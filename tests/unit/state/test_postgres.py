@@ -59,3 +59,19 @@ def test_an_unreachable_server_names_no_password(pg: pgserver.PgServer) -> None:
     with pytest.raises(StoreUnavailableError, match="cannot connect") as err:
         open_postgres(dsn)
     assert pg.password not in str(err.value) and "password=" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://fedsec:S3cretPW99@[bad/fedsec",  # libpq quotes the whole URI
+        "host=127.0.0.1 port=1 password=S3cretPW99 dbname",  # libpq quotes the word after the last '='
+        "host=127.0.0.1 port=notaport password=S3cretPW99",
+        "postgresql://fedsec:S3cretPW99@127.0.0.1:1/x?sslmode=S3cretPW99",
+    ],
+)
+def test_a_malformed_dsn_is_never_quoted_in_the_error(dsn: str) -> None:
+    with pytest.raises(StoreUnavailableError, match="cannot connect") as err:
+        open_postgres(dsn)
+    assert "S3cretPW99" not in str(err.value)
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # no traceback shows psycopg's text
