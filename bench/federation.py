@@ -209,6 +209,13 @@ class Federation:
     def kit(self, name: str) -> Path:
         return self.prod / name
 
+    def set_warm_launcher(self, sites: list[str], warm: bool) -> None:
+        """Each site's operator turns its warm job launcher on or off (local/site_settings.yml, 0600)."""
+        for site in sites:
+            path = self.kit(site) / "local" / "site_settings.yml"
+            path.write_text(f"warm_launcher: {'true' if warm else 'false'}\n")
+            path.chmod(0o600)
+
     @property
     def server_log(self) -> Path:
         return self.kit(SERVER) / "log.txt"

@@ -58,13 +58,6 @@ def spread(values: list[float], unit: str, fmt: str = ".2f") -> str:
     )
 
 
-def write_settings(fed: Federation, sites: list[str], warm: bool) -> None:
-    for site in sites:
-        path = fed.kit(site) / "local" / "site_settings.yml"
-        path.write_text(f"warm_launcher: {'true' if warm else 'false'}\n")
-        path.chmod(0o600)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--sites", type=int, default=8)
@@ -75,7 +68,7 @@ def main() -> None:
     sites = [f"site-{i}" for i in range(1, args.sites + 1)]
     with tempfile.TemporaryDirectory(prefix="fedsec-idle-bench-") as tmp, Federation(Path(tmp)) as fed:
         if args.warm_launcher != "default":
-            write_settings(fed, sites, args.warm_launcher == "on")
+            fed.set_warm_launcher(sites, args.warm_launcher == "on")
         print(f"workload: secure_project, server + {args.sites} sites on 127.0.0.1, kits in {fed.prod}")
         print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the start")
         script: list[float] = []

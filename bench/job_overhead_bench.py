@@ -234,13 +234,6 @@ def _round_bounds(workflow_log: Path) -> dict[int, tuple[float, float]]:
     return {n: (b[0], b[1]) for n, b in bounds.items()}
 
 
-def write_settings(fed: Federation, sites: list[str], warm: bool) -> None:
-    for site in sites:
-        path = fed.kit(site) / "local" / "site_settings.yml"
-        path.write_text(f"warm_launcher: {'true' if warm else 'false'}\n")
-        path.chmod(0o600)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--sites", type=int, default=8)
@@ -253,7 +246,7 @@ def main() -> None:
     args = parser.parse_args()
     sites = [f"site-{i}" for i in range(1, args.sites + 1)]
     with tempfile.TemporaryDirectory(prefix="fedsec-overhead-bench-") as tmp, Federation(Path(tmp)) as fed:
-        write_settings(fed, sites, args.warm_launcher == "on")
+        fed.set_warm_launcher(sites, args.warm_launcher == "on")
         print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the start")
         print(f"warm launcher: {args.warm_launcher}; kits in {fed.prod}")
         offset = fed.server_log.stat().st_size if fed.server_log.exists() else 0

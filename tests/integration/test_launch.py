@@ -28,13 +28,12 @@ ADMIN = "admin@fedsec.local"
 FEDSEC = Path(sys.executable).parent / "fedsec"
 
 
-@pytest.fixture(scope="module")
-def prod(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """secure_project provisioned once for the module, on free ports."""
-    root = tmp_path_factory.mktemp("secure_project")
+def provision_secure(root: Path, **server_settings: Any) -> Path:
+    """secure_project provisioned with the `fedsec provision` command into root, on free ports; its prod_00."""
     doc: dict[str, Any] = yaml.safe_load((REPO / "provision" / "secure_project.yml").read_text())
     (server,) = [p for p in doc["participants"] if p["type"] == "server"]
     server["fl_port"], server["admin_port"] = free_port(), free_port()
+    server.update(server_settings)
     project = root / "secure_project.yml"
     project.write_text(yaml.safe_dump(doc, sort_keys=False))
     done = subprocess.run(
@@ -47,6 +46,13 @@ def prod(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert done.returncode == 0, done.stdout + done.stderr
     prod_dir = root / "ws" / "secure_project" / "prod_00"
     assert f"into {prod_dir}" in done.stdout, done.stdout
+    return prod_dir
+
+
+@pytest.fixture(scope="module")
+def prod(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """secure_project provisioned once for the module, on free ports."""
+    prod_dir = provision_secure(tmp_path_factory.mktemp("secure_project"))
     assert sorted(p.name for p in prod_dir.iterdir() if p.is_dir()) == sorted([ADMIN, SERVER, *SITES])
     return prod_dir
 
@@ -262,23 +268,11 @@ def test_ctrl_c_on_start_fl_sh_stops_what_it_started(launch: Launch, tmp_path: P
 
 
 def test_a_project_with_server_replicas_is_refused_naming_them_and_starts_nothing(tmp_path: Path) -> None:
-    doc: dict[str, Any] = yaml.safe_load((REPO / "provision" / "secure_project.yml").read_text())
-    (server,) = [p for p in doc["participants"] if p["type"] == "server"]
-    server["replicas"] = [
+    replicas = [
         {"name": name, "host": "127.0.0.1", "fl_port": free_port(), "admin_port": free_port()}
         for name in ("server1-a", "server1-b")
     ]
-    project = tmp_path / "replicated.yml"
-    project.write_text(yaml.safe_dump(doc, sort_keys=False))
-    done = subprocess.run(
-        [sys.executable, "-m", "fedsec", "provision", "-p", str(project), "-w", str(tmp_path / "ws")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    launch = Launch(tmp_path, tmp_path / "ws" / "secure_project" / "prod_00")
+    launch = Launch(tmp_path, provision_secure(tmp_path, replicas=replicas))
     refused = launch.run("start_fl.sh", "2", str(launch.prod))
     assert refused.returncode == 2
     assert "2 server replicas (server1-a server1-b)" in refused.stderr

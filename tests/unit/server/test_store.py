@@ -18,22 +18,7 @@ from fedsec import limits
 from fedsec.errors import JobError
 from fedsec.server import store as store_mod
 from fedsec.server.store import JobRecord, JobStatus, JobStore
-
-
-class Clock:
-    """A clock that moves one second each time it is read."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        self.now += 1.0
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
+from tests.unit.conftest import Clock
 
 
 @pytest.fixture

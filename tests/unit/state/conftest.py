@@ -11,22 +11,7 @@ from fedsec.state.interface import StateStore
 from fedsec.state.postgres import open_postgres
 from fedsec.state.sqlite import open_sqlite
 from tests import pgserver
-
-
-class Clock:
-    """A clock that moves one second each time it is read."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        self.now += 1.0
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
+from tests.unit.conftest import Clock
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
