@@ -27,14 +27,14 @@ except OSError:
     _LIBC = None
 
 
-def _die_with(parent: int, nice: int = 0) -> Callable[[], None]:
+def _die_with(parent: int, nice: int = 0, death_signal: int = signal.SIGKILL) -> Callable[[], None]:
     """A pre-exec hook that arms the death signal, then checks the parent did not die before it was armed."""
 
     def hook() -> None:  # runs in the child between fork and exec: keep it minimal
         if nice:
             os.nice(nice)
         if _LIBC is not None:
-            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+            _LIBC.prctl(_PR_SET_PDEATHSIG, death_signal)
         if os.getppid() != parent:  # orphaned between fork and prctl: the signal will never come
             os._exit(1)
         os.setpgrp()
@@ -51,11 +51,14 @@ def start(
     die_with_parent: bool = True,
     stdin_pipe: bool = False,
     nice: int = 0,
+    death_signal: int = signal.SIGKILL,
 ) -> subprocess.Popen[bytes]:
     """Start argv with stdout and stderr appended to log_path; return the process.
 
     stdin_pipe: give it a pipe from this process as stdin (proc.stdin) instead of /dev/null.
     nice: lower its CPU priority by this much (background work that must not slow what the user waits for).
+    death_signal: what it gets when this process dies (SIGTERM for a wrapper that must pass it on, e.g.
+    fedsec.site.sandbox.guarded).
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as out:
@@ -66,7 +69,7 @@ def start(
             stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with(os.getpid(), nice) if die_with_parent else os.setpgrp,  # noqa: PLW1509
+            preexec_fn=_die_with(os.getpid(), nice, death_signal) if die_with_parent else os.setpgrp,  # noqa: PLW1509
             close_fds=True,
         )
     log.info("started pid=%d argv0=%s", proc.pid, Path(argv[0]).name)

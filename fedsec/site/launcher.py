@@ -166,8 +166,11 @@ class WarmLauncher:
             datasets = tuple(Path(p) for p in settings.datasets.values())
             # the whole slot folder read-only (the job is unpacked into it later), its work/ read-write
             mounts = sandbox.JobMounts(folder, work, sockets, self._kit_root, datasets)
-            command = sandbox.bwrap_argv(command, mounts)
-            proc = _proc.start(command, cwd=work, env=env, log_path=folder / "log.txt", stdin_pipe=True)
+            command = sandbox.guarded(sandbox.bwrap_argv(command, mounts))
+            log_path = folder / "log.txt"
+            proc = _proc.start(
+                command, cwd=work, env=env, log_path=log_path, stdin_pipe=True, death_signal=sandbox.GUARD_SIGNAL
+            )
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             shutil.rmtree(sockets, ignore_errors=True)

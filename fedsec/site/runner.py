@@ -19,6 +19,7 @@ import functools
 import json
 import logging
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -176,9 +177,11 @@ class JobRunner:
             if isolated:
                 datasets = tuple(Path(p) for p in settings.datasets.values())
                 mounts = sandbox.JobMounts(code, work, endpoint.socket, self._kit_root, datasets)
-                command = sandbox.bwrap_argv(command, mounts)
+                command = sandbox.guarded(sandbox.bwrap_argv(command, mounts))
             log.info("job=%s script=%s", job_id, app.script.path)
-            return _proc.start(command, cwd=work, env=env, log_path=log_path), log_path, endpoint.socket
+            death = sandbox.GUARD_SIGNAL if isolated else signal.SIGKILL
+            proc = _proc.start(command, cwd=work, env=env, log_path=log_path, death_signal=death)
+            return proc, log_path, endpoint.socket
         except BaseException:
             self._endpoints.close(job_id)
             raise

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -148,3 +149,32 @@ def bwrap_argv(
     argv += ["--bind", str(mounts.socket), str(mounts.socket)]
     argv += ["--chdir", str(mounts.work), "--", *command]
     return argv
+
+
+GUARD_SIGNAL = signal.SIGTERM  # the death signal to start a guarded command with (fedsec._proc.start)
+# On TERM: freeze bwrap (it forks no more), kill its children (the sandbox's pid-namespace init, whose
+# end ends every process in the sandbox), then bwrap itself.
+_GUARD = """trap 'p=$!
+if [ -n "$p" ]; then
+  kill -STOP "$p" 2>/dev/null
+  for c in $(cat /proc/"$p"/task/*/children 2>/dev/null); do kill -KILL "$c" 2>/dev/null; done
+  kill -KILL "$p" 2>/dev/null
+fi
+exit 143' TERM
+exec 3<&0
+"$@" <&3 3<&- &
+wait "$!"
+"""
+
+
+def guarded(argv: Sequence[str]) -> list[str]:
+    """argv behind a shell that kills it when the site dies: start it with death_signal=GUARD_SIGNAL.
+
+    bubblewrap run as root changes its capabilities at start, which clears the death signal its
+    parent armed, and arms its own only after setting up the sandbox: a site killed in between
+    left bwrap running with no parent, waiting forever (and bwrap killed in that window leaves its
+    sandbox's first process orphaned the same way). The shell keeps the death signal (it changes no
+    credentials), and on it stops bwrap, kills bwrap's children, then bwrap. The shell's trap is set
+    before bwrap starts; stdin is passed on through fd 3 (a background command's own would be /dev/null).
+    """
+    return ["/bin/sh", "-c", _GUARD, "fedsec-job", *argv]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +16,9 @@ import pytest
 from fedsec.errors import JobError
 from fedsec.site import sandbox
 from fedsec.site.settings import Isolation
+from tests.integration.harness import pids_running, wait_until
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _binds(argv: list[str]) -> dict[str, str]:
@@ -107,3 +113,45 @@ def test_the_jobs_environment_is_never_on_the_command_line(tmp_path: Path) -> No
     seen = json.loads(done.stdout)
     seen.pop("PWD", None)  # bwrap's --chdir sets it
     assert seen == env  # the job gets exactly its environment, from bwrap's own
+
+
+_SITE = """
+import sys
+from pathlib import Path
+from fedsec import _proc
+from fedsec.site import sandbox
+work, code, sockets, kit, marker = (Path(a) for a in sys.argv[1:6])
+mounts = sandbox.JobMounts(code, work, sockets, kit, ())
+argv = sandbox.guarded(sandbox.bwrap_argv(["/usr/bin/sleep", str(marker)], mounts))
+log = work / "log.txt"
+_proc.start(argv, cwd=work, env={"PATH": "/usr/bin:/bin"}, log_path=log, death_signal=sandbox.GUARD_SIGNAL)
+"""  # a site that starts a sandboxed job and dies at once, while bubblewrap is still setting up
+
+
+def test_a_site_that_dies_while_bubblewrap_starts_leaves_no_process(tmp_path: Path) -> None:
+    # bwrap run as root clears the death signal its parent armed before it arms its own; a site
+    # killed in that window left bwrap orphaned for good (the CI failure of stop 17)
+    if not sandbox.BWRAP.exists():
+        return
+    kit = tmp_path / "kit"
+    code, work, sockets = kit / "jobs" / "j1" / "job", kit / "jobs" / "j1" / "work", kit / "run" / "j1"
+    for folder in (code, work, sockets):
+        folder.mkdir(parents=True)
+    for attempt in range(8):
+        marker = f"600.{os.getpid()}{attempt}"
+        site = [sys.executable, "-c", _SITE, str(work), str(code), str(sockets), str(kit), marker]
+        subprocess.run(site, check=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+        left = functools.partial(pids_running, marker)
+        try:
+            wait_until(lambda: not left(), 30, "the job's processes to die with their site")  # noqa: B023
+        finally:
+            for pid in pids_running(marker):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_guarded_command_reads_the_stdin_it_was_given() -> None:
+    # the warm launcher hands its job over on stdin; a shell's background command would read /dev/null
+    done = subprocess.run(
+        sandbox.guarded(["cat"]), input=b"the job's spec", capture_output=True, timeout=60, check=True
+    )
+    assert done.stdout == b"the job's spec"
