@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from fedsec.server.store import JobStore
 from fedsec.state._sql import SqlState
 from fedsec.state.records import JobStatus, Lease
 from fedsec.state.sqlite import open_sqlite
+from tests.integration.harness import wait_until
 from tests.unit.state.test_lease import ManualClock
 
 TTL = 1.0  # seconds: renewals every 1/3 s
@@ -55,12 +55,11 @@ def _deadline(state: SqlState) -> float:
 
 def _wait(cond: Callable[[], bool]) -> bool:
     """Whether cond holds within PATIENCE seconds."""
-    deadline = time.monotonic() + PATIENCE
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
+    try:
+        wait_until(cond, PATIENCE, "the condition", interval=0.05)
+    except AssertionError:
+        return False
+    return True
 
 
 class Unreachable(SqlState):
