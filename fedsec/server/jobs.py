@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,7 @@ class _Workflow:
     started: float  # time.monotonic() at its start
     left: set[str]  # sites that left the job: no longer assigned
     ready: bool = False
+    push_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one site push at a time
     failure: str = ""  # why the server stopped it, when it did
 
 
@@ -512,14 +513,15 @@ class JobManager:
             "job=%s site=%s training script failed: the site %s", job_id, site, "leaves" if leaves else "restarts"
         )
         if flow is not None and flow.ready:
-            self._push_sites(flow, self._alive_sites())  # the workflow reads the participation record now
+            self._push_sites(flow)  # the workflow reads the participation record now
         self._bump()  # heartbeats tell the site whether it still runs the job
 
     def sites_changed(self, alive: frozenset[str]) -> None:
+        """The registry's alive sites changed: every ready workflow hears the sites alive now."""
         with self._lock:
             flows = [w for w in self._workflows.values() if w.ready]
         for flow in flows:
-            self._push_sites(flow, alive)
+            self._push_sites(flow)
 
     # ------------------------------------------------------------ internals
 
@@ -535,11 +537,15 @@ class JobManager:
             flow = self._workflows.get(job_id)
             return flow if flow is not None and flow.ready else None
 
-    def _push_sites(self, flow: _Workflow, alive: frozenset[str]) -> None:
-        try:
-            flow.stub.UpdateSites(fedsec_pb2.SiteList(sites=sorted(alive)), timeout=5)
-        except grpc.RpcError:
-            log.info("job=%s could not update its workflow's sites (it may be ending)", flow.job_id)
+    def _push_sites(self, flow: _Workflow) -> None:
+        """Tell flow's process which sites are alive. The set is read under the flow's push lock, so of two
+        pushes racing (a site registering as the workflow becomes ready) the later one carries the newer set."""
+        with flow.push_lock:
+            alive: frozenset[str] = self._alive_sites()
+            try:
+                flow.stub.UpdateSites(fedsec_pb2.SiteList(sites=sorted(alive)), timeout=5)
+            except grpc.RpcError:
+                log.info("job=%s could not update its workflow's sites (it may be ending)", flow.job_id)
 
     def wake_sites(self) -> None:
         """Answer every held heartbeat now (an admin changed something sites must hear)."""
@@ -658,9 +664,13 @@ class JobManager:
         finally:
             if ready is not None:
                 ready.cancel()
-        self._push_sites(flow, self._alive_sites())
-        with self._lock:
+        self._mark_ready(flow)
+
+    def _mark_ready(self, flow: _Workflow) -> None:
+        """flow's process serves: from now on it hears every change of the alive sites, and the sites now."""
+        with self._lock:  # ready first: a site that registers from here on is pushed by sites_changed
             flow.ready = True
+        self._push_sites(flow)  # then the sites alive now, which include any that registered before
         self._bump()
 
     def _tracking_env(self, job_dir: Path) -> dict[str, str]:
