@@ -68,6 +68,7 @@ ALL_SITES = "*"  # get_job_log target: every site's reported error (no site can 
 Progress = Callable[[int, int], None]  # (bytes done, total)
 QUIET_SECONDS = 10.0  # monitor_job calls its callback at least this often, even when nothing changed
 PROBE_SECONDS = 5.0  # after waiting for the server in vain, how long one call may take to tell down from slow
+ROUND_PAUSE_SECONDS = 0.5  # with several endpoints and wait_for_server: the pause before trying them all again
 SITES_POLL_SECONDS = 5.0  # while a job waits for sites, monitor_job asks for the site list at most this often
 SERVER_LOG = "_server.log"  # download_job_log: the server's log of the job, beside <site>.log files
 FOLLOW_END_SECONDS = 15.0  # after a job's end, how long a followed log waits for a site that never completes its log
@@ -242,12 +243,26 @@ class Session:
         Raises AuthError when refused, UnreachableError naming every endpoint tried when none answers.
         """
         tried: list[str] = []
+        deadline = time.monotonic() + self._timeout
         while True:
             try:
-                return self._login_here(wait_for_server)
+                return self._login_here(self._waits(wait_for_server))
             except UnreachableError as exc:
-                if not self._next_endpoint(tried):
+                if not self._next_endpoint(tried) and not self._round_again(tried, wait_for_server, deadline):
                     raise self._unreachable(tried, exc) from exc
+
+    def _waits(self, wait_for_server: bool) -> bool:
+        """Whether a call waits for its server to come up: only with one endpoint; with several a
+        server that does not answer is skipped at once and the ring tried again (_round_again)."""
+        return wait_for_server and len(self._endpoints) == 1
+
+    def _round_again(self, tried: list[str], wait_for_server: bool, deadline: float) -> bool:
+        """With wait_for_server and several endpoints, before the deadline: pause, then try every endpoint again."""
+        if not wait_for_server or len(self._endpoints) == 1 or time.monotonic() + ROUND_PAUSE_SECONDS > deadline:
+            return False
+        time.sleep(ROUND_PAUSE_SECONDS)  # a standby is taking the lease over: it answers within lease_ttl
+        tried.clear()
+        return True
 
     def _login_here(self, wait_for_server: bool) -> None:
         try:
@@ -267,13 +282,14 @@ class Session:
         """Run fn(metadata), logging in first or again when needed, at the next endpoint when unreachable."""
         relogged = False
         tried: list[str] = []
+        deadline = time.monotonic() + self._timeout
         while True:
             if not self._token:
                 self.login(wait_for_server=wait_for_server)
             try:
                 return fn([(SESSION_HEADER, self._token)])
             except grpc.RpcError as exc:
-                err = self._error(exc, what, waited=wait_for_server)
+                err = self._error(exc, what, waited=self._waits(wait_for_server))
                 if isinstance(err, SessionExpiredError) and not relogged:
                     relogged = True
                     self._token = ""
@@ -282,7 +298,7 @@ class Session:
                         self.on_relogin()
                     continue
                 if isinstance(err, UnreachableError):
-                    if self._next_endpoint(tried):
+                    if self._next_endpoint(tried) or self._round_again(tried, wait_for_server, deadline):
                         continue
                     raise self._unreachable(tried, err) from exc
                 raise err from exc
@@ -365,7 +381,7 @@ class Session:
 
         def call(md: list[tuple[str, str]]) -> fedsec_pb2.JobInfo:
             reply: fedsec_pb2.JobInfo = self._stub.GetJobMeta(
-                ref, timeout=self._timeout, metadata=md, wait_for_ready=wait_for_server
+                ref, timeout=self._timeout, metadata=md, wait_for_ready=self._waits(wait_for_server)
             )
             return reply
 

@@ -29,3 +29,14 @@ def test_no_replica_answers_names_every_endpoint_in_order(tmp_path: Path) -> Non
         f"cannot reach the server at any of its endpoints: {first}, {second} "
         "(is the active replica running? see its log.txt)"
     )
+
+
+def test_waiting_for_the_server_goes_round_the_endpoints_again_instead_of_waiting_on_one(tmp_path: Path) -> None:
+    # a standby on the first endpoint, nothing on the second: a caller that waits for the server (monitor_job)
+    # tries both, pauses, and tries them again until its timeout; it never waits on one endpoint alone
+    prod = replica_project(tmp_path)
+    with StandbyReplica(prod / "server1-a") as standby, Session(prod / "admin@acme.org", timeout=3) as session:
+        with pytest.raises(UnreachableError, match="any of its endpoints"):
+            session.login(wait_for_server=True)
+    assert len(standby.calls) >= 2  # asked again after a round, not once
+    assert set(standby.calls) == {"/fedsec.v1.Admin/GetChallenge"}
