@@ -90,12 +90,20 @@ def _grpc_server(name: str, gate: Gate) -> grpc.Server:
     return grpc.server(pool, interceptors=[gate], options=GRPC_OPTIONS)
 
 
-def _set_up_tracking_store(kit_root: Path) -> None:
+def tracking_folder(kit_root: Path, replicated: bool) -> Path:
+    """The embedded MLflow store's folder: <kit>/tracking, or <kit>/store/tracking for a replicated server.
+
+    The replicas of a server share <kit>/store, so a job's runs stay in one store when another replica
+    takes the job over (its tracking.db, also there, remembers which events that store has).
+    """
+    return kit_root / "store" / "tracking" if replicated else kit_root / "tracking"
+
+
+def _set_up_tracking_store(kit_root: Path, tracking_dir: Path) -> None:
     """Set up the embedded MLflow store once, in a child (the parent never imports mlflow), in the background.
 
     Job processes that start meanwhile wait on the store's lock; its outcome goes to this server's log.
     """
-    tracking_dir = kit_root / "tracking"
     log_path = tracking_dir / "store_setup.log"
     argv = [sys.executable, "-m", "fedsec.tracking.receivers.store", "--tracking-dir", str(tracking_dir)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEDSEC_")}
@@ -205,7 +213,7 @@ def run_server(kit: Kit, listen: str | None = None, fl_port: int | None = None) 
             if replica is not None and not _await_lease(replica, config.name, host, ports, creds, stop, lost):
                 break
             if not tracking_ready:
-                _set_up_tracking_store(kit.root)
+                _set_up_tracking_store(kit.root, tracking_folder(kit.root, replica is not None))
                 tracking_ready = True
             _serve_active(kit, host, ports, creds, store, audit, replica, stop, lost)
             if replica is None:
@@ -245,7 +253,13 @@ def _serve_active(
     he_context = kit.startup / HE_SERVER_CONTEXT
     tracking = load_backends(kit.root)
     jobs = JobManager(
-        store, kit.root / "run", registry.alive, read_ca(kit), he_context if he_context.exists() else None, tracking
+        store,
+        kit.root / "run",
+        registry.alive,
+        read_ca(kit),
+        he_context if he_context.exists() else None,
+        tracking,
+        tracking_folder(kit.root, replica is not None),
     )  # resumes every unfinished job from its last completed round
     holder.append(jobs)
     admin_ctx = AdminContext(

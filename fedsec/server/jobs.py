@@ -98,10 +98,13 @@ class JobManager:
         root_ca: x509.Certificate,
         he_context: Path | None,
         tracking: Backends = ONLY_LOCAL,
+        tracking_dir: Path | None = None,
     ) -> None:
+        """tracking_dir: the embedded MLflow store's folder (default <server kit>/tracking; a replicated server
+        keeps it in the shared store folder, so a job's runs go on in one store whichever replica drives it)."""
         self._store = store
         self._he_context = he_context
-        self._tracking_dir = run_dir.parent / "tracking"  # <server kit>/tracking: the embedded MLflow store
+        self._tracking_dir = tracking_dir or run_dir.parent / "tracking"
         self._tracking = tracking  # the operator's named backends; a job picks one by name
         kit = run_dir.parent  # no reason, log or error an admin sees names it
         self._kit_paths = sorted({str(kit.resolve()), str(kit.absolute())}, key=len, reverse=True)
@@ -611,6 +614,7 @@ class JobManager:
         if self._he_context is not None:
             argv += ["--he-context", str(self._he_context)]
         argv += ["--tracking-dir", str(self._tracking_dir), f"--submitter={record.submitter}"]
+        argv += ["--server-kit", str(self._run_dir.parent)]
         env = _child_env() | self._tracking_env(job_dir)
         proc = _proc.start(argv, cwd=job_dir, env=env, log_path=job_dir / "workflow.log")
         channel = unix_channel(sock)

@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--he-context", type=Path, help="the server's HE context (no secret key)")
     parser.add_argument("--tracking-dir", type=Path, help="the server's tracking folder (the embedded MLflow store)")
     parser.add_argument("--submitter", default="", help="the admin who submitted the job (the runs' user)")
+    parser.add_argument("--server-kit", type=Path, help="the server's kit, never named in a reason an admin sees")
     args = parser.parse_args(argv)
     _proc.tune_malloc()
     logs.setup()
@@ -108,9 +109,9 @@ def _close_tracking(tracker: Tracker, fedavg: FedAvg | None, end: RunEnd) -> Non
 
 def _public(text: str, args: argparse.Namespace) -> str:
     """text without the server kit's absolute path (reasons go to admins)."""
-    if args.tracking_dir is None:
+    if args.server_kit is None and args.tracking_dir is None:
         return text
-    kit = Path(args.tracking_dir).parent
+    kit = Path(args.server_kit or Path(args.tracking_dir).parent)
     for root in sorted({str(kit.resolve()), str(kit.absolute())}, key=len, reverse=True):
         text = text.replace(root, "<server kit>")
     return text

@@ -13,9 +13,11 @@ import grpc
 import numpy as np
 import psycopg
 import pytest
+from mlflow.tracking import MlflowClient
 
 from fedsec.api import Session
 from fedsec.kit import ServerConfig, load_kit
+from fedsec.tracking.receivers import embedded_mlflow_uri
 from fedsec.transport.failover import is_standby
 from fedsec.transport.tls import channel
 from fedsec.wire import arrays, fedsec_pb2, fedsec_pb2_grpc
@@ -84,6 +86,20 @@ def test_the_standby_takes_over_a_killed_active_replica_and_finishes_its_job(
         ]
         lease = conn.execute("SELECT holder, fencing_token FROM lease").fetchone()
         assert lease == (second, 2)
+    # tracking exactly once across the failover: the runs live in the replicas' shared store, every round once
+    client = MlflowClient(tracking_uri=embedded_mlflow_uri(federation.kit(second) / "store" / "tracking"))
+    experiment = client.get_experiment_by_name("linear")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`fedsec.job_id` = '{job_id}'")
+    parents = [r for r in runs if "fedsec.site" not in r.data.tags]
+    children = {r.data.tags["fedsec.site"]: r for r in runs if "fedsec.site" in r.data.tags}
+    assert len(parents) == 1 and sorted(children) == SITES
+    history = client.get_metric_history(parents[0].info.run_id, "mse")
+    assert sorted(m.step for m in history) == list(range(6))  # rounds 0-4 and the final model, each once
+    for site, run in children.items():
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "mse"))
+        assert steps == list(range(6)), site
+    assert parents[0].info.status == "FINISHED"
     # no process is left behind: the killed replica's workflow is gone, the job's scripts ended on every site
     wait_until(lambda: not any(federation.job_pids(site) for site in SITES), 15, "job processes to end")
     assert not [p for p in pids_running("fedsec.workflow", str(federation.root)) if p in workflows]
