@@ -45,9 +45,12 @@ def start_replicas(federation: Federation, dsn: str, sites: list[str]) -> tuple[
 
 
 @pytest.mark.federation(server_store=HA_STORE, replicas=2)
+@pytest.mark.parametrize("moment", ["training", "aggregation"])
 def test_the_standby_takes_over_a_killed_active_replica_and_finishes_its_job(
-    federation: Federation, tmp_path: Path, pg: pgserver.PgServer
+    federation: Federation, tmp_path: Path, pg: pgserver.PgServer, moment: str
 ) -> None:
+    """moment: the active replica is killed while round 2's sites train, or once it folded round 2's first
+    update into the round's sum (the fold is streaming: the other uploads are arriving or being folded)."""
     dsn = pg.new_database()
     first, second = start_replicas(federation, dsn, SITES)
     with Session(federation.admin_kit) as s:
@@ -56,10 +59,13 @@ def test_the_standby_takes_over_a_killed_active_replica_and_finishes_its_job(
         assert status["fencing_token"] == 1 and status["lease_held_for"] >= 0
         job_id = s.submit_job(linear_job(tmp_path, "--sleep", "1", rounds=5, min_clients=3))
         wait_until(lambda: s.get_job_meta(job_id).current_round >= 2, 90, "two rounds")
+    workflow_log = federation.kit(first) / "store/jobs" / job_id / "workflow.log"
+    if moment == "aggregation":
+        wait_until(lambda: "round=2 accepted site=" in workflow_log.read_text(), 60, "round 2's first update")
     workflows = pids_running("fedsec.workflow", str(federation.root))
     assert workflows
     mark = len(federation.log(second))
-    federation.kill(first)  # kill -9, mid-round
+    federation.kill(first)  # kill -9
     wait_until(lambda: not any(pid_alive(p) for p in workflows), 10, "the workflow process to die with its server")
     federation.wait_log(second, "active: holds the server lease (fencing token 2)", 60, since=mark)
     federation.wait_registered(SITES, timeout=60, since=mark, server=second)  # from their kits' endpoints
@@ -74,8 +80,7 @@ def test_the_standby_takes_over_a_killed_active_replica_and_finishes_its_job(
         result = s.download_job_result(job_id)
     final = arrays.read_file(result / "global_model.fsa")
     assert np.allclose(final["w"].ravel(), np.arange(1, 9), atol=0.05)
-    workflow_log = (federation.kit(second) / "store/jobs" / job_id / "workflow.log").read_text()
-    assert "resuming after round" in workflow_log
+    assert "resuming after round" in workflow_log.read_text()
     with psycopg.connect(dsn) as conn:
         row = conn.execute("SELECT status, current_round, resume_count FROM jobs WHERE job_id = %s", (job_id,))
         assert row.fetchone() == ("finished:completed", 5, 1)
