@@ -207,14 +207,12 @@ def run_server(kit: Kit, listen: str | None = None, fl_port: int | None = None) 
     name = config.replica or replica_name(config.name, ports[1])  # the provisioned replica's name, when it has one
     replica = Replica(state, name, settings.lease_ttl) if settings.replicated else None
     store.fence = replica.lease if replica is not None else None
-    tracking_ready = False
+    # a standby sets the store up too (under its lock; the replicas share it): a takeover finds it ready
+    _set_up_tracking_store(kit.root, tracking_folder(kit.root, replica is not None))
     try:
         while not stop.is_set():
             if replica is not None and not _await_lease(replica, config.name, host, ports, creds, stop, lost):
                 break
-            if not tracking_ready:
-                _set_up_tracking_store(kit.root, tracking_folder(kit.root, replica is not None))
-                tracking_ready = True
             _serve_active(kit, host, ports, creds, store, audit, replica, stop, lost)
             if replica is None:
                 break

@@ -53,7 +53,7 @@ from fedsec.state.records import (
     SiteOutcome,
     SiteReport,
 )
-from fedsec.tracking.backends import ONLY_LOCAL, Backends
+from fedsec.tracking.backends import ONLY_LOCAL, PENDING_FILE, Backends
 from fedsec.tracking.events import check_batch
 from fedsec.transport.local import socket_path, unix_channel
 from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc, streams
@@ -121,6 +121,8 @@ class JobManager:
         for folder in (store.root / JOBS_DIR).glob(f"*/{_LATE_DIR}"):  # left by a server that stopped
             if any(folder.glob("*.pb")):
                 self._late_due[folder.parent.name] = 0.0
+        for pending in (store.root / JOBS_DIR).glob(f"*/{WORKSPACE_DIR}/{PENDING_FILE}"):
+            self._late_due[pending.parent.parent.name] = 0.0
         self._version = 1
         # jobs that were running when the server stopped stay assigned to their sites until their workflow starts
         # again: a site that asks before the scheduler's first pass must not stop their scripts
@@ -737,6 +739,9 @@ class JobManager:
             self._sync_round(job_id)
             record = self._store.finish(job_id, status, self._public(reason))  # first final status wins
             self._record_outcome(job_id, record.status, record.reason)
+            if (self._store.job_dir(job_id) / WORKSPACE_DIR / PENDING_FILE).exists():
+                with self._lock:  # its tracking did not write everything: the late-events writer does
+                    self._late_due.setdefault(job_id, 0.0)
         finally:
             with self._lock:
                 self._ending.discard(job_id)

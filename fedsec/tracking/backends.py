@@ -36,6 +36,9 @@ MAX_URI = 2048
 # How the server parent hands a job process its checked backend (a URI may hold credentials: not in argv).
 ENV_TRACKING_BACKEND = "FEDSEC_TRACKING_BACKEND"
 ENV_TRACKING_MLFLOW_URI = "FEDSEC_TRACKING_MLFLOW_URI"
+# in a job's workspace: what its job process could not write to its backend before it ended (the round
+# metrics, job params and final model), kept for the server's late-events writer (fedsec.workflow.late)
+PENDING_FILE = "tracking_pending.json"
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,12 @@ workflow does. Here each batch goes through the job's tracker (the dedupe of
 workspace/tracking.db, the job's backend), its file is deleted once written,
 and the runs end again as the job ended (END: FINISHED, FAILED or KILLED).
 
-Exit 0 when the folder is empty; 1 when something is left (the backend is
+It also writes what the job's process kept unwritten when it ended
+(workspace/tracking_pending.json: round metrics, job params, the final model;
+fedsec.workflow.tracking), which is why the parent starts it for a job that
+left that file too.
+
+Exit 0 when the folder is empty and nothing is pending; 1 when something is left (the backend is
 down or did not open in time): the server parent starts it again later. The
 parent never imports MLflow; this process does.
 """
@@ -61,9 +66,10 @@ def main(argv: list[str] | None = None) -> int:
             path.unlink(missing_ok=True)
         return 0
     try:
-        return 0 if write_late_events(folder, tracker) else 1
+        written = write_late_events(folder, tracker)
     finally:
         tracker.close(RunEnd(args.end))
+    return 0 if written and not tracker.pending else 1
 
 
 def write_late_events(folder: Path, tracker: Tracker, open_seconds: float = OPEN_SECONDS) -> bool:

@@ -28,6 +28,13 @@ keeps every point. A site's metrics of a round count as a writer of their own
 its SummaryWriter keeps whichever came first. The server's own metrics are one
 value per round (table ``rounds``), however often a round is written again.
 
+What a job process could not write before it ended (the backend never opened
+in time, or was down at the end: round metrics, job params, the final model)
+is kept in workspace/tracking_pending.json (fedsec.tracking.backends.PENDING_FILE);
+the next tracker of the job (a resumed job process, or the server's late-events
+writer, which the server parent starts when it sees the file) takes it up, and
+the rounds table keeps a round from being written twice.
+
 Tracking never takes a job down. The receivers are opened by a thread of
 their own, retried with growing pauses until they open, so a slow or absent
 backend never holds up the job's start. Until then a site's events are refused
@@ -39,7 +46,9 @@ close() ends the runs as the job ended: FINISHED, FAILED or KILLED.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import secrets
 import shlex
@@ -50,9 +59,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedsec import _fs, limits
 from fedsec.errors import JobError
 from fedsec.jobs.meta import AppConfig, JobMeta, TrackingConfig, to_plain
-from fedsec.tracking.backends import ENV_TRACKING_BACKEND, ENV_TRACKING_MLFLOW_URI, Backend
+from fedsec.tracking.backends import ENV_TRACKING_BACKEND, ENV_TRACKING_MLFLOW_URI, PENDING_FILE, Backend
 from fedsec.tracking.events import MAX_PARAM_VALUE, Event, EventKind
 from fedsec.tracking.receivers import Receiver, RunEnd, SiteMetrics, open_receivers
 
@@ -215,6 +225,8 @@ class Tracker:
             self._db.execute("CREATE TABLE IF NOT EXISTS rounds (round INTEGER PRIMARY KEY)")
         except sqlite3.Error as exc:
             raise JobError(f"tracking database workspace/{db_path.name}: {exc}") from exc
+        self._workspace = db_path.parent
+        self._take_pending()
         self._thread = threading.Thread(target=self._connect, name="tracking-open", daemon=True)
         self._thread.start()
 
@@ -288,19 +300,88 @@ class Tracker:
                 return
             self._closed, self._end = True, end
             if self._receivers is None:
-                log.warning("tracking: backend %s never opened; this job's runs were not written there", self._backend)
+                log.warning("tracking: backend %s did not open while the job process ran", self._backend)
             else:
                 self._flush()
-                if self._metrics or self._model or self._params:
-                    log.warning(
-                        "tracking: backend %s: some round metrics, job params or the final model were not written",
-                        self._backend,
-                    )
                 for receiver in self._receivers:
                     receiver.close(end)
+            self._keep_pending()
             self._db.close()
 
+    @property
+    def pending(self) -> bool:
+        """Whether round metrics, job params or the final model wait to be written (kept for the next tracker)."""
+        with self._lock:
+            return bool(self._metrics or self._params or self._model)
+
     # -- internals --
+
+    def _take_pending(self) -> None:
+        """Take up what an earlier tracker of this job kept unwritten (workspace/tracking_pending.json)."""
+        path = self._workspace / PENDING_FILE
+        if not path.exists():
+            return
+        try:
+            doc = json.loads(_fs.read_bounded(path, limits.MAX_MESSAGE_BYTES, f"workspace/{PENDING_FILE}", JobError))
+            metrics = {
+                int(r): _RoundMetrics(_floats(m["metrics"]), _site_floats(m["sites"]))
+                for r, m in doc["metrics"].items()
+            }
+            params = {str(k): str(v) for k, v in doc["params"].items()}
+            model = (
+                [None if doc["model"] is None else self._workspace / _relative(doc["model"])]
+                if doc["has_model"]
+                else []
+            )
+        except (JobError, ValueError, KeyError, TypeError, AttributeError) as exc:  # JSONDecodeError: a ValueError
+            log.warning("tracking: workspace/%s is unusable and is dropped: %s", PENDING_FILE, exc)
+            path.unlink(missing_ok=True)
+            return
+        self._metrics.update(metrics)
+        self._params = {**params, **self._params}
+        self._model = model or self._model
+        log.info(
+            "tracking: took up %d rounds, %d params%s left unwritten by an earlier job process",
+            len(metrics),
+            len(params),
+            " and the final model" if model else "",
+        )
+
+    def _keep_pending(self) -> None:
+        """Keep what waits unwritten for the next tracker of this job, or remove the file (called with the lock)."""
+        path = self._workspace / PENDING_FILE
+        if not (self._metrics or self._params or self._model):
+            path.unlink(missing_ok=True)
+            return
+        model = self._model[0] if self._model else None
+        doc = {
+            "metrics": {
+                str(r): {"metrics": dict(m.metrics), "sites": {s: dict(v) for s, v in m.sites.items()}}
+                for r, m in self._metrics.items()
+            },
+            "params": self._params,
+            "has_model": bool(self._model),
+            "model": None if model is None else str(model.relative_to(self._workspace)),
+        }
+        try:
+            _fs.write_atomic(path, json.dumps(doc).encode(), mode=0o600)
+        except (OSError, ValueError) as exc:  # ValueError: a model outside the workspace
+            log.warning(
+                "tracking: backend %s: some round metrics, job params or the final model were not written "
+                "and cannot be kept for later: %s",
+                self._backend,
+                exc,
+            )
+            return
+        log.warning(
+            "tracking: backend %s: %d rounds, %d params%s not written yet; kept in workspace/%s for the "
+            "server to write later",
+            self._backend,
+            len(self._metrics),
+            len(self._params),
+            " and the final model" if self._model else "",
+            PENDING_FILE,
+        )
 
     def _new_point(self, site: str, event: Event) -> bool:
         """Whether event is a metric point (site, tag, step) not written before by another writer or process.
@@ -376,6 +457,9 @@ class Tracker:
         at a (tag, step) that a SummaryWriter wrote before is left out. JobError when a receiver fails."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
+            if self._db.execute("SELECT 1 FROM rounds WHERE round = ?", (current_round,)).fetchone():
+                self._db.execute("COMMIT")  # taken up from tracking_pending.json, and written since
+                return
             sites: dict[str, dict[str, float]] = {}
             for site, values in sorted(pending.sites.items()):
                 kept = {}
@@ -401,6 +485,29 @@ class Tracker:
         more = f" ({self._unwarned} more since the last warning)" if self._unwarned else ""
         log.warning("tracking: backend %s: %s%s", self._backend, text, more)
         self._warned_at, self._unwarned = now, 0
+
+
+def _floats(value: object) -> dict[str, float]:
+    """A JSON object of finite numbers, as metrics; ValueError otherwise."""
+    if not isinstance(value, dict):
+        raise ValueError("metrics are not an object")
+    out = {str(k): float(v) for k, v in value.items()}
+    if not all(math.isfinite(v) for v in out.values()):
+        raise ValueError("a metric is not a finite number")
+    return out
+
+
+def _site_floats(value: object) -> dict[str, dict[str, float]]:
+    if not isinstance(value, dict):
+        raise ValueError("site metrics are not an object")
+    return {str(site): _floats(v) for site, v in value.items()}
+
+
+def _relative(text: object) -> str:
+    """A path inside the workspace, as kept (relative, no ..); ValueError otherwise."""
+    if not isinstance(text, str) or text.startswith("/") or ".." in Path(text).parts:
+        raise ValueError("the final model's path is not inside the workspace")
+    return text
 
 
 def _with_final(metrics: Mapping[str, float]) -> dict[str, float]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from fedsec.api import Session
+from fedsec.jobs import FedAvgRecipe
 from fedsec.kit import ServerConfig, load_kit
 from fedsec.tracking.receivers import embedded_mlflow_uri
 from fedsec.transport.failover import is_standby
@@ -23,7 +25,7 @@ from fedsec.transport.tls import channel
 from fedsec.wire import arrays, fedsec_pb2, fedsec_pb2_grpc
 from tests import pgserver
 from tests.integration.harness import Federation, pid_alive, pids_running, wait_until
-from tests.integration.test_runtime import linear_job
+from tests.integration.test_runtime import INITIAL, SCRIPT, linear_job
 
 LEASE_TTL = 3.0
 HA_STORE = {"postgres": {"dsn_file": "local/postgres.dsn", "lease_ttl": LEASE_TTL}}
@@ -45,23 +47,30 @@ def start_replicas(federation: Federation, dsn: str, sites: list[str]) -> tuple[
 
 
 @pytest.mark.federation(server_store=HA_STORE, replicas=2)
-@pytest.mark.parametrize("moment", ["training", "aggregation"])
+@pytest.mark.parametrize("moment", ["training", "aggregation", "download"])
 def test_the_standby_takes_over_a_killed_active_replica_and_finishes_its_job(
     federation: Federation, tmp_path: Path, pg: pgserver.PgServer, moment: str
 ) -> None:
-    """moment: the active replica is killed while round 2's sites train, or once it folded round 2's first
-    update into the round's sum (the fold is streaming: the other uploads are arriving or being folded)."""
+    """moment: the active replica is killed while round 2's sites train; once it folded round 2's first
+    update into the round's sum (the fold is streaming: the other uploads are arriving or being folded);
+    or as round 2 opens, while the sites download its model (16 MB of ballast makes that take a while)."""
     dsn = pg.new_database()
     first, second = start_replicas(federation, dsn, SITES)
     with Session(federation.admin_kit) as s:
         status = s.check_status("server")
         assert status["active_replica"] == status["replica"] == first
         assert status["fencing_token"] == 1 and status["lease_held_for"] >= 0
-        job_id = s.submit_job(linear_job(tmp_path, "--sleep", "1", rounds=5, min_clients=3))
-        wait_until(lambda: s.get_job_meta(job_id).current_round >= 2, 90, "two rounds")
-    workflow_log = federation.kit(first) / "store/jobs" / job_id / "workflow.log"
-    if moment == "aggregation":
-        wait_until(lambda: "round=2 accepted site=" in workflow_log.read_text(), 60, "round 2's first update")
+        if moment == "download":
+            initial = {**INITIAL, "ballast": np.zeros(4 << 20, np.float32)}
+            recipe = FedAvgRecipe("linear", initial, SCRIPT, 5, 3, script_args=["--sleep", "1"], start_timeout=120)
+            job_id = s.submit_job(recipe.export(tmp_path / "job"))
+        else:
+            job_id = s.submit_job(linear_job(tmp_path, "--sleep", "1", rounds=5, min_clients=3))
+        workflow_log = federation.kit(first) / "store/jobs" / job_id / "workflow.log"
+        wait_until(lambda: s.get_job_meta(job_id).current_round >= (1 if moment == "download" else 2), 90, "rounds")
+    opened = {"aggregation": "round=2 accepted site=", "download": "round=2 train sampled="}.get(moment)
+    if opened is not None:
+        wait_until(lambda: opened in workflow_log.read_text(), 90, opened)
     workflows = pids_running("fedsec.workflow", str(federation.root))
     assert workflows
     mark = len(federation.log(second))
@@ -91,20 +100,33 @@ def test_the_standby_takes_over_a_killed_active_replica_and_finishes_its_job(
         ]
         lease = conn.execute("SELECT holder, fencing_token FROM lease").fetchone()
         assert lease == (second, 2)
-    # tracking exactly once across the failover: the runs live in the replicas' shared store, every round once
+    # tracking exactly once across the failover: the runs live in the replicas' shared store, every round once;
+    # what the job process could not write before it ended (MLflow still opening), the late writer writes
     client = MlflowClient(tracking_uri=embedded_mlflow_uri(federation.kit(second) / "store" / "tracking"))
-    experiment = client.get_experiment_by_name("linear")
-    assert experiment is not None
-    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`fedsec.job_id` = '{job_id}'")
-    parents = [r for r in runs if "fedsec.site" not in r.data.tags]
-    children = {r.data.tags["fedsec.site"]: r for r in runs if "fedsec.site" in r.data.tags}
+
+    def runs() -> list[Any]:
+        experiment = client.get_experiment_by_name("linear")
+        found = (
+            []
+            if experiment is None
+            else client.search_runs([experiment.experiment_id], filter_string=f"tags.`fedsec.job_id` = '{job_id}'")
+        )
+        return found if len(found) == 1 + len(SITES) else []
+
+    def steps(run_id: str) -> list[int]:
+        return sorted(m.step for m in client.get_metric_history(run_id, "mse"))
+
+    def written() -> bool:
+        parents = [r for r in runs() if "fedsec.site" not in r.data.tags]
+        return bool(parents) and len(steps(parents[0].info.run_id)) >= 6
+
+    wait_until(written, 180, "the job's runs with rounds 0-4 and the final model")
+    parents = [r for r in runs() if "fedsec.site" not in r.data.tags]
+    children = {r.data.tags["fedsec.site"]: r for r in runs() if "fedsec.site" in r.data.tags}
     assert len(parents) == 1 and sorted(children) == SITES
-    history = client.get_metric_history(parents[0].info.run_id, "mse")
-    assert sorted(m.step for m in history) == list(range(6))  # rounds 0-4 and the final model, each once
-    for site, run in children.items():
-        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "mse"))
-        assert steps == list(range(6)), site
-    assert parents[0].info.status == "FINISHED"
+    for run in [*parents, *children.values()]:
+        assert steps(run.info.run_id) == list(range(6)), run.data.tags  # each round once, and the final model
+    wait_until(lambda: client.get_run(parents[0].info.run_id).info.status == "FINISHED", 60, "the run to end")
     # no process is left behind: the killed replica's workflow is gone, the job's scripts ended on every site
     wait_until(lambda: not any(federation.job_pids(site) for site in SITES), 15, "job processes to end")
     assert not [p for p in pids_running("fedsec.workflow", str(federation.root)) if p in workflows]

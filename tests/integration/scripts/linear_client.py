@@ -56,6 +56,8 @@ while fl.is_running():
     for _ in range(args.steps):
         new -= args.lr * ((2 / len(x)) * x.T @ (x @ new - y) + mu * (new - w))
     diff = {"w": new - w, "b": np.zeros(1, dtype=np.float32)}
+    for name, value in model.params.items():  # a model's other tensors (ballast in a test) stay as they are
+        diff.setdefault(name, np.zeros_like(value))
     meta: dict[str, object] = {"num_examples": len(x)}
     if site == args.bad_site:
         if args.bad == "nan":

@@ -113,14 +113,62 @@ def test_events_refused_until_open_and_on_failure_then_taken_once(tmp_path: Path
     assert receiver.ended is RunEnd.FINISHED
 
 
-def test_backend_never_open_ends_quietly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    def opener() -> Sequence[Receiver]:
+def test_what_a_tracker_never_wrote_is_kept_and_written_once_by_the_next(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A job that ends before its backend opens loses nothing: the next tracker (the late writer) writes it."""
+
+    def down() -> Sequence[Receiver]:
         raise JobError("down")
 
-    tracker = Tracker(tmp_path / "tracking.db", opener, "team", retry_seconds=(0.01,))
-    tracker.global_metrics(0, {"acc": 1.0})
-    tracker.close(RunEnd.KILLED)  # never raises
-    assert any("never opened" in r.getMessage() for r in caplog.records)
+    (tmp_path / "result").mkdir()
+    model = tmp_path / "result" / "final.fsa"
+    first = Tracker(tmp_path / "tracking.db", down, "team", retry_seconds=(0.01,))
+    first.job_params({"job_id": "j"})
+    first.global_metrics(0, {"acc": 0.5}, {"site-1": {"acc": 0.4}})
+    first.global_metrics(1, {"acc": 0.75})
+    first.final_model(model)
+    first.close(RunEnd.FINISHED)  # never raises
+    assert first.pending
+    assert (tmp_path / "tracking_pending.json").stat().st_mode & 0o077 == 0
+    assert any("kept in workspace/tracking_pending.json" in r.getMessage() for r in caplog.records)
+
+    receiver = FakeReceiver()
+    second = Tracker(tmp_path / "tracking.db", lambda: [receiver], "team")
+    wait(lambda: second.ready, "the receivers to open")
+    second.global_metrics(1, {"acc": 0.9})  # a round written again by a resumed job process: not twice
+    second.close(RunEnd.FINISHED)
+    assert receiver.params == {"job_id": "j"}
+    assert receiver.metrics == {0: {"acc": 0.5}, 1: {"acc": 0.75}}
+    assert receiver.site_metrics[0] == {"site-1": {"acc": 0.4}}
+    assert receiver.models == [model]
+    assert not second.pending and not (tmp_path / "tracking_pending.json").exists()
+
+    third = Tracker(tmp_path / "tracking.db", lambda: [FakeReceiver()], "team")  # nothing is taken up again
+    assert not third.pending
+    third.close()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"{not json",
+        b'{"metrics": {"0": {"metrics": {"acc": "NaN"}, "sites": {}}}, "params": {}, "has_model": false}',
+        b'{"metrics": {}, "params": {}, "has_model": true, "model": "../../../etc/passwd"}',
+        b"[]",
+    ],
+)
+def test_an_unusable_pending_file_is_dropped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, text: bytes
+) -> None:
+    (tmp_path / "tracking_pending.json").write_bytes(text)
+    receiver = FakeReceiver()
+    tracker = Tracker(tmp_path / "tracking.db", lambda: [receiver], "team")
+    wait(lambda: tracker.ready, "the receivers to open")
+    tracker.close()
+    assert receiver.metrics == {} and receiver.models == []
+    assert any("tracking_pending.json is unusable" in r.getMessage() for r in caplog.records)
+    assert not (tmp_path / "tracking_pending.json").exists()
 
 
 def scalar(writer: str, seq: int, step: int, value: float, tag: str = "loss") -> Event:
