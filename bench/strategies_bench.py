@@ -53,8 +53,12 @@ class Choice:
     settings: dict[str, Any]
 
 
-def choices() -> list[Choice]:
-    """The strategies fedsec ships (SCAFFOLD where this checkout has it)."""
+def choices(only: list[str] | None) -> list[Choice]:
+    """The strategies fedsec ships (SCAFFOLD where this checkout has it), or those only names (first words)."""
+    return [c for c in _all_choices() if only is None or c.label.split()[0] in only]
+
+
+def _all_choices() -> list[Choice]:
     found = [
         Choice("fedavg", ("--strategy", "fedavg"), FedAvgRecipe, {}),
         Choice("fedprox mu=0.01", ("--strategy", "fedprox", "--mu", "0.01"), FedProxRecipe, {"mu": 0.01}),
@@ -101,7 +105,7 @@ def server_part(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="fedsec-strategies-bench-") as tmp, Federation(Path(tmp)) as fed:
         fed.start(N_SITES)
         fed.wait_registered([f"site-{i}" for i in range(1, N_SITES + 1)], 0)
-        for choice in choices():
+        for choice in choices(args.only):
             for he in (False, True):
                 mode = "HE" if he else "plain"
                 recipe = choice.recipe(
@@ -129,7 +133,7 @@ def dirichlet_part(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="fedsec-dirichlet-bench-") as tmp, Federation(Path(tmp)) as fed:
         fed.start(3)
         fed.wait_registered(["site-1", "site-2", "site-3"], 0)
-        for choice in choices():
+        for choice in choices(args.only):
             cells = []
             for he in (False, True):
                 folder = Path(tmp) / f"digits-{choice.label}-{he}".replace(" ", "_")
@@ -158,6 +162,7 @@ def main() -> None:
     parser.add_argument("--train-seconds", type=float, default=2.0)
     parser.add_argument("--alpha", type=float, default=0.1)
     parser.add_argument("--digits-rounds", type=int, default=5)
+    parser.add_argument("--only", nargs="*", default=None, help="run only these strategies (labels' first word)")
     args = parser.parse_args()
     if args.part in ("server", "both"):
         server_part(args)
