@@ -302,10 +302,10 @@ class Tracker:
             if self._receivers is None:
                 log.warning("tracking: backend %s did not open while the job process ran", self._backend)
             else:
-                self._flush()
+                self._write_waiting()
                 for receiver in self._receivers:
                     receiver.close(end)
-            self._keep_pending()
+            self._keep_pending(announce=True)
             self._db.close()
 
     @property
@@ -347,8 +347,11 @@ class Tracker:
             " and the final model" if model else "",
         )
 
-    def _keep_pending(self) -> None:
-        """Keep what waits unwritten for the next tracker of this job, or remove the file (called with the lock)."""
+    def _keep_pending(self, *, announce: bool) -> None:
+        """Keep what waits unwritten for the next tracker of this job, or remove the file (called with the lock).
+
+        announce: warn about what is kept (when the job process ends).
+        """
         path = self._workspace / PENDING_FILE
         if not (self._metrics or self._params or self._model):
             path.unlink(missing_ok=True)
@@ -366,12 +369,9 @@ class Tracker:
         try:
             _fs.write_atomic(path, json.dumps(doc).encode(), mode=0o600)
         except (OSError, ValueError) as exc:  # ValueError: a model outside the workspace
-            log.warning(
-                "tracking: backend %s: some round metrics, job params or the final model were not written "
-                "and cannot be kept for later: %s",
-                self._backend,
-                exc,
-            )
+            self._warn(f"what waits to be written cannot be kept in workspace/{PENDING_FILE}: {exc}")
+            return
+        if not announce:
             return
         log.warning(
             "tracking: backend %s: %d rounds, %d params%s not written yet; kept in workspace/%s for the "
@@ -425,6 +425,14 @@ class Tracker:
             return
 
     def _flush(self) -> None:
+        """Write what waits, and keep what still waits on disk (called with the lock held).
+
+        Kept at once, not only at close(): a job process killed with its backend down loses nothing.
+        """
+        self._write_waiting()
+        self._keep_pending(announce=False)
+
+    def _write_waiting(self) -> None:
         """Write the waiting job params, round metrics and final model (called with the lock held)."""
         if self._receivers is None:
             return

@@ -22,7 +22,7 @@ from typing import Protocol
 
 from fedsec.tracking.backends import Backend
 from fedsec.tracking.events import Event
-from fedsec.tracking.receivers.store import SHOWN, embedded_uri, prepare_embedded_store
+from fedsec.tracking.receivers.store import embedded_uri, prepare_embedded_store, shown
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,9 @@ def open_receivers(
             job_id,
             job_name,
             artifact_location=store.artifact_location,
-            label=f"mlflow ({SHOWN})",
+            label=f"mlflow ({shown(tracking_dir)})",
             user=user,
+            shown=shown(tracking_dir),
         )
     else:
         mlflow = MlflowReceiver(backend.mlflow_uri, job_id, job_name, user=user)

@@ -112,8 +112,11 @@ class MlflowReceiver:
         artifact_location: str | None = None,
         label: str | None = None,
         user: str = "",
+        shown: str = SHOWN,
     ) -> None:
         """Find or create the experiment and the job's parent run.
+
+        shown: the embedded store's file relative to the server kit, as messages name it.
 
         user: the runs' user (the job's submitter); "" keeps the one a reopened parent run has.
 
@@ -126,6 +129,7 @@ class MlflowReceiver:
             raise JobError(f"mlflow: job id {job_id[:40]!r} is not letters, digits, '.', '_' or '-'")
         self.tracking_uri = tracking_uri
         self._label = label
+        self._store_shown = shown  # the embedded store's file, relative to the server kit
         self._shown = label or f"mlflow at {public_uri(tracking_uri)}"
         self._private = str(Path(tracking_uri.removeprefix("sqlite:///")).parent) if label else ""
         self._job_id = job_id
@@ -153,7 +157,10 @@ class MlflowReceiver:
         """One line telling a user where to see the runs."""
         where = f"experiment {self._job_name!r} (id {self.experiment_id}), run {self.run_name} ({self.run_id})"
         if self._label is not None:
-            return f"MLflow: {self._label}: mlflow ui --backend-store-uri sqlite:///<server kit>/{SHOWN}  # {where}"
+            return (
+                f"MLflow: {self._label}: mlflow ui --backend-store-uri sqlite:///<server kit>/{self._store_shown}"
+                f"  # {where}"
+            )
         if self.tracking_uri.startswith("sqlite:"):
             return f"MLflow: mlflow ui --backend-store-uri {public_uri(self.tracking_uri)}  # {where}"
         if self.tracking_uri.startswith(("http:", "https:")):
@@ -247,7 +254,7 @@ class MlflowReceiver:
         """exc's text, cut to _MESSAGE_CHARS, without the embedded store's folder."""
         text = str(exc)
         if self._private:
-            text = text.replace(self._private, SHOWN.rsplit("/", 1)[0])
+            text = text.replace(self._private, self._store_shown.rsplit("/", 1)[0])
         return text if len(text) <= _MESSAGE_CHARS else text[:_MESSAGE_CHARS] + "..."
 
     def _check_open(self) -> None:

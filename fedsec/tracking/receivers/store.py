@@ -52,6 +52,12 @@ _TMP_TABLE_PREFIX = "_alembic_tmp_"
 _SIDE_FILES = ("-journal", "-wal", "-shm")
 
 
+def shown(tracking_dir: Path) -> str:
+    """How messages name the store of tracking_dir, relative to the server kit: SHOWN, or store/SHOWN for the
+    store of a replicated server (its tracking folder is <kit>/store/tracking, shared by the replicas)."""
+    return f"store/{SHOWN}" if tracking_dir.parent.name == "store" else SHOWN
+
+
 @dataclass(frozen=True)
 class EmbeddedStore:
     """A ready embedded store: its SQLAlchemy URI and its artifact root (a file:// URI)."""

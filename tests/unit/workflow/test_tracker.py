@@ -127,6 +127,7 @@ def test_what_a_tracker_never_wrote_is_kept_and_written_once_by_the_next(
     first.job_params({"job_id": "j"})
     first.global_metrics(0, {"acc": 0.5}, {"site-1": {"acc": 0.4}})
     first.global_metrics(1, {"acc": 0.75})
+    assert (tmp_path / "tracking_pending.json").exists()  # kept as it waits: a kill -9 now loses nothing
     first.final_model(model)
     first.close(RunEnd.FINISHED)  # never raises
     assert first.pending
