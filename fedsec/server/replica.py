@@ -170,11 +170,11 @@ class Replica:
 
     def status(self) -> dict[str, object]:
         """What check_status server shows: this replica, the lease holder and how long it has held it."""
-        now = time.time()
         try:
             lease = self.state.get_lease()
+            now = self.state.lease_clock()  # the clock that stamped it, not this replica's
         except StoreUnavailableError:
-            lease = None
+            lease, now = None, 0.0
         return {
             "replica": self.name,
             "active_replica": lease.holder if lease is not None else "",

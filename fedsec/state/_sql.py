@@ -327,12 +327,28 @@ def _dump(value: object) -> str:
 
 
 class SqlState:
-    """StateStore over a Database (see the module docstring). clock gives the times it records."""
+    """StateStore over a Database (see the module docstring). clock gives the times it records.
 
-    def __init__(self, db: Database, clock: Callable[[], float], where: str) -> None:
+    lease_clock stamps and judges the server lease; None: the database's own clock (now_sql), the one
+    clock every replica on it shares.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        clock: Callable[[], float],
+        where: str,
+        *,
+        lease_clock: Callable[[], float] | None = None,
+        now_sql: str = "",
+    ) -> None:
+        if lease_clock is None and not now_sql:
+            raise ValueError("SqlState: a lease clock or the database's now_sql is needed")
         self._db = db
         self._clock = clock
         self._where = where
+        self._lease_clock = lease_clock
+        self._now_sql = now_sql
 
     @property
     def backend(self) -> str:
@@ -623,6 +639,17 @@ class SqlState:
         if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= MAX_LEASE_TTL:
             raise JobError(f"job store: lease ttl must be a number of seconds in (0, {MAX_LEASE_TTL:g}], got {ttl!r}")
 
+    def _lease_now(self, cur: Cursor) -> float:
+        if self._lease_clock is not None:
+            return self._lease_clock()
+        return float(cur.rows(self._now_sql)[0][0])
+
+    def lease_clock(self) -> float:
+        if self._lease_clock is not None:
+            return self._lease_clock()
+        with self._db.read("cannot read the database's clock") as cur:
+            return self._lease_now(cur)
+
     def get_lease(self) -> Lease | None:
         with self._db.read("cannot read the server lease") as cur:
             holder, token, deadline, acquired = self._lease_row(cur, "")
@@ -632,7 +659,7 @@ class SqlState:
         self._check_lease_args(holder, ttl)
         with self._db.write(f"cannot acquire the server lease for {holder:.60}") as cur:
             current, token, deadline, _ = self._lease_row(cur, "FOR UPDATE")
-            now = self._clock()
+            now = self._lease_now(cur)
             if current and current != holder and deadline > now:
                 return None
             lease = Lease(holder, token + 1, now + ttl, now)
@@ -646,7 +673,7 @@ class SqlState:
         self._check_lease_args(lease.holder, ttl)
         with self._db.write(f"cannot renew the server lease of {lease.holder:.60}") as cur:
             holder, token, deadline, acquired = self._lease_row(cur, "FOR UPDATE")
-            now = self._clock()
+            now = self._lease_now(cur)
             if holder != lease.holder or token != lease.fencing_token:
                 raise LeaseLostError(
                     f"{self._where}: replica {lease.holder} cannot renew the server lease: "

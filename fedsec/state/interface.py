@@ -127,6 +127,11 @@ class StateStore(Protocol):
         ...
 
     # the server lease (fence: see the module docstring; LeaseLostError when it no longer holds)
+    def lease_clock(self) -> float:
+        """Now, in seconds since the epoch, on the clock that stamps the lease: one clock for every replica
+        (PostgreSQL's own), so replicas whose clocks differ still agree when the lease lapses."""
+        ...
+
     def get_lease(self) -> Lease | None:
         """The lease as the store holds it now (lapsed or not); None when nobody holds it (never, or released)."""
         ...

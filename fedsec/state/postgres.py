@@ -152,10 +152,20 @@ def _current_version(db: PostgresDatabase) -> int:
         return int(cur.rows("SELECT max(version) FROM schema_version")[0][0] or 0)
 
 
+_NOW_SQL = "SELECT extract(epoch FROM clock_timestamp())::double precision"  # the lease's clock
+
+
 def open_postgres(
-    dsn: str, *, where: str = "job store (postgres)", clock: Callable[[], float] = time.time
+    dsn: str,
+    *,
+    where: str = "job store (postgres)",
+    clock: Callable[[], float] = time.time,
+    lease_clock: Callable[[], float] | None = None,
 ) -> _sql.SqlState:
     """The state in the PostgreSQL database of dsn, its schema made or upgraded to the latest.
+
+    clock stamps the records; the server lease goes by PostgreSQL's clock (lease_clock: another one, for tests),
+    so replicas whose clocks differ agree on when it lapses.
 
     Raises DependencyError without psycopg, StoreUnavailableError if the database cannot be
     reached, and JobError if it holds something else or was written by a newer fedsec.
@@ -166,4 +176,4 @@ def open_postgres(
     except BaseException:
         db.close()
         raise
-    return _sql.SqlState(db, clock, where)
+    return _sql.SqlState(db, clock, where, lease_clock=lease_clock, now_sql=_NOW_SQL)

@@ -137,4 +137,4 @@ def open_sqlite(path: Path, *, clock: Callable[[], float] = time.time) -> _sql.S
     except BaseException:
         db.close()
         raise
-    return _sql.SqlState(db, clock, db._where)
+    return _sql.SqlState(db, clock, db._where, lease_clock=clock)  # one replica: its own clock

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,7 +48,8 @@ def pair(
     else:
         server: pgserver.PgServer = request.getfixturevalue("pg")
         dsn = server.new_database()
-        a, b = open_postgres(dsn, clock=manual), open_postgres(dsn, clock=manual)
+        a = open_postgres(dsn, clock=manual, lease_clock=manual)
+        b = open_postgres(dsn, clock=manual, lease_clock=manual)
     try:
         yield a, b
     finally:
@@ -81,6 +83,24 @@ def test_two_holders_contend_and_only_one_wins(pair: tuple[StateStore, StateStor
     assert b.acquire_lease("replica-b", TTL) is None  # not lapsed yet
     held = b.get_lease()
     assert held is not None and held.holder == "replica-a"
+
+
+def test_on_postgres_the_lease_goes_by_the_database_clock_not_the_replicas(pg: pgserver.PgServer) -> None:
+    """A replica whose clock is an hour ahead must not judge a live lease lapsed and take it."""
+    dsn = pg.new_database()
+    ahead = open_postgres(dsn, clock=lambda: time.time() + 3600)
+    on_time = open_postgres(dsn)
+    try:
+        lease = on_time.acquire_lease("replica-a", TTL)
+        assert lease is not None
+        assert ahead.acquire_lease("replica-b", TTL) is None  # held: the database's clock says so
+        assert abs(ahead.lease_clock() - on_time.lease_clock()) < 60  # both read the one clock
+        held = ahead.get_lease()
+        assert held is not None and held.holder == "replica-a" and held.deadline > ahead.lease_clock()
+        assert on_time.renew_lease(lease, TTL).fencing_token == lease.fencing_token
+    finally:
+        ahead.close()
+        on_time.close()
 
 
 def test_contending_threads_get_one_lease(pair: tuple[StateStore, StateStore]) -> None:
