@@ -47,7 +47,12 @@ def _task(c: list[float]) -> FLModel:
 def sent(monkeypatch: pytest.MonkeyPatch) -> list[FLModel]:
     out: list[FLModel] = []
     monkeypatch.setattr(api, "strategy_settings", lambda: {"name": "scaffold", "server_lr": 1.0})
-    monkeypatch.setattr(api, "send", lambda model: out.append(model) or True)
+
+    def send(model: FLModel) -> bool:
+        out.append(model)
+        return True
+
+    monkeypatch.setattr(api, "send", send)
     return out
 
 

@@ -22,9 +22,10 @@ from fedsec.jobs import control
 from fedsec.site import scaffold
 from fedsec.wire import arrays
 
-X = {"w": np.array([1.0], np.float32), "n": np.array([2], np.int64)}
-C = {"w": np.array([0.2], np.float32)}
-SITES = [  # (y, delta_c, weight)
+Arrays = dict[str, NDArray[Any]]
+X: Arrays = {"w": np.array([1.0], np.float32), "n": np.array([2], np.int64)}
+C: Arrays = {"w": np.array([0.2], np.float32)}
+SITES: list[tuple[Arrays, Arrays, float]] = [  # (y, delta_c, weight)
     ({"w": np.array([3.0], np.float32), "n": np.array([4], np.int64)}, {"w": np.array([0.3], np.float32)}, 1.0),
     ({"w": np.array([1.0], np.float32), "n": np.array([4], np.int64)}, {"w": np.array([-0.6], np.float32)}, 0.5),
 ]
@@ -49,7 +50,7 @@ def test_the_weighted_sum_gives_every_site_the_next_x_and_c() -> None:
     uploads = _uploads()
     total = sum(w for _, w in uploads)
     first = uploads[0][0]  # decrypted as codec.decrypt_model gives it: each tensor in its own dtype
-    mean = {k: (sum(u[k].astype(np.float64) * w for u, w in uploads) / total).astype(v.dtype) for k, v in first.items()}
+    mean = {k: (np.sum([u[k] * w for u, w in uploads], axis=0) / total).astype(v.dtype) for k, v in first.items()}
     model, c = scaffold.task_from_sum(mean, total, 3, "sum")
     assert model["w"].tolist() == pytest.approx([5 / 3])
     assert c["w"].tolist() == pytest.approx([0.1])
