@@ -142,6 +142,10 @@ class Scaffold:
             self.commit()
         return accepted
 
+    def global_norm(self) -> float:
+        """The L2 norm of the global control variate c of the round in progress (0 before the first)."""
+        return float(np.sqrt(sum(float(np.sum(value * value)) for value in self._c.values())))
+
     @property
     def control_variate(self) -> Mapping[str, NDArray[np.float64]]:
         """This site's c_i (float64, by tensor name; empty before the first training task)."""
