@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
+from fedsec import limits
 from fedsec.errors import JobError, WireError
 from fedsec.jobs.meta import StrategyConfig, StrategyKind
 from fedsec.wire import arrays
@@ -118,3 +119,64 @@ def test_make_builds_scaffold_with_its_settings() -> None:
     assert not strategies.make(StrategyConfig(StrategyKind.SCAFFOLD), sites=4, encrypted=True).stateful
     with pytest.raises(JobError, match="sites listed"):
         strategies.make(StrategyConfig(StrategyKind.SCAFFOLD), sites=0)
+
+
+def test_the_driver_sends_c_with_each_task_and_a_resumed_job_continues_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two sites, N = 2, server_lr 0.5, w a float32 (2, 3) and n an int64 counter, starting at 0.
+
+    Round 0 (differences): w 1, n 1, delta_c 0.3 with weight 1; w 5, n 2, delta_c 0.9 with weight 3: x = 0.5 *
+    (1 + 15) / 4 = 2, n = rint(7 / 4) = 2, c = (0.3 + 0.9) / 2 = 0.6. The process then stops; a new one resumes
+    round 1 with c = 0.6, and its updates (delta_c 0.2 and 0.4) make c = 0.6 + 0.6 / 2 = 0.9.
+    """
+    from fedsec.jobs import ScaffoldRecipe
+    from tests.unit.workflow.test_fedavg import SITES, Job, submit, task, update
+
+    monkeypatch.setattr(limits, "MIN_CHUNK_BYTES", 64)
+    job = Job(tmp_path / "refused", 1, 1, ScaffoldRecipe, sites=["site-1"])
+    try:
+        first = job.fedavg()
+        first.update_sites(["site-1"])
+        run = job.start(first)
+        sent = arrays.read_file(task(first, "site-1", 0))
+        assert list(sent) == ["w", "n", "scaffold/w"] and not sent["scaffold/w"].any()
+        accepted, reason = submit(first, "site-1", 0, update(1, 1))  # no control-variate update
+        assert not accepted and "tensor 'scaffold/w' is missing" in reason, reason
+        assert isinstance(run.join(), JobError)
+    finally:
+        job.close()
+    job = Job(tmp_path / "job", 2, 2, ScaffoldRecipe, sites=SITES, server_lr=0.5)
+    try:
+        first = job.fedavg()
+        first.update_sites(SITES)
+        run = job.start(first)
+        for site, (w, n, dc, weight) in zip(SITES, [(1, 1, 0.3, 1), (5, 2, 0.9, 3)], strict=True):
+            task(first, site, 0)
+            sent_update = {**update(w, n), "scaffold/w": np.full((2, 3), dc, np.float32)}
+            assert submit(first, site, 0, sent_update, num_examples=weight) == (True, "")
+        sent = arrays.read_file(task(first, "site-1", 1))
+        assert sent["w"].tolist() == [[2.0] * 3] * 2 and sent["n"].tolist() == [2, 2]
+        assert sent["scaffold/w"] == pytest.approx(np.full((2, 3), 0.6))
+        first.update_sites([])  # every site lost in round 1: the process gives up, as a crash would
+        assert isinstance(run.join(), JobError)
+        assert arrays.read_file(job.workspace / "checkpoints" / "round_00000.state.fsa")["w"] == pytest.approx(
+            np.full((2, 3), 0.6)
+        )
+
+        second = job.fedavg()
+        second.update_sites(SITES)
+        run = job.start(second)
+        for site, dc in zip(SITES, (0.2, 0.4), strict=True):
+            assert arrays.read_file(task(second, site, 1))["scaffold/w"] == pytest.approx(np.full((2, 3), 0.6))
+            assert submit(second, site, 1, {**update(0, 0), "scaffold/w": np.full((2, 3), dc, np.float32)})[0]
+        for site in SITES:
+            assert list(arrays.read_file(task(second, site, 2, "evaluate"))) == ["w", "n"]  # no c to evaluate
+            assert submit(second, site, 2, None, kind="evaluate", metrics={"accuracy": 1.0})[0]
+        assert run.join() is None
+        assert arrays.read_file(job.workspace / "checkpoints" / "round_00001.state.fsa")["w"] == pytest.approx(
+            np.full((2, 3), 0.9)
+        )
+        assert list(job.result()) == ["w", "n"]
+    finally:
+        job.close()
