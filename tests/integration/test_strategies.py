@@ -86,18 +86,22 @@ def test_scaffold_on_digits_plain_and_under_he_agree(federation: Federation, tmp
     federation.start_all()
     plain_id, plain_accuracy = run_digits(federation, tmp_path, "--strategy", "scaffold")
     he_id, he_accuracy = run_digits(federation, tmp_path, "--strategy", "scaffold", "--he")
-    assert plain_accuracy >= 0.9, plain_accuracy
-    assert abs(he_accuracy - plain_accuracy) <= 0.005, (plain_accuracy, he_accuracy)
-
     with Session(federation.admin_kit) as s:
         plain, he = (s.wait_for_job(job_id, timeout=60).progress["rounds"] for job_id in (plain_id, he_id))
-    # every site trained with the global c its task brought: zero in round 0, then what the sites' updates made
-    # it; under HE the sites derived it from the encrypted sum alone, and it matches the plain one
+
+    # One aggregation apart, HE and plain agree: round 1's global model (round 0's result) differs only by HE's
+    # fixed point (2^-17 here), so its accuracy on the 360 test images is within 0.5 points, and the global c it
+    # brought, which under HE the sites derived from the encrypted sum alone, matches the plain one.
+    assert he[1]["metrics"]["accuracy"] == pytest.approx(plain[1]["metrics"]["accuracy"], abs=0.005), (plain, he)
     plain_norms = [r["metrics"]["control_norm"] for r in plain]
     he_norms = [r["metrics"]["control_norm"] for r in he]
-    assert plain_norms[0] == he_norms[0] == 0.0
+    assert plain_norms[0] == he_norms[0] == 0.0  # round 0: c = 0
     assert all(norm > 0 for norm in plain_norms[1:]), plain_norms
     assert he_norms[1] == pytest.approx(plain_norms[1], rel=0.01), (plain_norms, he_norms)
+    # Five rounds of SGD carry that fixed-point difference into about +-1 point of final accuracy (the same job
+    # in plain arithmetic with 2^-17 stochastic rounding added spreads as much): both learn, within 2 points.
+    assert plain_accuracy >= 0.9 and he_accuracy >= 0.9, (plain_accuracy, he_accuracy)
+    assert abs(he_accuracy - plain_accuracy) <= 0.02, (plain_accuracy, he_accuracy)
 
     # the server keeps c with each plain checkpoint, by the model's tensor names; under HE it holds nothing plain
     jobs = federation.kit("server1") / "store" / "jobs"
@@ -107,3 +111,5 @@ def test_scaffold_on_digits_plain_and_under_he_agree(federation: Federation, tmp
     assert all(value.dtype == np.float64 for value in state.values())
     assert any(np.abs(value).max() > 0 for value in state.values())
     assert list((jobs / he_id / "workspace" / "checkpoints").glob("*.fsa")) == []
+    kept = arrays.read_file(federation.kit("site-1") / "jobs" / he_id / "work" / "global_model.fsa")
+    assert set(kept) == set(model)  # a site keeps the decrypted final model alone, without c's sections
