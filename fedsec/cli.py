@@ -92,6 +92,9 @@ def _cmd_he_decrypt(args: argparse.Namespace) -> int:
     params, weight = decrypt_model(
         context, _fs.read_bounded(source, limits.MAX_MODEL_BYTES, f"encrypted model {source}"), str(source)
     )
+    from fedsec.jobs.control import RESERVED  # a scaffold job's sum also holds its control-variate sections
+
+    params = {name: value for name, value in params.items() if not name.startswith(RESERVED)}
     out = Path(args.output) if args.output else source.with_suffix(model_file.SAFETENSORS_SUFFIX)
     if out.suffix == model_file.CONTAINER_SUFFIX:  # the older format, when asked for by name
         arrays.write_file(out, params)

@@ -6,11 +6,11 @@ from fedsec.api.session import JobInfo, Session, SiteWait
 # run_recipe needs numpy (recipes, model files): imported on first use, so the admin shell stays light.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from fedsec.api.recipes import FedAvgRecipe, FedOptRecipe, FedProxRecipe, JobResult, run_recipe
+    from fedsec.api.recipes import FedAvgRecipe, FedOptRecipe, FedProxRecipe, JobResult, ScaffoldRecipe, run_recipe
 
 
 def __getattr__(name: str) -> object:
-    if name in ("FedAvgRecipe", "FedOptRecipe", "FedProxRecipe", "JobResult", "run_recipe"):
+    if name in ("FedAvgRecipe", "FedOptRecipe", "FedProxRecipe", "JobResult", "ScaffoldRecipe", "run_recipe"):
         from fedsec.api import recipes
 
         return getattr(recipes, name)
@@ -24,6 +24,7 @@ __all__ = [
     "JobInfo",
     "JobResult",
     "RoundPrinter",
+    "ScaffoldRecipe",
     "Session",
     "SiteWait",
     "run_recipe",

@@ -2,8 +2,8 @@
 
 It exports the recipe into a temporary folder, submits it with the admin kit, follows it round
 by round (printing the RoundPrinter lines job.py prints), downloads the result and returns a
-JobResult with the final model loaded. `fedsec.api.FedAvgRecipe` (likewise FedProxRecipe and
-FedOptRecipe) is fedsec.jobs' recipe with `run(admin_kit)` added, which calls run_recipe(): the
+JobResult with the final model loaded. `fedsec.api.FedAvgRecipe` (likewise FedProxRecipe,
+FedOptRecipe and ScaffoldRecipe) is fedsec.jobs' recipe with `run(admin_kit)` added, which calls run_recipe(): the
 running lives here, because jobs/ sits below api/ and never imports it. Nothing here is
 printed except those progress lines.
 """
@@ -107,3 +107,7 @@ class FedProxRecipe(_Runs, job_recipes.FedProxRecipe):
 
 class FedOptRecipe(_Runs, job_recipes.FedOptRecipe):
     """fedsec.jobs.FedOptRecipe that also runs itself: `recipe.run(admin_kit)`."""
+
+
+class ScaffoldRecipe(_Runs, job_recipes.ScaffoldRecipe):
+    """fedsec.jobs.ScaffoldRecipe that also runs itself: `recipe.run(admin_kit)`."""

@@ -62,3 +62,12 @@ def scale_bits(clip: float, max_clients: int = MAX_CLIENTS) -> int:
         f"HE clip {clip} is too large: values up to it leave fewer than {_MIN_SCALE_BITS} fraction bits "
         f"(at most {limit / 2**_MIN_SCALE_BITS} is allowed)"
     )
+
+
+def quantised_weight(weight: float, clip: float, max_clients: int = MAX_CLIENTS) -> float:
+    """The weight an upload's values are multiplied by once quantised: round(weight * 2**f) / 2**f.
+
+    f = scale_bits(clip, max_clients), as fedsec.he.codec encodes it. Raises HEError as scale_bits does.
+    """
+    bits = scale_bits(clip, max_clients)
+    return round(float(weight) * (1 << bits)) / (1 << bits)

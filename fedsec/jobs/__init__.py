@@ -2,8 +2,8 @@
 
 A job is a folder; load_job_folder() validates one, pack()/unpack() turn it into
 a deterministic zip and back (extraction treats the archive as hostile), and
-FedAvgRecipe, FedProxRecipe and FedOptRecipe write one from Python. Nothing here imports torch or grpc, or
-imports or runs a job's code.
+FedAvgRecipe, FedProxRecipe, FedOptRecipe and ScaffoldRecipe write one from Python. Nothing
+here imports torch or grpc, or imports or runs a job's code.
 """
 
 from fedsec.jobs.archive import pack, unpack
@@ -13,9 +13,9 @@ from fedsec.jobs.meta import AppConfig, JobMeta, load_job_folder
 # parent processes (which use only the folder format and archives) stay light.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from fedsec.jobs.recipe import FedAvgRecipe, FedOptRecipe, FedProxRecipe
+    from fedsec.jobs.recipe import FedAvgRecipe, FedOptRecipe, FedProxRecipe, ScaffoldRecipe
 
-_RECIPES = ("FedAvgRecipe", "FedOptRecipe", "FedProxRecipe")
+_RECIPES = ("FedAvgRecipe", "FedOptRecipe", "FedProxRecipe", "ScaffoldRecipe")
 
 
 def __getattr__(name: str) -> object:
@@ -26,4 +26,14 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module 'fedsec.jobs' has no attribute {name!r}")
 
 
-__all__ = ["AppConfig", "FedAvgRecipe", "FedOptRecipe", "FedProxRecipe", "JobMeta", "load_job_folder", "pack", "unpack"]
+__all__ = [
+    "AppConfig",
+    "FedAvgRecipe",
+    "FedOptRecipe",
+    "FedProxRecipe",
+    "JobMeta",
+    "ScaffoldRecipe",
+    "load_job_folder",
+    "pack",
+    "unpack",
+]

@@ -51,6 +51,7 @@ class StrategyKind(enum.Enum):
     FEDAVG = "fedavg"
     FEDPROX = "fedprox"
     FEDOPT = "fedopt"
+    SCAFFOLD = "scaffold"
 
 
 class ServerOptimizer(enum.Enum):
@@ -70,6 +71,7 @@ FEDOPT_DEFAULTS: dict[ServerOptimizer, dict[str, float]] = {
     ServerOptimizer.ADAGRAD: {"server_lr": 0.1, "beta1": 0.0, "tau": 1e-3},
     ServerOptimizer.AVGM: {"server_lr": 1.0, "momentum": 0.9},
 }
+SCAFFOLD_DEFAULTS: dict[str, float] = {"server_lr": 1.0}
 
 
 @dataclass(frozen=True)
@@ -79,8 +81,10 @@ class StrategyConfig:
     fedavg: no settings. fedprox: mu (required), the weight of the proximal term mu/2 * ||w - w_global||^2
     the sites add to their loss. fedopt: optimizer (required: adam, yogi, adagrad or avgm) and its
     settings, each with a default (FEDOPT_DEFAULTS): server_lr, beta1, beta2, tau for adam and yogi;
-    server_lr, beta1, tau for adagrad; server_lr, momentum for avgm. A setting the chosen strategy
-    (or optimizer) does not take is an error. settings() gives the effective values.
+    server_lr, beta1, tau for adagrad; server_lr, momentum for avgm. scaffold: server_lr (default 1.0),
+    the global step x <- x + server_lr * mean(y_i - x); it needs meta.yml's sites (their number N scales
+    the control-variate update). A setting the chosen strategy (or optimizer) does not take is an error.
+    settings() gives the effective values.
     """
 
     name: StrategyKind = StrategyKind.FEDAVG
@@ -106,6 +110,11 @@ class StrategyConfig:
                 value = getattr(self, key)
                 out[key] = float(default if value is None else value)
             return out
+        if self.name is StrategyKind.SCAFFOLD:
+            return {
+                key: float(default if self.server_lr is None else self.server_lr)
+                for key, default in SCAFFOLD_DEFAULTS.items()
+            }
         return {}
 
 
@@ -207,9 +216,23 @@ def load_job_folder(folder: Path) -> tuple[JobMeta, AppConfig]:
         _check_inside(folder, f"{CUSTOM_DIR}/{config.script.path}", f"{CONFIG_FILE}: script.path")
         model = _check_inside(folder, f"{APP_DIR}/{config.initial_model}", f"{CONFIG_FILE}: initial_model")
         _check_model(model, f"{CONFIG_FILE}: initial_model: {APP_DIR}/{config.initial_model}")
+        check_job(meta, config)
+        if config.strategy.name is StrategyKind.SCAFFOLD:
+            _check_scaffold_model(
+                model, config.he.enabled, f"{CONFIG_FILE}: initial_model: {APP_DIR}/{config.initial_model}"
+            )
     except ConfigError as exc:
         raise JobError(f"job folder {folder}: {exc}") from exc
     return meta, config
+
+
+def check_job(meta: JobMeta, config: AppConfig) -> None:
+    """Check what meta.yml and app/config.yml decide together; ConfigError naming the file and key."""
+    if config.strategy.name is StrategyKind.SCAFFOLD and not meta.sites:
+        raise ConfigError(
+            f"{META_FILE}: sites: scaffold needs the job's sites listed: their number N scales the update of the "
+            "global control variate (c <- c + sum(delta_c_i) / N)"
+        )
 
 
 def parse_meta(raw: Any) -> JobMeta:
@@ -299,6 +322,8 @@ def check_strategy(strategy: StrategyConfig) -> None:
         allowed = {"mu"}
         if strategy.mu is None:
             raise ConfigError("strategy.mu: fedprox needs mu, the weight of its proximal term (e.g. 0.01)")
+    elif strategy.name is StrategyKind.SCAFFOLD:
+        allowed = set(SCAFFOLD_DEFAULTS)
     elif strategy.name is StrategyKind.FEDOPT:
         if strategy.optimizer is None:
             raise ConfigError("strategy.optimizer: fedopt needs an optimizer: adam, yogi, adagrad or avgm")
@@ -416,6 +441,17 @@ def _check_inside(folder: Path, rel: str, where: str) -> Path:
     if not path.is_file():
         raise ConfigError(f"{where}: {rel} is missing or not a regular file")
     return path
+
+
+def _check_scaffold_model(path: Path, encrypted: bool, where: str) -> None:
+    """The initial model must carry scaffold's control variates within the limits (fedsec.jobs.control)."""
+    from fedsec.jobs import control  # numpy: only when a scaffold job is checked
+    from fedsec.wire import arrays
+
+    try:
+        control.check_model(arrays.read_specs(path, where), encrypted, where)
+    except WireError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def _check_model(path: Path, where: str) -> None:

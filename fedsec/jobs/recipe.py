@@ -3,8 +3,8 @@
 FedAvgRecipe takes a model (anything with state_dict(), or a mapping of
 arrays), a training script and the workflow settings, checks them all at
 construction, and export() writes a job folder that load_job_folder accepts.
-FedProxRecipe and FedOptRecipe are the same with the job's strategy section
-set (fedprox and its mu; fedopt, its server optimizer and settings).
+FedProxRecipe, FedOptRecipe and ScaffoldRecipe are the same with the job's strategy
+section set (fedprox and its mu; fedopt, its server optimizer and settings; scaffold and its server_lr).
 The model is converted by duck typing (.detach().cpu().numpy()), so this module
 never imports torch; it never imports or runs the training script either.
 """
@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 
 from fedsec import _fs, _schema
 from fedsec.errors import ConfigError, JobError, WireError
+from fedsec.jobs import control
 from fedsec.jobs.meta import (
     APP_DIR,
     CONFIG_FILE,
@@ -30,6 +31,7 @@ from fedsec.jobs.meta import (
     AppConfig,
     JobMeta,
     WorkflowKind,
+    check_job,
     check_meta,
     load_job_folder,
     parse_app_config,
@@ -104,6 +106,7 @@ class FedAvgRecipe:
             self.meta: JobMeta = _schema.build(JobMeta, raw_meta, "")
             check_meta(self.meta)
             self.app_config: AppConfig = parse_app_config(raw_config)
+            check_job(self.meta, self.app_config)
         except ConfigError as exc:
             raise JobError(f"{self._where}: {exc}") from exc
         self._check_files()
@@ -202,6 +205,31 @@ class FedOptRecipe(FedAvgRecipe):
         self._section: dict[str, Any] = {"name": "fedopt", "optimizer": optimizer}
         self._section.update({key: value for key, value in given.items() if value is not None})
         super().__init__(*args, **kwargs)
+
+    def _strategy_section(self) -> dict[str, Any]:
+        return dict(self._section)
+
+
+class ScaffoldRecipe(FedAvgRecipe):
+    """A SCAFFOLD job: control variates correct each site's local steps for the drift of its data.
+
+    The server steps the global model x <- x + server_lr * mean(y_i - x) (server_lr, default 1.0) and
+    the global control variate c <- c + sum(delta_c_i) / N; the training script corrects each gradient
+    step with fedsec.client.scaffold.Scaffold. sites must be listed (N is their number); he=True runs it
+    with the control variates encrypted too. The other arguments are FedAvgRecipe's; JobError for a
+    server_lr outside (0, 1e6], no sites, or a model whose control variates go over a limit (at export).
+    """
+
+    def __init__(self, *args: Any, server_lr: float | None = None, **kwargs: Any) -> None:
+        self._section: dict[str, Any] = {"name": "scaffold"}
+        if server_lr is not None:
+            self._section["server_lr"] = server_lr
+        super().__init__(*args, **kwargs)
+        specs = arrays.specs_of(self.initial_model, f"{self._where}: model")
+        try:
+            control.check_model(specs, self.app_config.he.enabled, f"{self._where}: model")
+        except ConfigError as exc:
+            raise JobError(str(exc)) from exc
 
     def _strategy_section(self) -> dict[str, Any]:
         return dict(self._section)

@@ -42,7 +42,7 @@ import grpc
 
 from fedsec import _fs, limits
 from fedsec.errors import AuthError, FedsecError, TransferInterruptedError, WireError
-from fedsec.jobs.meta import HEConfig, StrategyConfig
+from fedsec.jobs.meta import HEConfig, StrategyConfig, StrategyKind
 from fedsec.site.spool import EventSpool
 from fedsec.site.transfer import retry
 from fedsec.site.upload import StreamedUpload
@@ -108,6 +108,8 @@ class JobEndpoint:
     initial_model: Path | None = None  # the initial model in the signed, verified job archive's unpacked folder
     held: dict[bytes, Path] = field(default_factory=dict, repr=False)  # SHA-256 -> a model file this site holds
     last_held: bytes = b""  # the digest of the last model received (kept in a file beside work/)
+    sites: int = 0  # how many sites the signed job lists (scaffold's N)
+    control: dict[str, np.ndarray] | None = field(default=None, repr=False)  # HE scaffold: the last task's c
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,7 @@ class LocalEndpoints:
         initial_model: Path | None = None,
         socket: Path | None = None,
         strategy: StrategyConfig | None = None,
+        sites: int = 0,
     ) -> JobEndpoint:
         """Start job_id's endpoint on a fresh socket with a fresh token; the socket exists on return.
 
@@ -156,6 +159,7 @@ class LocalEndpoints:
         has its SHA-256 is not downloaded again.
         socket: where to make it (a warm job process's own socket folder); a fresh name in this site's folder if None.
         strategy: the signed job's strategy section (None: fedavg); a task that says otherwise is refused.
+        sites: how many sites the signed job lists.
         """
         self.close(job_id)
         with self._lock:
@@ -172,6 +176,7 @@ class LocalEndpoints:
             transfer_seconds,
             initial_model=initial_model,
             strategy=strategy or StrategyConfig(),
+            sites=sites,
         )
         relay = JobRelay(endpoint, self._link)
         endpoint.server = serve_unix(socket, lambda s: fedsec_pb2_grpc.add_FederationServicer_to_server(relay, s), 4)
@@ -358,16 +363,17 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
         if meta.get("encrypted"):
             from fedsec.he.codec import decrypt_model  # tenseal: only in HE jobs
 
-            params, _ = decrypt_model(self._he_context(), payload, where)
+            params, total = decrypt_model(self._he_context(), payload, where)
+            params = self._scaffold_task(params, total, header.task, where)
             if header.task == "evaluate":  # the final model: this site keeps it, decrypted, in the job's folder
                 try:
                     arrays.write_file(self._job.work / FINAL_MODEL, params)
                 except OSError as exc:
                     log.warning("job=%s cannot keep the final model: %s", self._job.job_id, exc)
         else:
-            params = arrays.decode(payload, where)
+            params = self._scaffold_task(arrays.decode(payload, where), None, header.task, where)
         self._job.global_params = params
-        plain = arrays.encode(params, where)
+        plain = arrays.encode(self._scaffold_script_task(params, header.task), where)
         out = fedsec_pb2.TaskHeader()
         out.CopyFrom(header)
         out.meta_json = json.dumps({**meta, "encrypted": False})
@@ -375,6 +381,35 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
         yield fedsec_pb2.TaskPart(header=out)
         for chunk in streams.bytes_chunks(plain):
             yield fedsec_pb2.TaskPart(data=chunk)
+
+    @property
+    def _scaffold(self) -> bool:
+        return self._job.strategy.name is StrategyKind.SCAFFOLD
+
+    def _scaffold_task(
+        self, params: dict[str, np.ndarray], total: float | None, task: str, where: str
+    ) -> dict[str, np.ndarray]:
+        """The model of an HE scaffold task (its c kept for the upload: fedsec.site.scaffold); others as they are.
+
+        total: the decrypted sum's total weight (None: a plain task, round 0's, whose c the server sent).
+        """
+        if not self._scaffold or (total is None and task != "train"):
+            return params
+        from fedsec.site import scaffold
+
+        if total is None:
+            model, self._job.control = scaffold.plain_task(params, where)
+        else:
+            model, self._job.control = scaffold.task_from_sum(params, total, self._job.sites, where)
+        return model
+
+    def _scaffold_script_task(self, params: dict[str, np.ndarray], task: str) -> dict[str, np.ndarray]:
+        """What the script gets: a scaffold training task's model with c beside it (fedsec.jobs.control)."""
+        if not self._scaffold or task != "train" or self._job.control is None:
+            return params
+        from fedsec.jobs import control
+
+        return control.join(params, self._job.control)
 
     @rpc_boundary
     def SendEvents(self, request: fedsec_pb2.EventBatch, context: grpc.ServicerContext) -> fedsec_pb2.EventAck:
@@ -483,10 +518,18 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
             header.meta_json = json.dumps({"encrypted": True})
             header.payload.CopyFrom(streams.describe_bytes(b""))
             return header, None, 0
-        params = _full_params(arrays.decode(payload, where), meta, self._job.global_params, where)
+        update = arrays.decode(payload, where)
         del payload
+        delta: dict[str, np.ndarray] = {}
+        if self._scaffold:
+            from fedsec.jobs import control
+
+            update, delta = control.split(update, control.CONTROL, where)
+        params = _full_params(update, meta, self._job.global_params, where)
         he = self._job.he
         weight = _weight(meta, he.max_examples, where)
+        if self._scaffold:
+            params = self._scaffold_upload(params, delta, weight, where)
         # stochastic rounding needs no secret randomness: seeding it by job, round and site makes runs repeatable
         seed_text = f"{self._job.job_id}:{header.current_round}:{self._site}".encode()
         seed = int.from_bytes(hashlib.sha256(seed_text).digest()[:8], "big")
@@ -500,6 +543,20 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
         )
         header.meta_json = json.dumps({"params_type": "full", "encrypted": True})
         return header, pieces, bound
+
+    def _scaffold_upload(
+        self, params: dict[str, np.ndarray], delta: dict[str, np.ndarray], weight: float, where: str
+    ) -> dict[str, np.ndarray]:
+        """The sections an HE scaffold upload encrypts (fedsec.site.scaffold.upload)."""
+        from fedsec.he.params import quantised_weight
+        from fedsec.site import scaffold
+
+        job = self._job
+        if job.control is None or job.global_params is None:
+            raise WireError(f"{where}: a scaffold update, but no training task was received")
+        server_lr = float(job.strategy.settings()["server_lr"])
+        weight_q = quantised_weight(weight, job.he.clip, job.he.max_clients)
+        return scaffold.upload(params, delta, job.global_params, job.control, server_lr, weight_q, job.he.clip, where)
 
 
 def _full_params(

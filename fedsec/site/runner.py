@@ -147,7 +147,7 @@ class JobRunner:
         except OSError as exc:
             full = f"{self._site} disk full: " if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
             raise JobError(f"{full}cannot write the job's folder: {exc.strerror or exc}") from exc
-        _meta, app = load_job_folder(job_dir / "job")
+        meta, app = load_job_folder(job_dir / "job")
         if app.he.enabled and not self._he_key.present():
             raise JobError("the signed job uses homomorphic encryption, but this site's kit has no HE context")
         code = job_dir / "job"
@@ -158,7 +158,9 @@ class JobRunner:
         timeout = app.workflow.round_timeout
         socket = None if slot is None else slot.sockets / "job.sock"
         initial = code / "app" / app.initial_model  # a task naming its digest is not downloaded again
-        endpoint = self._endpoints.open(job_id, app.he, work, timeout, initial, socket=socket, strategy=app.strategy)
+        endpoint = self._endpoints.open(
+            job_id, app.he, work, timeout, initial, socket=socket, strategy=app.strategy, sites=len(meta.sites)
+        )
         try:
             base = {
                 ENV_SOCKET: str(endpoint.socket),

@@ -354,6 +354,11 @@ def json_fields(doc: Any, keys: tuple[str, ...], at: str, where: str) -> dict[st
     return doc
 
 
+def check_specs(specs: Sequence[TensorSpec], where: str) -> None:
+    """Raise WireError unless specs could be stored in a container (names, dtypes, dims, counts, bytes)."""
+    _check_specs(specs, where)
+
+
 def _check_specs(specs: Sequence[TensorSpec], where: str) -> None:
     """Check names, dtypes, dims and sizes; never allocates anything the specs claim."""
     if len(specs) > limits.MAX_TENSORS:

@@ -23,11 +23,16 @@ def _sum_dtype(dtype: str) -> type[np.floating]:
 
 
 class Accumulator:
-    """Running weighted sums of updates that all have the global model's specs."""
+    """Running weighted sums of updates that all have the global model's specs.
 
-    def __init__(self, specs: tuple[arrays.TensorSpec, ...]) -> None:
+    unweighted: names of tensors summed as they are, whatever the update's weight (SCAFFOLD's
+    control-variate updates: total() gives their plain sum).
+    """
+
+    def __init__(self, specs: tuple[arrays.TensorSpec, ...], unweighted: frozenset[str] = frozenset()) -> None:
         self.specs = specs
         self._sums = {s.name: np.zeros(s.shape, dtype=_sum_dtype(s.dtype)) for s in specs}
+        self._unweighted = unweighted
         self.weight = 0.0
         self.count = 0
 
@@ -43,9 +48,15 @@ class Accumulator:
             raise WireError(f"{where}: weight must be positive")
         for name, tensor in arrays.iter_file(path, where):
             out = self._sums[name]
-            np.add(out, np.multiply(tensor, weight, dtype=out.dtype), out=out)
+            np.add(out, np.multiply(tensor, 1.0 if name in self._unweighted else weight, dtype=out.dtype), out=out)
         self.weight += weight
         self.count += 1
+
+    def total(self, name: str) -> np.ndarray:
+        """The plain sum of the unweighted tensor name, in float64 (the fold's own array: do not change it)."""
+        if name not in self._unweighted:
+            raise WireError(f"tensor {name!r} is summed weighted: take its mean()")
+        return self._sums[name]
 
     def mean(self, name: str) -> np.ndarray:
         """The weighted average of tensor name, in float64 (the fold's sums are divided in place: call it once)."""

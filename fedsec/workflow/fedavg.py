@@ -63,6 +63,7 @@ ENCRYPTED_SUFFIX = ".fsh"  # an encrypted model (fedsec.he.codec); ".fsa" is a p
 _PARAMS_TYPES = ("full", "diff")
 _MAX_WEIGHT = 1e12
 _POLL_SECONDS = 0.5  # how often a waiting driver looks at the clock again (it is also woken on every change)
+TASK_MODEL = "task_model.fsa"  # a training task's model when the strategy adds to it (scaffold: c)
 PARTICIPATION_FILE = "participation.json"  # in the job folder, written by the server parent (see load_participation)
 
 
@@ -177,7 +178,7 @@ class RoundDriver:
         if self.he.enabled and he_context is None:
             raise JobError("the job uses homomorphic encryption, but the server kit has no HE context")
         self._he_context = he_context
-        self.strategy = strategies.make(app.strategy)
+        self.strategy = strategies.make(app.strategy, len(meta.sites), self.he.enabled)
         if self.he.enabled and not self.strategy.supports_he:
             raise JobError(f"strategy {self.strategy.name} does not run with homomorphic encryption yet")
         self.tracker = tracker
@@ -379,7 +380,7 @@ class RoundDriver:
         state = self._load_json("state.json") or {"completed_rounds": 0}
         done_rounds = int(state["completed_rounds"])
         model = self._checkpoint(done_rounds - 1) if done_rounds else self._initial
-        specs = arrays.read_specs(self._initial, "initial model")
+        specs = self.strategy.update_specs(arrays.read_specs(self._initial, "initial model"), self.he.enabled)
         if done_rounds:
             log.info("job=%s resuming after round %d", self.job_id, done_rounds - 1)
             self._restore_strategy(done_rounds - 1)
@@ -528,6 +529,9 @@ class RoundDriver:
             acc = EncryptedAccumulator(self._he_context, specs, self.he.clip, self.he.max_clients)
         else:
             acc = self.strategy.fold(specs)
+        if kind == TRAIN and model.suffix != ENCRYPTED_SUFFIX:  # what the strategy sends with it (scaffold: c)
+            with _server_writes(f"the task of round {number}"):
+                model = self.strategy.task_model(model, self._ws / TASK_MODEL)
         rnd = _Round(number, kind, model, specs, streams.describe_file(model), sampled, set(sampled), acc)
         log.info("job=%s round=%d %s sampled=%s", self.job_id, number, kind, ",".join(sorted(sampled)))
         timeout = self.cfg.round_timeout

@@ -11,6 +11,8 @@ round, chosen by app/config.yml's strategy section (fedsec.jobs.meta.StrategyCon
   delta = average - global, and a server optimizer (adam, yogi, adagrad, avgm)
   steps the global model with it, in float64, its state kept beside each
   checkpoint so a resumed job continues it.
+- scaffold: control variates correct the sites' local steps (fedsec.workflow.scaffold); its tasks and
+  updates carry them beside the model's tensors (fedsec.jobs.control).
 
 Every fold is streaming: an update is added into float64 running sums straight
 from its file (fedsec.workflow.aggregate.Accumulator), so the server holds about
@@ -34,6 +36,7 @@ from fedsec.errors import JobError
 from fedsec.jobs.meta import ServerOptimizer, StrategyConfig, StrategyKind
 from fedsec.wire import arrays
 from fedsec.workflow.aggregate import FLOAT_DTYPES, Accumulator
+from fedsec.workflow.scaffold import Scaffold
 
 Arrays = dict[str, NDArray[Any]]
 
@@ -47,6 +50,14 @@ class Strategy(Protocol):
 
     def task_meta(self) -> dict[str, Any]:
         """What each task tells the sites about the strategy: {"name": ..., and its settings}."""
+        ...
+
+    def update_specs(self, model: tuple[arrays.TensorSpec, ...], encrypted: bool) -> tuple[arrays.TensorSpec, ...]:
+        """The tensors of an update (encrypted or not) for a model of these tensors: the model's, or more."""
+        ...
+
+    def task_model(self, model: Path, dest: Path) -> Path:
+        """The file a training task sends for the plain global model at model: model itself, or one written to dest."""
         ...
 
     def fold(self, specs: tuple[arrays.TensorSpec, ...]) -> Accumulator:
@@ -81,6 +92,12 @@ class FedAvg:
 
     def task_meta(self) -> dict[str, Any]:
         return {"name": self.name, **self._settings}
+
+    def update_specs(self, model: tuple[arrays.TensorSpec, ...], encrypted: bool) -> tuple[arrays.TensorSpec, ...]:
+        return model
+
+    def task_model(self, model: Path, dest: Path) -> Path:
+        return model
 
     def fold(self, specs: tuple[arrays.TensorSpec, ...]) -> Accumulator:
         return Accumulator(specs)
@@ -124,6 +141,12 @@ class FedOpt:
 
     def task_meta(self) -> dict[str, Any]:
         return {"name": self.name, "optimizer": self.optimizer.value, **self._settings}
+
+    def update_specs(self, model: tuple[arrays.TensorSpec, ...], encrypted: bool) -> tuple[arrays.TensorSpec, ...]:
+        return model
+
+    def task_model(self, model: Path, dest: Path) -> Path:
+        return model
 
     def fold(self, specs: tuple[arrays.TensorSpec, ...]) -> Accumulator:
         return Accumulator(specs)
@@ -181,9 +204,14 @@ class FedOpt:
         self._m, self._v = m, v
 
 
-def make(config: StrategyConfig) -> Strategy:
-    """The strategy a job's (checked) strategy section names."""
+def make(config: StrategyConfig, sites: int = 0, encrypted: bool = False) -> Strategy:
+    """The strategy a job's (checked) strategy section names; sites: how many the job lists (0: any).
+
+    encrypted: the job's updates are encrypted (the driver sums them).
+    """
     settings = config.settings()
+    if config.name is StrategyKind.SCAFFOLD:
+        return Scaffold(float(settings["server_lr"]), sites, encrypted)
     if config.name is StrategyKind.FEDOPT:
         if config.optimizer is None:  # check_strategy refuses this first
             raise JobError("strategy.optimizer: fedopt needs an optimizer")

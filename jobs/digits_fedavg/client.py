@@ -9,6 +9,7 @@ the weight difference.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ from torch import nn
 
 from fedsec import client as fl
 from fedsec.client import FLModel, ParamsType
+from fedsec.client.scaffold import Scaffold
 from fedsec.client.torch_io import load_into, proximal_term, to_numpy
 from fedsec.client.tracking import SummaryWriter
 
@@ -47,14 +49,24 @@ def evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return float((net(x).argmax(dim=1) == y).float().mean())
 
 
+MOMENTUM = 0.9
+
+
 def train(
-    net: nn.Module, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace, anchor: dict[str, Any], mu: float
+    net: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    args: argparse.Namespace,
+    anchor: dict[str, Any],
+    mu: float,
+    correct: Callable[[], None] | None = None,
 ) -> float:
     """args.epochs epochs of SGD with momentum; returns the mean loss of the last epoch.
 
     mu > 0 (a FedProx job): the loss also has the proximal term mu/2 * ||w - anchor||^2.
+    correct (a SCAFFOLD job): called between each backward() and step() to correct the gradients.
     """
-    optimizer = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9)
+    optimizer = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=MOMENTUM)
     loss_fn = nn.CrossEntropyLoss()
     net.train()
     anchor = {name: torch.as_tensor(value) for name, value in anchor.items()}  # once, not per batch
@@ -67,6 +79,8 @@ def train(
             if mu > 0:
                 loss = loss + proximal_term(net, anchor, mu)
             loss.backward()
+            if correct is not None:
+                correct()
             optimizer.step()
             total += loss.item() * len(batch)
         mean_loss = total / len(y)
@@ -86,11 +100,17 @@ def main() -> None:
     net = DigitsNet()
     writer = SummaryWriter()  # events go through the server to MLflow (and TensorBoard)
     writer.log_params({"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "site": site})
+    scaffold: Scaffold | None = None  # a SCAFFOLD job's control variates (its c_i lives as long as this process)
 
     while fl.is_running():
         model = fl.receive()
         if model is None:  # the job is done
             break
+        strategy = fl.strategy_settings()
+        if strategy["name"] == "scaffold":
+            # SGD with momentum m steps about lr / (1 - m) per gradient: option II's K * lr uses that step size
+            scaffold = scaffold or Scaffold(net, lr=args.lr / (1 - MOMENTUM))
+            scaffold.start(model)  # takes the global control variate c out of model.params
         load_into(net, model.params or {})
         accuracy = evaluate(net, test_x, test_y)
         label = "final model" if model.task == "evaluate" else f"round {model.current_round + 1}/{model.total_rounds}"
@@ -102,22 +122,21 @@ def main() -> None:
             continue
 
         global_params = to_numpy(net.state_dict())
-        strategy = fl.strategy_settings()
         mu = float(strategy["mu"]) if strategy["name"] == "fedprox" else 0.0
         if mu > 0:
             print(f"{site}: proximal term mu={mu:g}", flush=True)
-        loss = train(net, train_x, train_y, args, global_params, mu)
+        loss = train(net, train_x, train_y, args, global_params, mu, scaffold.correct if scaffold else None)
         diff = {name: value - global_params[name] for name, value in to_numpy(net.state_dict()).items()}
         update_norm = float(sum(float((d.astype("float64") ** 2).sum()) for d in diff.values()) ** 0.5)
         writer.add_scalars("train", {"loss": loss, "lr": args.lr, "update_norm": update_norm}, model.current_round)
-        fl.send(
-            FLModel(
-                params=diff,
-                params_type=ParamsType.DIFF,
-                metrics={"accuracy": accuracy, "train_loss": loss},
-                meta={"num_examples": len(train_y)},
-            )
-        )
+        metrics = {"accuracy": accuracy, "train_loss": loss}
+        if scaffold is not None:  # the norm of the global control variate this round's task brought
+            metrics["control_norm"] = scaffold.global_norm()
+        result = FLModel(params=diff, params_type=ParamsType.DIFF, metrics=metrics, meta={"num_examples": len(train_y)})
+        if scaffold is not None:
+            scaffold.send(result)  # adds this site's control-variate update; its c_i advances once accepted
+        else:
+            fl.send(result)
     writer.close()
 
 

@@ -23,7 +23,7 @@ from data import load_split  # noqa: E402
 from model import DigitsNet  # noqa: E402
 
 from fedsec.errors import FedsecError  # noqa: E402
-from fedsec.jobs import FedAvgRecipe, FedOptRecipe, FedProxRecipe  # noqa: E402
+from fedsec.jobs import FedAvgRecipe, FedOptRecipe, FedProxRecipe, ScaffoldRecipe  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -48,10 +48,10 @@ def parse_args() -> argparse.Namespace:
         help="a tracking backend the server's operator named (default: local, its embedded MLflow store)",
     )
     parser.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files on the server")
-    parser.add_argument("--strategy", choices=["fedavg", "fedprox", "fedopt"], default="fedavg")
+    parser.add_argument("--strategy", choices=["fedavg", "fedprox", "fedopt", "scaffold"], default="fedavg")
     parser.add_argument("--mu", type=float, default=0.01, help="fedprox: the weight of the proximal term")
     parser.add_argument("--optimizer", choices=["adam", "yogi", "adagrad", "avgm"], default="adam", help="fedopt")
-    parser.add_argument("--server_lr", type=float, default=None, help="fedopt: the server's learning rate")
+    parser.add_argument("--server_lr", type=float, default=None, help="fedopt, scaffold: the server's learning rate")
     return parser.parse_args()
 
 
@@ -68,6 +68,8 @@ def make_recipe(args: argparse.Namespace) -> FedAvgRecipe:
         recipe, strategy = FedProxRecipe, {"mu": args.mu}
     elif args.strategy == "fedopt":
         recipe, strategy = FedOptRecipe, {"optimizer": args.optimizer, "server_lr": args.server_lr}
+    elif args.strategy == "scaffold":  # N, the number of sites, scales the control-variate update: list them
+        recipe, strategy = ScaffoldRecipe, {"server_lr": args.server_lr, "sites": [f"site-{i + 1}" for i in range(n)]}
     return recipe(
         "digits_fedavg",
         DigitsNet(),

@@ -24,7 +24,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _run_digits(fed: Federation, cwd: Path, *extra: str) -> tuple[str, float]:
+def run_digits(fed: Federation, cwd: Path, *extra: str) -> tuple[str, float]:
+    """Run jobs/digits_fedavg/job.py (3 sites, 5 rounds, and extra) to its end; its job id and final accuracy."""
     argv = [sys.executable, str(JOB_PY), "--startup_kit", str(fed.admin_kit), "--n_clients", "3", "--num_rounds", "5"]
     done = subprocess.run([*argv, *extra], cwd=cwd, capture_output=True, text=True, timeout=300, check=False)
     out = done.stdout + done.stderr
@@ -50,8 +51,8 @@ def test_he_job_matches_plain_job_and_server_cannot_decrypt(federation: Federati
         load_client_context(server_ctx_file.read_bytes(), "server context")
 
     federation.start_all()
-    plain_id, plain_accuracy = _run_digits(federation, tmp_path)
-    he_id, he_accuracy = _run_digits(federation, tmp_path, "--he")
+    plain_id, plain_accuracy = run_digits(federation, tmp_path)
+    he_id, he_accuracy = run_digits(federation, tmp_path, "--he")
     # Both learn on every CPU. Their digits differ: HE quantises each update (stochastic rounding, 2^-17 steps here),
     # and five rounds of SGD carry such a difference anywhere within run-to-run noise. That the encrypted sum equals
     # the plain sum of the same quantised updates exactly is tests/unit/he/test_codec.py's to show.

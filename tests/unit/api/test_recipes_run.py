@@ -19,6 +19,7 @@ from fedsec.jobs import recipe as job_recipes
         (api.FedAvgRecipe, job_recipes.FedAvgRecipe, {}),
         (api.FedProxRecipe, job_recipes.FedProxRecipe, {"mu": 0.01}),
         (api.FedOptRecipe, job_recipes.FedOptRecipe, {"optimizer": "adam"}),
+        (api.ScaffoldRecipe, job_recipes.ScaffoldRecipe, {"server_lr": 0.5, "sites": ["site-1"]}),
     ],
 )
 def test_run_hands_the_recipe_and_every_option_to_run_recipe(

@@ -38,3 +38,16 @@ def test_decrypt_writes_safetensors_beside_the_result(tmp_path: Path, capsys: py
     argv = ["he", "decrypt", "--context", str(tmp_path / "client_context.tenseal"), str(result), "-o", str(out)]
     assert cli.main(argv) == 0
     assert sorted(arrays.read_file(out)) == ["b", "w"]
+
+
+def test_decrypt_leaves_out_a_scaffold_jobs_control_variate_sections(tmp_path: Path) -> None:
+    client, _server = context.make_contexts()
+    (tmp_path / "client_context.tenseal").write_bytes(client)
+    ctx = context.load_client_context(client, "client")
+    w = np.array([0.5, -0.25], np.float32)
+    upload = {"w": w, "scaffold.c/w": np.zeros(2, np.float32), "scaffold.dc/w": np.ones(2, np.float32)}
+    (tmp_path / "global_model.fsh").write_bytes(codec.encrypt_model(ctx, upload, 1.0, params.DEFAULT_CLIP))
+    out = tmp_path / "plain.fsa"
+    argv = ["he", "decrypt", "--context", str(tmp_path / "client_context.tenseal"), str(tmp_path), "-o", str(out)]
+    assert cli.main(argv) == 0
+    assert list(arrays.read_file(out)) == ["w"]

@@ -241,6 +241,10 @@ def test_meta_to_json_roundtrips() -> None:
         ({"name": "fedopt", "optimizer": "yogi", "beta2": -0.1}, "strategy.beta2: must be in [0, 1)"),
         ({"name": "fedopt", "optimizer": "adam", "tau": 0.0}, "strategy.tau: must be in (0, 1]"),
         ({"name": "fedopt", "optimizer": "avgm", "momentum": math.inf}, "strategy.momentum: must be in [0, 1)"),
+        ({"name": "scaffold", "mu": 0.1}, "strategy.mu: not a setting of scaffold"),
+        ({"name": "scaffold", "optimizer": "adam"}, "strategy.optimizer: not a setting of scaffold"),
+        ({"name": "scaffold", "server_lr": 0.0}, "strategy.server_lr: must be in (0, 1e+06], got 0.0"),
+        ({"name": "scaffold", "server_lr": math.nan}, "strategy.server_lr: must be in (0, 1e+06]"),
     ],
 )
 def test_bad_strategy(tmp_path: Path, strategy: Any, fragment: str) -> None:
@@ -255,6 +259,42 @@ def test_fedopt_with_he_is_refused_as_not_built_yet(tmp_path: Path) -> None:
     config = {**CONFIG, "strategy": {"name": "fedopt", "optimizer": "adam"}, "he": {"enabled": True}}
     with pytest.raises(JobError, match="strategy: fedopt with he.enabled is not built yet"):
         load_job_folder(write_job(tmp_path / "job", config=config))
+
+
+SCAFFOLD_META = {**META, "sites": ["site-1", "site-2", "site-3"]}
+
+
+def test_scaffold_needs_the_sites_listed(tmp_path: Path) -> None:
+    root = write_job(tmp_path / "job", config={**CONFIG, "strategy": "scaffold"})
+    with pytest.raises(JobError, match="meta.yml: sites: scaffold needs the job's sites listed: their number N"):
+        load_job_folder(root)
+    _, app = load_job_folder(write_job(tmp_path / "listed", SCAFFOLD_META, {**CONFIG, "strategy": "scaffold"}))
+    assert app.strategy.name is StrategyKind.SCAFFOLD
+    assert app.strategy.task_meta() == {"name": "scaffold", "server_lr": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("model", "he", "fragment"),
+    [
+        ({"scaffold/w": np.zeros(2, np.float32)}, False, "tensor 'scaffold/w': names starting scaffold/"),
+        ({"n": np.zeros(2, np.int64)}, False, "scaffold needs a model with floating-point tensors"),
+        ({"w" * 250: np.zeros(2, np.float32)}, False, "is longer than 256 characters"),
+        ({"w": np.zeros(1, np.float32)}, True, None),
+        ({f"t{i}": np.zeros(1, np.float32) for i in range(4000)}, True, "12000 tensors, over the limit of 10000"),
+    ],
+)
+def test_scaffold_refuses_a_model_whose_control_variates_go_over_a_limit(
+    tmp_path: Path, model: dict[str, Any], he: bool, fragment: str | None
+) -> None:
+    root = write_job(tmp_path / "job", SCAFFOLD_META, {**CONFIG, "strategy": "scaffold", "he": {"enabled": he}})
+    arrays.write_file(root / "app/initial_model.fsa", model)
+    if fragment is None:
+        load_job_folder(root)
+        return
+    with pytest.raises(JobError) as info:
+        load_job_folder(root)
+    assert fragment in str(info.value)
+    assert "app/config.yml: initial_model: app/initial_model.fsa" in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from numpy.typing import NDArray
 
 from fedsec import limits
 from fedsec.errors import JobError
-from fedsec.jobs import FedAvgRecipe, FedOptRecipe, FedProxRecipe, load_job_folder, pack, unpack
+from fedsec.jobs import FedAvgRecipe, FedOptRecipe, FedProxRecipe, ScaffoldRecipe, load_job_folder, pack, unpack
 from fedsec.jobs.meta import WorkflowKind
 from fedsec.wire import arrays
 
@@ -211,9 +211,31 @@ def test_fedprox_and_fedopt_recipes_write_their_strategy_section(tmp_path: Path,
             "strategy.beta2: not a setting of fedopt with optimizer avgm",
         ),
         (lambda s: FedOptRecipe("o", WEIGHTS, s, 2, 1, he=True), "strategy: fedopt with he.enabled is not built yet"),
+        (lambda s: ScaffoldRecipe("s", WEIGHTS, s, 2, 1), "ScaffoldRecipe 's': meta.yml: sites: scaffold needs"),
+        (
+            lambda s: ScaffoldRecipe("s", WEIGHTS, s, 2, 1, sites=["a", "b"], server_lr=-1.0),
+            "strategy.server_lr: must be in (0, 1e+06]",
+        ),
+        (
+            lambda s: ScaffoldRecipe("s", {"scaffold.c/w": np.zeros(2)}, s, 2, 1, sites=["a"]),
+            "ScaffoldRecipe 's': model: tensor 'scaffold.c/w': names starting",
+        ),
     ],
 )
 def test_strategy_recipes_refuse_bad_settings(script: Path, make: Any, fragment: str) -> None:
     with pytest.raises(JobError) as info:
         make(script)
     assert fragment in str(info.value)
+
+
+def test_scaffold_recipe_writes_its_strategy_and_sites(tmp_path: Path, script: Path) -> None:
+    recipe = ScaffoldRecipe("scaf", WEIGHTS, script, 2, 2, sites=["site-1", "site-2"], server_lr=0.5, he=True)
+    meta, app = load_job_folder(recipe.export(tmp_path / "scaf"))
+    assert (app.strategy.name.value, app.strategy.settings(), meta.sites) == (
+        "scaffold",
+        {"server_lr": 0.5},
+        ("site-1", "site-2"),
+    )
+    assert app.he.enabled
+    _, app = load_job_folder(ScaffoldRecipe("d", WEIGHTS, script, 2, 1, sites=["a"]).export(tmp_path / "d"))
+    assert app.strategy.settings() == {"server_lr": 1.0}
