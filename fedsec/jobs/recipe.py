@@ -183,7 +183,8 @@ class FedOptRecipe(FedAvgRecipe):
     """A FedOpt job: a server optimizer (adam, yogi, adagrad or avgm) steps the global model each round.
 
     Settings left as None take their defaults (fedsec.jobs.meta.FEDOPT_DEFAULTS); one the optimizer does
-    not take (beta2 for avgm, momentum for adam) is a JobError, as are he=True (not built yet) and bounds.
+    not take (beta2 for avgm, momentum for adam) is a JobError, as are bounds, and with he=True a tau below
+    the HE fixed-point step (fedsec.jobs.meta.check_fedopt_he).
     The other arguments are FedAvgRecipe's.
     """
 

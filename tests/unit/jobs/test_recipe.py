@@ -210,7 +210,10 @@ def test_fedprox_and_fedopt_recipes_write_their_strategy_section(tmp_path: Path,
             lambda s: FedOptRecipe("o", WEIGHTS, s, 2, 1, optimizer="avgm", beta2=0.9),
             "strategy.beta2: not a setting of fedopt with optimizer avgm",
         ),
-        (lambda s: FedOptRecipe("o", WEIGHTS, s, 2, 1, he=True), "strategy: fedopt with he.enabled is not built yet"),
+        (
+            lambda s: FedOptRecipe("o", WEIGHTS, s, 2, 1, he=True, tau=1e-6),
+            "strategy.tau: 1e-06 is below the HE fixed-point step",
+        ),
     ],
 )
 def test_strategy_recipes_refuse_bad_settings(script: Path, make: Any, fragment: str) -> None:
