@@ -72,8 +72,8 @@ class FedOptStep:
             if spec.dtype in FLOAT_DTYPES:
                 out[spec.name] = self._float_step(i, x, d).astype(spec.dtype)
             else:
-                total = x + d
-                np.rint(total, out=total)  # in place: a 0-d tensor stays an array
+                total = np.array(x + d, dtype=np.float64)  # an array even for a 0-d tensor
+                np.rint(total, out=total)
                 out[spec.name] = total.astype(spec.dtype)
         return out
 
