@@ -10,8 +10,8 @@ import pytest
 
 pytest.importorskip("tenseal")
 
-from fedsec.errors import HEError, WireError  # noqa: E402
-from fedsec.he import context, sealed  # noqa: E402
+from fedsec.errors import HEError, WireError
+from fedsec.he import context, sealed
 
 DIGEST = "ab" * 32
 

@@ -17,13 +17,13 @@ from numpy.typing import NDArray
 
 pytest.importorskip("tenseal")
 
-from fedsec.errors import HEError, JobError  # noqa: E402
-from fedsec.he import codec, context, sealed  # noqa: E402
-from fedsec.jobs.meta import ServerOptimizer, StrategyConfig, StrategyKind  # noqa: E402
-from fedsec.site import fedopt_he  # noqa: E402
-from fedsec.wire import arrays  # noqa: E402
-from fedsec.workflow.aggregate import Accumulator, SiteStepAccumulator  # noqa: E402
-from fedsec.workflow.strategies import FedOpt  # noqa: E402
+from fedsec.errors import HEError, JobError
+from fedsec.he import codec, context, sealed
+from fedsec.jobs.meta import ServerOptimizer, StrategyConfig, StrategyKind
+from fedsec.site import fedopt_he
+from fedsec.wire import arrays
+from fedsec.workflow.aggregate import Accumulator, SiteStepAccumulator
+from fedsec.workflow.strategies import FedOpt
 
 JOB = "job-7"
 CLIP, MAX_CLIENTS, MAX_EXAMPLES = 0.5, 2, 4
