@@ -15,6 +15,7 @@ n       5 + 2.4 = 7.4 -> 7, then 7 - 0.6 = 6.4 -> 6, whatever the optimizer
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,9 +27,16 @@ from fedsec.errors import JobError, WireError
 from fedsec.jobs.meta import ServerOptimizer
 from fedsec.wire import arrays
 
-MODEL = {"w": np.array([1.0, -2.0], np.float32), "n": np.array(5, np.int64)}
-DELTAS = [{"w": np.array([2.0, 0.0]), "n": np.array(2.4)}, {"w": np.array([1.0, -0.5]), "n": np.array(-0.6)}]
+MODEL: dict[str, NDArray[Any]] = {"w": np.array([1.0, -2.0], np.float32), "n": np.array(5, np.int64)}
+DELTAS: list[dict[str, NDArray[Any]]] = [
+    {"w": np.array([2.0, 0.0]), "n": np.array(2.4)},
+    {"w": np.array([1.0, -0.5]), "n": np.array(-0.6)},
+]
 ADAPTIVE = {"server_lr": 0.1, "beta1": 0.9, "beta2": 0.99, "tau": 0.001}
+
+
+def taking(delta: dict[str, NDArray[Any]]) -> Callable[[str, NDArray[np.float64]], NDArray[np.float64]]:
+    return lambda name, _x: np.asarray(delta[name], dtype=np.float64)
 
 
 def two_steps(optimizer: fedopt.FedOptStep) -> list[dict[str, NDArray[Any]]]:
@@ -36,7 +44,7 @@ def two_steps(optimizer: fedopt.FedOptStep) -> list[dict[str, NDArray[Any]]]:
     model: dict[str, NDArray[Any]] = dict(MODEL)
     out = []
     for delta in DELTAS:
-        model = optimizer.step(specs, model, lambda name, _x, d=delta: d[name])
+        model = optimizer.step(specs, model, taking(delta))
         out.append(model)
     return out
 
@@ -101,11 +109,11 @@ def test_a_restored_step_gives_the_same_bytes_as_one_never_stopped() -> None:
     whole = fedopt.FedOptStep(ServerOptimizer.YOGI, ADAPTIVE)
     _, expected = two_steps(whole)
     first = fedopt.FedOptStep(ServerOptimizer.YOGI, ADAPTIVE)
-    after_1 = first.step(specs, MODEL, lambda name, _x: DELTAS[0][name])
+    after_1 = first.step(specs, MODEL, taking(DELTAS[0]))
     model, state = fedopt.split_plaintext(fedopt.sealed_plaintext(after_1, first.state()), "sealed")
     second = fedopt.FedOptStep(ServerOptimizer.YOGI, ADAPTIVE)
     second.restore(state, "state")
-    got = second.step(specs, model, lambda name, _x: DELTAS[1][name])
+    got = second.step(specs, model, taking(DELTAS[1]))
     assert arrays.encode(got) == arrays.encode(expected)
     assert fedopt.sealed_plaintext(got, second.state()) == fedopt.sealed_plaintext(expected, whole.state())
 

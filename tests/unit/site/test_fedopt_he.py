@@ -28,7 +28,7 @@ from fedsec.workflow.strategies import FedOpt
 JOB = "job-7"
 CLIP, MAX_CLIENTS, MAX_EXAMPLES = 0.5, 2, 4
 STRATEGY = StrategyConfig(StrategyKind.FEDOPT, optimizer=ServerOptimizer.ADAM, server_lr=0.05)
-INITIAL = {
+INITIAL: dict[str, NDArray[Any]] = {
     "w": np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4),
     "b": np.zeros(4, np.float32),
     "n": np.array(3, np.int64),
@@ -137,7 +137,7 @@ def test_sites_that_disagree_fail_the_round_naming_them(keys: tuple[Any, Any], t
     client, server = keys
     acc = SiteStepAccumulator(server, arrays.specs_of(INITIAL), CLIP, MAX_CLIENTS, tmp_path, final=True)
     good = fedopt_he.step(client, JOB, STRATEGY, 0, arrays.encode(INITIAL), False, "good")
-    other = {**INITIAL, "b": np.ones(4, np.float32)}
+    other: dict[str, NDArray[Any]] = {**INITIAL, "b": np.ones(4, np.float32)}
     bad = fedopt_he.step(client, JOB, STRATEGY, 0, arrays.encode(other), False, "bad")
     for site, stepped in (("site-1", good), ("site-2", bad), ("site-3", good)):
         (tmp_path / site).write_bytes(stepped.prefix)
