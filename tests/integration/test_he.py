@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import re
 import subprocess
 import sys
@@ -103,3 +104,47 @@ def test_he_job_on_a_project_without_he_fails_clearly(federation: Federation, tm
     )
     assert done.returncode != 0
     assert "the server kit has no HE context" in done.stdout + done.stderr
+
+
+@pytest.mark.federation(n_clients=3, heartbeat_timeout=30.0, he=True)
+def test_he_fedadam_with_sampling_gives_every_site_the_same_final_model(federation: Federation, tmp_path: Path) -> None:
+    """FedAdam under HE: the sampled sites step the optimizer; every site ends with the byte-identical model.
+
+    Sampling 0.5 of 3 sites (with min_clients 2) takes 2 a round, so some site's first round after
+    sitting one out starts from the state the others stepped; the final evaluation brings all 3 the
+    same last step. Plain FedAdam samples with the job's id, so its sites differ round by round: the
+    two jobs agree in accuracy, not in weights (the weights' agreement within the fixed point is
+    tests/unit/site/test_fedopt_he.py's to show, on the same updates).
+    """
+    federation.start_all()
+    fedadam = ["--strategy", "fedopt", "--optimizer", "adam", "--server_lr", "0.02"]
+    fedadam += ["--sample_fraction", "0.5", "--min_clients", "2"]
+    plain_id, plain_accuracy = _run_digits(federation, tmp_path, *fedadam)
+    he_id, he_accuracy = _run_digits(federation, tmp_path, *fedadam, "--he")
+    print(f"accuracy: plain {plain_accuracy:.4f}, he {he_accuracy:.4f}")
+    sites = ("site-1", "site-2", "site-3")
+
+    with Session(federation.admin_kit) as s:
+        info = s.get_job_meta(he_id)
+    assert info.status == "finished:completed", info.reason
+    sampled = [r["sites"] for r in info.progress["rounds"]]
+    assert [len(r) for r in sampled] == [2] * 5, sampled
+    assert any(set(now) - set(before) for before, now in itertools.pairwise(sampled)), sampled
+    assert sorted(info.progress["final"]["sites"]) == list(sites)
+    # the server saw the sampled sites agree on every round's step, and all three on the final one
+    digests = info.progress["step_digests"]
+    assert sorted(digests, key=int) == [str(n) for n in range(6)] and len(set(digests.values())) == 6
+
+    kept = {site: (federation.kit(site) / "jobs" / he_id / "work" / "global_model.fsa").read_bytes() for site in sites}
+    assert len(set(kept.values())) == 1, "the sites' final models differ"
+    final = arrays.decode(kept["site-1"], "final model")
+    out = tmp_path / "final.fsa"
+    result = federation.admin_kit / "transfer" / he_id
+    cmd = [sys.executable, "-m", "fedsec", "he", "decrypt", "--context"]
+    cmd += [str(federation.kit("site-1") / "startup" / "client_context.tenseal"), str(result), "-o", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    assert out.read_bytes() == kept["site-1"]  # the job's result is the sites' final model, sealed exactly
+
+    plain = arrays.read_file(federation.admin_kit / "transfer" / plain_id / "global_model.fsa")
+    assert {k: (v.dtype, v.shape) for k, v in plain.items()} == {k: (v.dtype, v.shape) for k, v in final.items()}
+    assert plain_accuracy >= 0.9 and abs(he_accuracy - plain_accuracy) <= 0.005, (plain_accuracy, he_accuracy)
