@@ -124,7 +124,9 @@ class JobMeta:
 class WorkflowConfig:
     """config.yml's workflow section.
 
-    Each round samples max(min_clients, ceil(sample_fraction * live sites)) sites.
+    Each round samples max(min_clients, ceil(sample_fraction * live sites)) sites, drawn with a
+    generator seeded by the round and sample_seed (the job's id when none is given): two jobs with
+    the same sample_seed and sites sample alike, round by round (to compare them).
 
     round_timeout: how long each sampled site has to answer a round, counted for
     each site from when it received its task (a site that never asks for it has
@@ -142,6 +144,7 @@ class WorkflowConfig:
     kind: WorkflowKind
     num_rounds: int
     sample_fraction: float = 1.0
+    sample_seed: int | None = None
     round_timeout: float = 600.0
     start_timeout: float = 120.0
     evaluate_final: bool = True
@@ -277,6 +280,8 @@ def check_workflow(workflow: WorkflowConfig) -> None:
         raise ConfigError(f"workflow.num_rounds: must be between 1 and {limits.MAX_ROUNDS}, got {workflow.num_rounds}")
     if not 0.0 < workflow.sample_fraction <= 1.0:  # also refuses NaN
         raise ConfigError(f"workflow.sample_fraction: must be in (0, 1], got {workflow.sample_fraction}")
+    if workflow.sample_seed is not None and not 0 <= workflow.sample_seed < 2**63:
+        raise ConfigError(f"workflow.sample_seed: must be in [0, 2**63), got {workflow.sample_seed}")
     for key in ("round_timeout", "start_timeout", "ready_timeout"):
         value = getattr(workflow, key)
         if not (math.isfinite(value) and 0.0 < value <= MAX_TIMEOUT):

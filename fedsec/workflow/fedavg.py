@@ -543,7 +543,8 @@ class RoundDriver:
             k = min(len(live), max(self.meta.min_clients, math.ceil(self.cfg.sample_fraction * len(live))))
             if self.he.enabled:
                 k = min(k, self.he.max_clients)  # an encrypted sum holds at most max_clients contributions
-            rng = random.Random(f"{self.job_id}:{number}")  # noqa: S311 - sampling, not secrecy
+            seed = self.job_id if self.cfg.sample_seed is None else self.cfg.sample_seed
+            rng = random.Random(f"{seed}:{number}")  # noqa: S311 - sampling, not secrecy
             sampled = frozenset(rng.sample(live, k))
         else:
             sampled = frozenset(live)

@@ -118,7 +118,7 @@ def test_he_fedadam_with_sampling_gives_every_site_the_same_final_model(federati
     """
     federation.start_all()
     fedadam = ["--strategy", "fedopt", "--optimizer", "adam", "--server_lr", "0.02"]
-    fedadam += ["--sample_fraction", "0.5", "--min_clients", "2"]
+    fedadam += ["--sample_fraction", "0.5", "--min_clients", "2", "--sample_seed", "7"]
     plain_id, plain_accuracy = _run_digits(federation, tmp_path, *fedadam)
     he_id, he_accuracy = _run_digits(federation, tmp_path, *fedadam, "--he")
     print(f"accuracy: plain {plain_accuracy:.4f}, he {he_accuracy:.4f}")
@@ -145,6 +145,11 @@ def test_he_fedadam_with_sampling_gives_every_site_the_same_final_model(federati
     subprocess.run(cmd, check=True, capture_output=True, timeout=120)
     assert out.read_bytes() == kept["site-1"]  # the job's result is the sites' final model, sealed exactly
 
+    with Session(federation.admin_kit) as s:
+        plain_info = s.get_job_meta(plain_id)
+    assert [r["sites"] for r in plain_info.progress["rounds"]] == sampled  # the same sample_seed: the same sites
     plain = arrays.read_file(federation.admin_kit / "transfer" / plain_id / "global_model.fsa")
     assert {k: (v.dtype, v.shape) for k, v in plain.items()} == {k: (v.dtype, v.shape) for k, v in final.items()}
+    gap = max(float(np.abs(final[k].astype(np.float64) - plain[k]).max()) for k in plain)
+    print(f"largest weight gap {gap:.3g}")
     assert plain_accuracy >= 0.9 and abs(he_accuracy - plain_accuracy) <= 0.005, (plain_accuracy, he_accuracy)
