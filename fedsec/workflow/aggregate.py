@@ -138,6 +138,7 @@ class SiteStepAccumulator:
         self._sum = None if final else EncryptedSum(server_context, specs, clip, max_clients)
         self._folder = folder
         self.digests: dict[str, str] = {}  # site -> the digest of its step, in the order accepted
+        self.kept_from = ""  # the site whose sealed copy is kept (the next round's sites check it against the digest)
         self._state: Path | None = None
 
     @property
@@ -180,7 +181,7 @@ class SiteStepAccumulator:
                 self._sum.add_file(path, where, bundle.rest_start)
             kept = self._state is None
             if kept:
-                self._state = state
+                self._state, self.kept_from = state, site
             self.digests[site] = bundle.digest
         finally:
             if not kept:

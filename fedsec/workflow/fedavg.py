@@ -443,7 +443,13 @@ class RoundDriver:
             digest = rnd.acc.write(dest, rnd.number)
         finally:
             rnd.acc.close()
-        log.info("job=%s round=%d the sites agree on the fedopt step digest=%s", self.job_id, rnd.number, digest)
+        log.info(
+            "job=%s round=%d the sites agree on the fedopt step digest=%s kept_from=%s",
+            self.job_id,
+            rnd.number,
+            digest,
+            rnd.acc.kept_from,
+        )
         with self._progress_lock:
             self._progress.setdefault("step_digests", {})[str(rnd.number)] = digest
         self._write_progress()
