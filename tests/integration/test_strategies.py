@@ -72,3 +72,25 @@ def test_fedprox_runs_under_he_with_mu_reaching_the_sites(federation: Federation
     assert all(a > b for a, b in itertools.pairwise(mse)), mse
     assert 10 < mse[1] < 40, mse  # as in plain FedProx, within HE's fixed-point precision
     assert info.progress["final"]["metrics"]["mse"] < 0.01
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tenseal") is None, reason="needs tenseal")
+@pytest.mark.federation(he=True)
+def test_fedopt_adam_runs_under_he_with_the_sites_stepping(federation: Federation, tmp_path: Path) -> None:
+    # as the plain adam job above, within HE's fixed point: the sites step the optimizer on the decrypted sum
+    info, _ = run_job(
+        federation,
+        tmp_path,
+        FedOptRecipe,
+        optimizer="adam",
+        server_lr=0.5,
+        beta1=0.0,
+        beta2=0.99,
+        he=True,
+        he_clip=16.0,
+    )
+    mse = round_mse(info)
+    assert all(a > b for a, b in itertools.pairwise(mse)), mse
+    assert 40 < mse[1] < 50, mse  # every weight moved by 5 in round 0
+    assert info.progress["final"]["metrics"]["mse"] < 0.01
+    assert sorted(info.progress["step_digests"], key=int) == [str(n) for n in range(7)]
