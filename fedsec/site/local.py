@@ -17,8 +17,11 @@ The site's HE secret key stays here, in trusted code: in a job whose signed
 config enables HE, the relay decrypts the global model before the script
 sees it (keeping the final one in the job's work folder), and encrypts the
 script's plain update with the signed job's HE parameters before it leaves
-the site, sending each ciphertext as it is made (fedsec.site.upload). The
-signed job, not the server's task message, decides HE: a task whose meta
+the site, sending each ciphertext as it is made (fedsec.site.upload). In a
+fedopt job it also runs the server optimizer's step the server cannot run
+(fedsec.site.fedopt_he): the script gets the stepped model, and the upload
+starts with the sealed new model and state and their digest. The signed job,
+not the server's task message, decides HE and the strategy: a task whose meta
 disagrees with it is never handed to the script.
 """
 

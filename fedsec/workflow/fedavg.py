@@ -5,7 +5,9 @@ checkpoints and progress; the job's strategy (fedsec.workflow.strategies: fedavg
 fedprox, fedopt) owns how each accepted plain update is folded in and what the
 next global model is. Under homomorphic encryption the driver sums the
 ciphertexts itself (EncryptedAccumulator: the average only the sites can read),
-for the strategies that support it.
+for the strategies that support it; for fedopt the sites also step the optimizer
+and the driver keeps their sealed step unread once their digests agree
+(SiteStepAccumulator; progress.json's "step_digests").
 
 State lives in the job's workspace so a restarted server resumes from the
 last completed round: checkpoints/round_NNNNN.fsa (the global model after
