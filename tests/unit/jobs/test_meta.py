@@ -129,6 +129,8 @@ def test_bad_meta(tmp_path: Path, meta: Any, fragment: str) -> None:
         ("workflow.sample_fraction", 0, "workflow.sample_fraction: must be in (0, 1]"),
         ("workflow.sample_fraction", 1.5, "workflow.sample_fraction: must be in (0, 1]"),
         ("workflow.sample_fraction", math.nan, "workflow.sample_fraction: must be in (0, 1]"),
+        ("workflow.sample_seed", -1, "workflow.sample_seed: must be in [0, 2**63), got -1"),
+        ("workflow.sample_seed", 2**63, "workflow.sample_seed: must be in [0, 2**63)"),
         ("workflow.round_timeout", 0, "workflow.round_timeout: must be more than 0"),
         ("workflow.start_timeout", math.inf, "workflow.start_timeout: must be more than 0"),
         ("workflow.evaluate_final", "yes", "workflow.evaluate_final: expected true or false"),
