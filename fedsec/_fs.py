@@ -12,7 +12,7 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -75,6 +75,27 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644, *, durable: bool = 
             f.flush()
             if durable:
                 os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def join_atomic(path: Path, parts: Sequence[bytes | Path], mode: int = 0o600) -> None:
+    """Write the concatenation of parts (bytes, or the contents of files) to path, as write_atomic does (durable)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, mode & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            for part in parts:
+                if isinstance(part, Path):
+                    with part.open("rb") as source:
+                        shutil.copyfileobj(source, f, 1 << 20)
+                else:
+                    f.write(part)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -81,6 +81,7 @@ def _cmd_he_decrypt(args: argparse.Namespace) -> int:
     from fedsec import _fs, limits
     from fedsec.he.codec import decrypt_model
     from fedsec.he.context import load_client_context
+    from fedsec.he.sealed import BUNDLE_MAGIC, split_bundle, unseal
     from fedsec.wire import arrays, model_file
 
     context = load_client_context(
@@ -89,18 +90,25 @@ def _cmd_he_decrypt(args: argparse.Namespace) -> int:
     source = Path(args.result)
     if source.is_dir():
         source = source / "global_model.fsh"
-    params, weight = decrypt_model(
-        context, _fs.read_bounded(source, limits.MAX_MODEL_BYTES, f"encrypted model {source}"), str(source)
-    )
-    from fedsec.jobs.control import RESERVED  # a scaffold job's sum also holds its control-variate sections
+    data = _fs.read_bounded(source, limits.MAX_MODEL_BYTES, f"encrypted model {source}")
+    if data[: len(BUNDLE_MAGIC)] == BUNDLE_MAGIC:  # a FedOpt job's: the global model its sites stepped to, sealed
+        from fedsec.fedopt import split_plaintext
 
-    params = {name: value for name, value in params.items() if not name.startswith(RESERVED)}
+        _, sealed, _ = split_bundle(data, str(source))
+        params, _ = split_plaintext(unseal(context, sealed, str(source)), str(source))
+        what = "the FedOpt global model"
+    else:
+        from fedsec.jobs.control import RESERVED  # a scaffold job's sum also holds its control-variate sections
+
+        params, weight = decrypt_model(context, data, str(source))
+        params = {name: value for name, value in params.items() if not name.startswith(RESERVED)}
+        what = f"total weight {weight:g}"
     out = Path(args.output) if args.output else source.with_suffix(model_file.SAFETENSORS_SUFFIX)
     if out.suffix == model_file.CONTAINER_SUFFIX:  # the older format, when asked for by name
         arrays.write_file(out, params)
     else:
         model_file.write_safetensors(out, params)
-    print(f"decrypted {source} ({len(params)} tensors, total weight {weight:g}) into {out}")
+    print(f"decrypted {source} ({len(params)} tensors, {what}) into {out}")
     return EXIT_OK
 
 

@@ -247,8 +247,8 @@ class EncryptedSum:
         """How many uploads have been added."""
         return self._count
 
-    def add_file(self, path: Path, where: str) -> None:
-        """Add the upload at path into the sums, all or nothing.
+    def add_file(self, path: Path, where: str, offset: int = 0) -> None:
+        """Add the upload at path (from byte offset on: the rest of a FedOpt bundle) into the sums, all or nothing.
 
         Raises WireError if the file is malformed, not an upload (contributions != 1), does
         not match the expected specs or clip, or a record is not a valid ciphertext; HEError
@@ -256,10 +256,11 @@ class EncryptedSum:
         any error the sums are unchanged.
         """
         with path.open("rb") as f:
-            header, _ = _read_header(f.read, os.fstat(f.fileno()).st_size, where)
+            f.seek(offset)
+            header, _ = _read_header(f.read, os.fstat(f.fileno()).st_size - offset, where)
             self._check_upload(header, where)
             records = enumerate(_records(f.read, header, where))
-            loaded = [_load_vector(self._ctx, self._parms_id, i, record, where) for i, record in records]
+            loaded = [load_vector(self._ctx, self._parms_id, i, record, where) for i, record in records]
             if f.read(1):
                 raise WireError(f"{where}: trailing data after the last ciphertext (the file grew while read)")
         if not self._sums:
@@ -315,11 +316,14 @@ class EncryptedSum:
 # ---------------------------------------------------------------- decrypt (client)
 
 
-def decrypt_model(ctx: Any, data: bytes, where: str) -> tuple[dict[str, NDArray[Any]], float]:
+def decrypt_model(
+    ctx: Any, data: bytes | memoryview, where: str, *, float64: bool = False
+) -> tuple[dict[str, NDArray[Any]], float]:
     """The weighted average in the FSH1 container data, and its total weight.
 
     ctx is the client context. Each value is sum / sum of weights, reshaped to its spec and
-    cast to the spec's dtype (integers rounded and clipped to the dtype's range). Raises
+    cast to the spec's dtype (integers rounded and clipped to the dtype's range), or, with
+    float64, left as that float64 quotient (what an optimizer step takes: fedsec.fedopt). Raises
     HEError if ctx holds no secret key or the data does not decrypt to values a sum can hold
     (a wrong key, or corrupted data); WireError if data is malformed.
     """
@@ -330,7 +334,7 @@ def decrypt_model(ctx: Any, data: bytes, where: str) -> tuple[dict[str, NDArray[
     parms_id = first_parms_id(ctx)
     slots = np.empty(header.n_ciphertexts * _SLOTS, dtype=np.int64)
     for i, record in enumerate(_records(stream.read, header, where)):
-        vector = _load_vector(ctx, parms_id, i, record, where)
+        vector = load_vector(ctx, parms_id, i, record, where)
         try:
             slots[i * _SLOTS : (i + 1) * _SLOTS] = vector.decrypt()
         except TENSEAL_ERRORS as exc:
@@ -338,7 +342,7 @@ def decrypt_model(ctx: Any, data: bytes, where: str) -> tuple[dict[str, NDArray[
     if stream.tell() != len(data):
         raise WireError(f"{where}: {len(data) - stream.tell()} bytes of trailing data after the last ciphertext")
     values = _unpack(slots, header, where)
-    return _split(values, header), int(values[-1]) / 2**header.scale_bits
+    return _split(values, header, float64), int(values[-1]) / 2**header.scale_bits
 
 
 def _unpack(slots: NDArray[np.int64], header: EncryptedHeader, where: str) -> NDArray[np.int64]:
@@ -366,7 +370,7 @@ def _unpack(slots: NDArray[np.int64], header: EncryptedHeader, where: str) -> ND
     return values
 
 
-def _split(values: NDArray[np.int64], header: EncryptedHeader) -> dict[str, NDArray[Any]]:
+def _split(values: NDArray[np.int64], header: EncryptedHeader, float64: bool = False) -> dict[str, NDArray[Any]]:
     weight = float(values[-1])
     out: dict[str, NDArray[Any]] = {}
     pos = 0
@@ -374,6 +378,9 @@ def _split(values: NDArray[np.int64], header: EncryptedHeader) -> dict[str, NDAr
         size = math.prod(spec.shape)
         plain = (values[pos : pos + size] / weight).reshape(spec.shape)
         pos += size
+        if float64:
+            out[spec.name] = plain
+            continue
         dtype = np.dtype(spec.dtype)
         if dtype.kind in "iu":
             info = np.iinfo(dtype)
@@ -438,7 +445,7 @@ def _records(read: Callable[[int], bytes], header: EncryptedHeader, where: str) 
         yield record
 
 
-def _load_vector(ctx: Any, parms_id: list[int], index: int, record: bytes, where: str) -> Any:
+def load_vector(ctx: Any, parms_id: list[int], index: int, record: bytes, where: str) -> Any:
     """One record as a BFV vector under ctx: 4096 slots in one fresh-level, two-polynomial ciphertext."""
     try:
         vector = ts.bfv_vector_from(ctx, record)

@@ -28,7 +28,8 @@ from typing import Any
 import yaml
 
 from fedsec import _fs, _schema, limits
-from fedsec.errors import ConfigError, JobError, WireError
+from fedsec.errors import ConfigError, HEError, JobError, WireError
+from fedsec.he import params as he_params
 from fedsec.tracking.backends import LOCAL, check_backend_name
 
 FORMAT = "fedsec-job/1"
@@ -132,7 +133,9 @@ class JobMeta:
 class WorkflowConfig:
     """config.yml's workflow section.
 
-    Each round samples max(min_clients, ceil(sample_fraction * live sites)) sites.
+    Each round samples max(min_clients, ceil(sample_fraction * live sites)) sites, drawn with a
+    generator seeded by the round and sample_seed (the job's id when none is given): two jobs with
+    the same sample_seed and sites sample alike, round by round (to compare them).
 
     round_timeout: how long each sampled site has to answer a round, counted for
     each site from when it received its task (a site that never asks for it has
@@ -150,6 +153,7 @@ class WorkflowConfig:
     kind: WorkflowKind
     num_rounds: int
     sample_fraction: float = 1.0
+    sample_seed: int | None = None
     round_timeout: float = 600.0
     start_timeout: float = 120.0
     evaluate_final: bool = True
@@ -285,10 +289,7 @@ def parse_app_config(raw: Any) -> AppConfig:
         check_tracking(config.tracking)
         check_strategy(config.strategy)
         if config.he.enabled and config.strategy.name is StrategyKind.FEDOPT:
-            raise ConfigError(
-                "strategy: fedopt with he.enabled is not built yet (under HE the optimizer step must run on the "
-                "sites, which cannot see the aggregate otherwise); use fedavg or fedprox with HE, or turn HE off"
-            )
+            check_fedopt_he(config.strategy, config.he)
         if config.he.enabled and not config.workflow.evaluate_final:
             raise ConfigError("he.enabled: needs workflow.evaluate_final (that task brings the sites the final model)")
     except ConfigError as exc:
@@ -302,6 +303,8 @@ def check_workflow(workflow: WorkflowConfig) -> None:
         raise ConfigError(f"workflow.num_rounds: must be between 1 and {limits.MAX_ROUNDS}, got {workflow.num_rounds}")
     if not 0.0 < workflow.sample_fraction <= 1.0:  # also refuses NaN
         raise ConfigError(f"workflow.sample_fraction: must be in (0, 1], got {workflow.sample_fraction}")
+    if workflow.sample_seed is not None and not 0 <= workflow.sample_seed < 2**63:
+        raise ConfigError(f"workflow.sample_seed: must be in [0, 2**63), got {workflow.sample_seed}")
     for key in ("round_timeout", "start_timeout", "ready_timeout"):
         value = getattr(workflow, key)
         if not (math.isfinite(value) and 0.0 < value <= MAX_TIMEOUT):
@@ -357,6 +360,31 @@ def _refuse_mlflow_uri(raw: Any) -> None:
             "tracking.mlflow_uri: a job no longer says where its tracking data goes; name one of the server's "
             f"tracking backends instead (tracking: {{backend: {LOCAL}}} for its embedded store, or a name its "
             "operator lists)"
+        )
+
+
+def check_fedopt_he(strategy: StrategyConfig, he: HEConfig) -> None:
+    """Refuse a fedopt strategy that the HE fixed point cannot carry; ConfigError naming the key.
+
+    Under HE the sites step the optimizer (fedsec.fedopt) on the decrypted average of their weight
+    differences, quantised in steps of 2**-f (f from he.clip and he.max_clients, fedsec.he.params);
+    the optimizer's state and the global model are encrypted exactly (fedsec.he.sealed), so only the
+    pseudo-gradient meets the fixed point. The adaptive optimizers divide by sqrt(v) + tau: with tau
+    below one step they would turn quantisation noise on a still weight into a whole server_lr step.
+    avgm divides by nothing and takes any step.
+    """
+    if strategy.optimizer is None or strategy.optimizer is ServerOptimizer.AVGM:
+        return
+    try:
+        resolution = 2.0 ** -he_params.scale_bits(he.clip, he.max_clients)
+    except HEError as exc:
+        raise ConfigError(f"he.clip: {exc}") from exc
+    tau = float(strategy.settings()["tau"])
+    if tau < resolution:
+        raise ConfigError(
+            f"strategy.tau: {tau:g} is below the HE fixed-point step {resolution:.3g} of the aggregate "
+            f"(he.clip {he.clip:g}, he.max_clients {he.max_clients}): {strategy.optimizer.value} would step on "
+            "quantisation noise; raise tau, or lower he.clip or he.max_clients for a finer step"
         )
 
 

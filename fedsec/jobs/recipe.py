@@ -70,6 +70,7 @@ class FedAvgRecipe:
         custom_files: Sequence[str | Path] = (),
         sites: Sequence[str] = (),
         sample_fraction: float = 1.0,
+        sample_seed: int | None = None,
         round_timeout: float = 600.0,
         start_timeout: float = 120.0,
         evaluate_final: bool = True,
@@ -92,6 +93,7 @@ class FedAvgRecipe:
                 "kind": WorkflowKind.FEDAVG.value,
                 "num_rounds": num_rounds,
                 "sample_fraction": sample_fraction,
+                **({} if sample_seed is None else {"sample_seed": sample_seed}),
                 "round_timeout": round_timeout,
                 "start_timeout": start_timeout,
                 "evaluate_final": evaluate_final,
@@ -186,7 +188,8 @@ class FedOptRecipe(FedAvgRecipe):
     """A FedOpt job: a server optimizer (adam, yogi, adagrad or avgm) steps the global model each round.
 
     Settings left as None take their defaults (fedsec.jobs.meta.FEDOPT_DEFAULTS); one the optimizer does
-    not take (beta2 for avgm, momentum for adam) is a JobError, as are he=True (not built yet) and bounds.
+    not take (beta2 for avgm, momentum for adam) is a JobError, as are bounds, and with he=True a tau below
+    the HE fixed-point step (fedsec.jobs.meta.check_fedopt_he).
     The other arguments are FedAvgRecipe's.
     """
 

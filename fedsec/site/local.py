@@ -17,8 +17,11 @@ The site's HE secret key stays here, in trusted code: in a job whose signed
 config enables HE, the relay decrypts the global model before the script
 sees it (keeping the final one in the job's work folder), and encrypts the
 script's plain update with the signed job's HE parameters before it leaves
-the site, sending each ciphertext as it is made (fedsec.site.upload). The
-signed job, not the server's task message, decides HE: a task whose meta
+the site, sending each ciphertext as it is made (fedsec.site.upload). In a
+fedopt job it also runs the server optimizer's step the server cannot run
+(fedsec.site.fedopt_he): the script gets the stepped model, and the upload
+starts with the sealed new model and state and their digest. The signed job,
+not the server's task message, decides HE and the strategy: a task whose meta
 disagrees with it is never handed to the script.
 """
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 import logging
 import os
@@ -110,6 +114,7 @@ class JobEndpoint:
     last_held: bytes = b""  # the digest of the last model received (kept in a file beside work/)
     sites: int = 0  # how many sites the signed job lists (scaffold's N)
     control: dict[str, np.ndarray] | None = field(default=None, repr=False)  # HE scaffold: the last task's c
+    fedopt_head: bytes = field(default=b"", repr=False)  # HE fedopt: the sealed step that heads the next upload
 
 
 @dataclass(frozen=True)
@@ -360,16 +365,29 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
         from fedsec.wire import arrays
 
         where = f"global model of job {self._job.job_id} round {header.current_round}"
-        if meta.get("encrypted"):
+        if self._job.strategy.name is StrategyKind.FEDOPT:  # the sites step the optimizer (fedsec.site.fedopt_he)
+            from fedsec.site import fedopt_he
+
+            stepped = fedopt_he.step(
+                self._he_context(),
+                self._job.job_id,
+                self._job.strategy,
+                header.current_round,
+                payload,
+                bool(meta.get("encrypted")),
+                where,
+            )
+            params, self._job.fedopt_head = stepped.model, stepped.prefix
+            log.info("job=%s round=%d fedopt step digest=%s", self._job.job_id, header.current_round, stepped.digest)
+            if header.task == "evaluate":
+                _keep_final(self._job, params)
+        elif meta.get("encrypted"):
             from fedsec.he.codec import decrypt_model  # tenseal: only in HE jobs
 
             params, total = decrypt_model(self._he_context(), payload, where)
             params = self._scaffold_task(params, total, header.task, where)
             if header.task == "evaluate":  # the final model: this site keeps it, decrypted, in the job's folder
-                try:
-                    arrays.write_file(self._job.work / FINAL_MODEL, params)
-                except OSError as exc:
-                    log.warning("job=%s cannot keep the final model: %s", self._job.job_id, exc)
+                _keep_final(self._job, params)
         else:
             params = self._scaffold_task(arrays.decode(payload, where), None, header.task, where)
         self._job.global_params = params
@@ -507,13 +525,13 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
         update) and a bound of its size. The server sees neither the weights nor num_examples: the
         weight rides inside the ciphertexts, so the meta carries nothing but the params type.
         """
-        import numpy as np
-
         from fedsec.wire import arrays
 
         where = f"result of job {self._job.job_id} round {header.current_round}"
         payload = streams.receive_bytes(data, header.payload, limits.MAX_MODEL_BYTES, where)
         meta = _meta(header.meta_json, where)
+        if self._job.strategy.name is StrategyKind.FEDOPT:
+            return self._encrypt_fedopt(header, payload, meta, where)
         if not payload:
             header.meta_json = json.dumps({"encrypted": True})
             header.payload.CopyFrom(streams.describe_bytes(b""))
@@ -526,10 +544,19 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
 
             update, delta = control.split(update, control.CONTROL, where)
         params = _full_params(update, meta, self._job.global_params, where)
+        if self._scaffold:
+            params = self._scaffold_upload(params, delta, _weight(meta, self._job.he.max_examples, where), where)
+        header.meta_json = json.dumps({"params_type": "full", "encrypted": True})
+        return self._encrypt_params(header, params, meta, where)
+
+    def _encrypt_params(
+        self, header: fedsec_pb2.ResultHeader, params: dict[str, np.ndarray], meta: dict[str, Any], where: str
+    ) -> tuple[fedsec_pb2.ResultHeader, Iterator[bytes], int]:
+        """params weighted and encrypted with the signed HE parameters: (header, the pieces as made, a size bound)."""
+        import numpy as np
+
         he = self._job.he
         weight = _weight(meta, he.max_examples, where)
-        if self._scaffold:
-            params = self._scaffold_upload(params, delta, weight, where)
         # stochastic rounding needs no secret randomness: seeding it by job, round and site makes runs repeatable
         seed_text = f"{self._job.job_id}:{header.current_round}:{self._site}".encode()
         seed = int.from_bytes(hashlib.sha256(seed_text).digest()[:8], "big")
@@ -541,7 +568,6 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
         bound = min(
             limits.MAX_MODEL_BYTES, limits.MAX_HE_HEADER_BYTES + 8 + records * (4 + limits.MAX_HE_CIPHERTEXT_BYTES)
         )
-        header.meta_json = json.dumps({"params_type": "full", "encrypted": True})
         return header, pieces, bound
 
     def _scaffold_upload(
@@ -557,6 +583,34 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
         server_lr = float(job.strategy.settings()["server_lr"])
         weight_q = quantised_weight(weight, job.he.clip, job.he.max_clients)
         return scaffold.upload(params, delta, job.global_params, job.control, server_lr, weight_q, job.he.clip, where)
+
+    def _encrypt_fedopt(
+        self, header: fedsec_pb2.ResultHeader, payload: bytes, meta: dict[str, Any], where: str
+    ) -> tuple[fedsec_pb2.ResultHeader, Iterator[bytes] | None, int]:
+        """_encrypt for fedopt: the sealed step of the task, then (training) the encrypted weight difference."""
+        from fedsec.site.fedopt_he import update_difference
+        from fedsec.wire import arrays
+
+        head, self._job.fedopt_head = self._job.fedopt_head, b""
+        if not head:
+            raise WireError(f"{where}: no fedopt step to send: the task was not received through this site")
+        header.meta_json = json.dumps({"params_type": "diff", "encrypted": True})
+        if not payload:  # the final evaluation: the sealed final model and its digest alone
+            return header, iter((head,)), len(head)
+        diff = update_difference(arrays.decode(payload, where), meta, self._job.global_params, where)
+        del payload
+        _, pieces, bound = self._encrypt_params(header, diff, meta, where)
+        return header, itertools.chain((head,), pieces), min(limits.MAX_MODEL_BYTES, bound + len(head))
+
+
+def _keep_final(job: JobEndpoint, params: dict[str, np.ndarray]) -> None:
+    """Keep the final global model, decrypted, in the job's work folder (HE jobs)."""
+    from fedsec.wire import arrays
+
+    try:
+        arrays.write_file(job.work / FINAL_MODEL, params)
+    except OSError as exc:
+        log.warning("job=%s cannot keep the final model: %s", job.job_id, exc)
 
 
 def _full_params(

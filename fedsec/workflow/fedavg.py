@@ -5,7 +5,9 @@ checkpoints and progress; the job's strategy (fedsec.workflow.strategies: fedavg
 fedprox, fedopt) owns how each accepted plain update is folded in and what the
 next global model is. Under homomorphic encryption the driver sums the
 ciphertexts itself (EncryptedAccumulator: the average only the sites can read),
-for the strategies that support it.
+for the strategies that support it; for fedopt the sites also step the optimizer
+and the driver keeps their sealed step unread once their digests agree
+(SiteStepAccumulator; progress.json's "step_digests").
 
 State lives in the job's workspace so a restarted server resumes from the
 last completed round: checkpoints/round_NNNNN.fsa (the global model after
@@ -53,7 +55,7 @@ from fedsec.jobs import result
 from fedsec.jobs.meta import AppConfig, JobMeta
 from fedsec.wire import arrays, fedsec_pb2, streams
 from fedsec.workflow import strategies
-from fedsec.workflow.aggregate import Accumulator, EncryptedAccumulator
+from fedsec.workflow.aggregate import Accumulator, EncryptedAccumulator, SiteStepAccumulator
 from fedsec.workflow.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -76,7 +78,7 @@ class _Round:
     payload: fedsec_pb2.PayloadInfo  # the model's size and SHA-256, read once when the round opens
     sampled: frozenset[str]
     pending: set[str]
-    acc: Accumulator | EncryptedAccumulator
+    acc: Accumulator | EncryptedAccumulator | SiteStepAccumulator
     params_type: str | None = None
     metric_sums: dict[str, float] = field(default_factory=dict)
     metric_weights: dict[str, float] = field(default_factory=dict)
@@ -277,14 +279,16 @@ class RoundDriver:
         try:
             weight, params_type = _parse_meta(header.meta_json, where)
             metrics = _check_metrics(dict(header.metrics), where)
-            if rnd.kind == TRAIN:
+            if rnd.kind == TRAIN or isinstance(rnd.acc, SiteStepAccumulator):  # HE fedopt: evaluations bring a step
                 self._receive_update(rnd, header, chunks, tmp, where)
             elif header.payload.total_size != 0 or header.payload_trailer:
                 raise WireError(f"{where}: an evaluation result carries no model")
             with self._cond:
                 if self._round is not rnd or site not in rnd.pending:
                     return False, "the round closed before this result was complete"
-                if rnd.kind == TRAIN:
+                if isinstance(rnd.acc, SiteStepAccumulator):  # HE fedopt: the site's step and (training) update
+                    rnd.acc.add_result(site, tmp, where)
+                elif rnd.kind == TRAIN:
                     if rnd.params_type not in (None, params_type):
                         raise WireError(
                             f"{where}: params_type {params_type} differs from this round's {rnd.params_type}"
@@ -409,6 +413,10 @@ class RoundDriver:
                 self._write_progress()
             if self.tracker is not None:
                 self.tracker.final_metrics(self.cfg.num_rounds, rnd.metrics(), rnd.site_metrics)
+            if isinstance(rnd.acc, SiteStepAccumulator):  # HE fedopt: the final model is the sites' last step
+                model = self._checkpoint(self.cfg.num_rounds)
+                with _server_writes("the final FedOpt step"):
+                    self._write_step(rnd, model)
         with _server_writes("the job's result"):
             entry = self._keep(self.cfg.num_rounds - 1, model)
             if self.tracker is not None:
@@ -419,6 +427,9 @@ class RoundDriver:
     def _write_result(self, rnd: _Round, model: Path, dest: Path) -> None:
         """Write round rnd's next global model to dest, and the strategy's state beside it."""
         diff = rnd.params_type == "diff"
+        if isinstance(rnd.acc, SiteStepAccumulator):
+            self._write_step(rnd, dest)
+            return
         if isinstance(rnd.acc, EncryptedAccumulator):  # the encrypted sum: only the sites can average it
             rnd.acc.write_average(dest, model if diff else None)
             return
@@ -427,8 +438,29 @@ class RoundDriver:
         if state:
             arrays.write_file(_state_path(dest), state, f"the {self.strategy.name} state of round {rnd.number}")
 
+    def _write_step(self, rnd: _Round, dest: Path) -> None:
+        """HE fedopt: write the sites' agreed step (and the sum) to dest; JobError naming the sites that disagree."""
+        if not isinstance(rnd.acc, SiteStepAccumulator):
+            return
+        try:
+            digest = rnd.acc.write(dest, rnd.number)
+        finally:
+            rnd.acc.close()
+        log.info(
+            "job=%s round=%d the sites agree on the fedopt step digest=%s kept_from=%s",
+            self.job_id,
+            rnd.number,
+            digest,
+            rnd.acc.kept_from,
+        )
+        with self._progress_lock:
+            self._progress.setdefault("step_digests", {})[str(rnd.number)] = digest
+        self._write_progress()
+
     def _restore_strategy(self, number: int) -> None:
         """Continue the strategy from its state kept with round number's checkpoint (none: a stateless one)."""
+        if self.he.enabled:  # a stateful strategy's state is then in the sites' sealed step, in the checkpoint
+            return
         path = _state_path(self._checkpoint(number))
         where = f"the {self.strategy.name} state of round {number}"
         if path.exists():
@@ -520,12 +552,18 @@ class RoundDriver:
             k = min(len(live), max(self.meta.min_clients, math.ceil(self.cfg.sample_fraction * len(live))))
             if self.he.enabled:
                 k = min(k, self.he.max_clients)  # an encrypted sum holds at most max_clients contributions
-            rng = random.Random(f"{self.job_id}:{number}")  # noqa: S311 - sampling, not secrecy
+            seed = self.job_id if self.cfg.sample_seed is None else self.cfg.sample_seed
+            rng = random.Random(f"{seed}:{number}")  # noqa: S311 - sampling, not secrecy
             sampled = frozenset(rng.sample(live, k))
         else:
             sampled = frozenset(live)
-        acc: Accumulator | EncryptedAccumulator
-        if self.he.enabled:
+        acc: Accumulator | EncryptedAccumulator | SiteStepAccumulator
+        if self.he.enabled and isinstance(self.strategy, strategies.FedOpt):  # the sites step: fedsec.site.fedopt_he
+            folder = self._ws / "incoming"
+            acc = SiteStepAccumulator(
+                self._he_context, specs, self.he.clip, self.he.max_clients, folder, final=kind == EVALUATE
+            )
+        elif self.he.enabled:
             acc = EncryptedAccumulator(self._he_context, specs, self.he.clip, self.he.max_clients)
         else:
             acc = self.strategy.fold(specs)

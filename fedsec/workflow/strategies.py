@@ -19,7 +19,9 @@ from its file (fedsec.workflow.aggregate.Accumulator), so the server holds about
 one model (and, for fedopt, its optimizer state) whatever the number of sites.
 This module handles plain updates only: under homomorphic encryption the driver
 sums ciphertexts (EncryptedAccumulator) for the strategies whose supports_he is
-true, and a job asking for another one is refused when it is loaded. It never
+true, and a job asking for another one is refused when it is loaded; for fedopt
+the sites then run the optimizer step themselves (fedsec.fedopt, shared with
+this module) and the driver stores their encrypted result unread. It never
 reads a site's identity or anything but checked arrays.
 """
 
@@ -33,9 +35,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fedsec.errors import JobError
+from fedsec.fedopt import FedOptStep
 from fedsec.jobs.meta import ServerOptimizer, StrategyConfig, StrategyKind
 from fedsec.wire import arrays
-from fedsec.workflow.aggregate import FLOAT_DTYPES, Accumulator
+from fedsec.workflow.aggregate import Accumulator
 from fedsec.workflow.scaffold import Scaffold
 
 Arrays = dict[str, NDArray[Any]]
@@ -116,28 +119,20 @@ class FedAvg:
 class FedOpt:
     """A server optimizer stepping the global model with the pseudo-gradient delta = average - global.
 
-    With m and v zero at the start (float64, one pair per floating-point tensor), each round:
-
-        m = beta1 * m + (1 - beta1) * delta                      (adam, yogi, adagrad)
-        v = beta2 * v + (1 - beta2) * delta**2                   (adam)
-        v = v - (1 - beta2) * delta**2 * sign(v - delta**2)      (yogi)
-        v = v + delta**2                                         (adagrad)
-        global = global + server_lr * m / (sqrt(v) + tau)
-        m = momentum * m + delta;  global = global + server_lr * m   (avgm)
-
-    as in Reddi et al., "Adaptive Federated Optimization" (Algorithm 2, no bias correction) and Hsu et
-    al. for avgm. Integer tensors (counters) take the rounded average, as in FedAvg.
+    The step and its state are fedsec.fedopt.FedOptStep (adam, yogi, adagrad, avgm), the one
+    implementation the sites also run under HE. Plain jobs step here, on the server. Under HE the
+    driver never calls write_result: the sites step (fedsec.site.fedopt_he) and the driver only
+    stores and forwards their encrypted result (fedsec.workflow.aggregate.SiteStepAccumulator).
     """
 
     stateful = True
-    supports_he = False  # under HE the server cannot see delta: the step must run on the sites (not built yet)
+    supports_he = True  # under HE the step runs on the sites: see the class docstring
 
     def __init__(self, optimizer: ServerOptimizer, settings: Mapping[str, float]) -> None:
         self.name = StrategyKind.FEDOPT.value
         self.optimizer = optimizer
         self._settings = dict(settings)
-        self._m: dict[int, NDArray[np.float64]] = {}
-        self._v: dict[int, NDArray[np.float64]] = {}
+        self._step = FedOptStep(optimizer, settings)
 
     def task_meta(self) -> dict[str, Any]:
         return {"name": self.name, "optimizer": self.optimizer.value, **self._settings}
@@ -153,55 +148,18 @@ class FedOpt:
 
     def write_result(self, fold: Accumulator, model: Path, diff: bool, dest: Path) -> None:
         current = dict(arrays.iter_file(model, "global model"))
-        out: Arrays = {}
-        for i, spec in enumerate(fold.specs):
-            x = current[spec.name].astype(np.float64)
-            mean = fold.mean(spec.name)
-            delta = mean if diff else mean - x
-            if spec.dtype in FLOAT_DTYPES:
-                out[spec.name] = self._step(i, x, delta).astype(spec.dtype)
-            else:
-                total = x + delta
-                np.rint(total, out=total)
-                out[spec.name] = total.astype(spec.dtype)
-        arrays.write_file(dest, out)
 
-    def _step(self, i: int, x: NDArray[np.float64], delta: NDArray[np.float64]) -> NDArray[np.float64]:
-        s = self._settings
-        m = self._m.setdefault(i, np.zeros_like(x))
-        v = self._v.setdefault(i, np.zeros_like(x)) if self.optimizer is not ServerOptimizer.AVGM else x
-        if m.shape != x.shape or v.shape != x.shape:
-            raise JobError(f"fedopt state of tensor {i}: shape {m.shape} or {v.shape}, the model has {x.shape}")
-        if self.optimizer is ServerOptimizer.AVGM:
-            m *= s["momentum"]
-            m += delta
-            return x + s["server_lr"] * m
-        m *= s["beta1"]
-        m += (1.0 - s["beta1"]) * delta
-        square = delta * delta
-        if self.optimizer is ServerOptimizer.ADAM:
-            v *= s["beta2"]
-            v += (1.0 - s["beta2"]) * square
-        elif self.optimizer is ServerOptimizer.YOGI:
-            v -= (1.0 - s["beta2"]) * square * np.sign(v - square)
-        else:  # adagrad
-            v += square
-        return x + s["server_lr"] * m / (np.sqrt(v) + s["tau"])
+        def delta(name: str, x: NDArray[np.float64]) -> NDArray[np.float64]:
+            mean = fold.mean(name)
+            return mean if diff else mean - x
+
+        arrays.write_file(dest, self._step.step(fold.specs, current, delta))
 
     def state(self) -> Arrays:
-        out: Arrays = {f"m.{i}": m for i, m in sorted(self._m.items())}
-        out.update({f"v.{i}": v for i, v in sorted(self._v.items())})
-        return out
+        return self._step.state()
 
     def restore(self, state: Mapping[str, NDArray[Any]], where: str) -> None:
-        m: dict[int, NDArray[np.float64]] = {}
-        v: dict[int, NDArray[np.float64]] = {}
-        for key, value in state.items():
-            slot, _, index = key.partition(".")
-            if slot not in ("m", "v") or not index.isdigit() or value.dtype != np.float64:
-                raise JobError(f"{where}: {key!r} is not a float64 fedopt state tensor")
-            (m if slot == "m" else v)[int(index)] = np.array(value, dtype=np.float64)
-        self._m, self._v = m, v
+        self._step.restore(state, where)
 
 
 def make(config: StrategyConfig, sites: int = 0, encrypted: bool = False) -> Strategy:

@@ -38,6 +38,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--alpha", type=float, default=None, help="Dirichlet concentration for non-iid data")
     parser.add_argument("--min_clients", type=int, default=None, help="default: n_clients")
+    parser.add_argument("--sample_fraction", type=float, default=1.0, help="the share of the sites each round samples")
+    parser.add_argument(
+        "--sample_seed", type=int, default=None, help="sample as any job of this seed (default: the job id)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--he", action="store_true", help="encrypt the updates (the project must be provisioned with HE)"
@@ -76,6 +80,8 @@ def make_recipe(args: argparse.Namespace) -> FedAvgRecipe:
         HERE / "client.py",
         num_rounds=args.num_rounds,
         min_clients=args.min_clients or args.n_clients,
+        sample_fraction=args.sample_fraction,
+        sample_seed=args.sample_seed,
         script_args=script_args,
         custom_files=[HERE / "model.py", HERE / "data.py"],
         he=args.he,

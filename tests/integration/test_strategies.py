@@ -113,3 +113,25 @@ def test_scaffold_on_digits_plain_and_under_he_agree(federation: Federation, tmp
     assert list((jobs / he_id / "workspace" / "checkpoints").glob("*.fsa")) == []
     kept = arrays.read_file(federation.kit("site-1") / "jobs" / he_id / "work" / "global_model.fsa")
     assert set(kept) == set(model)  # a site keeps the decrypted final model alone, without c's sections
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tenseal") is None, reason="needs tenseal")
+@pytest.mark.federation(he=True)
+def test_fedopt_adam_runs_under_he_with_the_sites_stepping(federation: Federation, tmp_path: Path) -> None:
+    # as the plain adam job above, within HE's fixed point: the sites step the optimizer on the decrypted sum
+    info, _ = run_job(
+        federation,
+        tmp_path,
+        FedOptRecipe,
+        optimizer="adam",
+        server_lr=0.5,
+        beta1=0.0,
+        beta2=0.99,
+        he=True,
+        he_clip=16.0,
+    )
+    mse = round_mse(info)
+    assert all(a > b for a, b in itertools.pairwise(mse)), mse
+    assert 40 < mse[1] < 50, mse  # every weight moved by 5 in round 0
+    assert info.progress["final"]["metrics"]["mse"] < 0.01
+    assert sorted(info.progress["step_digests"], key=int) == [str(n) for n in range(7)]

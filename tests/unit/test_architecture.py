@@ -16,7 +16,7 @@ PKG = Path(__file__).resolve().parents[2] / "fedsec"
 # (or within the same foundation/building-block layer), never up.
 LAYERS = {
     "errors": 0, "limits": 0, "_fs": 0, "_proc": 0, "_schema": 0, "logs": 0, "filters": 0, "_deps": 0,
-    "pki": 1, "wire": 1, "he": 1, "jobs": 1, "tracking": 1, "state": 1,
+    "pki": 1, "wire": 1, "he": 1, "jobs": 1, "tracking": 1, "state": 1, "fedopt": 1,
     "kit": 2, "provision": 2, "transport": 2, "tracking.receivers": 2,
     "server": 3, "workflow": 3, "site": 3, "client": 3, "api": 3,
     "admin": 4, "cli": 4, "__main__": 5,

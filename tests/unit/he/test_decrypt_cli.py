@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -51,3 +52,23 @@ def test_decrypt_leaves_out_a_scaffold_jobs_control_variate_sections(tmp_path: P
     argv = ["he", "decrypt", "--context", str(tmp_path / "client_context.tenseal"), str(tmp_path), "-o", str(out)]
     assert cli.main(argv) == 0
     assert list(arrays.read_file(out)) == ["w"]
+
+
+def test_decrypt_opens_a_fedopt_result_exactly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fedsec.jobs.meta import ServerOptimizer, StrategyConfig, StrategyKind
+    from fedsec.site import fedopt_he
+
+    client, _server = context.make_contexts()
+    (tmp_path / "client_context.tenseal").write_bytes(client)
+    ctx = context.load_client_context(client, "client")
+    model: dict[str, Any] = {"w": np.linspace(-3, 3, 30).reshape(5, 6).astype(np.float32), "n": np.array(7, np.int64)}
+    strategy = StrategyConfig(StrategyKind.FEDOPT, optimizer=ServerOptimizer.ADAM)
+    stepped = fedopt_he.step(ctx, "job", strategy, 0, arrays.encode(model), False, "initial model")
+    result = tmp_path / "result"
+    result.mkdir()
+    (result / "global_model.fsh").write_bytes(stepped.prefix)  # a FedOpt job's result: the sealed step, no sum
+    out = tmp_path / "plain.fsa"
+    argv = ["he", "decrypt", "--context", str(tmp_path / "client_context.tenseal"), str(result), "-o", str(out)]
+    assert cli.main(argv) == 0
+    assert "the FedOpt global model" in capsys.readouterr().out
+    assert out.read_bytes() == arrays.encode(model)  # sealed exactly: no fixed point, the same bytes

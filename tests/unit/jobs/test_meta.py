@@ -3,6 +3,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import yaml
 from fedsec import limits
 from fedsec.errors import JobError
 from fedsec.jobs import load_job_folder
-from fedsec.jobs.meta import FORMAT, JobMeta, StrategyKind, WorkflowKind, meta_to_json, parse_meta
+from fedsec.jobs.meta import FORMAT, JobMeta, ServerOptimizer, StrategyKind, WorkflowKind, meta_to_json, parse_meta
 from fedsec.wire import arrays
 
 META: dict[str, Any] = {"format": FORMAT, "name": "demo", "sites": [], "min_clients": 2}
@@ -128,6 +129,8 @@ def test_bad_meta(tmp_path: Path, meta: Any, fragment: str) -> None:
         ("workflow.sample_fraction", 0, "workflow.sample_fraction: must be in (0, 1]"),
         ("workflow.sample_fraction", 1.5, "workflow.sample_fraction: must be in (0, 1]"),
         ("workflow.sample_fraction", math.nan, "workflow.sample_fraction: must be in (0, 1]"),
+        ("workflow.sample_seed", -1, "workflow.sample_seed: must be in [0, 2**63), got -1"),
+        ("workflow.sample_seed", 2**63, "workflow.sample_seed: must be in [0, 2**63)"),
         ("workflow.round_timeout", 0, "workflow.round_timeout: must be more than 0"),
         ("workflow.start_timeout", math.inf, "workflow.start_timeout: must be more than 0"),
         ("workflow.evaluate_final", "yes", "workflow.evaluate_final: expected true or false"),
@@ -255,9 +258,33 @@ def test_bad_strategy(tmp_path: Path, strategy: Any, fragment: str) -> None:
     assert fragment in str(info.value)
 
 
-def test_fedopt_with_he_is_refused_as_not_built_yet(tmp_path: Path) -> None:
+def test_fedopt_with_he_loads_when_tau_is_above_the_fixed_point_step(tmp_path: Path) -> None:
+    # he.clip 4 and max_clients 16 give f = 13: a step of 2**-13 = 1.2e-4, below the default tau 1e-3
     config = {**CONFIG, "strategy": {"name": "fedopt", "optimizer": "adam"}, "he": {"enabled": True}}
-    with pytest.raises(JobError, match="strategy: fedopt with he.enabled is not built yet"):
+    _, app = load_job_folder(write_job(tmp_path / "job", config=config))
+    assert app.he.enabled and app.strategy.optimizer is ServerOptimizer.ADAM
+
+
+@pytest.mark.parametrize(
+    ("strategy", "he", "fragment"),
+    [
+        # f = 13 (clip 4, 16 sites): 1e-4 < 2**-13 = 1.22e-4
+        ({"optimizer": "adam", "tau": 1e-4}, {}, "strategy.tau: 0.0001 is below the HE fixed-point step 0.000122"),
+        # clip 1000 with 16 sites leaves f = 6: 2**-6 = 0.0156, above the default tau 1e-3
+        ({"optimizer": "yogi"}, {"clip": 1000.0}, "strategy.tau: 0.001 is below the HE fixed-point step 0.0156"),
+        # clip 1 with 2 sites: f = 18, a step of 3.81e-6
+        (
+            {"optimizer": "adagrad", "tau": 1e-6},
+            {"clip": 1.0, "max_clients": 2},
+            "1e-06 is below the HE fixed-point step 3.81e-06",
+        ),
+    ],
+)
+def test_fedopt_with_he_refuses_a_tau_below_the_fixed_point_step(
+    tmp_path: Path, strategy: dict[str, Any], he: dict[str, Any], fragment: str
+) -> None:
+    config = {**CONFIG, "strategy": {"name": "fedopt", **strategy}, "he": {"enabled": True, **he}}
+    with pytest.raises(JobError, match=re.escape(fragment)):
         load_job_folder(write_job(tmp_path / "job", config=config))
 
 
@@ -295,6 +322,12 @@ def test_scaffold_refuses_a_model_whose_control_variates_go_over_a_limit(
         load_job_folder(root)
     assert fragment in str(info.value)
     assert "app/config.yml: initial_model: app/initial_model.fsa" in str(info.value)
+
+
+def test_fedopt_avgm_with_he_takes_any_fixed_point_step(tmp_path: Path) -> None:
+    config = {**CONFIG, "strategy": {"name": "fedopt", "optimizer": "avgm"}, "he": {"enabled": True, "clip": 1000.0}}
+    _, app = load_job_folder(write_job(tmp_path / "job", config=config))
+    assert app.strategy.optimizer is ServerOptimizer.AVGM
 
 
 @pytest.mark.parametrize(

@@ -210,7 +210,6 @@ def test_fedprox_and_fedopt_recipes_write_their_strategy_section(tmp_path: Path,
             lambda s: FedOptRecipe("o", WEIGHTS, s, 2, 1, optimizer="avgm", beta2=0.9),
             "strategy.beta2: not a setting of fedopt with optimizer avgm",
         ),
-        (lambda s: FedOptRecipe("o", WEIGHTS, s, 2, 1, he=True), "strategy: fedopt with he.enabled is not built yet"),
         (lambda s: ScaffoldRecipe("s", WEIGHTS, s, 2, 1), "ScaffoldRecipe 's': meta.yml: sites: scaffold needs"),
         (
             lambda s: ScaffoldRecipe("s", WEIGHTS, s, 2, 1, sites=["a", "b"], server_lr=-1.0),
@@ -219,6 +218,10 @@ def test_fedprox_and_fedopt_recipes_write_their_strategy_section(tmp_path: Path,
         (
             lambda s: ScaffoldRecipe("s", {"scaffold.c/w": np.zeros(2)}, s, 2, 1, sites=["a"]),
             "ScaffoldRecipe 's': model: tensor 'scaffold.c/w': names starting",
+        ),
+        (
+            lambda s: FedOptRecipe("o", WEIGHTS, s, 2, 1, he=True, tau=1e-6),
+            "strategy.tau: 1e-06 is below the HE fixed-point step",
         ),
     ],
 )

@@ -120,7 +120,7 @@ def test_make_picks_the_strategy_and_its_task_meta_carries_its_settings() -> Non
     assert prox.task_meta() == {"name": "fedprox", "mu": 0.25} and prox.supports_he
     opt = strategies.make(StrategyConfig(StrategyKind.FEDOPT, optimizer=ServerOptimizer.AVGM, momentum=0.5))
     assert opt.task_meta() == {"name": "fedopt", "optimizer": "avgm", "server_lr": 1.0, "momentum": 0.5}
-    assert not opt.supports_he and opt.stateful
+    assert opt.supports_he and opt.stateful  # under HE its step runs on the sites (fedsec.site.fedopt_he)
 
 
 def test_a_fedopt_state_that_does_not_fit_the_model_is_refused(tmp_path: Path) -> None:
@@ -128,7 +128,7 @@ def test_a_fedopt_state_that_does_not_fit_the_model_is_refused(tmp_path: Path) -
     strategy.restore({"m.0": np.zeros(3), "v.0": np.zeros(3)}, "state")  # w has 2 values
     start = tmp_path / "global.fsa"
     arrays.write_file(start, GLOBAL)
-    with pytest.raises(JobError, match=r"fedopt state of tensor 0: shape \(3,\) or \(3,\), the model has \(2,\)"):
+    with pytest.raises(JobError, match=r"fedopt state m.0: shape \(3,\), the model's tensor 0 has \(2,\)"):
         one_round(strategy, tmp_path, 0, start, ROUND_0)
 
 
