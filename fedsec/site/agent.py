@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 _HOLD_SECONDS = 5.0  # how long the server may hold a heartbeat waiting for a change
 REPORT_SECONDS = 600.0  # how long a site keeps trying to report a job's end through a bad link
+QUICK_RETRY_SECONDS = 0.1  # how often a site dials a server that does not answer, for the first QUICK_RETRY_PHASE s
+QUICK_RETRY_PHASE = 5.0  # of each time it (re)registers; then it backs off from 0.2 s to 5 s
 
 
 class SiteAgent:
@@ -111,9 +113,17 @@ class SiteAgent:
         self._server.close()  # cancels a held heartbeat and a transfer in flight at once, so SIGTERM is quick
 
     def _register(self) -> None:
-        """Register with the endpoint in use, else the next ones in turn; back off after a whole round failed."""
+        """Register with the endpoint in use, else the next ones in turn; back off after a whole round failed.
+
+        While nothing answers at all (the server is not listening yet: a site started
+        with its server), the site dials again every QUICK_RETRY_SECONDS on a fresh
+        channel for the first QUICK_RETRY_PHASE seconds, so it registers as soon as
+        the server listens; after that it backs off from 0.2 s to 5 s.
+        """
         delay = 0.2
         failed = 0  # endpoints that failed in a row since the last pause
+        quick_until = time.monotonic() + QUICK_RETRY_PHASE
+        said_quick = False
         while not self._stop.is_set():
             index, where = self._server.index, self._server.address
             try:
@@ -133,9 +143,21 @@ class SiteAgent:
                         )
                         continue
                 failed = 0
-                log.info("site=%s cannot register yet (%s); retrying in %.1f s", self._kit.name, reason, delay)
-                self._stop.wait(delay)
-                delay = min(delay * 2, 5.0)
+                unanswered = _unanswered(exc)
+                if unanswered and time.monotonic() < quick_until:
+                    level = logging.DEBUG if said_quick else logging.INFO
+                    log.log(
+                        level, "site=%s cannot register yet (%s); retrying every %.1f s for up to %.0f s",
+                        self._kit.name, reason, QUICK_RETRY_SECONDS, QUICK_RETRY_PHASE,
+                    )  # fmt: skip
+                    said_quick = True
+                    pause = QUICK_RETRY_SECONDS
+                else:
+                    log.info("site=%s cannot register yet (%s); retrying in %.1f s", self._kit.name, reason, delay)
+                    pause, delay = delay, min(delay * 2, 5.0)
+                self._stop.wait(pause)
+                if unanswered:
+                    self._server.renew_live()  # dial now, not when the failed channel's own backoff ends
                 continue
             log.info(
                 "site=%s registered with server=%s at %s project=%s",
@@ -249,6 +271,11 @@ class SiteAgent:
             return  # the site stops: the server learns of the job's end when the site comes back
         if not self._spool.pending(job_id):
             self._spool.discard(job_id)
+
+
+def _unanswered(exc: grpc.RpcError) -> bool:
+    """Whether a call failed because no server answered (nothing listens, the link is down), not a standby's reply."""
+    return isinstance(exc, grpc.Call) and exc.code() is grpc.StatusCode.UNAVAILABLE and not is_standby(exc)
 
 
 def run_site(kit: Kit) -> int:
