@@ -23,12 +23,12 @@ import signal
 import threading
 import time
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import grpc
 
 from fedsec import __version__, _proc, limits
 from fedsec.errors import FedsecError, KitError
-from fedsec.jobs.signing import JobSignature
 from fedsec.kit import HE_CLIENT_CONTEXT, ClientConfig, Kit, read_ca
 from fedsec.pki.certs import Kind
 from fedsec.site.connection import ServerConnection
@@ -45,6 +45,9 @@ from fedsec.transport.failover import Endpoints, address, fails_over, is_standby
 from fedsec.transport.local import socket_dir
 from fedsec.transport.tls import error_from_rpc
 from fedsec.wire import fedsec_pb2
+
+if TYPE_CHECKING:  # what only jobs need is imported when the first job comes: an idle site never loads it
+    from fedsec.jobs.signing import JobSignature
 
 log = logging.getLogger(__name__)
 
