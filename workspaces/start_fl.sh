@@ -73,23 +73,36 @@ starts=()
 for ((i = 0; i < N; i++)); do "${clients[$i]}/startup/start.sh" --wait 0 >/dev/null & starts+=($!); done
 for pid in "${starts[@]+"${starts[@]}"}"; do wait "$pid" || failed=1; done
 
-# Then until the server listens and each site registered (or a process exited: that one is reported), from the
-# server's log every 0.05 s: one tail and one grep a round, the rest in bash builtins (forks take CPU the
-# starting processes need).
+# Then until the server listens and each site registered (or a process exited: that one is reported). One tail
+# follows the server's log from the offset (woken by inotify, not polling); bash reads its lines and checks the
+# processes with builtins, at least every 0.2 s: forks would take CPU the starting parents need.
 alive() { local s; read -r s 2>/dev/null <"/proc/$1/stat" || return 1; s="${s##*) }"; [ "${s%% *}" != Z ]; }
 read -r server_pid <"$server/daemon.pid"
 waiting=(); pids=()
 for kit in "${clients[@]:0:N}"; do
   if read -r pid 2>/dev/null <"$kit/daemon.pid"; then waiting+=("$kit"); pids+=("$pid"); fi
 done
-listening=0
-for ((round = 0; round < 2400; round++)); do
-  said=$'\n'"$(tail -c +"$offset" "$server/log.txt" 2>/dev/null | grep -o -e ' listening ' -e 'site=[^ ]* registered ' || true)"$'\n'
-  [[ "$said" == *$'\n listening \n'* ]] && listening=1
+exec {feed}< <(exec tail -c +"$offset" -s 0.05 -f "$server/log.txt" 2>/dev/null)
+feeder=$!
+trap 'kill "$feeder" 2>/dev/null || true' EXIT
+declare -A registered=()
+registration='site=([^ ]+) registered '
+listening=0; partial=""; deadline=$((SECONDS + 120))
+while ((SECONDS < deadline)); do
+  got=0; IFS= read -r -t 0.2 -u "$feed" line || got=$?
+  if [ "$got" -eq 0 ]; then
+    line="$partial$line"; partial=""
+    [[ "$line" == *" listening "* ]] && listening=1
+    [[ "$line" =~ $registration ]] && registered["${BASH_REMATCH[1]}"]=1
+  elif [ "$got" -gt 128 ]; then
+    partial+="$line"  # timed out, maybe within a line: the rest of it comes with the next read
+  else
+    sleep 0.2  # the tail ended (it cannot read the log): the checks below still run
+  fi
   left=(); left_pids=()
   for i in "${!waiting[@]}"; do
     kit="${waiting[$i]}"; site="${kit##*/}"
-    if [[ "$said" == *$'\n'"site=$site registered "$'\n'* ]]; then continue; fi
+    [ -n "${registered[$site]+x}" ] && continue
     if ! alive "${pids[$i]}"; then failed=1; echo "$0: $site exited; see $kit/log.txt" >&2; continue; fi
     left+=("$kit"); left_pids+=("${pids[$i]}")
   done
@@ -101,7 +114,6 @@ for ((round = 0; round < 2400; round++)); do
     "$HERE/stop_fl.sh" >/dev/null || true
     exit 1
   fi
-  sleep 0.05
 done
 if [ "$listening" -eq 0 ]; then failed=1; echo "$0: the server is not listening after 120 s; see $server/log.txt" >&2; fi
 for kit in "${waiting[@]+"${waiting[@]}"}"; do failed=1; echo "$0: ${kit##*/} did not register in 120 s; see $kit/log.txt" >&2; done
