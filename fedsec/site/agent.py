@@ -113,7 +113,10 @@ class SiteAgent:
     def stop(self, *_: object) -> None:
         self._stop.set()
         self._sync_due.set()
-        self._server.close()  # cancels a held heartbeat and a transfer in flight at once, so SIGTERM is quick
+        # Closing cancels a held heartbeat and a transfer in flight at once, so SIGTERM is quick. From a thread of
+        # its own: the signal handler runs on the main thread, which may be inside the connection's lock right now
+        # (opening or renewing a channel), and would wait for itself.
+        threading.Thread(target=self._server.close, name="close", daemon=True).start()
 
     def _register(self) -> None:
         """Register with the endpoint in use, else the next ones in turn; back off after a whole round failed.

@@ -103,3 +103,24 @@ def test_after_the_quick_phase_a_site_backs_off_and_still_dials_each_time(
         agent.stop()
     assert stop.seen == [0.2, 0.4, 0.8, 1.6, 3.2]
     assert refuser.dialed == 5
+
+
+def test_stop_while_the_main_thread_holds_the_connection_lock_closes_it_without_hanging(
+    tmp_path: Path, refuser: Refuser
+) -> None:
+    """A SIGTERM handler runs on the main thread, which may be opening or renewing a channel under the lock."""
+    agent = _agent(tmp_path, refuser.port)
+    connection = agent._server
+    connection.live()
+    returned = threading.Event()
+
+    def main_thread_in_the_lock() -> None:
+        with connection._lock:
+            agent.stop()  # what the handler calls
+        returned.set()
+
+    threading.Thread(target=main_thread_in_the_lock, daemon=True).start()
+    assert returned.wait(60), "stop() waited for the lock its own thread holds"  # a bound for a hang, not a speed
+    for thread in [t for t in threading.enumerate() if t.name == "close"]:
+        thread.join(60)
+    assert connection._closed
