@@ -65,13 +65,14 @@ fi
 # process did not exit at once; what happens next is watched below.
 offset=$(( $(stat -c %s "$server/log.txt" 2>/dev/null || echo 0) + 1 ))  # the log holds earlier runs too
 for kit in "$server" "${clients[@]:0:N}"; do echo "$kit" >>"$HERE/.started_kits"; done
-if ! "$server/startup/start.sh" --wait 0 >/dev/null; then
-  echo "$0: the server did not start" >&2; "$HERE/stop_fl.sh" >/dev/null || true; exit 1
-fi
-failed=0
+"$server/startup/start.sh" --wait 0 >/dev/null & server_start=$!
 starts=()
 for ((i = 0; i < N; i++)); do "${clients[$i]}/startup/start.sh" --wait 0 >/dev/null & starts+=($!); done
+failed=0
 for pid in "${starts[@]+"${starts[@]}"}"; do wait "$pid" || failed=1; done
+if ! wait "$server_start"; then
+  echo "$0: the server did not start" >&2; "$HERE/stop_fl.sh" >/dev/null || true; exit 1
+fi
 
 # Then until the server listens and each site registered (or a process exited: that one is reported). One tail
 # follows the server's log from the offset (woken by inotify, not polling); bash reads its lines and checks the
