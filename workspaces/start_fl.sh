@@ -60,7 +60,7 @@ if [ ! -e "$server/store" ]; then
 fi
 
 # The server and every client at once, each kit recorded before it starts. A site that is up before the
-# server listens dials it again every 0.1 s (for its first 5 s of trying), so it registers as soon as the
+# server listens dials it again every 0.1 s (for its first 10 s of trying), so it registers as soon as the
 # server listens: nothing waits for the server's start-up on its own. Each start.sh only checks that its
 # process did not exit at once; what happens next is watched below.
 offset=$(( $(stat -c %s "$server/log.txt" 2>/dev/null || echo 0) + 1 ))  # the log holds earlier runs too

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 _HOLD_SECONDS = 5.0  # how long the server may hold a heartbeat waiting for a change
 REPORT_SECONDS = 600.0  # how long a site keeps trying to report a job's end through a bad link
 QUICK_RETRY_SECONDS = 0.1  # how often a site dials a server that does not answer, for the first QUICK_RETRY_PHASE s
-QUICK_RETRY_PHASE = 5.0  # of each time it (re)registers; then it backs off from 0.2 s to 5 s
+QUICK_RETRY_PHASE = 10.0  # of each time it (re)registers (a loaded host starts a server in seconds); then 0.2 s to 5 s
 
 
 class SiteAgent:
