@@ -1,6 +1,8 @@
 """The site's connection to the server: register, heartbeat, fetch jobs, report their end.
 
-Clients only dial out. While the server is down the agent retries with
+Clients only dial out. While the server does not answer the agent dials it
+again, on a fresh connection, every 0.1 s for its first 10 s of trying (a site
+started with its server registers as soon as the server listens), then with
 backoff; after it comes back the agent registers again and carries on. A
 server of several replicas is tried in the kit's order: when the replica in use
 stops answering (nothing listens, the link is down, or it says it is a standby),
