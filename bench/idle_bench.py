@@ -7,7 +7,11 @@ folder with free ports on 127.0.0.1 and started with a copy of workspaces/start_
      --starts fresh starts, stopped between; and the CPU seconds each parent used until
      then (from /proc), which a loaded machine does not stretch.
   b. VmRSS (MiB) of the idle server parent and each site parent --idle-seconds after all
-     registered, and the site parents' warm job launchers (if the sites keep one).
+     registered, and the site parents' warm job launchers (if the sites keep one); and how
+     that splits: private (anonymous: the Python objects and native heaps) and file-backed
+     (pages of the shared libraries it touched, shared with every process that maps them:
+     on a host of several parents, and reclaimable), with the private memory (USS) a
+     parent alone costs.
   c. which heavy native libraries each parent has mapped (from /proc/PID/maps).
 Prints the figures; asserts nothing about time.
 Run: .venv/bin/python bench/idle_bench.py [--sites 8] [--starts 3] [--warm-launcher]
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -49,6 +54,21 @@ def mapped(pid: int) -> list[str]:
     return sorted({name for needle, name in HEAVY.items() if needle in maps})
 
 
+def rss_split(pid: int) -> tuple[float, float, float]:
+    """(RssAnon, RssFile + RssShmem, USS) of pid in MiB, from /proc; zeros once it has gone."""
+    values = {"RssAnon:": 0.0, "RssFile:": 0.0, "RssShmem:": 0.0, "Private_Clean:": 0.0, "Private_Dirty:": 0.0}
+    try:
+        text = Path(f"/proc/{pid}/status").read_text() + Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0.0, 0.0, 0.0
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key + ":" in values and rest.split():
+            values[key + ":"] = int(rest.split()[0]) / 1024
+    uss = values["Private_Clean:"] + values["Private_Dirty:"]
+    return values["RssAnon:"], values["RssFile:"] + values["RssShmem:"], uss
+
+
 def spread(values: list[float], unit: str, fmt: str = ".2f") -> str:
     if not values:
         return "-"
@@ -76,6 +96,8 @@ def main() -> None:
         server_rss: list[float] = []
         site_rss: list[float] = []
         launcher_rss: list[float] = []
+        script_cpu: list[float] = []
+        split: dict[str, list[tuple[float, float, float]]] = {"server parent": [], "site parent": []}
         server_cpu: list[float] = []
         site_cpu: list[float] = []
         libs: dict[str, list[str]] = {}
@@ -83,8 +105,11 @@ def main() -> None:
             if i:
                 fed.stop()
             offset = fed.server_log.stat().st_size if fed.server_log.exists() else 0
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             began = fed.start(args.sites)
             script.append(time.time() - began)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            script_cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
             registered = fed.wait_registered(sites, offset)
             to_all.append(max(registered.values()) - began)
             server_cpu.append(cpu_seconds(fed.pid(SERVER)) or 0.0)
@@ -99,11 +124,14 @@ def main() -> None:
             server_rss.append(memory_mib(fed.pid(SERVER))[0])
             site_pids = [fed.pid(s) for s in sites]
             site_rss.extend(memory_mib(p)[0] for p in site_pids)
+            split["server parent"].append(rss_split(fed.pid(SERVER)))
+            split["site parent"].extend(rss_split(p) for p in site_pids)
             launcher_rss.extend(_tree_rss(children(site_pids, "bwrap") + children(site_pids, "launcher")))
             libs = {"server parent": mapped(fed.pid(SERVER)), "site parent": mapped(site_pids[0])}
         print(f"a. start_fl.sh {args.sites} ({args.starts} fresh starts):")
         print(f"     until start_fl.sh returned (all registered): {spread(script, 's')}")
         print(f"     until the server logged the last registration: {spread(to_all, 's')}")
+        print(f"     CPU of start_fl.sh itself (its scripts, tails and greps): {spread(script_cpu, 's')}")
         print(f"     CPU used until then, server parent: {spread(server_cpu, 's')}")
         print(f"     CPU used until then, each site parent: {spread(site_cpu, 's')}")
         need = statistics.median(server_cpu) + args.sites * statistics.median(site_cpu)
@@ -112,6 +140,12 @@ def main() -> None:
         print(f"b. idle VmRSS {args.idle_seconds:g} s after all registered, no job:")
         print(f"     server parent:  {spread(server_rss, 'MiB', '.1f')}")
         print(f"     site parent:    {spread(site_rss, 'MiB', '.1f')}  ({len(site_rss)} samples)")
+        for role, values in split.items():
+            anon, file, uss = (statistics.median(v[i] for v in values) for i in range(3))
+            print(
+                f"     {role}: {anon:.1f} MiB anonymous + {file:.1f} MiB file-backed (shared);"
+                f" private (USS) {uss:.1f} MiB"
+            )
         if launcher_rss:
             print(f"     warm launcher (its whole process tree, per site): {spread(launcher_rss, 'MiB', '.1f')}")
         else:

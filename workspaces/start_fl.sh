@@ -42,10 +42,6 @@ mapfile -t clients < <(printf '%s\n' "${clients[@]}" | sort -V)
 [ "$N" -le "${#clients[@]}" ] || { echo "$0: asked for $N clients, $PROD has ${#clients[@]}" >&2; exit 2; }
 
 : >"$HERE/.started_kits"
-start_kit() {
-  echo "$1" >>"$HERE/.started_kits"  # recorded first: stop_fl.sh then stops it whatever happens next
-  "$1/startup/start.sh" "${@:2}"
-}
 # Ctrl-C (or TERM) while starting stops whatever was started.
 trap 'echo "$0: interrupted; stopping what was started" >&2; "$HERE/stop_fl.sh" >&2 || true; exit 130' INT TERM
 
@@ -63,33 +59,65 @@ if [ ! -e "$server/store" ]; then
   done
 fi
 
-# The server first, until it listens: sites started meanwhile would only compete for the CPU and back off.
-start_kit "$server" || { echo "$0: the server did not start" >&2; "$HERE/stop_fl.sh" >/dev/null || true; exit 1; }
-# Registrations from here on count (the server's log holds those of earlier runs too).
-offset=$(( $(stat -c %s "$server/log.txt" 2>/dev/null || echo 0) + 1 ))
-failed=0
-# Every client at once (each start.sh only checks that its process did not exit at once), all recorded first.
-for ((i = 0; i < N; i++)); do echo "${clients[$i]}" >>"$HERE/.started_kits"; done
+# The server and every client at once, each kit recorded before it starts. A site that is up before the
+# server listens dials it again every 0.1 s (for its first 10 s of trying), so it registers as soon as the
+# server listens: nothing waits for the server's start-up on its own. Each start.sh only checks that its
+# process did not exit at once; what happens next is watched below.
+offset=$(( $(stat -c %s "$server/log.txt" 2>/dev/null || echo 0) + 1 ))  # the log holds earlier runs too
+for kit in "$server" "${clients[@]:0:N}"; do echo "$kit" >>"$HERE/.started_kits"; done
+"$server/startup/start.sh" --wait 0 >/dev/null & server_start=$!
 starts=()
 for ((i = 0; i < N; i++)); do "${clients[$i]}/startup/start.sh" --wait 0 >/dev/null & starts+=($!); done
-for pid in "${starts[@]}"; do wait "$pid" || failed=1; done
-# Then until each site registered (or exited: that one is reported).
-waiting=("${clients[@]:0:N}")
-for _ in $(seq 6000); do
-  [ "${#waiting[@]}" -gt 0 ] || break
-  said="$(tail -c +"$offset" "$server/log.txt" 2>/dev/null | grep -o 'site=[^ ]* registered ' || true)"
-  left=()
-  for kit in "${waiting[@]}"; do
-    site="$(basename "$kit")"
-    if grep -qxF "site=$site registered " <<<"$said"; then continue; fi
-    pid="$(cat "$kit/daemon.pid" 2>/dev/null || true)"
-    if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then failed=1; echo "$0: $site exited; see $kit/log.txt" >&2; continue; fi
-    left+=("$kit")
-  done
-  waiting=("${left[@]+"${left[@]}"}")
-  [ "${#waiting[@]}" -gt 0 ] && sleep 0.02
+failed=0
+for pid in "${starts[@]+"${starts[@]}"}"; do wait "$pid" || failed=1; done
+if ! wait "$server_start"; then
+  echo "$0: the server did not start" >&2; "$HERE/stop_fl.sh" >/dev/null || true; exit 1
+fi
+
+# Then until the server listens and each site registered (or a process exited: that one is reported). One tail
+# follows the server's log from the offset (woken by inotify, not polling); bash reads its lines and checks the
+# processes with builtins, at least every 0.2 s: forks would take CPU the starting parents need.
+alive() { local s; read -r s 2>/dev/null <"/proc/$1/stat" || return 1; s="${s##*) }"; [ "${s%% *}" != Z ]; }
+read -r server_pid <"$server/daemon.pid"
+waiting=(); pids=()
+for kit in "${clients[@]:0:N}"; do
+  if read -r pid 2>/dev/null <"$kit/daemon.pid"; then waiting+=("$kit"); pids+=("$pid"); fi
 done
-for kit in "${waiting[@]+"${waiting[@]}"}"; do failed=1; echo "$0: $(basename "$kit") did not register in 120 s; see $kit/log.txt" >&2; done
+exec {feed}< <(exec tail -c +"$offset" -s 0.05 -f "$server/log.txt" 2>/dev/null)
+feeder=$!
+trap 'kill "$feeder" 2>/dev/null || true' EXIT
+declare -A registered=()
+registration='site=([^ ]+) registered '
+listening=0; partial=""; deadline=$((SECONDS + 120))
+while ((SECONDS < deadline)); do
+  got=0; IFS= read -r -t 0.2 -u "$feed" line || got=$?
+  if [ "$got" -eq 0 ]; then
+    line="$partial$line"; partial=""
+    [[ "$line" == *" listening "* ]] && listening=1
+    [[ "$line" =~ $registration ]] && registered["${BASH_REMATCH[1]}"]=1
+  elif [ "$got" -gt 128 ]; then
+    partial+="$line"  # timed out, maybe within a line: the rest of it comes with the next read
+  else
+    sleep 0.2  # the tail ended (it cannot read the log): the checks below still run
+  fi
+  left=(); left_pids=()
+  for i in "${!waiting[@]}"; do
+    kit="${waiting[$i]}"; site="${kit##*/}"
+    [ -n "${registered[$site]+x}" ] && continue
+    if ! alive "${pids[$i]}"; then failed=1; echo "$0: $site exited; see $kit/log.txt" >&2; continue; fi
+    left+=("$kit"); left_pids+=("${pids[$i]}")
+  done
+  waiting=("${left[@]+"${left[@]}"}"); pids=("${left_pids[@]+"${left_pids[@]}"}")
+  [ "$listening" -eq 1 ] && [ "${#waiting[@]}" -eq 0 ] && break
+  if ! alive "$server_pid"; then
+    echo "$0: the server exited; the end of $server/log.txt:" >&2
+    tail -c +"$offset" "$server/log.txt" 2>/dev/null | tail -n 5 >&2
+    "$HERE/stop_fl.sh" >/dev/null || true
+    exit 1
+  fi
+done
+if [ "$listening" -eq 0 ]; then failed=1; echo "$0: the server is not listening after 120 s; see $server/log.txt" >&2; fi
+for kit in "${waiting[@]+"${waiting[@]}"}"; do failed=1; echo "$0: ${kit##*/} did not register in 120 s; see $kit/log.txt" >&2; done
 if [ "$failed" -ne 0 ]; then
   echo "$0: not everything started; the rest keeps running: stop it with $HERE/stop_fl.sh" >&2
   exit 1

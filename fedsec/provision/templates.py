@@ -28,7 +28,7 @@ holder() {{
   if flock -n "$KIT/run/lock" true 2>/dev/null; then return 1; fi
   head -c 32 "$KIT/run/lock" | tr -dc 0-9
 }}
-alive() {{ local state; state="$(awk '{{print $3}}' "/proc/$1/stat" 2>/dev/null)" && [ "$state" != Z ]; }}
+alive() {{ local s; read -r s 2>/dev/null <"/proc/$1/stat" || return 1; s="${{s##*) }}"; [ "${{s%% *}}" != Z ]; }}  # no fork
 if pid="$(holder)"; then
   echo "{name} is already running from this kit (pid $pid); stop it with $KIT/startup/stop_fl.sh" >&2
   exit 1
@@ -68,7 +68,7 @@ STOP_SH = """#!/usr/bin/env bash
 set -euo pipefail
 KIT="$(cd "$(dirname "${{BASH_SOURCE[0]}}")/.." && pwd)"
 PIDFILE="$KIT/daemon.pid"
-alive() {{ local state; state="$(awk '{{print $3}}' "/proc/$1/stat" 2>/dev/null)" && [ "$state" != Z ]; }}
+alive() {{ local s; read -r s 2>/dev/null <"/proc/$1/stat" || return 1; s="${{s##*) }}"; [ "${{s%% *}}" != Z ]; }}  # no fork
 PID=""
 if [ -f "$KIT/run/lock" ] && ! flock -n "$KIT/run/lock" true 2>/dev/null; then
   PID="$(head -c 32 "$KIT/run/lock" | tr -dc 0-9)"

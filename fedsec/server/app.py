@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
 from types import FrameType
@@ -207,13 +208,21 @@ def run_server(kit: Kit, listen: str | None = None, fl_port: int | None = None) 
     name = config.replica or replica_name(config.name, ports[1])  # the provisioned replica's name, when it has one
     replica = Replica(state, name, settings.lease_ttl) if settings.replicated else None
     store.fence = replica.lease if replica is not None else None
-    # a standby sets the store up too (under its lock; the replicas share it): a takeover finds it ready
-    _set_up_tracking_store(kit.root, tracking_folder(kit.root, replica is not None))
+    tracking_dir = tracking_folder(kit.root, replica is not None)
+    tracking_set_up: list[bool] = []
+
+    def listening() -> None:  # the MLflow store's set-up (a child's seconds of CPU) starts once sites can register
+        if not tracking_set_up:
+            _set_up_tracking_store(kit.root, tracking_dir)
+            tracking_set_up.append(True)
+
+    if replica is not None:  # a standby sets the shared store up too (under its lock): a takeover finds it ready
+        listening()
     try:
         while not stop.is_set():
             if replica is not None and not _await_lease(replica, config.name, host, ports, creds, stop, lost):
                 break
-            _serve_active(kit, host, ports, creds, store, audit, replica, stop, lost)
+            _serve_active(kit, host, ports, creds, store, audit, replica, stop, lost, listening)
             if replica is None:
                 break
             replica.step_down()
@@ -237,8 +246,12 @@ def _serve_active(
     replica: Replica | None,
     stop: threading.Event,
     lost: threading.Event,
+    listening: Callable[[], None],
 ) -> None:
-    """Serve as the active server until stop or lost is set; then stop every job process (jobs stay running)."""
+    """Serve as the active server until stop or lost is set; then stop every job process (jobs stay running).
+
+    listening: called once both ports listen.
+    """
     assert isinstance(kit.config, ServerConfig)
     config = kit.config
     policy = load_policy(kit.root)
@@ -285,6 +298,7 @@ def _serve_active(
         "server=%s replica=%s project=%s listening fl=%s:%d admin=%s:%d",
         config.name, config.replica or "-", config.project, host, ports[0], host, ports[1],
     )  # fmt: skip
+    listening()
     while not stop.is_set() and not lost.is_set():
         stop.wait(0.2)
     log.info("server=%s stopping%s", config.name, " (lost the server lease)" if lost.is_set() else "")

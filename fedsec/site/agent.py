@@ -1,6 +1,8 @@
 """The site's connection to the server: register, heartbeat, fetch jobs, report their end.
 
-Clients only dial out. While the server is down the agent retries with
+Clients only dial out. While the server does not answer the agent dials it
+again, on a fresh connection, every 0.1 s for its first 10 s of trying (a site
+started with its server registers as soon as the server listens), then with
 backoff; after it comes back the agent registers again and carries on. A
 server of several replicas is tried in the kit's order: when the replica in use
 stops answering (nothing listens, the link is down, or it says it is a standby),
@@ -23,12 +25,12 @@ import signal
 import threading
 import time
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import grpc
 
 from fedsec import __version__, _proc, limits
 from fedsec.errors import FedsecError, KitError
-from fedsec.jobs.signing import JobSignature
 from fedsec.kit import HE_CLIENT_CONTEXT, ClientConfig, Kit, read_ca
 from fedsec.pki.certs import Kind
 from fedsec.site.connection import ServerConnection
@@ -46,10 +48,15 @@ from fedsec.transport.local import socket_dir
 from fedsec.transport.tls import error_from_rpc
 from fedsec.wire import fedsec_pb2
 
+if TYPE_CHECKING:  # what only jobs need is imported when the first job comes: an idle site never loads it
+    from fedsec.jobs.signing import JobSignature
+
 log = logging.getLogger(__name__)
 
 _HOLD_SECONDS = 5.0  # how long the server may hold a heartbeat waiting for a change
 REPORT_SECONDS = 600.0  # how long a site keeps trying to report a job's end through a bad link
+QUICK_RETRY_SECONDS = 0.1  # how often a site dials a server that does not answer, for the first QUICK_RETRY_PHASE s
+QUICK_RETRY_PHASE = 10.0  # of each time it (re)registers (a loaded host starts a server in seconds); then 0.2 s to 5 s
 
 
 class SiteAgent:
@@ -108,12 +115,23 @@ class SiteAgent:
     def stop(self, *_: object) -> None:
         self._stop.set()
         self._sync_due.set()
-        self._server.close()  # cancels a held heartbeat and a transfer in flight at once, so SIGTERM is quick
+        # Closing cancels a held heartbeat and a transfer in flight at once, so SIGTERM is quick. From a thread of
+        # its own: the signal handler runs on the main thread, which may be inside the connection's lock right now
+        # (opening or renewing a channel), and would wait for itself.
+        threading.Thread(target=self._server.close, name="close", daemon=True).start()
 
     def _register(self) -> None:
-        """Register with the endpoint in use, else the next ones in turn; back off after a whole round failed."""
+        """Register with the endpoint in use, else the next ones in turn; back off after a whole round failed.
+
+        While nothing answers at all (the server is not listening yet: a site started
+        with its server), the site dials again every QUICK_RETRY_SECONDS on a fresh
+        channel for the first QUICK_RETRY_PHASE seconds, so it registers as soon as
+        the server listens; after that it backs off from 0.2 s to 5 s.
+        """
         delay = 0.2
         failed = 0  # endpoints that failed in a row since the last pause
+        quick_until = time.monotonic() + QUICK_RETRY_PHASE
+        said_quick = False
         while not self._stop.is_set():
             index, where = self._server.index, self._server.address
             try:
@@ -133,9 +151,21 @@ class SiteAgent:
                         )
                         continue
                 failed = 0
-                log.info("site=%s cannot register yet (%s); retrying in %.1f s", self._kit.name, reason, delay)
-                self._stop.wait(delay)
-                delay = min(delay * 2, 5.0)
+                unanswered = _unanswered(exc)
+                if unanswered and time.monotonic() < quick_until:
+                    level = logging.DEBUG if said_quick else logging.INFO
+                    log.log(
+                        level, "site=%s cannot register yet (%s); retrying every %.1f s for up to %.0f s",
+                        self._kit.name, reason, QUICK_RETRY_SECONDS, QUICK_RETRY_PHASE,
+                    )  # fmt: skip
+                    said_quick = True
+                    pause = QUICK_RETRY_SECONDS
+                else:
+                    log.info("site=%s cannot register yet (%s); retrying in %.1f s", self._kit.name, reason, delay)
+                    pause, delay = delay, min(delay * 2, 5.0)
+                self._stop.wait(pause)
+                if unanswered:
+                    self._server.renew_live()  # dial now, not when the failed channel's own backoff ends
                 continue
             log.info(
                 "site=%s registered with server=%s at %s project=%s",
@@ -249,6 +279,11 @@ class SiteAgent:
             return  # the site stops: the server learns of the job's end when the site comes back
         if not self._spool.pending(job_id):
             self._spool.discard(job_id)
+
+
+def _unanswered(exc: grpc.RpcError) -> bool:
+    """Whether a call failed because no server answered (nothing listens, the link is down), not a standby's reply."""
+    return isinstance(exc, grpc.Call) and exc.code() is grpc.StatusCode.UNAVAILABLE and not is_standby(exc)
 
 
 def run_site(kit: Kit) -> int:

@@ -7,7 +7,11 @@ moves to the next endpoint (fail_over) every later call follows at once.
 
 Each endpoint gets its two channels the first time it is used and keeps them
 until close(): a call that picked the old stub a moment before a move fails and
-is retried on the new one, never on a closed channel.
+is retried on the new one, never on a closed channel. The one exception is
+renew_live(): while the site cannot reach the server at all, the agent replaces
+the registration channel before each quick retry, since a gRPC channel that
+failed to connect waits out its own reconnect backoff (0.2 s growing to 5 s)
+and fails every call meanwhile; a fresh one dials at once.
 """
 
 from __future__ import annotations
@@ -58,6 +62,22 @@ class ServerConnection:
     def stub(self) -> fedsec_pb2_grpc.FederationStub:
         """The stub for transfers, events, reports and job relays."""
         return self._stubs(self._endpoints.index)[3]
+
+    def renew_live(self) -> None:
+        """Replace the endpoint in use's registration channel with a fresh one, which dials at the next call.
+
+        Only the agent's registration and heartbeat thread uses the live stub, and it
+        calls this between its calls: no call of another thread is on the closed channel.
+        """
+        with self._lock:
+            found = self._open.get(self._endpoints.index)
+            if found is None or self._closed:
+                return
+            live, _, bulk, bulk_stub = found
+            end = self._endpoints.current
+            fresh = channel(self._kit, end.host, end.port, end.name, own_connection=True)
+            self._open[self._endpoints.index] = (fresh, fedsec_pb2_grpc.FederationStub(fresh), bulk, bulk_stub)
+        live.close()
 
     def fail_over(self, seen: int) -> ServerEndpoint:
         """Move past endpoint index seen (found failing) to the next one; return the endpoint in use."""

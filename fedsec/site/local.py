@@ -46,7 +46,6 @@ import grpc
 
 from fedsec import _fs, limits
 from fedsec.errors import AuthError, FedsecError, TransferInterruptedError, WireError
-from fedsec.jobs.meta import HEConfig, StrategyConfig, StrategyKind
 from fedsec.site.spool import EventSpool
 from fedsec.site.transfer import retry
 from fedsec.site.upload import StreamedUpload
@@ -58,12 +57,21 @@ from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc, streams
 if TYPE_CHECKING:  # numpy (and arrays, which needs it) only once a job needs them: an idle site never loads it
     import numpy as np
 
+    from fedsec.jobs.meta import HEConfig, StrategyConfig  # likewise the job folder format (_fedavg)
+
 log = logging.getLogger(__name__)
 
 FINAL_MODEL = "global_model.fsa"  # the decrypted final model of an HE job, in the job's work folder
 _MAX_WAIT = 30.0
 
 Upstream = Callable[[], fedsec_pb2_grpc.FederationStub]
+
+
+def _fedavg() -> StrategyConfig:
+    """The strategy of a job that names none; fedsec.jobs.meta is loaded with the first job, not at the site's start."""
+    from fedsec.jobs.meta import StrategyConfig
+
+    return StrategyConfig()
 
 
 def he_meta(he: HEConfig) -> dict[str, Any] | None:
@@ -85,7 +93,7 @@ def task_disagreement(meta: dict[str, Any], he: HEConfig, strategy: StrategyConf
     encrypted = meta.get("encrypted", False)
     if not isinstance(encrypted, bool) or (encrypted and not he.enabled):
         return f"encrypted={encrypted!r} but the signed job does not use HE"
-    signed = (strategy or StrategyConfig()).task_meta()
+    signed = (strategy or _fedavg()).task_meta()
     got_strategy = meta.get("strategy", {"name": "fedavg"})
     if got_strategy != signed:
         return (
@@ -107,7 +115,7 @@ class JobEndpoint:
     transfer_seconds: float = 600.0  # how long a task download or an upload is retried (the job's round_timeout)
     server: grpc.Server | None = None
     global_params: dict[str, np.ndarray] | None = field(default=None, repr=False)  # HE jobs: the last global model
-    strategy: StrategyConfig = field(default_factory=StrategyConfig)  # the signed job's: a task must say the same
+    strategy: StrategyConfig = field(default_factory=_fedavg)  # the signed job's: a task must say the same
     refused_round: int = -1  # the last round whose task was refused (logged once)
     initial_model: Path | None = None  # the initial model in the signed, verified job archive's unpacked folder
     held: dict[bytes, Path] = field(default_factory=dict, repr=False)  # SHA-256 -> a model file this site holds
@@ -180,7 +188,7 @@ class LocalEndpoints:
             work,
             transfer_seconds,
             initial_model=initial_model,
-            strategy=strategy or StrategyConfig(),
+            strategy=strategy or _fedavg(),
             sites=sites,
         )
         relay = JobRelay(endpoint, self._link)
@@ -362,6 +370,7 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
 
         payload: the whole model, already checked against the size and SHA-256 its header announced.
         """
+        from fedsec.jobs.meta import StrategyKind
         from fedsec.wire import arrays
 
         where = f"global model of job {self._job.job_id} round {header.current_round}"
@@ -402,6 +411,8 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
 
     @property
     def _scaffold(self) -> bool:
+        from fedsec.jobs.meta import StrategyKind
+
         return self._job.strategy.name is StrategyKind.SCAFFOLD
 
     def _scaffold_task(
@@ -525,6 +536,7 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
         update) and a bound of its size. The server sees neither the weights nor num_examples: the
         weight rides inside the ciphertexts, so the meta carries nothing but the params type.
         """
+        from fedsec.jobs.meta import StrategyKind
         from fedsec.wire import arrays
 
         where = f"result of job {self._job.job_id} round {header.current_round}"

@@ -27,22 +27,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography import x509
+from typing import TYPE_CHECKING
 
 from fedsec import _fs, _proc, limits
 from fedsec.errors import AuthError, FedsecError, JobError
-from fedsec.jobs import load_job_folder, unpack
-from fedsec.jobs.env import ENV_DATASETS, ENV_JOB_ID, ENV_JOB_TOKEN, ENV_SITE, ENV_SOCKET
-from fedsec.jobs.launch import JobSpec
-from fedsec.jobs.signing import JobSignature, verify_archive
-from fedsec.site import launcher, replay, sandbox
+from fedsec.site import launcher, sandbox
 from fedsec.site.hekey import HEKey
-from fedsec.site.local import LocalEndpoints
 from fedsec.site.logship import LogShipper
 from fedsec.site.policy import load_site_policy
 from fedsec.site.settings import SiteSettings, load_site_settings
 from fedsec.site.transfer import GaveUpError
+
+if TYPE_CHECKING:  # the job-time modules (archives, job folders, replay records) come with the first job (start)
+    from cryptography import x509
+
+    from fedsec.jobs.signing import JobSignature
+    from fedsec.site.local import LocalEndpoints
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,9 @@ class JobRunner:
         Raises AuthError when the job may not run here, JobError when it is unusable.
         Nothing is unpacked before the signature and the policy have been checked.
         """
+        from fedsec.jobs.signing import verify_archive  # job-time code: an idle site never loads it
+        from fedsec.site import replay
+
         signer = verify_archive(archive, signature, self._root_ca, f"job {job_id}", job_id=job_id)
         policy = load_site_policy(self._kit_root)
         policy.check(signer, self._site)
@@ -134,6 +137,10 @@ class JobRunner:
         slot: launcher.Slot | None,
     ) -> tuple[subprocess.Popen[bytes], Path, Path]:
         """Unpack the job into job_dir and start its script: in the ready slot if given, else a new process."""
+        from fedsec.jobs import load_job_folder, unpack  # job-time code, as in start
+        from fedsec.jobs.env import ENV_DATASETS, ENV_JOB_ID, ENV_JOB_TOKEN, ENV_SITE, ENV_SOCKET
+        from fedsec.jobs.launch import JobSpec
+
         try:
             if job_dir.exists():
                 shutil.rmtree(job_dir)  # a previous run of this job on this site (e.g. before a restart)
@@ -208,6 +215,8 @@ class JobRunner:
         failed = code != 0
         error = _proc.tail(job.log_path, limits.MAX_ERROR_TEXT) if failed else ""
         log.info("job=%s script exited code=%d", job.job_id, code)
+        from fedsec.site import replay  # loaded by start() already
+
         replay.record_end(self._kit_root, job.job_id)
         try:
             self._report(job.job_id, failed, error, _proc.tail(job.log_path, limits.MAX_LOG_TEXT))

@@ -22,15 +22,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
 from fedsec import _fs, limits
 from fedsec.errors import FedsecError, JobError, TransferInterruptedError, WireError
-from fedsec.jobs.signing import JobSignature
 from fedsec.transport.tls import error_from_rpc, transient
 from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc
+
+if TYPE_CHECKING:
+    from fedsec.jobs.signing import JobSignature
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +116,8 @@ class ArchiveDownload:
         return archive, signature
 
     def _attempt(self) -> tuple[bytes, JobSignature]:
+        from fedsec.jobs.signing import JobSignature  # the jobs package comes with the first job, not at start
+
         offset = self.received
         parts = self._stub().FetchJob(fedsec_pb2.FetchJobRequest(job_id=self._job_id, offset=offset), timeout=None)
         try:

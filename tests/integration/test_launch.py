@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration.harness import free_port, pid_alive, pid_cmdline, wait_until
+from tests.integration.harness import free_port, pid_alive, pid_cmdline, pids_running, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 SITES = [f"site-{i}" for i in range(1, 9)]
@@ -239,6 +239,23 @@ def test_start_sh_of_a_server_whose_port_is_taken_fails(launch: Launch) -> None:
     assert f"{SERVER} did not start: it exited at once" in done.stderr
     assert "cannot listen on" in done.stderr
     assert not (launch.prod / SERVER / "daemon.pid").exists()
+
+
+def test_start_fl_sh_whose_server_cannot_listen_stops_the_sites_it_started_and_says_why(launch: Launch) -> None:
+    import json
+    import socket
+
+    port = json.loads((launch.prod / SERVER / "startup" / "fed_server.json").read_text())["fl_port"]
+    with socket.socket() as taken:  # the sites start with the server, before it fails to bind
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        done = launch.run("start_fl.sh", "2", str(launch.prod))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "cannot listen on" in done.stderr  # the end of the server's log, whether it died before or after the sites
+    assert "the server exited" in done.stderr or "the server did not start" in done.stderr
+    assert pids_running(f"--kit {launch.prod}/") == []  # nothing it started runs
+    assert [p.name for p in launch.prod.glob("*/daemon.pid")] == []
+    assert not launch.record.exists()
 
 
 def test_ctrl_c_on_start_fl_sh_stops_what_it_started(launch: Launch, tmp_path: Path) -> None:
