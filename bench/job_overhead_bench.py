@@ -13,6 +13,8 @@ fedsec.api.Session.submit_job. Per job it prints:
     overhead: their difference;
   - submit to round 0 ('round=0 train sampled' in the workflow's log);
   - each round's wall time ('train sampled' to 'done') and slowest site;
+  - the time from the last round's end ('round=N done') to the job finished, and the
+    bytes each site moved in it (the final model's delivery, the evaluation, the end);
   - bytes up and down per site per round, counted on the site parents' TCP
     sockets to the server as `ss -tin` reports them (bytes_acked = sent and
     acknowledged, bytes_received), sampled at each round's start and end;
@@ -201,6 +203,12 @@ def run_job(fed: Federation, tmp: Path, args: argparse.Namespace, he: bool, port
             f"  {r.number:>5}  {r.wall:6.2f}  {r.slowest_site:14.2f}  {r.overhead:10.2f}  "
             f"{min(ups):8.2f}-{max(ups):<8.2f}        {min(downs):8.2f}-{max(downs):<8.2f}"
         )
+    last_done = starts.get(args.rounds - 1, (submitted, finished))[1]
+    after = nbytes.between(last_done, finished)
+    print(
+        f"  after the last round (its 'done' to the job finished): {finished - last_done:.2f} s, "
+        f"down/site {spread_mb([d for _, d in after.values()])} MB, up/site {spread_mb([u for u, _ in after.values()])} MB"
+    )
     total = nbytes.between(submitted, finished)
     up = sum(u for u, _ in total.values()) / len(total) / args.rounds / 1e6
     down = sum(d for _, d in total.values()) / len(total) / args.rounds / 1e6
@@ -217,6 +225,11 @@ def run_job(fed: Federation, tmp: Path, args: argparse.Namespace, he: bool, port
     print(f"  peak summed VmRSS of all fedsec processes: {memory.peak(*roles):.0f} MiB", end="")
     print(f" (scripts {memory.peak('scripts'):.0f}, sites {memory.peak('sites'):.0f}, server+workflow "
           f"{memory.peak('server', 'workflow'):.0f})")  # fmt: skip
+
+
+def spread_mb(values: list[int]) -> str:
+    """min-max of byte counts, in MB."""
+    return f"{min(values) / 1e6:.2f}-{max(values) / 1e6:.2f}"
 
 
 def _round_bounds(workflow_log: Path) -> dict[int, tuple[float, float]]:
