@@ -205,9 +205,10 @@ def run_job(fed: Federation, tmp: Path, args: argparse.Namespace, he: bool, port
         )
     last_done = starts.get(args.rounds - 1, (submitted, finished))[1]
     after = nbytes.between(last_done, finished)
+    downs_after, ups_after = [d for _, d in after.values()], [u for u, _ in after.values()]
     print(
         f"  after the last round (its 'done' to the job finished): {finished - last_done:.2f} s, "
-        f"down/site {spread_mb([d for _, d in after.values()])} MB, up/site {spread_mb([u for u, _ in after.values()])} MB"
+        f"down/site {spread_mb(downs_after)} MB, up/site {spread_mb(ups_after)} MB"
     )
     total = nbytes.between(submitted, finished)
     up = sum(u for u, _ in total.values()) / len(total) / args.rounds / 1e6
