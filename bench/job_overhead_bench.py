@@ -14,7 +14,9 @@ fedsec.api.Session.submit_job. Per job it prints:
   - submit to round 0 ('round=0 train sampled' in the workflow's log);
   - each round's wall time ('train sampled' to 'done') and slowest site;
   - the time from the last round's end ('round=N done') to the job finished, and the
-    bytes each site moved in it (the final model's delivery, the evaluation, the end);
+    bytes each site moved in it (the final model's delivery, the evaluation, the end), and
+    its phases from the logs (to the last evaluation result, the last script's exit, the
+    workflow's end, the job's end);
   - bytes up and down per site per round, counted on the site parents' TCP
     sockets to the server as `ss -tin` reports them (bytes_acked = sent and
     acknowledged, bytes_received), sampled at each round's start and end;
@@ -210,6 +212,7 @@ def run_job(fed: Federation, tmp: Path, args: argparse.Namespace, he: bool, port
         f"  after the last round (its 'done' to the job finished): {finished - last_done:.2f} s, "
         f"down/site {spread_mb(downs_after)} MB, up/site {spread_mb(ups_after)} MB"
     )
+    print(f"    {end_phases(fed, sites, job_id, workflow_log, args.rounds, last_done)}")
     total = nbytes.between(submitted, finished)
     up = sum(u for u, _ in total.values()) / len(total) / args.rounds / 1e6
     down = sum(d for _, d in total.values()) / len(total) / args.rounds / 1e6
@@ -226,6 +229,26 @@ def run_job(fed: Federation, tmp: Path, args: argparse.Namespace, he: bool, port
     print(f"  peak summed VmRSS of all fedsec processes: {memory.peak(*roles):.0f} MiB", end="")
     print(f" (scripts {memory.peak('scripts'):.0f}, sites {memory.peak('sites'):.0f}, server+workflow "
           f"{memory.peak('server', 'workflow'):.0f})")  # fmt: skip
+
+
+def end_phases(fed: Federation, sites: list[str], job_id: str, workflow_log: Path, rounds: int, start: float) -> str:
+    """Where the time after the last round goes, from the logs: the final evaluation (the final model's
+    delivery to the last site's result), the sites released (to the last script's exit), the job's end."""
+    marks = [("evaluation", workflow_log, f"round={rounds} accepted site=")]
+    marks += [
+        (f"scripts ended ({len(sites)})", fed.kit(site) / "log.txt", f"job={job_id} script exited") for site in sites
+    ]
+    marks += [("workflow ended", workflow_log, "workflow ended"), ("job ended", fed.server_log, f"job={job_id} ended")]
+    last: dict[str, float] = {}
+    for name, path, needle in marks:
+        for when, _ in timed_lines(path, needle):
+            last[name] = max(last.get(name, when), when)
+    parts, before = [], start
+    for name in dict.fromkeys(name for name, _, _ in marks):
+        if name in last:
+            parts.append(f"{name} +{last[name] - before:.2f} s")
+            before = last[name]
+    return "; ".join(parts)
 
 
 def spread_mb(values: list[int]) -> str:
