@@ -239,14 +239,17 @@ def end_phases(fed: Federation, sites: list[str], job_id: str, workflow_log: Pat
         (f"scripts ended ({len(sites)})", fed.kit(site) / "log.txt", f"job={job_id} script exited") for site in sites
     ]
     marks += [("workflow ended", workflow_log, "workflow ended"), ("job ended", fed.server_log, f"job={job_id} ended")]
+    first: dict[str, float] = {}
     last: dict[str, float] = {}
     for name, path, needle in marks:
         for when, _ in timed_lines(path, needle):
+            first[name] = min(first.get(name, when), when)
             last[name] = max(last.get(name, when), when)
     parts, before = [], start
     for name in dict.fromkeys(name for name, _, _ in marks):
         if name in last:
-            parts.append(f"{name} +{last[name] - before:.2f} s")
+            spread = f" (the first +{first[name] - before:.2f} s)" if first[name] < last[name] else ""
+            parts.append(f"{name} +{last[name] - before:.2f} s{spread}")
             before = last[name]
     return "; ".join(parts)
 
