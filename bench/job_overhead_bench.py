@@ -56,6 +56,7 @@ CIFAR10 = ROOT / "jobs" / "cifar10"
 SCRIPT = Path(__file__).resolve().parent / "scripts" / "cnn_client.py"
 _SS_SOCKET = re.compile(r"bytes_acked:(\d+).*?bytes_received:(\d+)")
 _STARTED = re.compile(r"script started_at=([\d.]+) imported_at=([\d.]+)")
+_DONE = re.compile(r"script done_at=([\d.]+)")
 
 
 def site_bytes(pids: dict[str, int], port: int) -> dict[str, tuple[int, int]]:
@@ -233,7 +234,8 @@ def run_job(fed: Federation, tmp: Path, args: argparse.Namespace, he: bool, port
 
 def end_phases(fed: Federation, sites: list[str], job_id: str, workflow_log: Path, rounds: int, start: float) -> str:
     """Where the time after the last round goes, from the logs: the final evaluation (the final model's
-    delivery to the last site's result), the sites released (to the last script's exit), the job's end."""
+    delivery to the last site's result), the sites told the job is done (the script's own line), their
+    scripts' exits (as their sites log them), the workflow's end, the job's end."""
     marks = [("evaluation", workflow_log, f"round={rounds} accepted site=")]
     marks += [
         (f"scripts ended ({len(sites)})", fed.kit(site) / "log.txt", f"job={job_id} script exited") for site in sites
@@ -245,8 +247,17 @@ def end_phases(fed: Federation, sites: list[str], job_id: str, workflow_log: Pat
         for when, _ in timed_lines(path, needle):
             first[name] = min(first.get(name, when), when)
             last[name] = max(last.get(name, when), when)
+    for site in sites:  # the scripts' own line once receive() said the job is done (bench/scripts/cnn_client.py)
+        log = fed.kit(site) / "jobs" / job_id / "log.txt"
+        found = _DONE.search(log.read_text(errors="replace")) if log.exists() else None
+        if found is not None:
+            when = float(found.group(1))
+            first["sites told done"] = min(first.get("sites told done", when), when)
+            last["sites told done"] = max(last.get("sites told done", when), when)
     parts, before = [], start
-    for name in dict.fromkeys(name for name, _, _ in marks):
+    names = [name for name, _, _ in marks]
+    names.insert(1, "sites told done")
+    for name in dict.fromkeys(names):
         if name in last:
             spread = f" (the first +{first[name] - before:.2f} s)" if first[name] < last[name] else ""
             parts.append(f"{name} +{last[name] - before:.2f} s{spread}")
