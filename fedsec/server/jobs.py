@@ -89,6 +89,7 @@ class _Workflow:
     ready: bool = False
     failure: str = ""  # why the server stopped it, when it did
     outcome: fedsec_pb2.WorkflowOutcome | None = None  # what the process reported as its end
+    puller: threading.Thread | None = None  # records the process's reports (JobManager._pull_state)
 
 
 class JobManager:
@@ -751,9 +752,9 @@ class JobManager:
             log.error("job=%s %s", flow.job_id, flow.failure)
             _proc.stop(flow.proc)
             return
-        puller = threading.Thread(target=self._pull_state, args=(flow,), name=f"state-{flow.job_id[:8]}")
-        puller.daemon = True
-        puller.start()
+        flow.puller = threading.Thread(target=self._pull_state, args=(flow,), name=f"state-{flow.job_id[:8]}")
+        flow.puller.daemon = True
+        flow.puller.start()
         self._push_sites(flow, self._alive_sites())
         with self._lock:
             flow.ready = True
@@ -811,6 +812,8 @@ class JobManager:
                     # it died or was killed before it ended its tracking runs: its late-events writer ends them
                     with self._lock:
                         self._late_due.setdefault(job_id, 0.0)
+                if flow.puller is not None:  # what the job ends with is what was recorded: no report after this
+                    flow.puller.join(_PULL_WAIT_SECONDS + 30)
                 flow.channel.close()
             kept = self._kept_result(job_id, flow)
             record = self._store.finish(job_id, status, self._public(reason))  # first final status wins

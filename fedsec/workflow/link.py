@@ -85,6 +85,7 @@ class JobStateLink:
         self._sites_left: dict[str, str] = {}  # what the driver applied of the participation record
         self._failures: dict[str, int] = {}
         self._kept: dict[str, Any] | None = None  # the result kept in this process, sent with the outcome
+        self._ended = False  # the outcome was sent: no report comes after it
 
     @classmethod
     def in_process(cls, state: JobState | None = None) -> JobStateLink:
@@ -113,7 +114,7 @@ class JobStateLink:
                 self._acked = min(acked, self._seq)
                 self._queue = [r for r in self._queue if r.seq > self._acked]
                 self._cond.notify_all()
-            while not self._queue and (left := deadline - time.monotonic()) > 0:
+            while not self._queue and not self._ended and (left := deadline - time.monotonic()) > 0:
                 self._cond.wait(left)
             return list(self._queue[:MAX_PULL_REPORTS])
 
@@ -194,6 +195,7 @@ class JobStateLink:
             outcome.kept.CopyFrom(fedsec_pb2.KeptModel(model=str(kept["model"]), round=int(kept["round"])))
         with self._cond:
             seq = self._send(fedsec_pb2.StateReport(outcome=outcome))
+            self._ended = True
             return self._cond.wait_for(lambda: self._acked >= seq, timeout)
 
     def wait_reported(self, sites: set[str], timeout: float) -> set[str]:
