@@ -34,7 +34,12 @@ def test_a_round_waits_for_the_parent_and_its_report_is_sent_again_until_acknowl
     link = JobStateLink()
     link.start(JobState())
     done = threading.Event()
-    thread = threading.Thread(target=lambda: (link.round_done(ROUND_0, completed_rounds=1), done.set()))
+
+    def driver() -> None:
+        link.round_done(ROUND_0, completed_rounds=1)
+        done.set()
+
+    thread = threading.Thread(target=driver)
     thread.start()
     (first,) = link.pull(0, 10)
     assert first.seq == 1 and first.completed_rounds == 1 and first.round.accepted == SITES
@@ -82,14 +87,15 @@ def test_the_outcome_waits_for_the_parent_and_carries_the_model_kept() -> None:
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Callable[[FedAvg], fedsec_pb2_grpc.WorkflowStub]]:
     """Serve a FedAvg's Workflow service on a Unix socket; the parent's stub to it."""
-    stops: list[Callable[[], None]] = []
+    stops: list[Callable[[], object]] = []
 
     def serve(fedavg: FedAvg) -> fedsec_pb2_grpc.WorkflowStub:
-        sock = tmp_path / f"wf{len(stops)}.sock"
+        sock = tmp_path / f"wf{len(stops) // 2}.sock"
         service = WorkflowService(fedavg, fedavg.cfg.num_rounds)
         server = serve_unix(sock, lambda s: fedsec_pb2_grpc.add_WorkflowServicer_to_server(service, s), 8)
         channel = unix_channel(sock)
-        stops.append(lambda: (channel.close(), server.stop(0)))
+        stops.append(channel.close)
+        stops.append(lambda: server.stop(0))
         return fedsec_pb2_grpc.WorkflowStub(channel)
 
     yield serve
