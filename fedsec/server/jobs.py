@@ -71,6 +71,7 @@ _LATE_DIR = "late_events"  # batches sent after the job ended, until written (fe
 _LATE_RETRY_SECONDS = 60.0  # after a late-events writer left some (its backend was down)
 _TERMINATED = 143  # the exit status of a workflow process that ended on SIGTERM after ending its runs
 _RUN_ENDS = {JobStatus.COMPLETED: "FINISHED", JobStatus.FAILED: "FAILED", JobStatus.ABORTED: "KILLED"}
+_OLDER_STATE = "state.json"  # where a fedsec before the state link kept a job's rounds completed (read once)
 _PULL_WAIT_SECONDS = 10.0  # how long one PullState call waits for a report of the workflow
 _STORE_RETRY_SECONDS = 1.0  # before recording a report again that the store could not take
 
@@ -684,6 +685,8 @@ class JobManager:
         except JobError:  # it finished since the scheduler listed it
             self._not_resuming(record.job_id)
             return
+        if resumed:
+            self._adopt_older_count(record.job_id, job_dir)
         sock = socket_path(self._run_dir, f"wf-{record.job_id[:8]}.sock")
         argv = [sys.executable, "-m", "fedsec.workflow", "--job-dir", str(job_dir), "--job-id", record.job_id]
         sock.unlink(missing_ok=True)  # a dead predecessor's: the new process's socket shows it is serving
@@ -707,6 +710,23 @@ class JobManager:
         waiter = threading.Thread(target=self._await_ready, args=(flow, sock), name=f"ready-{record.job_id[:8]}")
         waiter.daemon = True
         waiter.start()
+
+    def _adopt_older_count(self, job_id: str, job_dir: Path) -> None:
+        """A job left running by an older fedsec, which kept its rounds completed in workspace/state.json:
+        take that count into the store once, so the job resumes where it was (the file is only read)."""
+        path = job_dir / WORKSPACE_DIR / _OLDER_STATE
+        try:
+            if self._store.get(job_id).current_round or not path.is_file():
+                return
+            doc = json.loads(_fs.read_bounded(path, 64 << 10, f"workspace/{_OLDER_STATE}", JobError))
+            count = doc.get("completed_rounds") if isinstance(doc, dict) else None
+            if not isinstance(count, int) or isinstance(count, bool):
+                raise JobError(f"workspace/{_OLDER_STATE}: completed_rounds is not a count")
+            self._store.set_progress(job_id, count)
+        except (JobError, ValueError) as exc:  # the job then runs again from its first round
+            log.warning("job=%s its rounds completed under an older fedsec are not taken: %s", job_id, exc)
+            return
+        log.info("job=%s takes %d rounds completed under an older fedsec", job_id, count)
 
     def _not_resuming(self, job_id: str) -> None:
         with self._lock:
