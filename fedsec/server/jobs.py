@@ -573,7 +573,7 @@ class JobManager:
         sites = JobSites.load(state, job_id, self._store.job_path(job_id))
         return fedsec_pb2.JobStart(
             completed_rounds=self._store.get(job_id).current_round,
-            rounds=[job_state.round_to_wire(r) for r in state.rounds(job_id)],
+            counted=sorted({site for r in state.rounds(job_id) for site in r.accepted}),
             refusals=[job_state.refusal_to_wire(r) for r in state.refusals(job_id)],
             participation=job_state.participation_to_wire(sites.record()),
         )

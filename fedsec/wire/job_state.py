@@ -63,10 +63,14 @@ def refusal_from_wire(msg: fedsec_pb2.RefusalState, where: str) -> Refusal:
 
 
 def participation_to_wire(participation: Participation) -> fedsec_pb2.ParticipationState:
+    """The record as a message; each leaving reason cut to its last limits.MAX_LEFT_REASON_TEXT characters, so
+    the message of a job of limits.MAX_PARTICIPANTS sites stays under limits.MAX_MESSAGE_BYTES."""
     return fedsec_pb2.ParticipationState(
         fetched=sorted(participation.fetched),
         failures=dict(participation.failures),
-        left=[fedsec_pb2.SiteLeft(site=s, reason=r) for s, r in participation.left.items()],
+        left=[
+            fedsec_pb2.SiteLeft(site=s, reason=r[-limits.MAX_LEFT_REASON_TEXT :]) for s, r in participation.left.items()
+        ],
     )
 
 

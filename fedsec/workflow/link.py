@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fedsec import limits
-from fedsec.errors import JobError
+from fedsec.errors import JobError, WireError
 from fedsec.state.progress import progress_document
 from fedsec.state.records import Participation, Refusal, ResultMeta, ResultOutcome, RoundRecord
 from fedsec.wire import fedsec_pb2, job_state
@@ -50,7 +50,8 @@ class JobState:
     """A job's state as the parent stores it (and as the link's mirror holds it)."""
 
     completed_rounds: int = 0
-    rounds: tuple[RoundRecord, ...] = ()  # training rounds and the final evaluation
+    counted: frozenset[str] = frozenset()  # the sites whose results counted in a round recorded before
+    rounds: tuple[RoundRecord, ...] = ()  # the rounds this process reported (training and the final evaluation)
     refusals: tuple[Refusal, ...] = ()
     participation: Participation = field(default_factory=Participation)
 
@@ -58,9 +59,11 @@ class JobState:
     def from_wire(cls, msg: fedsec_pb2.JobStart) -> JobState:
         """The state a StartState message hands over; WireError when it is malformed."""
         where = "the job's state from the server"
+        if len(msg.counted) > limits.MAX_PARTICIPANTS or len(msg.refusals) > limits.MAX_REFUSALS_KEPT:
+            raise WireError(f"{where}: more sites or refusals than the limits allow")
         return cls(
             completed_rounds=msg.completed_rounds,
-            rounds=tuple(job_state.round_from_wire(r, where) for r in msg.rounds),
+            counted=frozenset(msg.counted),
             refusals=tuple(job_state.refusal_from_wire(r, where) for r in msg.refusals),
             participation=job_state.participation_from_wire(msg.participation, where),
         )
@@ -116,7 +119,14 @@ class JobStateLink:
                 self._cond.notify_all()
             while not self._queue and not self._ended and (left := deadline - time.monotonic()) > 0:
                 self._cond.wait(left)
-            return list(self._queue[:MAX_PULL_REPORTS])
+            batch: list[fedsec_pb2.StateReport] = []
+            size = 0
+            for report in self._queue[:MAX_PULL_REPORTS]:  # the first always; then while the reply stays small
+                size += report.ByteSize()
+                if batch and size > limits.MAX_MESSAGE_BYTES // 2:
+                    break
+                batch.append(report)
+            return batch
 
     def sites_reported(self, sites: Iterable[str]) -> None:
         """The parent says these sites reported their script's end."""
@@ -139,9 +149,12 @@ class JobStateLink:
             return self._state.completed_rounds
 
     def state(self) -> JobState:
-        """The job's state: what the parent handed over and what this process reported since."""
+        """The job's state: what the parent handed over and what this process reported since (the sites
+        counted include those of the rounds reported, as the parent's would)."""
         with self._cond:
-            return self._state
+            return replace(
+                self._state, counted=self._state.counted | {s for r in self._state.rounds for s in r.accepted}
+            )
 
     def round_done(self, record: RoundRecord, completed_rounds: int | None = None) -> None:
         """Report a completed round (completed_rounds: the count after a training round) and wait until
@@ -216,7 +229,7 @@ class JobStateLink:
     def sites_counted(self) -> set[str]:
         """The sites whose results counted in a round or the final evaluation, as recorded."""
         with self._cond:
-            return {s for r in self._state.rounds for s in r.accepted}
+            return set(self._state.counted) | {s for r in self._state.rounds for s in r.accepted}
 
     def _send(self, report: fedsec_pb2.StateReport) -> int:
         """Queue report under the next number (the lock held); a link with no parent records it at once."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fedsec import limits
-from fedsec.errors import JobError
+from fedsec.errors import JobError, WireError
 from fedsec.jobs import load_job_folder
 from fedsec.state.records import Participation, Refusal, RoundKind, RoundRecord
 from fedsec.transport.local import serve_unix, unix_channel
@@ -124,7 +124,7 @@ def test_a_resumed_job_continues_from_the_state_the_parent_hands_it_over_the_soc
     stored = Participation(frozenset([*SITES, "site-3"]), {"site-3": 1}, {"site-3": "gone"})
     start = fedsec_pb2.JobStart(
         completed_rounds=1,
-        rounds=[job_state.round_to_wire(r) for r in first.link.state().rounds],
+        counted=sorted(first.link.state().counted),
         participation=job_state.participation_to_wire(stored),
     )
     run = job.start(second)
@@ -152,6 +152,27 @@ def test_a_resumed_job_continues_from_the_state_the_parent_hands_it_over_the_soc
     (report,) = reports
     assert report.completed_rounds == 2 and report.round.number == 1 and sorted(report.round.sampled) == SITES
     assert second.link.completed_rounds == 2
-    assert [r["round"] for r in second.link.progress()["rounds"]] == [0, 1]
+    assert [r["round"] for r in second.link.progress()["rounds"]] == [1]  # round 0 is the parent's record
+    assert second.sites_taking_part() == set(SITES)
     assert second.link.progress()["sites_left"] == [{"site": "site-3", "reason": "gone"}]
     assert {p.name for p in job.workspace.iterdir()} == {"checkpoints", "incoming", "result"}  # no state file
+
+
+def test_the_state_handed_over_fits_one_message_at_the_limits_and_more_is_refused() -> None:
+    sites = [f"site-{n:04d}".ljust(limits.MAX_NAME_LENGTH, "x") for n in range(limits.MAX_PARTICIPANTS)]
+    everyone_left = Participation(
+        frozenset(sites), dict.fromkeys(sites, 99), {s: "e" * limits.MAX_ERROR_TEXT + s for s in sites}
+    )
+    refusals = [Refusal(n, sites[n], "r" * limits.MAX_REFUSAL_TEXT) for n in range(limits.MAX_REFUSALS_KEPT)]
+    start = fedsec_pb2.JobStart(
+        completed_rounds=limits.MAX_ROUNDS,
+        counted=sites,
+        refusals=[job_state.refusal_to_wire(r) for r in refusals],
+        participation=job_state.participation_to_wire(everyone_left),
+    )
+    assert start.ByteSize() < limits.MAX_MESSAGE_BYTES
+    state = JobState.from_wire(start)
+    assert state.participation.left[sites[0]].endswith(sites[0])  # the end of the reason is kept
+    assert len(state.participation.left[sites[0]]) == limits.MAX_LEFT_REASON_TEXT
+    with pytest.raises(WireError, match="more sites or refusals than the limits allow"):
+        JobState.from_wire(fedsec_pb2.JobStart(counted=[*sites, "one-more"]))
