@@ -61,6 +61,7 @@ MAX_SITE_RESTARTS = 100  # times one site may restart a job's script (workflow.m
 MAX_REFUSALS_PER_ROUND = 16  # refused updates a job's progress keeps per round (site, reason)
 MAX_REFUSALS_KEPT = 64  # and in all, the newest
 MAX_REFUSAL_TEXT = 500  # characters of one refusal's reason
+MAX_LEFT_REASON_TEXT = 1000  # characters (the last) of a site's leaving reason the server's job process is sent
 MAX_LOG_TEXT = 256 << 10  # a job log returned to an admin, or uploaded by a site at a job's end
 MAX_LOG_CHUNK_BYTES = 256 << 10  # one piece of a job's log that a site sends while the script runs
 MAX_SITE_JOB_LOG_BYTES = 16 << 20  # a site's log of one job that the server keeps; later pieces are dropped

@@ -1,12 +1,10 @@
 """Which sites took part in a job: who fetched it, how often each one's script failed, who left and why.
 
 The server parent owns this record: it lives in the server's state
-(fedsec.state Participation), and a copy is written atomically to the job
-folder's participation.json, which the job's workflow process reads when told
-the sites changed (fedsec.workflow.fedavg.load_participation) and never writes.
-(The copy goes once the workflow process reads state over the wire.) A job
-stored by an older fedsec has only the file: it is read from there until the
-first save. Only a site that fetched a job may report on it; a site whose script
+(fedsec.state Participation), and the job's workflow process receives it over
+its socket (fedsec.workflow.link: StartState, UpdateSites), never as a file. A
+job stored by an older fedsec has only its participation.json: it is read from
+there until the first save. Only a site that fetched a job may report on it; a site whose script
 failed restarts it (it stays assigned) up to the job's
 workflow.max_site_restarts times, provided it had the script running since its
 last failure; otherwise it leaves the job and is no longer assigned. This module
@@ -24,7 +22,7 @@ from fedsec.errors import JobError
 from fedsec.state.interface import StateStore
 from fedsec.state.records import Participation
 
-PARTICIPATION_FILE = "participation.json"  # fedsec.workflow.fedavg reads it by the same name
+PARTICIPATION_FILE = "participation.json"  # what an older fedsec kept in the job folder (read, never written)
 _FILE_LIMIT = limits.MAX_PARTICIPANTS * (limits.MAX_ERROR_TEXT + 256) + (64 << 10)
 
 
@@ -48,15 +46,12 @@ class JobSites:
         return cls(state, job_id, job_dir, set(record.fetched), dict(record.failures), dict(record.left))
 
     def save(self) -> None:
-        """Store the record, then the workflow process's copy. Raises JobError."""
-        self.state.put_participation(
-            self.job_id, Participation(frozenset(self.fetched), dict(self.failures), dict(self.left))
-        )
-        doc = {"fetched": sorted(self.fetched), "failures": self.failures, "left": self.left}
-        try:
-            _fs.write_atomic(self.job_dir / PARTICIPATION_FILE, json.dumps(doc).encode(), mode=0o600)
-        except OSError as exc:
-            raise JobError(f"job {self.job_id}: cannot write {PARTICIPATION_FILE}: {exc.strerror or exc}") from exc
+        """Store the record. Raises JobError."""
+        self.state.put_participation(self.job_id, self.record())
+
+    def record(self) -> Participation:
+        """The record as the state holds it."""
+        return Participation(frozenset(self.fetched), dict(self.failures), dict(self.left))
 
     def fail(self, site: str, error: str, *, was_running: bool, max_restarts: int) -> bool:
         """Count a failure of site's script; return whether the site leaves the job (else it restarts)."""

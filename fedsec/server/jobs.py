@@ -8,6 +8,14 @@ socket; a reaper turns each workflow's exit into the job's final status, with
 the process's own message or its last lines of output (server paths cut out).
 A site's failure is that site's (fedsec.server.job_sites): it restarts or
 leaves the job, and the workflow ends the job only below min_clients.
+
+A workflow process's state reaches the state store only through this module,
+over the process's socket (fedsec.workflow.link): once it serves, the parent
+hands it the job's state as stored (StartState), then pulls its reports
+(PullState: rounds, refused updates, its outcome), records each through the
+store (fenced by this replica's lease) and acknowledges it; participation changes
+and the sites' end reports go to it with UpdateSites. No file in the job folder
+is read or written by convention; the workspace holds only the job's models.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ import grpc
 from cryptography import x509
 
 from fedsec import _fs, _proc, limits
-from fedsec.errors import AuthError, FedsecError, JobError, StoreUnavailableError, WireError
+from fedsec.errors import AuthError, FedsecError, JobError, LeaseLostError, StoreUnavailableError, WireError
 from fedsec.jobs import load_job_folder, unpack
 from fedsec.jobs import result as job_result
 from fedsec.jobs.archive import pack_file
@@ -45,18 +53,12 @@ from fedsec.pki.certs import Identity
 from fedsec.server.job_sites import JobSites
 from fedsec.server.site_logs import JobLogs, clean_text
 from fedsec.server.store import JOB_ARCHIVE, JOBS_DIR, WORKSPACE_DIR, JobRecord, JobStatus, JobStore, archive_key
-from fedsec.state.records import (
-    ResultMeta,
-    ResultOutcome,
-    RoundKind,
-    RoundRecord,
-    SiteOutcome,
-    SiteReport,
-)
+from fedsec.state.progress import progress_document, result_entry
+from fedsec.state.records import ResultMeta, ResultOutcome, RoundKind, SiteOutcome, SiteReport
 from fedsec.tracking.backends import ONLY_LOCAL, PENDING_FILE, Backends
 from fedsec.tracking.events import check_batch
 from fedsec.transport.local import socket_path, unix_channel
-from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc, streams
+from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc, job_state, streams
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,9 @@ _LATE_DIR = "late_events"  # batches sent after the job ended, until written (fe
 _LATE_RETRY_SECONDS = 60.0  # after a late-events writer left some (its backend was down)
 _TERMINATED = 143  # the exit status of a workflow process that ended on SIGTERM after ending its runs
 _RUN_ENDS = {JobStatus.COMPLETED: "FINISHED", JobStatus.FAILED: "FAILED", JobStatus.ABORTED: "KILLED"}
+_OLDER_STATE = "state.json"  # where a fedsec before the state link kept a job's rounds completed (read once)
+_PULL_WAIT_SECONDS = 10.0  # how long one PullState call waits for a report of the workflow
+_STORE_RETRY_SECONDS = 1.0  # before recording a report again that the store could not take
 
 
 @dataclass
@@ -85,6 +90,8 @@ class _Workflow:
     ready: bool = False
     push_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one site push at a time
     failure: str = ""  # why the server stopped it, when it did
+    outcome: fedsec_pb2.WorkflowOutcome | None = None  # what the process reported as its end
+    puller: threading.Thread | None = None  # records the process's reports (JobManager._pull_state)
 
 
 class JobManager:
@@ -249,12 +256,16 @@ class JobManager:
         return record
 
     def progress(self, job_id: str) -> str:
-        """The job's per-round metrics as JSON text ('' before the first round)."""
-        path = self._store.job_path(job_id) / WORKSPACE_DIR / "progress.json"
-        try:
-            return path.read_text()[: limits.MAX_META_JSON_BYTES * 4]
-        except OSError:
+        """The job's progress document (fedsec.state.progress) as JSON text ('' while it holds nothing)."""
+        doc = self._progress_document(job_id)
+        if doc == {"rounds": [], "final": None}:
             return ""
+        return json.dumps(doc)
+
+    def _progress_document(self, job_id: str) -> dict[str, Any]:
+        state = self._store.state
+        participation = JobSites.load(state, job_id, self._store.job_path(job_id)).record()
+        return progress_document(state.rounds(job_id), state.refusals(job_id), participation, state.get_result(job_id))
 
     def archive_file(self, job_id: str) -> tuple[Path, JobSignature]:
         """The file holding a stored job's archive, and the job's signature."""
@@ -293,8 +304,14 @@ class JobManager:
                 text = self._public((job_dir / name).read_text(errors="replace"))
                 _fs.write_atomic(result / name, text.encode())
         summary = {k: v for k, v in _record_dict(record).items() if k != "meta_json"}
-        summary["result"] = job_result.kept(job_dir / WORKSPACE_DIR)  # the model kept, and from which round
+        kept = result_entry(self._store.state.get_result(job_id))
+        if kept is not None and job_result.kept_model(job_dir / WORKSPACE_DIR, kept["model"]) is None:
+            kept = None
+        summary["result"] = kept  # the model kept, and from which round
         _fs.write_atomic(result / "job.json", json.dumps(summary, indent=2).encode())
+        progress = self.progress(job_id)
+        if progress:
+            _fs.write_atomic(result / "progress.json", progress.encode())
         fd, name = tempfile.mkstemp(dir=job_dir / WORKSPACE_DIR, prefix=".download-", suffix=".zip")
         os.close(fd)
         try:
@@ -494,13 +511,12 @@ class JobManager:
         # the site's words (job code's, in fact): never a terminal control, wherever they are shown later
         error, log_tail = clean_text(error.encode()), clean_text(log_tail.encode())
         self._store.state.put_site_report(job_id, SiteReport(site, outcome, error, log_tail))
-        # the workflow process waits for this file before it ends (until it hears reports over the wire)
-        folder = job_dir / _SITES
-        folder.mkdir(exist_ok=True, mode=0o700)
-        _fs.write_atomic(folder / f"{site}.json", json.dumps({"outcome": outcome.value}).encode(), mode=0o600)
         record = self._store.get(job_id)
         if not failed or record.status.finished:
             log.info("job=%s site=%s reports its script %s", job_id, site, "failed" if failed else "finished")
+            flow = self._ready_flow(job_id)
+            if flow is not None:  # the workflow awaits the reports of the sites that took part before it ends
+                self._push_sites(flow)
             return
         with self._lock:
             flow = self._workflows.get(job_id)
@@ -543,14 +559,87 @@ class JobManager:
             return flow if flow is not None and flow.ready else None
 
     def _push_sites(self, flow: _Workflow) -> None:
-        """Tell flow's process which sites are alive. The set is read under the flow's push lock, so of two
-        pushes racing (a site registering as the workflow becomes ready) the later one carries the newer set."""
+        """Tell flow's process the sites alive, the participation record and the sites that reported their end.
+
+        All of it is read under the flow's push lock, so of two pushes racing (a site registering as the
+        workflow becomes ready) the later one carries the newer state.
+        """
         with flow.push_lock:
             alive: frozenset[str] = self._alive_sites()
             try:
-                flow.stub.UpdateSites(fedsec_pb2.SiteList(sites=sorted(alive)), timeout=5)
+                sites = JobSites.load(self._store.state, flow.job_id, self._store.job_path(flow.job_id))
+                reported = sorted(r.site for r in self._store.state.site_reports(flow.job_id))
+            except JobError as exc:
+                log.warning("job=%s cannot read its participation for its workflow: %s", flow.job_id, exc)
+                return
+            message = fedsec_pb2.SiteList(
+                sites=sorted(alive), participation=job_state.participation_to_wire(sites.record()), reported=reported
+            )
+            try:
+                flow.stub.UpdateSites(message, timeout=5)
             except grpc.RpcError:
                 log.info("job=%s could not update its workflow's sites (it may be ending)", flow.job_id)
+
+    def _job_start(self, job_id: str) -> fedsec_pb2.JobStart:
+        """The job's state as stored, for its starting workflow process (fedsec.workflow.link). Raises JobError."""
+        state = self._store.state
+        sites = JobSites.load(state, job_id, self._store.job_path(job_id))
+        return fedsec_pb2.JobStart(
+            completed_rounds=self._store.get(job_id).current_round,
+            counted=sorted({site for r in state.rounds(job_id) for site in r.accepted}),
+            refusals=[job_state.refusal_to_wire(r) for r in state.refusals(job_id)],
+            participation=job_state.participation_to_wire(sites.record()),
+        )
+
+    def _pull_state(self, flow: _Workflow) -> None:
+        """Record flow's reports through the store as they come, acknowledging each (its thread's loop).
+
+        A report the store could not take (unavailable) is not acknowledged and is recorded again; one it
+        refuses is logged and passed over; a lost lease ends the loop (this replica stops its workflows).
+        """
+        acked = 0
+        while not self._stop.is_set():
+            with self._lock:
+                current = self._workflows.get(flow.job_id) is flow
+            if not current or flow.proc.poll() is not None:
+                return
+            request = fedsec_pb2.StatePull(acked=acked, wait_seconds=_PULL_WAIT_SECONDS)
+            try:
+                reply = flow.stub.PullState(request, timeout=_PULL_WAIT_SECONDS + 30)
+            except grpc.RpcError:
+                self._stop.wait(_READY_POLL_SECONDS)  # ending, or busy: the loop's checks decide
+                continue
+            for report in reply.reports:
+                if report.seq <= acked:
+                    continue
+                try:
+                    self._record_report(flow, report)
+                except LeaseLostError as exc:
+                    log.warning("job=%s stops recording its workflow's state: %s", flow.job_id, exc)
+                    return
+                except StoreUnavailableError as exc:
+                    log.warning("job=%s cannot record its workflow's state now: %s", flow.job_id, exc)
+                    self._stop.wait(_STORE_RETRY_SECONDS)
+                    break
+                except (JobError, WireError) as exc:
+                    log.warning("job=%s a report of its workflow is not recorded: %s", flow.job_id, exc)
+                acked = report.seq
+
+    def _record_report(self, flow: _Workflow, report: fedsec_pb2.StateReport) -> None:
+        """Record one report of flow's process through the store. Raises JobError, WireError."""
+        where = f"job {flow.job_id}: workflow report {report.seq}"
+        kind = report.WhichOneof("what")
+        if kind == "round":
+            record = job_state.round_from_wire(report.round, where)
+            self._store.put_round(flow.job_id, record)
+            if record.kind is RoundKind.TRAIN:
+                self._store.set_progress(flow.job_id, report.completed_rounds)
+        elif kind == "refusal":
+            self._store.put_refusal(flow.job_id, job_state.refusal_from_wire(report.refusal, where))
+        elif kind == "outcome":
+            flow.outcome = report.outcome  # recorded as the job ends, when the process has exited
+        else:
+            raise WireError(f"{where}: carries nothing")
 
     def wake_sites(self) -> None:
         """Answer every held heartbeat now (an admin changed something sites must hear)."""
@@ -609,6 +698,8 @@ class JobManager:
         except JobError:  # it finished since the scheduler listed it
             self._not_resuming(record.job_id)
             return
+        if resumed:
+            self._adopt_older_count(record.job_id, job_dir)
         sock = socket_path(self._run_dir, f"wf-{record.job_id[:8]}.sock")
         argv = [sys.executable, "-m", "fedsec.workflow", "--job-dir", str(job_dir), "--job-id", record.job_id]
         sock.unlink(missing_ok=True)  # a dead predecessor's: the new process's socket shows it is serving
@@ -633,6 +724,23 @@ class JobManager:
         waiter = threading.Thread(target=self._await_ready, args=(flow, sock), name=f"ready-{record.job_id[:8]}")
         waiter.daemon = True
         waiter.start()
+
+    def _adopt_older_count(self, job_id: str, job_dir: Path) -> None:
+        """A job left running by an older fedsec, which kept its rounds completed in workspace/state.json:
+        take that count into the store once, so the job resumes where it was (the file is only read)."""
+        path = job_dir / WORKSPACE_DIR / _OLDER_STATE
+        try:
+            if self._store.get(job_id).current_round or not path.is_file():
+                return
+            doc = json.loads(_fs.read_bounded(path, 64 << 10, f"workspace/{_OLDER_STATE}", JobError))
+            count = doc.get("completed_rounds") if isinstance(doc, dict) else None
+            if not isinstance(count, int) or isinstance(count, bool):
+                raise JobError(f"workspace/{_OLDER_STATE}: completed_rounds is not a count")
+            self._store.set_progress(job_id, count)
+        except (JobError, ValueError) as exc:  # the job then runs again from its first round
+            log.warning("job=%s its rounds completed under an older fedsec are not taken: %s", job_id, exc)
+            return
+        log.info("job=%s takes %d rounds completed under an older fedsec", job_id, count)
 
     def _not_resuming(self, job_id: str) -> None:
         with self._lock:
@@ -670,6 +778,17 @@ class JobManager:
         finally:
             if ready is not None:
                 ready.cancel()
+        try:
+            flow.stub.StartState(self._job_start(flow.job_id), timeout=30)
+        except (grpc.RpcError, JobError) as exc:
+            detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+            flow.failure = f"the workflow process did not take the job's state: {detail}"
+            log.error("job=%s %s", flow.job_id, flow.failure)
+            _proc.stop(flow.proc)
+            return
+        flow.puller = threading.Thread(target=self._pull_state, args=(flow,), name=f"state-{flow.job_id[:8]}")
+        flow.puller.daemon = True
+        flow.puller.start()
         self._mark_ready(flow)
 
     def _mark_ready(self, flow: _Workflow) -> None:
@@ -707,12 +826,10 @@ class JobManager:
 
     def _reaped(self, flow: _Workflow) -> None:
         job_dir = self._store.job_dir(flow.job_id)
-        result = job_dir / WORKSPACE_DIR / "result.json"
-        try:
-            outcome = json.loads(result.read_text())
-            status = JobStatus.COMPLETED if outcome.get("status") == "completed" else JobStatus.FAILED
-            reason = str(outcome.get("reason", ""))
-        except (OSError, json.JSONDecodeError):
+        if flow.outcome is not None:
+            status = JobStatus.COMPLETED if flow.outcome.completed else JobStatus.FAILED
+            reason = flow.outcome.reason
+        else:
             status = JobStatus.FAILED
             reason = flow.failure or exit_text(flow.proc.returncode)
             if _disk_full(job_dir):
@@ -733,12 +850,12 @@ class JobManager:
                     # it died or was killed before it ended its tracking runs: its late-events writer ends them
                     with self._lock:
                         self._late_due.setdefault(job_id, 0.0)
+                if flow.puller is not None:  # what the job ends with is what was recorded: no report after this
+                    flow.puller.join(_PULL_WAIT_SECONDS + 30)
                 flow.channel.close()
-            if status is not JobStatus.COMPLETED:
-                self._keep_result(job_id)
-            self._sync_round(job_id)
+            kept = self._kept_result(job_id, flow)
             record = self._store.finish(job_id, status, self._public(reason))  # first final status wins
-            self._record_outcome(job_id, record.status, record.reason)
+            self._record_outcome(job_id, record.status, record.reason, kept)
             if (self._store.job_dir(job_id) / WORKSPACE_DIR / PENDING_FILE).exists():
                 with self._lock:  # its tracking did not write everything: the late-events writer does
                     self._late_due.setdefault(job_id, 0.0)
@@ -750,31 +867,27 @@ class JobManager:
             log.info("job=%s ended status=%s", job_id, record.status.value)
         return record
 
-    def _keep_result(self, job_id: str) -> None:
-        """Keep the newest checkpoint as the result of a job whose workflow was killed before it kept one."""
+    def _kept_result(self, job_id: str, flow: _Workflow | None) -> dict[str, Any] | None:
+        """The model the job keeps as its result: the one its workflow reported, or, when the workflow was
+        stopped or killed before it reported one, the checkpoint of the last round the store counts."""
         workspace = self._store.job_dir(job_id) / WORKSPACE_DIR
+        if flow is not None and flow.outcome is not None and flow.outcome.HasField("kept"):
+            kept = flow.outcome.kept
+            if job_result.kept_model(workspace, kept.model) is not None:
+                return {"model": kept.model, "round": kept.round}
+            log.warning("job=%s its workflow reported a result model that is not there", job_id)
         try:
-            if job_result.kept(workspace) is not None:
-                return
-            entry = job_result.keep_last_checkpoint(workspace)
+            entry = job_result.keep_last_checkpoint(workspace, self._store.get(job_id).current_round)
         except (OSError, JobError) as exc:
             log.warning("job=%s keeps no result: %s", job_id, self._public(str(exc)))
-            return
+            return None
         if entry is not None:
             log.info("job=%s keeps the global model of round %d as its result", job_id, entry["round"])
+        return entry
 
-    def _record_outcome(self, job_id: str, status: JobStatus, reason: str) -> None:
-        """Copy what the workflow process wrote in its workspace (rounds, the model kept) into the state."""
-        workspace = self._store.job_path(job_id) / WORKSPACE_DIR
+    def _record_outcome(self, job_id: str, status: JobStatus, reason: str, kept: dict[str, Any] | None) -> None:
+        """Record what the job kept as its result (the model's blob key, round and digest) in the state."""
         try:
-            progress = json.loads(self.progress(job_id) or "{}")
-            for entry in progress.get("rounds", []):
-                self._store.put_round(job_id, _round_record(entry, RoundKind.TRAIN))
-            final = progress.get("final")
-            if isinstance(final, dict):
-                number = max([int(r["round"]) + 1 for r in progress.get("rounds", [])], default=0)
-                self._store.put_round(job_id, _round_record({"round": number, **final}, RoundKind.EVALUATE))
-            kept = job_result.kept(workspace)
             meta = ResultMeta(ResultOutcome(status.value.removeprefix("finished:")), reason)
             if kept is not None:
                 key = f"{JOBS_DIR}/{job_id}/{WORKSPACE_DIR}/{job_result.RESULT}/{kept['model']}"
@@ -782,20 +895,12 @@ class JobManager:
                 if info is not None:
                     meta = ResultMeta(meta.outcome, reason, key, int(kept["round"]), info.sha256, info.size)
             self._store.put_result(job_id, meta)
-        except (OSError, ValueError, TypeError, KeyError, JobError) as exc:
-            log.warning("job=%s its rounds and result are not all in the state: %s", job_id, self._public(str(exc)))
-
-    def _sync_round(self, job_id: str) -> None:
-        if self._store.get(job_id).status is not JobStatus.RUNNING:
-            return
-        try:
-            self._store.set_progress(job_id, self.current_round(job_id))
-        except JobError as exc:
-            log.warning("job=%s cannot record its progress: %s", job_id, exc)
+        except (OSError, JobError) as exc:
+            log.warning("job=%s its result is not in the state: %s", job_id, self._public(str(exc)))
 
     def current_round(self, job_id: str) -> int:
-        text = self.progress(job_id)
-        return len(json.loads(text).get("rounds", [])) if text else 0
+        """Rounds the job completed, as the state records them."""
+        return self._store.get(job_id).current_round
 
     def close(self) -> None:
         """Stop every workflow process; their jobs stay running and resume at the next start."""
@@ -902,22 +1007,3 @@ def _record_dict(record: JobRecord) -> dict[str, Any]:
         "num_rounds": record.num_rounds,
         "meta_json": record.meta_json,
     }
-
-
-def _round_record(entry: dict[str, Any], kind: RoundKind) -> RoundRecord:
-    """A round as the workflow's progress.json holds it (rejected: a list of sites, or site -> reason).
-
-    progress.json does not list the sampled sites that never answered, so sampled here is the sites
-    heard from; it is exact once the workflow records its rounds through the state interface itself.
-    """
-    accepted = frozenset(str(s) for s in entry.get("sites", []))
-    rejected = entry.get("rejected", [])
-    refused = (
-        {str(k): str(v) for k, v in rejected.items()}
-        if isinstance(rejected, dict)
-        else dict.fromkeys(map(str, rejected), "")
-    )
-    failed = frozenset(str(s) for s in entry.get("failed", []))
-    metrics = {str(k): float(v) for k, v in dict(entry.get("metrics", {})).items() if isinstance(v, (int, float))}
-    sampled = accepted | frozenset(refused) | failed
-    return RoundRecord(int(entry["round"]), kind, sampled, accepted, refused, failed, metrics)

@@ -4,10 +4,11 @@ Layout under the root folder the caller gives (the server passes ``<server kit>/
 
     jobs.db                     the SQLite backend's file (WAL), when the kit's store is sqlite (the default)
     jobs/<job_id>/job.zip       the submitted archive (blob key jobs/<job_id>/job.zip)
-    jobs/<job_id>/workspace/    the server job process's working folder (checkpoints, results)
+    jobs/<job_id>/workspace/    the server job process's working folder: its blobs (checkpoints, the result model)
 
 The records live in a fedsec.state StateStore (SQLite by default, PostgreSQL when the kit
-says so); this module adds the job folders, which the server's job processes still work in,
+says so); this module adds the job folders, where the server's job processes keep their models (their
+state reaches the records only through the server parent, fedsec.workflow.link),
 and keeps a job's folder and record consistent (a record goes before its folder, and a
 folder never outlives its record). Records survive closing and reopening, which is how a
 server restart keeps its jobs. Safe to use from several threads. It must never import grpc,
@@ -32,7 +33,7 @@ from fedsec.errors import JobError, LeaseLostError
 from fedsec.state import _sql
 from fedsec.state.blobs import FolderBlobs
 from fedsec.state.interface import StateStore
-from fedsec.state.records import JobRecord, JobStatus, Lease, NewJob, ResultMeta, RoundRecord
+from fedsec.state.records import JobRecord, JobStatus, Lease, NewJob, Refusal, ResultMeta, RoundRecord
 from fedsec.state.sqlite import DB_FILE, open_sqlite
 
 __all__ = ["DB_FILE", "JOBS_DIR", "JOB_ARCHIVE", "MIN_ID_PREFIX", "WORKSPACE_DIR", "JobRecord", "JobStatus", "JobStore"]
@@ -170,6 +171,10 @@ class JobStore:
     def put_round(self, job_id: str, round_: RoundRecord) -> None:
         """Record a completed round (fenced like the job's transitions). Raises JobError."""
         self.state.put_round(job_id, round_, fence=self._fence())
+
+    def put_refusal(self, job_id: str, refusal: Refusal) -> None:
+        """Record a refused update (fenced like the job's transitions). Raises JobError."""
+        self.state.put_refusal(job_id, refusal, fence=self._fence())
 
     def put_result(self, job_id: str, result: ResultMeta) -> None:
         """Record what the job kept as its result (fenced). Raises JobError."""

@@ -2,6 +2,7 @@
 
     interface.py  StateStore (records) and BlobStore (bytes, streamed): the Protocols
     records.py    the frozen dataclasses and enums that cross the interface
+    progress.py   the admins' progress document, made from the records (no I/O)
     _sql.py       the one implementation over SQL and the versioned schema (migrations)
     sqlite.py     the embedded backend (default): <server kit>/store/jobs.db
     postgres.py   PostgreSQL through psycopg 3 (the postgres extra)

@@ -34,6 +34,7 @@ from fedsec.state.records import (
     Lease,
     NewJob,
     Participation,
+    Refusal,
     ResultMeta,
     ResultOutcome,
     RoundKind,
@@ -210,6 +211,21 @@ CREATE TABLE lease (
     acquired       {real} NOT NULL
 );
 INSERT INTO lease (name, holder, fencing_token, deadline, acquired) VALUES ('server', '', 0, 0, 0)
+""",
+    ),
+    Migration(
+        4,
+        "refused updates (what the workflow process reports over the wire instead of its progress.json)",
+        """
+CREATE TABLE refusals (
+    seq         {serial_pk},
+    job_id      TEXT NOT NULL,
+    round       INTEGER NOT NULL,
+    site        TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    time        {real} NOT NULL
+);
+CREATE INDEX refusals_by_job ON refusals (job_id, round)
 """,
     ),
 )
@@ -480,7 +496,7 @@ class SqlState:
             old = self._one(cur, job_id, for_update=True)
             if not old.status.finished:
                 raise JobError(f"job {job_id}: cannot delete it while {old.status.value}; abort it first")
-            for table in ("rounds", "site_reports", "participation", "results", "jobs"):
+            for table in ("rounds", "refusals", "site_reports", "participation", "results", "jobs"):
                 cur.run(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))  # noqa: S608 - fixed names
             if before_commit is not None:
                 before_commit()
@@ -533,6 +549,35 @@ class SqlState:
             )
             for n, kind, sampled, accepted, refused, failed, metrics, at in rows
         ]
+
+    def put_refusal(self, job_id: str, refusal: Refusal, *, fence: Lease | None = None) -> None:
+        _check_int("refusal round", refusal.round, 0, limits.MAX_ROUNDS)
+        check_text("refusal site", refusal.site, limits.MAX_NAME_LENGTH)
+        if not isinstance(refusal.reason, str):
+            raise JobError(f"job store: a refusal's reason must be text, got {type(refusal.reason).__name__}")
+        reason = refusal.reason[: limits.MAX_REFUSAL_TEXT]
+        with self._db.write(f"cannot record a refusal in round {refusal.round} of job {job_id:.40}") as cur:
+            self._fenced(cur, fence, f"record a refusal in round {refusal.round} of job {job_id:.40}")
+            self._exists(cur, job_id)
+            counted = cur.rows("SELECT count(*) FROM refusals WHERE job_id = ? AND round = ?", (job_id, refusal.round))
+            if int(counted[0][0]) >= limits.MAX_REFUSALS_PER_ROUND:
+                return
+            cur.run(
+                "INSERT INTO refusals (job_id, round, site, reason, time) VALUES (?, ?, ?, ?, ?)",
+                (job_id, refusal.round, refusal.site, reason, self._clock()),
+            )
+            kept = cur.rows(
+                "SELECT seq FROM refusals WHERE job_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?",
+                (job_id, limits.MAX_REFUSALS_KEPT),
+            )
+            if kept:  # the newest MAX_REFUSALS_KEPT stay
+                cur.run("DELETE FROM refusals WHERE job_id = ? AND seq <= ?", (job_id, kept[0][0]))
+
+    def refusals(self, job_id: str) -> list[Refusal]:
+        with self._db.read(f"cannot read the refusals of job {job_id:.40}") as cur:
+            self._exists(cur, job_id)
+            rows = cur.rows("SELECT round, site, reason, time FROM refusals WHERE job_id = ? ORDER BY seq", (job_id,))
+        return [Refusal(int(n), str(site), str(reason), float(at)) for n, site, reason, at in rows]
 
     def put_site_report(self, job_id: str, report: SiteReport) -> None:
         check_text("site", report.site, limits.MAX_NAME_LENGTH)

@@ -1,7 +1,7 @@
 """The state interface of a server: the Protocols every backend implements, and nothing else.
 
-StateStore holds the records (jobs, rounds, site reports, participation, results,
-audit) and BlobStore the bytes (archives, checkpoints, results), streamed. The
+StateStore holds the records (jobs, rounds, refused updates, site reports,
+participation, results, audit) and BlobStore the bytes (archives, checkpoints, results), streamed. The
 server reaches its state only through these, so the backend (sqlite, postgres) is
 a setting; one contract suite (tests/unit/state) runs against every backend.
 
@@ -15,7 +15,7 @@ deadline) in one row of the state. acquire_lease takes it when it is free or
 lapsed (the token grows by one at each acquisition and never goes back),
 renew_lease extends it for its holder only, release_lease frees it. The writes
 that change a job's state (set_running, set_progress, finish_job, put_round,
-put_result) take the caller's lease as `fence` and run only while the row still
+put_refusal, put_result) take the caller's lease as `fence` and run only while the row still
 carries its holder and token (LeaseLostError otherwise), so a replica that lost
 the lease can never change a job. Nothing in this interface assumes one process:
 each call is one transaction, and the job transitions lock their row.
@@ -36,6 +36,7 @@ from fedsec.state.records import (
     Lease,
     NewJob,
     Participation,
+    Refusal,
     ResultMeta,
     RoundRecord,
     SiteReport,
@@ -100,6 +101,15 @@ class StateStore(Protocol):
 
     def rounds(self, job_id: str) -> list[RoundRecord]:
         """The job's completed rounds, by number."""
+        ...
+
+    def put_refusal(self, job_id: str, refusal: Refusal, *, fence: Lease | None = None) -> None:
+        """Record a refused update. The store keeps at most limits.MAX_REFUSALS_PER_ROUND per round (later ones
+        of that round are dropped) and the newest limits.MAX_REFUSALS_KEPT of the job."""
+        ...
+
+    def refusals(self, job_id: str) -> list[Refusal]:
+        """The job's refused updates kept, in the order they were recorded."""
         ...
 
     def put_site_report(self, job_id: str, report: SiteReport) -> None:

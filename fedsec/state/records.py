@@ -1,9 +1,9 @@
 """The typed values the state interface stores and returns: frozen dataclasses and enums, nothing else.
 
 These are the server's state as it exists today, one type per thing: a job's record
-(JobRecord), one round's progress (RoundRecord), a site's report of its script's end
-(SiteReport), which sites took part in a job (Participation), what a job kept as its
-result (ResultMeta) and one admin command in the audit trail (AuditEntry). No backend
+(JobRecord), one round's progress (RoundRecord), one refused update (Refusal), a site's
+report of its script's end (SiteReport), which sites took part in a job (Participation),
+what a job kept as its result (ResultMeta) and one admin command in the audit trail (AuditEntry). No backend
 type (a row, a cursor) and no JSON text crosses the interface, except JobRecord.meta_json:
 the job's signed meta.yml kept verbatim as a document, never read by the store.
 This module imports nothing beyond the standard library.
@@ -91,6 +91,16 @@ class RoundRecord:
     refused: Mapping[str, str] = field(default_factory=dict)  # site -> why its update was refused
     failed: frozenset[str] = frozenset()  # sites whose script died during the round
     metrics: Mapping[str, float] = field(default_factory=dict)
+    time: float = 0.0  # when it was recorded (set by the store)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A site's update that the job's workflow refused, and why (one line, bounded by the workflow)."""
+
+    round: int  # from 0
+    site: str
+    reason: str
     time: float = 0.0  # when it was recorded (set by the store)
 
 

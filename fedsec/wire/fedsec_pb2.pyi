@@ -274,11 +274,140 @@ class EventAck(_message.Message):
     duplicates: int
     def __init__(self, stored: _Optional[int] = ..., duplicates: _Optional[int] = ...) -> None: ...
 
+class SiteLeft(_message.Message):
+    __slots__ = ("site", "reason")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    reason: str
+    def __init__(self, site: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ParticipationState(_message.Message):
+    __slots__ = ("fetched", "failures", "left")
+    class FailuresEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    FETCHED_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    LEFT_FIELD_NUMBER: _ClassVar[int]
+    fetched: _containers.RepeatedScalarFieldContainer[str]
+    failures: _containers.ScalarMap[str, int]
+    left: _containers.RepeatedCompositeFieldContainer[SiteLeft]
+    def __init__(self, fetched: _Optional[_Iterable[str]] = ..., failures: _Optional[_Mapping[str, int]] = ..., left: _Optional[_Iterable[_Union[SiteLeft, _Mapping]]] = ...) -> None: ...
+
 class SiteList(_message.Message):
-    __slots__ = ("sites",)
+    __slots__ = ("sites", "participation", "reported")
     SITES_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPATION_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_FIELD_NUMBER: _ClassVar[int]
     sites: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, sites: _Optional[_Iterable[str]] = ...) -> None: ...
+    participation: ParticipationState
+    reported: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, sites: _Optional[_Iterable[str]] = ..., participation: _Optional[_Union[ParticipationState, _Mapping]] = ..., reported: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RoundState(_message.Message):
+    __slots__ = ("number", "kind", "sampled", "accepted", "refused", "failed", "metrics")
+    class RefusedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SAMPLED_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    number: int
+    kind: str
+    sampled: _containers.RepeatedScalarFieldContainer[str]
+    accepted: _containers.RepeatedScalarFieldContainer[str]
+    refused: _containers.ScalarMap[str, str]
+    failed: _containers.RepeatedScalarFieldContainer[str]
+    metrics: _containers.ScalarMap[str, float]
+    def __init__(self, number: _Optional[int] = ..., kind: _Optional[str] = ..., sampled: _Optional[_Iterable[str]] = ..., accepted: _Optional[_Iterable[str]] = ..., refused: _Optional[_Mapping[str, str]] = ..., failed: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class RefusalState(_message.Message):
+    __slots__ = ("round", "site", "reason")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    site: str
+    reason: str
+    def __init__(self, round: _Optional[int] = ..., site: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class KeptModel(_message.Message):
+    __slots__ = ("model", "round")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    round: int
+    def __init__(self, model: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
+
+class WorkflowOutcome(_message.Message):
+    __slots__ = ("completed", "reason", "kept")
+    COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    KEPT_FIELD_NUMBER: _ClassVar[int]
+    completed: bool
+    reason: str
+    kept: KeptModel
+    def __init__(self, completed: _Optional[bool] = ..., reason: _Optional[str] = ..., kept: _Optional[_Union[KeptModel, _Mapping]] = ...) -> None: ...
+
+class JobStart(_message.Message):
+    __slots__ = ("completed_rounds", "counted", "refusals", "participation")
+    COMPLETED_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    COUNTED_FIELD_NUMBER: _ClassVar[int]
+    REFUSALS_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPATION_FIELD_NUMBER: _ClassVar[int]
+    completed_rounds: int
+    counted: _containers.RepeatedScalarFieldContainer[str]
+    refusals: _containers.RepeatedCompositeFieldContainer[RefusalState]
+    participation: ParticipationState
+    def __init__(self, completed_rounds: _Optional[int] = ..., counted: _Optional[_Iterable[str]] = ..., refusals: _Optional[_Iterable[_Union[RefusalState, _Mapping]]] = ..., participation: _Optional[_Union[ParticipationState, _Mapping]] = ...) -> None: ...
+
+class StateReport(_message.Message):
+    __slots__ = ("seq", "round", "refusal", "outcome", "completed_rounds")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    round: RoundState
+    refusal: RefusalState
+    outcome: WorkflowOutcome
+    completed_rounds: int
+    def __init__(self, seq: _Optional[int] = ..., round: _Optional[_Union[RoundState, _Mapping]] = ..., refusal: _Optional[_Union[RefusalState, _Mapping]] = ..., outcome: _Optional[_Union[WorkflowOutcome, _Mapping]] = ..., completed_rounds: _Optional[int] = ...) -> None: ...
+
+class StatePull(_message.Message):
+    __slots__ = ("acked", "wait_seconds")
+    ACKED_FIELD_NUMBER: _ClassVar[int]
+    WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    acked: int
+    wait_seconds: float
+    def __init__(self, acked: _Optional[int] = ..., wait_seconds: _Optional[float] = ...) -> None: ...
+
+class StateReports(_message.Message):
+    __slots__ = ("reports",)
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
+    reports: _containers.RepeatedCompositeFieldContainer[StateReport]
+    def __init__(self, reports: _Optional[_Iterable[_Union[StateReport, _Mapping]]] = ...) -> None: ...
 
 class JobInfo(_message.Message):
     __slots__ = ("job_id", "name", "status", "submitter", "submitter_org", "submitter_role", "submit_time", "start_time", "end_time", "reason", "current_round", "num_rounds", "meta_json", "progress_json")

@@ -427,6 +427,16 @@ class WorkflowStub:
                 request_serializer=fedsec_dot_wire_dot_fedsec__pb2.EventBatch.SerializeToString,
                 response_deserializer=fedsec_dot_wire_dot_fedsec__pb2.EventAck.FromString,
                 _registered_method=True)
+        self.StartState = channel.unary_unary(
+                '/fedsec.v1.Workflow/StartState',
+                request_serializer=fedsec_dot_wire_dot_fedsec__pb2.JobStart.SerializeToString,
+                response_deserializer=fedsec_dot_wire_dot_fedsec__pb2.Empty.FromString,
+                _registered_method=True)
+        self.PullState = channel.unary_unary(
+                '/fedsec.v1.Workflow/PullState',
+                request_serializer=fedsec_dot_wire_dot_fedsec__pb2.StatePull.SerializeToString,
+                response_deserializer=fedsec_dot_wire_dot_fedsec__pb2.StateReports.FromString,
+                _registered_method=True)
 
 
 class WorkflowServicer:
@@ -456,6 +466,18 @@ class WorkflowServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartState(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PullState(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkflowServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -478,6 +500,16 @@ def add_WorkflowServicer_to_server(servicer, server):
                     servicer.SendEvents,
                     request_deserializer=fedsec_dot_wire_dot_fedsec__pb2.EventBatch.FromString,
                     response_serializer=fedsec_dot_wire_dot_fedsec__pb2.EventAck.SerializeToString,
+            ),
+            'StartState': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartState,
+                    request_deserializer=fedsec_dot_wire_dot_fedsec__pb2.JobStart.FromString,
+                    response_serializer=fedsec_dot_wire_dot_fedsec__pb2.Empty.SerializeToString,
+            ),
+            'PullState': grpc.unary_unary_rpc_method_handler(
+                    servicer.PullState,
+                    request_deserializer=fedsec_dot_wire_dot_fedsec__pb2.StatePull.FromString,
+                    response_serializer=fedsec_dot_wire_dot_fedsec__pb2.StateReports.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -588,6 +620,60 @@ class Workflow:
             '/fedsec.v1.Workflow/SendEvents',
             fedsec_dot_wire_dot_fedsec__pb2.EventBatch.SerializeToString,
             fedsec_dot_wire_dot_fedsec__pb2.EventAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsec.v1.Workflow/StartState',
+            fedsec_dot_wire_dot_fedsec__pb2.JobStart.SerializeToString,
+            fedsec_dot_wire_dot_fedsec__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PullState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsec.v1.Workflow/PullState',
+            fedsec_dot_wire_dot_fedsec__pb2.StatePull.SerializeToString,
+            fedsec_dot_wire_dot_fedsec__pb2.StateReports.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,33 +1,34 @@
 """`python -m fedsec.workflow --job-dir DIR --socket PATH`: one server job process.
 
-Started by the server parent. Writes workspace/result.json when it ends
-(completed or failed with a reason, and the result it keeps) and exits 0; any
-other exit is a crash the parent reports. A job that fails, or that the server
-stops (SIGTERM: an abort, or the server stopping), keeps the global model of its
-last completed round in workspace/result (fedsec.jobs.result).
+Started by the server parent, which hands it the job's state and takes its
+reports over the process's own socket (fedsec.workflow.link). When it ends it
+reports its outcome (completed or failed with a reason, and the result it keeps)
+and exits 0 once the parent recorded it; any other exit is a crash the parent
+reports. A job that fails, or that the server stops (SIGTERM: an abort, or the
+server stopping), keeps the global model of its last completed round in
+workspace/result (fedsec.jobs.result).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import sys
-import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from fedsec import _fs, _proc, logs
+from fedsec import _proc, logs
 from fedsec.errors import FedsecError
 from fedsec.jobs import load_job_folder
 from fedsec.jobs.meta import AppConfig, JobMeta
 from fedsec.tracking.receivers import RunEnd
 from fedsec.transport.local import serve_unix
 from fedsec.wire import fedsec_pb2_grpc
-from fedsec.workflow.fedavg import PARTICIPATION_FILE, FedAvg, load_participation
-from fedsec.workflow.service import WorkflowService
+from fedsec.workflow.fedavg import FedAvg
+from fedsec.workflow.link import ACK_SECONDS, JobStateLink
+from fedsec.workflow.service import LinkService, WorkflowService
 from fedsec.workflow.tracking import Tracker, job_params, open_tracker
 
 log = logging.getLogger("fedsec.workflow")
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_term)
     tracker: Tracker | None = None
     fedavg: FedAvg | None = None
+    link = JobStateLink()
+    server = None
     end = RunEnd.KILLED  # what the runs become if the server stops this process
     try:
         try:
@@ -66,24 +69,22 @@ def main(argv: list[str] | None = None) -> int:
 
                 he_context = load_server_context(args.he_context.read_bytes(), "the server's HE context")
             tracker = _open_tracking(args, meta, app, workspace)
-            fedavg = FedAvg(args.job_id, args.job_dir / "job", workspace, meta, app, he_context, tracker)
-            participation = args.job_dir / PARTICIPATION_FILE
-            fedavg.apply_participation(load_participation(participation))  # on resume: the sites that left stay out
-            service = WorkflowService(fedavg, app.workflow.num_rounds, participation)
+            fedavg = FedAvg(args.job_id, args.job_dir / "job", workspace, meta, app, he_context, tracker, link=link)
+            service = WorkflowService(fedavg, app.workflow.num_rounds)
             server = serve_unix(args.socket, lambda s: fedsec_pb2_grpc.add_WorkflowServicer_to_server(service, s), 32)
         except FedsecError as exc:
             end = RunEnd.FAILED
-            return _end(workspace, "failed", _public(f"cannot start the workflow: {exc}", args))
+            reason = _public(f"cannot start the workflow: {exc}", args)
+            return _end(link, False, reason, server or _serve_link(args.socket, link))
         try:
             fedavg.run()
-            status, reason, end = "completed", "", RunEnd.FINISHED
+            completed, reason, end = True, "", RunEnd.FINISHED
         except FedsecError as exc:
-            status, reason, end = "failed", _public(str(exc), args), RunEnd.FAILED
+            completed, reason, end = False, _public(str(exc), args), RunEnd.FAILED
             fedavg.finish()
-        kept = fedavg.keep_last_result() if status == "failed" else None
-        _await_sites(args.job_dir, fedavg.participants)
-        server.stop(grace=2).wait()
-        return _end(workspace, status, reason, kept)
+            fedavg.keep_last_result()
+        _await_sites(link, fedavg.participants)
+        return _end(link, completed, reason, server)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # keep the result, end the runs; the server KILLs after its grace
         if fedavg is not None and end is not RunEnd.FINISHED:
@@ -117,27 +118,35 @@ def _public(text: str, args: argparse.Namespace) -> str:
     return text
 
 
-def _await_sites(job_dir: Path, sites: set[str], timeout: float = DRAIN_SECONDS) -> None:
+def _serve_link(sock: Path, link: JobStateLink) -> Any:
+    """Serve only the link on sock (the job could not be set up), so the outcome reaches the parent; None if not."""
+    try:
+        return serve_unix(sock, lambda s: fedsec_pb2_grpc.add_WorkflowServicer_to_server(LinkService(link), s), 4)
+    except (RuntimeError, OSError) as exc:  # grpc's failure to bind: the parent reports the exit and the log
+        log.error("cannot serve on the workflow socket: %s", exc)
+        return None
+
+
+def _await_sites(link: JobStateLink, sites: set[str], timeout: float = DRAIN_SECONDS) -> None:
     """Wait until every site that took part reported its end (it sends its last events before that)."""
-    deadline = time.monotonic() + timeout
-    missing = set(sites)
-    while missing and time.monotonic() < deadline:
-        missing = {s for s in missing if not (job_dir / "sites" / f"{s}.json").exists()}
-        time.sleep(0.1)
+    missing = link.wait_reported(set(sites), timeout)
     if missing:
         log.warning("sites %s did not report the end of the job within %.0f s", ",".join(sorted(missing)), timeout)
 
 
-def _end(workspace: Path, status: str, reason: str, kept: dict[str, Any] | None = None) -> int:
-    """Write result.json: the outcome, and the result kept when the job did not complete ("result": its entry)."""
-    log.info("workflow ended status=%s reason=%s", status, reason)
-    outcome: dict[str, Any] = {"status": status, "reason": reason}
-    if kept is not None:
-        outcome["result"] = kept
-    try:
-        _fs.write_atomic(workspace / "result.json", json.dumps(outcome).encode())
-    except OSError as exc:  # the parent reports the exit, and sees a full disk itself
-        log.error("cannot write workspace/result.json: %s", exc.strerror or exc)
+def _end(link: JobStateLink, completed: bool, reason: str, server: Any) -> int:
+    """Report the outcome (with the result kept) and stop serving once the parent recorded it; the exit status.
+
+    A process that could not even serve (server None) has no parent to tell: it exits 1 and the parent
+    reports its last output.
+    """
+    log.info("workflow ended status=%s reason=%s", "completed" if completed else "failed", reason)
+    if server is None:
+        return 1
+    recorded = link.end(completed, reason)
+    server.stop(grace=2).wait()
+    if not recorded:
+        log.error("the server did not record the job's outcome within %.0f s", ACK_SECONDS)
         return 1
     return 0
 

@@ -7,18 +7,20 @@ next global model is. Under homomorphic encryption the driver sums the
 ciphertexts itself (EncryptedAccumulator: the average only the sites can read),
 for the strategies that support it; for fedopt the sites also step the optimizer
 and the driver keeps their sealed step unread once their digests agree
-(SiteStepAccumulator; progress.json's "step_digests").
+(SiteStepAccumulator; its log names each round's agreed digest).
 
-State lives in the job's workspace so a restarted server resumes from the
-last completed round: checkpoints/round_NNNNN.fsa (the global model after
-that round; round_NNNNN.state.fsa beside it holds the strategy's state, if it
-has any, such as FedOpt's float64 moments), state.json (rounds completed), progress.json (per-round metrics,
-the sites that left the job and why). Service threads call get_task / submit /
-update_sites / apply_participation; run() drives rounds. The result folder
-(fedsec.jobs.result) holds the final model of a completed job, or, through
-keep_last_result(), the last completed round's model of one that failed or was
-stopped; progress.json's "result" says which round. A write that fails for a
-full disk fails the job with a reason that starts "server disk full:".
+The job's state (rounds completed, each round's sites and metrics, refused
+updates, the result kept) goes to the server parent through the driver's
+JobStateLink (fedsec.workflow.link), which also hands it the state to resume
+from, so a restarted server, or another replica, resumes from the last completed
+round. The models stay files in the job's workspace: checkpoints/round_NNNNN.fsa
+(the global model after that round; round_NNNNN.state.fsa beside it holds the
+strategy's state, if it has any, such as FedOpt's float64 moments). Service
+threads call get_task / submit / update_sites / apply_participation; run() drives
+rounds. The result folder (fedsec.jobs.result) holds the final model of a
+completed job, or, through keep_last_result(), the last completed round's model
+of one that failed or was stopped; the link carries which round it is. A write
+that fails for a full disk fails the job with a reason that starts "server disk full:".
 
 Round rules: each sampled site has workflow.round_timeout from when it received
 its task (from the round's opening if it never asked); the round closes when
@@ -34,7 +36,6 @@ a failure: the server parent checks that and hands over the result.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import math
 import os
@@ -49,13 +50,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedsec import _fs, _schema, limits
+from fedsec import _schema, limits
 from fedsec.errors import HEError, JobError, TransferInterruptedError, WireError
 from fedsec.jobs import result
 from fedsec.jobs.meta import AppConfig, JobMeta
+from fedsec.state.records import Refusal, RoundKind, RoundRecord
 from fedsec.wire import arrays, fedsec_pb2, streams
 from fedsec.workflow import strategies
 from fedsec.workflow.aggregate import Accumulator, EncryptedAccumulator, SiteStepAccumulator
+from fedsec.workflow.link import JobStateLink
 from fedsec.workflow.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -66,7 +69,6 @@ _PARAMS_TYPES = ("full", "diff")
 _MAX_WEIGHT = 1e12
 _POLL_SECONDS = 0.5  # how often a waiting driver looks at the clock again (it is also woken on every change)
 TASK_MODEL = "task_model.fsa"  # a training task's model when the strategy adds to it (scaffold: c)
-PARTICIPATION_FILE = "participation.json"  # in the job folder, written by the server parent (see load_participation)
 
 
 @dataclass
@@ -127,32 +129,6 @@ class Participation:
     fetched: frozenset[str] = frozenset()
 
 
-def load_participation(path: Path) -> Participation:
-    """Read the server parent's participation file (absent: nothing happened yet); JobError if it is malformed."""
-    if not path.exists():
-        return Participation()
-    limit = limits.MAX_PARTICIPANTS * (limits.MAX_ERROR_TEXT + 256) + (64 << 10)
-    raw = _fs.read_bounded(path, limit, "participation file", JobError)
-    try:
-        doc = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise JobError("participation file: not JSON") from exc
-    if not isinstance(doc, dict):
-        raise JobError("participation file: not a JSON object")
-    failures, left, fetched = doc.get("failures", {}), doc.get("left", {}), doc.get("fetched", [])
-    if not isinstance(failures, dict) or not isinstance(left, dict) or not isinstance(fetched, list):
-        raise JobError("participation file: failures and left must be objects, fetched a list")
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in failures.values()):
-        raise JobError("participation file: failures must count in integers")
-    if not all(isinstance(v, str) for v in left.values()):
-        raise JobError("participation file: left must map sites to text")
-    return Participation(
-        {str(k): v for k, v in failures.items()},
-        {str(k): v for k, v in left.items()},
-        frozenset(str(site) for site in fetched),
-    )
-
-
 class RoundDriver:
     """One job on the server: its rounds, driven for the job's strategy."""
 
@@ -166,10 +142,12 @@ class RoundDriver:
         he_context: Any = None,
         tracker: Tracker | None = None,
         clock: Callable[[], float] = time.monotonic,
+        link: JobStateLink | None = None,
     ) -> None:
         """he_context: the server's HE context (no key), required when the job enables HE.
 
         clock: the driver's time source for deadlines (seconds, monotonic).
+        link: the job's way to its state (default: one with no parent, JobStateLink.in_process()).
         Leftovers of an earlier process on this workspace (temporary checkpoint
         files, half-received uploads) are removed here.
         """
@@ -198,8 +176,7 @@ class RoundDriver:
         self._failures: dict[str, int] = {}  # site -> failures of its script applied so far
         self._round: _Round | None = None
         self._done = False
-        self._progress_lock = threading.Lock()
-        self._progress: dict[str, Any] = self._load_json("progress.json") or {"rounds": [], "final": None}
+        self.link = link if link is not None else JobStateLink.in_process()
 
     # ------------------------------------------------------------ service side
 
@@ -345,21 +322,13 @@ class RoundDriver:
         rnd.acc.check(tmp, where)
 
     def _refused(self, number: int, site: str, reason: str) -> str:
-        """Record in the job's progress that site's update of round number was refused; the line for the site.
+        """Report to the job's state that site's update of round number was refused; the line for the site.
 
-        progress.json's "refused" keeps at most limits.MAX_REFUSALS_PER_ROUND entries per round and the
-        newest limits.MAX_REFUSALS_KEPT in all, each reason cut to limits.MAX_REFUSAL_TEXT characters.
+        The state keeps at most limits.MAX_REFUSALS_PER_ROUND per round and the newest
+        limits.MAX_REFUSALS_KEPT in all, each reason cut to limits.MAX_REFUSAL_TEXT characters.
         """
         entry = refusal(number, site, reason)
-        with self._progress_lock:
-            kept: list[dict[str, Any]] = self._progress.setdefault("refused", [])
-            if sum(1 for e in kept if e["round"] == number) < limits.MAX_REFUSALS_PER_ROUND:
-                kept.append(entry)
-                del kept[: -limits.MAX_REFUSALS_KEPT]
-        try:
-            self._write_progress()
-        except OSError as exc:  # the refusal stands; only its record is missing (the driver meets a full disk)
-            log.warning("job=%s cannot record a refusal: %s", self.job_id, exc)
+        self.link.refused(Refusal(number, site, entry["reason"]))
         return refusal_line(entry)
 
     def _why_not(self, rnd: _Round | None, site: str, header: fedsec_pb2.ResultHeader) -> str:
@@ -381,17 +350,12 @@ class RoundDriver:
 
     def run(self) -> None:
         """Run the remaining rounds; raise JobError when the job cannot go on (a full disk: "server disk full")."""
-        state = self._load_json("state.json") or {"completed_rounds": 0}
-        done_rounds = int(state["completed_rounds"])
+        done_rounds = self.link.wait_started(self.cfg.start_timeout).completed_rounds
         model = self._checkpoint(done_rounds - 1) if done_rounds else self._initial
         specs = self.strategy.update_specs(arrays.read_specs(self._initial, "initial model"), self.he.enabled)
         if done_rounds:
             log.info("job=%s resuming after round %d", self.job_id, done_rounds - 1)
             self._restore_strategy(done_rounds - 1)
-        with self._progress_lock:  # a result kept when an earlier process was stopped is not this run's
-            stale = self._progress.pop("result", None)
-        if stale is not None:
-            self._write_progress()
         self._wait_for_sites(self.cfg.start_timeout, "start")
         for number in range(done_rounds, self.cfg.num_rounds):
             rnd = self._run_round(number, TRAIN, model, specs)
@@ -407,10 +371,7 @@ class RoundDriver:
                 self._record(number, rnd)
         if self.cfg.evaluate_final:
             rnd = self._run_round(self.cfg.num_rounds, EVALUATE, model, specs)
-            with self._progress_lock:
-                self._progress["final"] = {"metrics": rnd.metrics(), "sites": sorted(rnd.contributors)}
-            with _server_writes("the final evaluation"):
-                self._write_progress()
+            self.link.round_done(_round_record(rnd, RoundKind.EVALUATE))
             if self.tracker is not None:
                 self.tracker.final_metrics(self.cfg.num_rounds, rnd.metrics(), rnd.site_metrics)
             if isinstance(rnd.acc, SiteStepAccumulator):  # HE fedopt: the final model is the sites' last step
@@ -421,7 +382,6 @@ class RoundDriver:
             entry = self._keep(self.cfg.num_rounds - 1, model)
             if self.tracker is not None:
                 self.tracker.final_model(self._ws / "result" / entry["model"])
-            shutil.copyfile(self._ws / "progress.json", self._ws / "result" / "progress.json")
         self.finish()
 
     def _write_result(self, rnd: _Round, model: Path, dest: Path) -> None:
@@ -453,9 +413,6 @@ class RoundDriver:
             digest,
             rnd.acc.kept_from,
         )
-        with self._progress_lock:
-            self._progress.setdefault("step_digests", {})[str(rnd.number)] = digest
-        self._write_progress()
 
     def _restore_strategy(self, number: int) -> None:
         """Continue the strategy from its state kept with round number's checkpoint (none: a stateless one)."""
@@ -474,16 +431,14 @@ class RoundDriver:
         None when no round completed. Never raises: a result that cannot be written is logged.
         """
         try:
-            done = result.completed_rounds(self._ws)
+            done = self.link.completed_rounds
             model = self._checkpoint(done - 1)
             if done == 0 or not model.is_file():
                 return None
-            with self._progress_lock:
-                entry = self._progress.get("result")
-            if isinstance(entry, dict) and entry.get("completed_rounds") == done:
+            entry = self.link.kept
+            if entry is not None and entry.get("completed_rounds") == done:
                 return entry  # kept already
             entry = self._keep(done - 1, model)
-            shutil.copyfile(self._ws / "progress.json", self._ws / "result" / "progress.json")
         except (OSError, JobError) as exc:
             log.warning("job=%s cannot keep its last global model as its result: %s", self.job_id, exc)
             return None
@@ -492,17 +447,14 @@ class RoundDriver:
 
     def _keep(self, number: int, model: Path) -> dict[str, Any]:
         entry = result.keep_model(self._ws, number, model)
-        with self._progress_lock:
-            self._progress["result"] = entry
-        self._write_progress()
+        self.link.keep(entry)
         return entry
 
     def sites_taking_part(self) -> set[str]:
         """The sites whose results counted in a round or the final evaluation (this and earlier processes)."""
-        with self._progress_lock:
-            entries = [*self._progress["rounds"], self._progress.get("final") or {}]
+        counted = self.link.sites_counted()
         with self._cond:
-            return {str(site) for entry in entries for site in entry.get("sites", ())} | self.participants
+            return counted | self.participants
 
     def finish(self) -> None:
         with self._cond:
@@ -594,54 +546,34 @@ class RoundDriver:
         return rnd
 
     def _record(self, number: int, rnd: _Round) -> None:
-        entry = {
-            "round": number,
-            "metrics": rnd.metrics(),
-            "sites": sorted(rnd.contributors),
-            "rejected": sorted(rnd.rejected),
-        }
-        if rnd.failed:
-            entry["failed"] = sorted(rnd.failed)
-        with self._progress_lock:
-            self._progress["rounds"] = [r for r in self._progress["rounds"] if r["round"] != number] + [entry]
-        self._write_progress()
-        _fs.write_atomic(self._ws / "state.json", json.dumps({"completed_rounds": number + 1}).encode())
+        self.link.round_done(_round_record(rnd, RoundKind.TRAIN), completed_rounds=number + 1)
         previous = self._checkpoint(number - 2)
         previous.unlink(missing_ok=True)  # keep the last two checkpoints
         _state_path(previous).unlink(missing_ok=True)
-        log.info("job=%s round=%d done metrics=%s", self.job_id, number, entry["metrics"])
+        log.info("job=%s round=%d done metrics=%s", self.job_id, number, rnd.metrics())
         if self.tracker is not None:
             self.tracker.global_metrics(number, rnd.metrics(), rnd.site_metrics)
 
     def _write_progress(self) -> None:
-        """progress.json: the rounds, the final evaluation, and the sites that left or restarted."""
+        """Tell the link the sites that left or restarted, as applied here (the parent holds their record)."""
         with self._cond:
-            left = [{"site": s, "reason": r} for s, r in self._left.items()]
-            restarts = {s: n - (s in self._left) for s, n in sorted(self._failures.items()) if n - (s in self._left)}
-        with self._progress_lock:
-            self._progress.pop("sites_left", None)
-            self._progress.pop("site_restarts", None)
-            if left:
-                self._progress["sites_left"] = left
-            if restarts:
-                self._progress["site_restarts"] = restarts
-            _fs.write_atomic(self._ws / "progress.json", json.dumps(self._progress).encode())
+            left, failures = dict(self._left), dict(self._failures)
+        self.link.note_sites(left, failures)
 
     def _checkpoint(self, number: int) -> Path:
         suffix = ENCRYPTED_SUFFIX if self.he.enabled else ".fsa"
         return self._ws / "checkpoints" / f"round_{number:05d}{suffix}"
 
-    def _load_json(self, name: str) -> dict[str, Any] | None:
-        path = self._ws / name
-        if not path.exists():
-            return None
-        value = json.loads(path.read_text())
-        if not isinstance(value, dict):
-            raise JobError(f"{path}: not a JSON object")
-        return value
-
 
 FedAvg = RoundDriver  # the driver's name before strategies were split out of it
+
+
+def _round_record(rnd: _Round, kind: RoundKind) -> RoundRecord:
+    """A closed round as the job's state records it (a refused site's reason: the link adds it)."""
+    return RoundRecord(
+        rnd.number, kind, rnd.sampled, frozenset(rnd.contributors), dict.fromkeys(rnd.rejected, ""),
+        frozenset(rnd.failed), rnd.metrics(),
+    )  # fmt: skip
 
 
 def _state_path(checkpoint: Path) -> Path:
@@ -679,7 +611,7 @@ def _one_line(text: str, limit: int = 1000) -> str:
 
 
 def refusal(number: int, site: str, reason: str) -> dict[str, Any]:
-    """A refused update as progress.json keeps it: round, site and reason (one line, bounded)."""
+    """A refused update as the job's progress keeps it: round, site and reason (one line, bounded)."""
     text = " ".join(reason.split())
     if len(text) > limits.MAX_REFUSAL_TEXT:
         text = text[: limits.MAX_REFUSAL_TEXT - 3] + "..."

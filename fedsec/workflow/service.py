@@ -1,7 +1,10 @@
 """The Workflow gRPC service of a server job process, on a Unix socket the server parent relays to.
 
-UpdateSites is also how the server parent says its participation file changed
-(a site's script failed, a site left the job): the service reads it then.
+Besides the sites' calls it relays, the parent reaches the job's state here, and
+only here (fedsec.workflow.link): StartState hands the job process the state to
+run from, PullState takes its reports, and UpdateSites carries, with the sites
+alive, the participation record when it changed (a site's script failed, a site
+left the job) and the sites that reported their script's end.
 """
 
 from __future__ import annotations
@@ -10,16 +13,18 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 
 from fedsec import limits
 from fedsec.errors import TransferInterruptedError, WireError
+from fedsec.state import records
 from fedsec.tracking.events import check_batch
 from fedsec.transport.tls import rpc_boundary
 from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc, streams
-from fedsec.workflow.fedavg import FedAvg, load_participation
+from fedsec.wire.job_state import participation_from_wire
+from fedsec.workflow.fedavg import FedAvg, Participation
+from fedsec.workflow.link import JobState, JobStateLink
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +62,8 @@ class TrackingQuota:
 
 
 class WorkflowService(fedsec_pb2_grpc.WorkflowServicer):
-    def __init__(self, fedavg: FedAvg, num_rounds: int, participation: Path | None = None) -> None:
-        """participation: the server parent's participation file of this job (read at each UpdateSites)."""
+    def __init__(self, fedavg: FedAvg, num_rounds: int) -> None:
         self._fedavg = fedavg
-        self._participation = participation
         self._num_rounds = num_rounds
         self._quota = TrackingQuota(limits.TRACKING_QUOTA_SITE_BYTES, limits.TRACKING_QUOTA_JOB_BYTES)
         he = fedavg.he
@@ -132,10 +135,51 @@ class WorkflowService(fedsec_pb2_grpc.WorkflowServicer):
 
     @rpc_boundary
     def UpdateSites(self, request: fedsec_pb2.SiteList, context: grpc.ServicerContext) -> fedsec_pb2.Empty:
-        if self._participation is not None:
-            self._fedavg.apply_participation(load_participation(self._participation))
+        if request.HasField("participation"):
+            record = participation_from_wire(request.participation, "participation from the server")
+            self._fedavg.apply_participation(_participation(record))
+        self._fedavg.link.sites_reported(request.reported)
         self._fedavg.update_sites(request.sites)
         return fedsec_pb2.Empty()
+
+    @rpc_boundary
+    def StartState(self, request: fedsec_pb2.JobStart, context: grpc.ServicerContext) -> fedsec_pb2.Empty:
+        state = JobState.from_wire(request)
+        self._fedavg.apply_participation(_participation(state.participation))  # the sites that left stay out
+        self._fedavg.link.start(state)
+        return fedsec_pb2.Empty()
+
+    @rpc_boundary
+    def PullState(self, request: fedsec_pb2.StatePull, context: grpc.ServicerContext) -> fedsec_pb2.StateReports:
+        reports = self._fedavg.link.pull(request.acked, request.wait_seconds)
+        return fedsec_pb2.StateReports(reports=reports)
+
+
+class LinkService(fedsec_pb2_grpc.WorkflowServicer):
+    """What a job process that could not set up its job serves: its link only, so its outcome (why it could
+    not start) reaches the parent. The sites' calls get UNIMPLEMENTED, which the parent's relays handle."""
+
+    def __init__(self, link: JobStateLink) -> None:
+        self._link = link
+
+    @rpc_boundary
+    def UpdateSites(self, request: fedsec_pb2.SiteList, context: grpc.ServicerContext) -> fedsec_pb2.Empty:
+        self._link.sites_reported(request.reported)
+        return fedsec_pb2.Empty()
+
+    @rpc_boundary
+    def StartState(self, request: fedsec_pb2.JobStart, context: grpc.ServicerContext) -> fedsec_pb2.Empty:
+        self._link.start(JobState.from_wire(request))
+        return fedsec_pb2.Empty()
+
+    @rpc_boundary
+    def PullState(self, request: fedsec_pb2.StatePull, context: grpc.ServicerContext) -> fedsec_pb2.StateReports:
+        return fedsec_pb2.StateReports(reports=self._link.pull(request.acked, request.wait_seconds))
+
+
+def _participation(record: records.Participation) -> Participation:
+    """The parent's participation record as the driver takes it in."""
+    return Participation(dict(record.failures), dict(record.left), record.fetched)
 
 
 def _data(parts: Iterator[fedsec_pb2.ResultPart]) -> Iterator[bytes | fedsec_pb2.PayloadInfo]:

@@ -447,7 +447,7 @@ class Tracker:
         for current_round in sorted(self._metrics):
             try:
                 self._write_round(current_round, self._metrics[current_round])
-            except JobError as exc:  # the round's result stands; the metrics are also in progress.json
+            except JobError as exc:  # the round's result stands; its metrics are also in the job's state
                 self._warn(f"metrics of round {current_round} not written yet: {exc}")
                 return
             del self._metrics[current_round]

@@ -28,6 +28,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -264,6 +265,17 @@ class Federation:
 
     def wait_log(self, name: str, needle: str, timeout: float, since: int = 0) -> None:
         wait_until(lambda: needle in self.log(name)[since:], timeout, f"{needle!r} in the log of {name}")
+
+    def workflow_log(self, job_id: str) -> str:
+        """The log of a job's workflow process on the (first) server ('' before it starts)."""
+        path = self.kit(self.servers[0]) / "store" / "jobs" / job_id / "workflow.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def step_digests(self, job_id: str) -> dict[str, str]:
+        """Round -> the FedOpt step digest the sites of an HE fedopt job agreed on, as its workflow logged them."""
+        return dict(
+            re.findall(r"round=(\d+) the sites agree on the fedopt step digest=(\S+)", self.workflow_log(job_id))
+        )
 
     def job_log(self, site: str, job_id: str) -> str:
         """The log of a job's script on a site, as the site writes it ('' before it starts)."""

@@ -89,7 +89,10 @@ def test_the_standby_takes_over_a_killed_active_replica_and_finishes_its_job(
         result = s.download_job_result(job_id)
     final = arrays.read_file(result / "global_model.fsa")
     assert np.allclose(final["w"].ravel(), np.arange(1, 9), atol=0.05)
-    assert "resuming after round" in workflow_log.read_text()
+    job_dir = federation.kit(second) / "store/jobs" / job_id
+    assert "resuming after round" in workflow_log.read_text()  # from the state the new replica handed it
+    exchanged = ["participation.json", "sites", "workspace/state.json", "workspace/progress.json"]
+    assert not [name for name in [*exchanged, "workspace/result.json"] if (job_dir / name).exists()]
     with psycopg.connect(dsn) as conn:
         row = conn.execute("SELECT status, current_round, resume_count FROM jobs WHERE job_id = %s", (job_id,))
         assert row.fetchone() == ("finished:completed", 5, 1)

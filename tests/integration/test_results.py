@@ -50,6 +50,7 @@ def assert_result_is_last_checkpoint(federation: Federation, info: JobInfo, resu
     entry = {"model": "global_model.fsa", "round": completed - 1, "completed_rounds": completed}
     assert info.progress["result"] == entry
     assert json.loads((result / "job.json").read_text())["result"] == entry
+    assert json.loads((result / "progress.json").read_text()) == info.progress  # the same progress, from the state
     checkpoint = federation.kit("server1") / "store/jobs" / info.job_id / "workspace/checkpoints"
     model = (result / "global_model.fsa").read_bytes()
     assert model == (checkpoint / f"round_{completed - 1:05d}.fsa").read_bytes()

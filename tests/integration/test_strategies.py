@@ -134,4 +134,4 @@ def test_fedopt_adam_runs_under_he_with_the_sites_stepping(federation: Federatio
     assert all(a > b for a, b in itertools.pairwise(mse)), mse
     assert 40 < mse[1] < 50, mse  # every weight moved by 5 in round 0
     assert info.progress["final"]["metrics"]["mse"] < 0.01
-    assert sorted(info.progress["step_digests"], key=int) == [str(n) for n in range(7)]
+    assert sorted(federation.step_digests(info.job_id), key=int) == [str(n) for n in range(7)]

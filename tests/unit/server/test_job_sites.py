@@ -9,7 +9,6 @@ from pathlib import Path
 from fedsec.server.job_sites import JobSites
 from fedsec.server.jobs import exit_text, last_lines, public_text
 from fedsec.server.store import JobStore
-from fedsec.workflow.fedavg import load_participation
 
 
 def _job(tmp_path: Path) -> tuple[JobStore, str]:
@@ -34,11 +33,8 @@ def test_a_site_restarts_up_to_max_restarts_then_leaves(tmp_path: Path) -> None:
     assert again.fetched == {"site-1", "site-2"}
     assert again.failures == {"site-1": 2, "site-2": 1}
     assert again.left == {"site-1": "boom 2", "site-2": "site-2 refused the job: policy"}
-    # the workflow process reads the same record
-    read = load_participation(job_dir / "participation.json")
-    assert dict(read.failures) == again.failures and dict(read.left) == again.left
-    # the record is the state's: it holds without the workflow's copy
-    (job_dir / "participation.json").unlink()
+    # the record is the state's: no file is written for the workflow process (it hears it over its socket)
+    assert not (job_dir / "participation.json").exists()
     assert store.state.get_participation(job_id).left == again.left
     assert JobSites.load(store.state, job_id, job_dir).failures == again.failures
     store.close()

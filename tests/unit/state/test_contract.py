@@ -20,6 +20,7 @@ from fedsec.state.records import (
     JobStatus,
     NewJob,
     Participation,
+    Refusal,
     ResultMeta,
     ResultOutcome,
     RoundKind,
@@ -217,6 +218,32 @@ def test_round_bounds(backend: StateStore) -> None:
     assert backend.rounds(job_id) == []
 
 
+def test_refusals_are_kept_in_order_bounded_per_round_and_in_all(backend: StateStore) -> None:
+    job_id = running(backend, num_rounds=100)
+    assert backend.refusals(job_id) == []
+    backend.put_refusal(job_id, Refusal(0, "site-2", "r" * (limits.MAX_REFUSAL_TEXT + 9)))
+    backend.put_refusal(job_id, Refusal(0, "site-1", "shape (9, 1)"))
+    got = backend.refusals(job_id)
+    assert [(r.round, r.site) for r in got] == [(0, "site-2"), (0, "site-1")] and got[1].reason == "shape (9, 1)"
+    assert len(got[0].reason) == limits.MAX_REFUSAL_TEXT and got[0].time > 0
+    for n in range(limits.MAX_REFUSALS_PER_ROUND + 3):  # round 1: only the first MAX_REFUSALS_PER_ROUND stay
+        backend.put_refusal(job_id, Refusal(1, f"site-{n}", f"bad {n}"))
+    in_round_1 = [r.reason for r in backend.refusals(job_id) if r.round == 1]
+    assert in_round_1 == [f"bad {n}" for n in range(limits.MAX_REFUSALS_PER_ROUND)]
+    for number in range(2, 2 + limits.MAX_REFUSALS_KEPT):  # in all: the newest MAX_REFUSALS_KEPT stay
+        backend.put_refusal(job_id, Refusal(number, "site-1", f"round {number}"))
+    kept = backend.refusals(job_id)
+    assert [r.round for r in kept] == list(range(2, 2 + limits.MAX_REFUSALS_KEPT))
+    with pytest.raises(JobError, match="refusal round"):
+        backend.put_refusal(job_id, Refusal(-1, "site-1", "x"))
+    with pytest.raises(JobError, match="refusal site"):
+        backend.put_refusal(job_id, Refusal(0, "", "x"))
+    with pytest.raises(JobError, match="no such job"):
+        backend.put_refusal(str(uuid.uuid4()), Refusal(0, "site-1", "x"))
+    with pytest.raises(JobError, match="no such job"):
+        backend.refusals(str(uuid.uuid4()))
+
+
 def test_site_reports(backend: StateStore) -> None:
     job_id = running(backend)
     backend.put_site_report(job_id, SiteReport("site-2", SiteOutcome.FAILED, "boom", "log"))
@@ -253,6 +280,7 @@ def test_delete_removes_everything_about_a_finished_job(backend: StateStore) -> 
     job_id, other = running(backend), running(backend)
     for j in (job_id, other):
         backend.put_round(j, round_record(0))
+        backend.put_refusal(j, Refusal(0, "site-2", "update has NaN"))
         backend.put_site_report(j, SiteReport("site-1", SiteOutcome.FINISHED))
         backend.put_participation(j, Participation(frozenset({"site-1"})))
         backend.put_result(j, ResultMeta(ResultOutcome.COMPLETED))
@@ -268,6 +296,7 @@ def test_delete_removes_everything_about_a_finished_job(backend: StateStore) -> 
     backend.finish_job(other, JobStatus.COMPLETED, "")
     backend.add_job(new_job(job_id=job_id))  # nothing of the deleted job is left under its id
     assert backend.get_participation(job_id) == Participation() and backend.get_result(job_id) is None
+    assert backend.refusals(job_id) == [] and len(backend.refusals(other)) == 1
 
 
 def test_a_failing_before_commit_keeps_the_job(backend: StateStore) -> None:

@@ -15,7 +15,16 @@ import pytest
 from fedsec.errors import JobError, LeaseLostError
 from fedsec.state.interface import StateStore
 from fedsec.state.postgres import open_postgres
-from fedsec.state.records import JobStatus, Lease, NewJob, ResultMeta, ResultOutcome, RoundKind, RoundRecord
+from fedsec.state.records import (
+    JobStatus,
+    Lease,
+    NewJob,
+    Refusal,
+    ResultMeta,
+    ResultOutcome,
+    RoundKind,
+    RoundRecord,
+)
 from fedsec.state.sqlite import open_sqlite
 from tests import pgserver
 
@@ -205,13 +214,17 @@ def test_writes_fenced_by_a_lost_lease_change_nothing(pair: tuple[StateStore, St
         a.put_round(job_id, round_, fence=old)
     with pytest.raises(LeaseLostError):
         a.put_result(job_id, ResultMeta(ResultOutcome.FAILED), fence=old)
+    with pytest.raises(LeaseLostError):
+        a.put_refusal(job_id, Refusal(1, "s1", "stale"), fence=old)
     record = b.get_job(job_id)
     assert record.status is JobStatus.RUNNING and record.current_round == 1 and record.resume_count == 0
-    assert b.rounds(job_id) == [] and b.get_result(job_id) is None
+    assert b.rounds(job_id) == [] and b.get_result(job_id) is None and b.refusals(job_id) == []
     # the new holder's writes go through
     b.set_running(job_id, fence=new)
     b.set_progress(job_id, 2, fence=new)
     b.put_round(job_id, round_, fence=new)
+    b.put_refusal(job_id, Refusal(1, "s1", "fresh"), fence=new)
+    assert [r.reason for r in b.refusals(job_id)] == ["fresh"]
     assert b.finish_job(job_id, JobStatus.COMPLETED, "", fence=new).status is JobStatus.COMPLETED
 
 

@@ -21,6 +21,7 @@ from fedsec.jobs import FedAvgRecipe, FedOptRecipe, load_job_folder
 from fedsec.tracking.receivers import Receiver
 from fedsec.wire import arrays, fedsec_pb2, streams
 from fedsec.workflow.fedavg import FedAvg, Participation
+from fedsec.workflow.link import JobStateLink
 from fedsec.workflow.tracking import Tracker
 from tests.integration.harness import wait_until
 
@@ -51,8 +52,10 @@ class Job:
         self.runs: list[Running] = []
 
     def fedavg(self, clock: Callable[[], float] = time.monotonic, tracker: Tracker | None = None) -> FedAvg:
+        """A new FedAvg on the workspace, handed the state the previous one left (as the server parent would)."""
         meta, app = load_job_folder(self.folder)
-        fedavg = FedAvg(JOB_ID, self.folder, self.workspace, meta, app, tracker=tracker, clock=clock)
+        link = JobStateLink.in_process(self.fedavgs[-1].link.state() if self.fedavgs else None)
+        fedavg = FedAvg(JOB_ID, self.folder, self.workspace, meta, app, tracker=tracker, clock=clock, link=link)
         self.fedavgs.append(fedavg)
         return fedavg
 
@@ -62,8 +65,8 @@ class Job:
         return run
 
     def progress(self) -> dict[str, Any]:
-        value: dict[str, Any] = json.loads((self.workspace / "progress.json").read_text())
-        return value
+        """The progress document of the latest FedAvg's state (what admins see)."""
+        return self.fedavgs[-1].link.progress()
 
     def result(self) -> dict[str, NDArray[Any]]:
         return arrays.read_file(self.workspace / "result" / "global_model.fsa")
@@ -221,8 +224,8 @@ def test_two_sites_give_the_exact_weighted_average(make_job: Callable[..., Job])
     ]
     assert progress["final"]["sites"] == SITES
     assert progress["final"]["metrics"]["accuracy"] == pytest.approx(0.8)
-    assert json.loads((job.workspace / "result" / "progress.json").read_text()) == progress
-    assert json.loads((job.workspace / "state.json").read_text()) == {"completed_rounds": 2}
+    assert fedavg.link.completed_rounds == 2
+    assert not (job.workspace / "progress.json").exists() and not (job.workspace / "state.json").exists()
     assert submit(fedavg, "site-1", 2, None, kind="evaluate") == (False, "the job has ended")
 
 
@@ -413,7 +416,7 @@ def test_fewer_results_than_min_clients_fail_the_job(make_job: Callable[..., Job
     error = run.join()
     assert isinstance(error, JobError)
     assert str(error) == "round 2: only 1 of min_clients=2 results arrived"
-    assert json.loads((job.workspace / "state.json").read_text()) == {"completed_rounds": 2}
+    assert fedavg.link.completed_rounds == 2
     assert not (job.workspace / "result" / "global_model.fsa").exists()
 
 
@@ -456,7 +459,7 @@ def test_a_new_fedavg_resumes_after_the_last_completed_round(
     task(first, "site-1", 2)
     first.update_sites([])  # every site lost in round 2: the process gives up, as a crash would
     assert isinstance(run.join(), JobError)
-    assert json.loads((job.workspace / "state.json").read_text()) == {"completed_rounds": 2}
+    assert first.link.completed_rounds == 2
 
     second = job.fedavg()
     second.update_sites(SITES)
@@ -635,7 +638,7 @@ def test_the_job_fails_only_when_fewer_than_min_clients_sites_remain(make_job: C
         "only 1 of min_clients=2 sites remain: site-3 left: site-3 refused the job: policy; site-2 left: MemoryError"
     )
     assert [e["site"] for e in job.progress()["sites_left"]] == ["site-3", "site-2"]
-    assert json.loads((job.workspace / "state.json").read_text()) == {"completed_rounds": 1}
+    assert fedavg.link.completed_rounds == 1
 
 
 def test_sites_that_left_stay_out_after_a_resume(make_job: Callable[..., Job]) -> None:
@@ -740,7 +743,6 @@ def test_a_failed_job_keeps_the_last_completed_round_as_its_result(make_job: Cal
     assert kept.read_bytes() == (job.workspace / "checkpoints" / "round_00001.fsa").read_bytes()
     assert_model(job.result(), 3, 0)
     assert job.progress()["result"] == entry
-    assert json.loads((job.workspace / "result" / "progress.json").read_text())["result"] == entry
     assert fedavg.keep_last_result() == entry  # a second call (the process's last words) changes nothing
 
 
@@ -750,7 +752,7 @@ def test_a_job_stopped_before_its_first_round_completed_keeps_no_result(make_job
     assert isinstance(job.start(fedavg).join(), JobError)
     assert fedavg.keep_last_result() is None
     assert not (job.workspace / "result" / "global_model.fsa").exists()
-    assert not (job.workspace / "progress.json").exists()
+    assert "result" not in job.progress() and job.progress()["rounds"] == []
 
 
 def test_a_resumed_job_drops_the_result_kept_when_it_was_stopped(make_job: Callable[..., Job]) -> None:
