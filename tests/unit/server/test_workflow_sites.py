@@ -75,11 +75,18 @@ def test_a_site_registering_as_the_workflow_becomes_ready_reaches_it(store: JobS
     manager = JobManager(store, tmp_path / "run", registry, cast(Any, None), None)
     registry.manager = manager
     stub = RecordingStub()
+    record = store.add(
+        name="j", submitter="admin@acme.org", submitter_org="acme", submitter_role="project_admin",
+        meta_json="{}", num_rounds=1,
+    )  # fmt: skip
+    store.set_running(record.job_id)
     proc = cast(Any, RunningProcess())
-    flow = _Workflow("j1", frozenset(), proc, cast(Any, None), cast(Any, stub), 60.0, 1, time.monotonic(), set())
+    flow = _Workflow(
+        record.job_id, frozenset(), proc, cast(Any, None), cast(Any, stub), 60.0, 1, time.monotonic(), set()
+    )
     try:
         with manager._lock:
-            manager._workflows["j1"] = flow
+            manager._workflows[record.job_id] = flow
         manager._mark_ready(flow)
         assert registry.registration is not None
         registry.registration.join(30)
