@@ -68,6 +68,7 @@ _INCOMPLETE_SECONDS = 60.0  # a record whose files are still missing after this 
 _SIGNATURE = "job.sig"  # the submitting admin's signature of this run of job.zip, with its job id and time
 _SITES = "sites"  # per-site reports: <site>.json
 _LATE_DIR = "late_events"  # batches sent after the job ended, until written (fedsec.workflow.late reads them)
+_LATE_WAIT_SECONDS = 5.0  # between looks at whether a job with late events or tracking left over has ended
 _LATE_RETRY_SECONDS = 60.0  # after a late-events writer left some (its backend was down)
 _TERMINATED = 143  # the exit status of a workflow process that ended on SIGTERM after ending its runs
 _RUN_ENDS = {JobStatus.COMPLETED: "FINISHED", JobStatus.FAILED: "FAILED", JobStatus.ABORTED: "KILLED"}
@@ -474,6 +475,10 @@ class JobManager:
                 job_dir = self._store.job_dir(job_id)
             except JobError as exc:  # deleted meanwhile
                 log.info("job=%s late events not written: %s", job_id, exc)
+                continue
+            if not record.status.finished:  # never beside the job's workflow, which takes up what waits itself
+                with self._lock:
+                    self._late_due.setdefault(job_id, time.monotonic() + _LATE_WAIT_SECONDS)
                 continue
             argv = [sys.executable, "-m", "fedsec.workflow.late", "--job-dir", str(job_dir), "--job-id", job_id]
             argv += ["--tracking-dir", str(self._tracking_dir), "--end", _RUN_ENDS.get(record.status, "KILLED")]

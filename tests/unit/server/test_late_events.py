@@ -114,3 +114,31 @@ def test_a_sites_report_is_stored_without_terminal_controls(
     (report,) = store.state.site_reports(record.job_id)
     for text in (report.error, report.log_tail):
         assert "boom" in text and not any(c in text for c in "\x1b\x07\x9b"), repr(text)
+
+
+def test_no_late_writer_runs_beside_a_running_job_and_one_runs_once_it_ended(
+    kit: Path, store: JobStore, tmp_path: Path
+) -> None:
+    """What a job's tracking left waiting (workspace/tracking_pending.json) is the late writer's only after the
+    job ended: beside a running job's workflow, which takes it up itself, it would race it for the file."""
+    record = ended_job(store, tmp_path, JobStatus.COMPLETED)
+    running = store.add(
+        name="late", submitter="admin@acme.org", submitter_org="acme", submitter_role="project_admin",
+        meta_json="{}", num_rounds=1,
+    )  # fmt: skip
+    store.set_running(running.job_id)
+    for job_id in (record.job_id, running.job_id):
+        workspace = store.job_dir(job_id) / "workspace"
+        workspace.mkdir(parents=True, exist_ok=True)
+        (workspace / "tracking_pending.json").write_text('{"metrics": {}, "params": {"a": "b"}, "has_model": false}')
+    jobs = JobManager(store, kit / "run", frozenset, cast(Any, None), None)  # finds both files as it starts
+    try:
+        jobs._stop.set()  # no reaper loop: the test drives the late writers itself
+        with jobs._lock:
+            jobs._late_due = dict.fromkeys(jobs._late_due, 0.0)
+        jobs._run_late_writers()
+        with jobs._lock:
+            assert set(jobs._late_writers) == {record.job_id}  # the ended job's writer runs
+            assert running.job_id in jobs._late_due  # the running job's waits until it ends
+    finally:
+        jobs.close()
