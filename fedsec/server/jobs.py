@@ -589,12 +589,17 @@ class JobManager:
         """The job's state as stored, for its starting workflow process (fedsec.workflow.link). Raises JobError."""
         state = self._store.state
         sites = JobSites.load(state, job_id, self._store.job_path(job_id))
-        return fedsec_pb2.JobStart(
+        rounds = state.rounds(job_id)
+        start = fedsec_pb2.JobStart(
             completed_rounds=self._store.get(job_id).current_round,
-            counted=sorted({site for r in state.rounds(job_id) for site in r.accepted}),
+            counted=sorted({site for r in rounds for site in r.accepted}),
             refusals=[job_state.refusal_to_wire(r) for r in state.refusals(job_id)],
             participation=job_state.participation_to_wire(sites.record()),
         )
+        final = next((r for r in rounds if r.kind is RoundKind.EVALUATE), None)
+        if final is not None:
+            start.final.CopyFrom(job_state.round_to_wire(final))
+        return start
 
     def _pull_state(self, flow: _Workflow) -> None:
         """Record flow's reports through the store as they come, acknowledging each (its thread's loop).

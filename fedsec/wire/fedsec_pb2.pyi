@@ -370,16 +370,18 @@ class WorkflowOutcome(_message.Message):
     def __init__(self, completed: _Optional[bool] = ..., reason: _Optional[str] = ..., kept: _Optional[_Union[KeptModel, _Mapping]] = ...) -> None: ...
 
 class JobStart(_message.Message):
-    __slots__ = ("completed_rounds", "counted", "refusals", "participation")
+    __slots__ = ("completed_rounds", "counted", "refusals", "participation", "final")
     COMPLETED_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     COUNTED_FIELD_NUMBER: _ClassVar[int]
     REFUSALS_FIELD_NUMBER: _ClassVar[int]
     PARTICIPATION_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
     completed_rounds: int
     counted: _containers.RepeatedScalarFieldContainer[str]
     refusals: _containers.RepeatedCompositeFieldContainer[RefusalState]
     participation: ParticipationState
-    def __init__(self, completed_rounds: _Optional[int] = ..., counted: _Optional[_Iterable[str]] = ..., refusals: _Optional[_Iterable[_Union[RefusalState, _Mapping]]] = ..., participation: _Optional[_Union[ParticipationState, _Mapping]] = ...) -> None: ...
+    final: RoundState
+    def __init__(self, completed_rounds: _Optional[int] = ..., counted: _Optional[_Iterable[str]] = ..., refusals: _Optional[_Iterable[_Union[RefusalState, _Mapping]]] = ..., participation: _Optional[_Union[ParticipationState, _Mapping]] = ..., final: _Optional[_Union[RoundState, _Mapping]] = ...) -> None: ...
 
 class StateReport(_message.Message):
     __slots__ = ("seq", "round", "refusal", "outcome", "completed_rounds")

@@ -350,13 +350,20 @@ class RoundDriver:
 
     def run(self) -> None:
         """Run the remaining rounds; raise JobError when the job cannot go on (a full disk: "server disk full")."""
-        done_rounds = self.link.wait_started(self.cfg.start_timeout).completed_rounds
+        started = self.link.wait_started(self.cfg.start_timeout)
+        done_rounds = started.completed_rounds
+        final = started.final_evaluation if done_rounds >= self.cfg.num_rounds else None
         model = self._checkpoint(done_rounds - 1) if done_rounds else self._initial
         specs = self.strategy.update_specs(arrays.read_specs(self._initial, "initial model"), self.he.enabled)
         if done_rounds:
             log.info("job=%s resuming after round %d", self.job_id, done_rounds - 1)
             self._restore_strategy(done_rounds - 1)
-        self._wait_for_sites(self.cfg.start_timeout, "start")
+        if final is not None:  # the sites were told they are done: ask them nothing more
+            log.info("job=%s resuming after its final evaluation: the sites are not asked again", self.job_id)
+            stepped = self._checkpoint(self.cfg.num_rounds)  # HE fedopt: the sites' last step is the final model
+            model = stepped if stepped.exists() else model
+        elif done_rounds < self.cfg.num_rounds or self.cfg.evaluate_final:
+            self._wait_for_sites(self.cfg.start_timeout, "start")
         for number in range(done_rounds, self.cfg.num_rounds):
             rnd = self._run_round(number, TRAIN, model, specs)
             if rnd.acc.count < self.meta.min_clients:
@@ -369,20 +376,23 @@ class RoundDriver:
                 self._write_result(rnd, model, new_model)
                 model = new_model
                 self._record(number, rnd)
-        if self.cfg.evaluate_final:
+        site_metrics: dict[str, dict[str, float]] = {}
+        if self.cfg.evaluate_final and final is None:
             rnd = self._run_round(self.cfg.num_rounds, EVALUATE, model, specs)
-            self.link.round_done(_round_record(rnd, RoundKind.EVALUATE))
-            if self.tracker is not None:
-                self.tracker.final_metrics(self.cfg.num_rounds, rnd.metrics(), rnd.site_metrics)
-            if isinstance(rnd.acc, SiteStepAccumulator):  # HE fedopt: the final model is the sites' last step
-                model = self._checkpoint(self.cfg.num_rounds)
+            if isinstance(rnd.acc, SiteStepAccumulator):  # HE fedopt: the final model is the sites' last step,
+                model = self._checkpoint(self.cfg.num_rounds)  # kept before the evaluation is recorded
                 with _server_writes("the final FedOpt step"):
                     self._write_step(rnd, model)
+            final = _round_record(rnd, RoundKind.EVALUATE)
+            self.link.round_done(final)
+            site_metrics = rnd.site_metrics
+        self.finish()  # the sites are done: their scripts end while the result is kept and tracked
+        if final is not None and self.tracker is not None:
+            self.tracker.final_metrics(self.cfg.num_rounds, dict(final.metrics), site_metrics)
         with _server_writes("the job's result"):
             entry = self._keep(self.cfg.num_rounds - 1, model)
             if self.tracker is not None:
                 self.tracker.final_model(self._ws / "result" / entry["model"])
-        self.finish()
 
     def _write_result(self, rnd: _Round, model: Path, dest: Path) -> None:
         """Write round rnd's next global model to dest, and the strategy's state beside it."""

@@ -37,7 +37,7 @@ from typing import Any
 from fedsec import limits
 from fedsec.errors import JobError, WireError
 from fedsec.state.progress import progress_document
-from fedsec.state.records import Participation, Refusal, ResultMeta, ResultOutcome, RoundRecord
+from fedsec.state.records import Participation, Refusal, ResultMeta, ResultOutcome, RoundKind, RoundRecord
 from fedsec.wire import fedsec_pb2, job_state
 
 ACK_SECONDS = 120.0  # how long a report that must be recorded before the driver goes on may wait for the parent
@@ -61,12 +61,21 @@ class JobState:
         where = "the job's state from the server"
         if len(msg.counted) > limits.MAX_PARTICIPANTS or len(msg.refusals) > limits.MAX_REFUSALS_KEPT:
             raise WireError(f"{where}: more sites or refusals than the limits allow")
+        final = job_state.round_from_wire(msg.final, where) if msg.HasField("final") else None
+        if final is not None and final.kind is not RoundKind.EVALUATE:
+            raise WireError(f"{where}: its final evaluation is a {final.kind.value} round")
         return cls(
             completed_rounds=msg.completed_rounds,
             counted=frozenset(msg.counted),
+            rounds=() if final is None else (final,),
             refusals=tuple(job_state.refusal_from_wire(r, where) for r in msg.refusals),
             participation=job_state.participation_from_wire(msg.participation, where),
         )
+
+    @property
+    def final_evaluation(self) -> RoundRecord | None:
+        """The job's final evaluation, when it was recorded (by this process, or before it: StartState)."""
+        return next((r for r in self.rounds if r.kind is RoundKind.EVALUATE), None)
 
 
 class JobStateLink:

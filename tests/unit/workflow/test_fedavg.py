@@ -481,6 +481,33 @@ def test_a_new_fedavg_resumes_after_the_last_completed_round(
     assert f"job={JOB_ID} resuming after round 1" in caplog.text
 
 
+def test_a_job_resumed_after_its_final_evaluation_asks_the_sites_nothing_and_keeps_its_result(
+    make_job: Callable[..., Job], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its sites were told they are done and their scripts ended: a resumed process (the server restarted, or
+    another replica took over, between the final evaluation and the result) must not wait for them again."""
+    caplog.set_level(logging.INFO, logger="fedsec.workflow")
+    job = make_job(num_rounds=1, min_clients=2)
+    first = job.fedavg()
+    first.update_sites(SITES)
+    run = job.start(first)
+    for site in SITES:
+        task(first, site, 0)
+        assert submit(first, site, 0, update(2, 1)) == (True, "")
+    for site in SITES:
+        task(first, site, 1, "evaluate")
+        assert submit(first, site, 1, None, kind="evaluate", metrics={"accuracy": 0.5}) == (True, "")
+    assert run.join() is None
+    for kept in (job.workspace / "result").iterdir():  # as if it died before keeping its result
+        kept.unlink()
+
+    second = job.fedavg()  # no site is alive for it, and none would answer
+    assert job.start(second).join() is None
+    assert_model(job.result(), 2, 1)
+    assert job.progress()["final"] == {"metrics": {"accuracy": 0.5}, "sites": SITES}
+    assert f"job={JOB_ID} resuming after its final evaluation" in caplog.text
+
+
 def test_a_resumed_fedopt_job_continues_its_server_optimizer_from_the_checkpoint(
     make_job: Callable[..., Job],
 ) -> None:
