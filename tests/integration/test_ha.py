@@ -121,11 +121,17 @@ def test_the_standby_takes_over_a_killed_active_replica_and_finishes_its_job(
     def steps(run_id: str) -> list[int]:
         return sorted(m.step for m in client.get_metric_history(run_id, "mse"))
 
+    seen: list[int] = []
+
     def written() -> bool:
         parents = [r for r in runs() if "fedsec.site" not in r.data.tags]
-        return bool(parents) and len(steps(parents[0].info.run_id)) >= 6
+        seen[:] = steps(parents[0].info.run_id) if parents else []
+        return len(seen) >= 6
 
-    wait_until(written, 180, "the job's runs with rounds 0-4 and the final model")
+    try:
+        wait_until(written, 180, "the job's runs with rounds 0-4 and the final model")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the job's run has mse at steps {seen}") from exc
     parents = [r for r in runs() if "fedsec.site" not in r.data.tags]
     children = {r.data.tags["fedsec.site"]: r for r in runs() if "fedsec.site" in r.data.tags}
     assert len(parents) == 1 and sorted(children) == SITES
