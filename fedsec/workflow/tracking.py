@@ -427,8 +427,12 @@ class Tracker:
     def _flush(self) -> None:
         """Write what waits, and keep what still waits on disk (called with the lock held).
 
-        Kept at once, not only at close(): a job process killed with its backend down loses nothing.
+        Kept on disk before the write and again after it, not only at close(): a job process killed while
+        its backend is down, or in the middle of a write, loses nothing (a round already written is not
+        written again: the rounds table).
         """
+        if self._receivers is not None and (self._metrics or self._params or self._model):
+            self._keep_pending(announce=False)
         self._write_waiting()
         self._keep_pending(announce=False)
 
