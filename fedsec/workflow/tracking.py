@@ -82,6 +82,7 @@ Opener = Callable[[], Sequence[Receiver]]
 class _RoundMetrics:
     metrics: Mapping[str, float]
     sites: SiteMetrics
+    stamp: float  # the points' time, given when the round is handed over and kept with it until written
 
 
 def open_tracker(
@@ -271,7 +272,7 @@ class Tracker:
                 log.info("tracking: metrics of round %d were written before; not again", current_round)
                 return
             per_site = {site: dict(values) for site, values in (sites or {}).items()}
-            self._metrics[current_round] = _RoundMetrics(dict(metrics), per_site)
+            self._metrics[current_round] = _RoundMetrics(dict(metrics), per_site, time.time())
             self._flush()
 
     def final_metrics(self, step: int, metrics: Mapping[str, float], sites: SiteMetrics | None = None) -> None:
@@ -324,7 +325,7 @@ class Tracker:
         try:
             doc = json.loads(_fs.read_bounded(path, limits.MAX_MESSAGE_BYTES, f"workspace/{PENDING_FILE}", JobError))
             metrics = {
-                int(r): _RoundMetrics(_floats(m["metrics"]), _site_floats(m["sites"]))
+                int(r): _RoundMetrics(_floats(m["metrics"]), _site_floats(m["sites"]), _stamp(m["stamp"]))
                 for r, m in doc["metrics"].items()
             }
             params = {str(k): str(v) for k, v in doc["params"].items()}
@@ -359,7 +360,11 @@ class Tracker:
         model = self._model[0] if self._model else None
         doc = {
             "metrics": {
-                str(r): {"metrics": dict(m.metrics), "sites": {s: dict(v) for s, v in m.sites.items()}}
+                str(r): {
+                    "metrics": dict(m.metrics),
+                    "sites": {s: dict(v) for s, v in m.sites.items()},
+                    "stamp": m.stamp,
+                }
                 for r, m in self._metrics.items()
             },
             "params": self._params,
@@ -481,7 +486,7 @@ class Tracker:
                         kept[tag] = value
                 sites[site] = kept
             for receiver in self._receivers or ():
-                receiver.global_metrics(current_round, pending.metrics, sites)
+                receiver.global_metrics(current_round, pending.metrics, sites, stamp=pending.stamp)
             self._db.execute("INSERT OR IGNORE INTO rounds VALUES (?)", (current_round,))
             self._db.execute("COMMIT")
         except BaseException:
@@ -507,6 +512,13 @@ def _floats(value: object) -> dict[str, float]:
     if not all(math.isfinite(v) for v in out.values()):
         raise ValueError("a metric is not a finite number")
     return out
+
+
+def _stamp(value: object) -> float:
+    """A kept round's time: seconds since the epoch, finite and positive; ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e11:
+        raise ValueError("a round's time is not a number of seconds since the epoch")
+    return float(value)
 
 
 def _site_floats(value: object) -> dict[str, dict[str, float]]:

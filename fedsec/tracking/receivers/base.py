@@ -47,10 +47,19 @@ class Receiver(Protocol):
         ...
 
     def global_metrics(
-        self, current_round: int, metrics: Mapping[str, float], sites: SiteMetrics | None = None
+        self,
+        current_round: int,
+        metrics: Mapping[str, float],
+        sites: SiteMetrics | None = None,
+        *,
+        stamp: float | None = None,
     ) -> None:
         """Write a round's metrics at step current_round: the server's aggregate (the job's own run) and, under
-        the same names, each site's value (the site's run). Raises JobError when the backend fails."""
+        the same names, each site's value (the site's run). Raises JobError when the backend fails.
+
+        stamp: the points' time (seconds since the epoch; None: now). The tracker gives each round one, kept
+        with it until written, so a round written again after a crash is the same points, which a backend
+        that keys points by time (MLflow) stores once."""
         ...
 
     def job_params(self, params: Mapping[str, str]) -> None:

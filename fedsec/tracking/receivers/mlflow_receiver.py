@@ -186,17 +186,23 @@ class MlflowReceiver:
                 self._client.log_text(run_id, text, f"{TEXT_ARTIFACTS}/{key}/step_{step}.txt")
 
     def global_metrics(
-        self, current_round: int, metrics: Mapping[str, float], sites: SiteMetrics | None = None
+        self,
+        current_round: int,
+        metrics: Mapping[str, float],
+        sites: SiteMetrics | None = None,
+        *,
+        stamp: float | None = None,
     ) -> None:
         """Log a round's metrics at step current_round: the aggregate in the parent run, each site's value under
-        the same key in the site's run (created when missing). Raises JobError."""
+        the same key in the site's run (created when missing), at time stamp (None: now). Raises JobError."""
         with self._lock, self._backend(f"metrics of round {current_round}"):
             self._check_open()
-            stamp = self._round_times.setdefault(current_round, int(time.time() * 1000))
+            when = int((time.time() if stamp is None else stamp) * 1000)
+            stamp_ms = self._round_times.setdefault(current_round, when)
             targets = [(self.run_id, metrics)] if metrics else []
             targets += [(self._site_run(site), values) for site, values in sorted((sites or {}).items()) if values]
             for run_id, values in targets:
-                rows = [Metric(mlflow_key(k), float(v), stamp, current_round) for k, v in values.items()]
+                rows = [Metric(mlflow_key(k), float(v), stamp_ms, current_round) for k, v in values.items()]
                 for chunk in _chunks(rows, MAX_METRICS_PER_BATCH):
                     self._client.log_batch(run_id, metrics=chunk, synchronous=True)
 

@@ -102,11 +102,16 @@ class TensorBoardReceiver:
             writer.flush()
 
     def global_metrics(
-        self, current_round: int, metrics: Mapping[str, float], sites: SiteMetrics | None = None
+        self,
+        current_round: int,
+        metrics: Mapping[str, float],
+        sites: SiteMetrics | None = None,
+        *,
+        stamp: float | None = None,
     ) -> None:
-        """Append a round's metrics (step = round): the aggregate to the server's event file, each site's value
-        under the same tag to the site's. Raises JobError."""
-        now = time.time()
+        """Append a round's metrics (step = round, wall time stamp, None: now): the aggregate to the server's
+        event file, each site's value under the same tag to the site's. Raises JobError."""
+        now = time.time() if stamp is None else stamp
         targets = [(SERVER_RUN, metrics)]
         targets += [(_site_folder(site), values) for site, values in sorted((sites or {}).items())]
         with self._lock, self._backend(f"metrics of round {current_round}"):

@@ -33,7 +33,12 @@ class FakeReceiver:
         self.events += [(site, e.seq) for e in events]
 
     def global_metrics(
-        self, current_round: int, metrics: Mapping[str, float], sites: SiteMetrics | None = None
+        self,
+        current_round: int,
+        metrics: Mapping[str, float],
+        sites: SiteMetrics | None = None,
+        *,
+        stamp: float | None = None,
     ) -> None:
         if self.fail:
             raise JobError("mlflow: down")

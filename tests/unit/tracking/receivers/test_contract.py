@@ -579,3 +579,20 @@ def test_mlflow_close_ends_every_run_of_the_job_as_the_job_ended(tmp_path: Path)
         "site-1": "FINISHED",
         "site-2": "FINISHED",
     }
+
+
+def test_mlflow_a_round_written_again_by_another_process_with_its_stamp_is_stored_once(tmp_path: Path) -> None:
+    """A job process killed between MLflow's write and its own record of it: the next one writes the round
+    again with the time kept with it, and MLflow keeps one point per metric (not a second value)."""
+    first = open_mlflow(tmp_path)
+    first.global_metrics(2, {"loss": 0.5}, {"site-1": {"loss": 0.25}}, stamp=1_700_000_000.5)
+    again = open_mlflow(tmp_path)  # the resumed job process, with the round taken up from the pending file
+    again.global_metrics(2, {"loss": 0.5}, {"site-1": {"loss": 0.25}}, stamp=1_700_000_000.5)
+    again.close()
+    assert isinstance(again, MlflowReceiver)
+    client = MlflowClient(tracking_uri=embedded_mlflow_uri(tmp_path))
+    runs = client.search_runs([again.experiment_id])
+    assert len(runs) == 2
+    for run in runs:
+        history = client.get_metric_history(run.info.run_id, "loss")
+        assert [(m.step, m.timestamp) for m in history] == [(2, 1_700_000_000_500)], run.data.tags
