@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from fedsec import limits
 from fedsec.errors import ConfigError, FedsecError
@@ -59,19 +60,18 @@ def _umask() -> int:
     return 0o077  # not knowing it, take the strictest that still lets the owner in
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
-    """Write data to path through a temporary file and a rename, with mode less the process's umask.
-
-    The server and site parents run with umask 077 (fedsec._proc.private_files), so what they
-    write is 0600 whatever mode a caller asks for. durable=False skips the fsync: for a cache
-    whose content is checked whenever it is used.
+@contextmanager
+def atomic_file(path: Path, mode: int = 0o600, *, durable: bool = True) -> Iterator[BinaryIO]:
+    """A binary file to write path's new content into: a temporary file in path's folder (mode less the
+    process's umask) that replaces path only when the block ends without an error, so path holds either its
+    old content or the whole new one; on an error it is removed. durable=False skips the fsync.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, mode & ~_umask())
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             if durable:
                 os.fsync(f.fileno())
@@ -81,25 +81,26 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644, *, durable: bool = 
         raise
 
 
+def write_atomic(path: Path, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
+    """Write data to path through a temporary file and a rename, with mode less the process's umask.
+
+    The server and site parents run with umask 077 (fedsec._proc.private_files), so what they
+    write is 0600 whatever mode a caller asks for. durable=False skips the fsync: for a cache
+    whose content is checked whenever it is used.
+    """
+    with atomic_file(path, mode, durable=durable) as f:
+        f.write(data)
+
+
 def join_atomic(path: Path, parts: Sequence[bytes | Path], mode: int = 0o600) -> None:
     """Write the concatenation of parts (bytes, or the contents of files) to path, as write_atomic does (durable)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            for part in parts:
-                if isinstance(part, Path):
-                    with part.open("rb") as source:
-                        shutil.copyfileobj(source, f, 1 << 20)
-                else:
-                    f.write(part)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, mode) as f:
+        for part in parts:
+            if isinstance(part, Path):
+                with part.open("rb") as source:
+                    shutil.copyfileobj(source, f, 1 << 20)
+            else:
+                f.write(part)
 
 
 def write_secret(path: Path, data: bytes) -> None:

@@ -30,7 +30,6 @@ import logging
 import math
 import os
 import struct
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from fedsec import _deps, limits
+from fedsec import _deps, _fs, limits
 from fedsec.errors import HEError, WireError
 from fedsec.he import params as he_params
 from fedsec.he.context import TENSEAL_ERRORS, first_parms_id, has_secret_key
@@ -280,22 +279,12 @@ class EncryptedSum:
         header = EncryptedHeader(
             self._expected, self._clip, self._bits, self._n_values, ciphertexts_for(self._n_values), self._count
         )
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                os.fchmod(f.fileno(), FILE_MODE)
-                f.write(_header_bytes(header))
-                for total in self._sums:
-                    record = total.serialize()
-                    f.write(_LENGTH.pack(len(record)))
-                    f.write(record)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with _fs.atomic_file(dest, FILE_MODE) as f:
+            f.write(_header_bytes(header))
+            for total in self._sums:
+                record = total.serialize()
+                f.write(_LENGTH.pack(len(record)))
+                f.write(record)
 
     def _check_upload(self, header: EncryptedHeader, where: str) -> None:
         arrays.check_compatible(header.specs, self._expected, where)

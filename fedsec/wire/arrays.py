@@ -22,7 +22,6 @@ import json
 import math
 import os
 import struct
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import IO, Any, NoReturn
 import numpy as np
 from numpy.typing import NDArray
 
-from fedsec import limits
+from fedsec import _fs, limits
 from fedsec.errors import WireError
 
 MAGIC = b"FSA1"
@@ -100,18 +99,8 @@ def write_file(path: Path, arrays: Mapping[str, NDArray[Any]], where: str | None
     where = where or f"array file {path}"
     specs = specs_of(arrays, where)
     header = _header_bytes(specs, where)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), FILE_MODE)
-            _write_body(f, header, specs, arrays, where)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _fs.atomic_file(path, FILE_MODE) as f:
+        _write_body(f, header, specs, arrays, where)
 
 
 def decode(data: bytes | memoryview, where: str = "arrays") -> dict[str, NDArray[Any]]:
