@@ -28,6 +28,7 @@ from fedsec.jobs.meta import StrategyConfig, StrategyKind
 from fedsec.wire import arrays
 from fedsec.workflow import strategies
 from fedsec.workflow.scaffold import Scaffold
+from tests.unit.workflow.test_strategies import one_round as fold_round
 
 GLOBAL = {"w": np.array([1.0, -2.0]), "n": np.array([5], np.int64)}
 Update = tuple[dict[str, NDArray[Any]], float]
@@ -46,15 +47,7 @@ def one_round(strategy: Scaffold, tmp: Path, number: int, model: Path, updates: 
     task = strategy.task_model(model, tmp / f"task-{number}.fsa")
     specs = strategy.update_specs(arrays.read_specs(model), encrypted=False)
     assert arrays.read_specs(task) == specs  # a task and an update have the same tensors
-    fold = strategy.fold(specs)
-    for i, (update, weight) in enumerate(updates):
-        path = tmp / f"update-{number}-{i}.fsa"
-        arrays.write_file(path, update)
-        fold.check(path, "update")
-        fold.add(path, weight, "update")
-    dest = tmp / f"round_{number}.fsa"
-    strategy.write_result(fold, model, number == 1, dest)  # round 1 sends differences
-    return dest
+    return fold_round(strategy, tmp, number, model, updates, specs)
 
 
 def test_two_rounds_step_the_model_by_server_lr_and_c_by_the_plain_sum_over_n(tmp_path: Path) -> None:

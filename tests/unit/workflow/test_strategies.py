@@ -34,11 +34,16 @@ ADAPTIVE = {"server_lr": 0.1, "beta1": 0.9, "beta2": 0.99, "tau": 0.001}
 
 
 def one_round(
-    strategy: Strategy, tmp: Path, number: int, model: Path, updates: list[tuple[dict[str, NDArray[Any]], float]]
+    strategy: Strategy,
+    tmp: Path,
+    number: int,
+    model: Path,
+    updates: list[tuple[dict[str, NDArray[Any]], float]],
+    specs: tuple[arrays.TensorSpec, ...] | None = None,
 ) -> Path:
-    """Fold updates into a new round of strategy from their files; the path of the round's result."""
-    specs = arrays.read_specs(model)
-    fold = strategy.fold(specs)
+    """Fold updates (of specs, default the model's) into a new round of strategy from their files; the path of
+    the round's result."""
+    fold = strategy.fold(specs or arrays.read_specs(model))
     for i, (update, weight) in enumerate(updates):
         path = tmp / f"update-{number}-{i}.fsa"
         arrays.write_file(path, update)
