@@ -131,7 +131,10 @@ def test_the_standby_takes_over_a_killed_active_replica_and_finishes_its_job(
     try:
         wait_until(written, 180, "the job's runs with rounds 0-4 and the final model")
     except AssertionError as exc:
-        raise AssertionError(f"{exc}; the job's run has mse at steps {seen}") from exc
+        said = [line for line in workflow_log.read_text().splitlines() if "tracking" in line or " done " in line]
+        raise AssertionError(
+            f"{exc}; the job's run has mse at steps {seen}; its log says:\n" + "\n".join(said)
+        ) from exc
     parents = [r for r in runs() if "fedsec.site" not in r.data.tags]
     children = {r.data.tags["fedsec.site"]: r for r in runs() if "fedsec.site" in r.data.tags}
     assert len(parents) == 1 and sorted(children) == SITES
