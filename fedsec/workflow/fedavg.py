@@ -376,7 +376,6 @@ class RoundDriver:
                 self._write_result(rnd, model, new_model)
                 model = new_model
                 self._record(number, rnd)
-        site_metrics: dict[str, dict[str, float]] = {}
         if self.cfg.evaluate_final and final is None:
             rnd = self._run_round(self.cfg.num_rounds, EVALUATE, model, specs)
             if isinstance(rnd.acc, SiteStepAccumulator):  # HE fedopt: the final model is the sites' last step,
@@ -384,11 +383,12 @@ class RoundDriver:
                 with _server_writes("the final FedOpt step"):
                     self._write_step(rnd, model)
             final = _round_record(rnd, RoundKind.EVALUATE)
+            if self.tracker is not None:  # handed over (and kept) before the evaluation counts as recorded
+                self.tracker.final_metrics(self.cfg.num_rounds, rnd.metrics(), rnd.site_metrics)
             self.link.round_done(final)
-            site_metrics = rnd.site_metrics
+        elif final is not None and self.tracker is not None:  # resumed: handed over before, unless it died first
+            self.tracker.final_metrics(self.cfg.num_rounds, dict(final.metrics))
         self.finish()  # the sites are done: their scripts end while the result is kept and tracked
-        if final is not None and self.tracker is not None:
-            self.tracker.final_metrics(self.cfg.num_rounds, dict(final.metrics), site_metrics)
         with _server_writes("the job's result"):
             entry = self._keep(self.cfg.num_rounds - 1, model)
             if self.tracker is not None:
@@ -556,13 +556,15 @@ class RoundDriver:
         return rnd
 
     def _record(self, number: int, rnd: _Round) -> None:
+        """Record round number as completed. Its metrics go to the tracker first, which keeps them (on disk
+        while unwritten): once the round counts as completed, a resumed process never hands them over again."""
+        if self.tracker is not None:
+            self.tracker.global_metrics(number, rnd.metrics(), rnd.site_metrics)
         self.link.round_done(_round_record(rnd, RoundKind.TRAIN), completed_rounds=number + 1)
         previous = self._checkpoint(number - 2)
         previous.unlink(missing_ok=True)  # keep the last two checkpoints
         _state_path(previous).unlink(missing_ok=True)
         log.info("job=%s round=%d done metrics=%s", self.job_id, number, rnd.metrics())
-        if self.tracker is not None:
-            self.tracker.global_metrics(number, rnd.metrics(), rnd.site_metrics)
 
     def _write_progress(self) -> None:
         """Tell the link the sites that left or restarted, as applied here (the parent holds their record)."""

@@ -357,21 +357,21 @@ class Tracker:
         if not (self._metrics or self._params or self._model):
             path.unlink(missing_ok=True)
             return
-        model = self._model[0] if self._model else None
-        doc = {
-            "metrics": {
-                str(r): {
-                    "metrics": dict(m.metrics),
-                    "sites": {s: dict(v) for s, v in m.sites.items()},
-                    "stamp": m.stamp,
-                }
-                for r, m in self._metrics.items()
-            },
-            "params": self._params,
-            "has_model": bool(self._model),
-            "model": None if model is None else str(model.relative_to(self._workspace)),
-        }
         try:
+            model = self._model[0] if self._model else None
+            doc = {
+                "metrics": {
+                    str(r): {
+                        "metrics": dict(m.metrics),
+                        "sites": {s: dict(v) for s, v in m.sites.items()},
+                        "stamp": m.stamp,
+                    }
+                    for r, m in self._metrics.items()
+                },
+                "params": self._params,
+                "has_model": bool(self._model),
+                "model": None if model is None else str(model.relative_to(self._workspace)),
+            }
             _fs.write_atomic(path, json.dumps(doc).encode(), mode=0o600)
         except (OSError, ValueError) as exc:  # ValueError: a model outside the workspace
             self._warn(f"what waits to be written cannot be kept in workspace/{PENDING_FILE}: {exc}")

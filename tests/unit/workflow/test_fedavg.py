@@ -894,3 +894,36 @@ def test_each_rounds_metrics_and_the_final_evaluation_reach_the_job_and_site_run
     assert curve("job", "final_accuracy") == [(2, 0.875)]
     assert curve("site-1", "final_accuracy") == [(2, 0.8)]
     assert curve("site-2", "final_accuracy") == [(2, 0.9)]
+
+
+def test_a_rounds_metrics_are_kept_by_the_tracker_before_the_round_counts_as_completed(
+    make_job: Callable[..., Job], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process killed right after its round was recorded is resumed after that round and never hands its
+    metrics over again: they must already be with the tracker (kept on disk while its backend is closed)."""
+
+    def closed() -> list[Receiver]:
+        raise JobError("mlflow: still opening")
+
+    job = make_job(num_rounds=2, min_clients=1)
+    job.workspace.mkdir()
+    tracker = Tracker(job.workspace / "tracking.db", closed, "local", retry_seconds=(60.0,))
+    pending = job.workspace / "tracking_pending.json"
+    kept_at_record: list[set[str]] = []
+    fedavg = job.fedavg(tracker=tracker)
+    round_done = fedavg.link.round_done
+
+    def recording(record: Any, completed_rounds: int | None = None) -> None:
+        kept_at_record.append(set(json.loads(pending.read_text())["metrics"]) if pending.exists() else set())
+        round_done(record, completed_rounds)
+
+    monkeypatch.setattr(fedavg.link, "round_done", recording)
+    fedavg.update_sites(["site-1"])
+    run = job.start(fedavg)
+    for number, kind in ((0, "train"), (1, "train"), (2, "evaluate")):
+        task(fedavg, "site-1", number, kind)
+        sent = update(1) if kind == "train" else None
+        assert submit(fedavg, "site-1", number, sent, kind=kind, metrics={"accuracy": 0.5})[0]
+    assert run.join() is None
+    tracker.close()
+    assert kept_at_record == [{"0"}, {"0", "1"}, {"0", "1", "2"}]  # each round kept before it was recorded
