@@ -57,6 +57,7 @@ _HOLD_SECONDS = 5.0  # how long the server may hold a heartbeat waiting for a ch
 REPORT_SECONDS = 600.0  # how long a site keeps trying to report a job's end through a bad link
 QUICK_RETRY_SECONDS = 0.1  # how often a site dials a server that does not answer, for the first QUICK_RETRY_PHASE s
 QUICK_RETRY_PHASE = 10.0  # of each time it (re)registers (a loaded host starts a server in seconds); then 0.2 s to 5 s
+STANDBY_RETRY_SECONDS = 0.5  # while a standby replica answers: it takes over within its lease's ttl, be there then
 
 
 class SiteAgent:
@@ -126,12 +127,16 @@ class SiteAgent:
         While nothing answers at all (the server is not listening yet: a site started
         with its server), the site dials again every QUICK_RETRY_SECONDS on a fresh
         channel for the first QUICK_RETRY_PHASE seconds, so it registers as soon as
-        the server listens; after that it backs off from 0.2 s to 5 s.
+        the server listens; after that it backs off from 0.2 s to 5 s. While a standby
+        replica answers (the active one died; a standby takes over once the lease
+        lapses), it goes round the endpoints every STANDBY_RETRY_SECONDS, never backing
+        off further, so it registers within that of the takeover.
         """
         delay = 0.2
         failed = 0  # endpoints that failed in a row since the last pause
         quick_until = time.monotonic() + QUICK_RETRY_PHASE
         said_quick = False
+        standby_seen = False  # a standby answered since the last pause
         while not self._stop.is_set():
             index, where = self._server.index, self._server.address
             try:
@@ -142,6 +147,7 @@ class SiteAgent:
             except grpc.RpcError as exc:
                 err = error_from_rpc(exc, "register", where)
                 reason = "a standby replica" if is_standby(exc) else str(err)
+                standby_seen = standby_seen or is_standby(exc)
                 if fails_over(exc) and self._server.count > 1:
                     failed += 1
                     following = address(self._server.fail_over(index))
@@ -160,9 +166,14 @@ class SiteAgent:
                     )  # fmt: skip
                     said_quick = True
                     pause = QUICK_RETRY_SECONDS
+                elif standby_seen:
+                    log.info("site=%s: a standby replica answers; trying again in %.1f s", self._kit.name,
+                             STANDBY_RETRY_SECONDS)  # fmt: skip
+                    pause = STANDBY_RETRY_SECONDS
                 else:
                     log.info("site=%s cannot register yet (%s); retrying in %.1f s", self._kit.name, reason, delay)
                     pause, delay = delay, min(delay * 2, 5.0)
+                standby_seen = False
                 self._stop.wait(pause)
                 if unanswered:
                     self._server.renew_live()  # dial now, not when the failed channel's own backoff ends

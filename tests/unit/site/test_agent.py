@@ -12,8 +12,10 @@ import pytest
 from fedsec.kit import load_kit
 from fedsec.provision import load_project, provision
 from fedsec.site import agent as agent_module
-from fedsec.site.agent import QUICK_RETRY_SECONDS, SiteAgent
+from fedsec.site.agent import QUICK_RETRY_SECONDS, STANDBY_RETRY_SECONDS, SiteAgent
 from tests.conftest import BASE_PROJECT, project_doc, write_project
+from tests.standby import StandbyReplica
+from tests.unit.transport.test_failover import replica_project
 
 
 class Refuser:
@@ -124,3 +126,22 @@ def test_stop_while_the_main_thread_holds_the_connection_lock_closes_it_without_
     for thread in [t for t in threading.enumerate() if t.name == "close"]:
         thread.join(60)
     assert connection._closed
+
+
+def test_while_a_standby_replica_answers_a_site_goes_round_every_half_second_without_backing_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The active replica is gone (nothing listens at server1-b) and server1-a stands by until the lease lapses:
+    the site must be there soon after the takeover, not in a pause that grew to seconds."""
+    monkeypatch.setattr(agent_module, "QUICK_RETRY_PHASE", 0.0)
+    prod = replica_project(tmp_path)
+    agent = SiteAgent(load_kit(prod / "site-1"))
+    stop = Pauses(limit=5)
+    agent._stop = stop
+    try:
+        with StandbyReplica(prod / "server1-a") as standby:
+            agent._register()
+    finally:
+        agent.stop()
+    assert stop.seen == [STANDBY_RETRY_SECONDS] * 5  # not 0.2, 0.4, 0.8, 1.6, 3.2
+    assert standby.calls.count("/fedsec.v1.Federation/Register") >= 5  # it asked the standby each time round
