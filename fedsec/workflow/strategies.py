@@ -83,7 +83,20 @@ class Strategy(Protocol):
         ...
 
 
-class FedAvg:
+class _ModelOnly:
+    """For a strategy whose tasks and updates are the model alone, folded into a plain weighted sum."""
+
+    def update_specs(self, model: tuple[arrays.TensorSpec, ...], encrypted: bool) -> tuple[arrays.TensorSpec, ...]:
+        return model
+
+    def task_model(self, model: Path, dest: Path) -> Path:
+        return model
+
+    def fold(self, specs: tuple[arrays.TensorSpec, ...]) -> Accumulator:
+        return Accumulator(specs)
+
+
+class FedAvg(_ModelOnly):
     """The weighted average of the updates; FedProx is this on the server, with mu sent to the sites."""
 
     supports_he = True
@@ -96,15 +109,6 @@ class FedAvg:
     def task_meta(self) -> dict[str, Any]:
         return {"name": self.name, **self._settings}
 
-    def update_specs(self, model: tuple[arrays.TensorSpec, ...], encrypted: bool) -> tuple[arrays.TensorSpec, ...]:
-        return model
-
-    def task_model(self, model: Path, dest: Path) -> Path:
-        return model
-
-    def fold(self, specs: tuple[arrays.TensorSpec, ...]) -> Accumulator:
-        return Accumulator(specs)
-
     def write_result(self, fold: Accumulator, model: Path, diff: bool, dest: Path) -> None:
         fold.write_average(dest, model if diff else None)
 
@@ -116,7 +120,7 @@ class FedAvg:
             raise JobError(f"{where}: {self.name} keeps no state, but the checkpoint has some")
 
 
-class FedOpt:
+class FedOpt(_ModelOnly):
     """A server optimizer stepping the global model with the pseudo-gradient delta = average - global.
 
     The step and its state are fedsec.fedopt.FedOptStep (adam, yogi, adagrad, avgm), the one
@@ -136,15 +140,6 @@ class FedOpt:
 
     def task_meta(self) -> dict[str, Any]:
         return {"name": self.name, "optimizer": self.optimizer.value, **self._settings}
-
-    def update_specs(self, model: tuple[arrays.TensorSpec, ...], encrypted: bool) -> tuple[arrays.TensorSpec, ...]:
-        return model
-
-    def task_model(self, model: Path, dest: Path) -> Path:
-        return model
-
-    def fold(self, specs: tuple[arrays.TensorSpec, ...]) -> Accumulator:
-        return Accumulator(specs)
 
     def write_result(self, fold: Accumulator, model: Path, diff: bool, dest: Path) -> None:
         current = dict(arrays.iter_file(model, "global model"))
