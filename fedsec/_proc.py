@@ -7,14 +7,19 @@ Nothing here looks processes up by name.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
+import gc
 import logging
 import os
 import signal
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 log = logging.getLogger(__name__)
 
@@ -196,3 +201,28 @@ def tune_malloc() -> None:
     if _LIBC is not None and hasattr(_LIBC, "mallopt"):
         _LIBC.mallopt(_M_ARENA_MAX, 2)
         _LIBC.mallopt(_M_MMAP_THRESHOLD, 256 << 10)
+
+
+def end_process(code: int, release: Callable[[], None] = lambda: None) -> NoReturn:
+    """End this process with exit status code as the interpreter would, minus the teardown of its modules.
+
+    In the interpreter's order (Py_FinalizeEx): threading's shutdown (thread pools told to stop,
+    the threads that are not daemons joined), the atexit handlers (logging's flush,
+    weakref.finalize, the client's last events), then release() (the caller drops what it still
+    holds: fedsec.client.runscript clears the script's globals and modules, as the interpreter's
+    teardown would) and a garbage collection, so the finalisers of those objects run (a file's
+    flush, a zip file's directory), stdout and stderr flushed, and _exit. What is skipped is the
+    teardown of every other module and the C++ static destructors: with torch or MLflow loaded
+    that alone costs 0.6-1 s of CPU per process, for nothing a job keeps.
+    """
+    getattr(threading, "_shutdown")()  # noqa: B009 - the interpreter's own step: executors stopped, threads joined
+    atexit._run_exitfuncs()
+    release()
+    gc.collect()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):  # closed or broken: the interpreter would carry on too
+            pass
+    os._exit(code)

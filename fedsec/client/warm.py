@@ -8,7 +8,8 @@ kit. Here it imports torch (numpy when torch is not installed) and the client
 API, then blocks on its stdin, a pipe from the site parent, for one line of
 JSON: the script, its arguments and the job's own environment (socket, token,
 job id, site, data sets). It then runs the script as `python SCRIPT ARGS`
-would, in this same process, and exits with it.
+would, in this same process, and exits with it as fedsec.client.runscript
+does (without tearing down the framework's modules).
 
 It runs exactly one job and no code of any job before it: it never forks, so
 nothing of an earlier job (memory, open files, threads) can reach a later one,
@@ -20,10 +21,10 @@ from __future__ import annotations
 
 import importlib
 import os
-import runpy
 import sys
 
 from fedsec import limits
+from fedsec.client import runscript
 from fedsec.jobs.launch import JobSpec, decode_spec
 
 FRAMEWORKS = ("torch", "numpy")  # the first one installed is imported while waiting
@@ -41,16 +42,15 @@ def preload() -> str:
     return ""
 
 
-def run(spec: JobSpec) -> None:
-    """Run spec's script as `python SCRIPT ARGS` would, in this process: argv, sys.path[0], environment, stdin."""
+def run(spec: JobSpec) -> int:
+    """Run spec's script as `python SCRIPT ARGS` would, in this process (argv, sys.path[0], environment,
+    stdin); the exit status it asks for (fedsec.client.runscript.run)."""
     null = os.open(os.devnull, os.O_RDONLY)  # the pipe from the site is done with: the script reads nothing
     os.dup2(null, 0)
     os.close(null)
     os.environ.update(spec.env)
-    sys.argv = [str(spec.script), *spec.args]
-    sys.path.insert(0, str(spec.script.parent))
     importlib.invalidate_caches()  # the job's code was written after this process looked at its folders
-    runpy.run_path(str(spec.script), run_name="__main__")
+    return runscript.run(spec.script, spec.args)
 
 
 READY = "fedsec warm job process: ready"  # its first line in the job's log, once the framework is imported
@@ -62,8 +62,9 @@ def main() -> int:
     line = sys.stdin.buffer.readline(limits.MAX_WARM_SPEC_BYTES + 1)
     if not line:
         return 0  # the site stopped, or replaced this process, before giving it a job
-    run(decode_spec(line))
-    return 0
+    spec = decode_spec(line)
+    runscript.finish(spec.script, run(spec))
+    return 0  # not reached: finish ends the process
 
 
 if __name__ == "__main__":

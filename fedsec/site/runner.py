@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 Report = Callable[[str, bool, str, str], None]  # (job_id, failed, error text, log tail)
 RETENTION_CHECK_SECONDS = 86400.0  # how often old job folders are looked for
+RUN_SCRIPT = "fedsec.client.runscript"  # runs a script as `python SCRIPT ARGS` would, and ends without teardown
 WARM_CHECK_SECONDS = 30.0  # how often the warm launcher's ready process is checked (alive, fits the settings)
 
 
@@ -182,7 +183,7 @@ class JobRunner:
                 log.info("job=%s script=%s runs in the ready job process", job_id, app.script.path)
                 return slot.proc, log_path, endpoint.socket
             env = sandbox.script_env(base, work, [custom, sandbox.fedsec_package_dir().parent])
-            command = [sys.executable, str(script), *app.script.args]
+            command = [sys.executable, "-P", "-m", RUN_SCRIPT, str(script), *app.script.args]
             if isolated:
                 datasets = tuple(Path(p) for p in settings.datasets.values())
                 mounts = sandbox.JobMounts(code, work, endpoint.socket, self._kit_root, datasets)
