@@ -22,7 +22,8 @@ fedsec.api.Session.submit_job. Per job it prints:
     acknowledged, bytes_received), sampled at each round's start and end;
   - the job scripts' start: the site's "job=... script=" log line to the script's
     first line, and to its imports (torch, the model) being done;
-  - peak summed VmRSS of every fedsec process (server, workflow, sites, scripts).
+  - peak summed VmRSS of every fedsec process (server, workflow, sites, scripts), and
+    the CPU seconds each group used (what fedsec's own processes cost, beside the scripts').
 With --warm-launcher on, every site keeps a ready job process (site settings).
 Prints figures; asserts nothing. The machine's load is printed: other work stretches every time.
 Run: .venv/bin/python bench/job_overhead_bench.py [--sites 3 --rounds 2] [--modes plain he]
@@ -230,6 +231,8 @@ def run_job(fed: Federation, tmp: Path, args: argparse.Namespace, he: bool, port
     print(f"  peak summed VmRSS of all fedsec processes: {memory.peak(*roles):.0f} MiB", end="")
     print(f" (scripts {memory.peak('scripts'):.0f}, sites {memory.peak('sites'):.0f}, server+workflow "
           f"{memory.peak('server', 'workflow'):.0f})")  # fmt: skip
+    cpu = ", ".join(f"{role} {memory.cpu(role):.1f}" for role in roles)
+    print(f"  CPU seconds used while sampled (user + system): {cpu}")
 
 
 def end_phases(fed: Federation, sites: list[str], job_id: str, workflow_log: Path, rounds: int, start: float) -> str:
