@@ -64,6 +64,9 @@ def _all_choices() -> list[Choice]:
         Choice("fedprox mu=0.01", ("--strategy", "fedprox", "--mu", "0.01"), FedProxRecipe, {"mu": 0.01}),
         Choice("fedopt adam", ("--strategy", "fedopt", "--optimizer", "adam"), FedOptRecipe, {"optimizer": "adam"}),
         Choice("fedopt yogi", ("--strategy", "fedopt", "--optimizer", "yogi"), FedOptRecipe, {"optimizer": "yogi"}),
+        Choice(
+            "fedopt adagrad", ("--strategy", "fedopt", "--optimizer", "adagrad"), FedOptRecipe, {"optimizer": "adagrad"}
+        ),
         Choice("fedopt avgm", ("--strategy", "fedopt", "--optimizer", "avgm"), FedOptRecipe, {"optimizer": "avgm"}),
     ]
     import fedsec.jobs
