@@ -13,28 +13,24 @@ of the signed, verified job archive, the last model received); a task whose
 model is one of them comes without its bytes, and the site's own copy is used
 once its size and SHA-256 match the task's (else it is downloaded).
 
-The site's HE secret key stays here, in trusted code: in a job whose signed
-config enables HE, the relay decrypts the global model before the script
-sees it (keeping the final one in the job's work folder), and encrypts the
-script's plain update with the signed job's HE parameters before it leaves
-the site, sending each ciphertext as it is made (fedsec.site.upload). In a
-fedopt job it also runs the server optimizer's step the server cannot run
-(fedsec.site.fedopt_he): the script gets the stepped model, and the upload
-starts with the sealed new model and state and their digest. The signed job,
-not the server's task message, decides HE and the strategy: a task whose meta
-disagrees with it is never handed to the script.
+How a task's model reaches the script and how the script's result goes up is
+the job's site codec (fedsec.site.codec), picked once when the endpoint opens
+from the signed job's he section: plain (as sent; the upload kept whole, then
+sent), or encrypted (the site's HE key stays in this trusted process: the global
+model is decrypted before the script sees it, and the script's plain update is
+encrypted with the signed job's HE parameters as it streams up). The script
+calls the same Client API either way. The signed job, not the server's task
+message, decides HE and the strategy: a task whose meta disagrees with it is
+never handed to the script, nor to the codec.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import itertools
 import json
 import logging
-import os
 import secrets
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -46,22 +42,19 @@ import grpc
 
 from fedsec import _fs, limits
 from fedsec.errors import AuthError, FedsecError, TransferInterruptedError, WireError
+from fedsec.site.codec import EncryptedCodec, Parts, PlainCodec, SiteCodec, parse_meta
 from fedsec.site.spool import EventSpool
 from fedsec.site.transfer import retry
-from fedsec.site.upload import StreamedUpload
 from fedsec.tracking.events import check_batch
 from fedsec.transport.local import TOKEN_METADATA, serve_unix
 from fedsec.transport.tls import rpc_boundary
 from fedsec.wire import fedsec_pb2, fedsec_pb2_grpc, streams
 
-if TYPE_CHECKING:  # numpy (and arrays, which needs it) only once a job needs them: an idle site never loads it
-    import numpy as np
-
-    from fedsec.jobs.meta import HEConfig, StrategyConfig  # likewise the job folder format (_fedavg)
+if TYPE_CHECKING:  # the job folder format only once a job needs it (_fedavg): an idle site never loads it
+    from fedsec.jobs.meta import HEConfig, StrategyConfig
 
 log = logging.getLogger(__name__)
 
-FINAL_MODEL = "global_model.fsa"  # the decrypted final model of an HE job, in the job's work folder
 _MAX_WAIT = 30.0
 
 Upstream = Callable[[], fedsec_pb2_grpc.FederationStub]
@@ -114,15 +107,12 @@ class JobEndpoint:
     work: Path
     transfer_seconds: float = 600.0  # how long a task download or an upload is retried (the job's round_timeout)
     server: grpc.Server | None = None
-    global_params: dict[str, np.ndarray] | None = field(default=None, repr=False)  # HE jobs: the last global model
     strategy: StrategyConfig = field(default_factory=_fedavg)  # the signed job's: a task must say the same
     refused_round: int = -1  # the last round whose task was refused (logged once)
     initial_model: Path | None = None  # the initial model in the signed, verified job archive's unpacked folder
     held: dict[bytes, Path] = field(default_factory=dict, repr=False)  # SHA-256 -> a model file this site holds
     last_held: bytes = b""  # the digest of the last model received (kept in a file beside work/)
     sites: int = 0  # how many sites the signed job lists (scaffold's N)
-    control: dict[str, np.ndarray] | None = field(default=None, repr=False)  # HE scaffold: the last task's c
-    fedopt_head: bytes = field(default=b"", repr=False)  # HE fedopt: the sealed step that heads the next upload
 
 
 @dataclass(frozen=True)
@@ -191,7 +181,7 @@ class LocalEndpoints:
             strategy=strategy or _fedavg(),
             sites=sites,
         )
-        relay = JobRelay(endpoint, self._link)
+        relay = JobRelay(endpoint, self._link, job_codec(endpoint, self._link))
         endpoint.server = serve_unix(socket, lambda s: fedsec_pb2_grpc.add_FederationServicer_to_server(relay, s), 4)
         with self._lock:
             self._open[job_id] = endpoint
@@ -211,16 +201,30 @@ class LocalEndpoints:
             self.close(job_id)
 
 
-class JobRelay(fedsec_pb2_grpc.FederationServicer):
-    """Serves one job's script: checks its token, relays to the server, does the HE work for it."""
+def job_codec(endpoint: JobEndpoint, link: SiteLink) -> SiteCodec:
+    """The codec of endpoint's job, from its signed he section: encrypted (with the site's HE key) or plain."""
+    if endpoint.he.enabled:
+        return EncryptedCodec(
+            endpoint.job_id,
+            link.site,
+            endpoint.he,
+            endpoint.strategy,
+            endpoint.sites,
+            endpoint.work,
+            link.he_context,
+        )
+    return PlainCodec(endpoint.job_id, endpoint.work)
 
-    def __init__(self, endpoint: JobEndpoint, link: SiteLink) -> None:
+
+class JobRelay(fedsec_pb2_grpc.FederationServicer):
+    """Serves one job's script: checks its token, relays to the server through the job's codec."""
+
+    def __init__(self, endpoint: JobEndpoint, link: SiteLink, codec: SiteCodec) -> None:
         self._job = endpoint
-        self._site = link.site
         self._upstream = link.upstream
         self._spool = link.spool
         self._wake = link.wake
-        self._he_context = link.he_context
+        self._codec = codec
 
     def _check(self, named_job: str, context: grpc.ServicerContext) -> str:
         """The endpoint's job id, once the caller's token matches it and it names no other job."""
@@ -255,16 +259,15 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
         if header.status != fedsec_pb2.TASK_STATUS_TASK:
             yield first
             return
-        meta = _meta(header.meta_json, what)
+        meta = parse_meta(header.meta_json, what)
         problem = task_disagreement(meta, self._job.he, self._job.strategy)
         if problem:
             yield from self._refuse(header.current_round, problem, wait, context)
-        elif self._job.he.enabled:
-            yield from self._he_task(header, meta, payload)
-        else:
-            yield first
-            for chunk in streams.bytes_chunks(payload):
-                yield fedsec_pb2.TaskPart(data=chunk)
+            return
+        header, model = self._codec.task(header, meta, payload)
+        yield fedsec_pb2.TaskPart(header=header)
+        for chunk in streams.bytes_chunks(model):
+            yield fedsec_pb2.TaskPart(data=chunk)
 
     def _task_once(
         self, request: fedsec_pb2.TaskRequest, wait: float, deadline: float
@@ -363,83 +366,6 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
         done.wait(wait)  # the script asked to wait this long: it asks again, and the round goes on without us
         yield fedsec_pb2.TaskPart(header=fedsec_pb2.TaskHeader(status=fedsec_pb2.TASK_STATUS_WAIT))
 
-    def _he_task(
-        self, header: fedsec_pb2.TaskHeader, meta: dict[str, Any], payload: bytes
-    ) -> Iterator[fedsec_pb2.TaskPart]:
-        """Decrypt (or decode) the global model, keep it for DIFF updates, hand the script plain arrays.
-
-        payload: the whole model, already checked against the size and SHA-256 its header announced.
-        """
-        from fedsec.jobs.meta import StrategyKind
-        from fedsec.wire import arrays
-
-        where = f"global model of job {self._job.job_id} round {header.current_round}"
-        if self._job.strategy.name is StrategyKind.FEDOPT:  # the sites step the optimizer (fedsec.site.fedopt_he)
-            from fedsec.site import fedopt_he
-
-            stepped = fedopt_he.step(
-                self._he_context(),
-                self._job.job_id,
-                self._job.strategy,
-                header.current_round,
-                payload,
-                bool(meta.get("encrypted")),
-                where,
-            )
-            params, self._job.fedopt_head = stepped.model, stepped.prefix
-            log.info("job=%s round=%d fedopt step digest=%s", self._job.job_id, header.current_round, stepped.digest)
-            if header.task == "evaluate":
-                _keep_final(self._job, params)
-        elif meta.get("encrypted"):
-            from fedsec.he.codec import decrypt_model  # tenseal: only in HE jobs
-
-            params, total = decrypt_model(self._he_context(), payload, where)
-            params = self._scaffold_task(params, total, header.task, where)
-            if header.task == "evaluate":  # the final model: this site keeps it, decrypted, in the job's folder
-                _keep_final(self._job, params)
-        else:
-            params = self._scaffold_task(arrays.decode(payload, where), None, header.task, where)
-        self._job.global_params = params
-        plain = arrays.encode(self._scaffold_script_task(params, header.task), where)
-        out = fedsec_pb2.TaskHeader()
-        out.CopyFrom(header)
-        out.meta_json = json.dumps({**meta, "encrypted": False})
-        out.payload.CopyFrom(streams.describe_bytes(plain))
-        yield fedsec_pb2.TaskPart(header=out)
-        for chunk in streams.bytes_chunks(plain):
-            yield fedsec_pb2.TaskPart(data=chunk)
-
-    @property
-    def _scaffold(self) -> bool:
-        from fedsec.jobs.meta import StrategyKind
-
-        return self._job.strategy.name is StrategyKind.SCAFFOLD
-
-    def _scaffold_task(
-        self, params: dict[str, np.ndarray], total: float | None, task: str, where: str
-    ) -> dict[str, np.ndarray]:
-        """The model of an HE scaffold task (its c kept for the upload: fedsec.site.scaffold); others as they are.
-
-        total: the decrypted sum's total weight (None: a plain task, round 0's, whose c the server sent).
-        """
-        if not self._scaffold or (total is None and task != "train"):
-            return params
-        from fedsec.site import scaffold
-
-        if total is None:
-            model, self._job.control = scaffold.plain_task(params, where)
-        else:
-            model, self._job.control = scaffold.task_from_sum(params, total, self._job.sites, where)
-        return model
-
-    def _scaffold_script_task(self, params: dict[str, np.ndarray], task: str) -> dict[str, np.ndarray]:
-        """What the script gets: a scaffold training task's model with c beside it (fedsec.jobs.control)."""
-        if not self._scaffold or task != "train" or self._job.control is None:
-            return params
-        from fedsec.jobs import control
-
-        return control.join(params, self._job.control)
-
     @rpc_boundary
     def SendEvents(self, request: fedsec_pb2.EventBatch, context: grpc.ServicerContext) -> fedsec_pb2.EventAck:
         """Store the events durably, then answer: the forwarder sends them on to the server."""
@@ -460,53 +386,10 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
         header.CopyFrom(first.header)
         header.job_id = self._check(header.job_id, context)
         where = f"result of job {self._job.job_id} round {header.current_round}"
-        if self._job.he.enabled:
-            return self._send_encrypted(header, _data(request_iterator, "result"), where, context)
-        try:  # the whole upload first: a retry sends it again from here, never from the script
-            kept = self._keep(header, _data(request_iterator, "result"), where)
-        except WireError as exc:
-            log.warning("job=%s result not sent: %s", self._job.job_id, exc)
-            return fedsec_pb2.ResultReply(accepted=False, reason=str(exc))
-        try:
-            return self._send(lambda: _result_parts(header, streams.file_chunks(kept)), where, context)
-        finally:
-            kept.unlink(missing_ok=True)
+        data = _data(request_iterator, "result")
+        return self._codec.submit(header, data, where, lambda parts: self._send(parts, where, context))
 
-    def _send_encrypted(
-        self, header: fedsec_pb2.ResultHeader, data: Iterator[bytes], where: str, context: grpc.ServicerContext
-    ) -> fedsec_pb2.ResultReply:
-        """Encrypt the script's update and send it as its ciphertexts are made (kept as they go, for a retry)."""
-        try:
-            header, pieces, bound = self._encrypt(header, data)
-        except (WireError, ValueError) as exc:
-            log.warning("job=%s result not sent: %s", self._job.job_id, exc)
-            return fedsec_pb2.ResultReply(accepted=False, reason=str(exc))
-        if pieces is None:  # no update: an evaluation's metrics
-            return self._send(lambda: _result_parts(header, iter(())), where, context)
-        with StreamedUpload(header, pieces, bound, self._job.work.parent) as upload:
-            reply = self._send(upload.parts, where, context)
-            if upload.error is not None:  # the encryption failed midway: that, not the cut stream, is the news
-                raise upload.error
-            return reply
-
-    def _keep(self, header: fedsec_pb2.ResultHeader, data: Iterator[bytes], where: str) -> Path:
-        """The script's upload, checked against its announced size and digest, in a file beside (not in) work/."""
-        fd, name = tempfile.mkstemp(prefix=".upload-", suffix=".fsa", dir=self._job.work.parent)
-        os.close(fd)
-        kept = Path(name)
-        try:
-            with streams.PayloadWriter(kept, header.payload, limits.MAX_MODEL_BYTES, where) as writer:
-                for chunk in data:
-                    writer.write(chunk)
-                writer.finish()
-        except BaseException:
-            kept.unlink(missing_ok=True)
-            raise
-        return kept
-
-    def _send(
-        self, parts: Callable[[], Iterator[fedsec_pb2.ResultPart]], where: str, context: grpc.ServicerContext
-    ) -> fedsec_pb2.ResultReply:
+    def _send(self, parts: Parts, where: str, context: grpc.ServicerContext) -> fedsec_pb2.ResultReply:
         """Send a result (parts() makes each try's stream), again after each transient failure, until the deadline."""
         deadline = time.monotonic() + self._job.transfer_seconds
 
@@ -527,152 +410,12 @@ class JobRelay(fedsec_pb2_grpc.FederationServicer):
             _forward_error(exc.__cause__, context)
             return fedsec_pb2.ResultReply(accepted=False, reason="server unreachable")
 
-    def _encrypt(
-        self, header: fedsec_pb2.ResultHeader, data: Iterator[bytes]
-    ) -> tuple[fedsec_pb2.ResultHeader, Iterator[bytes] | None, int]:
-        """The script's plain update -> the full weights, weighted and encrypted with the signed HE parameters.
-
-        Returns the header to send, the encrypted update's pieces as they will be made (None: no
-        update) and a bound of its size. The server sees neither the weights nor num_examples: the
-        weight rides inside the ciphertexts, so the meta carries nothing but the params type.
-        """
-        from fedsec.jobs.meta import StrategyKind
-        from fedsec.wire import arrays
-
-        where = f"result of job {self._job.job_id} round {header.current_round}"
-        payload = streams.receive_bytes(data, header.payload, limits.MAX_MODEL_BYTES, where)
-        meta = _meta(header.meta_json, where)
-        if self._job.strategy.name is StrategyKind.FEDOPT:
-            return self._encrypt_fedopt(header, payload, meta, where)
-        if not payload:
-            header.meta_json = json.dumps({"encrypted": True})
-            header.payload.CopyFrom(streams.describe_bytes(b""))
-            return header, None, 0
-        update = arrays.decode(payload, where)
-        del payload
-        delta: dict[str, np.ndarray] = {}
-        if self._scaffold:
-            from fedsec.jobs import control
-
-            update, delta = control.split(update, control.CONTROL, where)
-        params = _full_params(update, meta, self._job.global_params, where)
-        if self._scaffold:
-            params = self._scaffold_upload(params, delta, _weight(meta, self._job.he.max_examples, where), where)
-        header.meta_json = json.dumps({"params_type": "full", "encrypted": True})
-        return self._encrypt_params(header, params, meta, where)
-
-    def _encrypt_params(
-        self, header: fedsec_pb2.ResultHeader, params: dict[str, np.ndarray], meta: dict[str, Any], where: str
-    ) -> tuple[fedsec_pb2.ResultHeader, Iterator[bytes], int]:
-        """params weighted and encrypted with the signed HE parameters: (header, the pieces as made, a size bound)."""
-        import numpy as np
-
-        he = self._job.he
-        weight = _weight(meta, he.max_examples, where)
-        # stochastic rounding needs no secret randomness: seeding it by job, round and site makes runs repeatable
-        seed_text = f"{self._job.job_id}:{header.current_round}:{self._site}".encode()
-        seed = int.from_bytes(hashlib.sha256(seed_text).digest()[:8], "big")
-        from fedsec.he.codec import ciphertexts_for, encrypt_chunks  # tenseal: only in HE jobs
-
-        rng = np.random.default_rng(seed)
-        pieces = encrypt_chunks(self._he_context(), params, weight, he.clip, rng, he.max_clients)
-        records = ciphertexts_for(sum(int(v.size) for v in params.values()) + 1)
-        bound = min(
-            limits.MAX_MODEL_BYTES, limits.MAX_HE_HEADER_BYTES + 8 + records * (4 + limits.MAX_HE_CIPHERTEXT_BYTES)
-        )
-        return header, pieces, bound
-
-    def _scaffold_upload(
-        self, params: dict[str, np.ndarray], delta: dict[str, np.ndarray], weight: float, where: str
-    ) -> dict[str, np.ndarray]:
-        """The sections an HE scaffold upload encrypts (fedsec.site.scaffold.upload)."""
-        from fedsec.he.params import quantised_weight
-        from fedsec.site import scaffold
-
-        job = self._job
-        if job.control is None or job.global_params is None:
-            raise WireError(f"{where}: a scaffold update, but no training task was received")
-        server_lr = float(job.strategy.settings()["server_lr"])
-        weight_q = quantised_weight(weight, job.he.clip, job.he.max_clients)
-        return scaffold.upload(params, delta, job.global_params, job.control, server_lr, weight_q, job.he.clip, where)
-
-    def _encrypt_fedopt(
-        self, header: fedsec_pb2.ResultHeader, payload: bytes, meta: dict[str, Any], where: str
-    ) -> tuple[fedsec_pb2.ResultHeader, Iterator[bytes] | None, int]:
-        """_encrypt for fedopt: the sealed step of the task, then (training) the encrypted weight difference."""
-        from fedsec.site.fedopt_he import update_difference
-        from fedsec.wire import arrays
-
-        head, self._job.fedopt_head = self._job.fedopt_head, b""
-        if not head:
-            raise WireError(f"{where}: no fedopt step to send: the task was not received through this site")
-        header.meta_json = json.dumps({"params_type": "diff", "encrypted": True})
-        if not payload:  # the final evaluation: the sealed final model and its digest alone
-            return header, iter((head,)), len(head)
-        diff = update_difference(arrays.decode(payload, where), meta, self._job.global_params, where)
-        del payload
-        _, pieces, bound = self._encrypt_params(header, diff, meta, where)
-        return header, itertools.chain((head,), pieces), min(limits.MAX_MODEL_BYTES, bound + len(head))
-
-
-def _keep_final(job: JobEndpoint, params: dict[str, np.ndarray]) -> None:
-    """Keep the final global model, decrypted, in the job's work folder (HE jobs)."""
-    from fedsec.wire import arrays
-
-    try:
-        arrays.write_file(job.work / FINAL_MODEL, params)
-    except OSError as exc:
-        log.warning("job=%s cannot keep the final model: %s", job.job_id, exc)
-
-
-def _full_params(
-    params: dict[str, np.ndarray], meta: dict[str, Any], base: dict[str, np.ndarray] | None, where: str
-) -> dict[str, np.ndarray]:
-    """params as full weights: a weight difference is added to the global model the script received."""
-    params_type = meta.get("params_type", "full")
-    if params_type == "full":
-        return params
-    if params_type != "diff":
-        raise WireError(f"{where}: params_type must be full or diff, got {str(params_type)[:20]!r}")
-    if base is None:
-        raise WireError(f"{where}: a weight difference, but no global model was received")
-    if set(params) != set(base) or any(params[k].shape != base[k].shape for k in base):
-        raise WireError(f"{where}: the weight difference does not match the global model's tensors")
-    return {k: (base[k] + params[k]).astype(base[k].dtype) for k in base}
-
-
-def _weight(meta: dict[str, Any], max_examples: int, where: str) -> float:
-    examples = meta.get("num_examples", max_examples)
-    if isinstance(examples, bool) or not isinstance(examples, int | float) or not examples > 0:
-        raise WireError(f"{where}: num_examples must be a positive number, got {str(examples)[:20]!r}")
-    return min(float(examples), max_examples) / max_examples
-
-
-def _meta(text: str, where: str) -> dict[str, Any]:
-    from fedsec.wire import arrays
-
-    if len(text) > limits.MAX_META_JSON_BYTES:
-        raise WireError(f"{where}: meta larger than {limits.MAX_META_JSON_BYTES} bytes")
-    try:
-        value = arrays.strict_json(text) if text else {}
-    except (ValueError, RecursionError) as exc:
-        raise WireError(f"{where}: meta is not JSON") from exc
-    if not isinstance(value, dict):
-        raise WireError(f"{where}: meta is not a JSON object")
-    return value
-
 
 def _data(parts: Iterator[Any], what: str) -> Iterator[bytes]:
     for part in parts:
         if part.WhichOneof("part") != "data":
             raise WireError(f"{what} stream: a second header")
         yield part.data
-
-
-def _result_parts(header: fedsec_pb2.ResultHeader, chunks: Iterator[bytes]) -> Iterator[fedsec_pb2.ResultPart]:
-    yield fedsec_pb2.ResultPart(header=header)
-    for chunk in chunks:
-        yield fedsec_pb2.ResultPart(data=chunk)
 
 
 def _forward_error(exc: grpc.RpcError, context: grpc.ServicerContext) -> None:

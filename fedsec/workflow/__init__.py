@@ -1,4 +1,4 @@
-"""The server's job process: the round driver (sampling, deadlines, checkpoints), strategies, streaming folds.
+"""The server's job process: the round driver (sampling, deadlines, checkpoints), strategies, update codecs.
 
 It runs no code from the job: the initial model is data (an array
 container), and aggregation is numpy. It talks only to the server parent,

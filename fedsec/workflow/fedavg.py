@@ -2,12 +2,14 @@
 
 RoundDriver (FedAvg is its older name) owns sampling, deadlines, site failures,
 checkpoints and progress; the job's strategy (fedsec.workflow.strategies: fedavg,
-fedprox, fedopt) owns how each accepted plain update is folded in and what the
-next global model is. Under homomorphic encryption the driver sums the
-ciphertexts itself (EncryptedAccumulator: the average only the sites can read),
-for the strategies that support it; for fedopt the sites also step the optimizer
-and the driver keeps their sealed step unread once their digests agree
-(SiteStepAccumulator; its log names each round's agreed digest).
+fedprox, fedopt, scaffold) owns how each accepted plain update is folded in and
+what the next global model is; the job's update codec (fedsec.workflow.codec),
+picked once from the signed job's he section, owns what differs between plain
+arrays and HE ciphertexts: the models' file suffix, the cap on sampled sites,
+each round's fold (plain: the strategy's; encrypted: the sum of ciphertexts, or
+the sites' sealed step kept unread for a strategy the sites step under HE),
+whether an update's size is judged from its header, and whether the strategy's
+state is restored. The driver never asks whether a job uses HE.
 
 The job's state (rounds completed, each round's sites and metrics, refused
 updates, the result kept) goes to the server parent through the driver's
@@ -56,15 +58,14 @@ from fedsec.jobs import result
 from fedsec.jobs.meta import AppConfig, JobMeta
 from fedsec.state.records import Refusal, RoundKind, RoundRecord
 from fedsec.wire import arrays, fedsec_pb2, streams
-from fedsec.workflow import strategies
-from fedsec.workflow.aggregate import Accumulator, EncryptedAccumulator, SiteStepAccumulator
+from fedsec.workflow import codec, strategies
+from fedsec.workflow.codec import ENCRYPTED_SUFFIX, RoundFold, UpdateCodec
 from fedsec.workflow.link import JobStateLink
 from fedsec.workflow.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
 TRAIN, EVALUATE = "train", "evaluate"
-ENCRYPTED_SUFFIX = ".fsh"  # an encrypted model (fedsec.he.codec); ".fsa" is a plain one
 _PARAMS_TYPES = ("full", "diff")
 _MAX_WEIGHT = 1e12
 _POLL_SECONDS = 0.5  # how often a waiting driver looks at the clock again (it is also woken on every change)
@@ -80,8 +81,7 @@ class _Round:
     payload: fedsec_pb2.PayloadInfo  # the model's size and SHA-256, read once when the round opens
     sampled: frozenset[str]
     pending: set[str]
-    acc: Accumulator | EncryptedAccumulator | SiteStepAccumulator
-    params_type: str | None = None
+    fold: RoundFold
     metric_sums: dict[str, float] = field(default_factory=dict)
     metric_weights: dict[str, float] = field(default_factory=dict)
     site_metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # site -> the metrics it sent
@@ -143,24 +143,25 @@ class RoundDriver:
         tracker: Tracker | None = None,
         clock: Callable[[], float] = time.monotonic,
         link: JobStateLink | None = None,
+        strategy: strategies.Strategy | None = None,
     ) -> None:
         """he_context: the server's HE context (no key), required when the job enables HE.
 
         clock: the driver's time source for deadlines (seconds, monotonic).
         link: the job's way to its state (default: one with no parent, JobStateLink.in_process()).
+        strategy: the job's strategy (default: the one app/config.yml's strategy section names).
         Leftovers of an earlier process on this workspace (temporary checkpoint
-        files, half-received uploads) are removed here.
+        files, half-received uploads) are removed here. Raises JobError when the
+        job enables HE without he_context, or with a strategy that cannot run under it.
         """
         self.job_id = job_id
         self.meta = meta
         self.cfg = app.workflow
-        self.he = app.he
-        if self.he.enabled and he_context is None:
-            raise JobError("the job uses homomorphic encryption, but the server kit has no HE context")
-        self._he_context = he_context
-        self.strategy = strategies.make(app.strategy, len(meta.sites), self.he.enabled)
-        if self.he.enabled and not self.strategy.supports_he:
-            raise JobError(f"strategy {self.strategy.name} does not run with homomorphic encryption yet")
+        self.codec: UpdateCodec = codec.make(job_id, app.he, he_context, workspace / "incoming")
+        if strategy is None:
+            strategy = strategies.make(app.strategy, len(meta.sites), self.codec.encrypted)
+        self.codec.check(strategy)
+        self.strategy = strategy
         self.tracker = tracker
         self.participants: set[str] = set()  # every site that answered a round: the sites whose end is awaited
         self._initial = job_folder / "app" / app.initial_model
@@ -256,22 +257,15 @@ class RoundDriver:
         try:
             weight, params_type = _parse_meta(header.meta_json, where)
             metrics = _check_metrics(dict(header.metrics), where)
-            if rnd.kind == TRAIN or isinstance(rnd.acc, SiteStepAccumulator):  # HE fedopt: evaluations bring a step
+            if rnd.fold.updates:  # training; HE fedopt's final evaluation brings the sites' step too
                 self._receive_update(rnd, header, chunks, tmp, where)
             elif header.payload.total_size != 0 or header.payload_trailer:
                 raise WireError(f"{where}: an evaluation result carries no model")
             with self._cond:
                 if self._round is not rnd or site not in rnd.pending:
                     return False, "the round closed before this result was complete"
-                if isinstance(rnd.acc, SiteStepAccumulator):  # HE fedopt: the site's step and (training) update
-                    rnd.acc.add_result(site, tmp, where)
-                elif rnd.kind == TRAIN:
-                    if rnd.params_type not in (None, params_type):
-                        raise WireError(
-                            f"{where}: params_type {params_type} differs from this round's {rnd.params_type}"
-                        )
-                    rnd.acc.add(tmp, weight, where)
-                    rnd.params_type = params_type
+                if rnd.fold.updates:
+                    rnd.fold.add(site, tmp, weight, params_type, where)
                 for key, value in metrics.items():
                     rnd.metric_sums[key] = rnd.metric_sums.get(key, 0.0) + weight * value
                     rnd.metric_weights[key] = rnd.metric_weights.get(key, 0.0) + weight
@@ -313,13 +307,13 @@ class RoundDriver:
         payload = header.payload
         if payload.total_size == 0:
             raise WireError(f"{where}: a training result carries no model (FLModel.params is empty)")
-        if not self.he.enabled and payload.total_size != rnd.payload.total_size:
+        if self.codec.sized_by_header and payload.total_size != rnd.payload.total_size:
             raise WireError(f"{where}: {_misfit(iter(chunks), rnd.specs)}")
         with streams.PayloadWriter(tmp, payload, limits.MAX_MODEL_BYTES, where, header.payload_trailer) as writer:
             for chunk in chunks:
                 writer.write(chunk)
             writer.finish()
-        rnd.acc.check(tmp, where)
+        rnd.fold.check(tmp, where)
 
     def _refused(self, number: int, site: str, reason: str) -> str:
         """Report to the job's state that site's update of round number was refused; the line for the site.
@@ -354,34 +348,41 @@ class RoundDriver:
         done_rounds = started.completed_rounds
         final = started.final_evaluation if done_rounds >= self.cfg.num_rounds else None
         model = self._checkpoint(done_rounds - 1) if done_rounds else self._initial
-        specs = self.strategy.update_specs(arrays.read_specs(self._initial, "initial model"), self.he.enabled)
+        specs = self.codec.update_specs(self.strategy, arrays.read_specs(self._initial, "initial model"))
         if done_rounds:
             log.info("job=%s resuming after round %d", self.job_id, done_rounds - 1)
-            self._restore_strategy(done_rounds - 1)
+            self.codec.restore(self.strategy, self._checkpoint(done_rounds - 1), done_rounds - 1)
         if final is not None:  # the sites were told they are done: ask them nothing more
             log.info("job=%s resuming after its final evaluation: the sites are not asked again", self.job_id)
-            stepped = self._checkpoint(self.cfg.num_rounds)  # HE fedopt: the sites' last step is the final model
+            stepped = self._checkpoint(self.cfg.num_rounds)  # the final evaluation's model (HE fedopt: the sites' step)
             model = stepped if stepped.exists() else model
         elif done_rounds < self.cfg.num_rounds or self.cfg.evaluate_final:
             self._wait_for_sites(self.cfg.start_timeout, "start")
         for number in range(done_rounds, self.cfg.num_rounds):
             rnd = self._run_round(number, TRAIN, model, specs)
-            if rnd.acc.count < self.meta.min_clients:
-                raise JobError(
-                    f"round {number}: only {rnd.acc.count} of min_clients={self.meta.min_clients} results arrived"
-                    + self._left_text("; ")
-                )
-            new_model = self._checkpoint(number)
-            with _server_writes(f"the checkpoint of round {number}"):
-                self._write_result(rnd, model, new_model)
-                model = new_model
-                self._record(number, rnd)
+            try:
+                if rnd.fold.count < self.meta.min_clients:
+                    raise JobError(
+                        f"round {number}: only {rnd.fold.count} of min_clients={self.meta.min_clients} results "
+                        "arrived" + self._left_text("; ")
+                    )
+                new_model = self._checkpoint(number)
+                with _server_writes(f"the checkpoint of round {number}"):
+                    rnd.fold.write(model, new_model, number)
+                    model = new_model
+                    self._record(number, rnd)
+            finally:
+                rnd.fold.close()
         if self.cfg.evaluate_final and final is None:
             rnd = self._run_round(self.cfg.num_rounds, EVALUATE, model, specs)
-            if isinstance(rnd.acc, SiteStepAccumulator):  # HE fedopt: the final model is the sites' last step,
-                model = self._checkpoint(self.cfg.num_rounds)  # kept before the evaluation is recorded
-                with _server_writes("the final FedOpt step"):
-                    self._write_step(rnd, model)
+            try:
+                if rnd.fold.updates:  # the answers bring the final model (HE fedopt: the sites' last step),
+                    stepped = self._checkpoint(self.cfg.num_rounds)  # kept before the evaluation is recorded
+                    with _server_writes("the final evaluation's model"):
+                        rnd.fold.write(model, stepped, self.cfg.num_rounds)
+                    model = stepped
+            finally:
+                rnd.fold.close()
             final = _round_record(rnd, RoundKind.EVALUATE)
             if self.tracker is not None:  # handed over (and kept) before the evaluation counts as recorded
                 self.tracker.final_metrics(self.cfg.num_rounds, rnd.metrics(), rnd.site_metrics)
@@ -393,47 +394,6 @@ class RoundDriver:
             entry = self._keep(self.cfg.num_rounds - 1, model)
             if self.tracker is not None:
                 self.tracker.final_model(self._ws / "result" / entry["model"])
-
-    def _write_result(self, rnd: _Round, model: Path, dest: Path) -> None:
-        """Write round rnd's next global model to dest, and the strategy's state beside it."""
-        diff = rnd.params_type == "diff"
-        if isinstance(rnd.acc, SiteStepAccumulator):
-            self._write_step(rnd, dest)
-            return
-        if isinstance(rnd.acc, EncryptedAccumulator):  # the encrypted sum: only the sites can average it
-            rnd.acc.write_average(dest, model if diff else None)
-            return
-        self.strategy.write_result(rnd.acc, model, diff, dest)
-        state = self.strategy.state()
-        if state:
-            arrays.write_file(_state_path(dest), state, f"the {self.strategy.name} state of round {rnd.number}")
-
-    def _write_step(self, rnd: _Round, dest: Path) -> None:
-        """HE fedopt: write the sites' agreed step (and the sum) to dest; JobError naming the sites that disagree."""
-        if not isinstance(rnd.acc, SiteStepAccumulator):
-            return
-        try:
-            digest = rnd.acc.write(dest, rnd.number)
-        finally:
-            rnd.acc.close()
-        log.info(
-            "job=%s round=%d the sites agree on the fedopt step digest=%s kept_from=%s",
-            self.job_id,
-            rnd.number,
-            digest,
-            rnd.acc.kept_from,
-        )
-
-    def _restore_strategy(self, number: int) -> None:
-        """Continue the strategy from its state kept with round number's checkpoint (none: a stateless one)."""
-        if self.he.enabled:  # a stateful strategy's state is then in the sites' sealed step, in the checkpoint
-            return
-        path = _state_path(self._checkpoint(number))
-        where = f"the {self.strategy.name} state of round {number}"
-        if path.exists():
-            self.strategy.restore(arrays.read_file(path, where), where)
-        elif self.strategy.stateful:
-            raise JobError(f"{where} is missing: the job cannot resume its server optimizer")
 
     def keep_last_result(self) -> dict[str, Any] | None:
         """Keep the last completed round's global model as the result (the job was aborted or failed); its entry.
@@ -512,27 +472,17 @@ class RoundDriver:
         live = sorted(self._wait_for_sites(self.cfg.round_timeout, f"round {number}"))
         if kind == TRAIN:
             k = min(len(live), max(self.meta.min_clients, math.ceil(self.cfg.sample_fraction * len(live))))
-            if self.he.enabled:
-                k = min(k, self.he.max_clients)  # an encrypted sum holds at most max_clients contributions
+            k = self.codec.sample_cap(k)  # an encrypted sum holds at most he.max_clients contributions
             seed = self.job_id if self.cfg.sample_seed is None else self.cfg.sample_seed
             rng = random.Random(f"{seed}:{number}")  # noqa: S311 - sampling, not secrecy
             sampled = frozenset(rng.sample(live, k))
         else:
             sampled = frozenset(live)
-        acc: Accumulator | EncryptedAccumulator | SiteStepAccumulator
-        if self.he.enabled and isinstance(self.strategy, strategies.FedOpt):  # the sites step: fedsec.site.fedopt_he
-            folder = self._ws / "incoming"
-            acc = SiteStepAccumulator(
-                self._he_context, specs, self.he.clip, self.he.max_clients, folder, final=kind == EVALUATE
-            )
-        elif self.he.enabled:
-            acc = EncryptedAccumulator(self._he_context, specs, self.he.clip, self.he.max_clients)
-        else:
-            acc = self.strategy.fold(specs)
+        fold = self.codec.fold(self.strategy, specs, final=kind == EVALUATE)
         if kind == TRAIN and model.suffix != ENCRYPTED_SUFFIX:  # what the strategy sends with it (scaffold: c)
             with _server_writes(f"the task of round {number}"):
                 model = self.strategy.task_model(model, self._ws / TASK_MODEL)
-        rnd = _Round(number, kind, model, specs, streams.describe_file(model), sampled, set(sampled), acc)
+        rnd = _Round(number, kind, model, specs, streams.describe_file(model), sampled, set(sampled), fold)
         log.info("job=%s round=%d %s sampled=%s", self.job_id, number, kind, ",".join(sorted(sampled)))
         timeout = self.cfg.round_timeout
         with self._cond:
@@ -563,7 +513,7 @@ class RoundDriver:
         self.link.round_done(_round_record(rnd, RoundKind.TRAIN), completed_rounds=number + 1)
         previous = self._checkpoint(number - 2)
         previous.unlink(missing_ok=True)  # keep the last two checkpoints
-        _state_path(previous).unlink(missing_ok=True)
+        codec.state_path(previous).unlink(missing_ok=True)
         log.info("job=%s round=%d done metrics=%s", self.job_id, number, rnd.metrics())
 
     def _write_progress(self) -> None:
@@ -573,8 +523,7 @@ class RoundDriver:
         self.link.note_sites(left, failures)
 
     def _checkpoint(self, number: int) -> Path:
-        suffix = ENCRYPTED_SUFFIX if self.he.enabled else ".fsa"
-        return self._ws / "checkpoints" / f"round_{number:05d}{suffix}"
+        return self._ws / "checkpoints" / f"round_{number:05d}{self.codec.suffix}"
 
 
 FedAvg = RoundDriver  # the driver's name before strategies were split out of it
@@ -586,11 +535,6 @@ def _round_record(rnd: _Round, kind: RoundKind) -> RoundRecord:
         rnd.number, kind, rnd.sampled, frozenset(rnd.contributors), dict.fromkeys(rnd.rejected, ""),
         frozenset(rnd.failed), rnd.metrics(),
     )  # fmt: skip
-
-
-def _state_path(checkpoint: Path) -> Path:
-    """Where the strategy's state of the round whose global model is at checkpoint lives."""
-    return checkpoint.with_name(checkpoint.name.split(".")[0] + ".state.fsa")
 
 
 def _remove_leftovers(workspace: Path) -> None:

@@ -39,6 +39,7 @@ class Scaffold:
     """The SCAFFOLD strategy; sites: N, the number of sites the job lists."""
 
     supports_he = True
+    sites_step_under_he = False  # under HE the sites' uploads make the step in the encrypted sum itself
 
     def __init__(self, server_lr: float, sites: int, encrypted: bool) -> None:
         if sites < 1:

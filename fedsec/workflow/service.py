@@ -66,10 +66,7 @@ class WorkflowService(fedsec_pb2_grpc.WorkflowServicer):
         self._fedavg = fedavg
         self._num_rounds = num_rounds
         self._quota = TrackingQuota(limits.TRACKING_QUOTA_SITE_BYTES, limits.TRACKING_QUOTA_JOB_BYTES)
-        he = fedavg.he
-        self._he = (
-            {"clip": he.clip, "max_examples": he.max_examples, "max_clients": he.max_clients} if he.enabled else None
-        )
+        self._he = fedavg.codec.task_he
 
     @rpc_boundary
     def GetTask(self, request: fedsec_pb2.TaskRequest, context: grpc.ServicerContext) -> Iterator[fedsec_pb2.TaskPart]:

@@ -17,12 +17,13 @@ round, chosen by app/config.yml's strategy section (fedsec.jobs.meta.StrategyCon
 Every fold is streaming: an update is added into float64 running sums straight
 from its file (fedsec.workflow.aggregate.Accumulator), so the server holds about
 one model (and, for fedopt, its optimizer state) whatever the number of sites.
-This module handles plain updates only: under homomorphic encryption the driver
-sums ciphertexts (EncryptedAccumulator) for the strategies whose supports_he is
-true, and a job asking for another one is refused when it is loaded; for fedopt
-the sites then run the optimizer step themselves (fedsec.fedopt, shared with
-this module) and the driver stores their encrypted result unread. It never
-reads a site's identity or anything but checked arrays.
+This module handles plain updates only: under homomorphic encryption the job's
+update codec (fedsec.workflow.codec) sums ciphertexts for the strategies whose
+supports_he is true, and a job asking for another one is refused when it is
+loaded; for a strategy whose sites_step_under_he is true (fedopt) the sites run
+the step themselves (fedsec.fedopt, shared with this module) and the codec keeps
+their sealed result unread. It never reads a site's identity or anything but
+checked arrays.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Strategy(Protocol):
 
     name: str
     supports_he: bool  # whether the driver may sum this strategy's updates encrypted (it then averages them)
+    sites_step_under_he: bool  # under HE the sites run the step and seal it (fedopt): the server keeps it unread
     stateful: bool  # whether state() has something to keep with each checkpoint
 
     def task_meta(self) -> dict[str, Any]:
@@ -100,6 +102,7 @@ class FedAvg(_ModelOnly):
     """The weighted average of the updates; FedProx is this on the server, with mu sent to the sites."""
 
     supports_he = True
+    sites_step_under_he = False
     stateful = False
 
     def __init__(self, name: str = StrategyKind.FEDAVG.value, settings: Mapping[str, float | str] | None = None):
@@ -131,6 +134,7 @@ class FedOpt(_ModelOnly):
 
     stateful = True
     supports_he = True  # under HE the step runs on the sites: see the class docstring
+    sites_step_under_he = True
 
     def __init__(self, optimizer: ServerOptimizer, settings: Mapping[str, float]) -> None:
         self.name = StrategyKind.FEDOPT.value
