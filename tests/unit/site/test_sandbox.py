@@ -143,7 +143,7 @@ def test_a_site_that_dies_while_bubblewrap_starts_leaves_no_process(tmp_path: Pa
         subprocess.run(site, check=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
         left = functools.partial(pids_running, marker)
         try:
-            wait_until(lambda: not left(), 30, "the job's processes to die with their site")  # noqa: B023
+            wait_until(lambda: not left(), 120, "the job's processes to die with their site")  # noqa: B023
         finally:
             for pid in pids_running(marker):
                 os.kill(pid, signal.SIGKILL)
