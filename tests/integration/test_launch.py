@@ -148,6 +148,17 @@ def test_start_eight_sites_then_stop_exactly_them(launch: Launch) -> None:
     assert again.returncode == 1
     assert "run ./stop_fl.sh first" in again.stderr
     assert launch.read_pids() == pids  # nothing new was started
+    direct = subprocess.run(  # fedsec launch itself refuses a kit that runs, naming its process
+        [str(FEDSEC), "launch", "--kit", str(launch.prod / "site-1")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        start_new_session=True,
+    )
+    assert direct.returncode == 1, direct.stdout + direct.stderr
+    assert f"site-1 is already running from this kit (pid {pids['site-1']})" in direct.stderr
+    assert launch.read_pids() == pids  # its daemon.pid still names the process that runs
 
     stopped = launch.run("stop_fl.sh")
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
