@@ -233,7 +233,7 @@ class Federation:
                 env=self.env,
                 stdout=subprocess.DEVNULL,
             )
-        finally:  # start_fl.sh removes each kit's daemon.pid before it starts it: these are this run's
+        finally:  # start_fl.sh removes each kit's daemon.pid before it launches it: these are this run's
             for name in [SERVER, *(f"site-{i}" for i in range(1, n_clients + 1))]:
                 if (self.kit(name) / "daemon.pid").exists():
                     self.pids[self.pid(name)] = started(self.pid(name))

@@ -5,13 +5,14 @@ folder with free ports on 127.0.0.1 and started with a copy of workspaces/start_
   a. seconds from running `start_fl.sh N PROD` to its exit (every site registered: it
      waits for that) and to the server logging the last site registered; median of
      --starts fresh starts, stopped between; and the CPU seconds each parent used until
-     then (from /proc), which a loaded machine does not stretch.
+     then (from /proc), which a loaded machine does not stretch, and what start_fl.sh
+     and its `fedsec launch` used (the imports every parent shares, the sites' kit checks).
   b. VmRSS (MiB) of the idle server parent and each site parent --idle-seconds after all
      registered, and the site parents' warm job launchers (if the sites keep one); and how
      that splits: private (anonymous: the Python objects and native heaps) and file-backed
      (pages of the shared libraries it touched, shared with every process that maps them:
      on a host of several parents, and reclaimable), with the private memory (USS) a
-     parent alone costs.
+     parent alone costs and its proportional share of what it shares (PSS).
   c. which heavy native libraries each parent has mapped (from /proc/PID/maps).
 Prints the figures; asserts nothing about time.
 Run: .venv/bin/python bench/idle_bench.py [--sites 8] [--starts 3] [--warm-launcher]
@@ -54,19 +55,21 @@ def mapped(pid: int) -> list[str]:
     return sorted({name for needle, name in HEAVY.items() if needle in maps})
 
 
-def rss_split(pid: int) -> tuple[float, float, float]:
-    """(RssAnon, RssFile + RssShmem, USS) of pid in MiB, from /proc; zeros once it has gone."""
-    values = {"RssAnon:": 0.0, "RssFile:": 0.0, "RssShmem:": 0.0, "Private_Clean:": 0.0, "Private_Dirty:": 0.0}
+def rss_split(pid: int) -> tuple[float, float, float, float]:
+    """(RssAnon, RssFile + RssShmem, USS, PSS) of pid in MiB, from /proc; zeros once it has gone."""
+    values = {
+        "RssAnon:": 0.0, "RssFile:": 0.0, "RssShmem:": 0.0, "Private_Clean:": 0.0, "Private_Dirty:": 0.0, "Pss:": 0.0
+    }  # fmt: skip
     try:
         text = Path(f"/proc/{pid}/status").read_text() + Path(f"/proc/{pid}/smaps_rollup").read_text()
     except OSError:
-        return 0.0, 0.0, 0.0
+        return 0.0, 0.0, 0.0, 0.0
     for line in text.splitlines():
         key, _, rest = line.partition(":")
         if key + ":" in values and rest.split():
             values[key + ":"] = int(rest.split()[0]) / 1024
     uss = values["Private_Clean:"] + values["Private_Dirty:"]
-    return values["RssAnon:"], values["RssFile:"] + values["RssShmem:"], uss
+    return values["RssAnon:"], values["RssFile:"] + values["RssShmem:"], uss, values["Pss:"]
 
 
 def spread(values: list[float], unit: str, fmt: str = ".2f") -> str:
@@ -97,7 +100,7 @@ def main() -> None:
         site_rss: list[float] = []
         launcher_rss: list[float] = []
         script_cpu: list[float] = []
-        split: dict[str, list[tuple[float, float, float]]] = {"server parent": [], "site parent": []}
+        split: dict[str, list[tuple[float, float, float, float]]] = {"server parent": [], "site parent": []}
         server_cpu: list[float] = []
         site_cpu: list[float] = []
         libs: dict[str, list[str]] = {}
@@ -131,20 +134,20 @@ def main() -> None:
         print(f"a. start_fl.sh {args.sites} ({args.starts} fresh starts):")
         print(f"     until start_fl.sh returned (all registered): {spread(script, 's')}")
         print(f"     until the server logged the last registration: {spread(to_all, 's')}")
-        print(f"     CPU of start_fl.sh itself (its scripts, tails and greps): {spread(script_cpu, 's')}")
+        print(f"     CPU of start_fl.sh and its fedsec launch (shared imports, kit checks): {spread(script_cpu, 's')}")
         print(f"     CPU used until then, server parent: {spread(server_cpu, 's')}")
         print(f"     CPU used until then, each site parent: {spread(site_cpu, 's')}")
-        need = statistics.median(server_cpu) + args.sites * statistics.median(site_cpu)
-        print(f"     (that CPU over {os.cpu_count()} idle cores: at least {need / (os.cpu_count() or 1):.2f} s)")
+        need = statistics.median(script_cpu) + statistics.median(server_cpu) + args.sites * statistics.median(site_cpu)
+        print(f"     (all that CPU over {os.cpu_count()} idle cores: at least {need / (os.cpu_count() or 1):.2f} s)")
         print(f"     load average {os.getloadavg()[0]:.2f} now: other work on this machine stretches the wall times")
         print(f"b. idle VmRSS {args.idle_seconds:g} s after all registered, no job:")
         print(f"     server parent:  {spread(server_rss, 'MiB', '.1f')}")
         print(f"     site parent:    {spread(site_rss, 'MiB', '.1f')}  ({len(site_rss)} samples)")
         for role, values in split.items():
-            anon, file, uss = (statistics.median(v[i] for v in values) for i in range(3))
+            anon, file, uss, pss = (statistics.median(v[i] for v in values) for i in range(4))
             print(
                 f"     {role}: {anon:.1f} MiB anonymous + {file:.1f} MiB file-backed (shared);"
-                f" private (USS) {uss:.1f} MiB"
+                f" private (USS) {uss:.1f} MiB, proportional (PSS) {pss:.1f} MiB"
             )
         if launcher_rss:
             print(f"     warm launcher (its whole process tree, per site): {spread(launcher_rss, 'MiB', '.1f')}")

@@ -22,8 +22,6 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-
 from fedsec import limits
 from fedsec._fs import read_bounded
 from fedsec.errors import ConfigError, FedsecError
@@ -46,6 +44,8 @@ def parse_yaml(data: bytes, where: str) -> Any:
     Refuses (ConfigError) a document nested deeper than limits.MAX_YAML_DEPTH or an
     integer of more than limits.MAX_INT_DIGITS digits, before any object is built.
     """
+    import yaml  # at first use: a site parent, which parses no YAML until a job comes, never loads it
+
     try:
         text = data.decode("utf-8")
         _check_yaml_shape(text, where)
@@ -63,6 +63,8 @@ def parse_yaml(data: bytes, where: str) -> Any:
 
 def _check_yaml_shape(text: str, where: str) -> None:
     """Walk the parser's events (no objects built, no recursion): bound nesting and integer digits."""
+    import yaml
+
     depth = 0
     for event in yaml.parse(text, Loader=yaml.SafeLoader):
         if isinstance(event, yaml.CollectionStartEvent):

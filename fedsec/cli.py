@@ -55,18 +55,30 @@ def _cmd_server(args: argparse.Namespace) -> int:
     _proc.tune_malloc()
     _proc.private_files()
     logs.setup(args.log_level)
+    # checked here, not in a child as a site's: the server reads a certificate at every call (the X.509 code stays)
     return run_server(load_kit(Path(args.kit)), listen=args.listen, fl_port=args.fl_port)
 
 
 def _cmd_client(args: argparse.Namespace) -> int:
     from fedsec import logs
-    from fedsec.kit import load_kit
-    from fedsec.site.agent import run_site
+    from fedsec.launch import check_kit
+    from fedsec.pki.identity import Kind
 
     _proc.tune_malloc()
     _proc.private_files()
     logs.setup(args.log_level)
-    return run_site(load_kit(Path(args.kit)))
+    kit = check_kit(Path(args.kit), Kind.CLIENT)  # first, in a child: this process never loads the X.509 code
+    from fedsec.site.agent import run_site
+
+    return run_site(kit)
+
+
+def _cmd_launch(args: argparse.Namespace) -> int:
+    from fedsec.launch import launch
+
+    _proc.tune_malloc()
+    _proc.private_files()
+    return launch([Path(k) for k in args.kits], args.log_level)
 
 
 def _cmd_admin(args: argparse.Namespace) -> int:
@@ -148,6 +160,21 @@ def _cmd_job_new(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_launch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "launch",
+        help="start the server and sites of kits on this machine in the background, importing once (start_fl.sh)",
+        description="Start a server (at most one) and sites from their kits in the background, as each kit's "
+        "startup/start.sh would (log in <kit>/log.txt, pid in <kit>/daemon.pid; stop each with its "
+        "startup/stop_fl.sh), from one process that imports their code once and forks a process per kit. "
+        "Returns once all are started: it does not wait for the server to listen or the sites to register. "
+        "Exit 1 when a kit was refused (it is not started; the others are).",
+    )
+    p.add_argument("--kit", dest="kits", action="append", required=True, metavar="DIR", help="a kit (repeatable)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.set_defaults(func=_cmd_launch)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedsec", description="fedsec: secure federated learning (provision, run and administer a federation)."
@@ -215,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kit", required=True, metavar="DIR", help="the site's kit folder")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=_cmd_client)
+
+    _add_launch(sub)
 
     p = sub.add_parser(
         "admin",

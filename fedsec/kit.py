@@ -9,6 +9,10 @@ A site's or an admin's config names the server by one endpoint (`server`: a
 server of one replica, as every kit always did) or by the ordered list of its
 replicas' endpoints (`servers`), never both; `endpoints` gives either as a list.
 A server replica's config names its replica (`replica`; "" for a server of one).
+
+The X.509 and signature code (cryptography) loads only inside load_kit() and
+read_ca(): a parent process can take a Kit checked in a child of its own
+(to_json / from_json carry it across, fedsec.launch) and never load it while idle.
 """
 
 from __future__ import annotations
@@ -17,25 +21,24 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric import ec
+from typing import TYPE_CHECKING, Any
 
 from fedsec import _fs, _schema, limits
 from fedsec.errors import AuthError, ConfigError, KitError
-from fedsec.pki import certs, signing
+from fedsec.pki.identity import Identity, Kind, Role
 from fedsec.state.settings import StoreSettings, parse_store
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 KIT_FORMAT = "fedsec-kit/1"
 ROOT_CA_FILE = "rootCA.pem"
 HE_CLIENT_CONTEXT = "client_context.tenseal"  # sites: the HE context with the shared secret key
 HE_SERVER_CONTEXT = "server_context.tenseal"  # the server: an HE context with no key
 CONFIG_FILES = {
-    certs.Kind.SERVER: "fed_server.json",
-    certs.Kind.CLIENT: "fed_client.json",
-    certs.Kind.ADMIN: "fed_admin.json",
+    Kind.SERVER: "fed_server.json",
+    Kind.CLIENT: "fed_client.json",
+    Kind.ADMIN: "fed_admin.json",
 }
 
 
@@ -116,10 +119,10 @@ def config_json(config: ServerConfig | ClientConfig | AdminConfig) -> dict[str, 
 
 
 Config = ServerConfig | ClientConfig | AdminConfig
-_CONFIG_TYPES: dict[certs.Kind, type[ServerConfig] | type[ClientConfig] | type[AdminConfig]] = {
-    certs.Kind.SERVER: ServerConfig,
-    certs.Kind.CLIENT: ClientConfig,
-    certs.Kind.ADMIN: AdminConfig,
+_CONFIG_TYPES: dict[Kind, type[ServerConfig] | type[ClientConfig] | type[AdminConfig]] = {
+    Kind.SERVER: ServerConfig,
+    Kind.CLIENT: ClientConfig,
+    Kind.ADMIN: AdminConfig,
 }
 
 
@@ -128,10 +131,11 @@ class Kit:
     """A verified startup kit."""
 
     root: Path
-    kind: certs.Kind
+    kind: Kind
     config: Config
-    identity: certs.Identity
+    identity: Identity
     signed_files: tuple[str, ...]
+    ca_pem: bytes  # startup/rootCA.pem as it was when the kit's signatures were checked
 
     @property
     def name(self) -> str:
@@ -159,6 +163,11 @@ def load_kit(root: Path) -> Kit:
 
     Raises KitError for a missing, tampered or inconsistent kit.
     """
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from fedsec.pki import certs, signing
+
     root = root.absolute()  # children run in other folders: every path derived from the kit is absolute
     label = root.name or str(root)
     if not (root / "startup").is_dir():
@@ -201,7 +210,7 @@ def load_kit(root: Path) -> Kit:
             f"kit {label}: certificate is for {identity.kind.value} {identity.name!r}, "
             f"config says {kind.value} {config.name!r}"
         )
-    return Kit(root=root, kind=kind, config=config, identity=identity, signed_files=tuple(signed))
+    return Kit(root=root, kind=kind, config=config, identity=identity, signed_files=tuple(signed), ca_pem=ca_pem)
 
 
 def _read(path: Path, label: str) -> bytes:
@@ -260,8 +269,44 @@ def _check_endpoints(config: ClientConfig | AdminConfig, where: str) -> None:
 
 
 def read_ca(kit: Kit) -> x509.Certificate:
-    """The kit's root CA certificate (already checked by load_kit)."""
-    return certs.load_cert(kit.ca_path.read_bytes(), f"kit {kit.name}: startup/{ROOT_CA_FILE}")
+    """The kit's root CA certificate, as load_kit checked it (loads the X.509 code at the first call)."""
+    from fedsec.pki import certs
+
+    return certs.load_cert(kit.ca_pem, f"kit {kit.name}: startup/{ROOT_CA_FILE}")
+
+
+def to_json(kit: Kit) -> dict[str, Any]:
+    """A checked kit as JSON data, for a process that checked it to hand it to the one that runs it (from_json)."""
+    return {
+        "root": str(kit.root),
+        "kind": kit.kind.value,
+        "config": json.loads(json.dumps(dataclasses.asdict(kit.config))),  # tuples as JSON lists, as a file has them
+        "identity": {
+            "name": kit.identity.name,
+            "org": kit.identity.org,
+            "kind": kit.identity.kind.value,
+            "role": kit.identity.role.value if kit.identity.role is not None else None,
+        },
+        "signed_files": list(kit.signed_files),
+        "ca_pem": kit.ca_pem.decode("ascii"),
+    }
+
+
+def from_json(doc: Any) -> Kit:
+    """The Kit that to_json() wrote, checked again for its shape only (the kit's files were checked by load_kit).
+
+    Raises KitError when doc is not what to_json() writes.
+    """
+    try:
+        kind = Kind(doc["kind"])
+        ident = doc["identity"]
+        role = Role(ident["role"]) if ident["role"] is not None else None
+        identity = Identity(str(ident["name"]), str(ident["org"]), Kind(ident["kind"]), role)
+        config = _schema.build(_CONFIG_TYPES[kind], doc["config"], "")
+        signed = tuple(str(rel) for rel in doc["signed_files"])
+        return Kit(Path(doc["root"]), kind, config, identity, signed, str(doc["ca_pem"]).encode("ascii"))
+    except (KeyError, TypeError, ValueError, ConfigError) as exc:
+        raise KitError(f"a checked kit's record is malformed: {exc}") from exc
 
 
 def read_kit_yaml(path: Path, where: str) -> Any:

@@ -22,6 +22,7 @@ MAX_SERVER_REPLICAS = 8  # replicas of the server a project declares; endpoints 
 MAX_KIT_FILE_BYTES = 64 << 20  # one file under startup/ (HE contexts are the largest)
 MAX_SIGNATURE_FILE_BYTES = 1 << 20
 MAX_KIT_FILES = 64
+MAX_KIT_RECORD_BYTES = 1 << 20  # a checked kit as JSON, from the child that checked it to the parent (fedsec.launch)
 
 # Certificates.
 DEFAULT_LEAF_DAYS = 365

@@ -2,9 +2,10 @@
 # Start a provisioned federation on this machine: the server, then the first N clients.
 #   ./start_fl.sh N [PROD_DIR]
 # PROD_DIR defaults to the newest prod_NN of the only project provisioned here.
-# Each participant runs in the background from its kit (startup/start.sh), logging to
-# <kit>/log.txt with its pid in <kit>/daemon.pid; the kits started are listed in
-# .started_kits so that ./stop_fl.sh stops exactly those processes.
+# Each participant runs in the background from its kit (started together by `fedsec launch`, as each kit's
+# startup/start.sh would start it alone), logging to <kit>/log.txt with its pid in <kit>/daemon.pid; the kits
+# started are listed in .started_kits so that ./stop_fl.sh stops exactly those processes (by pid, from each
+# kit's startup/stop_fl.sh).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 usage() { echo "usage: $0 N [PROD_DIR]   (N: how many clients to start)" >&2; exit 2; }
@@ -59,18 +60,21 @@ if [ ! -e "$server/store" ]; then
   done
 fi
 
-# The server and every client at once, each kit recorded before it starts. A site that is up before the
-# server listens dials it again every 0.1 s (for its first 10 s of trying), so it registers as soon as the
-# server listens: nothing waits for the server's start-up on its own. Each start.sh only checks that its
-# process did not exit at once; what happens next is watched below.
+# The server and every client at once, each kit recorded before it starts: `fedsec launch` imports their code
+# once and forks a process per kit (each as its kit's startup/start.sh would start it: its own session, logging
+# to <kit>/log.txt, its pid in <kit>/daemon.pid), so the start costs one import, not one per process. A site
+# that is up before the server listens dials it again every 0.1 s (for its first 10 s of trying), so it
+# registers as soon as the server listens. The launch returns once every process is forked; a kit it refused
+# (tampered, already running) is named on stderr and in its log.txt, and not started.
 offset=$(( $(stat -c %s "$server/log.txt" 2>/dev/null || echo 0) + 1 ))  # the log holds earlier runs too
-for kit in "$server" "${clients[@]:0:N}"; do echo "$kit" >>"$HERE/.started_kits"; done
-"$server/startup/start.sh" --wait 0 >/dev/null & server_start=$!
-starts=()
-for ((i = 0; i < N; i++)); do "${clients[$i]}/startup/start.sh" --wait 0 >/dev/null & starts+=($!); done
+kits=()
+for kit in "$server" "${clients[@]:0:N}"; do
+  echo "$kit" >>"$HERE/.started_kits"; rm -f "$kit/daemon.pid"; kits+=(--kit "$kit")
+done
 failed=0
-for pid in "${starts[@]+"${starts[@]}"}"; do wait "$pid" || failed=1; done
-if ! wait "$server_start"; then
+"${FEDSEC:-fedsec}" launch "${kits[@]}" >/dev/null & launcher=$!
+wait "$launcher" || failed=1
+if [ ! -s "$server/daemon.pid" ]; then
   echo "$0: the server did not start" >&2; "$HERE/stop_fl.sh" >/dev/null || true; exit 1
 fi
 
@@ -81,7 +85,11 @@ alive() { local s; read -r s 2>/dev/null <"/proc/$1/stat" || return 1; s="${s##*
 read -r server_pid <"$server/daemon.pid"
 waiting=(); pids=()
 for kit in "${clients[@]:0:N}"; do
-  if read -r pid 2>/dev/null <"$kit/daemon.pid"; then waiting+=("$kit"); pids+=("$pid"); fi
+  if read -r pid 2>/dev/null <"$kit/daemon.pid"; then
+    waiting+=("$kit"); pids+=("$pid")
+  else
+    failed=1; echo "$0: ${kit##*/} did not start; see $kit/log.txt" >&2
+  fi
 done
 exec {feed}< <(exec tail -c +"$offset" -s 0.05 -f "$server/log.txt" 2>/dev/null)
 feeder=$!

@@ -11,9 +11,7 @@ reverse. This module never writes files; callers use fedsec._fs.
 from __future__ import annotations
 
 import datetime as dt
-import enum
 import ipaddress
-from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -22,6 +20,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedsec.errors import AuthError, KitError
+from fedsec.pki.identity import Identity, Kind, Role
+
+# Re-exported: the identities this module reads from certificates (fedsec.pki.identity holds them, free of
+# X.509, for a process that only names kinds and roles); the rest of this module is public as well.
+__all__ = ["Identity", "Kind", "Role"]
 
 # Private OIDs under 2.25 (UUID-derived, ITU-T X.667): no registration needed.
 SITE_EKU = x509.ObjectIdentifier("2.25.42208471817288937116415118475312015769")
@@ -29,29 +32,6 @@ ADMIN_EKU = x509.ObjectIdentifier("2.25.243001286447267247915650655965721307324"
 ROLE_OID = x509.ObjectIdentifier("2.5.4.72")  # X.520 id-at-role
 
 PrivateKey = ec.EllipticCurvePrivateKey
-
-
-class Kind(enum.Enum):
-    SERVER = "server"
-    CLIENT = "client"
-    ADMIN = "admin"
-
-
-class Role(enum.Enum):
-    PROJECT_ADMIN = "project_admin"
-    ORG_ADMIN = "org_admin"
-    LEAD = "lead"
-    MEMBER = "member"
-
-
-@dataclass(frozen=True)
-class Identity:
-    """Who a verified certificate says its holder is."""
-
-    name: str
-    org: str
-    kind: Kind
-    role: Role | None = None
 
 
 def new_key() -> PrivateKey:

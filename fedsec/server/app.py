@@ -27,7 +27,7 @@ import grpc
 from fedsec import _proc, limits
 from fedsec.errors import ConfigError, KitError
 from fedsec.kit import HE_SERVER_CONTEXT, Kit, ServerConfig, read_ca
-from fedsec.pki.certs import Kind
+from fedsec.pki.identity import Kind
 from fedsec.server.admin_service import AdminContext, AdminService
 from fedsec.server.audit import AuditLog
 from fedsec.server.authz import load_policy

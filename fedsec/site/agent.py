@@ -19,6 +19,7 @@ log goes to the server while its script runs (fedsec.site.logship).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import signal
@@ -32,14 +33,12 @@ import grpc
 from fedsec import __version__, _proc, limits
 from fedsec.errors import FedsecError, KitError
 from fedsec.kit import HE_CLIENT_CONTEXT, ClientConfig, Kit, read_ca
-from fedsec.pki.certs import Kind
+from fedsec.pki.identity import Kind
 from fedsec.site.connection import ServerConnection
 from fedsec.site.hekey import HEKey
 from fedsec.site.local import LocalEndpoints
 from fedsec.site.logship import LogShipper
-from fedsec.site.policy import load_site_policy
 from fedsec.site.runner import JobRunner
-from fedsec.site.settings import load_site_settings
 from fedsec.site.spool import EventSpool
 from fedsec.site.transfer import ArchiveDownload, GaveUpError, retry
 from fedsec.tracking.events import Event, to_proto
@@ -73,8 +72,6 @@ class SiteAgent:
         self._stop = threading.Event()
         self._assigned: frozenset[str] = frozenset()  # the jobs of the last heartbeat reply
         self._sync_due = threading.Event()
-        load_site_policy(kit.root)  # a broken policy stops the site at start, not at the first job
-        load_site_settings(kit.root)  # so do the operator's settings
         self._spool = EventSpool(kit.root / "tracking")
         self._events_due = threading.Event()
         self._he = HEKey(kit.root / "startup" / HE_CLIENT_CONTEXT)
@@ -88,7 +85,13 @@ class SiteAgent:
         )
         self._logs = LogShipper(kit.name, self._server.stub)
         self._runner = JobRunner(
-            kit.root, kit.name, self._endpoints, self._he, self._report, read_ca(kit), logs=self._logs
+            kit.root,
+            kit.name,
+            self._endpoints,
+            self._he,
+            self._report,
+            functools.partial(read_ca, kit),
+            logs=self._logs,
         )
         self._forwarder = threading.Thread(target=self._forward_loop, name="events", daemon=True)
         self._worker = threading.Thread(target=self._jobs_loop, name="jobs", daemon=True)

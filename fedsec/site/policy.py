@@ -27,7 +27,7 @@ from typing import Any
 from fedsec import _fs, _schema, limits
 from fedsec.errors import AuthError, ConfigError, KitError
 from fedsec.kit import read_kit_yaml
-from fedsec.pki import certs
+from fedsec.pki.identity import Identity, Kind, Role
 
 FORMAT = "fedsec-site-policy/1"
 POLICY_FILE = "local/site_policy.yml"
@@ -36,7 +36,7 @@ ANY_ORG = "any"
 
 @dataclass(frozen=True)
 class _CustomCodeRule:
-    roles: tuple[certs.Role, ...]
+    roles: tuple[Role, ...]
     orgs: Any  # 'any' or a list of organisation names; checked by _orgs()
 
 
@@ -51,13 +51,13 @@ class _PolicyFile:
 class SitePolicy:
     """Who may run jobs (all of which have custom code) on this site."""
 
-    roles: frozenset[certs.Role]  # roles whose jobs may run here
+    roles: frozenset[Role]  # roles whose jobs may run here
     orgs: frozenset[str] | None  # organisations whose jobs may run here; None: any
     max_job_age: float = limits.DEFAULT_JOB_MAX_AGE_DAYS * 86400.0  # seconds: older signed jobs do not start
 
-    def check(self, signer: certs.Identity, site: str) -> None:
+    def check(self, signer: Identity, site: str) -> None:
         """Raise AuthError unless a job signed by signer may run on site."""
-        if signer.kind is not certs.Kind.ADMIN or signer.role is None:
+        if signer.kind is not Kind.ADMIN or signer.role is None:
             raise AuthError(f"{site} policy: {signer.name!r} is not an admin and may not run jobs here")
         if signer.role not in self.roles:
             raise AuthError(f"{site} policy: role {signer.role.value} may not run jobs with custom code here")

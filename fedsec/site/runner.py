@@ -71,10 +71,12 @@ class JobRunner:
         endpoints: LocalEndpoints,
         he_key: HEKey,
         report: Report,
-        root_ca: x509.Certificate,
+        root_ca: Callable[[], x509.Certificate],
         logs: LogShipper | None = None,
     ) -> None:
-        """logs: where each run's log is sent to the server while it runs (None: only the tail, at its end)."""
+        """root_ca: the kit's root CA as its signature check saw it, read when the first job's signature is checked
+        (the X.509 code is job-time code too). logs: where each run's log is sent to the server while it runs (None:
+        only the tail, at its end)."""
         self._jobs_dir = kit_root / "jobs"
         self._kit_root = kit_root
         self._root_ca = root_ca
@@ -102,7 +104,7 @@ class JobRunner:
         from fedsec.jobs.signing import verify_archive  # job-time code: an idle site never loads it
         from fedsec.site import replay
 
-        signer = verify_archive(archive, signature, self._root_ca, f"job {job_id}", job_id=job_id)
+        signer = verify_archive(archive, signature, self._root_ca(), f"job {job_id}", job_id=job_id)
         policy = load_site_policy(self._kit_root)
         policy.check(signer, self._site)
         replay.check_start(self._kit_root, job_id, signature.submit_time, policy.max_job_age)

@@ -11,11 +11,9 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 
 from fedsec import limits
 from fedsec.errors import (
@@ -32,7 +30,10 @@ from fedsec.errors import (
 )
 from fedsec.kit import Kit
 from fedsec.logs import RateLimitedLog, RateLimiter
-from fedsec.pki import certs
+from fedsec.pki.identity import Identity, Kind
+
+if TYPE_CHECKING:  # the X.509 code loads at the first peer certificate read: a site parent never reads one
+    from cryptography import x509
 
 log = logging.getLogger(__name__)
 # What a peer makes the server log goes through these: one line per peer, RPC and kind of refusal a
@@ -89,6 +90,8 @@ def channel(kit: Kit, host: str, port: int, server_name: str, *, own_connection:
 
 def peer_cert(context: grpc.ServicerContext) -> x509.Certificate:
     """The verified client certificate of this call's peer; AuthError when there is none."""
+    from fedsec.pki import certs
+
     pems = context.auth_context().get("x509_pem_cert")
     if not pems:
         raise AuthError("no verified client certificate")
@@ -96,18 +99,22 @@ def peer_cert(context: grpc.ServicerContext) -> x509.Certificate:
 
 
 def fingerprint(cert: x509.Certificate) -> str:
+    from cryptography.hazmat.primitives import hashes
+
     return cert.fingerprint(hashes.SHA256()).hex()
 
 
-def peer_identity(context: grpc.ServicerContext) -> certs.Identity:
+def peer_identity(context: grpc.ServicerContext) -> Identity:
     """The identity in the verified client certificate of this call's peer.
 
     Raises AuthError when the call carries no verified certificate.
     """
+    from fedsec.pki import certs
+
     return certs.identity_of(peer_cert(context))
 
 
-def require(context: grpc.ServicerContext, kind: certs.Kind) -> certs.Identity:
+def require(context: grpc.ServicerContext, kind: Kind) -> Identity:
     """The peer's identity, which must be of kind; AuthError otherwise."""
     identity = peer_identity(context)
     if identity.kind is not kind:

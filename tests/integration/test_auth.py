@@ -96,7 +96,9 @@ def load_kit_unchecked(root: Path):  # type: ignore[no-untyped-def]
     from fedsec.kit import ClientConfig, ServerEndpoint
 
     config = ClientConfig("fedsec-kit/1", "otherproj", "site-1", "acme", ServerEndpoint("server1", "localhost", 1))
-    return Kit(root=root, kind=certs.Kind.CLIENT, config=config, identity=certs.identity_of(cert), signed_files=())
+    identity = certs.identity_of(cert)
+    ca_pem = (root / "startup/rootCA.pem").read_bytes()
+    return Kit(root=root, kind=certs.Kind.CLIENT, config=config, identity=identity, signed_files=(), ca_pem=ca_pem)
 
 
 def test_session_refuses_a_site_kit(federation: Federation) -> None:

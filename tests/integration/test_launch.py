@@ -140,14 +140,25 @@ def test_start_eight_sites_then_stop_exactly_them(launch: Launch) -> None:
         interval=0.5,
     )
     for name, pid in pids.items():
-        kind = "server" if name == SERVER else "client"
         assert pid_alive(pid), f"{name} (pid {pid}) is not running"
-        assert f"{kind} --kit {launch.prod / name}" in pid_cmdline(pid), pid_cmdline(pid)
+        assert f"--kit {launch.prod / name}" in pid_cmdline(pid), pid_cmdline(pid)
+        assert (launch.prod / name / "run" / "lock").read_text().strip() == str(pid)  # the kit's own process
 
     again = launch.run("start_fl.sh", "8", str(launch.prod))
     assert again.returncode == 1
     assert "run ./stop_fl.sh first" in again.stderr
     assert launch.read_pids() == pids  # nothing new was started
+    direct = subprocess.run(  # fedsec launch itself refuses a kit that runs, naming its process
+        [str(FEDSEC), "launch", "--kit", str(launch.prod / "site-1")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        start_new_session=True,
+    )
+    assert direct.returncode == 1, direct.stdout + direct.stderr
+    assert f"site-1 is already running from this kit (pid {pids['site-1']})" in direct.stderr
+    assert launch.read_pids() == pids  # its daemon.pid still names the process that runs
 
     stopped = launch.run("stop_fl.sh")
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
@@ -259,8 +270,8 @@ def test_start_fl_sh_whose_server_cannot_listen_stops_the_sites_it_started_and_s
 
 
 def test_ctrl_c_on_start_fl_sh_stops_what_it_started(launch: Launch, tmp_path: Path) -> None:
-    slow = tmp_path / "slow-fedsec"  # sites that take long to come up, so the interrupt lands mid-start
-    slow.write_text(f'#!/usr/bin/env bash\n[ "$1" = client ] && sleep 60\nexec "{FEDSEC}" "$@"\n')
+    slow = tmp_path / "slow-fedsec"  # a launch that takes long to return, so the interrupt lands mid-start
+    slow.write_text(f'#!/usr/bin/env bash\n"{FEDSEC}" "$@"\n[ "$1" = launch ] && sleep 60\nexit 0\n')
     slow.chmod(0o755)
     proc = subprocess.Popen(
         [str(launch.here / "start_fl.sh"), "2", str(launch.prod)],

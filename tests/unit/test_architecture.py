@@ -19,7 +19,7 @@ LAYERS = {
     "pki": 1, "wire": 1, "he": 1, "jobs": 1, "tracking": 1, "state": 1, "fedopt": 1,
     "kit": 2, "provision": 2, "transport": 2, "tracking.receivers": 2,
     "server": 3, "workflow": 3, "site": 3, "client": 3, "api": 3,
-    "admin": 4, "cli": 4, "__main__": 5,
+    "admin": 4, "cli": 4, "launch": 4, "__main__": 5,
     # the package's front door re-exports (fedsec.load_model) lazily; the light-import test keeps it light
     "__init__": 5,
 }  # fmt: skip
