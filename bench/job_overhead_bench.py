@@ -219,10 +219,9 @@ def run_job(fed: Federation, tmp: Path, args: argparse.Namespace, he: bool, port
     up = sum(u for u, _ in total.values()) / len(total) / args.rounds / 1e6
     down = sum(d for _, d in total.values()) / len(total) / args.rounds / 1e6
     print(f"  whole job, per site per round: up {up:.2f} MB, down {down:.2f} MB (archive, tasks, results, heartbeats)")
-    rounds_bytes = nbytes.between(submitted, last_done)
-    down_training = sum(d for _, d in rounds_bytes.values()) / len(rounds_bytes) / args.rounds / 1e6
-    print(f"  training rounds alone (submit to the last round's end: archive and tasks), down per site per round: "
-          f"{down_training:.2f} MB; the final evaluation's model comes after, above")  # fmt: skip
+    after_down = sum(downs_after) / len(downs_after) / 1e6 if downs_after else 0.0
+    print(f"  training rounds alone (the whole job less what came after the last round), down per site per round: "
+          f"{down - after_down / args.rounds:.2f} MB")  # fmt: skip
     starts_s = script_starts(fed, sites, job_id)
     if starts_s:
         first = sorted(s for s, _ in starts_s)
