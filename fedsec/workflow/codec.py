@@ -151,12 +151,11 @@ class PlainCodec:
             raise JobError(f"{where} is missing: the job cannot resume its server optimizer")
 
 
-class StrategyFold:
-    """A plain round: the strategy's fold of the updates (one params_type per round) and its result."""
+class _SummedFold:
+    """A round whose accepted updates are added into one accumulator (plain or encrypted), one params_type a round."""
 
-    def __init__(self, strategy: Strategy, acc: Accumulator, *, updates: bool) -> None:
+    def __init__(self, acc: Accumulator | EncryptedAccumulator, *, updates: bool) -> None:
         self.updates = updates
-        self._strategy = strategy
         self._acc = acc
         self._params_type: str | None = None
 
@@ -172,14 +171,23 @@ class StrategyFold:
         self._acc.add(path, weight, where)
         self._params_type = held
 
+    def close(self) -> None:
+        """Nothing kept on disk."""
+
+
+class StrategyFold(_SummedFold):
+    """A plain round: the strategy's fold of the updates (one params_type per round) and its result."""
+
+    def __init__(self, strategy: Strategy, acc: Accumulator, *, updates: bool) -> None:
+        super().__init__(acc, updates=updates)
+        self._strategy = strategy
+        self._plain = acc
+
     def write(self, model: Path, dest: Path, number: int) -> None:
-        self._strategy.write_result(self._acc, model, self._params_type == "diff", dest)
+        self._strategy.write_result(self._plain, model, self._params_type == "diff", dest)
         state = self._strategy.state()
         if state:
             arrays.write_file(state_path(dest), state, f"the {self._strategy.name} state of round {number}")
-
-    def close(self) -> None:
-        """Nothing kept on disk."""
 
 
 class EncryptedCodec:
@@ -222,31 +230,15 @@ class EncryptedCodec:
         """Nothing to restore here: a stateful strategy's state is in the sites' sealed step, in the checkpoint."""
 
 
-class EncryptedFold:
+class EncryptedFold(_SummedFold):
     """The encrypted sum of a round's updates: the weighted average only the sites can read."""
 
     def __init__(self, acc: EncryptedAccumulator, *, updates: bool) -> None:
-        self.updates = updates
-        self._acc = acc
-        self._params_type: str | None = None
-
-    @property
-    def count(self) -> int:
-        return self._acc.count
-
-    def check(self, path: Path, where: str) -> None:
-        self._acc.check(path, where)
-
-    def add(self, site: str, path: Path, weight: float, params_type: str, where: str) -> None:
-        held = _one_params_type(self._params_type, params_type, where)
-        self._acc.add(path, weight, where)
-        self._params_type = held
+        super().__init__(acc, updates=updates)
+        self._encrypted = acc
 
     def write(self, model: Path, dest: Path, number: int) -> None:
-        self._acc.write_average(dest, model if self._params_type == "diff" else None)
-
-    def close(self) -> None:
-        """Nothing kept on disk."""
+        self._encrypted.write_average(dest, model if self._params_type == "diff" else None)
 
 
 class SiteStepFold:
