@@ -61,7 +61,7 @@ def run_plain_and_he(fed: Federation, cwd: Path, *extra: str) -> tuple[tuple[str
 
 
 @pytest.mark.federation(n_clients=3, heartbeat_timeout=30.0, he=True)
-def test_he_job_matches_plain_job_and_server_cannot_decrypt(federation: Federation, tmp_path: Path) -> None:
+def test_he_job_learns_and_the_server_cannot_decrypt(federation: Federation, tmp_path: Path) -> None:
     from fedsec.he.codec import decrypt_model
     from fedsec.he.context import has_secret_key, load_client_context, load_server_context
 
