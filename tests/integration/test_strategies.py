@@ -153,6 +153,7 @@ def test_every_strategy_on_digits_ends_within_one_test_image_of_plain_under_he(
     plain_id, he_id = jobs["scaffold", False][0], jobs["scaffold", True][0]
     with Session(federation.admin_kit) as s:
         plain, he = (s.wait_for_job(job_id, timeout=60).progress["rounds"] for job_id in (plain_id, he_id))
+        s.download_job_result(plain_id)  # to the admin kit's transfer/<job id>
     plain_norms = [r["metrics"]["control_norm"] for r in plain]
     he_norms = [r["metrics"]["control_norm"] for r in he]
     assert plain_norms[0] == he_norms[0] == 0.0  # round 0: c = 0
