@@ -16,6 +16,15 @@ submitted with Session.submit_job):
    classes (default alpha 0.1), each strategy plain and HE: the final global
    model's accuracy, as the job's result reports it.
 
+3. HE against plain (`--part agreement`): the digits job's arithmetic (its
+   client.py's training loop, 3 sites, the FedAvg / FedProx / FedOpt
+   aggregation and step) in one process, once plain and once with each upload
+   quantised as fedsec.he.codec does at 2**-bits (the encrypted sum is exact,
+   so this is what HE computes). Per round: test images HE's model classifies
+   differently from plain's in number, its largest weight gap and how many
+   weights differ; for --bits 17 (two 21-bit values a slot, before) and 38 (one
+   42-bit value a slot: he.clip 2, 3 sites), over --repeats rounding seeds.
+
 Strategies run where the job says they may: one the server refuses under HE
 is printed as refused, with the server's reason. Nothing here asserts a time.
 """
@@ -23,6 +32,9 @@ is printed as refused, with the server's reason. Nothing here asserts a time.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import io
 import statistics
 import subprocess
 import sys
@@ -158,15 +170,122 @@ def dirichlet_part(args: argparse.Namespace) -> None:
             print(f"{choice.label:<18} {cells[0]:>8} {cells[1]:>8}")
 
 
+def _mean_of(mean: dict[str, Any], name: str, _x: Any) -> Any:
+    return mean[name]
+
+
+def agreement_part(args: argparse.Namespace) -> None:
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(DIGITS_JOB.parent))
+    import client as digits_client  # type: ignore[import-not-found]  # jobs/digits_fedavg/client.py: train()
+    from data import load_split  # type: ignore[import-not-found]
+    from model import DigitsNet  # type: ignore[import-not-found]
+
+    from fedsec.fedopt import FedOptStep
+    from fedsec.jobs.meta import FEDOPT_DEFAULTS, ServerOptimizer
+    from fedsec.wire import arrays
+
+    torch.set_num_threads(1)
+    local = argparse.Namespace(epochs=args.epochs, lr=0.05, batch_size=16)
+    clip = 2.0  # the digits job's he_clip
+
+    def state(net: Any) -> dict[str, Any]:
+        return {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
+
+    def quantised(x: Any, bits: int, rng: Any) -> Any:  # fedsec.he.codec's quantiser, weight 1 (equal shares)
+        x = np.clip(x, -clip, clip) * 2.0**bits
+        lower = np.floor(x)
+        return lower + (rng.random(x.shape) < x - lower)
+
+    def run(strategy: str, bits: int | None, seed: int) -> list[tuple[Any, int, dict[str, Any]]]:
+        torch.manual_seed(0)
+        model = state(DigitsNet())
+        sites = []
+        for i in range(3):
+            torch.manual_seed(0)  # as each site's client.py: seed, then its own DigitsNet
+            sites.append((load_split(i, 3, seed=0), DigitsNet(), [torch.get_rng_state()]))
+        optimizer = None
+        if strategy.startswith("fedopt"):
+            kind = ServerOptimizer(strategy.split()[1])
+            optimizer = FedOptStep(kind, FEDOPT_DEFAULTS[kind])
+        mu = 0.01 if strategy == "fedprox" else 0.0
+        rng, history = np.random.default_rng(seed), []
+        for _ in range(args.digits_rounds):
+            diffs = []
+            for (train_x, train_y, _, _), net, rng_state in sites:
+                net.load_state_dict({k: torch.as_tensor(v) for k, v in model.items()})
+                torch.set_rng_state(rng_state[0])
+                with contextlib.redirect_stdout(io.StringIO()):  # its per-epoch lines
+                    digits_client.train(net, train_x, train_y, local, model, mu)
+                rng_state[0] = torch.get_rng_state()
+                diffs.append({k: v - model[k] for k, v in state(net).items()})  # float32, as the script sends
+            if optimizer is None:  # plain: global + mean difference; HE: the mean of the sites' float32 weights
+                if bits is None:
+                    mean = {k: sum(d[k].astype(np.float64) for d in diffs) / 3 for k in model}
+                    model = {k: (model[k] + mean[k]).astype(np.float32) for k in model}
+                else:
+                    model = {
+                        k: (
+                            sum(quantised((model[k] + d[k]).astype(np.float64), bits, rng) for d in diffs)
+                            / 3
+                            / 2.0**bits
+                        ).astype(np.float32)
+                        for k in model
+                    }
+            else:  # the mean difference, plain or quantised, stepped by the one FedOpt implementation
+                if bits is None:
+                    mean = {k: sum(d[k].astype(np.float64) for d in diffs) / 3 for k in model}
+                else:
+                    mean = {
+                        k: sum(quantised(d[k].astype(np.float64), bits, rng) for d in diffs) / 3 / 2.0**bits
+                        for k in model
+                    }
+                model = optimizer.step(arrays.specs_of(model, "model"), model, functools.partial(_mean_of, mean))
+            net = sites[0][1]
+            net.load_state_dict({k: torch.as_tensor(v) for k, v in model.items()})
+            _, _, test_x, test_y = sites[0][0]
+            net.eval()
+            with torch.no_grad():
+                predicted = net(test_x).argmax(dim=1)
+            history.append((predicted, int((predicted == test_y).sum()), model))
+        return history
+
+    print(f"HE against plain, digits job's arithmetic, 3 sites, {args.digits_rounds} rounds of {args.epochs} epochs")
+    print("per round: HE's correct test images less plain's / images classified differently / largest weight gap")
+    for strategy in args.agreement_strategies:
+        plain = run(strategy, None, 0)
+        for bits in args.bits:
+            for repeat in range(args.repeats):
+                cells = []
+                for (p_pred, p_right, p_model), (h_pred, h_right, h_model) in zip(
+                    plain, run(strategy, bits, 1000 + repeat), strict=True
+                ):
+                    gap = max(float(np.abs(h_model[k].astype(np.float64) - p_model[k]).max()) for k in p_model)
+                    cells.append(f"{h_right - p_right:+d}/{int((p_pred != h_pred).sum())}/{gap:.1e}")
+                print(f"{strategy:<15} 2**-{bits:<3} seed {repeat}: " + "  ".join(cells), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--part", choices=["server", "dirichlet", "both"], default="both")
+    parser.add_argument("--part", choices=["server", "dirichlet", "both", "agreement"], default="both")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the server-time jobs")
     parser.add_argument("--train-seconds", type=float, default=2.0)
     parser.add_argument("--alpha", type=float, default=0.1)
     parser.add_argument("--digits-rounds", type=int, default=5)
     parser.add_argument("--only", nargs="*", default=None, help="run only these strategies (labels' first word)")
+    parser.add_argument("--epochs", type=int, default=1, help="agreement: local epochs a round")
+    parser.add_argument("--bits", type=int, nargs="*", default=[17, 38], help="agreement: fixed points 2**-bits")
+    parser.add_argument("--repeats", type=int, default=2, help="agreement: rounding seeds")
+    parser.add_argument(
+        "--agreement-strategies",
+        nargs="*",
+        default=["fedavg", "fedprox", "fedopt adam", "fedopt yogi", "fedopt adagrad", "fedopt avgm"],
+    )
     args = parser.parse_args()
+    if args.part == "agreement":
+        agreement_part(args)
     if args.part in ("server", "both"):
         server_part(args)
     if args.part in ("dirichlet", "both"):

@@ -103,7 +103,7 @@ MAX_SEEN_JOBS = 100_000  # jobs a site remembers having started; when full of re
 MAX_HE_CONTEXT_BYTES = 1 << 20  # a serialized TenSEAL context (a client's, with its secret key, is ~62 KB)
 MAX_HE_HEADER_BYTES = 4 << 20  # the JSON header of an encrypted model
 MAX_HE_CIPHERTEXT_BYTES = 256 << 10  # one serialized ciphertext record (~62 KB at N=4096)
-MAX_HE_VALUES = 1 << 28  # values in one encrypted model (~2 GiB of ciphertexts)
+MAX_HE_VALUES = 1 << 27  # values in one encrypted model (~2 GiB of ciphertexts, one value a slot)
 
 # Tracking events.
 MAX_EVENTS_PER_BATCH = 1000

@@ -5,9 +5,9 @@ fedsec.he.params: polynomial degree N = 4096, coefficient moduli of 56 + 53 bits
 the 128-bit-security limit for N = 4096) and a 43-bit batching plain modulus. Encryption is
 symmetric: every client of a federation holds the same secret key, the server holds none.
 
-Each model value is clipped, scaled by 2**f and stochastically rounded to an integer; two
-integers share one slot (packed = lo + (hi << 21)) and a ciphertext holds 4096 slots, so an
-encrypted model takes about 7.6 bytes per parameter. The client context (with the secret
+Each model value is clipped, scaled by 2**f and stochastically rounded to an integer of one
+slot (42 bits, f up to 38: below float32's resolution of a model's weights) and a ciphertext
+holds 4096 slots, so an encrypted model takes about 15 bytes per parameter. The client context (with the secret
 key) serializes to ~62 KB, the server context (parameters only) to ~90 bytes. Up to 16
 contributions summed in one ciphertext decrypt exactly.
 

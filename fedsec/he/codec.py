@@ -10,10 +10,10 @@ The header is ``{"tensors": [{"name", "dtype", "shape"}, ...], "clip": float, "s
 
 The plain values are the model's tensors flattened in order, each multiplied by the client's
 weight w, clipped to [-clip, clip], scaled by 2**f (f = scale_bits(clip)) and stochastically
-rounded; then round(w * 2**f) is appended (n_values = model values + 1). Values are packed two
-per slot (value 2k as lo, value 2k+1 as hi: lo + (hi << FIELD_BITS)) and the slots encrypted
-4096 per ciphertext, the last one padded with zeros. Summing ciphertexts sums the weighted
-values and the weights, so decryption yields the weighted average and the total weight.
+rounded; then round(w * 2**f) is appended (n_values = model values + 1). Each value fills one
+slot (a signed FIELD_BITS-bit integer) and the slots are encrypted 4096 per ciphertext, the last
+one padded with zeros. Summing ciphertexts sums the weighted values and the weights, so
+decryption yields the weighted average and the total weight.
 
 Encryption streams: encrypt_chunks yields the header, then each ciphertext record as soon as it
 is made, quantising one ciphertext's values at a time (encrypt_model joins them). Every size from a
@@ -197,8 +197,12 @@ class _Quantiser:
         np.clip(x, -self.clip, self.clip, out=x)
         x *= 2.0**self.bits
         values = int(weight_at[0]) if len(weight_at) else len(x)  # the weight, last, draws no random number
-        x[:values] += self.rng.random(values)  # floor(x + U[0, 1)) is unbiased
-        np.floor(x, out=x)
+        lower = np.floor(x)
+        x -= lower  # the fraction, exactly (a float64 less its floor)
+        # up by one with the fraction's probability: unbiased at any magnitude (floor(x + U) is not once x + U
+        # rounds to float64's spacing, 2**-12 at 2**40)
+        x[:values] = self.rng.random(values) < x[:values]
+        x += lower
         bound = math.ceil(max(self.clip, 1.0) * 2.0**self.bits)  # within per_client_bound(max_clients)
         np.clip(x, -bound, bound, out=x)  # a no-op unless x + U rounded up past the bound
         out = np.nan_to_num(x, nan=0.0).astype(np.int64)
@@ -207,11 +211,10 @@ class _Quantiser:
 
 
 def _pack(values: NDArray[np.int64]) -> NDArray[np.int64]:
-    """SLOTS slots of two values each (lo + (hi << FIELD_BITS)), zero-padded."""
-    even = np.zeros(_SLOTS * he_params.VALUES_PER_SLOT, dtype=np.int64)
-    even[: len(values)] = values
-    pairs = even.reshape(-1, 2)
-    return np.ascontiguousarray(pairs[:, 0] + (pairs[:, 1] << he_params.FIELD_BITS))
+    """SLOTS slots of one value each, zero-padded."""
+    slots = np.zeros(_SLOTS * he_params.VALUES_PER_SLOT, dtype=np.int64)
+    slots[: len(values)] = values
+    return slots
 
 
 # ---------------------------------------------------------------- sum (server)
@@ -335,13 +338,11 @@ def decrypt_model(
 
 
 def _unpack(slots: NDArray[np.int64], header: EncryptedHeader, where: str) -> NDArray[np.int64]:
-    """The summed values (weight last), checked against the range a sum can have."""
-    half = 1 << (he_params.FIELD_BITS - 1)
-    lo = ((slots + half) & ((1 << he_params.FIELD_BITS) - 1)) - half
-    hi = (slots - lo) >> he_params.FIELD_BITS
-    values = np.empty(2 * len(slots), dtype=np.int64)
-    values[0::2] = lo
-    values[1::2] = hi
+    """The summed values (weight last), checked against the range a sum can have.
+
+    A slot decrypts to its signed value (centred on 0 modulo the plain modulus), one value per slot.
+    """
+    values = slots
     bound = header.contributions * math.ceil(max(header.clip, 1.0) * 2**header.scale_bits)
     padding = values[header.n_values :]
     values = values[: header.n_values]

@@ -26,7 +26,8 @@ from fedsec.errors import FedsecError  # noqa: E402
 from fedsec.jobs import FedAvgRecipe, FedOptRecipe, FedProxRecipe, ScaffoldRecipe  # noqa: E402
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (argv, default sys.argv[1:])."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--startup_kit", type=Path, help="an admin's startup kit folder")
@@ -56,7 +57,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--mu", type=float, default=0.01, help="fedprox: the weight of the proximal term")
     parser.add_argument("--optimizer", choices=["adam", "yogi", "adagrad", "avgm"], default="adam", help="fedopt")
     parser.add_argument("--server_lr", type=float, default=None, help="fedopt, scaffold: the server's learning rate")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def make_recipe(args: argparse.Namespace) -> FedAvgRecipe:

@@ -7,6 +7,7 @@ import itertools
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +26,14 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+# The digits job as the tests run it: 3 rounds of one local epoch. More epochs a round make local SGD chaotic
+# enough (about 1000 times a round, measured) to carry even float32's last bit into whole test images.
+SHORT = ("--num_rounds", "3", "--epochs", "1")
+
+
 def run_digits(fed: Federation, cwd: Path, *extra: str) -> tuple[str, float]:
-    """Run jobs/digits_fedavg/job.py (3 sites, 5 rounds, and extra) to its end; its job id and final accuracy."""
-    argv = [sys.executable, str(JOB_PY), "--startup_kit", str(fed.admin_kit), "--n_clients", "3", "--num_rounds", "5"]
+    """Run jobs/digits_fedavg/job.py (3 sites, SHORT, and extra) to its end; its job id and final accuracy."""
+    argv = [sys.executable, str(JOB_PY), "--startup_kit", str(fed.admin_kit), "--n_clients", "3", *SHORT]
     done = subprocess.run([*argv, *extra], cwd=cwd, capture_output=True, text=True, timeout=300, check=False)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
@@ -37,8 +43,25 @@ def run_digits(fed: Federation, cwd: Path, *extra: str) -> tuple[str, float]:
     return found.group(1), float(accuracy.group(1))
 
 
+def digits_shapes() -> dict[str, tuple[int, ...]]:
+    """The digits job's model: its tensors' names and shapes (jobs/digits_fedavg/model.py; needs torch)."""
+    spec = importlib.util.spec_from_file_location("digits_model", JOB_PY.parent / "model.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return {name: tuple(value.shape) for name, value in module.DigitsNet().state_dict().items()}
+
+
+def run_plain_and_he(fed: Federation, cwd: Path, *extra: str) -> tuple[tuple[str, float], tuple[str, float]]:
+    """run_digits with extra, plain and with --he at the same time: (plain job id, accuracy), (HE job id, accuracy)."""
+    with ThreadPoolExecutor(2) as pool:
+        plain = pool.submit(run_digits, fed, cwd, *extra)
+        he = pool.submit(run_digits, fed, cwd, *extra, "--he")
+        return plain.result(), he.result()
+
+
 @pytest.mark.federation(n_clients=3, heartbeat_timeout=30.0, he=True)
-def test_he_job_matches_plain_job_and_server_cannot_decrypt(federation: Federation, tmp_path: Path) -> None:
+def test_he_job_learns_and_the_server_cannot_decrypt(federation: Federation, tmp_path: Path) -> None:
     from fedsec.he.codec import decrypt_model
     from fedsec.he.context import has_secret_key, load_client_context, load_server_context
 
@@ -52,12 +75,9 @@ def test_he_job_matches_plain_job_and_server_cannot_decrypt(federation: Federati
         load_client_context(server_ctx_file.read_bytes(), "server context")
 
     federation.start_all()
-    plain_id, plain_accuracy = run_digits(federation, tmp_path)
+    # it learns; that it ends where the plain job does is test_strategies.py's (every strategy, plain and HE)
     he_id, he_accuracy = run_digits(federation, tmp_path, "--he")
-    # Both learn on every CPU. Their digits differ: HE quantises each update (stochastic rounding, 2^-17 steps here),
-    # and five rounds of SGD carry such a difference anywhere within run-to-run noise. That the encrypted sum equals
-    # the plain sum of the same quantised updates exactly is tests/unit/he/test_codec.py's to show.
-    assert plain_accuracy >= 0.9 and he_accuracy >= 0.9, (plain_accuracy, he_accuracy)
+    assert he_accuracy >= 0.8, he_accuracy
 
     # the server's job store and the downloaded result hold only the encrypted model
     store = federation.kit("server1") / "store" / "jobs" / he_id / "workspace"
@@ -90,11 +110,10 @@ def test_he_job_matches_plain_job_and_server_cannot_decrypt(federation: Federati
         assert set(kept) == set(decrypted)
         assert all(np.array_equal(kept[k], decrypted[k]) for k in kept)
 
-    # the plain job's result is plain, with the same tensors
+    # the decrypted model has the job's tensors
     with Session(federation.admin_kit) as s:
         assert s.get_job_meta(he_id).status == "finished:completed"
-    plain = arrays.read_file(federation.admin_kit / "transfer" / plain_id / "global_model.fsa")
-    assert {k: v.shape for k, v in plain.items()} == {k: v.shape for k, v in decrypted.items()}
+    assert digits_shapes() == {k: v.shape for k, v in decrypted.items()}
 
 
 def test_he_job_on_a_project_without_he_fails_clearly(federation: Federation, tmp_path: Path) -> None:
@@ -115,17 +134,16 @@ def test_he_fedadam_with_sampling_gives_every_site_the_same_final_model(federati
     sitting one out starts from the state the others stepped; the final evaluation brings all 3 the
     same last step. The plain job of the same sample_seed samples the same sites.
 
-    After one round the two jobs' models agree within the fixed point (their sites sent the same
-    updates). After five they agree in accuracy only: each round's local SGD, from a global model a
-    few 2**-17 away, carries the difference far (measured: weights 0.05 apart, accuracy within 1.1
-    points over four runs), as in FedAvg under HE (test_he_job_matches_plain_job_and_server_cannot_decrypt).
+    After one round the two jobs' models agree to float32's last bit (one_round). After five, their
+    accuracies on the 360 test images are within one image: the sites step the same float64 code on a mean
+    of differences that the fixed point (2**-38 here) encodes exactly or within 2**-38, so the models stay
+    that close (measured, in plain arithmetic with this quantisation: the same bits every round).
     """
     federation.start_all()
-    fedadam = ["--strategy", "fedopt", "--optimizer", "adam", "--server_lr", "0.02"]
+    fedadam = ["--strategy", "fedopt", "--optimizer", "adam", "--server_lr", "0.02", "--num_rounds", "5"]
     fedadam += ["--sample_fraction", "0.5", "--min_clients", "2", "--sample_seed", "7"]
     one_round(federation, tmp_path, fedadam)
-    plain_id, plain_accuracy = run_digits(federation, tmp_path, *fedadam)
-    he_id, he_accuracy = run_digits(federation, tmp_path, *fedadam, "--he")
+    (plain_id, plain_accuracy), (he_id, he_accuracy) = run_plain_and_he(federation, tmp_path, *fedadam)
     sites = ("site-1", "site-2", "site-3")
 
     with Session(federation.admin_kit) as s:
@@ -147,26 +165,29 @@ def test_he_fedadam_with_sampling_gives_every_site_the_same_final_model(federati
     final = arrays.decode(kept["site-1"], "final model")
     plain = arrays.read_file(federation.admin_kit / "transfer" / plain_id / "global_model.fsa")
     assert {k: (v.dtype, v.shape) for k, v in plain.items()} == {k: (v.dtype, v.shape) for k, v in final.items()}
-    assert plain_accuracy >= 0.9 and he_accuracy >= 0.9, (plain_accuracy, he_accuracy)
-    assert abs(he_accuracy - plain_accuracy) <= 0.02, (plain_accuracy, he_accuracy)
+    assert plain_accuracy >= 0.5 and he_accuracy >= 0.5, (plain_accuracy, he_accuracy)  # chance: 0.1
+    assert abs(he_accuracy - plain_accuracy) <= 0.005, (plain_accuracy, he_accuracy)
 
 
 def one_round(federation: Federation, tmp_path: Path, fedadam: list[str]) -> None:
-    """One round of plain and HE FedAdam: the same updates, so the models agree within the fixed point.
+    """One round of plain and HE FedAdam: the same updates, so the models agree to float32's last bit.
 
     Both jobs' two sampled sites train from the same initial model with the same seeds, so they send
-    the same differences; only the fixed point (2**-17 here: he.clip 2 for 3 sites) parts the HE
-    average from the plain one, by under a step per site. Adam's first step,
-    server_lr * 0.1 d / (0.1 |d| + tau), moves by at most server_lr * 0.1 / tau = 2 times a change in d:
-    under 4 steps of 2**-17 in all (measured: 1.7).
+    the same float32 differences, each of weight 1 (479 examples apiece). Under HE's fixed point
+    (2**-38 here: he.clip 2 for 3 sites) every difference of magnitude 2**-15 and above lies on the grid
+    and is encoded exactly, a smaller one within 2**-38: the decrypted mean is the plain one within
+    2**-38. Adam's first step, server_lr * 0.1 d / (0.1 |d| + tau), moves by at most
+    server_lr * 0.1 / tau = 2 times a change in d: under 2**-37 before the step's float64 result is cast
+    to float32, so each weight is the plain one or the float32 next to it (measured: all equal).
     """
     one = [*fedadam, "--num_rounds", "1"]
-    plain_id, plain_accuracy = run_digits(federation, tmp_path, *one)
-    he_id, he_accuracy = run_digits(federation, tmp_path, *one, "--he")
+    (plain_id, plain_accuracy), (he_id, he_accuracy) = run_plain_and_he(federation, tmp_path, *one)
     plain = arrays.read_file(federation.admin_kit / "transfer" / plain_id / "global_model.fsa")
     he = arrays.read_file(federation.kit("site-1") / "jobs" / he_id / "work" / "global_model.fsa")
-    gap = max(float(np.abs(he[k].astype(np.float64) - plain[k]).max()) for k in plain)
-    assert 0 < gap < 4 * 2**-17, gap / 2**-17
+    for name, value in plain.items():
+        assert he[name].dtype == value.dtype == np.float32, name
+        apart = np.abs(he[name].astype(np.float64) - value)
+        assert (apart <= np.spacing(np.maximum(np.abs(he[name]), np.abs(value)))).all(), (name, apart.max())
     assert abs(he_accuracy - plain_accuracy) <= 0.005, (plain_accuracy, he_accuracy)
 
 

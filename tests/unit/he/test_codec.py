@@ -67,9 +67,15 @@ def _with_header(data: bytes, change: Callable[[dict[str, Any]], None]) -> bytes
     return b"FSH1" + struct.pack("<I", len(raw)) + raw + data[_header_end(data) :]
 
 
-def _summed(keys: tuple[Any, Any], tmp_path: Path, uploads: list[Path], clip: float = CLIP) -> codec.EncryptedSum:
+def _summed(
+    keys: tuple[Any, Any],
+    tmp_path: Path,
+    uploads: list[Path],
+    clip: float = CLIP,
+    max_clients: int = params.MAX_CLIENTS,
+) -> codec.EncryptedSum:
     specs = codec.read_header(uploads[0], "first").specs
-    total = codec.EncryptedSum(keys[1], specs, clip)
+    total = codec.EncryptedSum(keys[1], specs, clip, max_clients)
     for path in uploads:
         total.add_file(path, path.name)
     return total
@@ -84,16 +90,17 @@ def _decrypt_sum(keys: tuple[Any, Any], total: codec.EncryptedSum, dest: Path) -
 
 
 def test_scale_bits() -> None:
-    assert params.per_client_bound() == 65535
-    assert params.scale_bits(4.0) == 13
-    for clip in (0.001, 0.5, 1.0, 1.5, 3.0, 4.0, 7.3, 100.0, 4095.0):
+    assert params.per_client_bound() == 2**37 - 1
+    assert params.scale_bits(4.0) == 34
+    assert params.scale_bits(2.0, 3) == 38  # the digits job's: 3 sites
+    for clip in (0.001, 0.5, 1.0, 1.5, 3.0, 4.0, 7.3, 100.0, 4095.0, 1e8):
         f = params.scale_bits(clip)
         field = 2 ** (params.FIELD_BITS - 1) - 1
         assert math.ceil(max(clip, 1) * 2**f) * params.MAX_CLIENTS <= field
         assert math.ceil(max(clip, 1) * 2 ** (f + 1)) * params.MAX_CLIENTS > field
 
 
-@pytest.mark.parametrize("clip", [0.0, -1.0, math.nan, math.inf, 5000.0, True])
+@pytest.mark.parametrize("clip", [0.0, -1.0, math.nan, math.inf, 1e10, True])
 def test_scale_bits_refuses(clip: float) -> None:
     with pytest.raises(HEError, match="clip"):
         params.scale_bits(clip)
@@ -123,6 +130,40 @@ def test_stochastic_rounding_is_unbiased(keys: tuple[Any, Any]) -> None:
     got, _ = codec.decrypt_model(keys[0], codec.encrypt_model(keys[0], model, 1.0, CLIP), "x")
     assert set(np.unique(got["x"] / STEP)) == {0.0, 1.0}
     assert abs(got["x"].mean() / STEP - 0.3) < 0.03
+
+
+def test_stochastic_rounding_is_unbiased_at_the_clip(keys: tuple[Any, Any]) -> None:
+    # x * 2**f near 2**35: floor(x * 2**f + U) would round x + U to float64's spacing there first
+    model = {"x": np.full(8000, 1.75 + 0.3 * STEP)}
+    got, _ = codec.decrypt_model(keys[0], codec.encrypt_model(keys[0], model, 1.0, CLIP), "x")
+    assert set(np.unique((got["x"] - 1.75) / STEP)) == {0.0, 1.0}
+    assert abs((got["x"] - 1.75).mean() / STEP - 0.3) < 0.03
+
+
+def test_three_sites_float32_models_average_as_in_plain_arithmetic(keys: tuple[Any, Any], tmp_path: Path) -> None:
+    # The digits job's HE: clip 2, 3 sites, equal weights. f = 38 puts every float32 value of magnitude
+    # 2**-15 and above on the fixed-point grid (its last bit is worth 2**-38 or more), so each upload is
+    # encoded exactly and the sum is exact: the average, rounded to float32, is plain arithmetic's
+    # float32(mean in float64), bit for bit. Below 2**-15 a value is rounded by at most 2**-38.
+    clip, sites = 2.0, 3
+    rng = np.random.default_rng(5)
+    models = []
+    for _ in range(sites):
+        w = rng.normal(0, 0.3, 20_000).astype(np.float32)
+        models.append({"w": np.where(np.abs(w) < 2**-15, np.float32(2**-15), w)})
+    models[0]["w"][:3] = [1.9999999, -2.0, 2**-15]
+    paths = []
+    for i, model in enumerate(models):
+        paths.append(tmp_path / f"u{i}")
+        paths[-1].write_bytes(codec.encrypt_model(keys[0], model, 1.0, clip, None, sites))
+    got, weight = _decrypt_sum(keys, _summed(keys, tmp_path, paths, clip, sites), tmp_path / "sum")
+    assert weight == sites
+    plain = (np.sum([m["w"].astype(np.float64) for m in models], axis=0) / sites).astype(np.float32)
+    assert got["w"].dtype == np.float32
+    assert np.array_equal(got["w"], plain)
+    small = {"w": np.array([2**-16, -3e-7, 1e-12], dtype=np.float32)}
+    alone, _ = codec.decrypt_model(keys[0], codec.encrypt_model(keys[0], small, 1.0, clip, None, sites), "small")
+    assert np.abs(alone["w"].astype(np.float64) - small["w"]).max() <= 2**-38 * 1.01  # and float32's rounding
 
 
 def test_int_tensors(keys: tuple[Any, Any]) -> None:
@@ -168,18 +209,18 @@ def test_clipping_is_counted(keys: tuple[Any, Any], caplog: pytest.LogCaptureFix
     assert "clipped" not in caplog.text
 
 
-@pytest.mark.parametrize("n", [100_000, 13 * 2 * params.POLY_MODULUS_DEGREE - 1])
+@pytest.mark.parametrize("n", [50_000, 13 * params.POLY_MODULUS_DEGREE - 1])
 def test_bytes_per_parameter(keys: tuple[Any, Any], n: int) -> None:
     data = codec.encrypt_model(keys[0], {"w": np.zeros(n, dtype=np.float32)}, 1.0, CLIP)
     n_ciphertexts = codec.read_header(data, "w").n_ciphertexts
     per = len(data) / n
-    per_slot = len(data) / (n_ciphertexts * 2 * params.POLY_MODULUS_DEGREE)
+    per_slot = len(data) / (n_ciphertexts * params.POLY_MODULUS_DEGREE)
     print(f"{n} parameters: {len(data)} bytes in {n_ciphertexts} ciphertexts, {per:.2f} bytes per parameter")
     assert n_ciphertexts == 13
-    # A ciphertext (~62 KB) holds 8192 values: 7.6 bytes each. 100k parameters fill 12.2 of the
-    # 13 ciphertexts, so the padding of the last one takes them to 8.06 bytes per parameter.
-    assert per_slot < 7.7
-    assert per < (8 if n > 106_000 else 8.1)
+    # A ciphertext (~62 KB) holds 4096 values: 15.2 bytes each. 50k parameters fill 12.2 of the
+    # 13 ciphertexts, so the padding of the last one takes them to 16.1 bytes per parameter.
+    assert per_slot < 15.4
+    assert per < (16 if n > 53_000 else 16.2)
 
 
 @pytest.mark.parametrize(
@@ -193,7 +234,7 @@ def test_bytes_per_parameter(keys: tuple[Any, Any], n: int) -> None:
         ({"x": np.ones(2)}, 1.5, CLIP, "weight"),
         ({"x": np.ones(2)}, math.nan, CLIP, "weight"),
         ({"x": np.ones(2)}, True, CLIP, "weight"),
-        ({"x": np.ones(2)}, 1e-6, CLIP, "resolution"),
+        ({"x": np.ones(2)}, 1e-11, CLIP, "resolution"),
         ({"x": np.ones(2)}, 1.0, 0.0, "clip"),
     ],
 )
@@ -211,7 +252,7 @@ def test_encrypt_refuses_what_cannot_be_stored(keys: tuple[Any, Any]) -> None:
 
 
 def test_sixteen_clients_at_the_clip_bound_sum_exactly(keys: tuple[Any, Any], tmp_path: Path) -> None:
-    # 9000 + 6 values: two ciphertexts. Column 0 is +clip and column 1 -clip for every client,
+    # 9000 + 6 values: three ciphertexts. Column 0 is +clip and column 1 -clip for every client,
     # so those fields hold the largest sums allowed; the rest are exact multiples of 2**-f.
     rng = np.random.default_rng(1)
     models = []
@@ -228,7 +269,7 @@ def test_sixteen_clients_at_the_clip_bound_sum_exactly(keys: tuple[Any, Any], tm
     got, weight = _decrypt_sum(keys, total, tmp_path / "sum")
     assert weight == params.MAX_CLIENTS
     assert codec.read_header(tmp_path / "sum", "sum").contributions == params.MAX_CLIENTS
-    assert codec.read_header(tmp_path / "sum", "sum").n_ciphertexts == 2
+    assert codec.read_header(tmp_path / "sum", "sum").n_ciphertexts == 3
     assert np.array_equal(got["w"], sum(m["w"] for m in models) / params.MAX_CLIENTS)
     assert np.array_equal(got["w"][:, 0], np.full(1800, CLIP))
     assert np.array_equal(got["w"][:, 1], np.full(1800, -CLIP))
@@ -307,11 +348,11 @@ def test_sum_refuses_a_sum_and_keys(keys: tuple[Any, Any], tmp_path: Path) -> No
     ],
 )
 def test_sum_refuses_a_malformed_file(keys: tuple[Any, Any], tmp_path: Path, mangle: Callable[[bytes], bytes]) -> None:
-    good = codec.encrypt_model(keys[0], {"x": np.ones(10_000)}, 1.0, CLIP)
+    good = codec.encrypt_model(keys[0], {"x": np.ones(5_000)}, 1.0, CLIP)
     assert len(_records(good)) == 2
     path = tmp_path / "bad"
     path.write_bytes(mangle(good))
-    total = codec.EncryptedSum(keys[1], arrays.specs_of({"x": np.ones(10_000)}), CLIP)
+    total = codec.EncryptedSum(keys[1], arrays.specs_of({"x": np.ones(5_000)}), CLIP)
     with pytest.raises(WireError, match="bad: "):
         total.add_file(path, "bad")
     assert total.count == 0
@@ -358,8 +399,8 @@ def _set(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
         (_set("tensors", [{"name": "", "dtype": "float64", "shape": [3]}]), "bad or duplicate tensor name"),
         (_set("clip", -1.0), "clip"),
         (_set("clip", "4"), "clip must be a number"),
-        (_set("clip", 2.0), "scale_bits is 13, the tensors and clip imply 14"),
-        (_set("scale_bits", 12), "scale_bits is 12"),
+        (_set("clip", 2.0), "scale_bits is 34, the tensors and clip imply 35"),
+        (_set("scale_bits", 33), "scale_bits is 33"),
         (_set("n_values", 4), "n_values is 4, the tensors and clip imply 3"),
         (_set("n_ciphertexts", 2), "n_ciphertexts is 2"),
         (_set("contributions", 0), "contributions must be in 1..16"),

@@ -259,7 +259,7 @@ def test_bad_strategy(tmp_path: Path, strategy: Any, fragment: str) -> None:
 
 
 def test_fedopt_with_he_loads_when_tau_is_above_the_fixed_point_step(tmp_path: Path) -> None:
-    # he.clip 4 and max_clients 16 give f = 13: a step of 2**-13 = 1.2e-4, below the default tau 1e-3
+    # he.clip 4 and max_clients 16 give f = 34: a step of 2**-34 = 5.8e-11, far below the default tau 1e-3
     config = {**CONFIG, "strategy": {"name": "fedopt", "optimizer": "adam"}, "he": {"enabled": True}}
     _, app = load_job_folder(write_job(tmp_path / "job", config=config))
     assert app.he.enabled and app.strategy.optimizer is ServerOptimizer.ADAM
@@ -268,15 +268,19 @@ def test_fedopt_with_he_loads_when_tau_is_above_the_fixed_point_step(tmp_path: P
 @pytest.mark.parametrize(
     ("strategy", "he", "fragment"),
     [
-        # f = 13 (clip 4, 16 sites): 1e-4 < 2**-13 = 1.22e-4
-        ({"optimizer": "adam", "tau": 1e-4}, {}, "strategy.tau: 0.0001 is below the HE fixed-point step 0.000122"),
-        # clip 1000 with 16 sites leaves f = 6: 2**-6 = 0.0156, above the default tau 1e-3
-        ({"optimizer": "yogi"}, {"clip": 1000.0}, "strategy.tau: 0.001 is below the HE fixed-point step 0.0156"),
-        # clip 1 with 2 sites: f = 18, a step of 3.81e-6
+        # f = 34 (clip 4, 16 sites): 1e-11 < 2**-34 = 5.82e-11
+        ({"optimizer": "adam", "tau": 1e-11}, {}, "strategy.tau: 1e-11 is below the HE fixed-point step 5.82e-11"),
+        # clip 1e6 (the largest) with 16 sites leaves f = 17: 2**-17 = 7.63e-6
         (
-            {"optimizer": "adagrad", "tau": 1e-6},
+            {"optimizer": "yogi", "tau": 1e-6},
+            {"clip": 1e6},
+            "strategy.tau: 1e-06 is below the HE fixed-point step 7.63e-06",
+        ),
+        # clip 1 with 2 sites: f = 39, a step of 1.82e-12
+        (
+            {"optimizer": "adagrad", "tau": 1e-12},
             {"clip": 1.0, "max_clients": 2},
-            "1e-06 is below the HE fixed-point step 3.81e-06",
+            "1e-12 is below the HE fixed-point step 1.82e-12",
         ),
     ],
 )

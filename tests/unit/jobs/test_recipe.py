@@ -220,8 +220,8 @@ def test_fedprox_and_fedopt_recipes_write_their_strategy_section(tmp_path: Path,
             "ScaffoldRecipe 's': model: tensor 'scaffold.c/w': names starting",
         ),
         (
-            lambda s: FedOptRecipe("o", WEIGHTS, s, 2, 1, he=True, tau=1e-6),
-            "strategy.tau: 1e-06 is below the HE fixed-point step",
+            lambda s: FedOptRecipe("o", WEIGHTS, s, 2, 1, he=True, tau=1e-11),
+            "strategy.tau: 1e-11 is below the HE fixed-point step",
         ),
     ],
 )
