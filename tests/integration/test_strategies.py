@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -93,11 +94,24 @@ DIGITS_STRATEGIES: dict[str, tuple[str, ...]] = {
 
 
 def load_digits_job() -> Any:
-    """jobs/digits_fedavg/job.py as a module (its make_recipe and parse_args; it imports torch)."""
-    spec = importlib.util.spec_from_file_location("digits_job", JOB_PY)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    """jobs/digits_fedavg/job.py as a module (its make_recipe and parse_args; it imports torch).
+
+    The job puts its folder first on sys.path and imports its `data` and `model`: both are undone
+    here, so later tests (jobs/cifar10 has a `data` of its own) import their own.
+    """
+    path, loaded = list(sys.path), set(sys.modules)
+    try:
+        spec = importlib.util.spec_from_file_location("digits_job", JOB_PY)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = path
+        folder = str(JOB_PY.parent.resolve())
+        for name in set(sys.modules) - loaded:
+            origin = getattr(sys.modules[name], "__file__", None) or ""
+            if origin.startswith(folder):
+                del sys.modules[name]
     return module
 
 
