@@ -13,13 +13,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from fedsec.provision import load_project, provision
 from tests.conftest import BASE_PROJECT, project_doc, write_project
+from tests.integration.harness import wait_until
 
 HEAVY = ("mlflow", "tenseal", "torch", "numpy", "prompt_toolkit", "pandas")
 # Only a job needs these on a site: the job folder format, archives, replay records, the training-script API,
@@ -103,11 +103,12 @@ def test_a_running_site_parent_maps_no_x509_or_yaml_library(tmp_path: Path) -> N
             stdin=subprocess.DEVNULL,
         )
     try:
-        deadline = time.monotonic() + 60  # a bound for a hang, not a speed
-        while b"cannot register yet" not in log_path.read_bytes():  # it dialed: its channel and TLS are set up
+
+        def dialed() -> bool:  # it dialed: its channel and TLS are set up
             assert proc.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.1)
+            return b"cannot register yet" in log_path.read_bytes()
+
+        wait_until(dialed, 120, "the site parent to dial its server")  # a bound for a hang, not a speed
         maps = Path(f"/proc/{proc.pid}/maps").read_text()
     finally:
         os.kill(proc.pid, signal.SIGTERM)
